@@ -1,0 +1,36 @@
+# The two commands: `make demo` (set up, build, run the demo) and `make test` (set up, build,
+# run the whole suite). Both install missing Debian packages first (root or sudo).
+BUILD ?= build
+JOBS ?= 2
+
+.PHONY: all deps test-deps build demo test unit system bench format clean
+
+all: build
+
+deps:
+	scripts/install-deps.sh build
+
+test-deps:
+	scripts/install-deps.sh test
+
+build:
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
+	cmake --build $(BUILD) -j $(JOBS)
+
+demo: deps build
+	cd $(BUILD) && ./conveyor demo
+
+test: test-deps build
+	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS) --timeout 600
+
+unit: build
+	ctest --test-dir $(BUILD) -L unit --output-on-failure -j $(JOBS)
+
+system: build
+	ctest --test-dir $(BUILD) -L system --output-on-failure -j $(JOBS)
+
+format:
+	clang-format -i $$(git ls-files '*.cpp' '*.hpp')
+
+clean:
+	rm -rf $(BUILD)

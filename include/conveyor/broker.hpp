@@ -1,0 +1,127 @@
+#pragma once
+/// The Broker interface: where tasks wait, who holds them, and what became of them.
+///
+/// Engines, chosen by URL:
+///   memory://[name]   in-process, for tests and single-process programs
+///   sqlite://PATH     the embedded default: a durable SQLite file (WAL) shared by processes
+///
+/// Delivery guarantee: at least once. A delivery stays owned by its consumer until the consumer
+/// settles it (ack, retry, dead-letter, release); if the consumer dies, the delivery goes back to
+/// the queue (sqlite: when its lease expires; memory: when the consumer is destroyed).
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "conveyor/error.hpp"
+#include "conveyor/task.hpp"
+
+namespace conveyor {
+
+/// A message to publish, with its destination and earliest delivery time.
+struct OutgoingMessage {
+    std::string queue;
+    Envelope envelope;
+    std::optional<TimePoint> not_before;  ///< delayed delivery; waits in the broker
+};
+
+/// A message handed to a consumer. `tag` identifies it in settlements.
+struct Delivery {
+    std::uint64_t tag = 0;
+    std::string queue;
+    std::string message_id;  ///< the broker's id for it (the task id when it has one)
+    Envelope envelope;
+    int deliveries = 1;  ///< 1 on first delivery; more when redelivered after a crash
+};
+
+/// What a consumer does with a delivery once it is done with it.
+struct Settlement {
+    enum class Kind {
+        ack,          ///< done; removed from the queue; `result` stored
+        retry,        ///< back to the queue with `envelope` at `not_before`; counts as a retry
+        dead_letter,  ///< moved to the queue's dead-letter store with `reason`; `result` stored
+        release,      ///< handed back untouched (shutdown); not a retry
+    };
+    Kind kind = Kind::ack;
+    std::uint64_t tag = 0;
+    std::optional<TaskResult> result;  ///< ack, dead_letter: what to store (none: store nothing)
+    Envelope envelope;                 ///< retry: the updated message
+    TimePoint not_before{};            ///< retry: earliest redelivery
+    std::string reason;                ///< dead_letter: why
+};
+
+/// Counts for one queue.
+struct QueueStats {
+    std::string queue;
+    std::int64_t ready = 0;      ///< can be delivered now
+    std::int64_t delayed = 0;    ///< waiting for their time (countdown, ETA, retry backoff)
+    std::int64_t in_flight = 0;  ///< delivered and not yet settled
+    std::int64_t dead = 0;       ///< in the dead-letter store
+};
+
+/// A dead-lettered message and why it died.
+struct DeadLetter {
+    std::string message_id;
+    std::string queue;
+    Envelope envelope;
+    std::string reason;
+    TimePoint dead_at{};
+};
+
+/// What a consumer takes from which queues.
+struct ConsumerOptions {
+    std::vector<std::string> queues;
+    std::size_t prefetch = 16;               ///< most unsettled deliveries at once
+    std::chrono::milliseconds lease{30000};  ///< sqlite: claim lifetime without renewal
+    std::string name;                        ///< for diagnostics; unique per consumer
+};
+
+/// One consumer's session. Not thread-safe: the thread that created it uses it alone.
+class Consumer {
+  public:
+    virtual ~Consumer() = default;
+    /// Up to `max` deliveries; waits at most `wait` when none is ready. An empty vector
+    /// means nothing was ready in time.
+    [[nodiscard]] virtual Result<std::vector<Delivery>> fetch(std::size_t max,
+                                                              std::chrono::milliseconds wait) = 0;
+    /// Settles deliveries; sqlite commits them in one transaction (group commit).
+    [[nodiscard]] virtual Result<void> settle(std::span<Settlement> settlements) = 0;
+    /// Extends the leases of every unsettled delivery (no-op where leases do not exist).
+    [[nodiscard]] virtual Result<void> renew() = 0;
+};
+
+/// Engine-independent broker. Thread-safe: publish and the admin calls may be used from any
+/// thread; each consumer belongs to one thread.
+class Broker {
+  public:
+    virtual ~Broker() = default;
+
+    /// Opens the engine named by `url` ("memory://", "sqlite://conveyor.db", ...).
+    [[nodiscard]] static Result<std::shared_ptr<Broker>> open(std::string_view url);
+
+    /// Stores messages durably (sqlite: committed before return). A message whose id is already
+    /// known (waiting, in flight, dead, or completed with a stored result) is dropped, so
+    /// republishing with the same id is idempotent.
+    [[nodiscard]] virtual Result<void> publish(std::span<const OutgoingMessage> messages) = 0;
+    [[nodiscard]] virtual Result<std::unique_ptr<Consumer>> consume(
+        const ConsumerOptions& options) = 0;
+    [[nodiscard]] virtual Result<std::vector<QueueStats>> stats() = 0;
+    /// State and result of a task id; PENDING for ids the broker does not know.
+    [[nodiscard]] virtual Result<TaskResult> result(std::string_view id) = 0;
+    [[nodiscard]] virtual Result<std::vector<DeadLetter>> dead_letters(std::string_view queue,
+                                                                       std::size_t limit) = 0;
+    /// Moves dead messages of a queue back to it (all of them, or those in `ids`), with their
+    /// retry count reset. Returns how many moved.
+    [[nodiscard]] virtual Result<std::size_t> replay_dead(std::string_view queue,
+                                                          std::span<const std::string> ids) = 0;
+    /// Deletes dead messages of a queue. Returns how many.
+    [[nodiscard]] virtual Result<std::size_t> purge_dead(std::string_view queue) = 0;
+    virtual std::string url() const = 0;
+};
+
+}  // namespace conveyor

@@ -1,0 +1,56 @@
+#pragma once
+/// The producer side: enqueue tasks and read their results.
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "conveyor/broker.hpp"
+#include "conveyor/config.hpp"
+#include "conveyor/error.hpp"
+#include "conveyor/task.hpp"
+
+namespace conveyor {
+
+/// Per-enqueue options; unset fields take the task's configuration.
+struct EnqueueOptions {
+    std::string queue;  ///< default: the task's queue, else "celery"
+    std::optional<std::chrono::milliseconds> countdown;  ///< run after this delay
+    std::optional<TimePoint> eta;                        ///< or at this time
+    std::optional<TimePoint> expires;                    ///< do not run after this time
+    std::optional<int> priority;                         ///< 0..255, higher first
+    std::string id;                                      ///< default: a new uuid4
+    std::optional<int> max_retries;                      ///< overrides the task's retry budget
+};
+
+/// Thread-safe. Holds a broker and the configuration used for routing.
+class Client {
+  public:
+    explicit Client(std::shared_ptr<Broker> broker, Config config = {});
+
+    /// Enqueues one task; returns its id once the broker has stored it durably.
+    [[nodiscard]] Result<std::string> enqueue(std::string_view task, Json args = Json::array(),
+                                              Json kwargs = Json::object(),
+                                              const EnqueueOptions& options = {});
+    /// Enqueues many tasks in one broker round trip (one transaction on sqlite).
+    /// `options` apply to all of them; a task's own id/priority/eta win when set.
+    [[nodiscard]] Result<std::vector<std::string>> enqueue_many(std::vector<TaskMessage> tasks,
+                                                                const EnqueueOptions& options = {});
+    /// The task's current state and result.
+    [[nodiscard]] Result<TaskResult> result(std::string_view id);
+    /// Waits until the task succeeded or failed for good, or `timeout` passed (Errc::timeout).
+    [[nodiscard]] Result<TaskResult> wait(std::string_view id, std::chrono::milliseconds timeout);
+
+    Broker& broker() noexcept { return *broker_; }
+
+  private:
+    Result<OutgoingMessage> prepare(TaskMessage task, const EnqueueOptions& options) const;
+
+    std::shared_ptr<Broker> broker_;
+    Config config_;
+};
+
+}  // namespace conveyor

@@ -1,0 +1,69 @@
+#pragma once
+/// `conveyor.toml`: broker, queues, tasks and worker settings.
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "conveyor/error.hpp"
+#include "conveyor/retry_policy.hpp"
+
+namespace conveyor {
+
+/// How messages of a queue are encoded.
+enum class QueueFormat {
+    celery,  ///< Celery protocol v2 (Conveyor's native format)
+    raw,     ///< foreign publishers: the body is the payload; the task comes from the queue
+};
+
+/// One `[[queue]]` table.
+struct QueueConfig {
+    std::string name;
+    QueueFormat format = QueueFormat::celery;
+    std::string task;  ///< task run for every message of a raw queue
+};
+
+/// One `[[task]]` table: where a task goes and how it runs.
+struct TaskConfig {
+    std::string name;
+    std::string queue;              ///< default queue for enqueues of this task
+    std::vector<std::string> exec;  ///< run this command (argv) with the task as JSON on stdin
+    std::string http;               ///< or POST the task JSON to this URL
+    std::optional<double> timeout;  ///< seconds; hard limit of one attempt
+    RetryPolicy retry;
+};
+
+/// `[worker]`: defaults for `conveyor worker`.
+struct WorkerConfig {
+    std::vector<std::string> queues;  ///< empty: every configured queue (or "celery")
+    int concurrency = 4;
+    int prefetch = 0;              ///< 0: concurrency * 4
+    double lease = 30.0;           ///< seconds a claim lasts without renewal (sqlite)
+    double shutdown_grace = 30.0;  ///< seconds in-flight tasks get on SIGTERM
+};
+
+/// The whole configuration. Value type; `load_config` fills it.
+struct Config {
+    std::string broker;  ///< empty: not set in the file
+    std::string default_queue = "celery";
+    std::vector<QueueConfig> queues;
+    std::vector<TaskConfig> tasks;
+    WorkerConfig worker;
+    RetryPolicy default_retry;  ///< for tasks without a `[[task]]` table
+
+    const TaskConfig* find_task(std::string_view name) const noexcept;
+    const QueueConfig* find_queue(std::string_view name) const noexcept;
+    /// The queue a task goes to when the caller names none.
+    std::string queue_for(std::string_view task) const;
+    /// The retry policy of a task (its table's, else the default).
+    RetryPolicy retry_for(std::string_view task) const;
+};
+
+/// Parses TOML text. Errors name the source, the line and the key in one sentence.
+Result<Config> parse_config(std::string_view toml_text, std::string_view source_name = "config");
+/// Reads and parses a file.
+Result<Config> load_config(const std::string& path);
+
+}  // namespace conveyor

@@ -1,0 +1,81 @@
+#pragma once
+/// The task model: what a task is, how it travels, and what became of it.
+
+#include <chrono>
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+
+namespace conveyor {
+
+using Json = nlohmann::json;
+using SystemClock = std::chrono::system_clock;
+using TimePoint = SystemClock::time_point;
+
+/// A task as Conveyor and Celery (protocol v2) understand it.
+/// Value type; `id` and `name` are required, everything else has a sensible default.
+struct TaskMessage {
+    std::string id;                    ///< unique task id (uuid4 unless the caller chooses one)
+    std::string name;                  ///< registered task name, e.g. "orders.bill"
+    Json args = Json::array();         ///< positional arguments (JSON array)
+    Json kwargs = Json::object();      ///< keyword arguments (JSON object)
+    Json embed = Json::object();       ///< Celery's {callbacks, errbacks, chain, chord}
+    int retries = 0;                   ///< how many times this task has been retried so far
+    std::optional<TimePoint> eta;      ///< do not run before this time
+    std::optional<TimePoint> expires;  ///< do not run after this time
+    int priority = 0;                  ///< 0..255, higher runs first
+    std::string root_id;               ///< first task of the workflow (own id when empty)
+    std::string parent_id;             ///< task that sent this one
+    std::string group;                 ///< group id, for group and chord members
+    std::optional<double> time_limit;  ///< hard limit in seconds
+    std::optional<double> soft_time_limit;  ///< soft limit in seconds
+    std::optional<int> max_retries;         ///< overrides the task's configured retry budget
+    std::string reply_to;                   ///< rpc result queue of the sender
+    std::string correlation_id;             ///< defaults to `id`
+    bool ignore_result = false;             ///< do not store a result
+    std::string origin;                     ///< sender's node name
+    Json extra_headers = Json::object();    ///< any other headers, kept and forwarded
+};
+
+/// A message as it travels: AMQP-style properties, headers and an opaque body.
+/// Brokers store and move envelopes; only the codec looks inside.
+struct Envelope {
+    std::string content_type;
+    std::string content_encoding;
+    std::string correlation_id;
+    std::string reply_to;
+    int priority = 0;
+    Json headers = Json::object();
+    std::string body;
+};
+
+/// Lifecycle state of a task, as Celery names them.
+enum class TaskState { pending, started, retry, success, failure };
+
+/// "PENDING", "STARTED", "RETRY", "SUCCESS" or "FAILURE".
+const char* to_string(TaskState state) noexcept;
+/// Parses the upper-case names above.
+std::optional<TaskState> parse_task_state(std::string_view text) noexcept;
+
+/// What the result store knows about a task.
+struct TaskResult {
+    std::string id;
+    TaskState state = TaskState::pending;
+    Json result;            ///< handler's return value, or {exc_type, exc_message, exc_module}
+    std::string traceback;  ///< failure detail for people
+    int retries = 0;
+    std::optional<TimePoint> done_at;
+
+    bool ready() const noexcept {
+        return state == TaskState::success || state == TaskState::failure;
+    }
+};
+
+/// Encodes a result as JSON: {"id","state","result","traceback","retries","date_done"}.
+Json to_json(const TaskResult& result);
+
+/// A fresh uuid4 string.
+std::string make_task_id();
+
+}  // namespace conveyor

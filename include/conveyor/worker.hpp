@@ -1,0 +1,143 @@
+#pragma once
+/// The worker runtime: fetches tasks, runs handlers, settles outcomes.
+///
+/// Guarantees: at least once. A task is acknowledged only after its handler's outcome is known
+/// (success, failure retried with backoff, or dead-lettered with the reason). A malformed
+/// message or an unknown task name is dead-lettered with the reason; the worker carries on.
+/// Delayed tasks (ETA, retry backoff) wait in the broker, never in worker memory.
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <stop_token>
+#include <string>
+#include <vector>
+
+#include "conveyor/broker.hpp"
+#include "conveyor/config.hpp"
+#include "conveyor/error.hpp"
+#include "conveyor/retry_policy.hpp"
+#include "conveyor/task.hpp"
+
+namespace conveyor {
+
+/// What a handler sees of the task it runs. Valid for the duration of the call.
+class TaskContext {
+  public:
+    TaskContext(const TaskMessage& task, std::string queue, std::stop_token stop,
+                std::optional<std::chrono::steady_clock::time_point> deadline) noexcept
+        : task_(task), queue_(std::move(queue)), stop_(std::move(stop)), deadline_(deadline) {}
+
+    const TaskMessage& task() const noexcept { return task_; }
+    const std::string& id() const noexcept { return task_.id; }
+    const std::string& name() const noexcept { return task_.name; }
+    const std::string& queue() const noexcept { return queue_; }
+    const Json& args() const noexcept { return task_.args; }
+    const Json& kwargs() const noexcept { return task_.kwargs; }
+    int retries() const noexcept { return task_.retries; }
+    /// 1 for the first attempt.
+    int attempt() const noexcept { return task_.retries + 1; }
+    /// Set when the time limit passed or the worker is shutting down past its grace period.
+    /// Long-running handlers should poll it and return early.
+    bool stop_requested() const noexcept { return stop_.stop_requested(); }
+    std::stop_token stop_token() const noexcept { return stop_; }
+    std::optional<std::chrono::steady_clock::time_point> deadline() const noexcept {
+        return deadline_;
+    }
+
+  private:
+    const TaskMessage& task_;
+    std::string queue_;
+    std::stop_token stop_;
+    std::optional<std::chrono::steady_clock::time_point> deadline_;
+};
+
+/// Thrown by a handler for a failure whose type Celery clients should see (`exc_type`).
+/// Retried per the task's policy unless `retryable` is false.
+struct TaskError : std::runtime_error {
+    TaskError(std::string type, const std::string& message, bool retryable = true,
+              std::string module = "builtins")
+        : std::runtime_error(message),
+          type(std::move(type)),
+          module(std::move(module)),
+          retryable(retryable) {}
+    std::string type;
+    std::string module;
+    bool retryable = true;
+    std::optional<std::chrono::milliseconds> retry_after;  ///< overrides the backoff when set
+};
+
+/// Thrown by a handler: the task can never succeed; dead-letter it now with this reason.
+struct Reject : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+/// An in-process handler. Returns the task's result; throws to fail.
+using Handler = std::function<Json(TaskContext&)>;
+
+/// Per-task execution settings.
+struct TaskOptions {
+    RetryPolicy retry;
+    std::optional<std::chrono::milliseconds> timeout;  ///< hard limit of one attempt
+};
+
+/// Worker settings. Value type.
+struct WorkerOptions {
+    std::vector<std::string> queues = {"celery"};
+    int concurrency = 4;
+    std::size_t prefetch = 0;  ///< unsettled deliveries held at once; 0: concurrency * 4
+    std::chrono::milliseconds lease{30000};
+    std::chrono::milliseconds shutdown_grace{30000};
+    std::string name;                        ///< default: host:pid
+    std::vector<QueueConfig> queue_formats;  ///< raw queues and their task names
+    RetryPolicy default_retry;               ///< for tasks registered without options
+    std::size_t max_body = 16u << 20;        ///< larger messages are dead-lettered
+    std::uint64_t seed = 0;                  ///< jitter seed; 0 picks one
+};
+
+/// Counters since start. All monotonic.
+struct WorkerStats {
+    std::uint64_t succeeded = 0;
+    std::uint64_t retried = 0;
+    std::uint64_t dead_lettered = 0;
+    std::uint64_t released = 0;
+    std::uint64_t running = 0;
+};
+
+/// A worker over one broker. Register handlers, then `run()` (blocking) until `stop()`.
+/// `stop()` is thread-safe and async-signal-safe. The destructor stops and joins.
+class Worker {
+  public:
+    Worker(std::shared_ptr<Broker> broker, WorkerOptions options);
+    Worker(Worker&&) noexcept;
+    Worker& operator=(Worker&&) noexcept;
+    ~Worker();
+
+    /// Registers an in-process C++ handler.
+    void handle(std::string task, TaskOptions options, Handler fn);
+    void handle(std::string task, Handler fn);
+    /// Runs `argv` per task: the task JSON on stdin; exit 0 = success, stdout = result.
+    void handle_exec(std::string task, std::vector<std::string> argv, TaskOptions options);
+    /// POSTs the task JSON to `url`: 2xx = success; 429/5xx/timeouts retried; other 4xx rejected.
+    void handle_http(std::string task, std::string url, TaskOptions options);
+    /// Registers every `[[task]]` of the config with an `exec` or `http` handler, and takes the
+    /// config's raw queues and default retry policy.
+    void configure(const Config& config);
+
+    /// Runs until `stop()`: then stops fetching, lets running tasks finish within the grace
+    /// period, hands back the rest, and returns. Fails only when the broker fails.
+    [[nodiscard]] Result<void> run();
+    void stop() noexcept;
+    WorkerStats stats() const noexcept;
+
+  private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+/// The JSON a subprocess or HTTP handler receives for a task.
+Json task_payload(const TaskMessage& task, const std::string& queue);
+
+}  // namespace conveyor

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Conveyor needs, when they are missing.
+#   scripts/install-deps.sh build   compiler, libraries (for `make demo`)
+#   scripts/install-deps.sh test    the above plus test frameworks and test peers
+set -euo pipefail
+profile="${1:-build}"
+
+build_pkgs=(g++ cmake ninja-build pkg-config
+  libsqlite3-dev nlohmann-json3-dev libfmt-dev libcli11-dev libtomlplusplus-dev
+  libcpp-httplib-dev libssl-dev librabbitmq-dev libhiredis-dev)
+test_pkgs=(libgtest-dev libgmock-dev libbenchmark-dev sqlite3 python3 procps)
+
+pkgs=("${build_pkgs[@]}")
+if [ "$profile" = "test" ] || [ "$profile" = "bench" ]; then
+  pkgs+=("${test_pkgs[@]}")
+fi
+
+missing=()
+for p in "${pkgs[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then sudo="sudo"; else
+    echo "install-deps: missing packages (${missing[*]}) and not root; run as root or install sudo" >&2
+    exit 1
+  fi
+fi
+echo "install-deps: installing ${missing[*]}"
+$sudo apt-get update -q
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"

@@ -1,0 +1,56 @@
+#include "conveyor/broker.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+#include "broker/memory/memory_broker.hpp"
+#include "broker/sqlite/sqlite_broker.hpp"
+#include "core/url.hpp"
+
+namespace conveyor {
+
+Result<std::shared_ptr<Broker>> Broker::open(std::string_view url) {
+    auto u = detail::parse_broker_url(url);
+    if (!u) return std::unexpected(u.error());
+    if (u->scheme == "memory") {
+        if (!u->query.empty())
+            return fail(Errc::invalid_argument,
+                        fmt::format("memory broker URL '{}' takes no options", url));
+        return memory::open_memory_broker(u->rest.empty() ? "default" : u->rest);
+    }
+    if (u->scheme == "sqlite") {
+        sqlite::SqliteOptions o;
+        o.path = u->rest;
+        for (auto& [k, v] : u->query) {
+            if (k == "sync") {
+                std::string up = v;
+                std::transform(up.begin(), up.end(), up.begin(), ::toupper);
+                if (up != "FULL" && up != "NORMAL" && up != "OFF")
+                    return fail(
+                        Errc::invalid_argument,
+                        fmt::format("sqlite option sync={} must be full, normal or off", v));
+                o.synchronous = up;
+            } else if (k == "result_expires") {
+                try {
+                    o.result_expires = std::chrono::seconds(std::stoll(v));
+                } catch (...) {
+                    return fail(
+                        Errc::invalid_argument,
+                        fmt::format("sqlite option result_expires={} is not a number of seconds",
+                                    v));
+                }
+            } else {
+                return fail(Errc::invalid_argument,
+                            fmt::format("unknown sqlite broker option '{}'", k));
+            }
+        }
+        return sqlite::open_sqlite_broker(o);
+    }
+    return fail(
+        Errc::invalid_argument,
+        fmt::format("unsupported broker scheme '{}' in '{}'; use sqlite://PATH or memory://",
+                    u->scheme, url));
+}
+
+}  // namespace conveyor

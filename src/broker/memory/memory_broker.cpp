@@ -1,0 +1,305 @@
+#include "broker/memory/memory_broker.hpp"
+
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <set>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "core/codec.hpp"
+
+namespace conveyor::memory {
+
+namespace {
+
+struct Item {
+    std::string id;
+    std::string queue;
+    Envelope envelope;
+    int priority = 0;
+    int deliveries = 0;
+    std::uint64_t owner = 0;  // consumer id while in flight
+    std::string reason;
+    TimePoint dead_at{};
+};
+
+struct QueueState {
+    std::set<std::pair<int, std::uint64_t>> ready;  // (-priority, seq)
+    std::multimap<TimePoint, std::uint64_t> delayed;
+    std::int64_t in_flight = 0;
+    std::vector<std::uint64_t> dead;  // seqs, oldest first
+};
+
+struct State {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::uint64_t next_seq = 1;
+    std::uint64_t next_consumer = 1;
+    std::unordered_map<std::uint64_t, Item> items;
+    std::unordered_map<std::string, std::uint64_t> ids;  // live id -> seq
+    std::unordered_map<std::string, TaskResult> results;
+    std::map<std::string, QueueState> queues;
+
+    void make_ready(std::uint64_t seq) {
+        auto& it = items.at(seq);
+        queues[it.queue].ready.emplace(-it.priority, seq);
+    }
+
+    void promote_due(QueueState& q, TimePoint now) {
+        while (!q.delayed.empty() && q.delayed.begin()->first <= now) {
+            auto seq = q.delayed.begin()->second;
+            q.delayed.erase(q.delayed.begin());
+            q.ready.emplace(-items.at(seq).priority, seq);
+        }
+    }
+};
+
+class MemoryConsumer final : public Consumer {
+  public:
+    MemoryConsumer(std::shared_ptr<State> s, ConsumerOptions o)
+        : s_(std::move(s)), opts_(std::move(o)) {
+        std::lock_guard lk(s_->mu);
+        id_ = s_->next_consumer++;
+        for (auto& q : opts_.queues) s_->queues[q];
+    }
+
+    ~MemoryConsumer() override {
+        // A consumer that goes away hands back what it still holds.
+        std::lock_guard lk(s_->mu);
+        for (auto seq : held_) {
+            auto it = s_->items.find(seq);
+            if (it == s_->items.end()) continue;
+            it->second.owner = 0;
+            s_->queues[it->second.queue].in_flight--;
+            s_->make_ready(seq);
+        }
+        s_->cv.notify_all();
+    }
+
+    Result<std::vector<Delivery>> fetch(std::size_t max, std::chrono::milliseconds wait) override {
+        std::vector<Delivery> out;
+        auto deadline = std::chrono::steady_clock::now() + wait;
+        std::unique_lock lk(s_->mu);
+        for (;;) {
+            auto now = SystemClock::now();
+            std::optional<TimePoint> next_due;
+            std::size_t n = opts_.queues.size();
+            for (std::size_t i = 0; i < n && out.size() < max; ++i) {
+                auto& qname = opts_.queues[(rr_ + i) % n];
+                auto& q = s_->queues[qname];
+                s_->promote_due(q, now);
+                while (!q.ready.empty() && out.size() < max) {
+                    auto seq = q.ready.begin()->second;
+                    q.ready.erase(q.ready.begin());
+                    auto& item = s_->items.at(seq);
+                    item.owner = id_;
+                    item.deliveries++;
+                    q.in_flight++;
+                    held_.insert(seq);
+                    out.push_back(
+                        Delivery{seq, item.queue, item.id, item.envelope, item.deliveries});
+                }
+                if (!q.delayed.empty() && (!next_due || q.delayed.begin()->first < *next_due))
+                    next_due = q.delayed.begin()->first;
+            }
+            rr_++;
+            if (!out.empty()) return out;
+            auto steady_now = std::chrono::steady_clock::now();
+            if (steady_now >= deadline) return out;
+            auto until = deadline;
+            if (next_due) {
+                auto d = std::chrono::duration_cast<std::chrono::steady_clock::duration>(*next_due -
+                                                                                         now);
+                until = std::min(until, steady_now + d);
+            }
+            s_->cv.wait_until(lk, until);
+        }
+    }
+
+    Result<void> settle(std::span<Settlement> batch) override {
+        std::lock_guard lk(s_->mu);
+        for (auto& st : batch) {
+            auto held = held_.find(st.tag);
+            if (held == held_.end()) continue;  // not ours (any more)
+            held_.erase(held);
+            auto& item = s_->items.at(st.tag);
+            auto& q = s_->queues[item.queue];
+            q.in_flight--;
+            item.owner = 0;
+            switch (st.kind) {
+                case Settlement::Kind::ack:
+                    if (st.result) s_->results[item.id] = *st.result;
+                    s_->ids.erase(item.id);
+                    s_->items.erase(st.tag);
+                    break;
+                case Settlement::Kind::retry: {
+                    item.envelope = std::move(st.envelope);
+                    auto& r = s_->results[item.id];
+                    r.id = item.id;
+                    r.state = TaskState::retry;
+                    r.retries++;
+                    if (st.not_before > SystemClock::now())
+                        q.delayed.emplace(st.not_before, st.tag);
+                    else
+                        s_->make_ready(st.tag);
+                    break;
+                }
+                case Settlement::Kind::dead_letter:
+                    if (st.result) s_->results[item.id] = *st.result;
+                    item.reason = st.reason;
+                    item.dead_at = SystemClock::now();
+                    q.dead.push_back(st.tag);
+                    break;
+                case Settlement::Kind::release:
+                    s_->make_ready(st.tag);
+                    break;
+            }
+        }
+        s_->cv.notify_all();
+        return {};
+    }
+
+    Result<void> renew() override { return {}; }
+
+  private:
+    std::shared_ptr<State> s_;
+    ConsumerOptions opts_;
+    std::uint64_t id_ = 0;
+    std::size_t rr_ = 0;
+    std::unordered_set<std::uint64_t> held_;
+};
+
+class MemoryBroker final : public Broker {
+  public:
+    explicit MemoryBroker(std::string name)
+        : name_(std::move(name)), s_(std::make_shared<State>()) {}
+
+    Result<void> publish(std::span<const OutgoingMessage> msgs) override {
+        std::lock_guard lk(s_->mu);
+        auto now = SystemClock::now();
+        for (auto& m : msgs) {
+            std::string id = codec::envelope_id(m.envelope);
+            if (id.empty()) id = make_task_id();
+            if (s_->ids.contains(id) || s_->results.contains(id)) continue;
+            auto seq = s_->next_seq++;
+            s_->ids.emplace(id, seq);
+            s_->items.emplace(seq, Item{id, m.queue, m.envelope, m.envelope.priority});
+            auto& q = s_->queues[m.queue];
+            if (m.not_before && *m.not_before > now)
+                q.delayed.emplace(*m.not_before, seq);
+            else
+                q.ready.emplace(-m.envelope.priority, seq);
+        }
+        s_->cv.notify_all();
+        return {};
+    }
+
+    Result<std::unique_ptr<Consumer>> consume(const ConsumerOptions& o) override {
+        if (o.queues.empty())
+            return fail(Errc::invalid_argument, "a consumer needs at least one queue");
+        return std::unique_ptr<Consumer>(std::make_unique<MemoryConsumer>(s_, o));
+    }
+
+    Result<std::vector<QueueStats>> stats() override {
+        std::lock_guard lk(s_->mu);
+        std::vector<QueueStats> out;
+        auto now = SystemClock::now();
+        for (auto& [name, q] : s_->queues) {
+            s_->promote_due(q, now);
+            out.push_back(QueueStats{name, std::int64_t(q.ready.size()),
+                                     std::int64_t(q.delayed.size()), q.in_flight,
+                                     std::int64_t(q.dead.size())});
+        }
+        return out;
+    }
+
+    Result<TaskResult> result(std::string_view id) override {
+        std::lock_guard lk(s_->mu);
+        std::string key(id);
+        if (auto it = s_->results.find(key);
+            it != s_->results.end() && (it->second.ready() || !s_->ids.contains(key)))
+            return it->second;
+        TaskResult r;
+        r.id = key;
+        if (auto it = s_->ids.find(key); it != s_->ids.end()) {
+            auto& item = s_->items.at(it->second);
+            if (auto rit = s_->results.find(key); rit != s_->results.end()) r = rit->second;
+            if (item.owner) r.state = TaskState::started;
+        }
+        return r;
+    }
+
+    Result<std::vector<DeadLetter>> dead_letters(std::string_view queue,
+                                                 std::size_t limit) override {
+        std::lock_guard lk(s_->mu);
+        std::vector<DeadLetter> out;
+        auto it = s_->queues.find(std::string(queue));
+        if (it == s_->queues.end()) return out;
+        for (auto seq : it->second.dead) {
+            if (out.size() >= limit) break;
+            auto& item = s_->items.at(seq);
+            out.push_back(
+                DeadLetter{item.id, item.queue, item.envelope, item.reason, item.dead_at});
+        }
+        return out;
+    }
+
+    Result<std::size_t> replay_dead(std::string_view queue,
+                                    std::span<const std::string> ids) override {
+        std::lock_guard lk(s_->mu);
+        auto it = s_->queues.find(std::string(queue));
+        if (it == s_->queues.end()) return std::size_t{0};
+        std::size_t n = 0;
+        std::vector<std::uint64_t> keep;
+        for (auto seq : it->second.dead) {
+            auto& item = s_->items.at(seq);
+            if (!ids.empty() && std::find(ids.begin(), ids.end(), item.id) == ids.end()) {
+                keep.push_back(seq);
+                continue;
+            }
+            if (item.envelope.headers.is_object() && item.envelope.headers.contains("retries"))
+                item.envelope.headers["retries"] = 0;
+            item.reason.clear();
+            s_->results.erase(item.id);
+            s_->make_ready(seq);
+            ++n;
+        }
+        it->second.dead = std::move(keep);
+        s_->cv.notify_all();
+        return n;
+    }
+
+    Result<std::size_t> purge_dead(std::string_view queue) override {
+        std::lock_guard lk(s_->mu);
+        auto it = s_->queues.find(std::string(queue));
+        if (it == s_->queues.end()) return std::size_t{0};
+        std::size_t n = it->second.dead.size();
+        for (auto seq : it->second.dead) {
+            s_->ids.erase(s_->items.at(seq).id);
+            s_->items.erase(seq);
+        }
+        it->second.dead.clear();
+        return n;
+    }
+
+    std::string url() const override { return "memory://" + name_; }
+
+  private:
+    std::string name_;
+    std::shared_ptr<State> s_;
+};
+
+}  // namespace
+
+std::shared_ptr<Broker> open_memory_broker(const std::string& name) {
+    static std::mutex mu;
+    static std::map<std::string, std::weak_ptr<Broker>> registry;
+    std::lock_guard lk(mu);
+    if (auto existing = registry[name].lock()) return existing;
+    auto b = std::make_shared<MemoryBroker>(name);
+    registry[name] = b;
+    return b;
+}
+
+}  // namespace conveyor::memory

@@ -1,0 +1,623 @@
+#include "broker/sqlite/sqlite_broker.hpp"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "broker/sqlite/sqlite_db.hpp"
+#include "core/codec.hpp"
+#include "core/time.hpp"
+
+namespace conveyor::sqlite {
+
+namespace {
+
+using detail::from_epoch_ms;
+using detail::to_epoch_ms;
+
+enum State : int { kReady = 0, kInFlight = 1, kDead = 2, kDelayed = 3 };
+
+constexpr std::string_view kSchema = R"sql(
+CREATE TABLE IF NOT EXISTS tasks(
+  seq INTEGER PRIMARY KEY,
+  id TEXT NOT NULL UNIQUE,
+  queue TEXT NOT NULL,
+  state INTEGER NOT NULL,
+  priority INTEGER NOT NULL DEFAULT 0,
+  available_at INTEGER NOT NULL DEFAULT 0,
+  lease_owner TEXT,
+  lease_until INTEGER,
+  deliveries INTEGER NOT NULL DEFAULT 0,
+  retries INTEGER NOT NULL DEFAULT 0,
+  props TEXT NOT NULL,
+  headers TEXT NOT NULL,
+  body BLOB NOT NULL,
+  reason TEXT,
+  dead_at INTEGER);
+CREATE INDEX IF NOT EXISTS tasks_ready ON tasks(queue, priority DESC, seq) WHERE state=0;
+CREATE INDEX IF NOT EXISTS tasks_delayed ON tasks(available_at) WHERE state=3;
+CREATE INDEX IF NOT EXISTS tasks_leased ON tasks(lease_until) WHERE state=1;
+CREATE INDEX IF NOT EXISTS tasks_dead ON tasks(queue, seq) WHERE state=2;
+CREATE TABLE IF NOT EXISTS results(
+  id TEXT PRIMARY KEY, state INTEGER NOT NULL, result TEXT, traceback TEXT,
+  retries INTEGER NOT NULL DEFAULT 0, done_at INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS results_done ON results(done_at);
+CREATE TABLE IF NOT EXISTS queues(name TEXT PRIMARY KEY) WITHOUT ROWID;
+)sql";
+
+std::int64_t now_ms() { return to_epoch_ms(SystemClock::now()); }
+
+std::string props_json(const Envelope& e) {
+    Json p = Json::object();
+    if (!e.content_type.empty()) p["content_type"] = e.content_type;
+    if (!e.content_encoding.empty()) p["content_encoding"] = e.content_encoding;
+    if (!e.correlation_id.empty()) p["correlation_id"] = e.correlation_id;
+    if (!e.reply_to.empty()) p["reply_to"] = e.reply_to;
+    if (e.priority) p["priority"] = e.priority;
+    return p.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
+Envelope make_envelope(const std::string& props, const std::string& headers, std::string body) {
+    Envelope e;
+    Json p = Json::parse(props, nullptr, false);
+    if (p.is_object()) {
+        e.content_type = p.value("content_type", "");
+        e.content_encoding = p.value("content_encoding", "");
+        e.correlation_id = p.value("correlation_id", "");
+        e.reply_to = p.value("reply_to", "");
+        e.priority = p.value("priority", 0);
+    }
+    e.headers = Json::parse(headers, nullptr, false);
+    if (e.headers.is_discarded()) e.headers = Json::object();
+    e.body = std::move(body);
+    return e;
+}
+
+std::string headers_json(const Envelope& e) {
+    return (e.headers.is_object() ? e.headers : Json::object())
+        .dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
+int retries_of(const Envelope& e) {
+    if (e.headers.is_object()) {
+        auto it = e.headers.find("retries");
+        if (it != e.headers.end() && it->is_number_integer()) return it->get<int>();
+    }
+    return 0;
+}
+
+/// Prepared statements of one connection.
+struct Statements {
+    Stmt insert_task, insert_queue, promote, reclaim, claim, ack, retry, dead, release, renew,
+        store_result, probe_ready, next_delayed, next_lease, data_version, expire_results;
+
+    static Result<Statements> prepare(Db& db) {
+        Statements s;
+        struct Def {
+            Stmt* stmt;
+            std::string_view sql;
+        };
+        Def defs[] = {
+            {&s.insert_task,
+             "INSERT OR IGNORE INTO "
+             "tasks(id,queue,state,priority,available_at,retries,props,headers,body) "
+             "SELECT ?1,?2,?3,?4,?5,?6,?7,?8,?9 WHERE NOT EXISTS (SELECT 1 FROM results WHERE "
+             "id=?1)"},
+            {&s.insert_queue, "INSERT OR IGNORE INTO queues(name) VALUES(?1)"},
+            {&s.promote, "UPDATE tasks SET state=0 WHERE state=3 AND available_at<=?1"},
+            {&s.reclaim,
+             "UPDATE tasks SET state=0, lease_owner=NULL, lease_until=NULL "
+             "WHERE state=1 AND lease_until<?1"},
+            {&s.claim,
+             "UPDATE tasks SET state=1, lease_owner=?1, lease_until=?2, deliveries=deliveries+1 "
+             "WHERE seq IN (SELECT seq FROM tasks WHERE state=0 AND queue=?3 "
+             "ORDER BY priority DESC, seq LIMIT ?4) "
+             "RETURNING seq, id, queue, deliveries, priority, props, headers, body"},
+            {&s.ack, "DELETE FROM tasks WHERE seq=?1 AND lease_owner=?2 AND state=1"},
+            {&s.retry,
+             "UPDATE tasks SET state=?3, available_at=?4, props=?5, headers=?6, body=?7, "
+             "retries=retries+1, lease_owner=NULL, lease_until=NULL "
+             "WHERE seq=?1 AND lease_owner=?2 AND state=1"},
+            {&s.dead,
+             "UPDATE tasks SET state=2, reason=?3, dead_at=?4, lease_owner=NULL, lease_until=NULL "
+             "WHERE seq=?1 AND lease_owner=?2 AND state=1"},
+            {&s.release,
+             "UPDATE tasks SET state=0, lease_owner=NULL, lease_until=NULL, "
+             "deliveries=max(deliveries-1,0) WHERE seq=?1 AND lease_owner=?2 AND state=1"},
+            {&s.renew, "UPDATE tasks SET lease_until=?2 WHERE lease_owner=?1 AND state=1"},
+            {&s.store_result,
+             "INSERT OR REPLACE INTO results(id,state,result,traceback,retries,done_at) "
+             "VALUES(?1,?2,?3,?4,?5,?6)"},
+            {&s.probe_ready, "SELECT 1 FROM tasks WHERE state=0 AND queue=?1 LIMIT 1"},
+            {&s.next_delayed, "SELECT min(available_at) FROM tasks WHERE state=3"},
+            {&s.next_lease, "SELECT min(lease_until) FROM tasks WHERE state=1"},
+            {&s.data_version, "PRAGMA data_version"},
+            {&s.expire_results, "DELETE FROM results WHERE done_at<?1"},
+        };
+        for (auto& d : defs) {
+            auto st = db.prepare(d.sql);
+            if (!st) return std::unexpected(st.error());
+            *d.stmt = std::move(*st);
+        }
+        return s;
+    }
+};
+
+Result<void> store_result(Statements& s, const TaskResult& r) {
+    s.store_result.reset();
+    s.store_result.bind(1, r.id).bind(2, int(r.state));
+    std::string result = r.result.dump(-1, ' ', false, Json::error_handler_t::replace);
+    s.store_result.bind(3, result);
+    if (r.traceback.empty())
+        s.store_result.bind_null(4);
+    else
+        s.store_result.bind(4, r.traceback);
+    s.store_result.bind(5, r.retries).bind(6, r.done_at ? to_epoch_ms(*r.done_at) : now_ms());
+    auto ok = s.store_result.run();
+    if (!ok) return std::unexpected(ok.error());
+    return {};
+}
+
+/// Runs `fn` inside BEGIN IMMEDIATE, retrying when another process holds the lock past the
+/// busy timeout.
+template <class Fn>
+auto in_transaction(Db& db, Fn&& fn) -> decltype(fn()) {
+    for (int attempt = 0;; ++attempt) {
+        auto tx = Transaction::begin(db);
+        if (!tx) {
+            if (tx.error().code == Errc::unavailable && attempt < 5) continue;
+            return std::unexpected(tx.error());
+        }
+        auto r = fn();
+        if (!r) return r;
+        if (auto c = tx->commit(); !c) {
+            if (c.error().code == Errc::unavailable && attempt < 5) continue;
+            return std::unexpected(c.error());
+        }
+        return r;
+    }
+}
+
+class SqliteConsumer final : public Consumer {
+  public:
+    SqliteConsumer(Db db, Statements st, ConsumerOptions o)
+        : db_(std::move(db)), st_(std::move(st)), opts_(std::move(o)) {
+        owner_ = fmt::format("{}#{}", opts_.name.empty() ? "consumer" : opts_.name,
+                             make_task_id().substr(0, 8));
+    }
+
+    ~SqliteConsumer() override {
+        // Hand back whatever is still held so that others need not wait for the lease.
+        if (held_ == 0) return;
+        (void)in_transaction(db_, [&]() -> Result<void> {
+            auto st = db_.prepare(
+                "UPDATE tasks SET state=0, lease_owner=NULL, lease_until=NULL, "
+                "deliveries=max(deliveries-1,0) WHERE lease_owner=?1 AND state=1");
+            if (!st) return std::unexpected(st.error());
+            st->bind(1, owner_);
+            auto r = st->run();
+            if (!r) return std::unexpected(r.error());
+            return {};
+        });
+    }
+
+    Result<std::vector<Delivery>> fetch(std::size_t max, std::chrono::milliseconds wait) override {
+        auto deadline = std::chrono::steady_clock::now() + wait;
+        auto sleep = std::chrono::microseconds(500);
+        for (;;) {
+            auto probe = claimable();
+            if (!probe) return std::unexpected(probe.error());
+            if (*probe) {
+                auto got = claim(max);
+                if (!got) return got;
+                if (!got->empty()) return got;
+            }
+            auto now = std::chrono::steady_clock::now();
+            if (now >= deadline) return std::vector<Delivery>{};
+            std::this_thread::sleep_for(
+                std::min<std::chrono::steady_clock::duration>(sleep, deadline - now));
+            sleep = std::min(sleep * 2, std::chrono::microseconds(4000));
+        }
+    }
+
+    Result<void> settle(std::span<Settlement> batch) override {
+        if (batch.empty()) return {};
+        return in_transaction(db_, [&]() -> Result<void> {
+            auto now = now_ms();
+            for (auto& s : batch) {
+                Result<int> r;
+                switch (s.kind) {
+                    case Settlement::Kind::ack:
+                        st_.ack.reset();
+                        r = st_.ack.bind(1, std::int64_t(s.tag)).bind(2, owner_).run();
+                        break;
+                    case Settlement::Kind::retry: {
+                        auto nb = to_epoch_ms(s.not_before);
+                        st_.retry.reset();
+                        r = st_.retry.bind(1, std::int64_t(s.tag))
+                                .bind(2, owner_)
+                                .bind(3, nb > now ? int(kDelayed) : int(kReady))
+                                .bind(4, nb)
+                                .bind(5, props_json(s.envelope))
+                                .bind(6, headers_json(s.envelope))
+                                .bind_blob(7, s.envelope.body)
+                                .run();
+                        break;
+                    }
+                    case Settlement::Kind::dead_letter:
+                        st_.dead.reset();
+                        r = st_.dead.bind(1, std::int64_t(s.tag))
+                                .bind(2, owner_)
+                                .bind(3, s.reason)
+                                .bind(4, now)
+                                .run();
+                        break;
+                    case Settlement::Kind::release:
+                        st_.release.reset();
+                        r = st_.release.bind(1, std::int64_t(s.tag)).bind(2, owner_).run();
+                        break;
+                }
+                if (!r) return std::unexpected(r.error());
+                if (*r > 0 && held_ > 0) --held_;
+                // A lost lease (r == 0) means another worker owns the task now; its result wins.
+                if (*r > 0 && s.result) {
+                    if (auto ok = store_result(st_, *s.result); !ok) return ok;
+                }
+            }
+            return {};
+        });
+    }
+
+    Result<void> renew() override {
+        if (held_ == 0) return {};
+        st_.renew.reset();
+        auto r = st_.renew.bind(1, owner_).bind(2, now_ms() + opts_.lease.count()).run();
+        if (!r) return std::unexpected(r.error());
+        return {};
+    }
+
+  private:
+    // Cheap read-only check, so idle consumers do not take the write lock.
+    Result<bool> claimable() {
+        auto now = std::chrono::steady_clock::now();
+        st_.data_version.reset();
+        auto dv = st_.data_version.step();
+        if (!dv) return std::unexpected(dv.error());
+        std::int64_t version = st_.data_version.i64(0);
+        st_.data_version.reset();
+        if (version == last_version_ && now < next_check_) return false;
+        last_version_ = version;
+        next_check_ = now + std::chrono::milliseconds(200);
+        auto wall = now_ms();
+        for (auto& q : opts_.queues) {
+            st_.probe_ready.reset();
+            auto r = st_.probe_ready.bind(1, q).step();
+            if (!r) return std::unexpected(r.error());
+            st_.probe_ready.reset();
+            if (*r) return true;
+        }
+        for (Stmt* s : {&st_.next_delayed, &st_.next_lease}) {
+            s->reset();
+            auto r = s->step();
+            if (!r) return std::unexpected(r.error());
+            bool due = false;
+            if (*r && !s->is_null(0)) {
+                auto at = s->i64(0);
+                if (at <= wall)
+                    due = true;
+                else
+                    next_check_ = std::min(next_check_, now + std::chrono::milliseconds(at - wall));
+            }
+            s->reset();
+            if (due) return true;
+        }
+        return false;
+    }
+
+    Result<std::vector<Delivery>> claim(std::size_t max) {
+        std::vector<Delivery> out;
+        auto ok = in_transaction(db_, [&]() -> Result<void> {
+            out.clear();
+            auto now = now_ms();
+            st_.promote.reset();
+            if (auto r = st_.promote.bind(1, now).run(); !r) return std::unexpected(r.error());
+            st_.reclaim.reset();
+            if (auto r = st_.reclaim.bind(1, now).run(); !r) return std::unexpected(r.error());
+            std::size_t n = opts_.queues.size();
+            for (std::size_t i = 0; i < n && out.size() < max; ++i) {
+                auto& q = opts_.queues[(rr_ + i) % n];
+                st_.claim.reset();
+                st_.claim.bind(1, owner_)
+                    .bind(2, now + opts_.lease.count())
+                    .bind(3, q)
+                    .bind(4, std::int64_t(max - out.size()));
+                std::vector<std::pair<std::pair<int, std::int64_t>, Delivery>> rows;
+                for (;;) {
+                    auto r = st_.claim.step();
+                    if (!r) return std::unexpected(r.error());
+                    if (!*r) break;
+                    Delivery d;
+                    d.tag = std::uint64_t(st_.claim.i64(0));
+                    d.message_id = st_.claim.text(1);
+                    d.queue = st_.claim.text(2);
+                    d.deliveries = int(st_.claim.i64(3));
+                    int prio = int(st_.claim.i64(4));
+                    d.envelope =
+                        make_envelope(st_.claim.text(5), st_.claim.text(6), st_.claim.text(7));
+                    rows.push_back({{-prio, st_.claim.i64(0)}, std::move(d)});
+                }
+                std::sort(rows.begin(), rows.end(),
+                          [](auto& a, auto& b) { return a.first < b.first; });
+                for (auto& r : rows) out.push_back(std::move(r.second));
+            }
+            rr_++;
+            return {};
+        });
+        if (!ok) return std::unexpected(ok.error());
+        held_ += out.size();
+        if (out.size() == max) next_check_ = {};  // more may be waiting
+        return out;
+    }
+
+    Db db_;
+    Statements st_;
+    ConsumerOptions opts_;
+    std::string owner_;
+    std::size_t held_ = 0;
+    std::size_t rr_ = 0;
+    std::int64_t last_version_ = -1;
+    std::chrono::steady_clock::time_point next_check_{};
+};
+
+class SqliteBroker final : public Broker {
+  public:
+    SqliteBroker(SqliteOptions o, Db db, Statements st)
+        : opts_(std::move(o)), db_(std::move(db)), st_(std::move(st)) {}
+
+    Result<void> publish(std::span<const OutgoingMessage> msgs) override {
+        if (msgs.empty()) return {};
+        std::lock_guard lk(mu_);
+        auto now = now_ms();
+        return in_transaction(db_, [&]() -> Result<void> {
+            for (auto& m : msgs) {
+                if (m.queue.empty()) return fail(Errc::invalid_argument, "message has no queue");
+                if (!known_queues_.contains(m.queue)) {
+                    st_.insert_queue.reset();
+                    if (auto r = st_.insert_queue.bind(1, m.queue).run(); !r)
+                        return std::unexpected(r.error());
+                }
+                std::string id = codec::envelope_id(m.envelope);
+                if (id.empty()) id = make_task_id();
+                auto at = m.not_before ? to_epoch_ms(*m.not_before) : now;
+                st_.insert_task.reset();
+                st_.insert_task.bind(1, id)
+                    .bind(2, m.queue)
+                    .bind(3, at > now ? int(kDelayed) : int(kReady))
+                    .bind(4, m.envelope.priority)
+                    .bind(5, at)
+                    .bind(6, retries_of(m.envelope))
+                    .bind(7, props_json(m.envelope))
+                    .bind(8, headers_json(m.envelope))
+                    .bind_blob(9, m.envelope.body);
+                if (auto r = st_.insert_task.run(); !r) return std::unexpected(r.error());
+            }
+            for (auto& m : msgs) known_queues_.insert(m.queue);
+            return {};
+        });
+    }
+
+    Result<std::unique_ptr<Consumer>> consume(const ConsumerOptions& o) override {
+        if (o.queues.empty())
+            return fail(Errc::invalid_argument, "a consumer needs at least one queue");
+        auto db = Db::open(opts_.path, opts_.synchronous);
+        if (!db) return std::unexpected(db.error());
+        auto st = Statements::prepare(*db);
+        if (!st) return std::unexpected(st.error());
+        return std::unique_ptr<Consumer>(
+            std::make_unique<SqliteConsumer>(std::move(*db), std::move(*st), o));
+    }
+
+    Result<std::vector<QueueStats>> stats() override {
+        std::lock_guard lk(mu_);
+        std::map<std::string, QueueStats> by_queue;
+        auto names = db_.prepare("SELECT name FROM queues");
+        if (!names) return std::unexpected(names.error());
+        for (;;) {
+            auto r = names->step();
+            if (!r) return std::unexpected(r.error());
+            if (!*r) break;
+            auto n = names->text(0);
+            by_queue[n].queue = n;
+        }
+        auto q = db_.prepare(
+            "SELECT queue, state, (state=3 AND available_at<=?1) AS due, count(*) FROM tasks "
+            "GROUP BY queue, state, due");
+        if (!q) return std::unexpected(q.error());
+        q->bind(1, now_ms());
+        for (;;) {
+            auto r = q->step();
+            if (!r) return std::unexpected(r.error());
+            if (!*r) break;
+            auto& s = by_queue[q->text(0)];
+            s.queue = q->text(0);
+            auto count = q->i64(3);
+            switch (q->i64(1)) {
+                case kReady:
+                    s.ready += count;
+                    break;
+                case kInFlight:
+                    s.in_flight += count;
+                    break;
+                case kDead:
+                    s.dead += count;
+                    break;
+                case kDelayed:
+                    (q->i64(2) ? s.ready : s.delayed) += count;
+                    break;
+            }
+        }
+        std::vector<QueueStats> out;
+        for (auto& [_, s] : by_queue) out.push_back(s);
+        return out;
+    }
+
+    Result<TaskResult> result(std::string_view id) override {
+        std::lock_guard lk(mu_);
+        TaskResult r;
+        r.id = std::string(id);
+        auto res = db_.prepare(
+            "SELECT state, result, traceback, retries, done_at FROM results WHERE id=?1");
+        if (!res) return std::unexpected(res.error());
+        res->bind(1, id);
+        auto row = res->step();
+        if (!row) return std::unexpected(row.error());
+        if (*row) {
+            r.state = TaskState(res->i64(0));
+            r.result = Json::parse(res->text(1), nullptr, false);
+            if (r.result.is_discarded()) r.result = nullptr;
+            r.traceback = res->text(2);
+            r.retries = int(res->i64(3));
+            r.done_at = from_epoch_ms(res->i64(4));
+            return r;
+        }
+        auto task = db_.prepare("SELECT state, retries FROM tasks WHERE id=?1");
+        if (!task) return std::unexpected(task.error());
+        task->bind(1, id);
+        row = task->step();
+        if (!row) return std::unexpected(row.error());
+        if (*row) {
+            r.retries = int(task->i64(1));
+            switch (task->i64(0)) {
+                case kInFlight:
+                    r.state = TaskState::started;
+                    break;
+                case kDead:
+                    r.state = TaskState::failure;
+                    break;
+                default:
+                    r.state = r.retries > 0 ? TaskState::retry : TaskState::pending;
+                    break;
+            }
+        }
+        return r;
+    }
+
+    Result<std::vector<DeadLetter>> dead_letters(std::string_view queue,
+                                                 std::size_t limit) override {
+        std::lock_guard lk(mu_);
+        auto q = db_.prepare(
+            "SELECT id, queue, props, headers, body, reason, dead_at FROM tasks "
+            "WHERE state=2 AND queue=?1 ORDER BY seq LIMIT ?2");
+        if (!q) return std::unexpected(q.error());
+        q->bind(1, queue).bind(2, std::int64_t(limit));
+        std::vector<DeadLetter> out;
+        for (;;) {
+            auto r = q->step();
+            if (!r) return std::unexpected(r.error());
+            if (!*r) break;
+            out.push_back(DeadLetter{q->text(0), q->text(1),
+                                     make_envelope(q->text(2), q->text(3), q->text(4)), q->text(5),
+                                     from_epoch_ms(q->i64(6))});
+        }
+        return out;
+    }
+
+    Result<std::size_t> replay_dead(std::string_view queue,
+                                    std::span<const std::string> ids) override {
+        std::lock_guard lk(mu_);
+        std::size_t moved = 0;
+        auto ok = in_transaction(db_, [&]() -> Result<void> {
+            moved = 0;
+            std::string where = "state=2 AND queue=?1";
+            if (!ids.empty()) where += " AND id=?2";
+            auto clear = db_.prepare(
+                "DELETE FROM results WHERE id IN (SELECT id FROM tasks WHERE " + where + ")");
+            if (!clear) return std::unexpected(clear.error());
+            auto upd = db_.prepare(
+                "UPDATE tasks SET state=0, reason=NULL, dead_at=NULL, retries=0, deliveries=0, "
+                "available_at=?3, headers=CASE WHEN json_valid(headers) AND "
+                "json_type(headers,'$.retries') IS NOT NULL THEN json_set(headers,'$.retries',0) "
+                "ELSE headers END WHERE " +
+                where);
+            if (!upd) return std::unexpected(upd.error());
+            auto one = [&](std::optional<std::string_view> id) -> Result<void> {
+                clear->reset();
+                clear->bind(1, queue);
+                if (id) clear->bind(2, *id);
+                if (auto r = clear->run(); !r) return std::unexpected(r.error());
+                upd->reset();
+                upd->bind(1, queue).bind(3, now_ms());
+                if (id) upd->bind(2, *id);
+                auto r = upd->run();
+                if (!r) return std::unexpected(r.error());
+                moved += std::size_t(*r);
+                return {};
+            };
+            if (ids.empty()) return one(std::nullopt);
+            for (auto& id : ids) {
+                if (auto r = one(id); !r) return r;
+            }
+            return {};
+        });
+        if (!ok) return std::unexpected(ok.error());
+        return moved;
+    }
+
+    Result<std::size_t> purge_dead(std::string_view queue) override {
+        std::lock_guard lk(mu_);
+        std::size_t n = 0;
+        auto ok = in_transaction(db_, [&]() -> Result<void> {
+            auto del = db_.prepare("DELETE FROM tasks WHERE state=2 AND queue=?1");
+            if (!del) return std::unexpected(del.error());
+            del->bind(1, queue);
+            auto r = del->run();
+            if (!r) return std::unexpected(r.error());
+            n = std::size_t(*r);
+            return {};
+        });
+        if (!ok) return std::unexpected(ok.error());
+        return n;
+    }
+
+    std::string url() const override { return "sqlite://" + opts_.path; }
+
+    Result<void> expire_results() {
+        std::lock_guard lk(mu_);
+        st_.expire_results.reset();
+        auto r =
+            st_.expire_results.bind(1, now_ms() - std::int64_t(opts_.result_expires.count()) * 1000)
+                .run();
+        if (!r) return std::unexpected(r.error());
+        return {};
+    }
+
+  private:
+    SqliteOptions opts_;
+    std::mutex mu_;
+    Db db_;
+    Statements st_;
+    std::set<std::string> known_queues_;
+};
+
+}  // namespace
+
+Result<std::shared_ptr<Broker>> open_sqlite_broker(const SqliteOptions& o) {
+    if (o.path.empty())
+        return fail(Errc::invalid_argument,
+                    "sqlite broker URL needs a file path, e.g. sqlite://conveyor.db");
+    auto db = Db::open(o.path, o.synchronous);
+    if (!db) return std::unexpected(db.error());
+    if (auto ok = db->exec(kSchema); !ok) return std::unexpected(ok.error());
+    auto st = Statements::prepare(*db);
+    if (!st) return std::unexpected(st.error());
+    auto b = std::make_shared<SqliteBroker>(o, std::move(*db), std::move(*st));
+    if (auto ok = b->expire_results(); !ok) return std::unexpected(ok.error());
+    return std::shared_ptr<Broker>(std::move(b));
+}
+
+}  // namespace conveyor::sqlite

@@ -1,0 +1,111 @@
+#pragma once
+// A thin RAII layer over sqlite3: one connection, prepared statements, rc -> Error.
+
+#include <sqlite3.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "conveyor/error.hpp"
+
+namespace conveyor::sqlite {
+
+/// Translates a sqlite result code into an Error ("busy" and "locked" are `unavailable`).
+Error to_error(sqlite3* db, int rc, std::string_view what);
+
+class Stmt {
+  public:
+    Stmt() = default;
+    Stmt(sqlite3* db, sqlite3_stmt* s) noexcept : db_(db), s_(s) {}
+    Stmt(Stmt&& o) noexcept : db_(o.db_), s_(o.s_) { o.s_ = nullptr; }
+    Stmt& operator=(Stmt&& o) noexcept {
+        std::swap(db_, o.db_);
+        std::swap(s_, o.s_);
+        return *this;
+    }
+    ~Stmt() { sqlite3_finalize(s_); }
+
+    Stmt& bind(int i, std::int64_t v) {
+        sqlite3_bind_int64(s_, i, v);
+        return *this;
+    }
+    Stmt& bind(int i, int v) {
+        sqlite3_bind_int64(s_, i, v);
+        return *this;
+    }
+    Stmt& bind(int i, std::string_view v) {
+        sqlite3_bind_text(s_, i, v.data(), int(v.size()), SQLITE_TRANSIENT);
+        return *this;
+    }
+    Stmt& bind_blob(int i, std::string_view v) {
+        sqlite3_bind_blob(s_, i, v.data(), int(v.size()), SQLITE_TRANSIENT);
+        return *this;
+    }
+    Stmt& bind_null(int i) {
+        sqlite3_bind_null(s_, i);
+        return *this;
+    }
+
+    /// true: a row is available; false: done.
+    Result<bool> step();
+    /// Runs to completion; returns the number of changed rows.
+    Result<int> run();
+    void reset() {
+        sqlite3_reset(s_);
+        sqlite3_clear_bindings(s_);
+    }
+
+    std::int64_t i64(int col) const { return sqlite3_column_int64(s_, col); }
+    std::string text(int col) const {
+        auto* p = reinterpret_cast<const char*>(sqlite3_column_blob(s_, col));
+        return p ? std::string(p, sqlite3_column_bytes(s_, col)) : std::string();
+    }
+    bool is_null(int col) const { return sqlite3_column_type(s_, col) == SQLITE_NULL; }
+
+  private:
+    sqlite3* db_ = nullptr;
+    sqlite3_stmt* s_ = nullptr;
+};
+
+/// One connection. Move-only; closes in its destructor.
+class Db {
+  public:
+    Db() = default;
+    Db(Db&& o) noexcept : db_(o.db_) { o.db_ = nullptr; }
+    Db& operator=(Db&& o) noexcept {
+        std::swap(db_, o.db_);
+        return *this;
+    }
+    ~Db() { sqlite3_close_v2(db_); }
+
+    /// Opens (creating) the file with WAL, the given synchronous mode and a busy timeout.
+    static Result<Db> open(const std::string& path, std::string_view synchronous);
+
+    Result<void> exec(std::string_view sql);
+    Result<Stmt> prepare(std::string_view sql);
+    sqlite3* raw() const noexcept { return db_; }
+    int changes() const noexcept { return sqlite3_changes(db_); }
+
+  private:
+    explicit Db(sqlite3* db) : db_(db) {}
+    sqlite3* db_ = nullptr;
+};
+
+/// BEGIN IMMEDIATE ... COMMIT, rolled back when not committed.
+class Transaction {
+  public:
+    static Result<Transaction> begin(Db& db);
+    Transaction(Transaction&& o) noexcept : db_(o.db_) { o.db_ = nullptr; }
+    Transaction& operator=(Transaction&&) = delete;
+    ~Transaction() {
+        if (db_) (void)db_->exec("ROLLBACK");
+    }
+    Result<void> commit();
+
+  private:
+    explicit Transaction(Db* db) : db_(db) {}
+    Db* db_ = nullptr;
+};
+
+}  // namespace conveyor::sqlite

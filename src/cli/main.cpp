@@ -1,0 +1,373 @@
+// The `conveyor` command: argument parsing and printing only.
+
+#include <fmt/format.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+
+#include "cli/demo.hpp"
+#include "conveyor/broker.hpp"
+#include "conveyor/client.hpp"
+#include "conveyor/config.hpp"
+#include "conveyor/worker.hpp"
+#include "core/time.hpp"
+
+namespace {
+
+using namespace conveyor;
+
+struct Global {
+    std::string broker;
+    std::string config_path;
+    bool json = false;
+};
+
+[[noreturn]] void die(const std::string& sentence, int code = 1) {
+    std::string s = sentence;
+    if (!s.empty() && s.back() != '.') s += '.';
+    fmt::print(stderr, "conveyor: {}\n", s);
+    std::fflush(stderr);
+    std::exit(code);
+}
+
+Config load(const Global& g) {
+    std::string path = g.config_path;
+    if (path.empty() && std::filesystem::exists("conveyor.toml")) path = "conveyor.toml";
+    if (path.empty()) return Config{};
+    auto cfg = load_config(path);
+    if (!cfg) die(cfg.error().message, 2);
+    return *cfg;
+}
+
+std::string broker_url(const Global& g, const Config& cfg) {
+    if (!g.broker.empty()) return g.broker;
+    if (const char* env = std::getenv("CONVEYOR_BROKER"); env && *env) return env;
+    if (!cfg.broker.empty()) return cfg.broker;
+    return "sqlite://conveyor.db";
+}
+
+std::shared_ptr<Broker> open_broker(const std::string& url) {
+    auto b = Broker::open(url);
+    if (!b)
+        die(fmt::format("cannot open broker {}: {}", url, b.error().message),
+            b.error().code == Errc::invalid_argument ? 2 : 1);
+    return *b;
+}
+
+Json parse_json_flag(const std::string& text, const char* flag, bool want_array) {
+    Json j = Json::parse(text, nullptr, false);
+    if (j.is_discarded()) die(fmt::format("{} is not valid JSON: {}", flag, text), 2);
+    if (want_array && !j.is_array())
+        die(fmt::format("{} must be a JSON array, e.g. '[1, 2]'", flag), 2);
+    if (!want_array && !j.is_object())
+        die(fmt::format("{} must be a JSON object, e.g. '{{\"x\": 1}}'", flag), 2);
+    return j;
+}
+
+std::vector<std::string> split_list(const std::string& s) {
+    std::vector<std::string> out;
+    std::size_t start = 0;
+    while (start <= s.size()) {
+        auto comma = s.find(',', start);
+        auto item = s.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+        if (!item.empty()) out.push_back(item);
+        if (comma == std::string::npos) break;
+        start = comma + 1;
+    }
+    return out;
+}
+
+Worker* g_worker = nullptr;
+volatile sig_atomic_t g_signals = 0;
+
+void on_signal(int) {
+    g_signals = g_signals + 1;
+    if (g_signals >= 2) _exit(130);  // second signal: cold shutdown
+    if (g_worker) g_worker->stop();
+}
+
+int cmd_worker(const Global& g, std::string queues_flag, int concurrency, int prefetch,
+               double lease, double grace) {
+    Config cfg = load(g);
+    auto broker = open_broker(broker_url(g, cfg));
+    WorkerOptions o;
+    o.queues = !queues_flag.empty() ? split_list(queues_flag) : cfg.worker.queues;
+    if (o.queues.empty()) {
+        for (auto& q : cfg.queues) o.queues.push_back(q.name);
+        if (o.queues.empty()) o.queues.push_back(cfg.default_queue);
+    }
+    o.concurrency = concurrency > 0 ? concurrency : cfg.worker.concurrency;
+    o.prefetch = std::size_t(prefetch > 0 ? prefetch : cfg.worker.prefetch);
+    o.lease = std::chrono::milliseconds(
+        static_cast<long long>((lease > 0 ? lease : cfg.worker.lease) * 1000));
+    o.shutdown_grace = std::chrono::milliseconds(
+        static_cast<long long>((grace >= 0 ? grace : cfg.worker.shutdown_grace) * 1000));
+    o.default_retry = cfg.default_retry;
+    Worker worker(broker, o);
+    worker.configure(cfg);
+    std::size_t handlers = 0;
+    for (auto& t : cfg.tasks) handlers += (!t.exec.empty() || !t.http.empty()) ? 1 : 0;
+    if (handlers == 0)
+        die("no task has a handler; add [[task]] tables with 'exec' or 'http' to conveyor.toml", 2);
+    g_worker = &worker;
+    struct sigaction sa {};
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, nullptr);
+    sigaction(SIGINT, &sa, nullptr);
+    signal(SIGPIPE, SIG_IGN);
+    fmt::print(stderr, "conveyor worker: broker {} queues {} concurrency {}\n", broker->url(),
+               fmt::join(o.queues, ","), o.concurrency);
+    auto r = worker.run();
+    g_worker = nullptr;
+    auto st = worker.stats();
+    fmt::print(
+        stderr,
+        "conveyor worker: stopped (succeeded {}, retried {}, dead-lettered {}, handed back {})\n",
+        st.succeeded, st.retried, st.dead_lettered, st.released);
+    if (!r) die(fmt::format("worker stopped: {}", r.error().message));
+    return 0;
+}
+
+void print_table(const std::vector<std::string>& header,
+                 const std::vector<std::vector<std::string>>& rows) {
+    std::vector<std::size_t> w(header.size());
+    for (std::size_t i = 0; i < header.size(); ++i) w[i] = header[i].size();
+    for (auto& r : rows)
+        for (std::size_t i = 0; i < r.size(); ++i) w[i] = std::max(w[i], r[i].size());
+    auto line = [&](const std::vector<std::string>& r) {
+        std::string s;
+        for (std::size_t i = 0; i < r.size(); ++i) {
+            if (i == 0)
+                s += fmt::format("{:<{}}", r[i], w[i]);
+            else
+                s += fmt::format("  {:>{}}", r[i], w[i]);
+        }
+        fmt::print("{}\n", s);
+    };
+    line(header);
+    for (auto& r : rows) line(r);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"Conveyor: distributed task scheduling and dispatch"};
+    app.require_subcommand(1);
+    Global g;
+    app.add_option("--broker", g.broker,
+                   "Broker URL (sqlite://PATH, memory://); env CONVEYOR_BROKER");
+    app.add_option("--config", g.config_path, "Config file (default ./conveyor.toml when present)");
+    app.add_flag("--json", g.json, "JSON output instead of tables");
+
+    auto* worker = app.add_subcommand("worker", "Run a worker");
+    std::string w_queues;
+    int w_conc = 0, w_prefetch = 0;
+    double w_lease = 0, w_grace = -1;
+    worker->add_option("--queues,-Q", w_queues, "Comma-separated queues to consume");
+    worker->add_option("--concurrency,-c", w_conc, "Handler threads")->check(CLI::Range(1, 1024));
+    worker->add_option("--prefetch", w_prefetch, "Deliveries held at once")
+        ->check(CLI::Range(1, 100000));
+    worker->add_option("--lease", w_lease, "Seconds a claim lasts without renewal (sqlite)")
+        ->check(CLI::Range(0.2, 86400.0));
+    worker->add_option("--grace", w_grace, "Seconds running tasks get on SIGTERM")
+        ->check(CLI::Range(0.0, 86400.0));
+
+    auto* enqueue = app.add_subcommand("enqueue", "Enqueue a task and print its id");
+    std::string e_task, e_args = "[]", e_kwargs = "{}", e_queue, e_eta, e_id;
+    std::optional<double> e_countdown, e_expires;
+    std::optional<int> e_priority, e_max_retries;
+    enqueue->add_option("TASK", e_task, "Task name")->required();
+    enqueue->add_option("--args", e_args, "Positional arguments, a JSON array");
+    enqueue->add_option("--kwargs", e_kwargs, "Keyword arguments, a JSON object");
+    enqueue->add_option("--queue", e_queue, "Queue (default: the task's, else celery)");
+    auto* cd = enqueue->add_option("--countdown", e_countdown, "Run after this many seconds")
+                   ->check(CLI::Range(0.0, 1e10));
+    auto* eta = enqueue->add_option("--eta", e_eta, "Run at this ISO-8601 time");
+    cd->excludes(eta);
+    enqueue->add_option("--priority", e_priority, "0..255, higher first")
+        ->check(CLI::Range(0, 255));
+    enqueue->add_option("--id", e_id, "Task id (default: a new uuid4)");
+    enqueue->add_option("--max-retries", e_max_retries, "Retry budget for this task")
+        ->check(CLI::Range(0, 1000000));
+    enqueue->add_option("--expires", e_expires, "Discard if not started within this many seconds")
+        ->check(CLI::Range(0.0, 1e10));
+
+    auto* result = app.add_subcommand("result", "Print a task's state and result as JSON");
+    std::string r_id;
+    std::optional<double> r_wait;
+    result->add_option("ID", r_id, "Task id")->required();
+    result->add_option("--wait", r_wait, "Wait up to this many seconds for the outcome")
+        ->check(CLI::Range(0.0, 1e7));
+
+    auto* queues =
+        app.add_subcommand("queues", "Ready, delayed, in-flight and dead counts per queue");
+
+    auto* dlq = app.add_subcommand("dlq", "Dead-letter queue: list, replay, purge");
+    dlq->require_subcommand(1);
+    std::string d_queue;
+    std::size_t d_limit = 50;
+    std::vector<std::string> d_ids;
+    auto* dlist = dlq->add_subcommand("list", "List dead messages with their reasons");
+    dlist->add_option("--queue", d_queue, "Queue")->required();
+    dlist->add_option("--limit", d_limit, "At most this many");
+    auto* dreplay = dlq->add_subcommand("replay", "Move dead messages back to their queue");
+    dreplay->add_option("--queue", d_queue, "Queue")->required();
+    dreplay->add_option("--id", d_ids, "Only these ids (repeatable)");
+    auto* dpurge = dlq->add_subcommand("purge", "Delete dead messages");
+    dpurge->add_option("--queue", d_queue, "Queue")->required();
+
+    auto* demo = app.add_subcommand("demo", "Run the order-processing demo on the embedded engine");
+    DemoOptions demo_opts;
+    demo->add_option("--orders", demo_opts.orders, "Orders to place")
+        ->check(CLI::Range(1, 1000000));
+    demo->add_option("--db", demo_opts.db_path, "SQLite file for the demo");
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::CallForHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForAllHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::ParseError& e) {
+        std::string msg = e.what();
+        die(fmt::format("{} (see 'conveyor --help')", msg), 2);
+    }
+
+    if (worker->parsed()) return cmd_worker(g, w_queues, w_conc, w_prefetch, w_lease, w_grace);
+    if (demo->parsed()) {
+        if (!g.broker.empty()) demo_opts.broker = g.broker;
+        auto r = run_demo(demo_opts);
+        if (!r) die(r.error().message);
+        return 0;
+    }
+
+    Config cfg = load(g);
+    auto broker = open_broker(broker_url(g, cfg));
+
+    if (enqueue->parsed()) {
+        Json args = parse_json_flag(e_args, "--args", true);
+        Json kwargs = parse_json_flag(e_kwargs, "--kwargs", false);
+        EnqueueOptions o;
+        o.queue = e_queue;
+        o.id = e_id;
+        o.priority = e_priority;
+        o.max_retries = e_max_retries;
+        if (e_countdown)
+            o.countdown = std::chrono::milliseconds(static_cast<long long>(*e_countdown * 1000));
+        if (!e_eta.empty()) {
+            auto t = detail::parse_iso8601(e_eta);
+            if (!t)
+                die(fmt::format("--eta '{}' is not an ISO-8601 time such as 2030-01-01T12:00:00Z",
+                                e_eta),
+                    2);
+            o.eta = *t;
+        }
+        if (e_expires)
+            o.expires = SystemClock::now() +
+                        std::chrono::milliseconds(static_cast<long long>(*e_expires * 1000));
+        Client client(broker, cfg);
+        auto id = client.enqueue(e_task, std::move(args), std::move(kwargs), o);
+        if (!id) die(fmt::format("enqueue failed: {}", id.error().message));
+        fmt::print("{}\n", *id);
+        return 0;
+    }
+    if (result->parsed()) {
+        Client client(broker, cfg);
+        Result<TaskResult> r =
+            r_wait ? client.wait(r_id,
+                                 std::chrono::milliseconds(static_cast<long long>(*r_wait * 1000)))
+                   : client.result(r_id);
+        if (!r && r.error().code == Errc::timeout) {
+            auto now = client.result(r_id);
+            if (now) fmt::print("{}\n", to_json(*now).dump());
+            die(fmt::format("task {} did not finish within {} seconds", r_id, *r_wait), 3);
+        }
+        if (!r) die(r.error().message);
+        fmt::print("{}\n", to_json(*r).dump());
+        return 0;
+    }
+    if (queues->parsed()) {
+        auto st = broker->stats();
+        if (!st) die(st.error().message);
+        std::map<std::string, QueueStats> all;
+        for (auto& q : cfg.queues) all[q.name].queue = q.name;
+        for (auto& s : *st) all[s.queue] = s;
+        if (g.json) {
+            Json arr = Json::array();
+            for (auto& [name, s] : all)
+                arr.push_back({{"queue", name},
+                               {"ready", s.ready},
+                               {"delayed", s.delayed},
+                               {"in_flight", s.in_flight},
+                               {"dead", s.dead}});
+            fmt::print("{}\n", arr.dump());
+        } else {
+            std::vector<std::vector<std::string>> rows;
+            for (auto& [name, s] : all)
+                rows.push_back({name, std::to_string(s.ready), std::to_string(s.delayed),
+                                std::to_string(s.in_flight), std::to_string(s.dead)});
+            print_table({"QUEUE", "READY", "DELAYED", "IN FLIGHT", "DEAD"}, rows);
+        }
+        return 0;
+    }
+    if (dlist->parsed()) {
+        auto dl = broker->dead_letters(d_queue, d_limit);
+        if (!dl) die(dl.error().message);
+        if (g.json) {
+            Json arr = Json::array();
+            for (auto& d : *dl) {
+                arr.push_back({{"id", d.message_id},
+                               {"queue", d.queue},
+                               {"reason", d.reason},
+                               {"dead_at", detail::format_iso8601(d.dead_at)},
+                               {"task", d.envelope.headers.is_object()
+                                            ? d.envelope.headers.value("task", Json())
+                                            : Json()},
+                               {"body", Json::parse(Json(d.envelope.body)
+                                                        .dump(-1, ' ', false,
+                                                              Json::error_handler_t::replace))}});
+            }
+            fmt::print("{}\n", arr.dump());
+        } else {
+            std::vector<std::vector<std::string>> rows;
+            for (auto& d : *dl) {
+                std::string task;
+                if (d.envelope.headers.is_object() && d.envelope.headers.contains("task") &&
+                    d.envelope.headers["task"].is_string())
+                    task = d.envelope.headers["task"].get<std::string>();
+                rows.push_back({d.message_id, task, detail::format_iso8601(d.dead_at).substr(0, 19),
+                                d.reason});
+            }
+            std::vector<std::string> header = {"ID", "TASK", "DEAD AT", "REASON"};
+            for (auto& r : rows)
+                fmt::print("{}  {}  {}  {}\n", r[0], r[1].empty() ? "-" : r[1], r[2], r[3]);
+            if (rows.empty()) fmt::print("no dead messages in queue {}\n", d_queue);
+        }
+        return 0;
+    }
+    if (dreplay->parsed()) {
+        auto n = broker->replay_dead(d_queue, d_ids);
+        if (!n) die(n.error().message);
+        if (g.json)
+            fmt::print("{}\n", Json{{"replayed", *n}}.dump());
+        else
+            fmt::print("replayed {} message(s) to queue {}\n", *n, d_queue);
+        return 0;
+    }
+    if (dpurge->parsed()) {
+        auto n = broker->purge_dead(d_queue);
+        if (!n) die(n.error().message);
+        if (g.json)
+            fmt::print("{}\n", Json{{"purged", *n}}.dump());
+        else
+            fmt::print("purged {} dead message(s) from queue {}\n", *n, d_queue);
+        return 0;
+    }
+    return 0;
+}

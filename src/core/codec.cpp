@@ -1,0 +1,289 @@
+#include "core/codec.hpp"
+
+#include <fmt/format.h>
+
+#include "core/time.hpp"
+
+namespace conveyor::codec {
+
+namespace {
+
+Json time_or_null(const std::optional<TimePoint>& t) {
+    return t ? Json(detail::format_iso8601(*t)) : Json();
+}
+
+Json opt_or_null(const std::optional<double>& v) { return v ? Json(*v) : Json(); }
+
+Json str_or_null(const std::string& s) { return s.empty() ? Json() : Json(s); }
+
+std::string repr(const Json& v) {
+    if (v.is_null()) return "None";
+    if (v.is_boolean()) return v.get<bool>() ? "True" : "False";
+    if (v.is_string()) return "'" + v.get<std::string>() + "'";
+    if (v.is_array()) {
+        std::string out = "[";
+        for (std::size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + repr(v[i]);
+        return out + "]";
+    }
+    if (v.is_object()) return kwargs_repr(v);
+    return v.dump();
+}
+
+Result<std::optional<TimePoint>> header_time(const Json& headers, const char* key) {
+    auto it = headers.find(key);
+    if (it == headers.end() || it->is_null()) return std::optional<TimePoint>{};
+    if (!it->is_string())
+        return fail(Errc::malformed, fmt::format("header '{}' is not a string", key));
+    auto t = detail::parse_iso8601(it->get_ref<const std::string&>());
+    if (!t) {
+        return fail(Errc::malformed, fmt::format("header '{}' is not an ISO-8601 time: '{}'", key,
+                                                 it->get<std::string>().substr(0, 64)));
+    }
+    return std::optional<TimePoint>{*t};
+}
+
+Result<std::string> header_string(const Json& headers, const char* key) {
+    auto it = headers.find(key);
+    if (it == headers.end() || it->is_null()) return std::string{};
+    if (!it->is_string())
+        return fail(Errc::malformed, fmt::format("header '{}' is not a string", key));
+    return it->get<std::string>();
+}
+
+Result<std::optional<double>> as_limit(const Json& v, const char* what) {
+    if (v.is_null()) return std::optional<double>{};
+    if (!v.is_number())
+        return fail(Errc::malformed, fmt::format("timelimit {} is not a number", what));
+    return std::optional<double>{v.get<double>()};
+}
+
+Result<void> check_envelope(const Envelope& env, std::size_t max_body) {
+    if (env.body.size() > max_body) {
+        return fail(Errc::malformed, fmt::format("body of {} bytes exceeds the limit of {} bytes",
+                                                 env.body.size(), max_body));
+    }
+    if (!env.headers.is_object() && !env.headers.is_null())
+        return fail(Errc::malformed, "headers are not a table");
+    auto comp = env.headers.is_object() ? env.headers.find("compression") : env.headers.end();
+    if (env.headers.is_object() && comp != env.headers.end() && !comp->is_null())
+        return fail(Errc::malformed, fmt::format("unsupported compression '{}'", comp->dump()));
+    return {};
+}
+
+const std::vector<std::string>& known_headers() {
+    static const std::vector<std::string> k = {
+        "lang",     "task",        "id",      "shadow",        "eta",        "expires",
+        "group",    "group_index", "retries", "timelimit",     "root_id",    "parent_id",
+        "argsrepr", "kwargsrepr",  "origin",  "ignore_result", "max_retries"};
+    return k;
+}
+
+}  // namespace
+
+std::string args_repr(const Json& args) {
+    if (!args.is_array()) return repr(args);
+    std::string out = "(";
+    for (std::size_t i = 0; i < args.size(); ++i) out += (i ? ", " : "") + repr(args[i]);
+    if (args.size() == 1) out += ",";
+    return out + ")";
+}
+
+std::string kwargs_repr(const Json& kwargs) {
+    if (!kwargs.is_object()) return repr(kwargs);
+    std::string out = "{";
+    bool first = true;
+    for (auto& [k, v] : kwargs.items()) {
+        out += (first ? "'" : ", '") + k + "': " + repr(v);
+        first = false;
+    }
+    return out + "}";
+}
+
+std::string envelope_id(const Envelope& env) {
+    if (env.headers.is_object()) {
+        auto it = env.headers.find("id");
+        if (it != env.headers.end() && it->is_string() &&
+            !it->get_ref<const std::string&>().empty())
+            return it->get<std::string>();
+    }
+    return env.correlation_id;
+}
+
+Envelope encode(const TaskMessage& t) {
+    Envelope env;
+    env.content_type = std::string(kJson);
+    env.content_encoding = "utf-8";
+    env.correlation_id = t.correlation_id.empty() ? t.id : t.correlation_id;
+    env.reply_to = t.reply_to;
+    env.priority = t.priority;
+    Json h = Json::object();
+    h["lang"] = "py";
+    h["task"] = t.name;
+    h["id"] = t.id;
+    h["shadow"] = nullptr;
+    h["eta"] = time_or_null(t.eta);
+    h["expires"] = time_or_null(t.expires);
+    h["group"] = str_or_null(t.group);
+    h["group_index"] = nullptr;
+    h["retries"] = t.retries;
+    h["timelimit"] = Json::array({opt_or_null(t.time_limit), opt_or_null(t.soft_time_limit)});
+    h["root_id"] = t.root_id.empty() ? t.id : t.root_id;
+    h["parent_id"] = str_or_null(t.parent_id);
+    h["argsrepr"] = args_repr(t.args);
+    h["kwargsrepr"] = kwargs_repr(t.kwargs);
+    h["origin"] = t.origin.empty() ? Json("conveyor") : Json(t.origin);
+    h["ignore_result"] = t.ignore_result;
+    if (t.max_retries) h["max_retries"] = *t.max_retries;
+    if (t.extra_headers.is_object()) {
+        for (auto& [k, v] : t.extra_headers.items()) h.emplace(k, v);
+    }
+    env.headers = std::move(h);
+    Json embed = t.embed.is_object() ? t.embed : Json::object();
+    for (const char* k : {"callbacks", "errbacks", "chain", "chord"}) {
+        if (!embed.contains(k)) embed[k] = nullptr;
+    }
+    env.body = Json::array({t.args, t.kwargs, embed}).dump();
+    return env;
+}
+
+Result<TaskMessage> decode(const Envelope& env, std::size_t max_body) {
+    if (auto ok = check_envelope(env, max_body); !ok) return std::unexpected(ok.error());
+    if (env.content_type.empty())
+        return fail(Errc::malformed, "message has no content_type (expected application/json)");
+    if (env.content_type != kJson) {
+        return fail(Errc::malformed,
+                    fmt::format("unsupported content_type '{}' (expected application/json)",
+                                env.content_type.substr(0, 64)));
+    }
+    const Json& h = env.headers.is_object() ? env.headers : Json::object();
+    Json body = Json::parse(env.body, nullptr, false);
+    if (body.is_discarded())
+        return fail(Errc::malformed, "body is not valid JSON (or not valid UTF-8)");
+
+    TaskMessage t;
+    bool v1 = !h.contains("task") && body.is_object() && body.contains("task");
+    if (v1) {
+        // Protocol v1: everything in the body.
+        if (!body["task"].is_string() || !body.contains("id") || !body["id"].is_string())
+            return fail(Errc::malformed, "protocol v1 body lacks string 'task' and 'id'");
+        t.name = body["task"].get<std::string>();
+        t.id = body["id"].get<std::string>();
+        t.args = body.value("args", Json::array());
+        t.kwargs = body.value("kwargs", Json::object());
+        if (body.contains("retries") && body["retries"].is_number_integer())
+            t.retries = body["retries"].get<int>();
+        Json hv = Json::object();
+        for (const char* k : {"eta", "expires"}) hv[k] = body.value(k, Json());
+        auto eta = header_time(hv, "eta");
+        if (!eta) return std::unexpected(eta.error());
+        t.eta = *eta;
+        auto exp = header_time(hv, "expires");
+        if (!exp) return std::unexpected(exp.error());
+        t.expires = *exp;
+    } else {
+        auto it = h.find("task");
+        if (it == h.end()) return fail(Errc::malformed, "header 'task' is missing");
+        if (!it->is_string() || it->get_ref<const std::string&>().empty())
+            return fail(Errc::malformed, "header 'task' is not a non-empty string");
+        t.name = it->get<std::string>();
+        auto id = h.find("id");
+        if (id == h.end() || !id->is_string() || id->get_ref<const std::string&>().empty())
+            return fail(Errc::malformed, "header 'id' is missing or not a non-empty string");
+        t.id = id->get<std::string>();
+        if (!body.is_array())
+            return fail(Errc::malformed, "body is not a JSON array [args, kwargs, embed]");
+        if (body.size() != 3) {
+            return fail(
+                Errc::malformed,
+                fmt::format("body has {} elements, expected 3 [args, kwargs, embed]", body.size()));
+        }
+        if (!body[0].is_array()) return fail(Errc::malformed, "args (body[0]) is not a JSON array");
+        if (!body[1].is_object())
+            return fail(Errc::malformed, "kwargs (body[1]) is not a JSON object");
+        if (!body[2].is_object() && !body[2].is_null())
+            return fail(Errc::malformed, "embed (body[2]) is not a JSON object");
+        t.args = std::move(body[0]);
+        t.kwargs = std::move(body[1]);
+        if (body[2].is_object()) t.embed = std::move(body[2]);
+
+        if (auto r = h.find("retries"); r != h.end() && !r->is_null()) {
+            if (!r->is_number_integer() || r->get<long long>() < 0 || r->get<long long>() > 1000000)
+                return fail(Errc::malformed, "header 'retries' is not a non-negative integer");
+            t.retries = r->get<int>();
+        }
+        if (auto r = h.find("max_retries"); r != h.end() && !r->is_null()) {
+            if (!r->is_number_integer() || r->get<long long>() < 0)
+                return fail(Errc::malformed, "header 'max_retries' is not a non-negative integer");
+            t.max_retries = r->get<int>();
+        }
+        auto eta = header_time(h, "eta");
+        if (!eta) return std::unexpected(eta.error());
+        t.eta = *eta;
+        auto exp = header_time(h, "expires");
+        if (!exp) return std::unexpected(exp.error());
+        t.expires = *exp;
+        if (auto tl = h.find("timelimit"); tl != h.end() && !tl->is_null()) {
+            if (!tl->is_array() || tl->size() != 2)
+                return fail(Errc::malformed, "header 'timelimit' is not [hard, soft]");
+            auto hard = as_limit((*tl)[0], "hard");
+            if (!hard) return std::unexpected(hard.error());
+            auto soft = as_limit((*tl)[1], "soft");
+            if (!soft) return std::unexpected(soft.error());
+            t.time_limit = *hard;
+            t.soft_time_limit = *soft;
+        }
+        for (auto [field, key] :
+             {std::pair{&t.root_id, "root_id"}, std::pair{&t.parent_id, "parent_id"},
+              std::pair{&t.group, "group"}, std::pair{&t.origin, "origin"}}) {
+            auto v = header_string(h, key);
+            if (!v) return std::unexpected(v.error());
+            *field = std::move(*v);
+        }
+        if (auto ir = h.find("ignore_result"); ir != h.end() && ir->is_boolean())
+            t.ignore_result = ir->get<bool>();
+        for (auto& [k, v] : h.items()) {
+            if (std::find(known_headers().begin(), known_headers().end(), k) ==
+                known_headers().end())
+                t.extra_headers[k] = v;
+        }
+    }
+    if (t.root_id.empty()) t.root_id = t.id;
+    t.priority = env.priority;
+    t.reply_to = env.reply_to;
+    t.correlation_id = env.correlation_id.empty() ? t.id : env.correlation_id;
+    return t;
+}
+
+Result<TaskMessage> decode_raw(const Envelope& env, std::string_view task_name,
+                               std::string_view fallback_id, std::size_t max_body) {
+    if (auto ok = check_envelope(env, max_body); !ok) return std::unexpected(ok.error());
+    if (task_name.empty()) return fail(Errc::malformed, "raw queue has no task name configured");
+    TaskMessage t;
+    t.name = std::string(task_name);
+    t.id = envelope_id(env);
+    if (t.id.empty()) t.id = std::string(fallback_id);
+    Json payload = Json::parse(env.body, nullptr, false);
+    if (payload.is_discarded()) {
+        // A plain-text body is a string argument, as long as it is text.
+        Json probe = Json(env.body);
+        try {
+            (void)probe.dump();
+        } catch (const Json::exception&) {
+            return fail(Errc::malformed, "raw body is neither JSON nor valid UTF-8 text");
+        }
+        payload = std::move(probe);
+    }
+    t.args = Json::array({std::move(payload)});
+    const Json& h = env.headers.is_object() ? env.headers : Json::object();
+    if (auto r = h.find("retries"); r != h.end() && r->is_number_integer())
+        t.retries = r->get<int>();
+    auto eta = header_time(h, "eta");
+    if (eta) t.eta = *eta;
+    t.root_id = t.id;
+    t.priority = env.priority;
+    t.reply_to = env.reply_to;
+    t.correlation_id = env.correlation_id.empty() ? t.id : env.correlation_id;
+    return t;
+}
+
+}  // namespace conveyor::codec

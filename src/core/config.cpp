@@ -1,0 +1,304 @@
+#include "conveyor/config.hpp"
+
+#include <fmt/format.h>
+#include <toml++/toml.h>
+
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+namespace conveyor {
+
+namespace {
+
+struct Ctx {
+    std::string_view source;
+};
+
+std::string where(const Ctx& c, const toml::node* n) {
+    if (n && n->source().begin.line) return fmt::format("{}:{}", c.source, n->source().begin.line);
+    return std::string(c.source);
+}
+
+std::unexpected<Error> bad(const Ctx& c, const toml::node* n, std::string what) {
+    return fail(Errc::invalid_argument, fmt::format("{}: {}", where(c, n), what));
+}
+
+Result<std::string> get_string(const Ctx& c, const toml::table& t, std::string_view key,
+                               std::string def = {}) {
+    auto* n = t.get(key);
+    if (!n) return def;
+    if (auto s = n->value<std::string>()) return *s;
+    return bad(c, n, fmt::format("'{}' must be a string", key));
+}
+
+Result<std::optional<double>> get_number(const Ctx& c, const toml::table& t, std::string_view key) {
+    auto* n = t.get(key);
+    if (!n) return std::optional<double>{};
+    if (n->is_integer()) return std::optional<double>{double(n->as_integer()->get())};
+    if (n->is_floating_point()) return std::optional<double>{n->as_floating_point()->get()};
+    return bad(c, n, fmt::format("'{}' must be a number", key));
+}
+
+Result<std::optional<long long>> get_int(const Ctx& c, const toml::table& t, std::string_view key) {
+    auto* n = t.get(key);
+    if (!n) return std::optional<long long>{};
+    if (n->is_integer()) return std::optional<long long>{n->as_integer()->get()};
+    return bad(c, n, fmt::format("'{}' must be an integer", key));
+}
+
+Result<void> check_keys(const Ctx& c, const toml::table& t, std::string_view table,
+                        std::initializer_list<std::string_view> allowed) {
+    for (auto& [k, v] : t) {
+        if (std::find(allowed.begin(), allowed.end(), k.str()) == allowed.end())
+            return bad(c, &v, fmt::format("unknown key '{}' in {}", k.str(), table));
+    }
+    return {};
+}
+
+Result<void> parse_retry(const Ctx& c, const toml::table& t, RetryPolicy& p) {
+    auto mr = get_int(c, t, "max_retries");
+    if (!mr) return std::unexpected(mr.error());
+    if (*mr) {
+        if (**mr < 0) return bad(c, t.get("max_retries"), "'max_retries' must not be negative");
+        p.max_retries = int(**mr);
+    }
+    auto base = get_number(c, t, "retry_backoff");
+    if (!base) return std::unexpected(base.error());
+    if (*base) {
+        if (**base < 0)
+            return bad(c, t.get("retry_backoff"), "'retry_backoff' must not be negative");
+        p.backoff_base = **base;
+    }
+    auto cap = get_number(c, t, "retry_backoff_max");
+    if (!cap) return std::unexpected(cap.error());
+    if (*cap) {
+        if (**cap < 0)
+            return bad(c, t.get("retry_backoff_max"), "'retry_backoff_max' must not be negative");
+        p.backoff_max = **cap;
+    }
+    if (auto* j = t.get("retry_jitter")) {
+        auto b = j->value<bool>();
+        if (!b) return bad(c, j, "'retry_jitter' must be true or false");
+        p.jitter = *b;
+    }
+    return {};
+}
+
+Result<std::vector<std::string>> string_list(const Ctx& c, const toml::node* n,
+                                             std::string_view key) {
+    std::vector<std::string> out;
+    auto* arr = n->as_array();
+    if (!arr) return bad(c, n, fmt::format("'{}' must be an array of strings", key));
+    for (auto& e : *arr) {
+        auto s = e.value<std::string>();
+        if (!s) return bad(c, &e, fmt::format("'{}' must be an array of strings", key));
+        out.push_back(*s);
+    }
+    return out;
+}
+
+}  // namespace
+
+const TaskConfig* Config::find_task(std::string_view name) const noexcept {
+    for (auto& t : tasks)
+        if (t.name == name) return &t;
+    return nullptr;
+}
+
+const QueueConfig* Config::find_queue(std::string_view name) const noexcept {
+    for (auto& q : queues)
+        if (q.name == name) return &q;
+    return nullptr;
+}
+
+std::string Config::queue_for(std::string_view task) const {
+    if (auto* t = find_task(task); t && !t->queue.empty()) return t->queue;
+    return default_queue;
+}
+
+RetryPolicy Config::retry_for(std::string_view task) const {
+    if (auto* t = find_task(task)) return t->retry;
+    return default_retry;
+}
+
+Result<Config> parse_config(std::string_view text, std::string_view source) {
+    Ctx c{source};
+    toml::table root;
+    try {
+        root = toml::parse(text, source);
+    } catch (const toml::parse_error& e) {
+        return fail(Errc::invalid_argument,
+                    fmt::format("{}:{}: {}", source, e.source().begin.line, e.description()));
+    }
+    Config cfg;
+    if (auto ok = check_keys(c, root, "the top level",
+                             {"broker", "default_queue", "queue", "task", "worker", "retry"});
+        !ok)
+        return std::unexpected(ok.error());
+    auto broker = get_string(c, root, "broker");
+    if (!broker) return std::unexpected(broker.error());
+    cfg.broker = *broker;
+    auto dq = get_string(c, root, "default_queue", "celery");
+    if (!dq) return std::unexpected(dq.error());
+    cfg.default_queue = *dq;
+
+    if (auto* r = root.get("retry")) {
+        auto* t = r->as_table();
+        if (!t) return bad(c, r, "'retry' must be a table");
+        if (auto ok =
+                check_keys(c, *t, "[retry]",
+                           {"max_retries", "retry_backoff", "retry_backoff_max", "retry_jitter"});
+            !ok)
+            return std::unexpected(ok.error());
+        if (auto ok = parse_retry(c, *t, cfg.default_retry); !ok)
+            return std::unexpected(ok.error());
+    }
+
+    if (auto* qn = root.get("queue")) {
+        auto* arr = qn->as_array();
+        if (!arr) return bad(c, qn, "'queue' must be an array of tables ([[queue]])");
+        for (auto& e : *arr) {
+            auto* t = e.as_table();
+            if (!t) return bad(c, &e, "each [[queue]] must be a table");
+            if (auto ok = check_keys(c, *t, "[[queue]]", {"name", "format", "task"}); !ok)
+                return std::unexpected(ok.error());
+            QueueConfig q;
+            auto name = get_string(c, *t, "name");
+            if (!name) return std::unexpected(name.error());
+            if (name->empty()) return bad(c, &e, "[[queue]] needs a 'name'");
+            q.name = *name;
+            auto fmtname = get_string(c, *t, "format", "celery");
+            if (!fmtname) return std::unexpected(fmtname.error());
+            if (*fmtname == "celery") {
+                q.format = QueueFormat::celery;
+            } else if (*fmtname == "raw") {
+                q.format = QueueFormat::raw;
+            } else {
+                return bad(c, t->get("format"),
+                           fmt::format("queue '{}' has format '{}'; use \"celery\" or \"raw\"",
+                                       q.name, *fmtname));
+            }
+            auto task = get_string(c, *t, "task");
+            if (!task) return std::unexpected(task.error());
+            q.task = *task;
+            if (q.format == QueueFormat::raw && q.task.empty())
+                return bad(
+                    c, &e,
+                    fmt::format("raw queue '{}' needs a 'task' to run its messages", q.name));
+            if (cfg.find_queue(q.name))
+                return bad(c, &e, fmt::format("queue '{}' is defined twice", q.name));
+            cfg.queues.push_back(std::move(q));
+        }
+    }
+
+    if (auto* tn = root.get("task")) {
+        auto* arr = tn->as_array();
+        if (!arr) return bad(c, tn, "'task' must be an array of tables ([[task]])");
+        for (auto& e : *arr) {
+            auto* t = e.as_table();
+            if (!t) return bad(c, &e, "each [[task]] must be a table");
+            if (auto ok = check_keys(c, *t, "[[task]]",
+                                     {"name", "queue", "exec", "http", "timeout", "max_retries",
+                                      "retry_backoff", "retry_backoff_max", "retry_jitter"});
+                !ok)
+                return std::unexpected(ok.error());
+            TaskConfig task;
+            task.retry = cfg.default_retry;
+            auto name = get_string(c, *t, "name");
+            if (!name) return std::unexpected(name.error());
+            if (name->empty()) return bad(c, &e, "[[task]] needs a 'name'");
+            task.name = *name;
+            auto queue = get_string(c, *t, "queue");
+            if (!queue) return std::unexpected(queue.error());
+            task.queue = *queue;
+            if (auto* ex = t->get("exec")) {
+                if (auto s = ex->value<std::string>()) {
+                    task.exec = {"/bin/sh", "-c", *s};
+                } else {
+                    auto list = string_list(c, ex, "exec");
+                    if (!list) return std::unexpected(list.error());
+                    if (list->empty()) return bad(c, ex, "'exec' must not be empty");
+                    task.exec = std::move(*list);
+                }
+            }
+            auto http = get_string(c, *t, "http");
+            if (!http) return std::unexpected(http.error());
+            task.http = *http;
+            if (!task.http.empty() && !task.exec.empty())
+                return bad(
+                    c, &e,
+                    fmt::format("task '{}' sets both 'exec' and 'http'; choose one", task.name));
+            if (!task.http.empty() && task.http.rfind("http://", 0) != 0 &&
+                task.http.rfind("https://", 0) != 0)
+                return bad(
+                    c, t->get("http"),
+                    fmt::format("task '{}': 'http' must be an http:// or https:// URL", task.name));
+            auto timeout = get_number(c, *t, "timeout");
+            if (!timeout) return std::unexpected(timeout.error());
+            if (*timeout && **timeout <= 0)
+                return bad(c, t->get("timeout"), "'timeout' must be positive");
+            task.timeout = *timeout;
+            if (auto ok = parse_retry(c, *t, task.retry); !ok) return std::unexpected(ok.error());
+            if (cfg.find_task(task.name))
+                return bad(c, &e, fmt::format("task '{}' is defined twice", task.name));
+            cfg.tasks.push_back(std::move(task));
+        }
+    }
+
+    if (auto* wn = root.get("worker")) {
+        auto* t = wn->as_table();
+        if (!t) return bad(c, wn, "'worker' must be a table");
+        if (auto ok = check_keys(c, *t, "[worker]",
+                                 {"queues", "concurrency", "prefetch", "lease", "shutdown_grace"});
+            !ok)
+            return std::unexpected(ok.error());
+        if (auto* q = t->get("queues")) {
+            auto list = string_list(c, q, "queues");
+            if (!list) return std::unexpected(list.error());
+            cfg.worker.queues = std::move(*list);
+        }
+        auto conc = get_int(c, *t, "concurrency");
+        if (!conc) return std::unexpected(conc.error());
+        if (*conc) {
+            if (**conc < 1 || **conc > 1024)
+                return bad(c, t->get("concurrency"), "'concurrency' must be 1..1024");
+            cfg.worker.concurrency = int(**conc);
+        }
+        auto pf = get_int(c, *t, "prefetch");
+        if (!pf) return std::unexpected(pf.error());
+        if (*pf) {
+            if (**pf < 0) return bad(c, t->get("prefetch"), "'prefetch' must not be negative");
+            cfg.worker.prefetch = int(**pf);
+        }
+        auto lease = get_number(c, *t, "lease");
+        if (!lease) return std::unexpected(lease.error());
+        if (*lease) {
+            if (**lease < 0.2)
+                return bad(c, t->get("lease"), "'lease' must be at least 0.2 seconds");
+            cfg.worker.lease = **lease;
+        }
+        auto grace = get_number(c, *t, "shutdown_grace");
+        if (!grace) return std::unexpected(grace.error());
+        if (*grace) {
+            if (**grace < 0)
+                return bad(c, t->get("shutdown_grace"), "'shutdown_grace' must not be negative");
+            cfg.worker.shutdown_grace = **grace;
+        }
+    }
+    for (auto& t : cfg.tasks) {
+        if (!t.queue.empty() && !cfg.find_queue(t.queue))
+            cfg.queues.push_back(QueueConfig{t.queue});
+    }
+    return cfg;
+}
+
+Result<Config> load_config(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return fail(Errc::not_found, fmt::format("cannot read config file '{}'", path));
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return parse_config(ss.str(), path);
+}
+
+}  // namespace conveyor

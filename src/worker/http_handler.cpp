@@ -1,0 +1,65 @@
+#include <fmt/format.h>
+#include <httplib.h>
+
+#include "worker/handlers.hpp"
+
+namespace conveyor::detail {
+
+Json run_http(const std::string& url, TaskContext& ctx) {
+    auto scheme_end = url.find("://");
+    auto path_start = url.find('/', scheme_end == std::string::npos ? 0 : scheme_end + 3);
+    std::string base = path_start == std::string::npos ? url : url.substr(0, path_start);
+    std::string path = path_start == std::string::npos ? "/" : url.substr(path_start);
+    httplib::Client cli(base);
+    double seconds = 30.0;
+    if (auto d = ctx.deadline()) {
+        seconds = std::chrono::duration<double>(*d - std::chrono::steady_clock::now()).count();
+        if (seconds <= 0)
+            throw TaskError("TimeLimitExceeded", "no time left for the HTTP call", true,
+                            "celery.exceptions");
+    }
+    auto us = std::chrono::microseconds(static_cast<long long>(seconds * 1e6));
+    cli.set_connection_timeout(std::chrono::duration_cast<std::chrono::seconds>(us).count(),
+                               (us % std::chrono::seconds(1)).count());
+    cli.set_read_timeout(std::chrono::duration_cast<std::chrono::seconds>(us).count(),
+                         (us % std::chrono::seconds(1)).count());
+    cli.set_write_timeout(std::chrono::duration_cast<std::chrono::seconds>(us).count(),
+                          (us % std::chrono::seconds(1)).count());
+    httplib::Headers headers = {{"X-Conveyor-Task-Id", ctx.id()},
+                                {"X-Conveyor-Task-Name", ctx.name()},
+                                {"X-Conveyor-Attempt", std::to_string(ctx.attempt())}};
+    std::string body =
+        task_payload(ctx.task(), ctx.queue()).dump(-1, ' ', false, Json::error_handler_t::replace);
+    auto res = cli.Post(path, headers, body, "application/json");
+    if (!res) {
+        auto err = res.error();
+        if (err == httplib::Error::Read || err == httplib::Error::Write ||
+            err == httplib::Error::ConnectionTimeout)
+            throw TaskError("TimeoutError",
+                            fmt::format("POST {}: {}", url, httplib::to_string(err)));
+        throw TaskError("ConnectionError",
+                        fmt::format("POST {}: {}", url, httplib::to_string(err)));
+    }
+    int status = res->status;
+    if (status >= 200 && status < 300) {
+        Json parsed = Json::parse(res->body, nullptr, false);
+        if (!parsed.is_discarded()) return parsed;
+        return text_value(res->body);
+    }
+    std::string snippet = res->body.substr(0, 500);
+    std::string msg = fmt::format("POST {} answered {}: {}", url, status, snippet);
+    if (status == 429 || status >= 500) {
+        TaskError e("HTTPError", msg);
+        if (res->has_header("Retry-After")) {
+            try {
+                e.retry_after =
+                    std::chrono::seconds(std::stoll(res->get_header_value("Retry-After")));
+            } catch (...) {
+            }
+        }
+        throw e;
+    }
+    throw Reject(msg);
+}
+
+}  // namespace conveyor::detail

@@ -1,0 +1,493 @@
+#include "conveyor/worker.hpp"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <list>
+#include <map>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <unordered_map>
+
+#include "core/codec.hpp"
+#include "core/time.hpp"
+#include "worker/handlers.hpp"
+
+namespace conveyor {
+
+using std::chrono::milliseconds;
+using std::chrono::steady_clock;
+
+Json task_payload(const TaskMessage& t, const std::string& queue) {
+    Json j = {{"id", t.id},           {"task", t.name}, {"args", t.args},      {"kwargs", t.kwargs},
+              {"retries", t.retries}, {"queue", queue}, {"root_id", t.root_id}};
+    j["parent_id"] = t.parent_id.empty() ? Json() : Json(t.parent_id);
+    j["eta"] = t.eta ? Json(detail::format_iso8601(*t.eta)) : Json();
+    return j;
+}
+
+namespace {
+
+struct Registration {
+    Handler fn;
+    TaskOptions options;
+};
+
+struct Job {
+    Delivery delivery;
+    TaskMessage task;
+    const Registration* reg = nullptr;
+    std::stop_source stop;
+    std::optional<steady_clock::time_point> deadline;
+    bool started = false;
+    bool release_on_finish = false;
+};
+
+struct Outcome {
+    enum class Kind { success, failure, reject } kind = Kind::success;
+    Job* job = nullptr;
+    Json result;
+    std::string exc_type;
+    std::string exc_module = "builtins";
+    std::string message;
+    bool retryable = true;
+    std::optional<milliseconds> retry_after;
+};
+
+Json exception_result(const std::string& type, const std::string& module,
+                      const std::string& message) {
+    return Json{
+        {"exc_type", type}, {"exc_message", Json::array({message})}, {"exc_module", module}};
+}
+
+}  // namespace
+
+struct Worker::Impl {
+    std::shared_ptr<Broker> broker;
+    WorkerOptions opts;
+    std::map<std::string, Registration, std::less<>> handlers;
+
+    std::atomic<bool> stopping{false};
+    std::atomic<std::uint64_t> succeeded{0}, retried{0}, dead{0}, released{0}, running{0};
+
+    // Jobs waiting for an executor thread, and their outcomes going back.
+    std::mutex mu;
+    std::condition_variable work_cv;
+    std::condition_variable outcome_cv;
+    std::deque<Job*> queued;
+    std::vector<Outcome> outcomes;
+    bool executors_exit = false;
+
+    std::list<Job> jobs;  // every unsettled delivery; owned by the dispatcher thread
+    std::unordered_map<Job*, std::list<Job>::iterator> job_index;
+    std::mt19937_64 rng;
+
+    Impl(std::shared_ptr<Broker> b, WorkerOptions o) : broker(std::move(b)), opts(std::move(o)) {
+        if (opts.name.empty()) {
+            char host[256] = {};
+            gethostname(host, sizeof host - 1);
+            opts.name = fmt::format("{}:{}", host, getpid());
+        }
+        if (opts.prefetch == 0) opts.prefetch = std::size_t(std::max(1, opts.concurrency)) * 4;
+        if (opts.concurrency < 1) opts.concurrency = 1;
+        rng.seed(opts.seed ? opts.seed : std::random_device{}());
+    }
+
+    const QueueConfig* raw_queue(const std::string& name) const {
+        for (auto& q : opts.queue_formats)
+            if (q.name == name && q.format == QueueFormat::raw) return &q;
+        return nullptr;
+    }
+
+    // ---- executor threads -------------------------------------------------------------
+    void executor_loop() {
+        for (;;) {
+            Job* job = nullptr;
+            {
+                std::unique_lock lk(mu);
+                work_cv.wait(lk, [&] { return executors_exit || !queued.empty(); });
+                if (queued.empty()) return;
+                job = queued.front();
+                queued.pop_front();
+                job->started = true;
+            }
+            running++;
+            Outcome out = execute(*job);
+            running--;
+            {
+                std::lock_guard lk(mu);
+                outcomes.push_back(std::move(out));
+            }
+            outcome_cv.notify_one();
+        }
+    }
+
+    Outcome execute(Job& job) {
+        Outcome out;
+        out.job = &job;
+        TaskContext ctx(job.task, job.delivery.queue, job.stop.get_token(), job.deadline);
+        try {
+            out.result = job.reg->fn(ctx);
+            if (job.deadline && steady_clock::now() > *job.deadline) {
+                out.kind = Outcome::Kind::failure;
+                out.exc_type = "TimeLimitExceeded";
+                out.exc_module = "celery.exceptions";
+                out.message = "handler returned after its time limit";
+            }
+        } catch (const Reject& e) {
+            out.kind = Outcome::Kind::reject;
+            out.exc_type = "Reject";
+            out.exc_module = "celery.exceptions";
+            out.message = e.what();
+        } catch (const TaskError& e) {
+            out.kind = e.retryable ? Outcome::Kind::failure : Outcome::Kind::reject;
+            out.exc_type = e.type;
+            out.exc_module = e.module;
+            out.message = e.what();
+            out.retry_after = e.retry_after;
+        } catch (const std::exception& e) {
+            out.kind = Outcome::Kind::failure;
+            out.exc_type = "Exception";
+            out.message = e.what();
+        } catch (...) {
+            out.kind = Outcome::Kind::failure;
+            out.exc_type = "Exception";
+            out.message = "unknown exception";
+        }
+        return out;
+    }
+
+    // ---- dispatcher -------------------------------------------------------------------
+    Settlement dead_letter(std::uint64_t tag, const std::string& id, int retries,
+                           std::string reason, const std::string& type, const std::string& module) {
+        Settlement s;
+        s.kind = Settlement::Kind::dead_letter;
+        s.tag = tag;
+        s.reason = reason;
+        TaskResult r;
+        r.id = id;
+        r.state = TaskState::failure;
+        r.result = exception_result(type, module, reason);
+        r.traceback = reason;
+        r.retries = retries;
+        r.done_at = SystemClock::now();
+        s.result = std::move(r);
+        dead++;
+        return s;
+    }
+
+    Settlement reschedule(const Delivery& d, int retries, TimePoint when) {
+        Settlement s;
+        s.kind = Settlement::Kind::retry;
+        s.tag = d.tag;
+        s.envelope = d.envelope;
+        if (!s.envelope.headers.is_object()) s.envelope.headers = Json::object();
+        s.envelope.headers["retries"] = retries;
+        s.envelope.headers["eta"] = detail::format_iso8601(when);
+        s.not_before = when;
+        return s;
+    }
+
+    // Decides what a freshly fetched delivery becomes: a job, or an immediate settlement.
+    void admit(Delivery&& d, std::vector<Settlement>& settle_now, std::vector<Job*>& ready) {
+        Result<TaskMessage> task;
+        if (auto* rq = raw_queue(d.queue)) {
+            task = codec::decode_raw(d.envelope, rq->task, d.message_id, opts.max_body);
+        } else {
+            task = codec::decode(d.envelope, opts.max_body);
+        }
+        if (!task) {
+            settle_now.push_back(dead_letter(d.tag, d.message_id, 0,
+                                             "malformed message: " + task.error().message,
+                                             "ContentDisallowed", "kombu.exceptions"));
+            return;
+        }
+        auto it = handlers.find(task->name);
+        if (it == handlers.end()) {
+            settle_now.push_back(dead_letter(
+                d.tag, task->id, task->retries,
+                fmt::format("no handler registered for task '{}' on this worker", task->name),
+                "NotRegistered", "celery.exceptions"));
+            return;
+        }
+        auto now = SystemClock::now();
+        if (task->expires && *task->expires < now) {
+            Settlement s;
+            s.kind = Settlement::Kind::ack;
+            s.tag = d.tag;
+            TaskResult r;
+            r.id = task->id;
+            r.state = TaskState::failure;
+            r.result = exception_result("TaskRevokedError", "celery.exceptions", "expired");
+            r.traceback = "expired before it could run";
+            r.done_at = now;
+            s.result = std::move(r);
+            settle_now.push_back(std::move(s));
+            return;
+        }
+        if (task->eta && *task->eta > now + milliseconds(50)) {
+            // A publisher that set an ETA header without telling the broker: hand the message
+            // back to wait in the broker, never in this worker's memory.
+            auto s = reschedule(d, task->retries, *task->eta);
+            s.envelope = d.envelope;
+            settle_now.push_back(std::move(s));
+            return;
+        }
+        jobs.push_back(Job{std::move(d), std::move(*task), &it->second});
+        Job& job = jobs.back();
+        job_index[&job] = std::prev(jobs.end());
+        std::optional<milliseconds> limit = job.reg->options.timeout;
+        if (job.task.time_limit && *job.task.time_limit > 0)
+            limit = milliseconds(static_cast<long long>(*job.task.time_limit * 1000));
+        if (limit) job.deadline = steady_clock::now() + *limit;
+        ready.push_back(&job);
+    }
+
+    Settlement conclude(Outcome& o) {
+        Job& job = *o.job;
+        const Delivery& d = job.delivery;
+        if (job.release_on_finish) {
+            released++;
+            return Settlement{Settlement::Kind::release, d.tag};
+        }
+        if (o.kind == Outcome::Kind::success) {
+            Settlement s;
+            s.kind = Settlement::Kind::ack;
+            s.tag = d.tag;
+            if (!job.task.ignore_result) {
+                TaskResult r;
+                r.id = job.task.id;
+                r.state = TaskState::success;
+                r.result = std::move(o.result);
+                r.retries = job.task.retries;
+                r.done_at = SystemClock::now();
+                s.result = std::move(r);
+            }
+            succeeded++;
+            return s;
+        }
+        RetryPolicy policy = job.reg->options.retry;
+        if (job.task.max_retries) policy.max_retries = *job.task.max_retries;
+        std::string what = fmt::format("{}: {}", o.exc_type, o.message);
+        if (o.kind == Outcome::Kind::reject) {
+            return dead_letter(d.tag, job.task.id, job.task.retries, "rejected: " + what,
+                               o.exc_type, o.exc_module);
+        }
+        if (!may_retry(policy, job.task.retries)) {
+            return dead_letter(d.tag, job.task.id, job.task.retries,
+                               fmt::format("failed after {} retries: {}", job.task.retries, what),
+                               o.exc_type, o.exc_module);
+        }
+        std::uniform_real_distribution<double> u(0.0, 1.0);
+        auto delay = o.retry_after ? *o.retry_after : retry_delay(policy, job.task.retries, u(rng));
+        retried++;
+        return reschedule(d, job.task.retries + 1, SystemClock::now() + delay);
+    }
+
+    void forget(Job* job) {
+        auto it = job_index.find(job);
+        if (it == job_index.end()) return;
+        jobs.erase(it->second);
+        job_index.erase(it);
+    }
+
+    Result<void> run() {
+        ConsumerOptions co;
+        co.queues = opts.queues;
+        co.prefetch = opts.prefetch;
+        co.lease = opts.lease;
+        co.name = opts.name;
+        auto consumer_r = broker->consume(co);
+        if (!consumer_r) return std::unexpected(consumer_r.error());
+        auto& consumer = **consumer_r;
+
+        {
+            std::lock_guard lk(mu);
+            executors_exit = false;
+        }
+        std::vector<std::jthread> threads;
+        for (int i = 0; i < opts.concurrency; ++i)
+            threads.emplace_back([this] { executor_loop(); });
+        auto join_all = [&] {
+            {
+                std::lock_guard lk(mu);
+                executors_exit = true;
+            }
+            work_cv.notify_all();
+            threads.clear();
+        };
+
+        std::vector<Settlement> pending;
+        auto last_renew = steady_clock::now();
+        auto renew_every = std::max(milliseconds(50), opts.lease / 3);
+        bool draining = false;
+        bool stop_sent = false;
+        steady_clock::time_point grace_deadline{};
+        Result<void> failure;
+
+        for (;;) {
+            // 1. Collect outcomes.
+            std::vector<Outcome> done;
+            {
+                std::lock_guard lk(mu);
+                done.swap(outcomes);
+            }
+            for (auto& o : done) {
+                pending.push_back(conclude(o));
+                forget(o.job);
+            }
+
+            // 2. Shutdown: stop fetching, hand back what has not started, wait for the rest.
+            if (stopping.load() && !draining) {
+                draining = true;
+                grace_deadline = steady_clock::now() + opts.shutdown_grace;
+                std::deque<Job*> not_started;
+                {
+                    std::lock_guard lk(mu);
+                    not_started.swap(queued);
+                }
+                for (Job* j : not_started) {
+                    pending.push_back(Settlement{Settlement::Kind::release, j->delivery.tag});
+                    released++;
+                    forget(j);
+                }
+            }
+            if (draining && !stop_sent && steady_clock::now() >= grace_deadline) {
+                stop_sent = true;
+                for (auto& j : jobs) {
+                    j.release_on_finish = true;
+                    j.stop.request_stop();
+                }
+            }
+
+            // 3. Time limits.
+            auto now = steady_clock::now();
+            for (auto& j : jobs) {
+                if (j.deadline && now >= *j.deadline && !j.stop.stop_requested())
+                    j.stop.request_stop();
+            }
+
+            // 4. Settle (one transaction for the whole batch) and keep leases alive.
+            if (!pending.empty()) {
+                if (auto ok = consumer.settle(pending); !ok) {
+                    failure = std::unexpected(ok.error());
+                    break;
+                }
+                pending.clear();
+            }
+            if (now - last_renew >= renew_every) {
+                last_renew = now;
+                if (auto ok = consumer.renew(); !ok) {
+                    failure = std::unexpected(ok.error());
+                    break;
+                }
+            }
+            if (draining && jobs.empty()) break;
+
+            // 5. Fetch more, or wait for outcomes.
+            std::size_t held = jobs.size();
+            if (!draining && held < opts.prefetch) {
+                milliseconds wait = held == 0 ? milliseconds(20) : milliseconds(2);
+                auto got = consumer.fetch(opts.prefetch - held, wait);
+                if (!got) {
+                    failure = std::unexpected(got.error());
+                    break;
+                }
+                std::vector<Job*> ready;
+                for (auto& d : *got) admit(std::move(d), pending, ready);
+                if (!ready.empty()) {
+                    {
+                        std::lock_guard lk(mu);
+                        for (Job* j : ready) queued.push_back(j);
+                    }
+                    if (ready.size() == 1)
+                        work_cv.notify_one();
+                    else
+                        work_cv.notify_all();
+                }
+                if (!got->empty() || !pending.empty()) continue;
+            }
+            std::unique_lock lk(mu);
+            outcome_cv.wait_for(lk, milliseconds(20), [&] { return !outcomes.empty(); });
+        }
+
+        // Broker failure: stop executors, hand back best-effort.
+        for (auto& j : jobs) {
+            j.release_on_finish = true;
+            j.stop.request_stop();
+        }
+        {
+            std::lock_guard lk(mu);
+            queued.clear();
+        }
+        join_all();
+        if (!jobs.empty()) {
+            std::vector<Settlement> back;
+            for (auto& j : jobs)
+                back.push_back(Settlement{Settlement::Kind::release, j.delivery.tag});
+            (void)consumer.settle(back);
+            jobs.clear();
+            job_index.clear();
+        }
+        outcomes.clear();
+        return failure;
+    }
+};
+
+Worker::Worker(std::shared_ptr<Broker> broker, WorkerOptions options)
+    : impl_(std::make_unique<Impl>(std::move(broker), std::move(options))) {}
+Worker::Worker(Worker&&) noexcept = default;
+Worker& Worker::operator=(Worker&&) noexcept = default;
+Worker::~Worker() {
+    if (impl_) impl_->stopping.store(true);
+}
+
+void Worker::handle(std::string task, TaskOptions options, Handler fn) {
+    impl_->handlers[std::move(task)] = Registration{std::move(fn), options};
+}
+
+void Worker::handle(std::string task, Handler fn) {
+    TaskOptions o;
+    o.retry = impl_->opts.default_retry;
+    handle(std::move(task), o, std::move(fn));
+}
+
+void Worker::handle_exec(std::string task, std::vector<std::string> argv, TaskOptions options) {
+    handle(std::move(task), options,
+           [argv = std::move(argv)](TaskContext& ctx) { return detail::run_exec(argv, ctx); });
+}
+
+void Worker::handle_http(std::string task, std::string url, TaskOptions options) {
+    handle(std::move(task), options,
+           [url = std::move(url)](TaskContext& ctx) { return detail::run_http(url, ctx); });
+}
+
+void Worker::configure(const Config& config) {
+    impl_->opts.default_retry = config.default_retry;
+    for (auto& q : config.queues) impl_->opts.queue_formats.push_back(q);
+    for (auto& t : config.tasks) {
+        TaskOptions o;
+        o.retry = t.retry;
+        if (t.timeout) o.timeout = milliseconds(static_cast<long long>(*t.timeout * 1000));
+        if (!t.exec.empty())
+            handle_exec(t.name, t.exec, o);
+        else if (!t.http.empty())
+            handle_http(t.name, t.http, o);
+        else if (auto it = impl_->handlers.find(t.name); it != impl_->handlers.end())
+            it->second.options = o;  // in-process handler registered in code; config sets policy
+    }
+}
+
+Result<void> Worker::run() { return impl_->run(); }
+void Worker::stop() noexcept { impl_->stopping.store(true); }
+
+WorkerStats Worker::stats() const noexcept {
+    return WorkerStats{impl_->succeeded.load(), impl_->retried.load(), impl_->dead.load(),
+                       impl_->released.load(), impl_->running.load()};
+}
+
+}  // namespace conveyor

@@ -1,0 +1,95 @@
+// A worker process with in-process test handlers, used by the multi-process system tests.
+// usage: test_worker BROKER_URL QUEUES CONCURRENCY LEASE_MS GRACE_MS LOG_FILE [PREFETCH]
+// Every handler start is appended to LOG_FILE as "start <task id> <pid>", every finish as
+// "done <task id> <pid>", so tests can count executions across processes.
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <string>
+#include <thread>
+
+#include "conveyor/worker.hpp"
+
+namespace {
+
+conveyor::Worker* g_worker = nullptr;
+int g_log = -1;
+
+void on_signal(int) {
+    if (g_worker) g_worker->stop();
+}
+
+void log_line(const std::string& line) {
+    std::string l = line + "\n";
+    // O_APPEND writes below PIPE_BUF are atomic across processes.
+    (void)!write(g_log, l.data(), l.size());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    using namespace conveyor;
+    if (argc < 7) {
+        fmt::print(
+            stderr,
+            "usage: test_worker BROKER QUEUES CONCURRENCY LEASE_MS GRACE_MS LOG [PREFETCH]\n");
+        return 2;
+    }
+    auto broker = Broker::open(argv[1]);
+    if (!broker) {
+        fmt::print(stderr, "test_worker: {}\n", broker.error().message);
+        return 1;
+    }
+    g_log = open(argv[6], O_WRONLY | O_CREAT | O_APPEND, 0644);
+    WorkerOptions o;
+    o.queues.clear();
+    std::string qs = argv[2];
+    for (std::size_t s = 0; s <= qs.size();) {
+        auto c = qs.find(',', s);
+        o.queues.push_back(qs.substr(s, c == std::string::npos ? std::string::npos : c - s));
+        if (c == std::string::npos) break;
+        s = c + 1;
+    }
+    o.concurrency = std::atoi(argv[3]);
+    o.lease = std::chrono::milliseconds(std::atoi(argv[4]));
+    o.shutdown_grace = std::chrono::milliseconds(std::atoi(argv[5]));
+    if (argc > 7) o.prefetch = std::size_t(std::atoi(argv[7]));
+    o.name = fmt::format("test-worker-{}", getpid());
+    Worker worker(*broker, o);
+    auto pid = getpid();
+    // "noop": returns its first argument. "sleep": sleeps args[0] ms (honouring stop).
+    worker.handle("test.noop", [&](TaskContext& c) -> Json {
+        log_line(fmt::format("start {} {}", c.id(), pid));
+        log_line(fmt::format("done {} {}", c.id(), pid));
+        return c.args().empty() ? Json() : c.args()[0];
+    });
+    worker.handle("test.sleep", [&](TaskContext& c) -> Json {
+        log_line(fmt::format("start {} {}", c.id(), pid));
+        auto until =
+            std::chrono::steady_clock::now() + std::chrono::milliseconds(c.args()[0].get<int>());
+        while (std::chrono::steady_clock::now() < until) {
+            if (c.stop_requested()) throw TaskError("Stopped", "stop requested");
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+        log_line(fmt::format("done {} {}", c.id(), pid));
+        return pid;
+    });
+    g_worker = &worker;
+    struct sigaction sa {};
+    sa.sa_handler = on_signal;
+    sigaction(SIGTERM, &sa, nullptr);
+    sigaction(SIGINT, &sa, nullptr);
+    log_line(fmt::format("ready {}", pid));
+    auto r = worker.run();
+    g_worker = nullptr;
+    if (!r) {
+        fmt::print(stderr, "test_worker: {}\n", r.error().message);
+        return 1;
+    }
+    log_line(fmt::format("exit {}", pid));
+    return 0;
+}

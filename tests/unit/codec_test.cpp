@@ -1,0 +1,217 @@
+#include "core/codec.hpp"
+
+#include <gtest/gtest.h>
+
+#include "core/time.hpp"
+
+using namespace conveyor;
+
+namespace {
+
+Envelope celery_envelope(std::string body, Json headers = Json::object()) {
+    Envelope e;
+    e.content_type = "application/json";
+    e.content_encoding = "utf-8";
+    Json h = {{"task", "capapp.add"}, {"id", "1de47d4f-e265-4c6b-b239-e206bc339bd1"}};
+    for (auto& [k, v] : headers.items()) h[k] = v;
+    e.headers = h;
+    e.body = std::move(body);
+    return e;
+}
+
+}  // namespace
+
+TEST(Codec, EncodesTheCeleryHeaderSetAndThreeElementBody) {
+    TaskMessage t;
+    t.id = "abc";
+    t.name = "orders.bill";
+    t.args = {2, 3};
+    t.kwargs = {{"y", 10}};
+    t.time_limit = 30;
+    t.soft_time_limit = 20;
+    Envelope e = codec::encode(t);
+    EXPECT_EQ(e.content_type, "application/json");
+    EXPECT_EQ(e.content_encoding, "utf-8");
+    EXPECT_EQ(e.correlation_id, "abc");
+    for (const char* k :
+         {"lang", "task", "id", "shadow", "eta", "expires", "group", "group_index", "retries",
+          "timelimit", "root_id", "parent_id", "argsrepr", "kwargsrepr", "origin", "ignore_result"})
+        EXPECT_TRUE(e.headers.contains(k)) << k;
+    EXPECT_EQ(e.headers["timelimit"], Json::array({30.0, 20.0}));  // [hard, soft] on the wire
+    EXPECT_EQ(e.headers["root_id"], "abc");
+    EXPECT_EQ(e.headers["argsrepr"], "(2, 3)");
+    Json body = Json::parse(e.body);
+    ASSERT_EQ(body.size(), 3u);
+    EXPECT_EQ(body[0], Json::array({2, 3}));
+    EXPECT_EQ(body[1], Json({{"y", 10}}));
+    EXPECT_TRUE(body[2].contains("callbacks"));
+    EXPECT_TRUE(body[2]["chord"].is_null());
+}
+
+TEST(Codec, RoundTripKeepsEveryField) {
+    TaskMessage t;
+    t.id = "id-1";
+    t.name = "x.y";
+    t.args = {"héllo ☃", 1.5, nullptr};
+    t.kwargs = {{"k", {1, 2}}};
+    t.retries = 4;
+    t.eta = detail::parse_iso8601("2026-11-27T03:31:03.835497+00:00");
+    t.expires = detail::parse_iso8601("2026-11-28T00:00:00Z");
+    t.priority = 7;
+    t.parent_id = "p";
+    t.root_id = "r";
+    t.group = "g";
+    t.max_retries = 9;
+    t.extra_headers = {{"x-custom", "v"}};
+    auto d = codec::decode(codec::encode(t));
+    ASSERT_TRUE(d) << d.error().message;
+    EXPECT_EQ(d->id, t.id);
+    EXPECT_EQ(d->name, t.name);
+    EXPECT_EQ(d->args, t.args);
+    EXPECT_EQ(d->kwargs, t.kwargs);
+    EXPECT_EQ(d->retries, 4);
+    EXPECT_EQ(d->eta, t.eta);
+    EXPECT_EQ(d->expires, t.expires);
+    EXPECT_EQ(d->priority, 7);
+    EXPECT_EQ(d->parent_id, "p");
+    EXPECT_EQ(d->root_id, "r");
+    EXPECT_EQ(d->group, "g");
+    EXPECT_EQ(d->max_retries, 9);
+    EXPECT_EQ(d->extra_headers["x-custom"], "v");
+}
+
+TEST(Codec, DecodesACeleryCapturedMessage) {
+    // Captured from Celery 5.2.6 (add.delay(2, 3)), ASCII-escaped with ", " separators.
+    Envelope e = celery_envelope(
+        R"([[2, 3], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}])",
+        {{"lang", "py"},
+         {"shadow", nullptr},
+         {"eta", nullptr},
+         {"expires", nullptr},
+         {"group", nullptr},
+         {"group_index", nullptr},
+         {"retries", 0},
+         {"timelimit", {nullptr, nullptr}},
+         {"root_id", "1de47d4f-e265-4c6b-b239-e206bc339bd1"},
+         {"parent_id", nullptr},
+         {"argsrepr", "(2, 3)"},
+         {"kwargsrepr", "{}"},
+         {"origin", "gen13416@vm"},
+         {"ignore_result", false}});
+    e.reply_to = "699be275-064f-372c-8781-be57ddd9ed5e";
+    auto d = codec::decode(e);
+    ASSERT_TRUE(d) << d.error().message;
+    EXPECT_EQ(d->name, "capapp.add");
+    EXPECT_EQ(d->args, Json::array({2, 3}));
+    EXPECT_FALSE(d->time_limit);
+    EXPECT_EQ(d->reply_to, "699be275-064f-372c-8781-be57ddd9ed5e");
+    EXPECT_EQ(d->origin, "gen13416@vm");
+}
+
+TEST(Codec, AcceptsProtocolV1Bodies) {
+    Envelope e;
+    e.content_type = "application/json";
+    e.body = R"({"task": "t.v1", "id": "v1id", "args": [1], "kwargs": {"a": 2}, "retries": 1})";
+    auto d = codec::decode(e);
+    ASSERT_TRUE(d) << d.error().message;
+    EXPECT_EQ(d->name, "t.v1");
+    EXPECT_EQ(d->id, "v1id");
+    EXPECT_EQ(d->retries, 1);
+}
+
+struct BadCase {
+    const char* label;
+    Envelope env;
+    const char* reason_part;
+};
+
+class CodecRejects : public ::testing::TestWithParam<int> {};
+
+TEST(Codec, RejectsEveryMalformedShapeWithAReason) {
+    std::vector<BadCase> cases;
+    const std::string good_body = R"([[1], {}, {}])";
+    {
+        Envelope e = celery_envelope(good_body);
+        e.content_type.clear();
+        cases.push_back({"no content type", e, "no content_type"});
+    }
+    {
+        Envelope e = celery_envelope(good_body);
+        e.content_type = "application/x-python-serialize";
+        cases.push_back({"pickle", e, "unsupported content_type"});
+    }
+    cases.push_back({"two-element body", celery_envelope(R"([[2,3],{}])"), "2 elements"});
+    cases.push_back({"kwargs as list", celery_envelope(R"([[2,3],[],{}])"), "kwargs"});
+    cases.push_back({"args as object", celery_envelope(R"([{},{},{}])"), "args"});
+    cases.push_back({"not JSON", celery_envelope("not json"), "not valid JSON"});
+    cases.push_back(
+        {"invalid UTF-8", celery_envelope("[[\"\xff\xfe\"], {}, {}]"), "not valid JSON"});
+    cases.push_back({"body is an object", celery_envelope(R"({"a": 1})"), "not a JSON array"});
+    cases.push_back(
+        {"retries is a string", celery_envelope(good_body, {{"retries", "x"}}), "retries"});
+    cases.push_back({"negative retries", celery_envelope(good_body, {{"retries", -1}}), "retries"});
+    cases.push_back({"eta garbage", celery_envelope(good_body, {{"eta", "tomorrow"}}), "eta"});
+    cases.push_back({"eta wrong type", celery_envelope(good_body, {{"eta", 5}}), "eta"});
+    cases.push_back(
+        {"timelimit shape", celery_envelope(good_body, {{"timelimit", {1}}}), "timelimit"});
+    cases.push_back({"timelimit type", celery_envelope(good_body, {{"timelimit", {"a", nullptr}}}),
+                     "timelimit"});
+    cases.push_back(
+        {"parent_id type", celery_envelope(good_body, {{"parent_id", 3}}), "parent_id"});
+    cases.push_back({"compressed",
+                     celery_envelope(good_body, {{"compression", "application/x-gzip"}}),
+                     "compression"});
+    {
+        Envelope e = celery_envelope(good_body);
+        e.headers.erase("task");
+        cases.push_back({"no task header", e, "'task'"});
+    }
+    {
+        Envelope e = celery_envelope(good_body);
+        e.headers["task"] = 12;
+        cases.push_back({"task not a string", e, "'task'"});
+    }
+    {
+        Envelope e = celery_envelope(good_body);
+        e.headers.erase("id");
+        cases.push_back({"no id", e, "'id'"});
+    }
+    {
+        Envelope e = celery_envelope(std::string(2000, ' ') + good_body);
+        cases.push_back({"huge body", e, "exceeds the limit"});
+    }
+    for (auto& c : cases) {
+        auto d = codec::decode(c.env, 1000);
+        ASSERT_FALSE(d) << c.label << " was accepted";
+        EXPECT_EQ(d.error().code, Errc::malformed) << c.label;
+        EXPECT_NE(d.error().message.find(c.reason_part), std::string::npos)
+            << c.label << ": " << d.error().message;
+    }
+}
+
+TEST(Codec, RawFormatTakesTheBodyAsPayload) {
+    Envelope e;
+    e.body = R"({"order": 7})";
+    auto d = codec::decode_raw(e, "orders.import", "row-1");
+    ASSERT_TRUE(d);
+    EXPECT_EQ(d->name, "orders.import");
+    EXPECT_EQ(d->id, "row-1");
+    EXPECT_EQ(d->args, Json::array({Json{{"order", 7}}}));
+
+    e.body = "plain text order";
+    e.correlation_id = "corr";
+    d = codec::decode_raw(e, "orders.import", "row-1");
+    ASSERT_TRUE(d);
+    EXPECT_EQ(d->id, "corr");
+    EXPECT_EQ(d->args, Json::array({"plain text order"}));
+
+    e.body = "\xff\xfe binary";
+    EXPECT_FALSE(codec::decode_raw(e, "orders.import", "row-1"));
+    EXPECT_FALSE(codec::decode_raw(Envelope{}, "", "x"));
+}
+
+TEST(Codec, ReprLooksLikePython) {
+    EXPECT_EQ(codec::args_repr(Json::array({1})), "(1,)");
+    EXPECT_EQ(codec::args_repr(Json::array({"a", nullptr, true})), "('a', None, True)");
+    EXPECT_EQ(codec::kwargs_repr(Json{{"y", 10}}), "{'y': 10}");
+}
