@@ -228,6 +228,19 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(1, 1000000));
     demo->add_option("--db", demo_opts.db_path, "SQLite file for the demo");
 
+    // Name an unknown command plainly (CLI11 would only say that one is required).
+    for (int i = 1; i < argc; ++i) {
+        std::string_view a = argv[i];
+        if (a == "--broker" || a == "--config") {
+            ++i;
+            continue;
+        }
+        if (a.starts_with("-")) continue;
+        bool known = false;
+        for (auto* sub : app.get_subcommands({})) known |= sub->get_name() == a;
+        if (!known) die(fmt::format("unknown command '{}' (see 'conveyor --help')", a), 2);
+        break;
+    }
     try {
         app.parse(argc, argv);
     } catch (const CLI::CallForHelp& e) {

@@ -1,0 +1,131 @@
+// The conveyor command, run as a user would.
+
+#include <gtest/gtest.h>
+
+#include "conveyor/task.hpp"
+#include "support/process.hpp"
+
+using namespace std::chrono_literals;
+using conveyor::Json;
+using testsupport::run;
+using testsupport::TempDir;
+
+namespace {
+
+std::pair<int, std::string> cli(const TempDir& dir, std::vector<std::string> args) {
+    args.insert(args.begin(), CONVEYOR_CLI);
+    return run(args, {"CONVEYOR_BROKER=sqlite://" + dir.file("c.db")}, dir.path().string());
+}
+
+std::string trim(std::string s) {
+    while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+    return s;
+}
+
+}  // namespace
+
+TEST(Cli, EnqueueWorkerResultQueuesAndDeadLetters) {
+    TempDir dir;
+    testsupport::write_file(dir.file("conveyor.toml"), R"(
+[[queue]]
+name = "billing"
+[[task]]
+name = "orders.bill"
+queue = "billing"
+exec = "read t; echo \"{\\\"billed\\\": $CONVEYOR_ATTEMPT}\""
+[[task]]
+name = "orders.poison"
+queue = "billing"
+exec = ["/bin/false"]
+max_retries = 1
+retry_backoff = 0.01
+)");
+    auto [c1, id] = cli(dir, {"enqueue", "orders.bill", "--kwargs", R"({"order": 1})"});
+    ASSERT_EQ(c1, 0) << id;
+    id = trim(id);
+    EXPECT_EQ(id.size(), 36u);
+    auto [c2, poison] = cli(dir, {"enqueue", "orders.poison", "--id", "poison-1"});
+    ASSERT_EQ(c2, 0) << poison;
+    auto [c3, table] = cli(dir, {"queues"});
+    ASSERT_EQ(c3, 0);
+    EXPECT_NE(table.find("billing"), std::string::npos);
+    auto [c4, js] = cli(dir, {"--json", "queues"});
+    ASSERT_EQ(c4, 0) << js;
+    EXPECT_EQ(Json::parse(js)[0]["ready"], 2);
+
+    testsupport::Process worker(
+        {CONVEYOR_CLI, "worker", "--concurrency", "2"}, dir.file("worker.out"),
+        {"CONVEYOR_BROKER=sqlite://" + dir.file("c.db")}, dir.path().string());
+    auto [c5, res] = cli(dir, {"result", id, "--wait", "20"});
+    ASSERT_EQ(c5, 0) << res;
+    auto j = Json::parse(res);
+    EXPECT_EQ(j["state"], "SUCCESS");
+    EXPECT_EQ(j["result"], Json({{"billed", 1}}));
+    auto [c6, pres] = cli(dir, {"result", "poison-1", "--wait", "20"});
+    ASSERT_EQ(c6, 0) << pres;
+    EXPECT_EQ(Json::parse(pres)["state"], "FAILURE");
+    auto [c7, dl] = cli(dir, {"--json", "dlq", "list", "--queue", "billing"});
+    ASSERT_EQ(c7, 0) << dl;
+    auto dlj = Json::parse(dl);
+    ASSERT_EQ(dlj.size(), 1u);
+    EXPECT_EQ(dlj[0]["id"], "poison-1");
+    EXPECT_NE(dlj[0]["reason"].get<std::string>().find("failed after 1 retries"),
+              std::string::npos);
+    worker.signal(SIGTERM);
+    EXPECT_EQ(worker.wait(10s), 0);
+    auto [c8, rp] = cli(dir, {"dlq", "replay", "--queue", "billing"});
+    ASSERT_EQ(c8, 0);
+    EXPECT_NE(rp.find("replayed 1"), std::string::npos);
+    auto [c9, pr] = cli(dir, {"--json", "queues"});
+    EXPECT_EQ(Json::parse(pr)[0]["ready"], 1);
+    auto [c10, rs] = cli(dir, {"result", "poison-1"});
+    EXPECT_EQ(Json::parse(rs)["state"], "PENDING");
+    auto [c11, pg] = cli(dir, {"dlq", "purge", "--queue", "billing"});
+    EXPECT_EQ(c11, 0);
+}
+
+TEST(Cli, MistakesGetOneSentenceAndANonZeroExit) {
+    TempDir dir;
+    struct Case {
+        std::vector<std::string> args;
+        int code;
+        const char* says;
+    };
+    std::vector<Case> cases = {
+        {{"enqueue", "t", "--args", "[1,"}, 2, "--args is not valid JSON"},
+        {{"enqueue", "t", "--args", "{}"}, 2, "must be a JSON array"},
+        {{"enqueue", "t", "--kwargs", "[]"}, 2, "must be a JSON object"},
+        {{"enqueue", "t", "--countdown", "5", "--eta", "2030-01-01T00:00:00Z"}, 2, "excludes"},
+        {{"enqueue", "t", "--eta", "soon"}, 2, "not an ISO-8601 time"},
+        {{"enqueue", "t", "--priority", "300"}, 2, "priority"},
+        {{"enqueue"}, 2, "TASK"},
+        {{"frobnicate"}, 2, "frobnicate"},
+        {{"--broker", "postgres://x", "queues"}, 2, "unsupported broker scheme"},
+        {{"--broker", "sqlite:///nonexistent-dir/x/c.db", "queues"}, 1, "cannot open"},
+        {{"--config", "/nonexistent.toml", "queues"}, 2, "cannot read config file"},
+        {{"result", "some-id", "--wait", "0.2"}, 3, "did not finish"},
+        {{"worker"}, 2, "no task has a handler"},
+    };
+    for (auto& c : cases) {
+        auto [code, out] = cli(dir, c.args);
+        EXPECT_EQ(code, c.code) << c.args[0] << ": " << out;
+        EXPECT_NE(out.find(c.says), std::string::npos) << out;
+        EXPECT_NE(out.find("conveyor: "), std::string::npos) << out;
+    }
+    testsupport::write_file(dir.file("bad.toml"), "[[task]]\nname = \"t\"\ntimeout = \"soon\"\n");
+    auto [code, out] = cli(dir, {"--config", dir.file("bad.toml"), "queues"});
+    EXPECT_EQ(code, 2);
+    EXPECT_NE(out.find("bad.toml:3: 'timeout' must be a number"), std::string::npos) << out;
+    EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << out;
+}
+
+TEST(Cli, DemoRunsToTheEndWithOneDeadLetterAndNothingLost) {
+    TempDir dir;
+    auto [code, out] = run({CONVEYOR_CLI, "demo", "--orders", "120", "--db", dir.file("demo.db")},
+                           {}, dir.path().string(), 120s);
+    ASSERT_EQ(code, 0) << out;
+    EXPECT_NE(out.find("total               361"), std::string::npos) << out;
+    EXPECT_NE(out.find("PaymentDeclined"), std::string::npos) << out;
+    EXPECT_NE(out.find("delayed reminder: due at +3.00 s"), std::string::npos) << out;
+    EXPECT_NE(out.find("left in queues: 0"), std::string::npos) << out;
+}

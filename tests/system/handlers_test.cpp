@@ -1,0 +1,172 @@
+// exec and http handlers against real subprocesses and a real HTTP server.
+
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <atomic>
+#include <thread>
+
+#include "conveyor/client.hpp"
+#include "conveyor/worker.hpp"
+#include "support/process.hpp"
+
+using namespace conveyor;
+using namespace std::chrono_literals;
+using testsupport::TempDir;
+
+namespace {
+
+struct Running {
+    std::shared_ptr<Broker> broker;
+    Client client;
+    Worker worker;
+    std::jthread thread;
+    explicit Running(const std::string& url)
+        : broker(*Broker::open(url)),
+          client(broker),
+          worker(broker, WorkerOptions{.queues = {"q"}, .concurrency = 2}) {}
+    void start() {
+        thread = std::jthread([this] { (void)worker.run(); });
+    }
+    ~Running() { worker.stop(); }
+    Result<TaskResult> run(const std::string& task, Json args = Json::array()) {
+        auto id = client.enqueue(task, std::move(args), Json::object(), {.queue = "q"});
+        if (!id) return std::unexpected(id.error());
+        return client.wait(*id, 20s);
+    }
+};
+
+TaskOptions fast_retry(int max_retries, std::optional<std::chrono::milliseconds> timeout = {}) {
+    return TaskOptions{
+        RetryPolicy{.max_retries = max_retries, .backoff_base = 0.01, .backoff_max = 0.02},
+        timeout};
+}
+
+}  // namespace
+
+TEST(ExecHandler, TaskJsonOnStdinAndEnvironmentResultFromStdout) {
+    TempDir dir;
+    Running w("sqlite://" + dir.file("c.db"));
+    // Echo back what the handler got: stdin and the environment.
+    w.worker.handle_exec(
+        "echo",
+        {"/bin/sh", "-c",
+         "read line; printf '{\"in\": %s, \"id\": \"%s\", \"name\": \"%s\", \"attempt\": %s}' "
+         "\"$line\" \"$CONVEYOR_TASK_ID\" \"$CONVEYOR_TASK_NAME\" \"$CONVEYOR_ATTEMPT\""},
+        fast_retry(0));
+    w.worker.handle_exec("text", {"/bin/echo", "plain words"}, fast_retry(0));
+    w.start();
+    auto r = w.run("echo", {7, "x"});
+    ASSERT_TRUE(r) << r.error().message;
+    ASSERT_EQ(r->state, TaskState::success) << r->result.dump();
+    EXPECT_EQ(r->result["in"]["args"], Json::array({7, "x"}));
+    EXPECT_EQ(r->result["in"]["task"], "echo");
+    EXPECT_EQ(r->result["id"], r->id);
+    EXPECT_EQ(r->result["in"]["id"], r->id);
+    EXPECT_EQ(r->result["name"], "echo");
+    EXPECT_EQ(r->result["attempt"], 1);
+    auto t = w.run("text");
+    ASSERT_TRUE(t);
+    EXPECT_EQ(t->result, "plain words");
+}
+
+TEST(ExecHandler, NonZeroExitIsRetriedThenDeadLetteredWithStderr) {
+    TempDir dir;
+    Running w("sqlite://" + dir.file("c.db"));
+    std::string marker = dir.file("attempts");
+    // Fails on attempts 1 and 2, succeeds on 3.
+    w.worker.handle_exec("flaky",
+                         {"/bin/sh", "-c",
+                          "echo x >> " + marker +
+                              "; [ \"$CONVEYOR_ATTEMPT\" -ge 3 ] && echo ok && exit 0; "
+                              "echo 'gateway down' >&2; exit 3"},
+                         fast_retry(5));
+    w.worker.handle_exec("broken", {"/bin/sh", "-c", "echo 'no such order' >&2; exit 1"},
+                         fast_retry(2));
+    w.start();
+    auto r = w.run("flaky");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->state, TaskState::success);
+    EXPECT_EQ(r->result, "ok");
+    EXPECT_EQ(r->retries, 2);
+    auto b = w.run("broken");
+    ASSERT_TRUE(b);
+    EXPECT_EQ(b->state, TaskState::failure);
+    auto dl = w.broker->dead_letters("q", 10);
+    ASSERT_EQ(dl->size(), 1u);
+    EXPECT_NE((*dl)[0].reason.find("exit status 1: no such order"), std::string::npos)
+        << (*dl)[0].reason;
+    EXPECT_NE((*dl)[0].reason.find("failed after 2 retries"), std::string::npos) << (*dl)[0].reason;
+}
+
+TEST(ExecHandler, ProcessIsKilledAtTheTimeLimit) {
+    TempDir dir;
+    Running w("sqlite://" + dir.file("c.db"));
+    std::string pidfile = dir.file("pid");
+    w.worker.handle_exec("hang",
+                         {"/bin/sh", "-c", "echo $$ > " + pidfile + "; sleep 30; echo never"},
+                         fast_retry(0, 300ms));
+    w.start();
+    auto t0 = std::chrono::steady_clock::now();
+    auto r = w.run("hang");
+    ASSERT_TRUE(r);
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 5s);
+    EXPECT_EQ(r->state, TaskState::failure);
+    EXPECT_EQ(r->result["exc_type"], "TimeLimitExceeded");
+    pid_t pid = std::stoi(testsupport::read_file(pidfile));
+    EXPECT_TRUE(testsupport::eventually([&] { return kill(pid, 0) != 0; }, 2s))
+        << "the shell survived";
+}
+
+TEST(HttpHandler, TwoHundredSucceedsServerErrorsRetryClientErrorsReject) {
+    httplib::Server server;
+    std::atomic<int> flaky_calls{0}, reject_calls{0};
+    server.Post("/ok", [](const httplib::Request& req, httplib::Response& res) {
+        auto task = Json::parse(req.body);
+        res.set_content(
+            Json{{"got", task["args"]}, {"hdr", req.get_header_value("X-Conveyor-Task-Name")}}
+                .dump(),
+            "application/json");
+    });
+    server.Post("/flaky", [&](const httplib::Request&, httplib::Response& res) {
+        if (++flaky_calls < 3) {
+            res.status = flaky_calls == 1 ? 503 : 429;
+            return;
+        }
+        res.set_content("done", "text/plain");
+    });
+    server.Post("/missing", [&](const httplib::Request&, httplib::Response& res) {
+        ++reject_calls;
+        res.status = 404;
+        res.set_content("no such order", "text/plain");
+    });
+    int port = server.bind_to_any_port("127.0.0.1");
+    std::jthread srv([&] { server.listen_after_bind(); });
+    while (!server.is_running()) std::this_thread::sleep_for(1ms);
+    std::string base = "http://127.0.0.1:" + std::to_string(port);
+
+    TempDir dir;
+    Running w("sqlite://" + dir.file("c.db"));
+    w.worker.handle_http("ok", base + "/ok", fast_retry(3));
+    w.worker.handle_http("flaky", base + "/flaky", fast_retry(5));
+    w.worker.handle_http("missing", base + "/missing", fast_retry(5));
+    w.worker.handle_http("down", "http://127.0.0.1:1/nothing", fast_retry(1));
+    w.start();
+    auto ok = w.run("ok", {1, 2});
+    ASSERT_TRUE(ok);
+    EXPECT_EQ(ok->result, Json({{"got", {1, 2}}, {"hdr", "ok"}}));
+    auto flaky = w.run("flaky");
+    ASSERT_TRUE(flaky);
+    EXPECT_EQ(flaky->state, TaskState::success);
+    EXPECT_EQ(flaky->result, "done");
+    EXPECT_EQ(flaky_calls.load(), 3);
+    auto missing = w.run("missing");
+    ASSERT_TRUE(missing);
+    EXPECT_EQ(missing->state, TaskState::failure);
+    EXPECT_EQ(reject_calls.load(), 1);  // a 404 is not retried
+    auto down = w.run("down");
+    ASSERT_TRUE(down);
+    EXPECT_EQ(down->state, TaskState::failure);
+    EXPECT_EQ(down->retries, 1);
+    server.stop();
+}

@@ -1,0 +1,184 @@
+// The sqlite engine against a real file: ordering, delays, leases, results, dead letters.
+
+#include <gtest/gtest.h>
+
+#include "conveyor/broker.hpp"
+#include "conveyor/client.hpp"
+#include "core/codec.hpp"
+#include "support/process.hpp"
+
+using namespace conveyor;
+using namespace std::chrono_literals;
+using testsupport::TempDir;
+
+namespace {
+
+struct Fixture {
+    TempDir dir;
+    std::string url = "sqlite://" + dir.file("c.db");
+    std::shared_ptr<Broker> broker = *Broker::open(url);
+    Client client{broker};
+
+    std::string enqueue(const std::string& queue, EnqueueOptions o = {}) {
+        o.queue = queue;
+        auto id = client.enqueue("t", Json::array(), Json::object(), o);
+        EXPECT_TRUE(id) << id.error().message;
+        return *id;
+    }
+    std::unique_ptr<Consumer> consumer(std::vector<std::string> queues,
+                                       std::chrono::milliseconds lease = 30s) {
+        auto b = Broker::open(url);  // a separate connection, as another process would have
+        auto c = (*b)->consume({.queues = std::move(queues), .lease = lease, .name = "test"});
+        EXPECT_TRUE(c);
+        return std::move(*c);
+    }
+};
+
+QueueStats stats_of(Broker& b, const std::string& q) {
+    auto all = b.stats();
+    for (auto& s : *all)
+        if (s.queue == q) return s;
+    return {};
+}
+
+}  // namespace
+
+TEST(SqliteEngine, PriorityFirstThenFifo) {
+    Fixture f;
+    std::vector<std::string> ids;
+    for (int p : {0, 5, 9, 5}) ids.push_back(f.enqueue("q", {.priority = p}));
+    auto c = f.consumer({"q"});
+    auto got = c->fetch(10, 0ms);
+    ASSERT_TRUE(got);
+    ASSERT_EQ(got->size(), 4u);
+    EXPECT_EQ((*got)[0].message_id, ids[2]);
+    EXPECT_EQ((*got)[1].message_id, ids[1]);
+    EXPECT_EQ((*got)[2].message_id, ids[3]);
+    EXPECT_EQ((*got)[3].message_id, ids[0]);
+}
+
+TEST(SqliteEngine, DelayedTaskWaitsInTheStoreUntilDue) {
+    Fixture f;
+    f.enqueue("q", {.countdown = 400ms});
+    EXPECT_EQ(stats_of(*f.broker, "q").delayed, 1);
+    auto c = f.consumer({"q"});
+    auto t0 = std::chrono::steady_clock::now();
+    EXPECT_TRUE(c->fetch(1, 100ms)->empty());
+    auto got = c->fetch(1, 3s);
+    ASSERT_EQ(got->size(), 1u);
+    auto waited = std::chrono::steady_clock::now() - t0;
+    EXPECT_GE(waited, 350ms);
+    EXPECT_LT(waited, 1500ms);
+}
+
+TEST(SqliteEngine, ExpiredLeaseGoesToAnotherConsumerAndTheOldOwnerCannotSettle) {
+    Fixture f;
+    auto id = f.enqueue("q");
+    auto a = f.consumer({"q"}, 300ms);
+    auto b = f.consumer({"q"}, 300ms);
+    auto first = a->fetch(1, 0ms);
+    ASSERT_EQ(first->size(), 1u);
+    EXPECT_TRUE(b->fetch(1, 100ms)->empty());  // leased to a
+    auto second = b->fetch(1, 2s);             // a never renews: the lease runs out
+    ASSERT_EQ(second->size(), 1u);
+    EXPECT_EQ((*second)[0].message_id, id);
+    EXPECT_EQ((*second)[0].deliveries, 2);
+    Settlement stale{.kind = Settlement::Kind::ack, .tag = (*first)[0].tag};
+    ASSERT_TRUE(a->settle(std::span(&stale, 1)));
+    EXPECT_EQ(stats_of(*f.broker, "q").in_flight, 1);  // still b's
+}
+
+TEST(SqliteEngine, RenewedLeaseIsNotTakenOver) {
+    Fixture f;
+    f.enqueue("q");
+    auto a = f.consumer({"q"}, 300ms);
+    auto b = f.consumer({"q"}, 300ms);
+    ASSERT_EQ(a->fetch(1, 0ms)->size(), 1u);
+    auto until = std::chrono::steady_clock::now() + 1200ms;
+    while (std::chrono::steady_clock::now() < until) {
+        ASSERT_TRUE(a->renew());
+        EXPECT_TRUE(b->fetch(1, 80ms)->empty());
+    }
+}
+
+TEST(SqliteEngine, ResultStatesFollowTheTask) {
+    Fixture f;
+    auto id = f.enqueue("q");
+    EXPECT_EQ(f.client.result(id)->state, TaskState::pending);
+    auto c = f.consumer({"q"});
+    auto got = c->fetch(1, 0ms);
+    EXPECT_EQ(f.client.result(id)->state, TaskState::started);
+    Settlement retry{.kind = Settlement::Kind::retry,
+                     .tag = (*got)[0].tag,
+                     .envelope = (*got)[0].envelope,
+                     .not_before = SystemClock::now()};
+    ASSERT_TRUE(c->settle(std::span(&retry, 1)));
+    EXPECT_EQ(f.client.result(id)->state, TaskState::retry);
+    got = c->fetch(1, 1s);
+    ASSERT_EQ(got->size(), 1u);
+    TaskResult r{.id = id, .state = TaskState::success, .result = 42};
+    Settlement ack{.kind = Settlement::Kind::ack, .tag = (*got)[0].tag, .result = r};
+    ASSERT_TRUE(c->settle(std::span(&ack, 1)));
+    auto done = f.client.wait(id, 1s);
+    ASSERT_TRUE(done);
+    EXPECT_EQ(done->state, TaskState::success);
+    EXPECT_EQ(done->result, 42);
+    EXPECT_EQ(done->retries, 0);
+    // A finished id is not enqueued again.
+    f.enqueue("q", {.id = id});
+    EXPECT_EQ(stats_of(*f.broker, "q").ready, 0);
+}
+
+TEST(SqliteEngine, DeadLettersKeepTheReasonAndCanBeReplayedOrPurged) {
+    Fixture f;
+    auto a = f.enqueue("q");
+    auto b = f.enqueue("q");
+    auto c = f.consumer({"q"});
+    auto got = c->fetch(2, 0ms);
+    ASSERT_EQ(got->size(), 2u);
+    std::vector<Settlement> s = {
+        {.kind = Settlement::Kind::dead_letter, .tag = (*got)[0].tag, .reason = "reason A"},
+        {.kind = Settlement::Kind::dead_letter, .tag = (*got)[1].tag, .reason = "reason B"}};
+    ASSERT_TRUE(c->settle(s));
+    auto dl = f.broker->dead_letters("q", 10);
+    ASSERT_EQ(dl->size(), 2u);
+    EXPECT_EQ((*dl)[0].reason, "reason A");
+    EXPECT_EQ(stats_of(*f.broker, "q").dead, 2);
+    std::vector<std::string> only = {a};
+    EXPECT_EQ(*f.broker->replay_dead("q", only), 1u);
+    EXPECT_EQ(stats_of(*f.broker, "q").ready, 1);
+    EXPECT_EQ(*f.broker->purge_dead("q"), 1u);
+    EXPECT_EQ(stats_of(*f.broker, "q").dead, 0);
+    auto again = c->fetch(5, 0ms);
+    ASSERT_EQ(again->size(), 1u);
+    EXPECT_EQ((*again)[0].message_id, a);
+    auto t = codec::decode((*again)[0].envelope);
+    ASSERT_TRUE(t);
+    EXPECT_EQ(t->retries, 0);
+    (void)b;
+}
+
+TEST(SqliteEngine, SurvivesReopeningTheFile) {
+    TempDir dir;
+    std::string url = "sqlite://" + dir.file("c.db");
+    std::string id;
+    {
+        auto broker = *Broker::open(url);
+        Client c(broker);
+        id = *c.enqueue("t", {1}, Json::object(), {.queue = "q"});
+    }
+    auto broker = *Broker::open(url);
+    auto c = (*broker->consume({.queues = {"q"}}));
+    auto got = c->fetch(1, 0ms);
+    ASSERT_EQ(got->size(), 1u);
+    EXPECT_EQ((*got)[0].message_id, id);
+}
+
+TEST(SqliteEngine, UnreachablePathIsAClearError) {
+    auto b = Broker::open("sqlite:///nonexistent-dir/sub/c.db");
+    ASSERT_FALSE(b);
+    EXPECT_NE(b.error().message.find("cannot open"), std::string::npos) << b.error().message;
+    auto bad = Broker::open("sqlite://x.db?sync=maybe");
+    ASSERT_FALSE(bad);
+    EXPECT_EQ(bad.error().code, Errc::invalid_argument);
+}
