@@ -1,6 +1,7 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -32,10 +33,40 @@ std::string tail(const std::string& s, std::size_t n) {
     return t;
 }
 
+// Writing to a command that exited without reading its stdin raises SIGPIPE. The calling thread
+// blocks it (see SigpipeBlock), so it stays pending and is consumed here instead of killing the
+// worker process.
+void drain_sigpipe() {
+    sigset_t pipe_set;
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    sigset_t pending;
+    sigemptyset(&pending);
+    if (sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1) {
+        int sig = 0;
+        sigwait(&pipe_set, &sig);
+    }
+}
+
+struct SigpipeBlock {
+    sigset_t old;
+    SigpipeBlock() {
+        sigset_t pipe_set;
+        sigemptyset(&pipe_set);
+        sigaddset(&pipe_set, SIGPIPE);
+        pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+    }
+    ~SigpipeBlock() {
+        drain_sigpipe();
+        pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    }
+};
+
 }  // namespace
 
 Json run_exec(const std::vector<std::string>& argv, TaskContext& ctx) {
     if (argv.empty()) throw Reject("exec handler has an empty command");
+    SigpipeBlock no_sigpipe;
     int in_pipe[2], out_pipe[2], err_pipe[2];
     if (pipe2(in_pipe, O_CLOEXEC) != 0) throw TaskError("OSError", "pipe failed");
     Fd in_r{in_pipe[0]}, in_w{in_pipe[1]};
@@ -131,6 +162,7 @@ Json run_exec(const std::vector<std::string>& argv, TaskContext& ctx) {
         if (idx_in >= 0 && (fds[idx_in].revents & (POLLOUT | POLLERR | POLLHUP))) {
             ssize_t w = write(in_w.fd, input.data() + written, input.size() - written);
             if (w > 0) written += std::size_t(w);
+            if (w < 0 && errno == EPIPE) drain_sigpipe();  // the command does not read stdin
             if (w < 0 && errno != EAGAIN) written = input.size();
             if (written >= input.size()) in_w.close();
         }

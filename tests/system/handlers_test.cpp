@@ -170,3 +170,16 @@ TEST(HttpHandler, TwoHundredSucceedsServerErrorsRetryClientErrorsReject) {
     EXPECT_EQ(down->retries, 1);
     server.stop();
 }
+
+TEST(ExecHandler, CommandThatDoesNotReadStdinDoesNotKillTheWorker) {
+    TempDir dir;
+    Running w("sqlite://" + dir.file("c.db"));
+    w.worker.handle_exec("ignore-input", {"/bin/true"}, fast_retry(0));
+    w.start();
+    auto r = w.run("ignore-input", {std::string(1 << 20, 'x')});  // more than a pipe buffer
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->state, TaskState::success);
+    auto again = w.run("ignore-input", {std::string(1 << 20, 'y')});
+    ASSERT_TRUE(again);
+    EXPECT_EQ(again->state, TaskState::success);
+}
