@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <regex>
+
 #include "conveyor/task.hpp"
 #include "support/process.hpp"
 
@@ -126,6 +128,13 @@ TEST(Cli, DemoRunsToTheEndWithOneDeadLetterAndNothingLost) {
     ASSERT_EQ(code, 0) << out;
     EXPECT_NE(out.find("total               361"), std::string::npos) << out;
     EXPECT_NE(out.find("PaymentDeclined"), std::string::npos) << out;
-    EXPECT_NE(out.find("delayed reminder: due at +3.00 s"), std::string::npos) << out;
+    std::smatch m;
+    ASSERT_TRUE(std::regex_search(
+        out, m, std::regex(R"(delayed reminder: due at \+([0-9.]+) s, ran at \+([0-9.]+) s)")))
+        << out;
+    double due = std::stod(m[1]), ran = std::stod(m[2]);
+    EXPECT_NEAR(due, 3.0, 0.5);
+    EXPECT_GE(ran, due - 0.01);  // never early
+    EXPECT_LT(ran - due, 1.0);   // and on time
     EXPECT_NE(out.find("left in queues: 0"), std::string::npos) << out;
 }
