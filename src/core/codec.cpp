@@ -142,7 +142,8 @@ Envelope encode(const TaskMessage& t) {
     for (const char* k : {"callbacks", "errbacks", "chain", "chord"}) {
         if (!embed.contains(k)) embed[k] = nullptr;
     }
-    env.body = Json::array({t.args, t.kwargs, embed}).dump();
+    env.body =
+        Json::array({t.args, t.kwargs, embed}).dump(-1, ' ', false, Json::error_handler_t::replace);
     return env;
 }
 
