@@ -29,6 +29,10 @@ unit: build
 system: build
 	ctest --test-dir $(BUILD) -L system --output-on-failure -j $(JOBS)
 
+bench: test-deps build
+	mkdir -p bench/results
+	$(BUILD)/bench/bench_engines 200000 50000 bench/results/latest.json | tee bench/results/latest.md
+
 format:
 	clang-format -i $$(git ls-files '*.cpp' '*.hpp')
 
