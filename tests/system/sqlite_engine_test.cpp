@@ -6,9 +6,11 @@
 #include "conveyor/client.hpp"
 #include "core/codec.hpp"
 #include "support/process.hpp"
+#include "support/queue_stats.hpp"
 
 using namespace conveyor;
 using namespace std::chrono_literals;
+using testsupport::stats_of;
 using testsupport::TempDir;
 
 namespace {
@@ -33,13 +35,6 @@ struct Fixture {
         return std::move(*c);
     }
 };
-
-QueueStats stats_of(Broker& b, const std::string& q) {
-    auto all = b.stats();
-    for (auto& s : *all)
-        if (s.queue == q) return s;
-    return {};
-}
 
 }  // namespace
 

@@ -9,12 +9,14 @@
 #include "conveyor/broker.hpp"
 #include "conveyor/client.hpp"
 #include "support/process.hpp"
+#include "support/queue_stats.hpp"
 
 using namespace conveyor;
 using namespace std::chrono_literals;
 using testsupport::eventually;
 using testsupport::lines_with;
 using testsupport::Process;
+using testsupport::stats_of;
 using testsupport::TempDir;
 
 namespace {
@@ -40,13 +42,6 @@ std::map<std::string, int> count_by_id(const std::vector<std::string>& lines) {
         n[l.substr(a + 1, b - a - 1)]++;
     }
     return n;
-}
-
-QueueStats stats_of(Broker& b, const std::string& q) {
-    auto all = b.stats();
-    for (auto& s : *all)
-        if (s.queue == q) return s;
-    return {};
 }
 
 }  // namespace
