@@ -232,8 +232,12 @@ struct Worker::Impl {
         if (task->eta && *task->eta > now + milliseconds(50)) {
             // A publisher that set an ETA header without telling the broker: hand the message
             // back to wait in the broker, never in this worker's memory.
-            auto s = reschedule(d, task->retries, *task->eta);
-            s.envelope = d.envelope;
+            // The message already says when; it goes back unchanged.
+            Settlement s;
+            s.kind = Settlement::Kind::retry;
+            s.tag = d.tag;
+            s.envelope = std::move(d.envelope);
+            s.not_before = *task->eta;
             settle_now.push_back(std::move(s));
             return;
         }
