@@ -4,6 +4,7 @@
 /// Engines, chosen by URL:
 ///   memory://[name]   in-process, for tests and single-process programs
 ///   sqlite://PATH     the embedded default: a durable SQLite file (WAL) shared by processes
+///   amqp://USER:PASS@HOST:PORT/VHOST, amqps://...   RabbitMQ (AMQP 0-9-1), the distributed engine
 ///
 /// Delivery guarantee: at least once. A delivery stays owned by its consumer until the consumer
 /// settles it (ack, retry, dead-letter, release); if the consumer dies, the delivery goes back to
@@ -20,14 +21,19 @@
 
 #include "conveyor/error.hpp"
 #include "conveyor/task.hpp"
+#include "conveyor/topology.hpp"
 
 namespace conveyor {
 
 /// A message to publish, with its destination and earliest delivery time.
 struct OutgoingMessage {
-    std::string queue;
+    std::string queue;  ///< destination queue (when `exchange` is empty)
     Envelope envelope;
     std::optional<TimePoint> not_before;  ///< delayed delivery; waits in the broker
+    std::string exchange;     ///< amqp: publish to this exchange instead (fan-out, topic routing)
+    std::string routing_key;  ///< amqp: the routing key with `exchange`
+    std::string
+        ordering_key;  ///< ordered queues: tasks with the same key run in order, one at a time
 };
 
 /// A message handed to a consumer. `tag` identifies it in settlements.
@@ -50,7 +56,7 @@ struct Settlement {
     Kind kind = Kind::ack;
     std::uint64_t tag = 0;
     std::optional<TaskResult> result;  ///< ack, dead_letter: what to store (none: store nothing)
-    Envelope envelope;                 ///< retry: the updated message
+    Envelope envelope;                 ///< retry: the updated message; dead_letter: the message
     TimePoint not_before{};            ///< retry: earliest redelivery
     std::string reason;                ///< dead_letter: why
 };
@@ -121,6 +127,12 @@ class Broker {
                                                           std::span<const std::string> ids) = 0;
     /// Deletes dead messages of a queue. Returns how many.
     [[nodiscard]] virtual Result<std::size_t> purge_dead(std::string_view queue) = 0;
+    /// Records the topology; engines declare what they use of it when they first use it.
+    /// The embedded engines have queues only: exchanges or bindings are an error there.
+    [[nodiscard]] virtual Result<void> set_topology(const Topology& topology) = 0;
+    /// Declares the recorded topology now, idempotently (`conveyor topology apply`). An entity
+    /// that exists with other arguments is an Errc::conflict naming it and the argument.
+    [[nodiscard]] virtual Result<void> declare_topology() = 0;
     virtual std::string url() const = 0;
 };
 

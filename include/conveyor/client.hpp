@@ -24,6 +24,9 @@ struct EnqueueOptions {
     std::optional<int> priority;                         ///< 0..255, higher first
     std::string id;                                      ///< default: a new uuid4
     std::optional<int> max_retries;                      ///< overrides the task's retry budget
+    std::string exchange;      ///< amqp: publish to this exchange (fan-out) instead of a queue
+    std::string routing_key;   ///< amqp: routing key with `exchange`
+    std::string ordering_key;  ///< ordered queues: same key, same order, one at a time
 };
 
 /// Thread-safe. Holds a broker and the configuration used for routing.

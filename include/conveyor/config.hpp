@@ -9,6 +9,7 @@
 
 #include "conveyor/error.hpp"
 #include "conveyor/retry_policy.hpp"
+#include "conveyor/topology.hpp"
 
 namespace conveyor {
 
@@ -22,7 +23,8 @@ enum class QueueFormat {
 struct QueueConfig {
     std::string name;
     QueueFormat format = QueueFormat::celery;
-    std::string task;  ///< task run for every message of a raw queue
+    std::string task;   ///< task run for every message of a raw queue
+    QueueSpec declare;  ///< how the broker declares it (type, priorities, partitions, ...)
 };
 
 /// One `[[task]]` table: where a task goes and how it runs.
@@ -49,6 +51,8 @@ struct Config {
     std::string broker;  ///< empty: not set in the file
     std::string default_queue = "celery";
     std::vector<QueueConfig> queues;
+    std::vector<ExchangeSpec> exchanges;  ///< `[[exchange]]` tables (amqp engine)
+    std::vector<BindingSpec> bindings;    ///< `[[binding]]` tables (amqp engine)
     std::vector<TaskConfig> tasks;
     WorkerConfig worker;
     RetryPolicy default_retry;  ///< for tasks without a `[[task]]` table
@@ -59,6 +63,8 @@ struct Config {
     std::string queue_for(std::string_view task) const;
     /// The retry policy of a task (its table's, else the default).
     RetryPolicy retry_for(std::string_view task) const;
+    /// Exchanges, queues and bindings to hand to `Broker::set_topology`.
+    Topology topology() const;
 };
 
 /// Parses TOML text. Errors name the source, the line and the key in one sentence.

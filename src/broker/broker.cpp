@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "broker/amqp/amqp_broker.hpp"
 #include "broker/memory/memory_broker.hpp"
 #include "broker/sqlite/sqlite_broker.hpp"
 #include "core/url.hpp"
@@ -47,10 +48,13 @@ Result<std::shared_ptr<Broker>> Broker::open(std::string_view url) {
         }
         return sqlite::open_sqlite_broker(o);
     }
+    if (u->scheme == "amqp" || u->scheme == "amqps")
+        return amqp::open_amqp_broker(*u, std::string(url));
     return fail(
         Errc::invalid_argument,
-        fmt::format("unsupported broker scheme '{}' in '{}'; use sqlite://PATH or memory://",
-                    u->scheme, url));
+        fmt::format(
+            "unsupported broker scheme '{}' in '{}'; use sqlite://PATH, amqp://HOST or memory://",
+            u->scheme, url));
 }
 
 }  // namespace conveyor

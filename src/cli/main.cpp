@@ -51,11 +51,12 @@ std::string broker_url(const Global& g, const Config& cfg) {
     return "sqlite://conveyor.db";
 }
 
-std::shared_ptr<Broker> open_broker(const std::string& url) {
+std::shared_ptr<Broker> open_broker(const std::string& url, const Config& cfg) {
     auto b = Broker::open(url);
     if (!b)
         die(fmt::format("cannot open broker {}: {}", url, b.error().message),
             b.error().code == Errc::invalid_argument ? 2 : 1);
+    if (auto ok = (*b)->set_topology(cfg.topology()); !ok) die(ok.error().message, 2);
     return *b;
 }
 
@@ -94,7 +95,7 @@ void on_signal(int) {
 int cmd_worker(const Global& g, std::string queues_flag, int concurrency, int prefetch,
                double lease, double grace) {
     Config cfg = load(g);
-    auto broker = open_broker(broker_url(g, cfg));
+    auto broker = open_broker(broker_url(g, cfg), cfg);
     WorkerOptions o;
     o.queues = !queues_flag.empty() ? split_list(queues_flag) : cfg.worker.queues;
     if (o.queues.empty()) {
@@ -161,7 +162,8 @@ int main(int argc, char** argv) {
     app.require_subcommand(1);
     Global g;
     app.add_option("--broker", g.broker,
-                   "Broker URL (sqlite://PATH, memory://); env CONVEYOR_BROKER");
+                   "Broker URL (sqlite://PATH, amqp://USER:PASS@HOST:PORT/VHOST, memory://); "
+                   "env CONVEYOR_BROKER");
     app.add_option("--config", g.config_path, "Config file (default ./conveyor.toml when present)");
     app.add_flag("--json", g.json, "JSON output instead of tables");
 
@@ -197,6 +199,17 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(0, 1000000));
     enqueue->add_option("--expires", e_expires, "Discard if not started within this many seconds")
         ->check(CLI::Range(0.0, 1e10));
+    std::string e_exchange, e_routing_key, e_key;
+    auto* exo = enqueue->add_option("--exchange", e_exchange,
+                                    "Publish to this exchange (amqp; fan-out) instead of a queue");
+    enqueue->add_option("--routing-key", e_routing_key, "Routing key with --exchange")->needs(exo);
+    enqueue->add_option("--key", e_key,
+                        "Ordering key: tasks with one key run in order (ordered queues)");
+
+    auto* topology = app.add_subcommand("topology", "Exchanges, queues and bindings");
+    topology->require_subcommand(1);
+    auto* tapply = topology->add_subcommand(
+        "apply", "Declare the configured exchanges, queues and bindings (idempotent)");
 
     auto* result = app.add_subcommand("result", "Print a task's state and result as JSON");
     std::string r_id;
@@ -261,7 +274,7 @@ int main(int argc, char** argv) {
     }
 
     Config cfg = load(g);
-    auto broker = open_broker(broker_url(g, cfg));
+    auto broker = open_broker(broker_url(g, cfg), cfg);
 
     if (enqueue->parsed()) {
         Json args = parse_json_flag(e_args, "--args", true);
@@ -271,6 +284,9 @@ int main(int argc, char** argv) {
         o.id = e_id;
         o.priority = e_priority;
         o.max_retries = e_max_retries;
+        o.exchange = e_exchange;
+        o.routing_key = e_routing_key;
+        o.ordering_key = e_key;
         if (e_countdown)
             o.countdown = std::chrono::milliseconds(static_cast<long long>(*e_countdown * 1000));
         if (!e_eta.empty()) {
@@ -305,6 +321,14 @@ int main(int argc, char** argv) {
         fmt::print("{}\n", to_json(*r).dump());
         return 0;
     }
+    if (tapply->parsed()) {
+        if (auto ok = broker->declare_topology(); !ok)
+            die(ok.error().message, ok.error().code == Errc::conflict ? 2 : 1);
+        auto t = cfg.topology();
+        fmt::print("declared {} exchange(s), {} queue(s), {} binding(s)\n", t.exchanges.size(),
+                   t.queues.size(), t.bindings.size());
+        return 0;
+    }
     if (queues->parsed()) {
         auto st = broker->stats();
         if (!st) die(st.error().message);
@@ -317,14 +341,15 @@ int main(int argc, char** argv) {
                 arr.push_back({{"queue", name},
                                {"ready", s.ready},
                                {"delayed", s.delayed},
-                               {"in_flight", s.in_flight},
+                               {"in_flight", s.in_flight < 0 ? Json() : Json(s.in_flight)},
                                {"dead", s.dead}});
             fmt::print("{}\n", arr.dump());
         } else {
             std::vector<std::vector<std::string>> rows;
             for (auto& [name, s] : all)
                 rows.push_back({name, std::to_string(s.ready), std::to_string(s.delayed),
-                                std::to_string(s.in_flight), std::to_string(s.dead)});
+                                s.in_flight < 0 ? "-" : std::to_string(s.in_flight),
+                                std::to_string(s.dead)});
             print_table({"QUEUE", "READY", "DELAYED", "IN FLIGHT", "DEAD"}, rows);
         }
         return 0;

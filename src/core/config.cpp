@@ -98,7 +98,58 @@ Result<std::vector<std::string>> string_list(const Ctx& c, const toml::node* n,
     return out;
 }
 
+Json to_json(const toml::node& n) {
+    if (auto* t = n.as_table()) {
+        Json o = Json::object();
+        for (auto& [k, v] : *t) o[std::string(k.str())] = to_json(v);
+        return o;
+    }
+    if (auto* a = n.as_array()) {
+        Json arr = Json::array();
+        for (auto& v : *a) arr.push_back(to_json(v));
+        return arr;
+    }
+    if (auto v = n.value<std::int64_t>(); v && n.is_integer()) return *v;
+    if (auto v = n.value<double>(); v && n.is_floating_point()) return *v;
+    if (auto v = n.value<bool>()) return *v;
+    if (auto v = n.value<std::string>()) return *v;
+    return nullptr;
+}
+
+Result<Json> get_arguments(const Ctx& c, const toml::table& t) {
+    auto* n = t.get("arguments");
+    if (!n) return Json::object();
+    if (!n->is_table()) return bad(c, n, "'arguments' must be a table of x- arguments");
+    return to_json(*n);
+}
+
+template <class Fn>
+Result<void> each_table(const Ctx& c, const toml::table& root, std::string_view key, Fn&& fn) {
+    auto* n = root.get(key);
+    if (!n) return {};
+    auto* arr = n->as_array();
+    if (!arr) return bad(c, n, fmt::format("'{}' must be an array of tables ([[{}]])", key, key));
+    for (auto& e : *arr) {
+        auto* t = e.as_table();
+        if (!t) return bad(c, &e, fmt::format("each [[{}]] must be a table", key));
+        if (auto ok = fn(*t, e); !ok) return ok;
+    }
+    return {};
+}
+
 }  // namespace
+
+Topology Config::topology() const {
+    Topology t;
+    t.exchanges = exchanges;
+    t.bindings = bindings;
+    for (auto& q : queues) {
+        QueueSpec s = q.declare;
+        s.name = q.name;
+        t.queues.push_back(std::move(s));
+    }
+    return t;
+}
 
 const TaskConfig* Config::find_task(std::string_view name) const noexcept {
     for (auto& t : tasks)
@@ -132,8 +183,9 @@ Result<Config> parse_config(std::string_view text, std::string_view source) {
                     fmt::format("{}:{}: {}", source, e.source().begin.line, e.description()));
     }
     Config cfg;
-    if (auto ok = check_keys(c, root, "the top level",
-                             {"broker", "default_queue", "queue", "task", "worker", "retry"});
+    if (auto ok = check_keys(
+            c, root, "the top level",
+            {"broker", "default_queue", "queue", "exchange", "binding", "task", "worker", "retry"});
         !ok)
         return std::unexpected(ok.error());
     auto broker = get_string(c, root, "broker");
@@ -161,7 +213,10 @@ Result<Config> parse_config(std::string_view text, std::string_view source) {
         for (auto& e : *arr) {
             auto* t = e.as_table();
             if (!t) return bad(c, &e, "each [[queue]] must be a table");
-            if (auto ok = check_keys(c, *t, "[[queue]]", {"name", "format", "task"}); !ok)
+            if (auto ok = check_keys(c, *t, "[[queue]]",
+                                     {"name", "format", "task", "type", "max_priority",
+                                      "max_length", "overflow", "partitions", "arguments"});
+                !ok)
                 return std::unexpected(ok.error());
             QueueConfig q;
             auto name = get_string(c, *t, "name");
@@ -186,11 +241,123 @@ Result<Config> parse_config(std::string_view text, std::string_view source) {
                 return bad(
                     c, &e,
                     fmt::format("raw queue '{}' needs a 'task' to run its messages", q.name));
+            auto type = get_string(c, *t, "type", "classic");
+            if (!type) return std::unexpected(type.error());
+            if (*type != "classic" && *type != "quorum")
+                return bad(c, t->get("type"),
+                           fmt::format("queue '{}' has type '{}'; use \"classic\" or \"quorum\"",
+                                       q.name, *type));
+            q.declare.type = *type;
+            auto prio = get_int(c, *t, "max_priority");
+            if (!prio) return std::unexpected(prio.error());
+            if (*prio) {
+                if (**prio < 1 || **prio > 255)
+                    return bad(c, t->get("max_priority"), "'max_priority' must be 1..255");
+                if (*type == "quorum")
+                    return bad(c, t->get("max_priority"),
+                               fmt::format("queue '{}': quorum queues have no priorities; drop "
+                                           "'max_priority' or use type = \"classic\"",
+                                           q.name));
+                q.declare.max_priority = int(**prio);
+            }
+            auto maxlen = get_int(c, *t, "max_length");
+            if (!maxlen) return std::unexpected(maxlen.error());
+            if (*maxlen) {
+                if (**maxlen < 1)
+                    return bad(c, t->get("max_length"), "'max_length' must be positive");
+                q.declare.max_length = **maxlen;
+            }
+            auto overflow = get_string(c, *t, "overflow");
+            if (!overflow) return std::unexpected(overflow.error());
+            if (!overflow->empty() && *overflow != "drop-head" && *overflow != "reject-publish" &&
+                *overflow != "reject-publish-dlx")
+                return bad(c, t->get("overflow"),
+                           "'overflow' must be drop-head, reject-publish or reject-publish-dlx");
+            q.declare.overflow = *overflow;
+            auto parts = get_int(c, *t, "partitions");
+            if (!parts) return std::unexpected(parts.error());
+            if (*parts) {
+                if (**parts < 1 || **parts > 1024)
+                    return bad(c, t->get("partitions"), "'partitions' must be 1..1024");
+                q.declare.partitions = int(**parts);
+            }
+            auto args = get_arguments(c, *t);
+            if (!args) return std::unexpected(args.error());
+            q.declare.arguments = std::move(*args);
+            q.declare.name = q.name;
             if (cfg.find_queue(q.name))
                 return bad(c, &e, fmt::format("queue '{}' is defined twice", q.name));
             cfg.queues.push_back(std::move(q));
         }
     }
+
+    auto exchanges = each_table(
+        c, root, "exchange", [&](const toml::table& t, const toml::node& e) -> Result<void> {
+            if (auto ok =
+                    check_keys(c, t, "[[exchange]]", {"name", "type", "durable", "arguments"});
+                !ok)
+                return ok;
+            ExchangeSpec x;
+            auto name = get_string(c, t, "name");
+            if (!name) return std::unexpected(name.error());
+            if (name->empty()) return bad(c, &e, "[[exchange]] needs a 'name'");
+            x.name = *name;
+            auto type = get_string(c, t, "type", "direct");
+            if (!type) return std::unexpected(type.error());
+            static constexpr std::string_view kTypes[] = {"direct", "fanout", "topic", "headers",
+                                                          "x-consistent-hash"};
+            if (std::find(std::begin(kTypes), std::end(kTypes), *type) == std::end(kTypes))
+                return bad(c, t.get("type"),
+                           fmt::format("exchange '{}' has type '{}'; use direct, fanout, topic, "
+                                       "headers or x-consistent-hash",
+                                       x.name, *type));
+            x.type = *type;
+            if (auto* d = t.get("durable")) {
+                auto b = d->value<bool>();
+                if (!b) return bad(c, d, "'durable' must be true or false");
+                x.durable = *b;
+            }
+            auto args = get_arguments(c, t);
+            if (!args) return std::unexpected(args.error());
+            x.arguments = std::move(*args);
+            for (auto& other : cfg.exchanges)
+                if (other.name == x.name)
+                    return bad(c, &e, fmt::format("exchange '{}' is defined twice", x.name));
+            cfg.exchanges.push_back(std::move(x));
+            return {};
+        });
+    if (!exchanges) return std::unexpected(exchanges.error());
+
+    auto bindings = each_table(
+        c, root, "binding", [&](const toml::table& t, const toml::node& e) -> Result<void> {
+            if (auto ok =
+                    check_keys(c, t, "[[binding]]",
+                               {"exchange", "queue", "to_exchange", "routing_key", "arguments"});
+                !ok)
+                return ok;
+            BindingSpec b;
+            auto ex = get_string(c, t, "exchange");
+            if (!ex) return std::unexpected(ex.error());
+            auto q = get_string(c, t, "queue");
+            if (!q) return std::unexpected(q.error());
+            auto to = get_string(c, t, "to_exchange");
+            if (!to) return std::unexpected(to.error());
+            auto key = get_string(c, t, "routing_key");
+            if (!key) return std::unexpected(key.error());
+            if (ex->empty()) return bad(c, &e, "[[binding]] needs an 'exchange'");
+            if (q->empty() == to->empty())
+                return bad(c, &e, "[[binding]] needs exactly one of 'queue' and 'to_exchange'");
+            b.exchange = *ex;
+            b.queue = *q;
+            b.to_exchange = *to;
+            b.routing_key = *key;
+            auto args = get_arguments(c, t);
+            if (!args) return std::unexpected(args.error());
+            b.arguments = std::move(*args);
+            cfg.bindings.push_back(std::move(b));
+            return {};
+        });
+    if (!bindings) return std::unexpected(bindings.error());
 
     if (auto* tn = root.get("task")) {
         auto* arr = tn->as_array();
@@ -287,8 +454,19 @@ Result<Config> parse_config(std::string_view text, std::string_view source) {
         }
     }
     for (auto& t : cfg.tasks) {
-        if (!t.queue.empty() && !cfg.find_queue(t.queue))
-            cfg.queues.push_back(QueueConfig{t.queue});
+        if (!t.queue.empty() && !cfg.find_queue(t.queue)) {
+            QueueConfig q;
+            q.name = t.queue;
+            cfg.queues.push_back(std::move(q));
+        }
+    }
+    // A bound queue that has no [[queue]] table is declared with the defaults.
+    for (auto& b : cfg.bindings) {
+        if (!b.queue.empty() && !cfg.find_queue(b.queue)) {
+            QueueConfig q;
+            q.name = b.queue;
+            cfg.queues.push_back(std::move(q));
+        }
     }
     return cfg;
 }

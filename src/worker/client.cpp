@@ -39,6 +39,9 @@ Result<OutgoingMessage> Client::prepare(TaskMessage t, const EnqueueOptions& o) 
     OutgoingMessage m;
     m.queue = !o.queue.empty() ? o.queue : config_.queue_for(t.name);
     m.not_before = t.eta;
+    m.exchange = o.exchange;
+    m.routing_key = o.routing_key;
+    m.ordering_key = o.ordering_key;
     m.envelope = codec::encode(t);
     return m;
 }

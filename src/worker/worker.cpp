@@ -45,6 +45,7 @@ struct Job {
     std::optional<steady_clock::time_point> deadline;
     bool started = false;
     bool release_on_finish = false;
+    std::string key;  ///< ordering key: jobs with the same key run one at a time, in order
 };
 
 struct Outcome {
@@ -84,6 +85,12 @@ struct Worker::Impl {
 
     std::list<Job> jobs;  // every unsettled delivery; owned by the dispatcher thread
     std::unordered_map<Job*, std::list<Job>::iterator> job_index;
+    // Per-key order (dispatcher thread only): the key of a running or sleeping job is busy;
+    // later jobs with that key wait behind it. A keyed job that fails sleeps here for its
+    // backoff and runs again, so it keeps its place in the order.
+    std::unordered_map<std::string, std::deque<Job*>> key_waiting;
+    std::unordered_map<std::string, int> key_busy;
+    std::multimap<steady_clock::time_point, Job*> sleeping;
     std::mt19937_64 rng;
 
     Impl(std::shared_ptr<Broker> b, WorkerOptions o) : broker(std::move(b)), opts(std::move(o)) {
@@ -162,11 +169,12 @@ struct Worker::Impl {
     }
 
     // ---- dispatcher -------------------------------------------------------------------
-    Settlement dead_letter(std::uint64_t tag, const std::string& id, int retries,
+    Settlement dead_letter(const Delivery& d, const std::string& id, int retries,
                            std::string reason, const std::string& type, const std::string& module) {
         Settlement s;
         s.kind = Settlement::Kind::dead_letter;
-        s.tag = tag;
+        s.tag = d.tag;
+        s.envelope = d.envelope;
         s.reason = reason;
         TaskResult r;
         r.id = id;
@@ -201,7 +209,7 @@ struct Worker::Impl {
             task = codec::decode(d.envelope, opts.max_body);
         }
         if (!task) {
-            settle_now.push_back(dead_letter(d.tag, d.message_id, 0,
+            settle_now.push_back(dead_letter(d, d.message_id, 0,
                                              "malformed message: " + task.error().message,
                                              "ContentDisallowed", "kombu.exceptions"));
             return;
@@ -209,7 +217,7 @@ struct Worker::Impl {
         auto it = handlers.find(task->name);
         if (it == handlers.end()) {
             settle_now.push_back(dead_letter(
-                d.tag, task->id, task->retries,
+                d, task->id, task->retries,
                 fmt::format("no handler registered for task '{}' on this worker", task->name),
                 "NotRegistered", "celery.exceptions"));
             return;
@@ -241,17 +249,61 @@ struct Worker::Impl {
             settle_now.push_back(std::move(s));
             return;
         }
+        std::string key;
+        if (auto k = d.envelope.headers.find("x-conveyor-ordering-key");
+            k != d.envelope.headers.end() && k->is_string())
+            key = k->get<std::string>();
         jobs.push_back(Job{std::move(d), std::move(*task), &it->second});
         Job& job = jobs.back();
         job_index[&job] = std::prev(jobs.end());
-        std::optional<milliseconds> limit = job.reg->options.timeout;
-        if (job.task.time_limit && *job.task.time_limit > 0)
-            limit = milliseconds(static_cast<long long>(*job.task.time_limit * 1000));
-        if (limit) job.deadline = steady_clock::now() + *limit;
+        job.key = std::move(key);
+        if (!job.key.empty() && key_busy[job.key]++ > 0) {
+            key_waiting[job.key].push_back(&job);
+            return;
+        }
+        arm_deadline(job);
         ready.push_back(&job);
     }
 
-    Settlement conclude(Outcome& o) {
+    void arm_deadline(Job& job) {
+        std::optional<milliseconds> limit = job.reg->options.timeout;
+        if (job.task.time_limit && *job.task.time_limit > 0)
+            limit = milliseconds(static_cast<long long>(*job.task.time_limit * 1000));
+        job.deadline.reset();
+        if (limit) job.deadline = steady_clock::now() + *limit;
+    }
+
+    /// A keyed job is settled: the next job with its key may run.
+    void release_key(Job* job, std::vector<Job*>& ready) {
+        if (job->key.empty()) return;
+        auto busy = key_busy.find(job->key);
+        if (busy == key_busy.end()) return;
+        if (--busy->second == 0) {
+            key_busy.erase(busy);
+            key_waiting.erase(job->key);
+            return;
+        }
+        auto& w = key_waiting[job->key];
+        if (w.empty()) return;
+        Job* next = w.front();
+        w.pop_front();
+        arm_deadline(*next);
+        ready.push_back(next);
+    }
+
+    void enqueue_ready(const std::vector<Job*>& ready) {
+        if (ready.empty()) return;
+        {
+            std::lock_guard lk(mu);
+            for (Job* j : ready) queued.push_back(j);
+        }
+        if (ready.size() == 1)
+            work_cv.notify_one();
+        else
+            work_cv.notify_all();
+    }
+
+    std::optional<Settlement> conclude(Outcome& o) {
         Job& job = *o.job;
         const Delivery& d = job.delivery;
         if (job.release_on_finish) {
@@ -278,17 +330,24 @@ struct Worker::Impl {
         if (job.task.max_retries) policy.max_retries = *job.task.max_retries;
         std::string what = fmt::format("{}: {}", o.exc_type, o.message);
         if (o.kind == Outcome::Kind::reject) {
-            return dead_letter(d.tag, job.task.id, job.task.retries, "rejected: " + what,
-                               o.exc_type, o.exc_module);
+            return dead_letter(d, job.task.id, job.task.retries, "rejected: " + what, o.exc_type,
+                               o.exc_module);
         }
         if (!may_retry(policy, job.task.retries)) {
-            return dead_letter(d.tag, job.task.id, job.task.retries,
+            return dead_letter(d, job.task.id, job.task.retries,
                                fmt::format("failed after {} retries: {}", job.task.retries, what),
                                o.exc_type, o.exc_module);
         }
         std::uniform_real_distribution<double> u(0.0, 1.0);
         auto delay = o.retry_after ? *o.retry_after : retry_delay(policy, job.task.retries, u(rng));
         retried++;
+        if (!job.key.empty()) {
+            job.task.retries++;
+            job.started = false;
+            job.stop = std::stop_source();
+            sleeping.emplace(steady_clock::now() + duration_cast<milliseconds>(delay), &job);
+            return std::nullopt;
+        }
         return reschedule(d, job.task.retries + 1, SystemClock::now() + delay);
     }
 
@@ -340,10 +399,22 @@ struct Worker::Impl {
                 std::lock_guard lk(mu);
                 done.swap(outcomes);
             }
+            std::vector<Job*> unblocked;
             for (auto& o : done) {
-                pending.push_back(conclude(o));
+                auto s = conclude(o);
+                if (!s) continue;  // sleeping before it runs again
+                pending.push_back(std::move(*s));
+                release_key(o.job, unblocked);
                 forget(o.job);
             }
+            for (auto now = steady_clock::now();
+                 !sleeping.empty() && sleeping.begin()->first <= now && !stopping.load();) {
+                Job* j = sleeping.begin()->second;
+                sleeping.erase(sleeping.begin());
+                arm_deadline(*j);
+                unblocked.push_back(j);
+            }
+            enqueue_ready(unblocked);
 
             // 2. Shutdown: stop fetching, hand back what has not started, wait for the rest.
             if (stopping.load() && !draining) {
@@ -354,6 +425,11 @@ struct Worker::Impl {
                     std::lock_guard lk(mu);
                     not_started.swap(queued);
                 }
+                for (auto& [_, j] : sleeping) not_started.push_back(j);
+                sleeping.clear();
+                for (auto& [_, w] : key_waiting)
+                    for (Job* j : w) not_started.push_back(j);
+                key_waiting.clear();
                 for (Job* j : not_started) {
                     pending.push_back(Settlement{Settlement::Kind::release, j->delivery.tag});
                     released++;
@@ -403,16 +479,7 @@ struct Worker::Impl {
                 }
                 std::vector<Job*> ready;
                 for (auto& d : *got) admit(std::move(d), pending, ready);
-                if (!ready.empty()) {
-                    {
-                        std::lock_guard lk(mu);
-                        for (Job* j : ready) queued.push_back(j);
-                    }
-                    if (ready.size() == 1)
-                        work_cv.notify_one();
-                    else
-                        work_cv.notify_all();
-                }
+                enqueue_ready(ready);
                 if (!got->empty() || !pending.empty()) continue;
             }
             std::unique_lock lk(mu);
@@ -438,6 +505,9 @@ struct Worker::Impl {
             job_index.clear();
         }
         outcomes.clear();
+        sleeping.clear();
+        key_waiting.clear();
+        key_busy.clear();
         return failure;
     }
 };

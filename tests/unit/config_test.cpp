@@ -76,3 +76,61 @@ TEST(Config, MissingFileIsNotFound) {
     ASSERT_FALSE(r);
     EXPECT_EQ(r.error().code, Errc::not_found);
 }
+
+TEST(Config, ParsesTopologyForTheAmqpEngine) {
+    auto c = parse_config(R"(
+[[exchange]]
+name = "orders"
+type = "fanout"
+[[queue]]
+name = "billing"
+type = "quorum"
+max_length = 1000
+overflow = "reject-publish"
+[[queue]]
+name = "shipping"
+max_priority = 10
+arguments = { "x-queue-version" = 2 }
+[[queue]]
+name = "ledger"
+partitions = 4
+[[binding]]
+exchange = "orders"
+queue = "billing"
+[[binding]]
+exchange = "orders"
+queue = "inventory"
+routing_key = "order.created"
+)");
+    ASSERT_TRUE(c) << c.error().message;
+    auto t = c->topology();
+    ASSERT_EQ(t.exchanges.size(), 1u);
+    EXPECT_EQ(t.exchanges[0].type, "fanout");
+    ASSERT_EQ(t.queues.size(), 4u);  // inventory comes from its binding
+    EXPECT_EQ(t.queues[0].type, "quorum");
+    EXPECT_EQ(t.queues[0].max_length, 1000);
+    EXPECT_EQ(t.queues[0].overflow, "reject-publish");
+    EXPECT_EQ(t.queues[1].max_priority, 10);
+    EXPECT_EQ(t.queues[1].arguments["x-queue-version"], 2);
+    EXPECT_EQ(t.queues[2].partitions, 4);
+    EXPECT_EQ(t.queues[3].name, "inventory");
+    ASSERT_EQ(t.bindings.size(), 2u);
+    EXPECT_EQ(t.bindings[1].routing_key, "order.created");
+}
+
+TEST(Config, TopologyMistakesAreNamed) {
+    auto bad_type = parse_config("[[exchange]]\nname = \"x\"\ntype = \"fan\"\n", "c.toml");
+    ASSERT_FALSE(bad_type);
+    EXPECT_NE(bad_type.error().message.find("c.toml:3"), std::string::npos);
+    EXPECT_NE(bad_type.error().message.find("exchange 'x' has type 'fan'"), std::string::npos);
+    auto quorum_prio =
+        parse_config("[[queue]]\nname = \"q\"\ntype = \"quorum\"\nmax_priority = 5\n", "c.toml");
+    ASSERT_FALSE(quorum_prio);
+    EXPECT_NE(quorum_prio.error().message.find("quorum queues have no priorities"),
+              std::string::npos);
+    auto both = parse_config("[[binding]]\nexchange = \"x\"\nqueue = \"q\"\nto_exchange = \"y\"\n",
+                             "c.toml");
+    ASSERT_FALSE(both);
+    EXPECT_NE(both.error().message.find("exactly one of 'queue' and 'to_exchange'"),
+              std::string::npos);
+}

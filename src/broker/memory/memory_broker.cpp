@@ -7,6 +7,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "broker/embedded.hpp"
 #include "core/codec.hpp"
 
 namespace conveyor::memory {
@@ -176,6 +177,8 @@ class MemoryBroker final : public Broker {
         : name_(std::move(name)), s_(std::make_shared<State>()) {}
 
     Result<void> publish(std::span<const OutgoingMessage> msgs) override {
+        for (auto& m : msgs)
+            if (auto ok = detail::check_embedded_message(m, "memory"); !ok) return ok;
         std::lock_guard lk(s_->mu);
         auto now = SystemClock::now();
         for (auto& m : msgs) {
@@ -269,6 +272,14 @@ class MemoryBroker final : public Broker {
         s_->cv.notify_all();
         return n;
     }
+
+    Result<void> set_topology(const Topology& t) override {
+        if (auto ok = detail::check_embedded_topology(t, "memory"); !ok) return ok;
+        std::lock_guard lk(s_->mu);
+        for (auto& q : t.queues) s_->queues[q.name];
+        return {};
+    }
+    Result<void> declare_topology() override { return {}; }
 
     Result<std::size_t> purge_dead(std::string_view queue) override {
         std::lock_guard lk(s_->mu);

@@ -9,6 +9,7 @@
 #include <set>
 #include <thread>
 
+#include "broker/embedded.hpp"
 #include "broker/sqlite/sqlite_db.hpp"
 #include "core/codec.hpp"
 #include "core/time.hpp"
@@ -381,6 +382,8 @@ class SqliteBroker final : public Broker {
 
     Result<void> publish(std::span<const OutgoingMessage> msgs) override {
         if (msgs.empty()) return {};
+        for (auto& m : msgs)
+            if (auto ok = detail::check_embedded_message(m, "sqlite"); !ok) return ok;
         std::lock_guard lk(mu_);
         auto now = now_ms();
         return in_transaction(db_, [&]() -> Result<void> {
@@ -584,6 +587,27 @@ class SqliteBroker final : public Broker {
         return n;
     }
 
+    Result<void> set_topology(const Topology& t) override {
+        if (auto ok = detail::check_embedded_topology(t, "sqlite"); !ok) return ok;
+        std::lock_guard lk(mu_);
+        topology_queues_.clear();
+        for (auto& q : t.queues) topology_queues_.push_back(q.name);
+        return {};
+    }
+
+    Result<void> declare_topology() override {
+        std::lock_guard lk(mu_);
+        return in_transaction(db_, [&]() -> Result<void> {
+            for (auto& q : topology_queues_) {
+                st_.insert_queue.reset();
+                if (auto r = st_.insert_queue.bind(1, q).run(); !r)
+                    return std::unexpected(r.error());
+                known_queues_.insert(q);
+            }
+            return {};
+        });
+    }
+
     std::string url() const override { return "sqlite://" + opts_.path; }
 
     Result<void> expire_results() {
@@ -602,6 +626,7 @@ class SqliteBroker final : public Broker {
     Db db_;
     Statements st_;
     std::set<std::string> known_queues_;
+    std::vector<std::string> topology_queues_;
 };
 
 }  // namespace

@@ -1,0 +1,51 @@
+#pragma once
+/// Exchanges, queues and bindings: the "declare exchange, declare queue, bind" step as data.
+/// The amqp engine declares them on RabbitMQ; the embedded engines have queues only.
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "conveyor/task.hpp"
+
+namespace conveyor {
+
+/// An exchange to declare (amqp engine).
+struct ExchangeSpec {
+    std::string name;
+    std::string type = "direct";  ///< direct, fanout, topic, headers, x-consistent-hash
+    bool durable = true;
+    Json arguments = Json::object();
+};
+
+/// How a queue is declared.
+struct QueueSpec {
+    std::string name;
+    std::string type = "classic";  ///< amqp: classic or quorum
+    int max_priority = 0;          ///< amqp: x-max-priority (classic queues); 0: none
+    std::int64_t max_length = 0;   ///< amqp: x-max-length; 0: unbounded
+    std::string overflow;          ///< amqp: drop-head, reject-publish or reject-publish-dlx
+    /// amqp: > 0 makes the queue ordered: a consistent-hash exchange named after the queue
+    /// spreads tasks over this many partition queues (NAME.p0...) by ordering key, each with a
+    /// single active consumer, so tasks of one key run in order and different keys in parallel.
+    int partitions = 0;
+    Json arguments = Json::object();  ///< any other x- arguments
+};
+
+/// A binding of a queue (or of another exchange) to an exchange.
+struct BindingSpec {
+    std::string exchange;     ///< source
+    std::string queue;        ///< destination queue, or
+    std::string to_exchange;  ///< destination exchange
+    std::string routing_key;
+    Json arguments = Json::object();
+};
+
+/// Exchanges, queues and bindings, as `conveyor.toml` declares them.
+struct Topology {
+    std::vector<ExchangeSpec> exchanges;
+    std::vector<QueueSpec> queues;
+    std::vector<BindingSpec> bindings;
+};
+
+}  // namespace conveyor

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# A private RabbitMQ node for tests and benchmarks: its own node name, data directory, Erlang
+# port mapper and free loopback ports, so it never touches a system broker.
+#
+#   scripts/rabbitmq-node.sh start DIR    start (or restart, reusing DIR's ports and data);
+#                                         prints the AMQP URL and writes it to DIR/url
+#   scripts/rabbitmq-node.sh fresh DIR    stop whatever ran in DIR, wipe it, start a new node
+#   scripts/rabbitmq-node.sh stop DIR     stop the node and its port mapper; keeps the data
+#   scripts/rabbitmq-node.sh kill DIR     SIGKILL the node (a crash); keeps the data
+#   scripts/rabbitmq-node.sh ctl DIR ARGS rabbitmqctl against the node
+set -euo pipefail
+cmd="${1:?usage: rabbitmq-node.sh start|fresh|stop|kill|ctl DIR}"
+dir="${2:?usage: rabbitmq-node.sh start|fresh|stop|kill|ctl DIR}"
+shift 2
+if [ "$cmd" = "fresh" ]; then
+  [ -f "$dir/ports" ] && "$0" stop "$dir"
+  rm -rf "$dir"
+  exec "$0" start "$dir"
+fi
+rmq=/usr/lib/rabbitmq/bin
+[ -x "$rmq/rabbitmq-server" ] || { echo "rabbitmq-node: rabbitmq-server is not installed (make test-deps)" >&2; exit 1; }
+
+free_port() {
+  /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+mkdir -p "$dir"
+dir="$(cd "$dir" && pwd)"
+if [ ! -f "$dir/ports" ]; then
+  echo "$(free_port) $(free_port) $(free_port) conveyor-$$-$RANDOM" > "$dir/ports"
+fi
+read -r amqp_port dist_port epmd_port name < "$dir/ports"
+node="$name@localhost"
+
+# Running the node as the invoking user (root included) keeps every file it writes in DIR.
+export HOME="$dir" RABBITMQ_NODENAME="$node" RABBITMQ_NODE_PORT="$amqp_port" \
+  RABBITMQ_DIST_PORT="$dist_port" ERL_EPMD_PORT="$epmd_port" ERL_EPMD_ADDRESS=127.0.0.1 \
+  RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log" \
+  RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" RABBITMQ_CONFIG_FILE="$dir/rabbitmq.conf" \
+  RABBITMQ_PLUGINS_EXPAND_DIR="$dir/plugins" RABBITMQ_PID_FILE="$dir/pid" \
+  RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+
+ctl() { "$rmq/rabbitmqctl" -n "$node" "$@"; }
+
+case "$cmd" in
+  start)
+    echo '[rabbitmq_consistent_hash_exchange].' > "$dir/enabled_plugins"
+    cat > "$dir/rabbitmq.conf" <<EOF
+listeners.tcp.1 = 127.0.0.1:$amqp_port
+loopback_users = none
+log.console = false
+log.file.level = warning
+EOF
+    setsid "$rmq/rabbitmq-server" >> "$dir/server.log" 2>&1 < /dev/null &
+    deadline=$((SECONDS + 90))
+    until ctl await_startup --timeout 5 > /dev/null 2>&1; do
+      if [ $SECONDS -ge $deadline ]; then
+        echo "rabbitmq-node: $node did not start within 90 s; see $dir/server.log" >&2
+        tail -20 "$dir/server.log" >&2 || true
+        exit 1
+      fi
+      sleep 0.5
+    done
+    echo "amqp://guest:guest@127.0.0.1:$amqp_port/" > "$dir/url"
+    cat "$dir/url"
+    ;;
+  stop)
+    ctl stop > /dev/null 2>&1 || true
+    if [ -f "$dir/pid" ]; then
+      pid="$(cat "$dir/pid")"
+      for _ in $(seq 100); do kill -0 "$pid" 2> /dev/null || break; sleep 0.1; done
+      kill -9 "$pid" 2> /dev/null || true
+    fi
+    /usr/bin/epmd -port "$epmd_port" -kill > /dev/null 2>&1 || true
+    ;;
+  kill)
+    [ -f "$dir/pid" ] && kill -9 "$(cat "$dir/pid")" 2> /dev/null || true
+    ;;
+  ctl)
+    ctl "$@"
+    ;;
+  *)
+    echo "rabbitmq-node: unknown command '$cmd'; use start, stop, kill or ctl" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,835 @@
+#include "broker/amqp/amqp_broker.hpp"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <unordered_map>
+
+#include "broker/amqp/amqp_connection.hpp"
+#include "broker/amqp/delay.hpp"
+#include "core/codec.hpp"
+#include "core/time.hpp"
+
+namespace conveyor::amqp {
+
+namespace {
+
+using namespace std::chrono;
+
+constexpr std::string_view kReasonHeader = "x-conveyor-reason";
+constexpr std::string_view kDeadAtHeader = "x-conveyor-dead-at";
+constexpr std::string_view kKeyHeader = "x-conveyor-ordering-key";
+constexpr amqp_channel_t kConsumeChannel = 1;
+constexpr amqp_channel_t kBrowseChannel = 3;
+
+std::string dead_queue(std::string_view queue) { return std::string(queue) + ".dead"; }
+std::string partition_queue(std::string_view queue, int i) {
+    return fmt::format("{}.p{}", queue, i);
+}
+
+Json queue_arguments(const QueueSpec& q) {
+    Json a = q.arguments.is_object() ? q.arguments : Json::object();
+    if (q.type != "classic") a["x-queue-type"] = q.type;
+    if (q.max_priority > 0) a["x-max-priority"] = q.max_priority;
+    if (q.max_length > 0) a["x-max-length"] = q.max_length;
+    if (!q.overflow.empty()) a["x-overflow"] = q.overflow;
+    return a;
+}
+
+/// Everything the engine shares between its publishers, consumers and admin calls.
+class Engine : public std::enable_shared_from_this<Engine> {
+  public:
+    Engine(ConnectionOptions o, std::string url) : opts(std::move(o)), url(std::move(url)) {}
+
+    ConnectionOptions opts;
+    std::string url;
+
+    // ---- connections for publishing and admin calls: checked out by one thread at a time.
+    Result<std::unique_ptr<Connection>> checkout() {
+        {
+            std::lock_guard lk(pool_mu_);
+            while (!idle_.empty()) {
+                auto c = std::move(idle_.back());
+                idle_.pop_back();
+                if (c->healthy()) return c;
+            }
+        }
+        return Connection::open(opts, fmt::format("conveyor-{}", getpid()));
+    }
+    void checkin(std::unique_ptr<Connection> c) {
+        if (!c || !c->healthy()) return;
+        std::lock_guard lk(pool_mu_);
+        if (idle_.size() < 8) idle_.push_back(std::move(c));
+    }
+
+    /// Runs `fn` on a pooled connection, reconnecting on connection failures until `deadline`.
+    template <class Fn>
+    auto with_connection(steady_clock::time_point deadline, Fn&& fn)
+        -> decltype(fn(std::declval<Connection&>())) {
+        milliseconds backoff(100);
+        for (;;) {
+            auto c = checkout();
+            if (c) {
+                auto r = fn(**c);
+                bool healthy = (*c)->healthy();
+                checkin(std::move(*c));
+                if (r || healthy || steady_clock::now() >= deadline) return r;
+            } else if (c.error().code != Errc::unavailable || steady_clock::now() >= deadline) {
+                return std::unexpected(c.error());
+            }
+            std::this_thread::sleep_for(
+                std::min(backoff, duration_cast<milliseconds>(deadline - steady_clock::now())));
+            backoff = std::min(backoff * 2, milliseconds(2000));
+        }
+    }
+
+    steady_clock::time_point publish_deadline() const {
+        return steady_clock::now() + opts.publish_timeout;
+    }
+
+    // ---- publishing with confirms; unconfirmed messages are republished after a reconnect.
+    Result<void> publish_wires(std::span<const Wire> wires) {
+        if (wires.empty()) return {};
+        std::vector<bool> confirmed(wires.size(), false);
+        auto deadline = publish_deadline();
+        return with_connection(deadline, [&](Connection& c) -> Result<void> {
+            std::vector<Wire> rest;
+            std::vector<std::size_t> index;
+            for (std::size_t i = 0; i < wires.size(); ++i)
+                if (!confirmed[i]) {
+                    rest.push_back(wires[i]);
+                    index.push_back(i);
+                }
+            std::unique_ptr<bool[]> sub(new bool[rest.size()]());
+            auto r = c.publish(rest, deadline, std::span<bool>(sub.get(), rest.size()));
+            for (std::size_t i = 0; i < rest.size(); ++i)
+                if (sub[i]) confirmed[index[i]] = true;
+            return r;
+        });
+    }
+
+    // ---- topology
+    Result<void> set_topology(const Topology& t) {
+        std::lock_guard lk(topo_mu_);
+        topology_ = t;
+        specs_.clear();
+        for (auto& q : t.queues) {
+            if (q.type != "classic" && q.type != "quorum")
+                return fail(
+                    Errc::invalid_argument,
+                    fmt::format("queue '{}' has type '{}'; use classic or quorum", q.name, q.type));
+            if (q.type == "quorum" && q.max_priority > 0)
+                return fail(Errc::invalid_argument,
+                            fmt::format("queue '{}': quorum queues have no priorities "
+                                        "(max_priority); use a classic queue",
+                                        q.name));
+            specs_[q.name] = q;
+        }
+        return {};
+    }
+
+    std::optional<QueueSpec> spec_of(std::string_view queue) {
+        std::lock_guard lk(topo_mu_);
+        auto it = specs_.find(std::string(queue));
+        if (it == specs_.end()) return std::nullopt;
+        return it->second;
+    }
+
+    std::vector<std::string> known_queues() {
+        std::lock_guard lk(topo_mu_);
+        std::set<std::string> names(ensured_.begin(), ensured_.end());
+        for (auto& [n, _] : specs_) names.insert(n);
+        return {names.begin(), names.end()};
+    }
+
+    /// The 28 delay levels, the delivery exchange and the unroutable store.
+    Result<void> declare_delay_infrastructure(Connection& c) {
+        // Declared last, so its presence means the rest exists.
+        if (c.declare_queue(kUnroutableQueue, Json::object(), true)) return {};
+        Json level_args_base = Json::object();
+        if (opts.delay_queue_type == "quorum") {
+            level_args_base["x-queue-type"] = "quorum";
+            level_args_base["x-dead-letter-strategy"] = "at-least-once";
+        }
+        level_args_base["x-overflow"] = "reject-publish";
+        if (auto ok = c.declare_exchange(kUnroutableExchange, "fanout", true, Json::object()); !ok)
+            return ok;
+        if (auto ok =
+                c.declare_exchange(kDeliverExchange, "topic", true,
+                                   {{"alternate-exchange", std::string(kUnroutableExchange)}});
+            !ok)
+            return ok;
+        for (int level = kDelayLevels - 1; level >= 0; --level) {
+            std::string name = delay_level_name(level);
+            std::string next =
+                level == 0 ? std::string(kDeliverExchange) : delay_level_name(level - 1);
+            if (auto ok = c.declare_exchange(name, "topic", true, Json::object()); !ok) return ok;
+            Json args = level_args_base;
+            args["x-message-ttl"] = (std::int64_t(1) << level) * 1000;
+            args["x-dead-letter-exchange"] = next;
+            if (auto ok = c.declare_queue(name, args); !ok) return std::unexpected(ok.error());
+            if (auto ok = c.bind_queue(name, name, delay_binding_key(level, true)); !ok) return ok;
+        }
+        // Exchange-to-exchange bindings once every exchange exists.
+        for (int level = kDelayLevels - 1; level >= 0; --level) {
+            std::string next =
+                level == 0 ? std::string(kDeliverExchange) : delay_level_name(level - 1);
+            if (auto ok =
+                    c.bind_exchange(next, delay_level_name(level), delay_binding_key(level, false));
+                !ok)
+                return ok;
+        }
+        if (auto ok = c.declare_queue(kUnroutableQueue, Json::object()); !ok)
+            return std::unexpected(ok.error());
+        return c.bind_queue(kUnroutableQueue, kUnroutableExchange, "");
+    }
+
+    /// Declares a queue (and its dead-letter queue, partitions, delay binding) once.
+    Result<void> declare_queue(Connection& c, const QueueSpec& q) {
+        if (q.name.empty()) return fail(Errc::invalid_argument, "a queue needs a name");
+        if (auto ok = declare_delay_infrastructure(c); !ok) return ok;
+        if (q.partitions > 0) {
+            if (auto ok = c.declare_exchange(q.name, "x-consistent-hash", true, Json::object());
+                !ok)
+                return ok;
+            for (int i = 0; i < q.partitions; ++i) {
+                Json args = queue_arguments(q);
+                args["x-single-active-consumer"] = true;
+                auto p = partition_queue(q.name, i);
+                if (auto ok = c.declare_queue(p, args); !ok) return std::unexpected(ok.error());
+                if (auto ok = c.bind_queue(p, q.name, "1"); !ok) return ok;
+            }
+        } else {
+            if (auto ok = c.declare_queue(q.name, queue_arguments(q)); !ok)
+                return std::unexpected(ok.error());
+            if (auto ok = c.bind_queue(q.name, kDeliverExchange, "#." + routing_word(q.name)); !ok)
+                return ok;
+        }
+        if (auto ok = c.declare_queue(dead_queue(q.name), Json::object()); !ok)
+            return std::unexpected(ok.error());
+        return {};
+    }
+
+    Result<void> ensure_queues(const std::vector<std::string>& names) {
+        std::vector<QueueSpec> todo;
+        {
+            std::lock_guard lk(topo_mu_);
+            for (auto& n : names) {
+                if (ensured_.contains(n)) continue;
+                auto it = specs_.find(n);
+                QueueSpec q;
+                if (it != specs_.end())
+                    q = it->second;
+                else
+                    q.name = n;
+                todo.push_back(q);
+            }
+        }
+        if (todo.empty()) return {};
+        auto r = with_connection(publish_deadline(), [&](Connection& c) -> Result<void> {
+            for (auto& q : todo)
+                if (auto ok = declare_queue(c, q); !ok) return ok;
+            return {};
+        });
+        if (!r) return r;
+        std::lock_guard lk(topo_mu_);
+        for (auto& q : todo) ensured_.insert(q.name);
+        return {};
+    }
+
+    Result<void> declare_topology() {
+        Topology t;
+        {
+            std::lock_guard lk(topo_mu_);
+            t = topology_;
+        }
+        auto r = with_connection(publish_deadline(), [&](Connection& c) -> Result<void> {
+            if (auto ok = declare_delay_infrastructure(c); !ok) return ok;
+            for (auto& e : t.exchanges)
+                if (auto ok = c.declare_exchange(e.name, e.type, e.durable, e.arguments); !ok)
+                    return ok;
+            for (auto& q : t.queues)
+                if (auto ok = declare_queue(c, q); !ok) return ok;
+            for (auto& b : t.bindings) {
+                auto ok =
+                    b.to_exchange.empty()
+                        ? c.bind_queue(b.queue, b.exchange, b.routing_key, b.arguments)
+                        : c.bind_exchange(b.to_exchange, b.exchange, b.routing_key, b.arguments);
+                if (!ok) return ok;
+            }
+            return {};
+        });
+        if (!r) return r;
+        std::lock_guard lk(topo_mu_);
+        for (auto& q : t.queues) ensured_.insert(q.name);
+        return {};
+    }
+
+  private:
+    std::mutex pool_mu_;
+    std::vector<std::unique_ptr<Connection>> idle_;
+    std::mutex topo_mu_;
+    Topology topology_;
+    std::map<std::string, QueueSpec> specs_;
+    std::set<std::string> ensured_;
+};
+
+/// Where a message goes: exchange and routing key, delays and ordered queues resolved.
+Result<Wire> route(Engine& e, const OutgoingMessage& m, std::string& key_storage) {
+    Wire w;
+    w.envelope = &m.envelope;
+    if (!m.exchange.empty()) {
+        if (m.not_before && *m.not_before > SystemClock::now())
+            return fail(Errc::invalid_argument,
+                        fmt::format("a delayed publish to exchange '{}' is not supported; delay "
+                                    "the task per queue",
+                                    m.exchange));
+        w.exchange = m.exchange;
+        w.routing_key = m.routing_key;
+        return w;
+    }
+    if (m.queue.empty()) return fail(Errc::invalid_argument, "message has no queue");
+    auto spec = e.spec_of(m.queue);
+    bool ordered = spec && spec->partitions > 0;
+    auto delay =
+        m.not_before
+            ? delay_seconds(duration_cast<milliseconds>(*m.not_before - SystemClock::now()))
+            : 0;
+    if (ordered) {
+        if (delay > 0)
+            return fail(Errc::invalid_argument,
+                        fmt::format("queue '{}' is ordered; a delayed task cannot keep its "
+                                    "place in the order",
+                                    m.queue));
+        w.exchange = m.queue;
+        key_storage = m.ordering_key.empty() ? codec::envelope_id(m.envelope) : m.ordering_key;
+        if (key_storage.empty()) key_storage = make_task_id();
+        w.routing_key = key_storage;
+        return w;
+    }
+    if (delay > 0) {
+        auto r = delay_route(delay, m.queue);
+        key_storage = std::move(r.routing_key);
+        // The level's name lives as long as the engine: keep it with the key.
+        key_storage = r.exchange + '\n' + key_storage;
+        auto nl = key_storage.find('\n');
+        w.exchange = std::string_view(key_storage).substr(0, nl);
+        w.routing_key = std::string_view(key_storage).substr(nl + 1);
+        return w;
+    }
+    w.exchange = "";
+    w.routing_key = m.queue;
+    return w;
+}
+
+Result<void> publish_messages(Engine& e, std::span<const OutgoingMessage> msgs) {
+    std::vector<std::string> queues;
+    for (auto& m : msgs)
+        if (m.exchange.empty() && !m.queue.empty()) queues.push_back(m.queue);
+    std::sort(queues.begin(), queues.end());
+    queues.erase(std::unique(queues.begin(), queues.end()), queues.end());
+    if (auto ok = e.ensure_queues(queues); !ok) return ok;
+
+    std::deque<std::string> keys;
+    std::vector<Wire> wires;
+    wires.reserve(msgs.size());
+    std::vector<OutgoingMessage> keyed;  // envelopes that need the ordering-key header
+    keyed.reserve(msgs.size());
+    for (auto& m : msgs) {
+        const OutgoingMessage* src = &m;
+        if (!m.ordering_key.empty()) {
+            keyed.push_back(m);
+            keyed.back().envelope.headers[std::string(kKeyHeader)] = m.ordering_key;
+            src = &keyed.back();
+        }
+        auto w = route(e, *src, keys.emplace_back());
+        if (!w) return std::unexpected(w.error());
+        wires.push_back(*w);
+    }
+    return e.publish_wires(wires);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+class AmqpConsumer final : public Consumer {
+  public:
+    AmqpConsumer(std::shared_ptr<Engine> e, ConsumerOptions o)
+        : e_(std::move(e)), opts_(std::move(o)) {
+        for (auto& q : opts_.queues) {
+            auto spec = e_->spec_of(q);
+            if (spec && spec->partitions > 0) {
+                for (int i = 0; i < spec->partitions; ++i) physical_[partition_queue(q, i)] = q;
+            } else {
+                physical_[q] = q;
+            }
+        }
+    }
+
+    Result<void> connect() {
+        if (auto ok = e_->ensure_queues(opts_.queues); !ok) return ok;
+        auto c = Connection::open(e_->opts, opts_.name.empty() ? "conveyor-worker" : opts_.name);
+        if (!c) return std::unexpected(c.error());
+        auto& conn = **c;
+        if (auto ok = conn.ensure_channel(kConsumeChannel); !ok) return ok;
+        amqp_basic_qos(conn.raw(), kConsumeChannel, 0,
+                       std::uint16_t(std::clamp<std::size_t>(opts_.prefetch, 1, 65535)), 0);
+        if (auto ok =
+                conn.check(amqp_get_rpc_reply(conn.raw()), kConsumeChannel, "setting prefetch");
+            !ok)
+            return ok;
+        Pool pool;
+        consumer_queue_.clear();
+        int n = 0;
+        for (auto& [physical, logical] : physical_) {
+            std::string ctag =
+                fmt::format("{}.{}", opts_.name.empty() ? "conveyor" : opts_.name, n++);
+            consumer_queue_[ctag] = logical;
+            amqp_basic_consume(conn.raw(), kConsumeChannel, pool.bytes(physical), pool.bytes(ctag),
+                               0, 0, 0, amqp_empty_table);
+            if (auto ok = conn.check(amqp_get_rpc_reply(conn.raw()), kConsumeChannel,
+                                     fmt::format("consuming from queue '{}'", physical));
+                !ok)
+                return ok;
+        }
+        conn_ = std::move(*c);
+        ++generation_;
+        unsettled_.clear();
+        backoff_ = milliseconds(100);
+        return {};
+    }
+
+    void drop(std::string_view why) {
+        if (conn_)
+            fmt::print(stderr, "conveyor: RabbitMQ connection lost ({}); reconnecting\n", why);
+        conn_.reset();
+        unsettled_.clear();
+        buffered_.clear();
+        next_attempt_ = steady_clock::now();
+    }
+
+    bool ensure_connected(steady_clock::time_point deadline, Error* last) {
+        while (!conn_ || !conn_->healthy()) {
+            if (conn_) drop("connection failed");
+            auto now = steady_clock::now();
+            if (now < next_attempt_) {
+                if (next_attempt_ > deadline) {
+                    std::this_thread::sleep_until(deadline);
+                    return false;
+                }
+                std::this_thread::sleep_until(next_attempt_);
+            }
+            auto ok = connect();
+            if (ok) return true;
+            if (last) *last = ok.error();
+            next_attempt_ = steady_clock::now() + backoff_;
+            backoff_ = std::min(backoff_ * 2, milliseconds(5000));
+            if (steady_clock::now() >= deadline) return false;
+        }
+        return true;
+    }
+
+    Result<void> open_first() {
+        Error last;
+        if (!ensure_connected(steady_clock::now(), &last) && !conn_) return std::unexpected(last);
+        return {};
+    }
+
+    Delivery to_delivery(amqp_envelope_t& env) {
+        Delivery d;
+        d.tag = (generation_ << 40) | env.delivery_tag;
+        d.envelope = envelope_of(env.message.properties, env.message.body);
+        auto it = consumer_queue_.find(to_string(env.consumer_tag));
+        d.queue = it != consumer_queue_.end() ? it->second : opts_.queues.front();
+        d.message_id = codec::envelope_id(d.envelope);
+        if (d.message_id.empty() && (env.message.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG))
+            d.message_id = to_string(env.message.properties.message_id);
+        d.deliveries = env.redelivered ? 2 : 1;
+        if (auto dc = d.envelope.headers.find("x-delivery-count");
+            dc != d.envelope.headers.end() && dc->is_number_integer())
+            d.deliveries = std::max(d.deliveries, int(dc->get<std::int64_t>()) + 1);
+        unsettled_[env.delivery_tag] = d.queue;
+        return d;
+    }
+
+    Result<std::vector<Delivery>> fetch(std::size_t max, milliseconds wait) override {
+        auto deadline = steady_clock::now() + wait;
+        std::vector<Delivery> out;
+        while (!buffered_.empty() && out.size() < max) {
+            out.push_back(std::move(buffered_.front()));
+            buffered_.pop_front();
+        }
+        while (out.size() < max) {
+            if (!ensure_connected(deadline, nullptr)) break;
+            auto left = duration_cast<milliseconds>(deadline - steady_clock::now());
+            timeval tv{0, 0};
+            if (out.empty() && left.count() > 0)
+                tv = timeval{time_t(left.count() / 1000), suseconds_t(left.count() % 1000 * 1000)};
+            if (!receive(tv, out)) break;
+        }
+        return out;
+    }
+
+    /// One delivery into `out`; false when none came in time (or the connection failed).
+    bool receive(timeval tv, std::vector<Delivery>& out) {
+        amqp_maybe_release_buffers(conn_->raw());
+        amqp_envelope_t env;
+        auto r = amqp_consume_message(conn_->raw(), &env, &tv, 0);
+        if (r.reply_type == AMQP_RESPONSE_NORMAL) {
+            out.push_back(to_delivery(env));
+            amqp_destroy_envelope(&env);
+            return true;
+        }
+        if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+            r.library_error == AMQP_STATUS_TIMEOUT)
+            return false;
+        if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+            r.library_error == AMQP_STATUS_UNEXPECTED_STATE) {
+            amqp_frame_t f;
+            timeval zero{0, 0};
+            if (amqp_simple_wait_frame_noblock(conn_->raw(), &f, &zero) != AMQP_STATUS_OK) {
+                drop("reading a frame failed");
+                return false;
+            }
+            if (f.frame_type == AMQP_FRAME_METHOD) {
+                switch (f.payload.method.id) {
+                    case AMQP_CHANNEL_CLOSE_METHOD:
+                    case AMQP_CONNECTION_CLOSE_METHOD: {
+                        amqp_rpc_reply_t rr{};
+                        rr.reply_type = AMQP_RESPONSE_SERVER_EXCEPTION;
+                        rr.reply = f.payload.method;
+                        auto e = conn_->check(rr, kConsumeChannel, "consuming");
+                        drop(e ? "closed" : e.error().message);
+                        return false;
+                    }
+                    case AMQP_BASIC_CANCEL_METHOD:
+                        drop("the queue was deleted");
+                        return false;
+                    default:
+                        break;
+                }
+            }
+            return true;  // something else (ignored): look again
+        }
+        drop(translate(r, "consuming").message);
+        return false;
+    }
+
+    Result<void> settle(std::span<Settlement> ss) override {
+        std::vector<std::uint64_t> acks, requeue;
+        std::vector<Wire> wires;
+        std::vector<std::uint64_t> wire_tags;  // delivery acked once its message is confirmed
+        std::deque<Envelope> envs;
+        std::deque<std::string> keys;
+        auto now = SystemClock::now();
+        for (auto& s : ss) {
+            if ((s.tag >> 40) != generation_ || !conn_) continue;  // redelivered after a reconnect
+            std::uint64_t tag = s.tag & ((std::uint64_t(1) << 40) - 1);
+            if (!unsettled_.contains(tag)) continue;
+            switch (s.kind) {
+                case Settlement::Kind::ack:
+                    acks.push_back(tag);
+                    break;
+                case Settlement::Kind::release:
+                    requeue.push_back(tag);
+                    break;
+                case Settlement::Kind::retry: {
+                    OutgoingMessage m;
+                    m.queue = unsettled_[tag];
+                    m.envelope = s.envelope;
+                    m.not_before = s.not_before;
+                    auto spec = e_->spec_of(m.queue);
+                    if (spec && spec->partitions > 0) {
+                        // Ordered queues keep their order: back to the head of the partition.
+                        requeue.push_back(tag);
+                        break;
+                    }
+                    envs.push_back(std::move(m.envelope));
+                    m.envelope = envs.back();
+                    auto w = route(*e_, m, keys.emplace_back());
+                    if (!w) {
+                        requeue.push_back(tag);
+                        break;
+                    }
+                    w->envelope = &envs.back();
+                    wires.push_back(*w);
+                    wire_tags.push_back(tag);
+                    break;
+                }
+                case Settlement::Kind::dead_letter: {
+                    Envelope env = s.envelope;
+                    env.headers[std::string(kReasonHeader)] = s.reason;
+                    env.headers[std::string(kDeadAtHeader)] = detail::to_epoch_ms(now);
+                    envs.push_back(std::move(env));
+                    keys.push_back(dead_queue(unsettled_[tag]));
+                    Wire w;
+                    w.exchange = "";
+                    w.routing_key = keys.back();
+                    w.envelope = &envs.back();
+                    wires.push_back(w);
+                    wire_tags.push_back(tag);
+                    break;
+                }
+            }
+        }
+        // Messages first, confirmed; only then the deliveries they replace are acked.
+        if (!wires.empty()) {
+            if (auto ok = e_->publish_wires(wires); ok) {
+                acks.insert(acks.end(), wire_tags.begin(), wire_tags.end());
+            } else {
+                fmt::print(stderr,
+                           "conveyor: could not move {} message(s) ({}); they go back "
+                           "to their queue\n",
+                           wires.size(), ok.error().message);
+                requeue.insert(requeue.end(), wire_tags.begin(), wire_tags.end());
+            }
+        }
+        if (!conn_) return {};
+        auto raw = conn_->raw();
+        for (auto t : requeue) {
+            unsettled_.erase(t);
+            if (amqp_basic_nack(raw, kConsumeChannel, t, 0, 1) != AMQP_STATUS_OK) {
+                drop("nack failed");
+                return {};
+            }
+        }
+        if (acks.empty()) return {};
+        std::sort(acks.begin(), acks.end());
+        for (auto t : acks) unsettled_.erase(t);
+        // One multiple-ack covers them all when nothing older is still unsettled.
+        if (unsettled_.empty() || unsettled_.begin()->first > acks.back()) {
+            if (amqp_basic_ack(raw, kConsumeChannel, acks.back(), 1) != AMQP_STATUS_OK)
+                drop("ack failed");
+            return {};
+        }
+        for (auto t : acks) {
+            if (amqp_basic_ack(raw, kConsumeChannel, t, 0) != AMQP_STATUS_OK) {
+                drop("ack failed");
+                return {};
+            }
+        }
+        return {};
+    }
+
+    Result<void> renew() override {
+        // No leases on RabbitMQ; keep the heartbeat going while every slot is busy.
+        if (!conn_ || !conn_->healthy()) return {};
+        std::vector<Delivery> got;
+        while (receive(timeval{0, 0}, got)) {
+        }
+        for (auto& d : got) buffered_.push_back(std::move(d));
+        return {};
+    }
+
+  private:
+    std::shared_ptr<Engine> e_;
+    ConsumerOptions opts_;
+    std::map<std::string, std::string> physical_;        // physical queue -> logical queue
+    std::map<std::string, std::string> consumer_queue_;  // consumer tag -> logical queue
+    std::unique_ptr<Connection> conn_;
+    std::uint64_t generation_ = 0;
+    std::map<std::uint64_t, std::string> unsettled_;  // delivery tag -> logical queue
+    std::deque<Delivery> buffered_;
+    steady_clock::time_point next_attempt_{};
+    milliseconds backoff_{100};
+};
+
+// ---------------------------------------------------------------------------------------------
+
+class AmqpBroker final : public Broker {
+  public:
+    explicit AmqpBroker(std::shared_ptr<Engine> e) : e_(std::move(e)) {}
+
+    Result<void> publish(std::span<const OutgoingMessage> msgs) override {
+        return publish_messages(*e_, msgs);
+    }
+
+    Result<std::unique_ptr<Consumer>> consume(const ConsumerOptions& o) override {
+        if (o.queues.empty()) return fail(Errc::invalid_argument, "a consumer needs queues");
+        auto c = std::make_unique<AmqpConsumer>(e_, o);
+        if (auto ok = c->open_first(); !ok) return std::unexpected(ok.error());
+        return std::unique_ptr<Consumer>(std::move(c));
+    }
+
+    Result<std::vector<QueueStats>> stats() override {
+        auto names = e_->known_queues();
+        return e_->with_connection(
+            e_->publish_deadline(), [&](Connection& c) -> Result<std::vector<QueueStats>> {
+                std::vector<QueueStats> out;
+                for (auto& n : names) {
+                    QueueStats s;
+                    s.queue = n;
+                    s.in_flight = -1;  // not visible over AMQP 0-9-1
+                    auto spec = e_->spec_of(n);
+                    bool found = false;
+                    if (spec && spec->partitions > 0) {
+                        for (int i = 0; i < spec->partitions; ++i)
+                            if (auto q =
+                                    c.declare_queue(partition_queue(n, i), Json::object(), true)) {
+                                s.ready += q->messages;
+                                found = true;
+                            }
+                    } else if (auto q = c.declare_queue(n, Json::object(), true)) {
+                        s.ready = q->messages;
+                        found = true;
+                    }
+                    if (!c.healthy()) return fail(Errc::unavailable, "RabbitMQ connection lost");
+                    if (auto d = c.declare_queue(dead_queue(n), Json::object(), true))
+                        s.dead = d->messages;
+                    if (found) out.push_back(s);
+                }
+                // Delayed messages wait in the shared delay levels, not per queue.
+                QueueStats delayed;
+                delayed.queue = "(delayed, all queues)";
+                delayed.in_flight = -1;
+                bool any = false;
+                for (int level = 0; level < kDelayLevels; ++level)
+                    if (auto q = c.declare_queue(delay_level_name(level), Json::object(), true)) {
+                        delayed.delayed += q->messages;
+                        any = true;
+                    }
+                if (auto q = c.declare_queue(kUnroutableQueue, Json::object(), true))
+                    delayed.dead = q->messages;
+                if (any) out.push_back(delayed);
+                return out;
+            });
+    }
+
+    Result<TaskResult> result(std::string_view) override {
+        return fail(Errc::invalid_argument,
+                    "the amqp engine keeps no results by itself; add a result backend to the "
+                    "broker URL (?results=redis://HOST:PORT/DB)");
+    }
+
+    /// Takes up to `limit` messages from a dead-letter queue without settling them; closing
+    /// the channel afterwards puts back whatever was not acked, in order.
+    template <class Fn>
+    Result<std::size_t> browse_dead(std::string_view queue, std::size_t limit, Fn&& fn) {
+        return e_->with_connection(
+            e_->publish_deadline(), [&](Connection& c) -> Result<std::size_t> {
+                auto dq = dead_queue(queue);
+                if (auto q = c.declare_queue(dq, Json::object(), true); !q)
+                    return q.error().code == Errc::not_found ? Result<std::size_t>(0)
+                                                             : std::unexpected(q.error());
+                if (auto ok = c.ensure_channel(kBrowseChannel); !ok)
+                    return std::unexpected(ok.error());
+                Pool pool;
+                std::size_t n = 0, acted = 0;
+                Result<std::size_t> out = std::size_t{0};
+                while (n < limit) {
+                    auto r = amqp_basic_get(c.raw(), kBrowseChannel, pool.bytes(dq), 0);
+                    if (auto ok = c.check(r, kBrowseChannel, fmt::format("reading '{}'", dq)); !ok)
+                        return std::unexpected(ok.error());
+                    if (r.reply.id == AMQP_BASIC_GET_EMPTY_METHOD) break;
+                    auto* ok = static_cast<amqp_basic_get_ok_t*>(r.reply.decoded);
+                    std::uint64_t tag = ok->delivery_tag;
+                    amqp_message_t msg;
+                    auto rr = amqp_read_message(c.raw(), kBrowseChannel, &msg, 0);
+                    if (auto ok2 = c.check(rr, kBrowseChannel, "reading a dead letter"); !ok2)
+                        return std::unexpected(ok2.error());
+                    Envelope env = envelope_of(msg.properties, msg.body);
+                    amqp_destroy_message(&msg);
+                    ++n;
+                    auto act = fn(env);
+                    if (!act) {
+                        out = std::unexpected(act.error());
+                        break;
+                    }
+                    if (*act) {
+                        if (amqp_basic_ack(c.raw(), kBrowseChannel, tag, 0) != AMQP_STATUS_OK)
+                            return fail(Errc::unavailable, "acking a dead letter failed");
+                        ++acted;
+                    }
+                    amqp_maybe_release_buffers_on_channel(c.raw(), kBrowseChannel);
+                }
+                amqp_channel_close(c.raw(), kBrowseChannel, AMQP_REPLY_SUCCESS);
+                c.channel_closed(kBrowseChannel);
+                if (!out) return out;
+                return acted;
+            });
+    }
+
+    static DeadLetter to_dead_letter(std::string_view queue, const Envelope& env) {
+        DeadLetter d;
+        d.queue = std::string(queue);
+        d.envelope = env;
+        d.message_id = codec::envelope_id(env);
+        if (auto it = env.headers.find(kReasonHeader); it != env.headers.end() && it->is_string())
+            d.reason = it->get<std::string>();
+        if (auto it = env.headers.find(kDeadAtHeader);
+            it != env.headers.end() && it->is_number_integer())
+            d.dead_at = detail::from_epoch_ms(it->get<std::int64_t>());
+        d.envelope.headers.erase(std::string(kReasonHeader));
+        d.envelope.headers.erase(std::string(kDeadAtHeader));
+        return d;
+    }
+
+    Result<std::vector<DeadLetter>> dead_letters(std::string_view queue,
+                                                 std::size_t limit) override {
+        std::vector<DeadLetter> out;
+        auto r = browse_dead(queue, limit, [&](const Envelope& env) -> Result<bool> {
+            out.push_back(to_dead_letter(queue, env));
+            return false;
+        });
+        if (!r) return std::unexpected(r.error());
+        return out;
+    }
+
+    Result<std::size_t> replay_dead(std::string_view queue,
+                                    std::span<const std::string> ids) override {
+        std::set<std::string> wanted(ids.begin(), ids.end());
+        std::size_t limit = std::size_t(-1);
+        return browse_dead(queue, limit, [&](const Envelope& env) -> Result<bool> {
+            auto d = to_dead_letter(queue, env);
+            if (!wanted.empty() && !wanted.contains(d.message_id)) return false;
+            OutgoingMessage m;
+            m.queue = std::string(queue);
+            m.envelope = std::move(d.envelope);
+            if (m.envelope.headers.contains("retries")) m.envelope.headers["retries"] = 0;
+            if (auto k = m.envelope.headers.find(kKeyHeader);
+                k != m.envelope.headers.end() && k->is_string())
+                m.ordering_key = k->get<std::string>();
+            if (auto ok = publish_messages(*e_, std::span(&m, 1)); !ok)
+                return std::unexpected(ok.error());
+            return true;
+        });
+    }
+
+    Result<std::size_t> purge_dead(std::string_view queue) override {
+        return e_->with_connection(
+            e_->publish_deadline(), [&](Connection& c) -> Result<std::size_t> {
+                auto n = c.purge_queue(dead_queue(queue));
+                if (!n)
+                    return n.error().code == Errc::not_found ? Result<std::size_t>(0)
+                                                             : std::unexpected(n.error());
+                return std::size_t(*n);
+            });
+    }
+
+    Result<void> set_topology(const Topology& t) override { return e_->set_topology(t); }
+    Result<void> declare_topology() override { return e_->declare_topology(); }
+    std::string url() const override { return e_->url; }
+
+  private:
+    std::shared_ptr<Engine> e_;
+};
+
+}  // namespace
+
+Result<std::shared_ptr<Broker>> open_amqp_broker(const detail::BrokerUrl& url,
+                                                 std::string url_text) {
+    auto o = parse_connection_options(url);
+    if (!o) return std::unexpected(o.error());
+    auto e = std::make_shared<Engine>(*o, std::move(url_text));
+    auto c = e->checkout();
+    if (!c) return std::unexpected(c.error());
+    e->checkin(std::move(*c));
+    return std::shared_ptr<Broker>(std::make_shared<AmqpBroker>(e));
+}
+
+}  // namespace conveyor::amqp

@@ -1,0 +1,510 @@
+#include "broker/amqp/amqp_connection.hpp"
+
+#include <amqp_ssl_socket.h>
+#include <amqp_tcp_socket.h>
+#include <fmt/format.h>
+#include <sys/time.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace conveyor::amqp {
+
+namespace {
+
+timeval to_timeval(std::chrono::milliseconds ms) {
+    if (ms.count() < 0) ms = std::chrono::milliseconds(0);
+    return timeval{time_t(ms.count() / 1000), suseconds_t((ms.count() % 1000) * 1000)};
+}
+
+Result<std::chrono::milliseconds> seconds_option(const std::string& key, const std::string& v) {
+    try {
+        std::size_t used = 0;
+        double s = std::stod(v, &used);
+        if (used != v.size() || s < 0) throw std::invalid_argument(v);
+        return std::chrono::milliseconds(std::int64_t(s * 1000));
+    } catch (...) {
+        return fail(Errc::invalid_argument,
+                    fmt::format("amqp option {}={} is not a number of seconds", key, v));
+    }
+}
+
+Errc errc_of_reply_code(int code) {
+    switch (code) {
+        case 404:
+            return Errc::not_found;
+        case 405:  // RESOURCE_LOCKED: an exclusive queue of another connection
+        case 406:  // PRECONDITION_FAILED: exists with other arguments
+            return Errc::conflict;
+        case 403:  // ACCESS_REFUSED
+        case 530:  // NOT_ALLOWED (e.g. unknown vhost)
+            return Errc::invalid_argument;
+        default:
+            return Errc::unavailable;
+    }
+}
+
+}  // namespace
+
+std::string url_decode(std::string_view s) {
+    std::string out;
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        if (s[i] == '%' && i + 2 < s.size()) {
+            auto hex = [](char c) -> int {
+                if (c >= '0' && c <= '9') return c - '0';
+                if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+                if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+                return -1;
+            };
+            int hi = hex(s[i + 1]), lo = hex(s[i + 2]);
+            if (hi >= 0 && lo >= 0) {
+                out += char(hi * 16 + lo);
+                i += 2;
+                continue;
+            }
+        }
+        out += s[i];
+    }
+    return out;
+}
+
+Result<ConnectionOptions> parse_connection_options(const detail::BrokerUrl& url) {
+    ConnectionOptions o;
+    o.tls = url.scheme == "amqps";
+    o.port = o.tls ? 5671 : 5672;
+    std::string_view rest = url.rest;
+    std::string_view path;
+    if (auto slash = rest.find('/'); slash != std::string_view::npos) {
+        path = rest.substr(slash + 1);
+        rest = rest.substr(0, slash);
+    }
+    if (auto at = rest.rfind('@'); at != std::string_view::npos) {
+        std::string_view cred = rest.substr(0, at);
+        rest = rest.substr(at + 1);
+        auto colon = cred.find(':');
+        o.user = url_decode(cred.substr(0, colon));
+        o.password = colon == std::string_view::npos ? "" : url_decode(cred.substr(colon + 1));
+    }
+    if (auto colon = rest.rfind(':');
+        colon != std::string_view::npos && rest.find(']') == rest.npos) {
+        std::string p(rest.substr(colon + 1));
+        rest = rest.substr(0, colon);
+        try {
+            std::size_t used = 0;
+            o.port = std::stoi(p, &used);
+            if (used != p.size() || o.port <= 0 || o.port > 65535) throw std::invalid_argument(p);
+        } catch (...) {
+            return fail(Errc::invalid_argument,
+                        fmt::format("amqp URL port '{}' is not a port number", p));
+        }
+    }
+    if (!rest.empty()) o.host = std::string(rest);
+    // "amqp://host" and "amqp://host/" mean the default vhost "/"; "amqp://host/%2F" too.
+    o.vhost = path.empty() ? "/" : url_decode(path);
+    for (auto& [k, v] : url.query) {
+        if (k == "heartbeat") {
+            auto s = seconds_option(k, v);
+            if (!s) return std::unexpected(s.error());
+            o.heartbeat = int(s->count() / 1000);
+        } else if (k == "connect_timeout") {
+            auto s = seconds_option(k, v);
+            if (!s) return std::unexpected(s.error());
+            o.connect_timeout = *s;
+        } else if (k == "rpc_timeout") {
+            auto s = seconds_option(k, v);
+            if (!s) return std::unexpected(s.error());
+            o.rpc_timeout = *s;
+        } else if (k == "publish_timeout") {
+            auto s = seconds_option(k, v);
+            if (!s) return std::unexpected(s.error());
+            o.publish_timeout = *s;
+        } else if (k == "cacert") {
+            o.cacert = url_decode(v);
+        } else if (k == "cert") {
+            o.cert = url_decode(v);
+        } else if (k == "key") {
+            o.key = url_decode(v);
+        } else if (k == "verify") {
+            if (v != "true" && v != "false")
+                return fail(Errc::invalid_argument,
+                            fmt::format("amqp option verify={} must be true or false", v));
+            o.verify = v == "true";
+        } else if (k == "results") {
+            o.results = url_decode(v);
+        } else if (k == "delay_queue_type") {
+            if (v != "quorum" && v != "classic")
+                return fail(
+                    Errc::invalid_argument,
+                    fmt::format("amqp option delay_queue_type={} must be quorum or classic", v));
+            o.delay_queue_type = v;
+        } else {
+            return fail(Errc::invalid_argument, fmt::format("unknown amqp broker option '{}'", k));
+        }
+    }
+    if (!o.tls && (!o.cacert.empty() || !o.cert.empty() || !o.key.empty()))
+        return fail(Errc::invalid_argument,
+                    "amqp options cacert, cert and key need an amqps:// URL");
+    if (o.cert.empty() != o.key.empty())
+        return fail(Errc::invalid_argument, "amqps options cert and key go together");
+    return o;
+}
+
+Error translate(const amqp_rpc_reply_t& r, std::string_view what) {
+    switch (r.reply_type) {
+        case AMQP_RESPONSE_NORMAL:
+            return Error{Errc::internal, fmt::format("{}: no error", what)};
+        case AMQP_RESPONSE_NONE:
+            return Error{Errc::unavailable, fmt::format("{}: no reply from RabbitMQ", what)};
+        case AMQP_RESPONSE_LIBRARY_EXCEPTION:
+            return Error{r.library_error == AMQP_STATUS_TIMEOUT ? Errc::timeout : Errc::unavailable,
+                         fmt::format("{}: {}", what, amqp_error_string2(r.library_error))};
+        case AMQP_RESPONSE_SERVER_EXCEPTION:
+            if (r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
+                auto* m = static_cast<amqp_channel_close_t*>(r.reply.decoded);
+                return Error{errc_of_reply_code(m->reply_code),
+                             fmt::format("{}: {}", what, to_string(m->reply_text))};
+            }
+            if (r.reply.id == AMQP_CONNECTION_CLOSE_METHOD) {
+                auto* m = static_cast<amqp_connection_close_t*>(r.reply.decoded);
+                return Error{errc_of_reply_code(m->reply_code),
+                             fmt::format("{}: {}", what, to_string(m->reply_text))};
+            }
+            return Error{Errc::unavailable, fmt::format("{}: unexpected method {:#x} from RabbitMQ",
+                                                        what, r.reply.id)};
+    }
+    return Error{Errc::internal, std::string(what)};
+}
+
+amqp_basic_properties_t properties(Pool& pool, const Envelope& e) {
+    amqp_basic_properties_t p{};
+    p._flags = AMQP_BASIC_DELIVERY_MODE_FLAG;
+    p.delivery_mode = 2;  // persistent
+    if (!e.content_type.empty()) {
+        p._flags |= AMQP_BASIC_CONTENT_TYPE_FLAG;
+        p.content_type = pool.bytes(e.content_type);
+    }
+    if (!e.content_encoding.empty()) {
+        p._flags |= AMQP_BASIC_CONTENT_ENCODING_FLAG;
+        p.content_encoding = pool.bytes(e.content_encoding);
+    }
+    if (!e.correlation_id.empty()) {
+        p._flags |= AMQP_BASIC_CORRELATION_ID_FLAG;
+        p.correlation_id = pool.bytes(e.correlation_id);
+    }
+    if (!e.reply_to.empty()) {
+        p._flags |= AMQP_BASIC_REPLY_TO_FLAG;
+        p.reply_to = pool.bytes(e.reply_to);
+    }
+    if (e.priority > 0) {
+        p._flags |= AMQP_BASIC_PRIORITY_FLAG;
+        p.priority = std::uint8_t(std::clamp(e.priority, 0, 255));
+    }
+    if (e.headers.is_object() && !e.headers.empty()) {
+        p._flags |= AMQP_BASIC_HEADERS_FLAG;
+        p.headers = pool.table(e.headers);
+    }
+    return p;
+}
+
+Envelope envelope_of(const amqp_basic_properties_t& p, amqp_bytes_t body) {
+    Envelope e;
+    if (p._flags & AMQP_BASIC_CONTENT_TYPE_FLAG) e.content_type = to_string(p.content_type);
+    if (p._flags & AMQP_BASIC_CONTENT_ENCODING_FLAG)
+        e.content_encoding = to_string(p.content_encoding);
+    if (p._flags & AMQP_BASIC_CORRELATION_ID_FLAG) e.correlation_id = to_string(p.correlation_id);
+    if (p._flags & AMQP_BASIC_REPLY_TO_FLAG) e.reply_to = to_string(p.reply_to);
+    if (p._flags & AMQP_BASIC_PRIORITY_FLAG) e.priority = p.priority;
+    if (p._flags & AMQP_BASIC_HEADERS_FLAG) e.headers = to_json(p.headers);
+    e.body = to_string(body);
+    return e;
+}
+
+Result<std::unique_ptr<Connection>> Connection::open(const ConnectionOptions& o,
+                                                     std::string_view name) {
+    std::unique_ptr<Connection> c(new Connection());
+    c->options_ = o;
+    c->conn_ = amqp_new_connection();
+    if (!c->conn_) return fail(Errc::internal, "rabbitmq-c could not allocate a connection");
+    amqp_socket_t* s = o.tls ? amqp_ssl_socket_new(c->conn_) : amqp_tcp_socket_new(c->conn_);
+    if (!s) return fail(Errc::internal, "rabbitmq-c could not create a socket");
+    std::string where = fmt::format("{}:{}", o.host, o.port);
+    if (o.tls) {
+        if (!o.cacert.empty() && amqp_ssl_socket_set_cacert(s, o.cacert.c_str()) != AMQP_STATUS_OK)
+            return fail(Errc::invalid_argument,
+                        fmt::format("amqps CA bundle '{}' cannot be read", o.cacert));
+        if (!o.cert.empty() &&
+            amqp_ssl_socket_set_key(s, o.cert.c_str(), o.key.c_str()) != AMQP_STATUS_OK)
+            return fail(
+                Errc::invalid_argument,
+                fmt::format("amqps certificate '{}' or key '{}' cannot be read", o.cert, o.key));
+        amqp_ssl_socket_set_verify_peer(s, o.verify ? 1 : 0);
+        amqp_ssl_socket_set_verify_hostname(s, o.verify ? 1 : 0);
+    }
+    timeval tv = to_timeval(o.connect_timeout);
+    if (int rc = amqp_socket_open_noblock(s, o.host.c_str(), o.port, &tv); rc != AMQP_STATUS_OK) {
+        c->healthy_ = false;
+        return fail(Errc::unavailable,
+                    fmt::format("cannot reach RabbitMQ at {}: {}", where, amqp_error_string2(rc)));
+    }
+    amqp_set_handshake_timeout(c->conn_, &tv);
+    timeval rpc = to_timeval(o.rpc_timeout);
+    amqp_set_rpc_timeout(c->conn_, &rpc);
+
+    Pool pool;
+    Json client_props = {{"connection_name", std::string(name)},
+                         {"product", "conveyor"},
+                         {"capabilities",
+                          {{"publisher_confirms", true},
+                           {"consumer_cancel_notify", true},
+                           {"basic.nack", true},
+                           {"connection.blocked", true},
+                           {"authentication_failure_close", true}}}};
+    amqp_table_t props = pool.table(client_props);
+    auto r = amqp_login_with_properties(c->conn_, o.vhost.c_str(), 0, 131072, o.heartbeat, &props,
+                                        AMQP_SASL_METHOD_PLAIN, o.user.c_str(), o.password.c_str());
+    if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+        c->healthy_ = false;
+        if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+            r.library_error == AMQP_STATUS_CONNECTION_CLOSED)
+            return fail(Errc::invalid_argument,
+                        fmt::format("RabbitMQ at {} refused user '{}' on vhost '{}'", where, o.user,
+                                    o.vhost));
+        auto e = translate(r, fmt::format("login to RabbitMQ at {} (vhost '{}')", where, o.vhost));
+        if (e.code == Errc::unavailable && r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION)
+            e.code = Errc::invalid_argument;
+        return std::unexpected(e);
+    }
+    return c;
+}
+
+Connection::~Connection() {
+    if (!conn_) return;
+    if (healthy_) amqp_connection_close(conn_, AMQP_REPLY_SUCCESS);
+    amqp_destroy_connection(conn_);
+}
+
+Result<void> Connection::check(amqp_rpc_reply_t r, amqp_channel_t channel, std::string_view what) {
+    if (r.reply_type == AMQP_RESPONSE_NORMAL) return {};
+    auto e = translate(r, what);
+    if (r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION) {
+        if (r.reply.id == AMQP_CHANNEL_CLOSE_METHOD) {
+            amqp_channel_close_ok_t ok{};
+            if (amqp_send_method(conn_, channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok) !=
+                AMQP_STATUS_OK)
+                healthy_ = false;
+            channel_closed(channel);
+        } else {
+            amqp_connection_close_ok_t ok{};
+            amqp_send_method(conn_, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok);
+            healthy_ = false;
+        }
+    } else {
+        healthy_ = false;  // a library failure leaves the protocol state unknown
+    }
+    return std::unexpected(e);
+}
+
+void Connection::channel_closed(amqp_channel_t channel) {
+    if (channel < 4) open_channels_[channel] = false;
+    if (channel == kPublishChannel) confirm_mode_ = false;
+}
+
+Result<void> Connection::ensure_channel(amqp_channel_t channel) {
+    if (!healthy_) return fail(Errc::unavailable, "the RabbitMQ connection was lost");
+    if (channel < 4 && open_channels_[channel]) return {};
+    amqp_channel_open(conn_, channel);
+    if (auto ok = check(amqp_get_rpc_reply(conn_), channel, "opening a channel"); !ok) return ok;
+    if (channel < 4) open_channels_[channel] = true;
+    return {};
+}
+
+Result<void> Connection::declare_exchange(std::string_view name, std::string_view type,
+                                          bool durable, const Json& arguments) {
+    if (auto ok = ensure_channel(kAdminChannel); !ok) return ok;
+    pool_.clear();
+    amqp_exchange_declare(conn_, kAdminChannel, pool_.bytes(name), pool_.bytes(type), 0,
+                          durable ? 1 : 0, 0, 0, pool_.table(arguments));
+    return check(amqp_get_rpc_reply(conn_), kAdminChannel,
+                 fmt::format("declaring exchange '{}'", name));
+}
+
+Result<QueueInfo> Connection::declare_queue(std::string_view name, const Json& arguments,
+                                            bool passive) {
+    if (auto ok = ensure_channel(kAdminChannel); !ok) return std::unexpected(ok.error());
+    pool_.clear();
+    auto* r = amqp_queue_declare(conn_, kAdminChannel, pool_.bytes(name), passive ? 1 : 0, 1, 0, 0,
+                                 pool_.table(arguments));
+    if (auto ok = check(amqp_get_rpc_reply(conn_), kAdminChannel,
+                        fmt::format("{} queue '{}'", passive ? "looking up" : "declaring", name));
+        !ok)
+        return std::unexpected(ok.error());
+    return QueueInfo{r->message_count, r->consumer_count};
+}
+
+Result<void> Connection::bind_queue(std::string_view queue, std::string_view exchange,
+                                    std::string_view key, const Json& arguments) {
+    if (auto ok = ensure_channel(kAdminChannel); !ok) return ok;
+    pool_.clear();
+    amqp_queue_bind(conn_, kAdminChannel, pool_.bytes(queue), pool_.bytes(exchange),
+                    pool_.bytes(key), pool_.table(arguments));
+    return check(
+        amqp_get_rpc_reply(conn_), kAdminChannel,
+        fmt::format("binding queue '{}' to exchange '{}' with key '{}'", queue, exchange, key));
+}
+
+Result<void> Connection::bind_exchange(std::string_view destination, std::string_view source,
+                                       std::string_view key, const Json& arguments) {
+    if (auto ok = ensure_channel(kAdminChannel); !ok) return ok;
+    pool_.clear();
+    amqp_exchange_bind(conn_, kAdminChannel, pool_.bytes(destination), pool_.bytes(source),
+                       pool_.bytes(key), pool_.table(arguments));
+    return check(amqp_get_rpc_reply(conn_), kAdminChannel,
+                 fmt::format("binding exchange '{}' to exchange '{}' with key '{}'", destination,
+                             source, key));
+}
+
+Result<std::uint32_t> Connection::purge_queue(std::string_view name) {
+    if (auto ok = ensure_channel(kAdminChannel); !ok) return std::unexpected(ok.error());
+    pool_.clear();
+    auto* r = amqp_queue_purge(conn_, kAdminChannel, pool_.bytes(name));
+    if (auto ok = check(amqp_get_rpc_reply(conn_), kAdminChannel,
+                        fmt::format("purging queue '{}'", name));
+        !ok)
+        return std::unexpected(ok.error());
+    return r->message_count;
+}
+
+Result<void> Connection::delete_queue(std::string_view name) {
+    if (auto ok = ensure_channel(kAdminChannel); !ok) return ok;
+    pool_.clear();
+    amqp_queue_delete(conn_, kAdminChannel, pool_.bytes(name), 0, 0);
+    return check(amqp_get_rpc_reply(conn_), kAdminChannel,
+                 fmt::format("deleting queue '{}'", name));
+}
+
+Result<void> Connection::publish(std::span<const Wire> messages,
+                                 std::chrono::steady_clock::time_point deadline,
+                                 std::span<bool> confirmed) {
+    using namespace std::chrono;
+    constexpr amqp_channel_t ch = kPublishChannel;
+    if (auto ok = ensure_channel(ch); !ok) return ok;
+    if (!confirm_mode_) {
+        amqp_confirm_select(conn_, ch);
+        if (auto ok = check(amqp_get_rpc_reply(conn_), ch, "enabling publisher confirms"); !ok)
+            return ok;
+        confirm_mode_ = true;
+        next_seq_ = 1;
+    }
+    constexpr std::size_t kWindow = 2048;
+    const std::size_t n = messages.size();
+    const std::uint64_t base = next_seq_;
+    std::vector<char> acked(n, 0);
+    std::size_t sent = 0, done = 0;
+    std::optional<Error> failure;
+    Pool pool;
+
+    auto mark = [&](std::uint64_t tag, bool multiple, bool ok) {
+        if (tag < base) return;
+        std::size_t hi = std::min<std::size_t>(std::size_t(tag - base), n - 1);
+        std::size_t lo = multiple ? 0 : hi;
+        for (std::size_t i = lo; i <= hi; ++i) {
+            if (acked[i]) continue;
+            acked[i] = ok ? 1 : 2;
+            ++done;
+            if (ok && i < confirmed.size()) confirmed[i] = true;
+        }
+        if (!ok && !failure)
+            failure = Error{Errc::unavailable, "RabbitMQ refused (nacked) a published message"};
+    };
+
+    while (done < n) {
+        while (sent < n && sent - done < kWindow) {
+            const Wire& w = messages[sent];
+            if (sent % 256 == 0) pool.clear();
+            auto props = properties(pool, *w.envelope);
+            amqp_bytes_t body{w.envelope->body.size(), const_cast<char*>(w.envelope->body.data())};
+            int rc =
+                amqp_basic_publish(conn_, ch, pool.bytes(w.exchange), pool.bytes(w.routing_key),
+                                   w.mandatory ? 1 : 0, 0, &props, body);
+            if (rc != AMQP_STATUS_OK) {
+                healthy_ = false;
+                return fail(Errc::unavailable,
+                            fmt::format("publishing to RabbitMQ: {}", amqp_error_string2(rc)));
+            }
+            ++sent;
+            ++next_seq_;
+        }
+        // Read confirms: without blocking while there is room to send more, else until one comes.
+        bool room = sent < n && sent - done < kWindow;
+        auto left = duration_cast<milliseconds>(deadline - steady_clock::now());
+        if (left.count() <= 0)
+            return fail(
+                Errc::timeout,
+                fmt::format("RabbitMQ did not confirm {} of {} messages in time", n - done, n));
+        timeval tv = room ? timeval{0, 0} : to_timeval(left);
+        amqp_frame_t f;
+        int rc = amqp_simple_wait_frame_noblock(conn_, &f, &tv);
+        if (rc == AMQP_STATUS_TIMEOUT) continue;
+        if (rc != AMQP_STATUS_OK) {
+            healthy_ = false;
+            return fail(Errc::unavailable,
+                        fmt::format("waiting for publisher confirms: {}", amqp_error_string2(rc)));
+        }
+        if (f.frame_type != AMQP_FRAME_METHOD) continue;
+        switch (f.payload.method.id) {
+            case AMQP_BASIC_ACK_METHOD: {
+                auto* a = static_cast<amqp_basic_ack_t*>(f.payload.method.decoded);
+                mark(a->delivery_tag, a->multiple, true);
+                break;
+            }
+            case AMQP_BASIC_NACK_METHOD: {
+                auto* a = static_cast<amqp_basic_nack_t*>(f.payload.method.decoded);
+                mark(a->delivery_tag, a->multiple, false);
+                break;
+            }
+            case AMQP_BASIC_RETURN_METHOD: {
+                auto* r = static_cast<amqp_basic_return_t*>(f.payload.method.decoded);
+                std::string exchange = to_string(r->exchange), key = to_string(r->routing_key);
+                amqp_message_t msg;
+                auto rr = amqp_read_message(conn_, ch, &msg, 0);
+                if (rr.reply_type == AMQP_RESPONSE_NORMAL) amqp_destroy_message(&msg);
+                if (!failure)
+                    failure = Error{
+                        Errc::not_found,
+                        exchange.empty()
+                            ? fmt::format("no queue named '{}' exists; the message was not "
+                                          "accepted (declare the queue or run `conveyor "
+                                          "topology apply`)",
+                                          key)
+                            : fmt::format("no queue is bound to exchange '{}' with routing key "
+                                          "'{}'; the message was not accepted",
+                                          exchange, key)};
+                if (rr.reply_type != AMQP_RESPONSE_NORMAL) {
+                    healthy_ = false;
+                    return std::unexpected(*failure);
+                }
+                break;
+            }
+            case AMQP_CHANNEL_CLOSE_METHOD: {
+                amqp_rpc_reply_t r{};
+                r.reply_type = AMQP_RESPONSE_SERVER_EXCEPTION;
+                r.reply = f.payload.method;
+                return check(r, ch, "publishing");
+            }
+            case AMQP_CONNECTION_CLOSE_METHOD: {
+                amqp_rpc_reply_t r{};
+                r.reply_type = AMQP_RESPONSE_SERVER_EXCEPTION;
+                r.reply = f.payload.method;
+                auto e = check(r, 0, "publishing");
+                return fail(Errc::unavailable, e.error().message);
+            }
+            default:
+                break;
+        }
+        amqp_maybe_release_buffers_on_channel(conn_, ch);
+    }
+    if (failure) return std::unexpected(*failure);
+    return {};
+}
+
+}  // namespace conveyor::amqp

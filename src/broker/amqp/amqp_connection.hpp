@@ -1,0 +1,120 @@
+#pragma once
+// One rabbitmq-c connection: open (TCP or TLS), error translation, topology calls, and a
+// confirm-mode publisher with pipelining. Not thread-safe: one thread uses a connection at a time.
+
+#include <amqp.h>
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "broker/amqp/amqp_table.hpp"
+#include "conveyor/error.hpp"
+#include "conveyor/task.hpp"
+#include "core/url.hpp"
+
+namespace conveyor::amqp {
+
+/// What an amqp:// or amqps:// URL says.
+struct ConnectionOptions {
+    std::string host = "127.0.0.1";
+    int port = 5672;
+    std::string vhost = "/";
+    std::string user = "guest";
+    std::string password = "guest";
+    bool tls = false;
+    std::string cacert, cert, key;  ///< amqps: CA bundle, client certificate and key (PEM)
+    bool verify = true;             ///< amqps: verify the server's certificate and name
+    int heartbeat = 60;             ///< seconds
+    std::chrono::milliseconds connect_timeout{10000};
+    std::chrono::milliseconds rpc_timeout{30000};
+    std::chrono::milliseconds publish_timeout{30000};  ///< reconnecting included
+    std::string results;                               ///< result backend URL (redis://...)
+    std::string delay_queue_type = "quorum";           ///< delay levels: quorum or classic
+};
+
+/// Parses amqp://user:pass@host:port/vhost?heartbeat=S&connect_timeout=S&... .
+Result<ConnectionOptions> parse_connection_options(const detail::BrokerUrl& url);
+
+/// The one translation from rabbitmq-c replies to Error.
+Error translate(const amqp_rpc_reply_t& reply, std::string_view what);
+
+/// A message on its way out, as AMQP sees it.
+struct Wire {
+    std::string_view exchange;
+    std::string_view routing_key;
+    const Envelope* envelope = nullptr;
+    bool mandatory = true;
+};
+
+/// Properties of an envelope (persistent), allocated in `pool`.
+amqp_basic_properties_t properties(Pool& pool, const Envelope& envelope);
+/// The envelope of a received message.
+Envelope envelope_of(const amqp_basic_properties_t& props, amqp_bytes_t body);
+
+/// Queue counts from a (passive) declare.
+struct QueueInfo {
+    std::uint32_t messages = 0;
+    std::uint32_t consumers = 0;
+};
+
+class Connection {
+  public:
+    static Result<std::unique_ptr<Connection>> open(const ConnectionOptions& options,
+                                                    std::string_view name);
+    ~Connection();
+    Connection(const Connection&) = delete;
+    Connection& operator=(const Connection&) = delete;
+
+    amqp_connection_state_t raw() const noexcept { return conn_; }
+    /// False once the connection failed; it must then be replaced.
+    bool healthy() const noexcept { return healthy_; }
+
+    /// Checks a reply on `channel`; answers a server's channel.close (the channel must be
+    /// reopened) and marks the connection unhealthy on connection-level failures.
+    Result<void> check(amqp_rpc_reply_t reply, amqp_channel_t channel, std::string_view what);
+    /// Opens `channel` unless it is open.
+    Result<void> ensure_channel(amqp_channel_t channel);
+    /// Records that the server closed `channel` (after answering close-ok).
+    void channel_closed(amqp_channel_t channel);
+
+    // Topology, on the admin channel.
+    Result<void> declare_exchange(std::string_view name, std::string_view type, bool durable,
+                                  const Json& arguments);
+    Result<QueueInfo> declare_queue(std::string_view name, const Json& arguments,
+                                    bool passive = false);
+    Result<void> bind_queue(std::string_view queue, std::string_view exchange, std::string_view key,
+                            const Json& arguments = Json::object());
+    Result<void> bind_exchange(std::string_view destination, std::string_view source,
+                               std::string_view key, const Json& arguments = Json::object());
+    Result<std::uint32_t> purge_queue(std::string_view name);
+    Result<void> delete_queue(std::string_view name);
+
+    /// Publishes with confirms, pipelined, `mandatory` as each message says. Succeeds only when
+    /// every message was confirmed and none was returned unroutable. `confirmed` (when given)
+    /// says which ones the broker confirmed, so a caller can retry only the rest.
+    Result<void> publish(std::span<const Wire> messages,
+                         std::chrono::steady_clock::time_point deadline,
+                         std::span<bool> confirmed = {});
+
+    static constexpr amqp_channel_t kPublishChannel = 1;
+    static constexpr amqp_channel_t kAdminChannel = 2;
+
+  private:
+    Connection() = default;
+    amqp_connection_state_t conn_ = nullptr;
+    bool healthy_ = true;
+    bool open_channels_[4] = {false, false, false, false};
+    bool confirm_mode_ = false;
+    std::uint64_t next_seq_ = 1;  ///< publish sequence number of the next message
+    ConnectionOptions options_;
+    Pool pool_;
+};
+
+/// Percent-decodes a URL component.
+std::string url_decode(std::string_view s);
+
+}  // namespace conveyor::amqp

@@ -1,0 +1,144 @@
+#include "broker/amqp/amqp_table.hpp"
+
+#include <cstring>
+#include <limits>
+
+namespace conveyor::amqp {
+
+amqp_bytes_t Pool::bytes(std::string_view s) {
+    amqp_bytes_t b{s.size(), nullptr};
+    if (s.empty()) return b;
+    b.bytes = amqp_pool_alloc(&pool_, s.size());
+    std::memcpy(b.bytes, s.data(), s.size());
+    return b;
+}
+
+amqp_field_value_t Pool::value(const Json& v) {
+    amqp_field_value_t f{};
+    switch (v.type()) {
+        case Json::value_t::null:
+        case Json::value_t::discarded:
+            f.kind = AMQP_FIELD_KIND_VOID;
+            break;
+        case Json::value_t::boolean:
+            f.kind = AMQP_FIELD_KIND_BOOLEAN;
+            f.value.boolean = v.get<bool>() ? 1 : 0;
+            break;
+        case Json::value_t::number_integer:
+        case Json::value_t::number_unsigned: {
+            // Small integers as 32-bit, as py-amqp does, so Python peers read plain ints.
+            std::int64_t i = v.is_number_unsigned()
+                                 ? std::int64_t(std::min<std::uint64_t>(
+                                       v.get<std::uint64_t>(),
+                                       std::uint64_t(std::numeric_limits<std::int64_t>::max())))
+                                 : v.get<std::int64_t>();
+            if (i >= std::numeric_limits<std::int32_t>::min() &&
+                i <= std::numeric_limits<std::int32_t>::max()) {
+                f.kind = AMQP_FIELD_KIND_I32;
+                f.value.i32 = std::int32_t(i);
+            } else {
+                f.kind = AMQP_FIELD_KIND_I64;
+                f.value.i64 = i;
+            }
+            break;
+        }
+        case Json::value_t::number_float:
+            f.kind = AMQP_FIELD_KIND_F64;
+            f.value.f64 = v.get<double>();
+            break;
+        case Json::value_t::string:
+            f.kind = AMQP_FIELD_KIND_UTF8;
+            f.value.bytes = bytes(v.get_ref<const std::string&>());
+            break;
+        case Json::value_t::binary: {
+            f.kind = AMQP_FIELD_KIND_BYTES;
+            auto& bin = v.get_binary();
+            f.value.bytes =
+                bytes(std::string_view(reinterpret_cast<const char*>(bin.data()), bin.size()));
+            break;
+        }
+        case Json::value_t::array: {
+            f.kind = AMQP_FIELD_KIND_ARRAY;
+            f.value.array.num_entries = int(v.size());
+            f.value.array.entries = static_cast<amqp_field_value_t*>(
+                amqp_pool_alloc(&pool_, sizeof(amqp_field_value_t) * (v.empty() ? 1 : v.size())));
+            int i = 0;
+            for (auto& e : v) f.value.array.entries[i++] = value(e);
+            break;
+        }
+        case Json::value_t::object:
+            f.kind = AMQP_FIELD_KIND_TABLE;
+            f.value.table = table(v);
+            break;
+    }
+    return f;
+}
+
+amqp_table_t Pool::table(const Json& object) {
+    amqp_table_t t{0, nullptr};
+    if (!object.is_object() || object.empty()) return t;
+    t.entries = static_cast<amqp_table_entry_t*>(
+        amqp_pool_alloc(&pool_, sizeof(amqp_table_entry_t) * object.size()));
+    for (auto& [k, v] : object.items()) {
+        t.entries[t.num_entries].key = bytes(k);
+        t.entries[t.num_entries].value = value(v);
+        t.num_entries++;
+    }
+    return t;
+}
+
+Json to_json(const amqp_field_value_t& f) {
+    switch (f.kind) {
+        case AMQP_FIELD_KIND_BOOLEAN:
+            return bool(f.value.boolean);
+        case AMQP_FIELD_KIND_I8:
+            return f.value.i8;
+        case AMQP_FIELD_KIND_U8:
+            return f.value.u8;
+        case AMQP_FIELD_KIND_I16:
+            return f.value.i16;
+        case AMQP_FIELD_KIND_U16:
+            return f.value.u16;
+        case AMQP_FIELD_KIND_I32:
+            return f.value.i32;
+        case AMQP_FIELD_KIND_U32:
+            return f.value.u32;
+        case AMQP_FIELD_KIND_I64:
+            return f.value.i64;
+        case AMQP_FIELD_KIND_U64:
+        case AMQP_FIELD_KIND_TIMESTAMP:
+            return f.value.u64;
+        case AMQP_FIELD_KIND_F32:
+            return double(f.value.f32);
+        case AMQP_FIELD_KIND_F64:
+            return f.value.f64;
+        case AMQP_FIELD_KIND_DECIMAL: {
+            double d = double(f.value.decimal.value);
+            for (int i = 0; i < f.value.decimal.decimals; ++i) d /= 10;
+            return d;
+        }
+        case AMQP_FIELD_KIND_UTF8:
+        case AMQP_FIELD_KIND_BYTES:
+            return to_string(f.value.bytes);
+        case AMQP_FIELD_KIND_ARRAY: {
+            Json a = Json::array();
+            for (int i = 0; i < f.value.array.num_entries; ++i)
+                a.push_back(to_json(f.value.array.entries[i]));
+            return a;
+        }
+        case AMQP_FIELD_KIND_TABLE:
+            return to_json(f.value.table);
+        case AMQP_FIELD_KIND_VOID:
+        default:
+            return nullptr;
+    }
+}
+
+Json to_json(const amqp_table_t& table) {
+    Json o = Json::object();
+    for (int i = 0; i < table.num_entries; ++i)
+        o[to_string(table.entries[i].key)] = to_json(table.entries[i].value);
+    return o;
+}
+
+}  // namespace conveyor::amqp
