@@ -12,6 +12,7 @@
 #include <string>
 #include <thread>
 
+#include "conveyor/config.hpp"
 #include "conveyor/worker.hpp"
 
 namespace {
@@ -44,6 +45,18 @@ int main(int argc, char** argv) {
         fmt::print(stderr, "test_worker: {}\n", broker.error().message);
         return 1;
     }
+    // CONVEYOR_CONFIG: a conveyor.toml whose topology (ordered queues, ...) the worker uses.
+    if (const char* path = std::getenv("CONVEYOR_CONFIG"); path && *path) {
+        auto cfg = load_config(path);
+        if (!cfg) {
+            fmt::print(stderr, "test_worker: {}\n", cfg.error().message);
+            return 2;
+        }
+        if (auto ok = (*broker)->set_topology(cfg->topology()); !ok) {
+            fmt::print(stderr, "test_worker: {}\n", ok.error().message);
+            return 2;
+        }
+    }
     g_log = open(argv[6], O_WRONLY | O_CREAT | O_APPEND, 0644);
     WorkerOptions o;
     o.queues.clear();
@@ -63,9 +76,18 @@ int main(int argc, char** argv) {
     auto pid = getpid();
     // "noop": returns its first argument. "sleep": sleeps args[0] ms (honouring stop).
     worker.handle("test.noop", [&](TaskContext& c) -> Json {
-        log_line(fmt::format("start {} {}", c.id(), pid));
-        log_line(fmt::format("done {} {}", c.id(), pid));
+        log_line(fmt::format("start {} {} {}", c.id(), pid, c.queue()));
+        log_line(fmt::format("done {} {} {}", c.id(), pid, c.queue()));
         return c.args().empty() ? Json() : c.args()[0];
+    });
+    // "ordered": args [key, seq, sleep_ms]; logs "done ID PID QUEUE KEY SEQ".
+    worker.handle("test.ordered", [&](TaskContext& c) -> Json {
+        auto key = c.args()[0].get<std::string>();
+        auto seq = c.args()[1].get<int>();
+        log_line(fmt::format("start {} {} {} {} {}", c.id(), pid, c.queue(), key, seq));
+        std::this_thread::sleep_for(std::chrono::milliseconds(c.args()[2].get<int>()));
+        log_line(fmt::format("done {} {} {} {} {}", c.id(), pid, c.queue(), key, seq));
+        return seq;
     });
     worker.handle("test.sleep", [&](TaskContext& c) -> Json {
         log_line(fmt::format("start {} {}", c.id(), pid));

@@ -269,7 +269,8 @@ Result<std::unique_ptr<Connection>> Connection::open(const ConnectionOptions& o,
             return fail(Errc::invalid_argument,
                         fmt::format("RabbitMQ at {} refused user '{}' on vhost '{}'", where, o.user,
                                     o.vhost));
-        auto e = translate(r, fmt::format("login to RabbitMQ at {} (vhost '{}')", where, o.vhost));
+        auto e = translate(r, fmt::format("RabbitMQ at {} refused user '{}' on vhost '{}'", where,
+                                          o.user, o.vhost));
         if (e.code == Errc::unavailable && r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION)
             e.code = Errc::invalid_argument;
         return std::unexpected(e);

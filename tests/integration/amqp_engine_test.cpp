@@ -1,0 +1,459 @@
+// The amqp engine against a real RabbitMQ node (the suite's shared node; names are unique per
+// test).
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "conveyor/broker.hpp"
+#include "conveyor/client.hpp"
+#include "conveyor/worker.hpp"
+#include "support/process.hpp"
+#include "support/queue_stats.hpp"
+#include "support/rabbitmq.hpp"
+
+using namespace conveyor;
+using namespace std::chrono_literals;
+using testsupport::eventually;
+using testsupport::shared_rabbitmq_url;
+using testsupport::stats_of;
+using testsupport::unique_name;
+
+namespace {
+
+std::shared_ptr<Broker> open_with(const Topology& t) {
+    auto b = Broker::open(shared_rabbitmq_url());
+    EXPECT_TRUE(b) << b.error().message;
+    auto ok = (*b)->set_topology(t);
+    EXPECT_TRUE(ok) << ok.error().message;
+    return *b;
+}
+
+Topology queues(std::initializer_list<std::string> names) {
+    Topology t;
+    for (auto& n : names) t.queues.push_back(QueueSpec{.name = n});
+    return t;
+}
+
+/// A worker running on its own thread until the end of the scope.
+struct BackgroundWorker {
+    Worker worker;
+    std::thread thread;
+    Result<void> outcome;
+    BackgroundWorker(std::shared_ptr<Broker> b, WorkerOptions o) : worker(std::move(b), o) {}
+    void start() {
+        thread = std::thread([this] { outcome = worker.run(); });
+    }
+    ~BackgroundWorker() {
+        worker.stop();
+        if (thread.joinable()) thread.join();
+    }
+};
+
+WorkerOptions options_for(std::vector<std::string> qs, int concurrency = 4) {
+    WorkerOptions o;
+    o.queues = std::move(qs);
+    o.concurrency = concurrency;
+    o.shutdown_grace = 5s;
+    return o;
+}
+
+}  // namespace
+
+TEST(AmqpEngine, EnqueuedTasksRunOnceAndLeaveTheQueueEmpty) {
+    auto q = unique_name("basic");
+    auto broker = open_with(queues({q}));
+    Client client(broker);
+    std::vector<TaskMessage> tasks;
+    for (int i = 0; i < 500; ++i) tasks.push_back(TaskMessage{.name = "t.add", .args = {i, 1}});
+    auto ids = client.enqueue_many(std::move(tasks), {.queue = q});
+    ASSERT_TRUE(ids) << ids.error().message;
+    EXPECT_EQ(stats_of(*broker, q).ready, 500);
+
+    std::mutex mu;
+    std::map<std::string, int> runs;
+    BackgroundWorker w(broker, options_for({q}));
+    w.worker.handle("t.add", [&](TaskContext& c) -> Json {
+        std::lock_guard lk(mu);
+        runs[c.id()]++;
+        return c.args()[0].get<int>() + c.args()[1].get<int>();
+    });
+    w.start();
+    ASSERT_TRUE(eventually(
+        [&] {
+            std::lock_guard lk(mu);
+            return runs.size() == 500;
+        },
+        30s));
+    ASSERT_TRUE(eventually([&] { return stats_of(*broker, q).ready == 0; }, 10s));
+    w.worker.stop();
+    w.thread.join();
+    EXPECT_TRUE(w.outcome) << w.outcome.error().message;
+    for (auto& id : *ids) EXPECT_EQ(runs[id], 1) << id;
+    EXPECT_EQ(stats_of(*broker, q).ready, 0);  // every delivery acked
+}
+
+TEST(AmqpEngine, UnroutableTaskIsAnErrorForTheCallerNotASilentLoss) {
+    Topology t;
+    auto ex = unique_name("nobody-listens");
+    t.exchanges.push_back(ExchangeSpec{.name = ex, .type = "direct"});
+    auto broker = open_with(t);
+    ASSERT_TRUE(broker->declare_topology());
+    Client client(broker);
+    auto id = client.enqueue("t.x", Json::array(), Json::object(),
+                             {.exchange = ex, .routing_key = "order.created"});
+    ASSERT_FALSE(id);
+    EXPECT_EQ(id.error().code, Errc::not_found);
+    EXPECT_NE(id.error().message.find(ex), std::string::npos) << id.error().message;
+    EXPECT_NE(id.error().message.find("order.created"), std::string::npos);
+
+    auto missing =
+        client.enqueue("t.x", Json::array(), Json::object(),
+                       {.exchange = unique_name("no-such-exchange"), .routing_key = "k"});
+    ASSERT_FALSE(missing);
+    EXPECT_EQ(missing.error().code, Errc::not_found) << missing.error().message;
+    // The connection is still good for the next publish.
+    EXPECT_TRUE(client.enqueue("t.x", Json::array(), Json::object(), {.queue = unique_name("ok")}));
+}
+
+TEST(AmqpEngine, OneEventFansOutToEveryBoundService) {
+    auto ex = unique_name("orders");
+    std::vector<std::string> services = {unique_name("inventory"), unique_name("billing"),
+                                         unique_name("shipping")};
+    Topology t;
+    t.exchanges.push_back(ExchangeSpec{.name = ex, .type = "fanout"});
+    for (auto& s : services) {
+        t.queues.push_back(QueueSpec{.name = s});
+        t.bindings.push_back(BindingSpec{.exchange = ex, .queue = s});
+    }
+    auto broker = open_with(t);
+    ASSERT_TRUE(broker->declare_topology());
+    Client client(broker);
+    auto id = client.enqueue("order.created", {42}, Json::object(), {.exchange = ex});
+    ASSERT_TRUE(id) << id.error().message;
+
+    std::mutex mu;
+    std::map<std::string, std::string> seen;  // queue -> task id
+    std::vector<std::unique_ptr<BackgroundWorker>> workers;
+    for (auto& s : services) {
+        auto w = std::make_unique<BackgroundWorker>(open_with(t), options_for({s}, 1));
+        w->worker.handle("order.created", [&](TaskContext& c) -> Json {
+            std::lock_guard lk(mu);
+            seen[c.queue()] = c.id();
+            return nullptr;
+        });
+        w->start();
+        workers.push_back(std::move(w));
+    }
+    ASSERT_TRUE(eventually(
+        [&] {
+            std::lock_guard lk(mu);
+            return seen.size() == 3;
+        },
+        20s));
+    for (auto& s : services) EXPECT_EQ(seen[s], *id) << s;
+}
+
+TEST(AmqpEngine, DelayedTasksArriveOnTimeAndNeverEarly) {
+    auto q = unique_name("delayed");
+    auto broker = open_with(queues({q}));
+    Client client(broker);
+    auto t0 = SystemClock::now();
+    ASSERT_TRUE(client.enqueue("t.one", Json::array(), Json::object(),
+                               {.queue = q, .countdown = 1000ms, .id = "one-" + q}));
+    ASSERT_TRUE(client.enqueue("t.five", Json::array(), Json::object(),
+                               {.queue = q, .countdown = 5000ms, .id = "five-" + q}));
+    auto st = stats_of(*broker, q);
+    EXPECT_EQ(st.ready, 0);  // waiting in the broker's delay levels, not in the queue
+
+    auto consumer = broker->consume({.queues = {q}, .prefetch = 10, .name = "delay-test"});
+    ASSERT_TRUE(consumer) << consumer.error().message;
+    std::map<std::string, double> arrived;  // id -> seconds after enqueue
+    auto deadline = std::chrono::steady_clock::now() + 15s;
+    while (arrived.size() < 2 && std::chrono::steady_clock::now() < deadline) {
+        auto got = (*consumer)->fetch(10, 200ms);
+        ASSERT_TRUE(got);
+        std::vector<Settlement> acks;
+        for (auto& d : *got) {
+            arrived[d.message_id] = std::chrono::duration<double>(SystemClock::now() - t0).count();
+            acks.push_back(Settlement{.kind = Settlement::Kind::ack, .tag = d.tag});
+        }
+        ASSERT_TRUE((*consumer)->settle(acks));
+    }
+    ASSERT_EQ(arrived.size(), 2u);
+    EXPECT_GE(arrived["one-" + q], 1.0);
+    EXPECT_LE(arrived["one-" + q], 2.5);
+    EXPECT_GE(arrived["five-" + q], 5.0);
+    EXPECT_LE(arrived["five-" + q], 6.5);
+}
+
+TEST(AmqpEngine, FortySecondDelayCrossesSeveralLevelsAndArrivesOnTime) {
+    auto q = unique_name("delayed40");
+    auto broker = open_with(queues({q}));
+    Client client(broker);
+    auto t0 = SystemClock::now();
+    ASSERT_TRUE(client.enqueue("t.forty", Json::array(), Json::object(),
+                               {.queue = q, .countdown = 40000ms}));
+    auto consumer = broker->consume({.queues = {q}, .prefetch = 1, .name = "delay40"});
+    ASSERT_TRUE(consumer);
+    std::optional<double> at;
+    auto deadline = std::chrono::steady_clock::now() + 60s;
+    while (!at && std::chrono::steady_clock::now() < deadline) {
+        auto got = (*consumer)->fetch(1, 500ms);
+        ASSERT_TRUE(got);
+        if (!got->empty()) {
+            at = std::chrono::duration<double>(SystemClock::now() - t0).count();
+            std::vector<Settlement> acks{{.kind = Settlement::Kind::ack, .tag = got->front().tag}};
+            ASSERT_TRUE((*consumer)->settle(acks));
+        }
+    }
+    ASSERT_TRUE(at);
+    EXPECT_GE(*at, 40.0);
+    EXPECT_LE(*at, 41.5);
+}
+
+TEST(AmqpEngine, FailingTaskRetriesWithBackoffThenDeadLettersWithItsReason) {
+    auto q = unique_name("retry");
+    auto broker = open_with(queues({q}));
+    Client client(broker);
+    std::atomic<int> attempts{0};
+    std::atomic<bool> healthy{false};
+    auto opts = options_for({q}, 2);
+    opts.default_retry =
+        RetryPolicy{.max_retries = 2, .backoff_base = 1, .backoff_max = 1, .jitter = false};
+    BackgroundWorker w(broker, opts);
+    w.worker.handle("t.flaky", [&](TaskContext&) -> Json {
+        attempts++;
+        if (!healthy) throw std::runtime_error("inventory service down");
+        return "ok";
+    });
+    w.start();
+    auto id = client.enqueue("t.flaky", Json::array(), Json::object(), {.queue = q});
+    ASSERT_TRUE(id);
+    std::vector<DeadLetter> dead;
+    ASSERT_TRUE(eventually(
+        [&] {
+            auto d = broker->dead_letters(q, 10);
+            if (d) dead = *d;
+            return dead.size() == 1;
+        },
+        20s));
+    EXPECT_EQ(attempts.load(), 3);  // first run and two retries, each after a 1 s backoff
+    EXPECT_EQ(dead[0].message_id, *id);
+    EXPECT_NE(dead[0].reason.find("failed after 2 retries"), std::string::npos) << dead[0].reason;
+    EXPECT_NE(dead[0].reason.find("inventory service down"), std::string::npos);
+    // Listing does not consume: it is still there.
+    EXPECT_EQ(stats_of(*broker, q).dead, 1);
+
+    healthy = true;
+    auto n = broker->replay_dead(q, {});
+    ASSERT_TRUE(n) << n.error().message;
+    EXPECT_EQ(*n, 1u);
+    ASSERT_TRUE(eventually([&] { return attempts.load() == 4; }, 10s));
+    EXPECT_EQ(stats_of(*broker, q).dead, 0);
+}
+
+TEST(AmqpEngine, MalformedMessageIsDeadLetteredWithTheReasonAndTheWorkerCarriesOn) {
+    auto q = unique_name("malformed");
+    auto broker = open_with(queues({q}));
+    OutgoingMessage bad{.queue = q};
+    bad.envelope.headers = {{"id", "bad-" + q}, {"task", "t.ok"}};
+    bad.envelope.body = "\xff\xfe not json";
+    bad.envelope.content_type = "application/json";
+    ASSERT_TRUE(broker->publish(std::span(&bad, 1)));
+    std::atomic<int> ran{0};
+    BackgroundWorker w(broker, options_for({q}, 1));
+    w.worker.handle("t.ok", [&](TaskContext&) -> Json { return ++ran; });
+    w.start();
+    Client client(broker);
+    ASSERT_TRUE(client.enqueue("t.ok", Json::array(), Json::object(), {.queue = q}));
+    ASSERT_TRUE(eventually([&] { return ran.load() == 1; }, 10s));
+    std::vector<DeadLetter> dead;
+    ASSERT_TRUE(eventually(
+        [&] {
+            auto d = broker->dead_letters(q, 10);
+            if (d) dead = *d;
+            return dead.size() == 1;
+        },
+        10s));
+    EXPECT_EQ(dead[0].message_id, "bad-" + q);
+    EXPECT_NE(dead[0].reason.find("malformed"), std::string::npos) << dead[0].reason;
+    EXPECT_EQ(dead[0].envelope.body, "\xff\xfe not json");  // kept byte for byte
+    auto purged = broker->purge_dead(q);
+    ASSERT_TRUE(purged);
+    EXPECT_EQ(*purged, 1u);
+}
+
+TEST(AmqpEngine, HigherPriorityTasksAreDeliveredFirst) {
+    auto q = unique_name("prio");
+    Topology t;
+    t.queues.push_back(QueueSpec{.name = q, .max_priority = 10});
+    auto broker = open_with(t);
+    Client client(broker);
+    for (int i = 0; i < 20; ++i)
+        ASSERT_TRUE(
+            client.enqueue("t.low", Json::array(), Json::object(), {.queue = q, .priority = 1}));
+    auto urgent =
+        client.enqueue("t.urgent", Json::array(), Json::object(), {.queue = q, .priority = 9});
+    ASSERT_TRUE(urgent);
+    auto consumer = broker->consume({.queues = {q}, .prefetch = 1, .name = "prio"});
+    ASSERT_TRUE(consumer);
+    std::vector<Delivery> got;
+    ASSERT_TRUE(eventually(
+        [&] {
+            auto r = (*consumer)->fetch(1, 100ms);
+            if (r && !r->empty()) got = *r;
+            return !got.empty();
+        },
+        5s));
+    EXPECT_EQ(got[0].message_id, *urgent);
+}
+
+TEST(AmqpEngine, ConflictingDeclarationNamesTheQueueAndTheArgument) {
+    auto q = unique_name("conflict");
+    Topology a;
+    a.queues.push_back(QueueSpec{.name = q, .max_priority = 5});
+    auto broker = open_with(a);
+    ASSERT_TRUE(broker->declare_topology());
+    ASSERT_TRUE(broker->declare_topology());  // idempotent
+    Topology b;
+    b.queues.push_back(QueueSpec{.name = q, .max_priority = 10});
+    auto other = open_with(b);
+    auto r = other->declare_topology();
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code, Errc::conflict);
+    EXPECT_NE(r.error().message.find(q), std::string::npos) << r.error().message;
+    EXPECT_NE(r.error().message.find("x-max-priority"), std::string::npos) << r.error().message;
+    EXPECT_EQ(std::count(r.error().message.begin(), r.error().message.end(), '\n'), 0);
+}
+
+TEST(AmqpEngine, OrderedQueueRunsEachKeyInOrderAndKeysInParallel) {
+    auto q = unique_name("ledger");
+    Topology t;
+    t.queues.push_back(QueueSpec{.name = q, .partitions = 4});
+    auto broker = open_with(t);
+    Client client(broker);
+    const int keys = 8, per_key = 25;
+    std::vector<TaskMessage> batch;
+    for (int s = 0; s < per_key; ++s)
+        for (int k = 0; k < keys; ++k) {
+            ASSERT_TRUE(
+                client.enqueue("t.post", {k, s}, Json::object(),
+                               {.queue = q, .ordering_key = "customer-" + std::to_string(k)}));
+        }
+    std::mutex mu;
+    std::map<int, std::vector<int>> order;
+    std::map<int, int> running;
+    int overlap = 0, max_parallel = 0, now_running = 0;
+    std::vector<std::unique_ptr<BackgroundWorker>> workers;
+    for (int i = 0; i < 2; ++i) {
+        auto w = std::make_unique<BackgroundWorker>(open_with(t), options_for({q}, 4));
+        w->worker.handle("t.post", [&](TaskContext& c) -> Json {
+            int k = c.args()[0].get<int>();
+            {
+                std::lock_guard lk(mu);
+                if (running[k]++ > 0) overlap++;
+                max_parallel = std::max(max_parallel, ++now_running);
+                order[k].push_back(c.args()[1].get<int>());
+            }
+            std::this_thread::sleep_for(2ms);
+            std::lock_guard lk(mu);
+            running[k]--;
+            now_running--;
+            return nullptr;
+        });
+        w->start();
+        workers.push_back(std::move(w));
+    }
+    ASSERT_TRUE(eventually(
+        [&] {
+            std::lock_guard lk(mu);
+            std::size_t n = 0;
+            for (auto& [k, v] : order) n += v.size();
+            return n == std::size_t(keys * per_key);
+        },
+        60s));
+    std::lock_guard lk(mu);
+    EXPECT_EQ(overlap, 0);
+    EXPECT_GT(max_parallel, 1);
+    for (auto& [k, v] : order) {
+        ASSERT_EQ(v.size(), std::size_t(per_key)) << "key " << k;
+        for (int s = 0; s < per_key; ++s) EXPECT_EQ(v[std::size_t(s)], s) << "key " << k;
+    }
+}
+
+TEST(AmqpEngine, FailingKeyedTaskRetriesInPlaceSoLaterTasksOfItsKeyWait) {
+    auto q = unique_name("ordered-retry");
+    Topology t;
+    t.queues.push_back(QueueSpec{.name = q, .partitions = 2});
+    auto broker = open_with(t);
+    Client client(broker);
+    for (int s = 0; s < 5; ++s)
+        ASSERT_TRUE(client.enqueue("t.step", {s}, Json::object(),
+                                   {.queue = q, .ordering_key = "account-1"}));
+    std::mutex mu;
+    std::vector<int> order;
+    int failures_left = 2;
+    auto opts = options_for({q}, 4);
+    opts.default_retry =
+        RetryPolicy{.max_retries = 5, .backoff_base = 0.2, .backoff_max = 0.2, .jitter = false};
+    BackgroundWorker w(broker, opts);
+    w.worker.handle("t.step", [&](TaskContext& c) -> Json {
+        std::lock_guard lk(mu);
+        int s = c.args()[0].get<int>();
+        if (s == 1 && failures_left-- > 0) throw std::runtime_error("not yet");
+        order.push_back(s);
+        return nullptr;
+    });
+    w.start();
+    ASSERT_TRUE(eventually(
+        [&] {
+            std::lock_guard lk(mu);
+            return order.size() == 5;
+        },
+        20s));
+    std::lock_guard lk(mu);
+    EXPECT_EQ(order, (std::vector<int>{0, 1, 2, 3, 4}));
+}
+
+TEST(AmqpEngine, DeletedDestinationDoesNotBlockTheDelayLevels) {
+    auto gone = unique_name("gone");
+    auto stays = unique_name("stays");
+    auto broker = open_with(queues({gone, stays}));
+    auto before = stats_of(*broker, "(delayed, all queues)").dead;
+    Client client(broker);
+    ASSERT_TRUE(
+        client.enqueue("t.a", Json::array(), Json::object(), {.queue = gone, .countdown = 1000ms}));
+    ASSERT_TRUE(client.enqueue("t.b", Json::array(), Json::object(),
+                               {.queue = stays, .countdown = 2000ms}));
+    // Delete the first destination while its task waits in the delay levels.
+    testsupport::run({CONVEYOR_SOURCE_DIR "/scripts/rabbitmq-node.sh", "ctl",
+                      std::string(std::getenv("CONVEYOR_TEST_RABBITMQ_DIR")
+                                      ? std::getenv("CONVEYOR_TEST_RABBITMQ_DIR")
+                                      : ""),
+                      "delete_queue", gone});
+    ASSERT_TRUE(eventually([&] { return stats_of(*broker, stays).ready == 1; }, 10s));
+    // The orphan is kept in the unroutable store rather than dropped or stuck.
+    EXPECT_TRUE(eventually(
+        [&] { return stats_of(*broker, "(delayed, all queues)").dead == before + 1; }, 5s));
+}
+
+TEST(AmqpEngine, WrongPasswordIsOneClearSentence) {
+    auto url = shared_rabbitmq_url();
+    auto at = url.find('@');
+    auto bad = "amqp://guest:wrong" + url.substr(at);
+    auto b = Broker::open(bad);
+    ASSERT_FALSE(b);
+    EXPECT_EQ(b.error().code, Errc::invalid_argument);
+    EXPECT_NE(b.error().message.find("guest"), std::string::npos) << b.error().message;
+}
+
+TEST(AmqpEngine, UnreachableBrokerIsUnavailable) {
+    auto b = Broker::open("amqp://guest:guest@127.0.0.1:1/?connect_timeout=2");
+    ASSERT_FALSE(b);
+    EXPECT_EQ(b.error().code, Errc::unavailable);
+    EXPECT_NE(b.error().message.find("127.0.0.1:1"), std::string::npos) << b.error().message;
+}

@@ -1,0 +1,64 @@
+#pragma once
+// Test helpers: private RabbitMQ nodes started through scripts/rabbitmq-node.sh (own node name,
+// data directory, port mapper and free loopback ports).
+
+#include <cstdlib>
+#include <string>
+
+#include "support/process.hpp"
+
+namespace testsupport {
+
+/// A node of its own, for tests that stop, kill or restart the broker.
+class RabbitNode {
+  public:
+    RabbitNode() { start(); }
+    ~RabbitNode() { stop(); }
+    RabbitNode(const RabbitNode&) = delete;
+    RabbitNode& operator=(const RabbitNode&) = delete;
+
+    /// Starts (or restarts, same ports and data) the node; returns false when it did not come up.
+    bool start() {
+        auto [rc, out] = script("start");
+        if (rc != 0) return false;
+        url_ = out.substr(0, out.find('\n'));
+        return true;
+    }
+    void stop() { script("stop"); }
+    /// SIGKILL, as a crash would.
+    void kill() { script("kill"); }
+    const std::string& url() const { return url_; }
+    std::string dir() const { return dir_.path().string(); }
+
+  private:
+    std::pair<int, std::string> script(const std::string& cmd) {
+        return run({CONVEYOR_SOURCE_DIR "/scripts/rabbitmq-node.sh", cmd, dir_.file("node")}, {},
+                   {}, std::chrono::seconds(120));
+    }
+    TempDir dir_;
+    std::string url_;
+};
+
+/// The suite's shared node: the one the ctest fixture started (CONVEYOR_TEST_RABBITMQ_DIR), or
+/// one this process starts for itself when run by hand.
+inline const std::string& shared_rabbitmq_url() {
+    static std::string url = [] {
+        if (const char* dir = std::getenv("CONVEYOR_TEST_RABBITMQ_DIR"); dir && *dir) {
+            std::string u = read_file(std::string(dir) + "/url");
+            if (auto nl = u.find('\n'); nl != std::string::npos) u.resize(nl);
+            if (!u.empty()) return u;
+        }
+        static RabbitNode* own = new RabbitNode();  // lives until exit
+        std::atexit([] { own->stop(); });
+        return own->url();
+    }();
+    return url;
+}
+
+/// A name no other test uses, so tests can share one node.
+inline std::string unique_name(const std::string& prefix) {
+    static int n = 0;
+    return prefix + "-" + std::to_string(getpid()) + "-" + std::to_string(++n);
+}
+
+}  // namespace testsupport
