@@ -1,6 +1,7 @@
 // The amqp engine against a real RabbitMQ node (the suite's shared node; names are unique per
 // test).
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -456,4 +457,53 @@ TEST(AmqpEngine, UnreachableBrokerIsUnavailable) {
     ASSERT_FALSE(b);
     EXPECT_EQ(b.error().code, Errc::unavailable);
     EXPECT_NE(b.error().message.find("127.0.0.1:1"), std::string::npos) << b.error().message;
+}
+
+TEST(AmqpCli, TopologyApplyDeclaresTheConfigAndReportsAConflictInOneSentence) {
+    testsupport::TempDir dir;
+    auto ex = unique_name("cli-orders");
+    auto q = unique_name("cli-billing");
+    testsupport::write_file(dir.file("a.toml"), fmt::format(R"(
+[[exchange]]
+name = "{0}"
+type = "fanout"
+[[queue]]
+name = "{1}"
+max_priority = 5
+[[binding]]
+exchange = "{0}"
+queue = "{1}"
+)",
+                                                            ex, q));
+    auto url = shared_rabbitmq_url();
+    auto [rc, out] = testsupport::run(
+        {CONVEYOR_CLI, "--broker", url, "--config", dir.file("a.toml"), "topology", "apply"});
+    EXPECT_EQ(rc, 0) << out;
+    EXPECT_NE(out.find("declared 1 exchange(s), 1 queue(s), 1 binding(s)"), std::string::npos)
+        << out;
+    auto [rc2, out2] =
+        testsupport::run({CONVEYOR_CLI, "--broker", url, "--config", dir.file("a.toml"), "enqueue",
+                          "order.created", "--exchange", ex});
+    EXPECT_EQ(rc2, 0) << out2;
+    auto [rc3, out3] = testsupport::run(
+        {CONVEYOR_CLI, "--broker", url, "--config", dir.file("a.toml"), "--json", "queues"});
+    EXPECT_EQ(rc3, 0) << out3;
+    auto j = Json::parse(out3, nullptr, false);
+    ASSERT_TRUE(j.is_array()) << out3;
+    bool found = false;
+    for (auto& row : j)
+        if (row["queue"] == q) {
+            found = true;
+            EXPECT_EQ(row["ready"], 1);
+        }
+    EXPECT_TRUE(found) << out3;
+
+    testsupport::write_file(dir.file("b.toml"),
+                            fmt::format("[[queue]]\nname = \"{}\"\nmax_priority = 9\n", q));
+    auto [rc4, out4] = testsupport::run(
+        {CONVEYOR_CLI, "--broker", url, "--config", dir.file("b.toml"), "topology", "apply"});
+    EXPECT_EQ(rc4, 2) << out4;
+    EXPECT_NE(out4.find(q), std::string::npos) << out4;
+    EXPECT_NE(out4.find("x-max-priority"), std::string::npos) << out4;
+    EXPECT_EQ(std::count(out4.begin(), out4.end(), '\n'), 1) << out4;
 }
