@@ -3,7 +3,7 @@
 BUILD ?= build
 JOBS ?= 2
 
-.PHONY: all deps test-deps build demo test unit system bench format clean
+.PHONY: all deps test-deps build demo test unit integration system bench format clean
 
 all: build
 
@@ -26,7 +26,10 @@ test: test-deps build
 unit: build
 	ctest --test-dir $(BUILD) -L unit --output-on-failure -j $(JOBS)
 
-system: build
+integration: test-deps build
+	ctest --test-dir $(BUILD) -L integration --output-on-failure -j $(JOBS)
+
+system: test-deps build
 	ctest --test-dir $(BUILD) -L system --output-on-failure -j $(JOBS)
 
 bench: test-deps build
