@@ -3,7 +3,8 @@
 # port mapper and free loopback ports, so it never touches a system broker.
 #
 #   scripts/rabbitmq-node.sh start DIR    start (or restart, reusing DIR's ports and data);
-#                                         prints the AMQP URL and writes it to DIR/url
+#                                         prints the AMQP URL and writes it to DIR/url, and the
+#                                         TLS listener's amqps URL (own CA) to DIR/tls_url
 #   scripts/rabbitmq-node.sh fresh DIR    stop whatever ran in DIR, wipe it, start a new node
 #   scripts/rabbitmq-node.sh stop DIR     stop the node and its port mapper; keeps the data
 #   scripts/rabbitmq-node.sh kill DIR     SIGKILL the node (a crash); keeps the data
@@ -27,9 +28,9 @@ free_port() {
 mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
 if [ ! -f "$dir/ports" ]; then
-  echo "$(free_port) $(free_port) $(free_port) conveyor-$$-$RANDOM" > "$dir/ports"
+  echo "$(free_port) $(free_port) $(free_port) conveyor-$$-$RANDOM $(free_port)" > "$dir/ports"
 fi
-read -r amqp_port dist_port epmd_port name < "$dir/ports"
+read -r amqp_port dist_port epmd_port name tls_port < "$dir/ports"
 node="$name@localhost"
 
 # Running the node as the invoking user (root included) keeps every file it writes in DIR.
@@ -45,8 +46,27 @@ ctl() { "$rmq/rabbitmqctl" -n "$node" "$@"; }
 case "$cmd" in
   start)
     echo '[rabbitmq_consistent_hash_exchange].' > "$dir/enabled_plugins"
+    if [ ! -f "$dir/tls/server.pem" ]; then
+      # A throwaway CA and a server certificate for 127.0.0.1, for the TLS listener.
+      mkdir -p "$dir/tls"
+      (cd "$dir/tls" &&
+        openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 30 \
+          -subj "/CN=conveyor-test-ca" &&
+        openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr \
+          -subj "/CN=localhost" &&
+        printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' > san.ext &&
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+          -out server.pem -days 30 -extfile san.ext) > "$dir/tls/openssl.log" 2>&1
+      chmod 644 "$dir/tls/"*
+    fi
     cat > "$dir/rabbitmq.conf" <<EOF
 listeners.tcp.1 = 127.0.0.1:$amqp_port
+listeners.ssl.1 = 127.0.0.1:$tls_port
+ssl_options.cacertfile = $dir/tls/ca.pem
+ssl_options.certfile = $dir/tls/server.pem
+ssl_options.keyfile = $dir/tls/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
 loopback_users = none
 log.console = false
 log.file.level = warning
@@ -61,6 +81,7 @@ EOF
       fi
       sleep 0.5
     done
+    echo "amqps://guest:guest@localhost:$tls_port/?cacert=$dir/tls/ca.pem" > "$dir/tls_url"
     echo "amqp://guest:guest@127.0.0.1:$amqp_port/" > "$dir/url"
     cat "$dir/url"
     ;;

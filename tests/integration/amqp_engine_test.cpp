@@ -9,6 +9,7 @@
 #include <mutex>
 #include <thread>
 
+#include "broker/amqp/amqp_connection.hpp"
 #include "conveyor/broker.hpp"
 #include "conveyor/client.hpp"
 #include "conveyor/worker.hpp"
@@ -425,18 +426,29 @@ TEST(AmqpEngine, DeletedDestinationDoesNotBlockTheDelayLevels) {
     auto stays = unique_name("stays");
     auto broker = open_with(queues({gone, stays}));
     auto before = stats_of(*broker, "(delayed, all queues)").dead;
+    auto tstart = std::chrono::steady_clock::now();
     Client client(broker);
     ASSERT_TRUE(
-        client.enqueue("t.a", Json::array(), Json::object(), {.queue = gone, .countdown = 1000ms}));
+        client.enqueue("t.a", Json::array(), Json::object(), {.queue = gone, .countdown = 2000ms}));
     ASSERT_TRUE(client.enqueue("t.b", Json::array(), Json::object(),
-                               {.queue = stays, .countdown = 2000ms}));
+                               {.queue = stays, .countdown = 3000ms}));
     // Delete the first destination while its task waits in the delay levels.
-    testsupport::run({CONVEYOR_SOURCE_DIR "/scripts/rabbitmq-node.sh", "ctl",
-                      std::string(std::getenv("CONVEYOR_TEST_RABBITMQ_DIR")
-                                      ? std::getenv("CONVEYOR_TEST_RABBITMQ_DIR")
-                                      : ""),
-                      "delete_queue", gone});
-    ASSERT_TRUE(eventually([&] { return stats_of(*broker, stays).ready == 1; }, 10s));
+    auto opts = amqp::parse_connection_options(*detail::parse_broker_url(shared_rabbitmq_url()));
+    ASSERT_TRUE(opts);
+    auto admin = amqp::Connection::open(*opts, "test-admin");
+    ASSERT_TRUE(admin) << admin.error().message;
+    ASSERT_TRUE((*admin)->delete_queue(gone));
+    auto consumer = broker->consume({.queues = {stays}, .prefetch = 1, .name = "stays"});
+    ASSERT_TRUE(consumer);
+    std::vector<Delivery> got;
+    ASSERT_TRUE(eventually(
+        [&] {
+            auto r = (*consumer)->fetch(1, 100ms);
+            if (r && !r->empty()) got = *r;
+            return !got.empty();
+        },
+        10s));
+    EXPECT_GE(std::chrono::steady_clock::now() - tstart, 3s);  // its own delay, unaffected
     // The orphan is kept in the unroutable store rather than dropped or stuck.
     EXPECT_TRUE(eventually(
         [&] { return stats_of(*broker, "(delayed, all queues)").dead == before + 1; }, 5s));
@@ -450,6 +462,34 @@ TEST(AmqpEngine, WrongPasswordIsOneClearSentence) {
     ASSERT_FALSE(b);
     EXPECT_EQ(b.error().code, Errc::invalid_argument);
     EXPECT_NE(b.error().message.find("guest"), std::string::npos) << b.error().message;
+}
+
+TEST(AmqpEngine, TlsConnectionVerifiesTheServerAndCarriesTasks) {
+    auto url = testsupport::shared_rabbitmq_tls_url();
+    ASSERT_EQ(url.rfind("amqps://", 0), 0u) << url;
+    auto q = unique_name("tls");
+    auto b = Broker::open(url);
+    ASSERT_TRUE(b) << b.error().message;
+    ASSERT_TRUE((*b)->set_topology(queues({q})));
+    Client client(*b);
+    auto id = client.enqueue("t.secure", {1}, Json::object(), {.queue = q});
+    ASSERT_TRUE(id) << id.error().message;
+    auto consumer = (*b)->consume({.queues = {q}, .prefetch = 1, .name = "tls"});
+    ASSERT_TRUE(consumer) << consumer.error().message;
+    std::vector<Delivery> got;
+    ASSERT_TRUE(eventually(
+        [&] {
+            auto r = (*consumer)->fetch(1, 100ms);
+            if (r && !r->empty()) got = *r;
+            return !got.empty();
+        },
+        5s));
+    EXPECT_EQ(got[0].message_id, *id);
+
+    // Without the CA the server's certificate is not trusted.
+    auto untrusted = Broker::open(url.substr(0, url.find('?')));
+    ASSERT_FALSE(untrusted);
+    EXPECT_EQ(untrusted.error().code, Errc::unavailable) << untrusted.error().message;
 }
 
 TEST(AmqpEngine, UnreachableBrokerIsUnavailable) {

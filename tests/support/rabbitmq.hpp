@@ -28,7 +28,8 @@ class RabbitNode {
     /// SIGKILL, as a crash would.
     void kill() { script("kill"); }
     const std::string& url() const { return url_; }
-    std::string dir() const { return dir_.path().string(); }
+    /// The node's state directory (url, tls_url, tls/ca.pem, ...).
+    std::string dir() const { return dir_.file("node"); }
 
   private:
     std::pair<int, std::string> script(const std::string& cmd) {
@@ -39,19 +40,34 @@ class RabbitNode {
     std::string url_;
 };
 
-/// The suite's shared node: the one the ctest fixture started (CONVEYOR_TEST_RABBITMQ_DIR), or
-/// one this process starts for itself when run by hand.
-inline const std::string& shared_rabbitmq_url() {
-    static std::string url = [] {
-        if (const char* dir = std::getenv("CONVEYOR_TEST_RABBITMQ_DIR"); dir && *dir) {
-            std::string u = read_file(std::string(dir) + "/url");
-            if (auto nl = u.find('\n'); nl != std::string::npos) u.resize(nl);
-            if (!u.empty()) return u;
-        }
+/// The state directory of the suite's shared node: the one the ctest fixture started
+/// (CONVEYOR_TEST_RABBITMQ_DIR), or one this process starts for itself when run by hand.
+inline const std::string& shared_rabbitmq_dir() {
+    static std::string dir = [] {
+        if (const char* d = std::getenv("CONVEYOR_TEST_RABBITMQ_DIR"); d && *d)
+            return std::string(d);
         static RabbitNode* own = new RabbitNode();  // lives until exit
         std::atexit([] { own->stop(); });
-        return own->url();
+        return own->dir();
     }();
+    return dir;
+}
+
+inline std::string first_line(const std::string& path) {
+    std::string u = read_file(path);
+    if (auto nl = u.find('\n'); nl != std::string::npos) u.resize(nl);
+    return u;
+}
+
+/// The shared node's amqp:// URL.
+inline const std::string& shared_rabbitmq_url() {
+    static std::string url = first_line(shared_rabbitmq_dir() + "/url");
+    return url;
+}
+
+/// The shared node's amqps:// URL (TLS listener, the node's own CA as `cacert`).
+inline const std::string& shared_rabbitmq_tls_url() {
+    static std::string url = first_line(shared_rabbitmq_dir() + "/tls_url");
     return url;
 }
 
