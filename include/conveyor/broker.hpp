@@ -95,7 +95,8 @@ class Consumer {
     /// means nothing was ready in time.
     [[nodiscard]] virtual Result<std::vector<Delivery>> fetch(std::size_t max,
                                                               std::chrono::milliseconds wait) = 0;
-    /// Settles deliveries; sqlite commits them in one transaction (group commit).
+    /// Settles deliveries; sqlite commits them in one transaction (group commit). May move the
+    /// settlements' envelopes out.
     [[nodiscard]] virtual Result<void> settle(std::span<Settlement> settlements) = 0;
     /// Extends the leases of every unsettled delivery (no-op where leases do not exist).
     [[nodiscard]] virtual Result<void> renew() = 0;

@@ -55,6 +55,33 @@ struct BackgroundWorker {
     }
 };
 
+/// The first delivery that arrives within `timeout`.
+std::optional<Delivery> next_delivery(Consumer& consumer, std::chrono::milliseconds timeout) {
+    std::optional<Delivery> got;
+    eventually(
+        [&] {
+            auto r = consumer.fetch(1, 100ms);
+            if (r && !r->empty()) got = std::move(r->front());
+            return got.has_value();
+        },
+        timeout);
+    return got;
+}
+
+/// The queue's dead letters once there are `n` of them (or what there is at the deadline).
+std::vector<DeadLetter> dead_letters_once(Broker& broker, const std::string& queue, std::size_t n,
+                                          std::chrono::milliseconds timeout) {
+    std::vector<DeadLetter> dead;
+    eventually(
+        [&] {
+            auto d = broker.dead_letters(queue, 10);
+            if (d) dead = *d;
+            return dead.size() == n;
+        },
+        timeout);
+    return dead;
+}
+
 WorkerOptions options_for(std::vector<std::string> qs, int concurrency = 4) {
     WorkerOptions o;
     o.queues = std::move(qs);
@@ -235,14 +262,8 @@ TEST(AmqpEngine, FailingTaskRetriesWithBackoffThenDeadLettersWithItsReason) {
     w.start();
     auto id = client.enqueue("t.flaky", Json::array(), Json::object(), {.queue = q});
     ASSERT_TRUE(id);
-    std::vector<DeadLetter> dead;
-    ASSERT_TRUE(eventually(
-        [&] {
-            auto d = broker->dead_letters(q, 10);
-            if (d) dead = *d;
-            return dead.size() == 1;
-        },
-        20s));
+    auto dead = dead_letters_once(*broker, q, 1, 20s);
+    ASSERT_EQ(dead.size(), 1u);
     EXPECT_EQ(attempts.load(), 3);  // first run and two retries, each after a 1 s backoff
     EXPECT_EQ(dead[0].message_id, *id);
     EXPECT_NE(dead[0].reason.find("failed after 2 retries"), std::string::npos) << dead[0].reason;
@@ -273,14 +294,8 @@ TEST(AmqpEngine, MalformedMessageIsDeadLetteredWithTheReasonAndTheWorkerCarriesO
     Client client(broker);
     ASSERT_TRUE(client.enqueue("t.ok", Json::array(), Json::object(), {.queue = q}));
     ASSERT_TRUE(eventually([&] { return ran.load() == 1; }, 10s));
-    std::vector<DeadLetter> dead;
-    ASSERT_TRUE(eventually(
-        [&] {
-            auto d = broker->dead_letters(q, 10);
-            if (d) dead = *d;
-            return dead.size() == 1;
-        },
-        10s));
+    auto dead = dead_letters_once(*broker, q, 1, 10s);
+    ASSERT_EQ(dead.size(), 1u);
     EXPECT_EQ(dead[0].message_id, "bad-" + q);
     EXPECT_NE(dead[0].reason.find("malformed"), std::string::npos) << dead[0].reason;
     EXPECT_EQ(dead[0].envelope.body, "\xff\xfe not json");  // kept byte for byte
@@ -303,15 +318,9 @@ TEST(AmqpEngine, HigherPriorityTasksAreDeliveredFirst) {
     ASSERT_TRUE(urgent);
     auto consumer = broker->consume({.queues = {q}, .prefetch = 1, .name = "prio"});
     ASSERT_TRUE(consumer);
-    std::vector<Delivery> got;
-    ASSERT_TRUE(eventually(
-        [&] {
-            auto r = (*consumer)->fetch(1, 100ms);
-            if (r && !r->empty()) got = *r;
-            return !got.empty();
-        },
-        5s));
-    EXPECT_EQ(got[0].message_id, *urgent);
+    auto got = next_delivery(**consumer, 5s);
+    ASSERT_TRUE(got);
+    EXPECT_EQ(got->message_id, *urgent);
 }
 
 TEST(AmqpEngine, ConflictingDeclarationNamesTheQueueAndTheArgument) {
@@ -440,14 +449,8 @@ TEST(AmqpEngine, DeletedDestinationDoesNotBlockTheDelayLevels) {
     ASSERT_TRUE((*admin)->delete_queue(gone));
     auto consumer = broker->consume({.queues = {stays}, .prefetch = 1, .name = "stays"});
     ASSERT_TRUE(consumer);
-    std::vector<Delivery> got;
-    ASSERT_TRUE(eventually(
-        [&] {
-            auto r = (*consumer)->fetch(1, 100ms);
-            if (r && !r->empty()) got = *r;
-            return !got.empty();
-        },
-        10s));
+    auto got = next_delivery(**consumer, 10s);
+    ASSERT_TRUE(got);
     EXPECT_GE(std::chrono::steady_clock::now() - tstart, 3s);  // its own delay, unaffected
     // The orphan is kept in the unroutable store rather than dropped or stuck.
     EXPECT_TRUE(eventually(
@@ -476,15 +479,9 @@ TEST(AmqpEngine, TlsConnectionVerifiesTheServerAndCarriesTasks) {
     ASSERT_TRUE(id) << id.error().message;
     auto consumer = (*b)->consume({.queues = {q}, .prefetch = 1, .name = "tls"});
     ASSERT_TRUE(consumer) << consumer.error().message;
-    std::vector<Delivery> got;
-    ASSERT_TRUE(eventually(
-        [&] {
-            auto r = (*consumer)->fetch(1, 100ms);
-            if (r && !r->empty()) got = *r;
-            return !got.empty();
-        },
-        5s));
-    EXPECT_EQ(got[0].message_id, *id);
+    auto got = next_delivery(**consumer, 5s);
+    ASSERT_TRUE(got);
+    EXPECT_EQ(got->message_id, *id);
 
     // Without the CA the server's certificate is not trusted.
     auto untrusted = Broker::open(url.substr(0, url.find('?')));

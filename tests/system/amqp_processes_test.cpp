@@ -41,13 +41,26 @@ std::vector<std::string> fields(const std::string& line) {
     return out;
 }
 
+/// Writes `toml` to DIR/conveyor.toml and opens the node's broker with its topology.
+std::shared_ptr<Broker> broker_with_config(const RabbitNode& node, const TempDir& dir,
+                                           const std::string& toml) {
+    testsupport::write_file(dir.file("conveyor.toml"), toml);
+    auto cfg = load_config(dir.file("conveyor.toml"));
+    EXPECT_TRUE(cfg) << cfg.error().message;
+    auto broker = Broker::open(node.url());
+    EXPECT_TRUE(broker) << broker.error().message;
+    auto ok = (*broker)->set_topology(cfg->topology());
+    EXPECT_TRUE(ok) << ok.error().message;
+    return *broker;
+}
+
 }  // namespace
 
 TEST(AmqpProcesses, TenThousandTasksFannedOutToThreeQueuesSurviveAWorkerKillAndABrokerRestart) {
     RabbitNode node;
     ASSERT_FALSE(node.url().empty());
     TempDir dir;
-    testsupport::write_file(dir.file("conveyor.toml"), R"(
+    auto broker = broker_with_config(node, dir, R"(
 [[exchange]]
 name = "orders"
 type = "fanout"
@@ -61,10 +74,6 @@ queue = "billing"
 exchange = "orders"
 queue = "shipping"
 )");
-    auto cfg = load_config(dir.file("conveyor.toml"));
-    ASSERT_TRUE(cfg) << cfg.error().message;
-    auto broker = *Broker::open(node.url());
-    ASSERT_TRUE(broker->set_topology(cfg->topology()));
     ASSERT_TRUE(broker->declare_topology());
     Client client(broker);
     const int n = 10000;
@@ -124,15 +133,11 @@ TEST(AmqpProcesses, OrderedQueueFailsOverToAnotherWorkerAndKeepsEachKeyInOrder) 
     RabbitNode node;
     ASSERT_FALSE(node.url().empty());
     TempDir dir;
-    testsupport::write_file(dir.file("conveyor.toml"), R"(
+    auto broker = broker_with_config(node, dir, R"(
 [[queue]]
 name = "ledger"
 partitions = 4
 )");
-    auto cfg = load_config(dir.file("conveyor.toml"));
-    ASSERT_TRUE(cfg);
-    auto broker = *Broker::open(node.url());
-    ASSERT_TRUE(broker->set_topology(cfg->topology()));
     Client client(broker);
     const int keys = 6, per_key = 40;
     for (int s = 0; s < per_key; ++s)

@@ -12,7 +12,7 @@ namespace {
 // Follows a routing key through the levels as RabbitMQ would: at each level the bit decides
 // between waiting in the level's queue (2^L seconds) and passing on.
 std::int64_t simulated_wait(const DelayRoute& r, std::string* destination) {
-    int start = std::stoi(r.exchange.substr(r.exchange.rfind('.') + 1));
+    int start = std::stoi(std::string(r.exchange.substr(r.exchange.rfind('.') + 1)));
     std::int64_t waited = 0;
     for (int level = start; level >= 0; --level) {
         char bit = r.routing_key[std::size_t(2 * (kDelayLevels - 1 - level))];

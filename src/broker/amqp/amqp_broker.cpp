@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <deque>
 #include <map>
 #include <mutex>
@@ -150,8 +151,12 @@ class Engine : public std::enable_shared_from_this<Engine> {
 
     /// The 28 delay levels, the delivery exchange and the unroutable store.
     Result<void> declare_delay_infrastructure(Connection& c) {
+        if (delay_ready_.load()) return {};
         // Declared last, so its presence means the rest exists.
-        if (c.declare_queue(kUnroutableQueue, Json::object(), true)) return {};
+        if (c.declare_queue(kUnroutableQueue, Json::object(), true)) {
+            delay_ready_ = true;
+            return {};
+        }
         Json level_args_base = Json::object();
         if (opts.delay_queue_type == "quorum") {
             level_args_base["x-queue-type"] = "quorum";
@@ -166,20 +171,18 @@ class Engine : public std::enable_shared_from_this<Engine> {
             !ok)
             return ok;
         for (int level = kDelayLevels - 1; level >= 0; --level) {
-            std::string name = delay_level_name(level);
-            std::string next =
-                level == 0 ? std::string(kDeliverExchange) : delay_level_name(level - 1);
+            std::string_view name = delay_level_name(level);
+            std::string_view next = level == 0 ? kDeliverExchange : delay_level_name(level - 1);
             if (auto ok = c.declare_exchange(name, "topic", true, Json::object()); !ok) return ok;
             Json args = level_args_base;
             args["x-message-ttl"] = (std::int64_t(1) << level) * 1000;
-            args["x-dead-letter-exchange"] = next;
+            args["x-dead-letter-exchange"] = std::string(next);
             if (auto ok = c.declare_queue(name, args); !ok) return std::unexpected(ok.error());
             if (auto ok = c.bind_queue(name, name, delay_binding_key(level, true)); !ok) return ok;
         }
         // Exchange-to-exchange bindings once every exchange exists.
         for (int level = kDelayLevels - 1; level >= 0; --level) {
-            std::string next =
-                level == 0 ? std::string(kDeliverExchange) : delay_level_name(level - 1);
+            std::string_view next = level == 0 ? kDeliverExchange : delay_level_name(level - 1);
             if (auto ok =
                     c.bind_exchange(next, delay_level_name(level), delay_binding_key(level, false));
                 !ok)
@@ -187,7 +190,9 @@ class Engine : public std::enable_shared_from_this<Engine> {
         }
         if (auto ok = c.declare_queue(kUnroutableQueue, Json::object()); !ok)
             return std::unexpected(ok.error());
-        return c.bind_queue(kUnroutableQueue, kUnroutableExchange, "");
+        if (auto ok = c.bind_queue(kUnroutableQueue, kUnroutableExchange, ""); !ok) return ok;
+        delay_ready_ = true;
+        return {};
     }
 
     /// Declares a queue (and its dead-letter queue, partitions, delay binding) once.
@@ -272,6 +277,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
     }
 
   private:
+    std::atomic<bool> delay_ready_{false};  // the delay levels exist on the broker
     std::mutex pool_mu_;
     std::vector<std::unique_ptr<Connection>> idle_;
     std::mutex topo_mu_;
@@ -316,11 +322,8 @@ Result<Wire> route(Engine& e, const OutgoingMessage& m, std::string& key_storage
     if (delay > 0) {
         auto r = delay_route(delay, m.queue);
         key_storage = std::move(r.routing_key);
-        // The level's name lives as long as the engine: keep it with the key.
-        key_storage = r.exchange + '\n' + key_storage;
-        auto nl = key_storage.find('\n');
-        w.exchange = std::string_view(key_storage).substr(0, nl);
-        w.routing_key = std::string_view(key_storage).substr(nl + 1);
+        w.exchange = r.exchange;
+        w.routing_key = key_storage;
         return w;
     }
     w.exchange = "";
@@ -524,7 +527,8 @@ class AmqpConsumer final : public Consumer {
         std::vector<std::uint64_t> acks, requeue;
         std::vector<Wire> wires;
         std::vector<std::uint64_t> wire_tags;  // delivery acked once its message is confirmed
-        std::deque<Envelope> envs;
+        std::deque<Envelope> envs;             // dead letters (deques: stable addresses)
+        std::deque<OutgoingMessage> retries;   // retries on their way to the delay levels
         std::deque<std::string> keys;
         auto now = SystemClock::now();
         for (auto& s : ss) {
@@ -539,38 +543,34 @@ class AmqpConsumer final : public Consumer {
                     requeue.push_back(tag);
                     break;
                 case Settlement::Kind::retry: {
-                    OutgoingMessage m;
-                    m.queue = unsettled_[tag];
-                    m.envelope = s.envelope;
-                    m.not_before = s.not_before;
-                    auto spec = e_->spec_of(m.queue);
-                    if (spec && spec->partitions > 0) {
+                    const std::string& queue = unsettled_[tag];
+                    if (auto spec = e_->spec_of(queue); spec && spec->partitions > 0) {
                         // Ordered queues keep their order: back to the head of the partition.
                         requeue.push_back(tag);
                         break;
                     }
-                    envs.push_back(std::move(m.envelope));
-                    m.envelope = envs.back();
+                    auto& m = retries.emplace_back();
+                    m.queue = queue;
+                    m.envelope = std::move(s.envelope);
+                    m.not_before = s.not_before;
                     auto w = route(*e_, m, keys.emplace_back());
                     if (!w) {
                         requeue.push_back(tag);
                         break;
                     }
-                    w->envelope = &envs.back();
                     wires.push_back(*w);
                     wire_tags.push_back(tag);
                     break;
                 }
                 case Settlement::Kind::dead_letter: {
-                    Envelope env = s.envelope;
+                    Envelope& env = envs.emplace_back(std::move(s.envelope));
                     env.headers[std::string(kReasonHeader)] = s.reason;
                     env.headers[std::string(kDeadAtHeader)] = detail::to_epoch_ms(now);
-                    envs.push_back(std::move(env));
                     keys.push_back(dead_queue(unsettled_[tag]));
                     Wire w;
                     w.exchange = "";
                     w.routing_key = keys.back();
-                    w.envelope = &envs.back();
+                    w.envelope = &env;
                     wires.push_back(w);
                     wire_tags.push_back(tag);
                     break;

@@ -404,16 +404,17 @@ Result<void> Connection::publish(std::span<const Wire> messages,
     std::optional<Error> failure;
     Pool pool;
 
+    std::size_t low = 0;  // every message before `low` is settled
     auto mark = [&](std::uint64_t tag, bool multiple, bool ok) {
         if (tag < base) return;
         std::size_t hi = std::min<std::size_t>(std::size_t(tag - base), n - 1);
-        std::size_t lo = multiple ? 0 : hi;
-        for (std::size_t i = lo; i <= hi; ++i) {
+        for (std::size_t i = multiple ? low : hi; i <= hi; ++i) {
             if (acked[i]) continue;
             acked[i] = ok ? 1 : 2;
             ++done;
             if (ok && i < confirmed.size()) confirmed[i] = true;
         }
+        while (low < n && acked[low]) ++low;
         if (!ok && !failure)
             failure = Error{Errc::unavailable, "RabbitMQ refused (nacked) a published message"};
     };

@@ -3,10 +3,19 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 
 namespace conveyor::amqp {
 
-std::string delay_level_name(int level) { return fmt::format("conveyor.delay.{}", level); }
+std::string_view delay_level_name(int level) {
+    static const auto names = [] {
+        std::array<std::string, kDelayLevels> n;
+        for (int i = 0; i < kDelayLevels; ++i)
+            n[std::size_t(i)] = fmt::format("conveyor.delay.{}", i);
+        return n;
+    }();
+    return names.at(std::size_t(level));
+}
 
 std::string routing_word(std::string_view queue) {
     std::string out;

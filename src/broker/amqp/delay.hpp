@@ -25,15 +25,15 @@ inline constexpr std::string_view kDeliverExchange = "conveyor.delay.deliver";
 inline constexpr std::string_view kUnroutableExchange = "conveyor.delay.unroutable";
 inline constexpr std::string_view kUnroutableQueue = "conveyor.delay.unroutable";
 
-/// "conveyor.delay.L": the exchange and the queue of a level.
-std::string delay_level_name(int level);
+/// "conveyor.delay.L": the exchange and the queue of a level (static storage).
+std::string_view delay_level_name(int level);
 
 /// A queue name as one routing-key word: '.', '%', '*' and '#' percent-escaped.
 std::string routing_word(std::string_view queue);
 
 /// Where a delayed message is published: the exchange of its highest set bit, and its key.
 struct DelayRoute {
-    std::string exchange;
+    std::string_view exchange;
     std::string routing_key;
 };
 
