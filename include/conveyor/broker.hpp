@@ -43,6 +43,9 @@ struct Delivery {
     std::string message_id;  ///< the broker's id for it (the task id when it has one)
     Envelope envelope;
     int deliveries = 1;  ///< 1 on first delivery; more when redelivered after a crash
+    /// From an ordered queue: the key whose order this delivery keeps. A worker runs one
+    /// delivery per key at a time and retries a failing one in place.
+    std::string ordering_key;
 };
 
 /// What a consumer does with a delivery once it is done with it.

@@ -249,10 +249,7 @@ struct Worker::Impl {
             settle_now.push_back(std::move(s));
             return;
         }
-        std::string key;
-        if (auto k = d.envelope.headers.find("x-conveyor-ordering-key");
-            k != d.envelope.headers.end() && k->is_string())
-            key = k->get<std::string>();
+        std::string key = std::move(d.ordering_key);
         jobs.push_back(Job{std::move(d), std::move(*task), &it->second});
         Job& job = jobs.back();
         job_index[&job] = std::prev(jobs.end());

@@ -544,3 +544,28 @@ queue = "{1}"
     EXPECT_NE(out4.find("x-max-priority"), std::string::npos) << out4;
     EXPECT_EQ(std::count(out4.begin(), out4.end(), '\n'), 1) << out4;
 }
+
+TEST(AmqpEngine, FailingTaskWithoutAKeyOnAnOrderedQueueRetriesWithBackoffThenDeadLetters) {
+    auto q = unique_name("ordered-nokey");
+    Topology t;
+    t.queues.push_back(QueueSpec{.name = q, .partitions = 2});
+    auto broker = open_with(t);
+    std::atomic<int> attempts{0};
+    auto opts = options_for({q}, 2);
+    opts.default_retry =
+        RetryPolicy{.max_retries = 2, .backoff_base = 0.2, .backoff_max = 0.2, .jitter = false};
+    BackgroundWorker w(broker, opts);
+    w.worker.handle("t.broken", [&](TaskContext&) -> Json {
+        attempts++;
+        throw std::runtime_error("always fails");
+    });
+    w.start();
+    Client client(broker);
+    auto id = client.enqueue("t.broken", Json::array(), Json::object(), {.queue = q});
+    ASSERT_TRUE(id);
+    auto dead = dead_letters_once(*broker, q, 1, 10s);
+    ASSERT_EQ(dead.size(), 1u);
+    EXPECT_EQ(dead[0].message_id, *id);
+    EXPECT_NE(dead[0].reason.find("failed after 2 retries"), std::string::npos) << dead[0].reason;
+    EXPECT_EQ(attempts.load(), 3);
+}

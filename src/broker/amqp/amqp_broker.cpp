@@ -367,9 +367,10 @@ class AmqpConsumer final : public Consumer {
         for (auto& q : opts_.queues) {
             auto spec = e_->spec_of(q);
             if (spec && spec->partitions > 0) {
-                for (int i = 0; i < spec->partitions; ++i) physical_[partition_queue(q, i)] = q;
+                for (int i = 0; i < spec->partitions; ++i)
+                    physical_[partition_queue(q, i)] = Source{q, true};
             } else {
-                physical_[q] = q;
+                physical_[q] = Source{q, false};
             }
         }
     }
@@ -389,10 +390,10 @@ class AmqpConsumer final : public Consumer {
         Pool pool;
         consumer_queue_.clear();
         int n = 0;
-        for (auto& [physical, logical] : physical_) {
+        for (auto& [physical, source] : physical_) {
             std::string ctag =
                 fmt::format("{}.{}", opts_.name.empty() ? "conveyor" : opts_.name, n++);
-            consumer_queue_[ctag] = logical;
+            consumer_queue_[ctag] = source;
             amqp_basic_consume(conn.raw(), kConsumeChannel, pool.bytes(physical), pool.bytes(ctag),
                                0, 0, 0, amqp_empty_table);
             if (auto ok = conn.check(amqp_get_rpc_reply(conn.raw()), kConsumeChannel,
@@ -448,7 +449,15 @@ class AmqpConsumer final : public Consumer {
         d.tag = (generation_ << 40) | env.delivery_tag;
         d.envelope = envelope_of(env.message.properties, env.message.body);
         auto it = consumer_queue_.find(to_string(env.consumer_tag));
-        d.queue = it != consumer_queue_.end() ? it->second : opts_.queues.front();
+        d.queue = it != consumer_queue_.end() ? it->second.queue : opts_.queues.front();
+        if (it != consumer_queue_.end() && it->second.ordered) {
+            // The consistent-hash exchange routed it by this key (the publisher's ordering key,
+            // or the task id when it gave none).
+            auto k = d.envelope.headers.find(kKeyHeader);
+            d.ordering_key = k != d.envelope.headers.end() && k->is_string()
+                                 ? k->get<std::string>()
+                                 : to_string(env.routing_key);
+        }
         d.message_id = codec::envelope_id(d.envelope);
         if (d.message_id.empty() && (env.message.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG))
             d.message_id = to_string(env.message.properties.message_id);
@@ -629,8 +638,12 @@ class AmqpConsumer final : public Consumer {
   private:
     std::shared_ptr<Engine> e_;
     ConsumerOptions opts_;
-    std::map<std::string, std::string> physical_;        // physical queue -> logical queue
-    std::map<std::string, std::string> consumer_queue_;  // consumer tag -> logical queue
+    struct Source {
+        std::string queue;     // logical queue
+        bool ordered = false;  // a partition of an ordered queue
+    };
+    std::map<std::string, Source> physical_;        // physical queue -> where it belongs
+    std::map<std::string, Source> consumer_queue_;  // consumer tag -> where it belongs
     std::unique_ptr<Connection> conn_;
     std::uint64_t generation_ = 0;
     std::map<std::uint64_t, std::string> unsettled_;  // delivery tag -> logical queue
