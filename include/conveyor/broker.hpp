@@ -123,6 +123,13 @@ class Broker {
     [[nodiscard]] virtual Result<std::vector<QueueStats>> stats() = 0;
     /// State and result of a task id; PENDING for ids the broker does not know.
     [[nodiscard]] virtual Result<TaskResult> result(std::string_view id) = 0;
+    /// Waits until the task is ready (SUCCESS, FAILURE, REVOKED) or `timeout` passed
+    /// (Errc::timeout). Engines that can be told when a result arrives override the polling.
+    [[nodiscard]] virtual Result<TaskResult> wait_result(std::string_view id,
+                                                         std::chrono::milliseconds timeout);
+    /// Where results of tasks published by this process come back (amqp rpc backend: this
+    /// process's reply queue, declared on first use). Empty when results are stored elsewhere.
+    [[nodiscard]] virtual Result<std::string> reply_to() { return std::string(); }
     [[nodiscard]] virtual Result<std::vector<DeadLetter>> dead_letters(std::string_view queue,
                                                                        std::size_t limit) = 0;
     /// Moves dead messages of a queue back to it (all of them, or those in `ids`), with their

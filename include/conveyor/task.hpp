@@ -51,9 +51,9 @@ struct Envelope {
 };
 
 /// Lifecycle state of a task, as Celery names them.
-enum class TaskState { pending, started, retry, success, failure };
+enum class TaskState { pending, started, retry, success, failure, revoked };
 
-/// "PENDING", "STARTED", "RETRY", "SUCCESS" or "FAILURE".
+/// "PENDING", "STARTED", "RETRY", "SUCCESS", "FAILURE" or "REVOKED".
 const char* to_string(TaskState state) noexcept;
 /// Parses the upper-case names above.
 std::optional<TaskState> parse_task_state(std::string_view text) noexcept;
@@ -68,7 +68,8 @@ struct TaskResult {
     std::optional<TimePoint> done_at;
 
     bool ready() const noexcept {
-        return state == TaskState::success || state == TaskState::failure;
+        return state == TaskState::success || state == TaskState::failure ||
+               state == TaskState::revoked;
     }
 };
 

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <thread>
 
 #include "broker/amqp/amqp_broker.hpp"
 #include "broker/memory/memory_broker.hpp"
@@ -55,6 +56,23 @@ Result<std::shared_ptr<Broker>> Broker::open(std::string_view url) {
         fmt::format(
             "unsupported broker scheme '{}' in '{}'; use sqlite://PATH, amqp://HOST or memory://",
             u->scheme, url));
+}
+
+Result<TaskResult> Broker::wait_result(std::string_view id, std::chrono::milliseconds timeout) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    auto pause = std::chrono::milliseconds(1);
+    for (;;) {
+        auto r = result(id);
+        if (!r) return r;
+        if (r->ready()) return r;
+        auto now = std::chrono::steady_clock::now();
+        if (now >= deadline)
+            return fail(Errc::timeout,
+                        fmt::format("task {} is still {} after the wait", id, to_string(r->state)));
+        std::this_thread::sleep_for(
+            std::min<std::chrono::steady_clock::duration>(pause, deadline - now));
+        pause = std::min(pause * 2, std::chrono::milliseconds(50));
+    }
 }
 
 }  // namespace conveyor

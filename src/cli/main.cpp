@@ -155,6 +155,23 @@ void print_table(const std::vector<std::string>& header,
     for (auto& r : rows) line(r);
 }
 
+/// Prints a task's result as JSON (after waiting up to `wait` seconds when given); exit 3 when
+/// it is not ready in time.
+int print_result(Client& client, const std::string& id, std::optional<double> wait) {
+    Result<TaskResult> r =
+        wait ? client.wait(id, std::chrono::milliseconds(static_cast<long long>(*wait * 1000)))
+             : client.result(id);
+    if (!r && r.error().code == Errc::timeout) {
+        auto now = client.result(id);
+        if (now) fmt::print("{}\n", to_json(*now).dump());
+        std::fflush(stdout);
+        die(fmt::format("task {} did not finish within {} seconds", id, *wait), 3);
+    }
+    if (!r) die(r.error().message);
+    fmt::print("{}\n", to_json(*r).dump());
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -205,6 +222,11 @@ int main(int argc, char** argv) {
     enqueue->add_option("--routing-key", e_routing_key, "Routing key with --exchange")->needs(exo);
     enqueue->add_option("--key", e_key,
                         "Ordering key: tasks with one key run in order (ordered queues)");
+    std::optional<double> e_wait;
+    enqueue
+        ->add_option("--wait", e_wait,
+                     "Then wait up to this many seconds for the result and print it as JSON")
+        ->check(CLI::Range(0.0, 1e7));
 
     auto* topology = app.add_subcommand("topology", "Exchanges, queues and bindings");
     topology->require_subcommand(1);
@@ -304,22 +326,15 @@ int main(int argc, char** argv) {
         auto id = client.enqueue(e_task, std::move(args), std::move(kwargs), o);
         if (!id) die(fmt::format("enqueue failed: {}", id.error().message));
         fmt::print("{}\n", *id);
+        if (e_wait) {
+            std::fflush(stdout);
+            return print_result(client, *id, e_wait);
+        }
         return 0;
     }
     if (result->parsed()) {
         Client client(broker, cfg);
-        Result<TaskResult> r =
-            r_wait ? client.wait(r_id,
-                                 std::chrono::milliseconds(static_cast<long long>(*r_wait * 1000)))
-                   : client.result(r_id);
-        if (!r && r.error().code == Errc::timeout) {
-            auto now = client.result(r_id);
-            if (now) fmt::print("{}\n", to_json(*now).dump());
-            die(fmt::format("task {} did not finish within {} seconds", r_id, *r_wait), 3);
-        }
-        if (!r) die(r.error().message);
-        fmt::print("{}\n", to_json(*r).dump());
-        return 0;
+        return print_result(client, r_id, r_wait);
     }
     if (tapply->parsed()) {
         if (auto ok = broker->declare_topology(); !ok)

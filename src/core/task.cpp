@@ -16,13 +16,15 @@ const char* to_string(TaskState state) noexcept {
             return "SUCCESS";
         case TaskState::failure:
             return "FAILURE";
+        case TaskState::revoked:
+            return "REVOKED";
     }
     return "PENDING";
 }
 
 std::optional<TaskState> parse_task_state(std::string_view text) noexcept {
     for (auto s : {TaskState::pending, TaskState::started, TaskState::retry, TaskState::success,
-                   TaskState::failure}) {
+                   TaskState::failure, TaskState::revoked}) {
         if (text == to_string(s)) return s;
     }
     return std::nullopt;

@@ -28,6 +28,11 @@ Result<OutgoingMessage> Client::prepare(TaskMessage t, const EnqueueOptions& o) 
         else if (o.countdown)
             t.eta = SystemClock::now() + *o.countdown;
     }
+    if (t.reply_to.empty() && !t.ignore_result) {
+        auto reply = broker_->reply_to();
+        if (!reply) return std::unexpected(reply.error());
+        t.reply_to = std::move(*reply);
+    }
     if (t.origin.empty()) {
         static const std::string origin = [] {
             char host[256] = {};
@@ -80,20 +85,7 @@ Result<std::vector<std::string>> Client::enqueue_many(std::vector<TaskMessage> t
 Result<TaskResult> Client::result(std::string_view id) { return broker_->result(id); }
 
 Result<TaskResult> Client::wait(std::string_view id, std::chrono::milliseconds timeout) {
-    auto deadline = std::chrono::steady_clock::now() + timeout;
-    auto pause = std::chrono::milliseconds(1);
-    for (;;) {
-        auto r = broker_->result(id);
-        if (!r) return r;
-        if (r->ready()) return r;
-        auto now = std::chrono::steady_clock::now();
-        if (now >= deadline)
-            return fail(Errc::timeout,
-                        fmt::format("task {} is still {} after the wait", id, to_string(r->state)));
-        std::this_thread::sleep_for(
-            std::min<std::chrono::steady_clock::duration>(pause, deadline - now));
-        pause = std::min(pause * 2, std::chrono::milliseconds(50));
-    }
+    return broker_->wait_result(id, timeout);
 }
 
 }  // namespace conveyor

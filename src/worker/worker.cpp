@@ -169,8 +169,10 @@ struct Worker::Impl {
     }
 
     // ---- dispatcher -------------------------------------------------------------------
+    /// `message` is the exception's message for results (default: the reason).
     Settlement dead_letter(const Delivery& d, const std::string& id, int retries,
-                           std::string reason, const std::string& type, const std::string& module) {
+                           std::string reason, const std::string& type, const std::string& module,
+                           std::optional<std::string> message = std::nullopt) {
         Settlement s;
         s.kind = Settlement::Kind::dead_letter;
         s.tag = d.tag;
@@ -179,7 +181,7 @@ struct Worker::Impl {
         TaskResult r;
         r.id = id;
         r.state = TaskState::failure;
-        r.result = exception_result(type, module, reason);
+        r.result = exception_result(type, module, message ? *message : reason);
         r.traceback = reason;
         r.retries = retries;
         r.done_at = SystemClock::now();
@@ -229,7 +231,7 @@ struct Worker::Impl {
             s.tag = d.tag;
             TaskResult r;
             r.id = task->id;
-            r.state = TaskState::failure;
+            r.state = TaskState::revoked;
             r.result = exception_result("TaskRevokedError", "celery.exceptions", "expired");
             r.traceback = "expired before it could run";
             r.done_at = now;
@@ -328,12 +330,12 @@ struct Worker::Impl {
         std::string what = fmt::format("{}: {}", o.exc_type, o.message);
         if (o.kind == Outcome::Kind::reject) {
             return dead_letter(d, job.task.id, job.task.retries, "rejected: " + what, o.exc_type,
-                               o.exc_module);
+                               o.exc_module, o.message);
         }
         if (!may_retry(policy, job.task.retries)) {
             return dead_letter(d, job.task.id, job.task.retries,
                                fmt::format("failed after {} retries: {}", job.task.retries, what),
-                               o.exc_type, o.exc_module);
+                               o.exc_type, o.exc_module, o.message);
         }
         std::uniform_real_distribution<double> u(0.0, 1.0);
         auto delay = o.retry_after ? *o.retry_after : retry_delay(policy, job.task.retries, u(rng));
@@ -345,7 +347,18 @@ struct Worker::Impl {
             sleeping.emplace(steady_clock::now() + duration_cast<milliseconds>(delay), &job);
             return std::nullopt;
         }
-        return reschedule(d, job.task.retries + 1, SystemClock::now() + delay);
+        Settlement s = reschedule(d, job.task.retries + 1, SystemClock::now() + delay);
+        if (!job.task.ignore_result) {
+            // Stored (and sent to rpc senders) as Celery does: RETRY with the exception.
+            TaskResult r;
+            r.id = job.task.id;
+            r.state = TaskState::retry;
+            r.result = exception_result(o.exc_type, o.exc_module, o.message);
+            r.traceback = what;
+            r.retries = job.task.retries + 1;
+            s.result = std::move(r);
+        }
+        return s;
     }
 
     void forget(Job* job) {

@@ -41,11 +41,12 @@ class RabbitNode {
 };
 
 /// The state directory of the suite's shared node: the one the ctest fixture started
-/// (CONVEYOR_TEST_RABBITMQ_DIR), or one this process starts for itself when run by hand.
+/// (CONVEYOR_TEST_SERVERS_DIR/rabbitmq-node), or one this process starts for itself when run by
+/// hand.
 inline const std::string& shared_rabbitmq_dir() {
     static std::string dir = [] {
-        if (const char* d = std::getenv("CONVEYOR_TEST_RABBITMQ_DIR"); d && *d)
-            return std::string(d);
+        if (const char* d = std::getenv("CONVEYOR_TEST_SERVERS_DIR"); d && *d)
+            return std::string(d) + "/rabbitmq-node";
         static RabbitNode* own = new RabbitNode();  // lives until exit
         std::atexit([] { own->stop(); });
         return own->dir();

@@ -15,7 +15,9 @@
 #include "broker/amqp/amqp_connection.hpp"
 #include "broker/amqp/delay.hpp"
 #include "core/codec.hpp"
+#include "core/result_meta.hpp"
 #include "core/time.hpp"
+#include "results/redis_results.hpp"
 
 namespace conveyor::amqp {
 
@@ -43,6 +45,8 @@ Json queue_arguments(const QueueSpec& q) {
     return a;
 }
 
+enum class ResultsMode { none, rpc, redis };
+
 /// Everything the engine shares between its publishers, consumers and admin calls.
 class Engine : public std::enable_shared_from_this<Engine> {
   public:
@@ -50,6 +54,8 @@ class Engine : public std::enable_shared_from_this<Engine> {
 
     ConnectionOptions opts;
     std::string url;
+    ResultsMode results_mode = ResultsMode::rpc;
+    std::shared_ptr<results::RedisResults> redis;  ///< results=redis://...
 
     // ---- connections for publishing and admin calls: checked out by one thread at a time.
     Result<std::unique_ptr<Connection>> checkout() {
@@ -465,7 +471,7 @@ class AmqpConsumer final : public Consumer {
         if (auto dc = d.envelope.headers.find("x-delivery-count");
             dc != d.envelope.headers.end() && dc->is_number_integer())
             d.deliveries = std::max(d.deliveries, int(dc->get<std::int64_t>()) + 1);
-        unsettled_[env.delivery_tag] = d.queue;
+        unsettled_[env.delivery_tag] = InFlight{d.queue, d.envelope.reply_to};
         return d;
     }
 
@@ -535,15 +541,60 @@ class AmqpConsumer final : public Consumer {
     Result<void> settle(std::span<Settlement> ss) override {
         std::vector<std::uint64_t> acks, requeue;
         std::vector<Wire> wires;
-        std::vector<std::uint64_t> wire_tags;  // delivery acked once its message is confirmed
-        std::deque<Envelope> envs;             // dead letters (deques: stable addresses)
+        std::vector<std::uint64_t> wire_tags;  // delivery acked once its messages are confirmed
+        std::deque<Envelope> envs;             // dead letters, rpc results (stable addresses)
         std::deque<OutgoingMessage> retries;   // retries on their way to the delay levels
         std::deque<std::string> keys;
         auto now = SystemClock::now();
-        for (auto& s : ss) {
-            if ((s.tag >> 40) != generation_ || !conn_) continue;  // redelivered after a reconnect
+        auto local_tag = [&](const Settlement& s) -> std::optional<std::uint64_t> {
+            if ((s.tag >> 40) != generation_ || !conn_) return std::nullopt;  // stale
             std::uint64_t tag = s.tag & ((std::uint64_t(1) << 40) - 1);
-            if (!unsettled_.contains(tag)) continue;
+            if (!unsettled_.contains(tag)) return std::nullopt;
+            return tag;
+        };
+        // Results first (redis: stored before anything is acked; a failure hands the
+        // deliveries back, so no outcome is ever acked without its result).
+        std::set<std::uint64_t> unstored;
+        if (e_->results_mode == ResultsMode::redis) {
+            std::vector<TaskResult> rs;
+            std::vector<std::uint64_t> tags;
+            for (auto& s : ss)
+                if (auto tag = local_tag(s);
+                    tag && s.result && s.kind != Settlement::Kind::release) {
+                    rs.push_back(*s.result);
+                    tags.push_back(*tag);
+                }
+            if (auto ok = e_->redis->store(rs); !ok) {
+                fmt::print(stderr, "conveyor: {}; {} task(s) go back to their queue\n",
+                           ok.error().message, tags.size());
+                unstored.insert(tags.begin(), tags.end());
+            }
+        }
+        for (auto& s : ss) {
+            auto local = local_tag(s);
+            if (!local) continue;
+            std::uint64_t tag = *local;
+            const InFlight& from = unsettled_[tag];
+            if (unstored.contains(tag)) {
+                requeue.push_back(tag);
+                continue;
+            }
+            if (e_->results_mode == ResultsMode::rpc && s.result && !from.reply_to.empty() &&
+                s.kind != Settlement::Kind::release) {
+                // Celery's rpc backend: to the sender's reply queue, correlated by task id.
+                Envelope& env = envs.emplace_back();
+                env.content_type = std::string(codec::kJson);
+                env.content_encoding = "utf-8";
+                env.correlation_id = s.result->id;
+                env.body = result_meta::encode(*s.result, result_meta::Style::rpc);
+                Wire w;
+                w.exchange = "";
+                w.routing_key = from.reply_to;
+                w.envelope = &env;
+                w.mandatory = false;  // a sender that went away loses only its own reply
+                wires.push_back(w);
+                wire_tags.push_back(tag);
+            }
             switch (s.kind) {
                 case Settlement::Kind::ack:
                     acks.push_back(tag);
@@ -552,14 +603,13 @@ class AmqpConsumer final : public Consumer {
                     requeue.push_back(tag);
                     break;
                 case Settlement::Kind::retry: {
-                    const std::string& queue = unsettled_[tag];
-                    if (auto spec = e_->spec_of(queue); spec && spec->partitions > 0) {
+                    if (auto spec = e_->spec_of(from.queue); spec && spec->partitions > 0) {
                         // Ordered queues keep their order: back to the head of the partition.
                         requeue.push_back(tag);
                         break;
                     }
                     auto& m = retries.emplace_back();
-                    m.queue = queue;
+                    m.queue = from.queue;
                     m.envelope = std::move(s.envelope);
                     m.not_before = s.not_before;
                     auto w = route(*e_, m, keys.emplace_back());
@@ -575,7 +625,7 @@ class AmqpConsumer final : public Consumer {
                     Envelope& env = envs.emplace_back(std::move(s.envelope));
                     env.headers[std::string(kReasonHeader)] = s.reason;
                     env.headers[std::string(kDeadAtHeader)] = detail::to_epoch_ms(now);
-                    keys.push_back(dead_queue(unsettled_[tag]));
+                    keys.push_back(dead_queue(from.queue));
                     Wire w;
                     w.exchange = "";
                     w.routing_key = keys.back();
@@ -596,10 +646,15 @@ class AmqpConsumer final : public Consumer {
                            "to their queue\n",
                            wires.size(), ok.error().message);
                 requeue.insert(requeue.end(), wire_tags.begin(), wire_tags.end());
+                std::erase_if(acks, [&](std::uint64_t t) {
+                    return std::find(wire_tags.begin(), wire_tags.end(), t) != wire_tags.end();
+                });
             }
         }
         if (!conn_) return {};
         auto raw = conn_->raw();
+        std::sort(requeue.begin(), requeue.end());
+        requeue.erase(std::unique(requeue.begin(), requeue.end()), requeue.end());
         for (auto t : requeue) {
             unsettled_.erase(t);
             if (amqp_basic_nack(raw, kConsumeChannel, t, 0, 1) != AMQP_STATUS_OK) {
@@ -609,6 +664,7 @@ class AmqpConsumer final : public Consumer {
         }
         if (acks.empty()) return {};
         std::sort(acks.begin(), acks.end());
+        acks.erase(std::unique(acks.begin(), acks.end()), acks.end());
         for (auto t : acks) unsettled_.erase(t);
         // One multiple-ack covers them all when nothing older is still unsettled.
         if (unsettled_.empty() || unsettled_.begin()->first > acks.back()) {
@@ -646,7 +702,11 @@ class AmqpConsumer final : public Consumer {
     std::map<std::string, Source> consumer_queue_;  // consumer tag -> where it belongs
     std::unique_ptr<Connection> conn_;
     std::uint64_t generation_ = 0;
-    std::map<std::uint64_t, std::string> unsettled_;  // delivery tag -> logical queue
+    struct InFlight {
+        std::string queue;     // logical queue
+        std::string reply_to;  // rpc results go there
+    };
+    std::map<std::uint64_t, InFlight> unsettled_;  // delivery tag -> where it came from
     std::deque<Delivery> buffered_;
     steady_clock::time_point next_attempt_{};
     milliseconds backoff_{100};
@@ -654,11 +714,160 @@ class AmqpConsumer final : public Consumer {
 
 // ---------------------------------------------------------------------------------------------
 
+/// This process's rpc reply queue: results of the tasks it sent come back here (Celery's rpc://
+/// backend). Auto-deleted when the process goes; `x-expires` = result_expires otherwise.
+class ReplyInbox {
+  public:
+    explicit ReplyInbox(std::shared_ptr<Engine> e) : e_(std::move(e)) {}
+
+    Result<std::string> address() {
+        std::lock_guard lk(mu_);
+        if (auto ok = ensure(); !ok) return std::unexpected(ok.error());
+        return queue_;
+    }
+    const std::string& name() const { return queue_; }
+
+    /// Remembers ids sent with this reply queue, so their result reads PENDING until it comes.
+    void sent(std::span<const OutgoingMessage> msgs) {
+        std::lock_guard lk(mu_);
+        for (auto& m : msgs) {
+            if (m.envelope.reply_to != queue_ || queue_.empty()) continue;
+            auto id = codec::envelope_id(m.envelope);
+            if (id.empty() || known_.contains(id)) continue;
+            TaskResult r;
+            r.id = id;
+            known_.emplace(id, std::move(r));
+            remember(std::move(id));
+        }
+    }
+
+    Result<TaskResult> get(std::string_view id) {
+        std::lock_guard lk(mu_);
+        if (conn_) drain(timeval{0, 0});
+        if (auto it = known_.find(std::string(id)); it != known_.end()) return it->second;
+        return not_sent(id);
+    }
+
+    Result<TaskResult> wait(std::string_view id, milliseconds timeout) {
+        auto deadline = steady_clock::now() + timeout;
+        for (;;) {
+            {
+                std::lock_guard lk(mu_);
+                auto it = known_.find(std::string(id));
+                if (it == known_.end()) return not_sent(id);
+                if (it->second.ready()) return it->second;
+                auto left = ceil<milliseconds>(deadline - steady_clock::now());
+                if (left.count() <= 0)
+                    return fail(Errc::timeout, fmt::format("task {} is still {} after the wait", id,
+                                                           to_string(it->second.state)));
+                if (!conn_ || !conn_->healthy()) {
+                    // The reply queue went with the connection; results sent meanwhile are
+                    // lost (rpc semantics). Declare it again for the ones still coming.
+                    if (auto ok = ensure(); !ok) return std::unexpected(ok.error());
+                }
+                auto slice = std::min(left, milliseconds(100));
+                drain(timeval{time_t(slice.count() / 1000),
+                              suseconds_t(slice.count() % 1000 * 1000)});
+            }
+            std::this_thread::yield();
+        }
+    }
+
+  private:
+    static Result<TaskResult> not_sent(std::string_view id) {
+        return fail(Errc::invalid_argument,
+                    fmt::format("task {} was not sent by this process: rpc results go only to "
+                                "the sender; to read results from anywhere, add "
+                                "?results=redis://HOST:PORT/DB to the broker URL",
+                                id));
+    }
+
+    Result<void> ensure() {
+        if (conn_ && conn_->healthy()) return {};
+        conn_.reset();
+        auto c = Connection::open(e_->opts, "conveyor-replies");
+        if (!c) return std::unexpected(c.error());
+        if (queue_.empty()) queue_ = make_task_id();
+        Json args = {{"x-expires", std::int64_t(e_->opts.result_expires.count()) * 1000}};
+        if (auto q = (*c)->declare_queue(queue_, args, false, false, true); !q)
+            return std::unexpected(q.error());
+        auto& conn = **c;
+        if (auto ok = conn.ensure_channel(kConsumeChannel); !ok) return ok;
+        Pool pool;
+        amqp_basic_consume(conn.raw(), kConsumeChannel, pool.bytes(queue_), amqp_empty_bytes, 0, 1,
+                           0, amqp_empty_table);
+        if (auto ok = conn.check(amqp_get_rpc_reply(conn.raw()), kConsumeChannel,
+                                 fmt::format("consuming replies from '{}'", queue_));
+            !ok)
+            return ok;
+        conn_ = std::move(*c);
+        return {};
+    }
+
+    /// Reads every reply that arrives within `first` (then whatever is already there).
+    void drain(timeval first) {
+        timeval tv = first;
+        while (conn_ && conn_->healthy()) {
+            amqp_maybe_release_buffers(conn_->raw());
+            amqp_envelope_t env;
+            auto r = amqp_consume_message(conn_->raw(), &env, &tv, 0);
+            tv = timeval{0, 0};
+            if (r.reply_type == AMQP_RESPONSE_NORMAL) {
+                auto res = result_meta::decode(to_string(env.message.body));
+                if (res) {
+                    if (res->id.empty() &&
+                        (env.message.properties._flags & AMQP_BASIC_CORRELATION_ID_FLAG))
+                        res->id = to_string(env.message.properties.correlation_id);
+                    if (!res->id.empty()) {
+                        auto [it, fresh] = known_.insert_or_assign(res->id, *res);
+                        if (fresh) remember(res->id);
+                    }
+                }
+                amqp_destroy_envelope(&env);
+                continue;
+            }
+            if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+                r.library_error == AMQP_STATUS_TIMEOUT)
+                return;
+            if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+                r.library_error == AMQP_STATUS_UNEXPECTED_STATE) {
+                amqp_frame_t f;
+                timeval zero{0, 0};
+                if (amqp_simple_wait_frame_noblock(conn_->raw(), &f, &zero) == AMQP_STATUS_OK &&
+                    f.frame_type == AMQP_FRAME_METHOD &&
+                    f.payload.method.id != AMQP_CHANNEL_CLOSE_METHOD &&
+                    f.payload.method.id != AMQP_CONNECTION_CLOSE_METHOD &&
+                    f.payload.method.id != AMQP_BASIC_CANCEL_METHOD)
+                    continue;
+            }
+            conn_.reset();
+            return;
+        }
+    }
+
+    void remember(std::string id) {
+        order_.push_back(std::move(id));
+        while (order_.size() > kKeep) {
+            known_.erase(order_.front());
+            order_.pop_front();
+        }
+    }
+
+    static constexpr std::size_t kKeep = 100000;
+    std::shared_ptr<Engine> e_;
+    std::mutex mu_;
+    std::unique_ptr<Connection> conn_;
+    std::string queue_;
+    std::unordered_map<std::string, TaskResult> known_;
+    std::deque<std::string> order_;
+};
+
 class AmqpBroker final : public Broker {
   public:
-    explicit AmqpBroker(std::shared_ptr<Engine> e) : e_(std::move(e)) {}
+    explicit AmqpBroker(std::shared_ptr<Engine> e) : e_(std::move(e)), inbox_(e_) {}
 
     Result<void> publish(std::span<const OutgoingMessage> msgs) override {
+        if (e_->results_mode == ResultsMode::rpc) inbox_.sent(msgs);
         return publish_messages(*e_, msgs);
     }
 
@@ -713,10 +922,39 @@ class AmqpBroker final : public Broker {
             });
     }
 
-    Result<TaskResult> result(std::string_view) override {
+    Result<TaskResult> result(std::string_view id) override {
+        switch (e_->results_mode) {
+            case ResultsMode::redis:
+                return e_->redis->get(id);
+            case ResultsMode::rpc:
+                return inbox_.get(id);
+            case ResultsMode::none:
+                break;
+        }
+        return results_off();
+    }
+
+    Result<TaskResult> wait_result(std::string_view id, milliseconds timeout) override {
+        switch (e_->results_mode) {
+            case ResultsMode::redis:
+                return e_->redis->wait(id, timeout);
+            case ResultsMode::rpc:
+                return inbox_.wait(id, timeout);
+            case ResultsMode::none:
+                break;
+        }
+        return results_off();
+    }
+
+    Result<std::string> reply_to() override {
+        if (e_->results_mode != ResultsMode::rpc) return std::string();
+        return inbox_.address();
+    }
+
+    static Result<TaskResult> results_off() {
         return fail(Errc::invalid_argument,
-                    "the amqp engine keeps no results by itself; add a result backend to the "
-                    "broker URL (?results=redis://HOST:PORT/DB)");
+                    "results are off for this broker (results=none); use results=rpc or "
+                    "results=redis://HOST:PORT/DB");
     }
 
     /// Takes up to `limit` messages from a dead-letter queue without settling them; closing
@@ -830,6 +1068,7 @@ class AmqpBroker final : public Broker {
 
   private:
     std::shared_ptr<Engine> e_;
+    ReplyInbox inbox_;
 };
 
 }  // namespace
@@ -839,6 +1078,16 @@ Result<std::shared_ptr<Broker>> open_amqp_broker(const detail::BrokerUrl& url,
     auto o = parse_connection_options(url);
     if (!o) return std::unexpected(o.error());
     auto e = std::make_shared<Engine>(*o, std::move(url_text));
+    if (o->results == "none") {
+        e->results_mode = ResultsMode::none;
+    } else if (o->results.starts_with("redis://")) {
+        auto ro = results::parse_redis_url(o->results);
+        if (!ro) return std::unexpected(ro.error());
+        ro->expires = o->result_expires;
+        e->redis = std::make_shared<results::RedisResults>(*ro);
+        if (auto ok = e->redis->check(); !ok) return std::unexpected(ok.error());
+        e->results_mode = ResultsMode::redis;
+    }
     auto c = e->checkout();
     if (!c) return std::unexpected(c.error());
     e->checkin(std::move(*c));

@@ -131,6 +131,18 @@ Result<ConnectionOptions> parse_connection_options(const detail::BrokerUrl& url)
             o.verify = v == "true";
         } else if (k == "results") {
             o.results = url_decode(v);
+            if (o.results == "rpc://") o.results = "rpc";
+            if (o.results != "rpc" && o.results != "none" && !o.results.starts_with("redis://"))
+                return fail(Errc::invalid_argument,
+                            fmt::format("amqp option results={} must be rpc, none or "
+                                        "redis://HOST:PORT/DB",
+                                        o.results));
+        } else if (k == "result_expires") {
+            auto s = seconds_option(k, v);
+            if (!s) return std::unexpected(s.error());
+            o.result_expires = std::chrono::duration_cast<std::chrono::seconds>(*s);
+            if (o.result_expires.count() < 1)
+                return fail(Errc::invalid_argument, "amqp option result_expires must be >= 1");
         } else if (k == "delay_queue_type") {
             if (v != "quorum" && v != "classic")
                 return fail(
@@ -330,11 +342,11 @@ Result<void> Connection::declare_exchange(std::string_view name, std::string_vie
 }
 
 Result<QueueInfo> Connection::declare_queue(std::string_view name, const Json& arguments,
-                                            bool passive) {
+                                            bool passive, bool durable, bool auto_delete) {
     if (auto ok = ensure_channel(kAdminChannel); !ok) return std::unexpected(ok.error());
     pool_.clear();
-    auto* r = amqp_queue_declare(conn_, kAdminChannel, pool_.bytes(name), passive ? 1 : 0, 1, 0, 0,
-                                 pool_.table(arguments));
+    auto* r = amqp_queue_declare(conn_, kAdminChannel, pool_.bytes(name), passive ? 1 : 0,
+                                 durable ? 1 : 0, 0, auto_delete ? 1 : 0, pool_.table(arguments));
     if (auto ok = check(amqp_get_rpc_reply(conn_), kAdminChannel,
                         fmt::format("{} queue '{}'", passive ? "looking up" : "declaring", name));
         !ok)

@@ -32,8 +32,9 @@ struct ConnectionOptions {
     std::chrono::milliseconds connect_timeout{10000};
     std::chrono::milliseconds rpc_timeout{30000};
     std::chrono::milliseconds publish_timeout{30000};  ///< reconnecting included
-    std::string results;                               ///< result backend URL (redis://...)
-    std::string delay_queue_type = "quorum";           ///< delay levels: quorum or classic
+    std::string results = "rpc";  ///< result backend: rpc, redis://HOST:PORT/DB or none
+    std::chrono::seconds result_expires{86400};  ///< how long results are kept
+    std::string delay_queue_type = "quorum";     ///< delay levels: quorum or classic
 };
 
 /// Parses amqp://user:pass@host:port/vhost?heartbeat=S&connect_timeout=S&... .
@@ -85,7 +86,8 @@ class Connection {
     Result<void> declare_exchange(std::string_view name, std::string_view type, bool durable,
                                   const Json& arguments);
     Result<QueueInfo> declare_queue(std::string_view name, const Json& arguments,
-                                    bool passive = false);
+                                    bool passive = false, bool durable = true,
+                                    bool auto_delete = false);
     Result<void> bind_queue(std::string_view queue, std::string_view exchange, std::string_view key,
                             const Json& arguments = Json::object());
     Result<void> bind_exchange(std::string_view destination, std::string_view source,

@@ -1,0 +1,262 @@
+#include "results/redis_results.hpp"
+
+#include <fmt/format.h>
+#include <hiredis/hiredis.h>
+
+#include <charconv>
+#include <thread>
+
+#include "core/result_meta.hpp"
+
+namespace conveyor::results {
+
+namespace {
+
+using namespace std::chrono;
+
+timeval to_timeval(milliseconds ms) {
+    if (ms.count() < 1) ms = milliseconds(1);
+    return timeval{time_t(ms.count() / 1000), suseconds_t(ms.count() % 1000 * 1000)};
+}
+
+struct ReplyDeleter {
+    void operator()(redisReply* r) const noexcept {
+        if (r) freeReplyObject(r);
+    }
+};
+using Reply = std::unique_ptr<redisReply, ReplyDeleter>;
+
+std::string_view text(const redisReply* r) {
+    return r && (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS ||
+                 r->type == REDIS_REPLY_ERROR)
+               ? std::string_view(r->str, r->len)
+               : std::string_view();
+}
+
+}  // namespace
+
+struct RedisResults::Conn {
+    redisContext* ctx = nullptr;
+    bool healthy = true;
+    ~Conn() {
+        if (ctx) redisFree(ctx);
+    }
+    Error error(std::string_view what) {
+        healthy = false;
+        return Error{Errc::unavailable,
+                     fmt::format("Redis result backend: {} failed: {}", what,
+                                 ctx && ctx->errstr[0] ? ctx->errstr : "connection lost")};
+    }
+    /// Sends a command given as arguments; waits for its reply.
+    Result<Reply> command(std::initializer_list<std::string_view> args, std::string_view what) {
+        if (auto ok = append(args); !ok) return std::unexpected(ok.error());
+        return read(what);
+    }
+    Result<void> append(std::initializer_list<std::string_view> args) {
+        std::vector<const char*> argv;
+        std::vector<size_t> lens;
+        for (auto a : args) {
+            argv.push_back(a.data());
+            lens.push_back(a.size());
+        }
+        if (redisAppendCommandArgv(ctx, int(argv.size()), argv.data(), lens.data()) != REDIS_OK)
+            return std::unexpected(error("sending a command"));
+        return {};
+    }
+    Result<Reply> read(std::string_view what) {
+        void* raw = nullptr;
+        if (redisGetReply(ctx, &raw) != REDIS_OK) return std::unexpected(error(what));
+        Reply r(static_cast<redisReply*>(raw));
+        if (r && r->type == REDIS_REPLY_ERROR)
+            return fail(Errc::unavailable,
+                        fmt::format("Redis result backend: {}: {}", what, text(r.get())));
+        return r;
+    }
+};
+
+Result<RedisOptions> parse_redis_url(std::string_view url) {
+    RedisOptions o;
+    constexpr std::string_view scheme = "redis://";
+    if (!url.starts_with(scheme))
+        return fail(Errc::invalid_argument,
+                    fmt::format("result backend '{}' is not a redis://HOST:PORT/DB URL", url));
+    std::string_view rest = url.substr(scheme.size());
+    if (auto at = rest.rfind('@'); at != std::string_view::npos) {
+        std::string_view cred = rest.substr(0, at);
+        if (auto colon = cred.find(':'); colon != std::string_view::npos)
+            o.password = std::string(cred.substr(colon + 1));
+        else
+            o.password = std::string(cred);
+        rest = rest.substr(at + 1);
+    }
+    if (auto slash = rest.find('/'); slash != std::string_view::npos) {
+        std::string_view db = rest.substr(slash + 1);
+        rest = rest.substr(0, slash);
+        if (!db.empty()) {
+            auto [p, ec] = std::from_chars(db.data(), db.data() + db.size(), o.db);
+            if (ec != std::errc() || p != db.data() + db.size() || o.db < 0)
+                return fail(
+                    Errc::invalid_argument,
+                    fmt::format("result backend '{}': database '{}' is not a number", url, db));
+        }
+    }
+    if (auto colon = rest.rfind(':'); colon != std::string_view::npos) {
+        std::string_view port = rest.substr(colon + 1);
+        auto [p, ec] = std::from_chars(port.data(), port.data() + port.size(), o.port);
+        if (ec != std::errc() || p != port.data() + port.size() || o.port <= 0 || o.port > 65535)
+            return fail(
+                Errc::invalid_argument,
+                fmt::format("result backend '{}': port '{}' is not a port number", url, port));
+        rest = rest.substr(0, colon);
+    }
+    if (!rest.empty()) o.host = std::string(rest);
+    if (o.host == "localhost") o.host = "127.0.0.1";
+    return o;
+}
+
+RedisResults::RedisResults(RedisOptions options) : opts_(std::move(options)) {}
+RedisResults::~RedisResults() = default;
+
+std::string RedisResults::key(std::string_view id) {
+    return fmt::format("celery-task-meta-{}", id);
+}
+
+Result<std::unique_ptr<RedisResults::Conn>> RedisResults::checkout() {
+    {
+        std::lock_guard lk(mu_);
+        while (!idle_.empty()) {
+            auto c = std::move(idle_.back());
+            idle_.pop_back();
+            if (c->healthy) return c;
+        }
+    }
+    auto c = std::make_unique<Conn>();
+    c->ctx = redisConnectWithTimeout(opts_.host.c_str(), opts_.port, to_timeval(opts_.timeout));
+    std::string where = fmt::format("redis://{}:{}/{}", opts_.host, opts_.port, opts_.db);
+    if (!c->ctx || c->ctx->err)
+        return fail(Errc::unavailable,
+                    fmt::format("cannot reach the Redis result backend at {}: {}", where,
+                                c->ctx ? c->ctx->errstr : "out of memory"));
+    redisSetTimeout(c->ctx, to_timeval(opts_.timeout));
+    redisEnableKeepAlive(c->ctx);
+    if (!opts_.password.empty()) {
+        if (auto r = c->command({"AUTH", opts_.password}, "AUTH"); !r)
+            return std::unexpected(r.error());
+    }
+    if (opts_.db != 0) {
+        auto db = std::to_string(opts_.db);
+        if (auto r = c->command({"SELECT", db}, "SELECT"); !r) return std::unexpected(r.error());
+    }
+    return c;
+}
+
+void RedisResults::checkin(std::unique_ptr<Conn> c) {
+    if (!c || !c->healthy) return;
+    std::lock_guard lk(mu_);
+    if (idle_.size() < 16) idle_.push_back(std::move(c));
+}
+
+Result<void> RedisResults::check() {
+    auto c = checkout();
+    if (!c) return std::unexpected(c.error());
+    auto r = (*c)->command({"PING"}, "PING");
+    if (!r) return std::unexpected(r.error());
+    checkin(std::move(*c));
+    return {};
+}
+
+Result<void> RedisResults::store(std::span<const TaskResult> results) {
+    if (results.empty()) return {};
+    auto c = checkout();
+    if (!c) return std::unexpected(c.error());
+    Conn& conn = **c;
+    std::vector<std::string> keys;
+    keys.reserve(results.size());
+    for (auto& r : results) {
+        keys.push_back(key(r.id));
+        if (auto ok = conn.append({"GET", keys.back()}); !ok) return ok;
+    }
+    std::vector<bool> skip(results.size(), false);
+    for (std::size_t i = 0; i < results.size(); ++i) {
+        auto r = conn.read("GET");
+        if (!r) return std::unexpected(r.error());
+        if (auto v = text(r->get()); !v.empty()) {
+            auto stored = result_meta::decode(v);
+            skip[i] = stored && stored->state == TaskState::success;
+        }
+    }
+    std::string ttl = std::to_string(opts_.expires.count());
+    std::size_t sent = 0;
+    for (std::size_t i = 0; i < results.size(); ++i) {
+        if (skip[i]) continue;
+        std::string body = result_meta::encode(results[i], result_meta::Style::redis);
+        for (auto ok : {conn.append({"MULTI"}), conn.append({"SETEX", keys[i], ttl, body}),
+                        conn.append({"PUBLISH", keys[i], body}), conn.append({"EXEC"})})
+            if (!ok) return ok;
+        ++sent;
+    }
+    for (std::size_t i = 0; i < sent * 4; ++i)
+        if (auto r = conn.read("storing a result"); !r) return std::unexpected(r.error());
+    checkin(std::move(*c));
+    return {};
+}
+
+Result<TaskResult> RedisResults::get(std::string_view id) {
+    auto c = checkout();
+    if (!c) return std::unexpected(c.error());
+    auto r = (*c)->command({"GET", key(id)}, "GET");
+    if (!r) return std::unexpected(r.error());
+    checkin(std::move(*c));
+    TaskResult out;
+    out.id = std::string(id);
+    if (auto v = text(r->get()); !v.empty()) {
+        auto stored = result_meta::decode(v);
+        if (!stored) return std::unexpected(stored.error());
+        out = std::move(*stored);
+        if (out.id.empty()) out.id = std::string(id);
+    }
+    return out;
+}
+
+Result<TaskResult> RedisResults::wait(std::string_view id, milliseconds timeout) {
+    auto deadline = steady_clock::now() + timeout;
+    // Subscribe first, then look: a result stored in between is seen either way.
+    auto sub = checkout();
+    if (!sub) return std::unexpected(sub.error());
+    std::unique_ptr<Conn> listener = std::move(*sub);
+    std::string channel = key(id);
+    if (auto r = listener->command({"SUBSCRIBE", channel}, "SUBSCRIBE"); !r)
+        return std::unexpected(r.error());
+    // A subscribed connection is never pooled again; it closes when this returns.
+    auto now = get(id);
+    if (!now || now->ready()) return now;
+    for (;;) {
+        auto left = ceil<milliseconds>(deadline - steady_clock::now());
+        if (left.count() <= 0) break;
+        redisSetTimeout(listener->ctx, to_timeval(left));
+        void* raw = nullptr;
+        if (redisGetReply(listener->ctx, &raw) != REDIS_OK) break;  // timed out or lost
+        Reply msg(static_cast<redisReply*>(raw));
+        if (msg && msg->type == REDIS_REPLY_ARRAY && msg->elements == 3 &&
+            text(msg->element[0]) == "message") {
+            auto r = result_meta::decode(text(msg->element[2]));
+            if (r && r->ready()) {
+                if (r->id.empty()) r->id = std::string(id);
+                return r;
+            }
+            if (r) now = std::move(*r);
+        }
+    }
+    // The listener was cut off (or the time is up): look by polling until the deadline.
+    for (;;) {
+        now = get(id);
+        if (!now || now->ready()) return now;
+        auto left = deadline - steady_clock::now();
+        if (left <= steady_clock::duration::zero()) break;
+        std::this_thread::sleep_for(std::min<steady_clock::duration>(left, milliseconds(50)));
+    }
+    return fail(Errc::timeout,
+                fmt::format("task {} is still {} after the wait", id, to_string(now->state)));
+}
+
+}  // namespace conveyor::results

@@ -1,0 +1,64 @@
+#pragma once
+// Celery's redis:// result backend: meta values under celery-task-meta-<id>, written with
+// SETEX and announced with PUBLISH on a channel of the same name, so Python clients and
+// Conveyor clients read each other's results.
+
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "conveyor/error.hpp"
+#include "conveyor/task.hpp"
+
+struct redisContext;
+
+namespace conveyor::results {
+
+/// What a redis:// URL says: redis://[:PASSWORD@]HOST[:PORT][/DB].
+struct RedisOptions {
+    std::string host = "127.0.0.1";
+    int port = 6379;
+    int db = 0;
+    std::string password;
+    std::chrono::seconds expires{86400};  ///< result_expires: how long results are kept
+    std::chrono::milliseconds timeout{5000};
+};
+
+Result<RedisOptions> parse_redis_url(std::string_view url);
+
+/// Thread-safe: connections are pooled, each used by one thread at a time.
+class RedisResults {
+  public:
+    explicit RedisResults(RedisOptions options);
+    ~RedisResults();
+    RedisResults(const RedisResults&) = delete;
+    RedisResults& operator=(const RedisResults&) = delete;
+
+    /// Connects once, so a wrong address is an error when the broker is opened.
+    Result<void> check();
+    /// Stores results (pipelined; one round trip for the lookups, one for the writes). A stored
+    /// SUCCESS is never overwritten, as Celery does.
+    Result<void> store(std::span<const TaskResult> results);
+    /// The stored result, or PENDING when there is none.
+    Result<TaskResult> get(std::string_view id);
+    /// Waits for a ready state (SUCCESS, FAILURE, REVOKED), listening on the result's channel.
+    Result<TaskResult> wait(std::string_view id, std::chrono::milliseconds timeout);
+
+    static std::string key(std::string_view id);
+
+  private:
+    struct Conn;
+    Result<std::unique_ptr<Conn>> checkout();
+    void checkin(std::unique_ptr<Conn> c);
+
+    RedisOptions opts_;
+    std::mutex mu_;
+    std::vector<std::unique_ptr<Conn>> idle_;
+};
+
+}  // namespace conveyor::results
