@@ -1,0 +1,143 @@
+// Conveyor and Python Celery 5.2.6 (Debian, unmodified) on one RabbitMQ: a Celery client's
+// tasks run on Conveyor workers, Conveyor's tasks run on Celery workers, and results come back
+// through the rpc:// and redis:// backends both ways.
+
+#include <gtest/gtest.h>
+
+#include "conveyor/client.hpp"
+#include "interop/support.hpp"
+
+using namespace conveyor;
+using namespace std::chrono_literals;
+using namespace itest;
+using interop::celery_client;
+using interop::CeleryWorker;
+using testsupport::shared_rabbitmq_url;
+using testsupport::shared_redis_url;
+using testsupport::unique_name;
+
+namespace {
+
+/// Conveyor's side of the Python -> Conveyor tests.
+void register_handlers(Worker& w) {
+    w.handle("interop.add", [](TaskContext& c) -> Json {
+        if (!c.args().empty()) return c.args()[0].get<int>() + c.args()[1].get<int>();
+        return c.kwargs()["x"].get<int>() + c.kwargs()["y"].get<int>();
+    });
+    w.handle("interop.fail", [](TaskContext& c) -> Json {
+        throw TaskError("ValueError", c.args()[0].get<std::string>(), /*retryable=*/false);
+    });
+    w.handle("interop.flaky", [](TaskContext& c) -> Json {
+        if (c.attempt() == 1) {
+            TaskError e("RuntimeError", "try 0");
+            e.retry_after = 1s;
+            throw e;
+        }
+        return "ok after " + std::to_string(c.retries()) + " retries";
+    });
+}
+
+void expect_python_saw_conveyor_results(const Json& out) {
+    EXPECT_EQ(out["send_task"], Json({{"value", 5}})) << out.dump();
+    EXPECT_EQ(out["delay"], Json({{"value", 42}})) << out.dump();
+    EXPECT_EQ(out["kwargs"], Json({{"value", 42}})) << out.dump();
+    EXPECT_EQ(out["routed"], Json({{"value", 2}})) << out.dump();
+    // The failure is raised in Python as the builtin exception it names.
+    EXPECT_EQ(out["failure"]["exc_type"], "ValueError") << out.dump();
+    EXPECT_EQ(out["failure"]["exc_module"], "builtins") << out.dump();
+    EXPECT_EQ(out["failure"]["exc_message"], "kaboom") << out.dump();
+    EXPECT_EQ(out["failure_state"], "FAILURE");
+    // The retry is visible as RETRY before the task succeeds.
+    auto states = out["flaky_states"];
+    EXPECT_NE(std::find(states.begin(), states.end(), Json("RETRY")), states.end()) << out.dump();
+    EXPECT_EQ(states.back(), "SUCCESS") << out.dump();
+    EXPECT_EQ(out["flaky"], Json({{"value", "ok after 1 retries"}})) << out.dump();
+}
+
+}  // namespace
+
+TEST(CeleryInterop, PythonClientTasksRunOnAConveyorWorkerWithRpcResults) {
+    auto q = unique_name("py2cv");
+    auto routed = q + ".routed";
+    BackgroundWorker w(open_with(queues({q, routed})), options_for({q, routed}, 2));
+    register_handlers(w.worker);
+    w.start();
+    auto out = celery_client({"to_conveyor", routed}, q, "rpc://");
+    expect_python_saw_conveyor_results(out);
+}
+
+TEST(CeleryInterop, PythonClientTasksRunOnAConveyorWorkerWithRedisResults) {
+    auto q = unique_name("py2cv-redis");
+    auto routed = q + ".routed";
+    auto url = shared_rabbitmq_url() + "?results=" + shared_redis_url();
+    BackgroundWorker w(open_with(queues({q, routed}), url), options_for({q, routed}, 2));
+    register_handlers(w.worker);
+    w.start();
+    auto out = celery_client({"to_conveyor", routed}, q, shared_redis_url());
+    expect_python_saw_conveyor_results(out);
+}
+
+namespace {
+
+/// Conveyor -> an unmodified Celery worker, results through the broker's backend.
+void conveyor_to_celery(const std::string& q, const std::string& broker_url,
+                        const std::string& backend) {
+    CeleryWorker py(q, backend);
+    ASSERT_TRUE(py.ready()) << py.log();
+    auto broker = open_with(queues({q}), broker_url);
+    Client client(broker);
+
+    auto id = client.enqueue("interop.py_add", {2, 3}, Json::object(), {.queue = q});
+    ASSERT_TRUE(id) << id.error().message;
+    auto r = client.wait(*id, 30s);
+    ASSERT_TRUE(r) << r.error().message << "\n" << py.log();
+    EXPECT_EQ(r->state, TaskState::success);
+    EXPECT_EQ(r->result, 5);
+
+    auto kw = client.enqueue("interop.py_mul", Json::array(), {{"x", 6}, {"y", 7}}, {.queue = q});
+    ASSERT_TRUE(kw);
+    r = client.wait(*kw, 30s);
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_EQ(r->result, 42);
+
+    // A delayed task waits in the broker, then runs on the Python worker.
+    auto t0 = std::chrono::steady_clock::now();
+    auto later = client.enqueue("interop.py_xsum", Json::array({Json::array({1, 2, 3})}),
+                                Json::object(), {.queue = q, .countdown = 1s});
+    ASSERT_TRUE(later);
+    r = client.wait(*later, 30s);
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_EQ(r->result, 6);
+    EXPECT_GE(std::chrono::steady_clock::now() - t0, 1s);
+
+    auto bad = client.enqueue("interop.py_fail", {"kaboom"}, Json::object(), {.queue = q});
+    ASSERT_TRUE(bad);
+    r = client.wait(*bad, 30s);
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_EQ(r->state, TaskState::failure);
+    EXPECT_EQ(r->result["exc_type"], "ValueError");
+    EXPECT_EQ(r->result["exc_message"], Json::array({"kaboom"}));
+    EXPECT_NE(r->traceback.find("ValueError: kaboom"), std::string::npos) << r->traceback;
+}
+
+}  // namespace
+
+TEST(CeleryInterop, ConveyorTasksRunOnAnUnmodifiedCeleryWorkerWithRpcResults) {
+    conveyor_to_celery(unique_name("cv2py"), shared_rabbitmq_url(), "rpc://");
+}
+
+TEST(CeleryInterop, ConveyorTasksRunOnAnUnmodifiedCeleryWorkerWithRedisResults) {
+    auto q = unique_name("cv2py-redis");
+    conveyor_to_celery(q, shared_rabbitmq_url() + "?results=" + shared_redis_url(),
+                       shared_redis_url());
+    // Python reads the result of a task Conveyor sent from the same backend.
+    auto broker = open_with(queues({q}), shared_rabbitmq_url() + "?results=" + shared_redis_url());
+    CeleryWorker py(q, shared_redis_url());
+    ASSERT_TRUE(py.ready()) << py.log();
+    Client client(broker);
+    auto id = client.enqueue("interop.py_add", {7, 8}, Json::object(), {.queue = q});
+    ASSERT_TRUE(id);
+    auto out = celery_client({"wait_for", *id}, q, shared_redis_url());
+    EXPECT_EQ(out["result"], Json({{"value", 15}})) << out.dump();
+    EXPECT_EQ(out["state"], "SUCCESS");
+}

@@ -1,0 +1,62 @@
+"""Celery client side of the interop tests: sends tasks as any Python service would and prints
+one JSON object with what came back.  usage: celery_client.py SCENARIO [ARGS...]"""
+import json
+import sys
+import time
+
+sys.path.insert(0, __import__('os').path.dirname(__file__))
+from interop_app import add, app  # noqa: E402
+
+
+def outcome(fn):
+    """Runs fn; returns {'value': ...} or {'exc_type', 'exc_module', 'exc_message'}."""
+    try:
+        return {'value': fn()}
+    except Exception as exc:  # noqa: BLE001 - report whatever the client raised
+        return {'exc_type': type(exc).__name__, 'exc_module': type(exc).__module__,
+                'exc_message': str(exc)}
+
+
+def to_conveyor(routed_queue):
+    out = {}
+    # First, before any get(): with rpc://, AsyncResult.state reads the reply queue with
+    # basic_get only until the client starts its result consumer.
+    flaky = app.send_task('interop.flaky', ())
+    states = []
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        s = flaky.state
+        if not states or states[-1] != s:
+            states.append(s)
+        if s in ('SUCCESS', 'FAILURE'):
+            break
+        time.sleep(0.05)
+    out['flaky_states'] = states
+    out['flaky'] = outcome(lambda: flaky.get(timeout=30))
+    r = app.send_task('interop.add', (2, 3))
+    out['send_task'] = outcome(lambda: r.get(timeout=30))
+    out['delay'] = outcome(lambda: add.delay(20, 22).get(timeout=30))
+    out['kwargs'] = outcome(
+        lambda: app.send_task('interop.add', kwargs={'x': 40, 'y': 2}).get(timeout=30))
+    out['routed'] = outcome(
+        lambda: app.send_task('interop.add', (1, 1), queue=routed_queue).get(timeout=30))
+    failing = app.send_task('interop.fail', ('kaboom',))
+    out['failure'] = outcome(lambda: failing.get(timeout=30))
+    out['failure_state'] = failing.state
+    print(json.dumps(out))
+
+
+def wait_for(task_id):
+    """Waits for a result of a task someone else sent (redis backend)."""
+    r = app.AsyncResult(task_id)
+    print(json.dumps({'result': outcome(lambda: r.get(timeout=30)), 'state': r.state}))
+
+
+if __name__ == '__main__':
+    scenario = sys.argv[1]
+    if scenario == 'to_conveyor':
+        to_conveyor(sys.argv[2])
+    elif scenario == 'wait_for':
+        wait_for(sys.argv[2])
+    else:
+        sys.exit('unknown scenario ' + scenario)
