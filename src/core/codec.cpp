@@ -147,6 +147,29 @@ Envelope encode(const TaskMessage& t) {
     return env;
 }
 
+Result<Envelope> encode_raw(const TaskMessage& t, std::string_view queue) {
+    if (!t.args.is_array() || t.args.size() != 1 || (t.kwargs.is_object() && !t.kwargs.empty()))
+        return fail(Errc::invalid_argument,
+                    fmt::format("queue '{}' is raw: a task to it carries exactly one argument "
+                                "(the message body) and no kwargs",
+                                queue));
+    Envelope env;
+    const Json& payload = t.args[0];
+    if (payload.is_string()) {
+        env.content_type = "text/plain";
+        env.body = payload.get<std::string>();
+    } else {
+        env.content_type = std::string(kJson);
+        env.body = payload.dump(-1, ' ', false, Json::error_handler_t::replace);
+    }
+    env.content_encoding = "utf-8";
+    env.correlation_id = t.id;
+    env.reply_to = t.reply_to;
+    env.priority = t.priority;
+    if (t.eta) env.headers["eta"] = detail::format_iso8601(*t.eta);
+    return env;
+}
+
 Result<TaskMessage> decode(const Envelope& env, std::size_t max_body) {
     if (auto ok = check_envelope(env, max_body); !ok) return std::unexpected(ok.error());
     if (env.content_type.empty())

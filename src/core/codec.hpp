@@ -16,6 +16,11 @@ inline constexpr std::size_t kDefaultMaxBody = 16u << 20;
 /// Encodes a task as Celery 5.2.6 does: full header set, body [args, kwargs, embed].
 Envelope encode(const TaskMessage& task);
 
+/// Encodes a task for a `format = "raw"` queue, as a plain publisher would: the body is the one
+/// argument (a string as text/plain, anything else as JSON); the id travels as correlation id.
+/// Errc::invalid_argument when the task has other than one argument, or kwargs.
+Result<Envelope> encode_raw(const TaskMessage& task, std::string_view queue);
+
 /// Decodes a Celery protocol v2 (or v1) message. Every way a message can be wrong is
 /// an Errc::malformed error whose message says what is wrong; it never throws.
 Result<TaskMessage> decode(const Envelope& env, std::size_t max_body = kDefaultMaxBody);

@@ -206,6 +206,8 @@ struct Worker::Impl {
     void admit(Delivery&& d, std::vector<Settlement>& settle_now, std::vector<Job*>& ready) {
         Result<TaskMessage> task;
         if (auto* rq = raw_queue(d.queue)) {
+            // A plain publisher may set no id at all: the task gets one of its own.
+            if (d.message_id.empty()) d.message_id = make_task_id();
             task = codec::decode_raw(d.envelope, rq->task, d.message_id, opts.max_body);
         } else {
             task = codec::decode(d.envelope, opts.max_body);
