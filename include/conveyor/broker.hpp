@@ -105,6 +105,32 @@ class Consumer {
     [[nodiscard]] virtual Result<void> renew() = 0;
 };
 
+/// A remote-control request addressed to a worker (Celery's pidbox: `celery inspect ping`,
+/// `celery control revoke`, ...).
+struct ControlRequest {
+    std::string method;
+    Json arguments = Json::object();
+    std::int64_t clock = 0;      ///< the sender's Lamport clock
+    std::string reply_exchange;  ///< empty: a cast, answered by nobody
+    std::string reply_routing_key;
+    std::string ticket;
+};
+
+/// A worker's line to monitors and remote control. Used by one thread.
+class ControlChannel {
+  public:
+    virtual ~ControlChannel() = default;
+    /// Publishes monitoring events (transient; lost when nobody listens). Each is an object
+    /// with "type" ("task-succeeded", "worker-heartbeat", ...) and its fields.
+    [[nodiscard]] virtual Result<void> publish_events(std::span<const Json> events) = 0;
+    /// The next request for this worker, waiting at most `wait`; nullopt when none came.
+    [[nodiscard]] virtual Result<std::optional<ControlRequest>> next_request(
+        std::chrono::milliseconds wait) = 0;
+    /// Answers a request (not a cast) with `value`, as reply `{node: value}`.
+    [[nodiscard]] virtual Result<void> reply(const ControlRequest& request, const Json& value,
+                                             std::int64_t clock) = 0;
+};
+
 /// Engine-independent broker. Thread-safe: publish and the admin calls may be used from any
 /// thread; each consumer belongs to one thread.
 class Broker {
@@ -144,6 +170,12 @@ class Broker {
     /// Declares the recorded topology now, idempotently (`conveyor topology apply`). An entity
     /// that exists with other arguments is an Errc::conflict naming it and the argument.
     [[nodiscard]] virtual Result<void> declare_topology() = 0;
+    /// Monitoring and remote control for the worker called `node` ("name@host"): Celery
+    /// events and pidbox on amqp. nullptr where the engine has neither.
+    [[nodiscard]] virtual Result<std::unique_ptr<ControlChannel>> control(std::string_view node) {
+        (void)node;
+        return std::unique_ptr<ControlChannel>();
+    }
     virtual std::string url() const = 0;
 };
 

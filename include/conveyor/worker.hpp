@@ -95,6 +95,10 @@ struct WorkerOptions {
     RetryPolicy default_retry;               ///< for tasks registered without options
     std::size_t max_body = 16u << 20;        ///< larger messages are dead-lettered
     std::uint64_t seed = 0;                  ///< jitter seed; 0 picks one
+    /// Node name for monitors and remote control ("name@host"; default conveyor-PID@HOST).
+    std::string node_name;
+    bool task_events = false;    ///< send task-* events (Celery's -E); worker-* always go
+    bool remote_control = true;  ///< answer `celery inspect` / `celery control` (amqp)
 };
 
 /// Counters since start. All monotonic.

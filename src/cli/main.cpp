@@ -92,8 +92,19 @@ void on_signal(int) {
     if (g_worker) g_worker->stop();
 }
 
-int cmd_worker(const Global& g, std::string queues_flag, int concurrency, int prefetch,
-               double lease, double grace) {
+/// `conveyor worker` flags; unset ones take the config's [worker] values.
+struct WorkerFlags {
+    std::string queues;
+    int concurrency = 0, prefetch = 0;
+    double lease = 0, grace = -1;
+    std::string node;
+    bool events = false;
+};
+
+int cmd_worker(const Global& g, const WorkerFlags& f) {
+    const std::string& queues_flag = f.queues;
+    int concurrency = f.concurrency, prefetch = f.prefetch;
+    double lease = f.lease, grace = f.grace;
     Config cfg = load(g);
     auto broker = open_broker(broker_url(g, cfg), cfg);
     WorkerOptions o;
@@ -109,6 +120,8 @@ int cmd_worker(const Global& g, std::string queues_flag, int concurrency, int pr
     o.shutdown_grace = std::chrono::milliseconds(
         static_cast<long long>((grace >= 0 ? grace : cfg.worker.shutdown_grace) * 1000));
     o.default_retry = cfg.default_retry;
+    o.node_name = f.node;
+    o.task_events = f.events;
     Worker worker(broker, o);
     worker.configure(cfg);
     std::size_t handlers = 0;
@@ -185,17 +198,19 @@ int main(int argc, char** argv) {
     app.add_flag("--json", g.json, "JSON output instead of tables");
 
     auto* worker = app.add_subcommand("worker", "Run a worker");
-    std::string w_queues;
-    int w_conc = 0, w_prefetch = 0;
-    double w_lease = 0, w_grace = -1;
-    worker->add_option("--queues,-Q", w_queues, "Comma-separated queues to consume");
-    worker->add_option("--concurrency,-c", w_conc, "Handler threads")->check(CLI::Range(1, 1024));
-    worker->add_option("--prefetch", w_prefetch, "Deliveries held at once")
+    WorkerFlags wf;
+    worker->add_option("--queues,-Q", wf.queues, "Comma-separated queues to consume");
+    worker->add_option("--concurrency,-c", wf.concurrency, "Handler threads")
+        ->check(CLI::Range(1, 1024));
+    worker->add_option("--prefetch", wf.prefetch, "Deliveries held at once")
         ->check(CLI::Range(1, 100000));
-    worker->add_option("--lease", w_lease, "Seconds a claim lasts without renewal (sqlite)")
+    worker->add_option("--lease", wf.lease, "Seconds a claim lasts without renewal (sqlite)")
         ->check(CLI::Range(0.2, 86400.0));
-    worker->add_option("--grace", w_grace, "Seconds running tasks get on SIGTERM")
+    worker->add_option("--grace", wf.grace, "Seconds running tasks get on SIGTERM")
         ->check(CLI::Range(0.0, 86400.0));
+    worker->add_option("--name,-n", wf.node,
+                       "Node name for monitors and remote control (default conveyor-PID@HOST)");
+    worker->add_flag("--events,-E", wf.events, "Send task events (celery events, Flower)");
 
     auto* enqueue = app.add_subcommand("enqueue", "Enqueue a task and print its id");
     std::string e_task, e_args = "[]", e_kwargs = "{}", e_queue, e_eta, e_id;
@@ -287,7 +302,7 @@ int main(int argc, char** argv) {
         die(fmt::format("{} (see 'conveyor --help')", msg), 2);
     }
 
-    if (worker->parsed()) return cmd_worker(g, w_queues, w_conc, w_prefetch, w_lease, w_grace);
+    if (worker->parsed()) return cmd_worker(g, wf);
     if (demo->parsed()) {
         if (!g.broker.empty()) demo_opts.broker = g.broker;
         auto r = run_demo(demo_opts);

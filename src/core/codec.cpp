@@ -80,6 +80,8 @@ const std::vector<std::string>& known_headers() {
 
 }  // namespace
 
+std::string value_repr(const Json& value) { return repr(value); }
+
 std::string args_repr(const Json& args) {
     if (!args.is_array()) return repr(args);
     std::string out = "(";

@@ -32,6 +32,8 @@ Result<TaskMessage> decode_raw(const Envelope& env, std::string_view task_name,
                                std::string_view fallback_id,
                                std::size_t max_body = kDefaultMaxBody);
 
+/// Python-like repr of a value (task-succeeded events carry the result this way).
+std::string value_repr(const Json& value);
 /// Python-like repr of args/kwargs for the argsrepr/kwargsrepr headers.
 std::string args_repr(const Json& args);
 std::string kwargs_repr(const Json& kwargs);

@@ -16,6 +16,7 @@
 #include "core/codec.hpp"
 #include "core/time.hpp"
 #include "worker/handlers.hpp"
+#include "worker/monitor.hpp"
 
 namespace conveyor {
 
@@ -45,11 +46,13 @@ struct Job {
     std::optional<steady_clock::time_point> deadline;
     bool started = false;
     bool release_on_finish = false;
+    bool revoked = false;  ///< `revoke --terminate` stopped it
+    steady_clock::time_point started_at{};
     std::string key;  ///< ordering key: jobs with the same key run one at a time, in order
 };
 
 struct Outcome {
-    enum class Kind { success, failure, reject } kind = Kind::success;
+    enum class Kind { success, failure, reject, revoked } kind = Kind::success;
     Job* job = nullptr;
     Json result;
     std::string exc_type;
@@ -92,12 +95,20 @@ struct Worker::Impl {
     std::unordered_map<std::string, int> key_busy;
     std::multimap<steady_clock::time_point, Job*> sleeping;
     std::mt19937_64 rng;
+    std::unique_ptr<detail::Monitor> monitor;  // amqp: Celery events and remote control
 
     Impl(std::shared_ptr<Broker> b, WorkerOptions o) : broker(std::move(b)), opts(std::move(o)) {
         if (opts.name.empty()) {
             char host[256] = {};
             gethostname(host, sizeof host - 1);
             opts.name = fmt::format("{}:{}", host, getpid());
+        }
+        if (opts.node_name.empty() || opts.node_name.find('@') == std::string::npos) {
+            // Celery's form: name@host (a bare name gets this host, as `celery -n` does).
+            char host[256] = {};
+            gethostname(host, sizeof host - 1);
+            opts.node_name = opts.node_name.empty() ? fmt::format("conveyor-{}@{}", getpid(), host)
+                                                    : fmt::format("{}@{}", opts.node_name, host);
         }
         if (opts.prefetch == 0) opts.prefetch = std::size_t(std::max(1, opts.concurrency)) * 4;
         if (opts.concurrency < 1) opts.concurrency = 1;
@@ -121,10 +132,18 @@ struct Worker::Impl {
                 job = queued.front();
                 queued.pop_front();
                 job->started = true;
+                job->started_at = steady_clock::now();
             }
-            running++;
-            Outcome out = execute(*job);
-            running--;
+            Outcome out;
+            if (monitor && monitor->is_revoked(job->task.id)) {
+                out.job = job;
+                out.kind = Outcome::Kind::revoked;  // revoked while it waited here
+            } else {
+                if (monitor) monitor->started(job->task.id);
+                running++;
+                out = execute(*job);
+                running--;
+            }
             {
                 std::lock_guard lk(mu);
                 outcomes.push_back(std::move(out));
@@ -202,6 +221,20 @@ struct Worker::Impl {
         return s;
     }
 
+    /// Acked, with REVOKED stored (`reason`: "revoked" or "terminated"), as Celery does.
+    Settlement revoked_settlement(std::uint64_t tag, const std::string& id, const char* reason) {
+        Settlement s;
+        s.kind = Settlement::Kind::ack;
+        s.tag = tag;
+        TaskResult r;
+        r.id = id;
+        r.state = TaskState::revoked;
+        r.result = exception_result("TaskRevokedError", "celery.exceptions", reason);
+        r.done_at = SystemClock::now();
+        s.result = std::move(r);
+        return s;
+    }
+
     // Decides what a freshly fetched delivery becomes: a job, or an immediate settlement.
     void admit(Delivery&& d, std::vector<Settlement>& settle_now, std::vector<Job*>& ready) {
         Result<TaskMessage> task;
@@ -223,11 +256,19 @@ struct Worker::Impl {
             settle_now.push_back(dead_letter(
                 d, task->id, task->retries,
                 fmt::format("no handler registered for task '{}' on this worker", task->name),
-                "NotRegistered", "celery.exceptions"));
+                "NotRegistered", "celery.exceptions", task->name));
+            if (monitor)
+                monitor->failed(task->id, fmt::format("NotRegistered('{}')", task->name), "");
+            return;
+        }
+        if (monitor && monitor->is_revoked(task->id)) {
+            settle_now.push_back(revoked_settlement(d.tag, task->id, "revoked"));
+            monitor->revoked(task->id, false, false);
             return;
         }
         auto now = SystemClock::now();
         if (task->expires && *task->expires < now) {
+            if (monitor) monitor->revoked(task->id, true, false);
             Settlement s;
             s.kind = Settlement::Kind::ack;
             s.tag = d.tag;
@@ -253,6 +294,7 @@ struct Worker::Impl {
             settle_now.push_back(std::move(s));
             return;
         }
+        if (monitor) monitor->received(*task, d);
         std::string key = std::move(d.ordering_key);
         jobs.push_back(Job{std::move(d), std::move(*task), &it->second});
         Job& job = jobs.back();
@@ -309,9 +351,18 @@ struct Worker::Impl {
         const Delivery& d = job.delivery;
         if (job.release_on_finish) {
             released++;
+            if (monitor) monitor->released(job.task.id);
             return Settlement{Settlement::Kind::release, d.tag};
         }
+        if (job.revoked || o.kind == Outcome::Kind::revoked) {
+            if (monitor) monitor->revoked(job.task.id, false, job.revoked);
+            return revoked_settlement(d.tag, job.task.id, job.revoked ? "terminated" : "revoked");
+        }
         if (o.kind == Outcome::Kind::success) {
+            if (monitor)
+                monitor->succeeded(
+                    job.task.id, o.result,
+                    std::chrono::duration<double>(steady_clock::now() - job.started_at).count());
             Settlement s;
             s.kind = Settlement::Kind::ack;
             s.tag = d.tag;
@@ -330,6 +381,12 @@ struct Worker::Impl {
         RetryPolicy policy = job.reg->options.retry;
         if (job.task.max_retries) policy.max_retries = *job.task.max_retries;
         std::string what = fmt::format("{}: {}", o.exc_type, o.message);
+        std::string exc_repr =
+            fmt::format("{}({})", o.exc_type, codec::value_repr(Json(o.message)));
+        if (monitor && (o.kind == Outcome::Kind::reject || !may_retry(policy, job.task.retries)))
+            monitor->failed(job.task.id, exc_repr, what);
+        else if (monitor)
+            monitor->retried(job.task.id, exc_repr, what);
         if (o.kind == Outcome::Kind::reject) {
             return dead_letter(d, job.task.id, job.task.retries, "rejected: " + what, o.exc_type,
                                o.exc_module, o.message);
@@ -383,6 +440,24 @@ struct Worker::Impl {
         {
             std::lock_guard lk(mu);
             executors_exit = false;
+        }
+        if (opts.remote_control) {
+            auto ch = broker->control(opts.node_name);
+            if (!ch)
+                fmt::print(stderr, "conveyor: no monitoring/remote control: {}\n",
+                           ch.error().message);
+            else if (*ch) {
+                detail::MonitorOptions mo;
+                mo.node = opts.node_name;
+                mo.concurrency = opts.concurrency;
+                mo.prefetch = opts.prefetch;
+                mo.queues = opts.queues;
+                for (auto& [name, _] : handlers) mo.registered.push_back(name);
+                mo.task_events = opts.task_events;
+                mo.on_shutdown = [this] { stopping.store(true); };
+                monitor = std::make_unique<detail::Monitor>(std::move(*ch), std::move(mo));
+                monitor->start();
+            }
         }
         std::vector<std::jthread> threads;
         for (int i = 0; i < opts.concurrency; ++i)
@@ -456,7 +531,14 @@ struct Worker::Impl {
                 }
             }
 
-            // 3. Time limits.
+            // 3. Time limits, and `revoke --terminate`.
+            if (monitor)
+                for (auto& id : monitor->take_terminations())
+                    for (auto& j : jobs)
+                        if (j.task.id == id && j.started) {
+                            j.revoked = true;
+                            j.stop.request_stop();
+                        }
             auto now = steady_clock::now();
             for (auto& j : jobs) {
                 if (j.deadline && now >= *j.deadline && !j.stop.stop_requested())
@@ -520,6 +602,10 @@ struct Worker::Impl {
         sleeping.clear();
         key_waiting.clear();
         key_busy.clear();
+        if (monitor) {
+            monitor->stop();  // worker-offline
+            monitor.reset();
+        }
         return failure;
     }
 };

@@ -13,6 +13,7 @@
 #include <unordered_map>
 
 #include "broker/amqp/amqp_connection.hpp"
+#include "broker/amqp/amqp_control.hpp"
 #include "broker/amqp/delay.hpp"
 #include "core/codec.hpp"
 #include "core/result_meta.hpp"
@@ -1060,6 +1061,10 @@ class AmqpBroker final : public Broker {
                                                              : std::unexpected(n.error());
                 return std::size_t(*n);
             });
+    }
+
+    Result<std::unique_ptr<ControlChannel>> control(std::string_view node) override {
+        return make_control_channel(e_->opts, std::string(node));
     }
 
     Result<void> set_topology(const Topology& t) override { return e_->set_topology(t); }

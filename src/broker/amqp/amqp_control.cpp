@@ -1,0 +1,188 @@
+#include "broker/amqp/amqp_control.hpp"
+
+#include <fmt/format.h>
+#include <fnmatch.h>
+
+#include <algorithm>
+
+namespace conveyor::amqp {
+
+namespace {
+
+using namespace std::chrono;
+
+constexpr std::string_view kEventExchange = "celeryev";
+constexpr std::string_view kPidboxExchange = "celery.pidbox";
+constexpr std::string_view kReplyExchange = "reply.celery.pidbox";
+constexpr amqp_channel_t kChannel = 1;  // publishing (no confirms) and the pidbox consumer
+
+/// Does a request's destination / pattern select `node`? (kombu's Node.handle_message)
+bool addressed_to(const Json& body, const std::string& node) {
+    if (auto d = body.find("destination"); d != body.end() && d->is_array() && !d->empty())
+        return std::any_of(d->begin(), d->end(),
+                           [&](const Json& n) { return n.is_string() && n == node; });
+    auto pattern = body.find("pattern");
+    if (pattern != body.end() && pattern->is_string()) {
+        auto m = body.find("matcher");
+        if (m == body.end() || m->is_null() || *m == "glob")
+            return fnmatch(pattern->get_ref<const std::string&>().c_str(), node.c_str(), 0) == 0;
+        return false;  // pcre matchers are not supported: not for us
+    }
+    return true;
+}
+
+class AmqpControl final : public ControlChannel {
+  public:
+    AmqpControl(ConnectionOptions o, std::string node)
+        : opts_(std::move(o)), node_(std::move(node)) {}
+
+    Result<void> publish_events(std::span<const Json> events) override {
+        if (events.empty()) return {};
+        if (auto ok = ensure(); !ok) return ok;
+        Pool pool;
+        for (auto& e : events) {
+            std::string type = e.value("type", "");
+            std::string key = type;
+            std::replace(key.begin(), key.end(), '-', '.');
+            Envelope env;
+            env.content_type = "application/json";
+            env.content_encoding = "utf-8";
+            env.headers = {{"hostname", node_}};
+            env.body = e.dump(-1, ' ', true, Json::error_handler_t::replace);
+            if (auto ok = send(pool, kEventExchange, key, env); !ok) return ok;
+            pool.clear();
+        }
+        return {};
+    }
+
+    Result<std::optional<ControlRequest>> next_request(milliseconds wait) override {
+        if (auto ok = ensure(); !ok) return std::unexpected(ok.error());
+        auto deadline = steady_clock::now() + wait;
+        for (;;) {
+            auto left = duration_cast<microseconds>(deadline - steady_clock::now());
+            if (left.count() < 0) left = microseconds(0);
+            timeval tv{time_t(left.count() / 1000000), suseconds_t(left.count() % 1000000)};
+            amqp_maybe_release_buffers(conn_->raw());
+            amqp_envelope_t env;
+            auto r = amqp_consume_message(conn_->raw(), &env, &tv, 0);
+            if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+                r.library_error == AMQP_STATUS_TIMEOUT)
+                return std::optional<ControlRequest>();
+            if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+                if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+                    r.library_error == AMQP_STATUS_UNEXPECTED_STATE) {
+                    amqp_frame_t f;
+                    timeval zero{0, 0};
+                    if (amqp_simple_wait_frame_noblock(conn_->raw(), &f, &zero) == AMQP_STATUS_OK &&
+                        f.frame_type == AMQP_FRAME_METHOD &&
+                        f.payload.method.id != AMQP_CHANNEL_CLOSE_METHOD &&
+                        f.payload.method.id != AMQP_CONNECTION_CLOSE_METHOD &&
+                        f.payload.method.id != AMQP_BASIC_CANCEL_METHOD)
+                        continue;
+                }
+                conn_.reset();
+                return fail(Errc::unavailable, "the remote-control connection was lost");
+            }
+            Envelope e = envelope_of(env.message.properties, env.message.body);
+            amqp_destroy_envelope(&env);
+            Json body = Json::parse(e.body, nullptr, false);
+            if (!body.is_object() || !body.contains("method") || !body["method"].is_string() ||
+                !addressed_to(body, node_)) {
+                if (steady_clock::now() >= deadline) return std::optional<ControlRequest>();
+                continue;
+            }
+            ControlRequest req;
+            req.method = body["method"].get<std::string>();
+            if (auto a = body.find("arguments"); a != body.end() && a->is_object())
+                req.arguments = *a;
+            if (auto c = e.headers.find("clock"); c != e.headers.end() && c->is_number_integer())
+                req.clock = c->get<std::int64_t>();
+            if (auto rt = body.find("reply_to"); rt != body.end() && rt->is_object()) {
+                req.reply_exchange = rt->value("exchange", "");
+                req.reply_routing_key = rt->value("routing_key", "");
+            }
+            if (auto t = body.find("ticket"); t != body.end() && t->is_string())
+                req.ticket = t->get<std::string>();
+            return std::optional<ControlRequest>(std::move(req));
+        }
+    }
+
+    Result<void> reply(const ControlRequest& req, const Json& value, std::int64_t clock) override {
+        if (req.reply_exchange.empty() && req.reply_routing_key.empty()) return {};
+        if (auto ok = ensure(); !ok) return ok;
+        if (!req.reply_exchange.empty() && !reply_exchange_declared_) {
+            if (auto ok =
+                    conn_->declare_exchange(req.reply_exchange, "direct", false, Json::object());
+                !ok)
+                return ok;
+            reply_exchange_declared_ = true;
+        }
+        Envelope env;
+        env.content_type = "application/json";
+        env.content_encoding = "utf-8";
+        env.headers = {{"ticket", req.ticket}, {"clock", clock}};
+        env.body = Json{{node_, value}}.dump(-1, ' ', true, Json::error_handler_t::replace);
+        Pool pool;
+        return send(pool, req.reply_exchange, req.reply_routing_key, env);
+    }
+
+  private:
+    Result<void> ensure() {
+        if (conn_ && conn_->healthy()) return {};
+        conn_.reset();
+        reply_exchange_declared_ = false;
+        auto c = Connection::open(opts_, "conveyor-control " + node_);
+        if (!c) return std::unexpected(c.error());
+        auto& conn = **c;
+        // Exactly Celery's flags, or Python peers get PRECONDITION_FAILED.
+        if (auto ok = conn.declare_exchange(kEventExchange, "topic", true, Json::object()); !ok)
+            return ok;
+        if (auto ok = conn.declare_exchange(kPidboxExchange, "fanout", false, Json::object()); !ok)
+            return ok;
+        std::string queue = node_ + ".celery.pidbox";
+        Json args = {{"x-message-ttl", 300000}, {"x-expires", 10000}};
+        if (auto q = conn.declare_queue(queue, args, false, false, true); !q)
+            return std::unexpected(q.error());
+        if (auto ok = conn.bind_queue(queue, kPidboxExchange, ""); !ok) return ok;
+        if (auto ok = conn.ensure_channel(kChannel); !ok) return ok;
+        Pool pool;
+        amqp_basic_consume(conn.raw(), kChannel, pool.bytes(queue), amqp_empty_bytes, 0, 1, 0,
+                           amqp_empty_table);
+        if (auto ok = conn.check(amqp_get_rpc_reply(conn.raw()), kChannel,
+                                 fmt::format("consuming from '{}'", queue));
+            !ok)
+            return ok;
+        conn_ = std::move(*c);
+        return {};
+    }
+
+    /// Transient publish, no confirm (events and replies are best-effort, as in Celery).
+    Result<void> send(Pool& pool, std::string_view exchange, std::string_view key,
+                      const Envelope& env) {
+        auto props = properties(pool, env);
+        props.delivery_mode = 1;
+        props._flags |= AMQP_BASIC_PRIORITY_FLAG;
+        props.priority = 0;
+        amqp_bytes_t body{env.body.size(), const_cast<char*>(env.body.data())};
+        if (amqp_basic_publish(conn_->raw(), kChannel, pool.bytes(exchange), pool.bytes(key), 0, 0,
+                               &props, body) != AMQP_STATUS_OK) {
+            conn_.reset();
+            return fail(Errc::unavailable, "publishing on the remote-control connection failed");
+        }
+        return {};
+    }
+
+    ConnectionOptions opts_;
+    std::string node_;
+    std::unique_ptr<Connection> conn_;
+    bool reply_exchange_declared_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<ControlChannel> make_control_channel(const ConnectionOptions& options,
+                                                     std::string node) {
+    return std::make_unique<AmqpControl>(options, std::move(node));
+}
+
+}  // namespace conveyor::amqp

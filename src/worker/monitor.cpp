@@ -1,0 +1,364 @@
+#include "worker/monitor.hpp"
+
+#include <fmt/format.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <ctime>
+
+#include "core/codec.hpp"
+#include "core/time.hpp"
+
+namespace conveyor::detail {
+
+namespace {
+
+using namespace std::chrono;
+
+constexpr double kHeartbeatSeconds = 2.0;
+constexpr std::size_t kRevokedKept = 50000;  // as Celery's LimitedSet
+
+double now_epoch() { return duration<double>(system_clock::now().time_since_epoch()).count(); }
+double monotonic() { return duration<double>(steady_clock::now().time_since_epoch()).count(); }
+
+/// Python's time.timezone // 3600: hours *west* of UTC, floored.
+int utcoffset() {
+    std::time_t t = std::time(nullptr);
+    std::tm tm{};
+    localtime_r(&t, &tm);
+    return int(std::floor(-double(tm.tm_gmtoff) / 3600.0));
+}
+
+Json loadavg() {
+    double l[3] = {0, 0, 0};
+    if (getloadavg(l, 3) != 3) return Json::array({0.0, 0.0, 0.0});
+    return Json::array(
+        {std::round(l[0] * 100) / 100, std::round(l[1] * 100) / 100, std::round(l[2] * 100) / 100});
+}
+
+}  // namespace
+
+Monitor::Monitor(std::unique_ptr<ControlChannel> channel, MonitorOptions options)
+    : channel_(std::move(channel)), opts_(std::move(options)), task_events_(opts_.task_events) {
+    std::sort(opts_.registered.begin(), opts_.registered.end());
+}
+
+Monitor::~Monitor() { stop(); }
+
+void Monitor::start() {
+    {
+        std::lock_guard lk(mu_);
+        emit(worker_event("worker-online"));
+    }
+    thread_ = std::thread([this] { loop(); });
+}
+
+void Monitor::stop() {
+    if (!thread_.joinable()) return;
+    {
+        std::lock_guard lk(mu_);
+        stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+}
+
+Json Monitor::worker_event(const char* type) const {
+    std::size_t active = 0;
+    for (auto& [_, r] : rows_) active += r.active ? 1 : 0;
+    return Json{{"type", type},         {"freq", kHeartbeatSeconds},
+                {"active", active},     {"processed", processed_},
+                {"loadavg", loadavg()}, {"sw_ident", "conveyor"},
+                {"sw_ver", "0.1.0"},    {"sw_sys", "Linux"}};
+}
+
+void Monitor::emit(Json e) {
+    bool task_event = e.value("type", "").starts_with("task-");
+    if (task_event && !task_events_) return;
+    e["hostname"] = opts_.node;
+    e["utcoffset"] = utcoffset();
+    e["pid"] = getpid();
+    e["clock"] = ++clock_;
+    e["timestamp"] = now_epoch();
+    events_.push_back(std::move(e));
+}
+
+void Monitor::received(const TaskMessage& t, const Delivery& d) {
+    Json info = {{"id", t.id},
+                 {"name", t.name},
+                 {"args", t.args},
+                 {"kwargs", t.kwargs},
+                 {"type", t.name},
+                 {"hostname", opts_.node},
+                 {"time_start", nullptr},
+                 {"acknowledged", false},  // acks come after the outcome
+                 {"delivery_info",
+                  {{"exchange", ""},
+                   {"routing_key", d.queue},
+                   {"priority", t.priority},
+                   {"redelivered", d.deliveries > 1}}},
+                 {"worker_pid", nullptr}};
+    std::lock_guard lk(mu_);
+    rows_[t.id] = Row{std::move(info), t.name, false};
+    if (!task_events_) return;
+    Json e = {{"type", "task-received"},
+              {"uuid", t.id},
+              {"name", t.name},
+              {"args", codec::args_repr(t.args)},
+              {"kwargs", codec::kwargs_repr(t.kwargs)},
+              {"root_id", t.root_id.empty() ? Json() : Json(t.root_id)},
+              {"parent_id", t.parent_id.empty() ? Json() : Json(t.parent_id)},
+              {"retries", t.retries},
+              {"eta", t.eta ? Json(format_iso8601(*t.eta)) : Json()},
+              {"expires", t.expires ? Json(format_iso8601(*t.expires)) : Json()}};
+    emit(std::move(e));
+}
+
+void Monitor::started(const std::string& id) {
+    std::lock_guard lk(mu_);
+    if (auto it = rows_.find(id); it != rows_.end()) {
+        it->second.active = true;
+        it->second.info["time_start"] = now_epoch();
+        it->second.info["worker_pid"] = getpid();
+    }
+    emit(Json{{"type", "task-started"}, {"uuid", id}});
+}
+
+void Monitor::finish(const std::string& id) {
+    auto it = rows_.find(id);
+    if (it == rows_.end()) return;
+    total_[it->second.name]++;
+    processed_++;
+    rows_.erase(it);
+}
+
+void Monitor::succeeded(const std::string& id, const Json& result, double runtime) {
+    std::lock_guard lk(mu_);
+    finish(id);
+    emit(Json{{"type", "task-succeeded"},
+              {"uuid", id},
+              {"result", codec::value_repr(result)},
+              {"runtime", runtime}});
+}
+
+void Monitor::failed(const std::string& id, const std::string& exception,
+                     const std::string& traceback) {
+    std::lock_guard lk(mu_);
+    finish(id);
+    emit(Json{
+        {"type", "task-failed"}, {"uuid", id}, {"exception", exception}, {"traceback", traceback}});
+}
+
+void Monitor::retried(const std::string& id, const std::string& exception,
+                      const std::string& traceback) {
+    std::lock_guard lk(mu_);
+    finish(id);
+    emit(Json{{"type", "task-retried"},
+              {"uuid", id},
+              {"exception", exception},
+              {"traceback", traceback}});
+}
+
+void Monitor::revoked(const std::string& id, bool expired, bool terminated) {
+    std::lock_guard lk(mu_);
+    finish(id);
+    emit(Json{{"type", "task-revoked"},
+              {"uuid", id},
+              {"terminated", terminated},
+              {"signum", terminated ? Json(15) : Json()},
+              {"expired", expired}});
+}
+
+void Monitor::released(const std::string& id) {
+    std::lock_guard lk(mu_);
+    rows_.erase(id);
+}
+
+bool Monitor::is_revoked(const std::string& id) const {
+    std::lock_guard lk(mu_);
+    return revoked_.contains(id);
+}
+
+std::vector<std::string> Monitor::take_terminations() {
+    std::lock_guard lk(mu_);
+    return std::exchange(terminate_, {});
+}
+
+void Monitor::revoke(const Json& ids, bool terminate) {
+    auto add = [&](const std::string& id) {
+        if (revoked_.insert(id).second) revoked_order_.emplace_back(id, monotonic());
+        while (revoked_order_.size() > kRevokedKept) {
+            revoked_.erase(revoked_order_.front().first);
+            revoked_order_.pop_front();
+        }
+        if (terminate && rows_.contains(id) && rows_[id].active) terminate_.push_back(id);
+    };
+    if (ids.is_string()) add(ids.get<std::string>());
+    if (ids.is_array())
+        for (auto& i : ids)
+            if (i.is_string()) add(i.get<std::string>());
+}
+
+std::optional<Json> Monitor::handle(const ControlRequest& r) {
+    std::lock_guard lk(mu_);
+    clock_ = std::max(clock_, r.clock) + 1;
+    const Json& a = r.arguments;
+    const std::string& m = r.method;
+    if (m == "ping") return Json{{"ok", "pong"}};
+    if (m == "active" || m == "reserved") {
+        Json out = Json::array();
+        for (auto& [_, row] : rows_)
+            if (row.active == (m == "active")) out.push_back(row.info);
+        return out;
+    }
+    if (m == "scheduled") return Json::array();  // delayed tasks wait in the broker
+    if (m == "revoked") {
+        Json out = Json::array();
+        for (auto& [id, _] : revoked_order_) out.push_back(id);
+        return out;
+    }
+    if (m == "registered") {
+        Json out = Json::array();
+        for (auto& n : opts_.registered)
+            if (!n.starts_with("celery.")) out.push_back(n);
+        return out;
+    }
+    if (m == "query_task") {
+        Json out = Json::object();
+        if (auto ids = a.find("ids"); ids != a.end() && ids->is_array())
+            for (auto& id : *ids)
+                if (id.is_string())
+                    if (auto it = rows_.find(id.get<std::string>()); it != rows_.end())
+                        out[it->first] = Json::array(
+                            {it->second.active ? "active" : "reserved", it->second.info});
+        return out;
+    }
+    if (m == "stats") {
+        rusage ru{};
+        getrusage(RUSAGE_SELF, &ru);
+        auto secs = [](const timeval& tv) { return double(tv.tv_sec) + tv.tv_usec / 1e6; };
+        return Json{{"total", total_},
+                    {"pid", getpid()},
+                    {"clock", std::to_string(clock_)},
+                    {"uptime", duration_cast<seconds>(steady_clock::now() - started_at_).count()},
+                    {"pool",
+                     {{"max-concurrency", opts_.concurrency},
+                      {"processes", Json::array({getpid()})},
+                      {"implementation", "conveyor:threads"}}},
+                    {"broker", {{"transport", "amqp"}}},
+                    {"prefetch_count", opts_.prefetch},
+                    {"rusage",
+                     {{"utime", secs(ru.ru_utime)},
+                      {"stime", secs(ru.ru_stime)},
+                      {"maxrss", ru.ru_maxrss}}}};
+    }
+    if (m == "clock") return Json{{"clock", clock_}};
+    if (m == "revoke" || m == "terminate") {
+        Json ids = a.value("task_id", Json());
+        bool terminate = m == "terminate" || a.value("terminate", false);
+        revoke(ids, terminate);
+        std::string list = ids.is_array() ? [&] {
+            std::string s;
+            for (auto& i : ids) s += (s.empty() ? "" : ", ") + i.get<std::string>();
+            return s;
+        }()
+                                          : ids.is_string() ? ids.get<std::string>() : "";
+        return Json{{"ok", fmt::format("tasks {} flagged as revoked", list)}};
+    }
+    if (m == "hello") {
+        if (a.value("from_node", "") == opts_.node) return std::nullopt;
+        if (auto theirs = a.find("revoked"); theirs != a.end() && theirs->is_object())
+            for (auto& [id, _] : theirs->items()) revoke(Json(id), false);
+        Json mine = Json::object();
+        for (auto& [id, ts] : revoked_order_) mine[id] = Json::array({ts, id});
+        return Json{{"revoked", mine}, {"clock", clock_}};
+    }
+    if (m == "heartbeat") {
+        Json e = worker_event("worker-heartbeat");
+        e["freq"] = 5;
+        emit(std::move(e));
+        return std::nullopt;
+    }
+    if (m == "enable_events" || m == "disable_events") {
+        task_events_ = m == "enable_events";
+        return Json{{"ok", task_events_ ? "task events enabled" : "task events disabled"}};
+    }
+    if (m == "active_queues") {
+        Json out = Json::array();
+        for (auto& q : opts_.queues)
+            out.push_back({{"name", q},
+                           {"exchange", {{"name", ""}, {"type", "direct"}}},
+                           {"routing_key", q},
+                           {"durable", true},
+                           {"exclusive", false},
+                           {"auto_delete", false},
+                           {"no_ack", false}});
+        return out;
+    }
+    if (m == "shutdown") {
+        if (opts_.on_shutdown) opts_.on_shutdown();
+        return Json{{"ok", "shutting down"}};
+    }
+    return Json{{"error", fmt::format("KeyError('{}')", m)}};
+}
+
+void Monitor::loop() {
+    auto next_heartbeat = steady_clock::now() + duration<double>(kHeartbeatSeconds);
+    auto retry_at = steady_clock::time_point{};
+    bool complained = false;
+    for (;;) {
+        std::vector<Json> batch;
+        bool stopping;
+        {
+            std::lock_guard lk(mu_);
+            if (steady_clock::now() >= next_heartbeat) {
+                emit(worker_event("worker-heartbeat"));
+                next_heartbeat = steady_clock::now() + duration<double>(kHeartbeatSeconds);
+            }
+            stopping = stop_;
+            if (stopping) emit(worker_event("worker-offline"));
+            batch.swap(events_);
+        }
+        if (steady_clock::now() >= retry_at) {
+            auto report = [&](const Error& e) {
+                if (!complained)
+                    fmt::print(stderr,
+                               "conveyor: monitoring/remote control unavailable ({}); "
+                               "retrying\n",
+                               e.message);
+                complained = true;
+                retry_at = steady_clock::now() + seconds(1);
+            };
+            if (auto ok = channel_->publish_events(batch); !ok) {
+                report(ok.error());
+            } else if (!stopping) {
+                auto req = channel_->next_request(milliseconds(100));
+                if (!req) {
+                    report(req.error());
+                } else {
+                    complained = false;
+                    if (*req) {
+                        auto value = handle(**req);
+                        std::int64_t clock;
+                        {
+                            std::lock_guard lk(mu_);
+                            clock = ++clock_;
+                        }
+                        if (value && !(*req)->reply_routing_key.empty())
+                            (void)channel_->reply(**req, *value, clock);
+                    }
+                }
+            }
+        }
+        if (stopping) return;
+        if (steady_clock::now() < retry_at) {
+            std::unique_lock lk(mu_);
+            cv_.wait_for(lk, milliseconds(100), [&] { return stop_; });
+        }
+    }
+}
+
+}  // namespace conveyor::detail
