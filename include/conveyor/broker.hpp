@@ -64,6 +64,12 @@ struct Settlement {
     std::string reason;                ///< dead_letter: why
 };
 
+/// A chord's header results once every part is in (chord_part_done).
+struct ChordParts {
+    bool complete = false;          ///< this part was the last one
+    std::vector<TaskResult> parts;  ///< when complete: every part, in group_index order
+};
+
 /// Counts for one queue.
 struct QueueStats {
     std::string queue;
@@ -153,6 +159,16 @@ class Broker {
     /// (Errc::timeout). Engines that can be told when a result arrives override the polling.
     [[nodiscard]] virtual Result<TaskResult> wait_result(std::string_view id,
                                                          std::chrono::milliseconds timeout);
+    /// Stores results directly, besides settlements: workflows use it for the rest of a chain
+    /// whose link failed, or a chord body whose header failed. `reply_to`: where rpc results go.
+    [[nodiscard]] virtual Result<void> store_results(std::span<const TaskResult> results,
+                                                     std::string_view reply_to) = 0;
+    /// Chords: group `group_id` has `size` header tasks. Called before they are published.
+    [[nodiscard]] virtual Result<void> begin_chord(std::string_view group_id, std::size_t size);
+    /// Chords: a header task finished (SUCCESS or FAILURE in `part`). Exactly one call per
+    /// chord sees `complete`, with every part: that caller runs the body.
+    [[nodiscard]] virtual Result<ChordParts> chord_part_done(std::string_view group_id, int index,
+                                                             const TaskResult& part);
     /// Where results of tasks published by this process come back (amqp rpc backend: this
     /// process's reply queue, declared on first use). Empty when results are stored elsewhere.
     [[nodiscard]] virtual Result<std::string> reply_to() { return std::string(); }

@@ -29,6 +29,16 @@ struct EnqueueOptions {
     std::string ordering_key;  ///< ordered queues: same key, same order, one at a time
 };
 
+/// One task of a workflow (Celery's signature).
+struct Signature {
+    std::string task;
+    Json args = Json::array();
+    Json kwargs = Json::object();
+    std::string queue;       ///< default: the task's queue, else "celery"
+    std::string id;          ///< default: a new uuid4
+    bool immutable = false;  ///< true: does not receive the previous task's result
+};
+
 /// Thread-safe. Holds a broker and the configuration used for routing.
 class Client {
   public:
@@ -42,6 +52,17 @@ class Client {
     /// `options` apply to all of them; a task's own id/priority/eta win when set.
     [[nodiscard]] Result<std::vector<std::string>> enqueue_many(std::vector<TaskMessage> tasks,
                                                                 const EnqueueOptions& options = {});
+    /// Workflows, Celery-compatible (Python workers can run any of their tasks):
+    /// a chain runs its tasks one after the other, each receiving the previous result as its
+    /// first argument; returns the last task's id (its result is the chain's).
+    [[nodiscard]] Result<std::string> chain(std::vector<Signature> tasks);
+    /// A group runs its tasks in parallel; returns their ids.
+    [[nodiscard]] Result<std::vector<std::string>> group(std::vector<Signature> tasks);
+    /// A chord runs `header` in parallel, then `body` with the list of their results (in
+    /// header order) as first argument; returns the body's id. Needs a result store that
+    /// counts (sqlite, or amqp with results=redis://).
+    [[nodiscard]] Result<std::string> chord(std::vector<Signature> header, Signature body);
+
     /// The task's current state and result.
     [[nodiscard]] Result<TaskResult> result(std::string_view id);
     /// Waits until the task succeeded or failed for good, or `timeout` passed (Errc::timeout).
@@ -51,6 +72,8 @@ class Client {
 
   private:
     Result<OutgoingMessage> prepare(TaskMessage task, const EnqueueOptions& options) const;
+    /// A signature as workflows embed it, with its id, queue and reply queue settled.
+    Result<Json> embed(Signature& s) const;
 
     std::shared_ptr<Broker> broker_;
     Config config_;

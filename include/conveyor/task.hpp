@@ -28,6 +28,7 @@ struct TaskMessage {
     std::string root_id;               ///< first task of the workflow (own id when empty)
     std::string parent_id;             ///< task that sent this one
     std::string group;                 ///< group id, for group and chord members
+    std::optional<int> group_index;    ///< place in a chord's header (results keep this order)
     std::optional<double> time_limit;  ///< hard limit in seconds
     std::optional<double> soft_time_limit;  ///< soft limit in seconds
     std::optional<int> max_retries;         ///< overrides the task's configured retry budget

@@ -75,4 +75,16 @@ Result<TaskResult> Broker::wait_result(std::string_view id, std::chrono::millise
     }
 }
 
+Result<void> Broker::begin_chord(std::string_view, std::size_t) {
+    return fail(Errc::invalid_argument,
+                "chords need a result store that counts their parts: sqlite://, or amqp with "
+                "?results=redis://HOST:PORT/DB");
+}
+
+Result<ChordParts> Broker::chord_part_done(std::string_view, int, const TaskResult&) {
+    return fail(Errc::invalid_argument,
+                "chords need a result store that counts their parts: sqlite://, or amqp with "
+                "?results=redis://HOST:PORT/DB");
+}
+
 }  // namespace conveyor

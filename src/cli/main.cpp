@@ -171,6 +171,8 @@ void print_table(const std::vector<std::string>& header,
 /// Prints a task's result as JSON (after waiting up to `wait` seconds when given); exit 3 when
 /// it is not ready in time.
 int print_result(Client& client, const std::string& id, std::optional<double> wait) {
+    if (wait)
+        if (auto now = client.result(id); !now) die(now.error().message);
     Result<TaskResult> r =
         wait ? client.wait(id, std::chrono::milliseconds(static_cast<long long>(*wait * 1000)))
              : client.result(id);

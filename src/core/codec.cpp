@@ -126,7 +126,7 @@ Envelope encode(const TaskMessage& t) {
     h["eta"] = time_or_null(t.eta);
     h["expires"] = time_or_null(t.expires);
     h["group"] = str_or_null(t.group);
-    h["group_index"] = nullptr;
+    h["group_index"] = t.group_index ? Json(*t.group_index) : Json();
     h["retries"] = t.retries;
     h["timelimit"] = Json::array({opt_or_null(t.time_limit), opt_or_null(t.soft_time_limit)});
     h["root_id"] = t.root_id.empty() ? t.id : t.root_id;
@@ -264,6 +264,11 @@ Result<TaskMessage> decode(const Envelope& env, std::size_t max_body) {
             auto v = header_string(h, key);
             if (!v) return std::unexpected(v.error());
             *field = std::move(*v);
+        }
+        if (auto gi = h.find("group_index"); gi != h.end() && !gi->is_null()) {
+            if (!gi->is_number_integer())
+                return fail(Errc::malformed, "header 'group_index' is not an integer");
+            t.group_index = gi->get<int>();
         }
         if (auto ir = h.find("ignore_result"); ir != h.end() && ir->is_boolean())
             t.ignore_result = ir->get<bool>();

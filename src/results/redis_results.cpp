@@ -259,4 +259,80 @@ Result<TaskResult> RedisResults::wait(std::string_view id, milliseconds timeout)
                 fmt::format("task {} is still {} after the wait", id, to_string(now->state)));
 }
 
+Result<void> RedisResults::begin_chord(std::string_view group_id, std::size_t size) {
+    auto c = checkout();
+    if (!c) return std::unexpected(c.error());
+    std::string key = fmt::format("celery-taskset-meta-{}.s", group_id);
+    std::string ttl = std::to_string(opts_.expires.count());
+    std::string n = std::to_string(size);
+    for (auto ok : {(*c)->append({"MULTI"}), (*c)->append({"SETEX", key, ttl, n}),
+                    (*c)->append({"PUBLISH", key, n}), (*c)->append({"EXEC"})})
+        if (!ok) return ok;
+    for (int i = 0; i < 4; ++i)
+        if (auto r = (*c)->read("starting a chord"); !r) return std::unexpected(r.error());
+    checkin(std::move(*c));
+    return {};
+}
+
+Result<ChordParts> RedisResults::chord_part_done(std::string_view group_id, int index,
+                                                 const TaskResult& part) {
+    auto c = checkout();
+    if (!c) return std::unexpected(c.error());
+    Conn& conn = **c;
+    std::string base = fmt::format("celery-taskset-meta-{}", group_id);
+    std::string jkey = base + ".j", tkey = base + ".t", skey = base + ".s";
+    std::string ttl = std::to_string(opts_.expires.count());
+    std::string member = Json::array({1, part.id, to_string(part.state), part.result})
+                             .dump(-1, ' ', true, Json::error_handler_t::replace);
+    std::string score = std::to_string(index);
+    for (auto ok : {conn.append({"MULTI"}), conn.append({"ZADD", jkey, score, member}),
+                    conn.append({"ZCOUNT", jkey, "-inf", "+inf"}), conn.append({"GET", tkey}),
+                    conn.append({"GET", skey}), conn.append({"EXPIRE", jkey, ttl}),
+                    conn.append({"EXPIRE", tkey, ttl}), conn.append({"EXPIRE", skey, ttl}),
+                    conn.append({"EXEC"})})
+        if (!ok) return std::unexpected(ok.error());
+    for (int i = 0; i < 8; ++i)  // MULTI's OK and seven QUEUED
+        if (auto r = conn.read("counting a chord part"); !r) return std::unexpected(r.error());
+    auto exec = conn.read("counting a chord part");
+    if (!exec) return std::unexpected(exec.error());
+    const redisReply* x = exec->get();
+    if (!x || x->type != REDIS_REPLY_ARRAY || x->elements < 4)
+        return fail(Errc::unavailable, "Redis result backend: unexpected reply to a chord update");
+    auto as_int = [](const redisReply* r) -> long long {
+        if (!r) return 0;
+        if (r->type == REDIS_REPLY_INTEGER) return r->integer;
+        if (r->type == REDIS_REPLY_STRING) return std::atoll(std::string(r->str, r->len).c_str());
+        return 0;
+    };
+    long long count = as_int(x->element[1]);
+    long long extra = as_int(x->element[2]);
+    bool sized = x->element[3] && x->element[3]->type == REDIS_REPLY_STRING;
+    long long size = as_int(x->element[3]) + extra;
+    ChordParts out;
+    if (!sized || count != size) {
+        checkin(std::move(*c));
+        return out;
+    }
+    auto all = conn.command({"ZRANGE", jkey, "0", "-1"}, "reading a chord's parts");
+    if (!all) return std::unexpected(all.error());
+    for (std::size_t i = 0; i < (*all)->elements; ++i) {
+        Json m = Json::parse(text((*all)->element[i]), nullptr, false);
+        if (!m.is_array() || m.size() != 4) continue;
+        TaskResult r;
+        r.id = m[1].is_string() ? m[1].get<std::string>() : "";
+        auto st = m[2].is_string() ? parse_task_state(m[2].get<std::string>()) : std::nullopt;
+        r.state = st ? *st : TaskState::failure;
+        r.result = m[3];
+        out.parts.push_back(std::move(r));
+    }
+    out.complete = true;
+    for (auto ok : {conn.append({"MULTI"}), conn.append({"DEL", jkey}), conn.append({"DEL", tkey}),
+                    conn.append({"DEL", skey}), conn.append({"EXEC"})})
+        if (!ok) return std::unexpected(ok.error());
+    for (int i = 0; i < 5; ++i)
+        if (auto r = conn.read("finishing a chord"); !r) return std::unexpected(r.error());
+    checkin(std::move(*c));
+    return out;
+}
+
 }  // namespace conveyor::results

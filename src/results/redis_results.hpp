@@ -12,6 +12,7 @@
 #include <string_view>
 #include <vector>
 
+#include "conveyor/broker.hpp"
 #include "conveyor/error.hpp"
 #include "conveyor/task.hpp"
 
@@ -48,6 +49,12 @@ class RedisResults {
     Result<TaskResult> get(std::string_view id);
     /// Waits for a ready state (SUCCESS, FAILURE, REVOKED), listening on the result's channel.
     Result<TaskResult> wait(std::string_view id, std::chrono::milliseconds timeout);
+
+    /// Celery's chord counting (celery-taskset-meta-<gid>.s/.j/.t keys), so chords whose
+    /// header tasks run on Python and Conveyor workers alike complete exactly once.
+    Result<void> begin_chord(std::string_view group_id, std::size_t size);
+    Result<ChordParts> chord_part_done(std::string_view group_id, int index,
+                                       const TaskResult& part);
 
     static std::string key(std::string_view id);
 

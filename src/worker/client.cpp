@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "core/codec.hpp"
+#include "worker/canvas.hpp"
 
 namespace conveyor {
 
@@ -87,6 +88,81 @@ Result<std::vector<std::string>> Client::enqueue_many(std::vector<TaskMessage> t
     }
     if (auto ok = broker_->publish(msgs); !ok) return std::unexpected(ok.error());
     return ids;
+}
+
+Result<Json> Client::embed(Signature& s) const {
+    if (s.task.empty()) return fail(Errc::invalid_argument, "a workflow task has no name");
+    if (!s.args.is_array()) return fail(Errc::invalid_argument, "args must be a JSON array");
+    if (!s.kwargs.is_object()) return fail(Errc::invalid_argument, "kwargs must be a JSON object");
+    if (s.id.empty()) s.id = make_task_id();
+    if (s.queue.empty()) s.queue = config_.queue_for(s.task);
+    auto reply = broker_->reply_to();
+    if (!reply) return std::unexpected(reply.error());
+    Json options = {{"task_id", s.id}, {"queue", s.queue}};
+    if (!reply->empty()) options["reply_to"] = *reply;
+    return canvas::signature(s.task, s.args, s.kwargs, std::move(options), s.immutable);
+}
+
+namespace {
+
+Result<void> publish_workflow(Broker& broker, const Json& sig) {
+    std::vector<OutgoingMessage> out;
+    canvas::Context ctx{"celery", {}, {}};
+    if (auto ok = canvas::apply(broker, sig, std::nullopt, nullptr, ctx, out); !ok) return ok;
+    return broker.publish(out);
+}
+
+}  // namespace
+
+Result<std::string> Client::chain(std::vector<Signature> tasks) {
+    if (tasks.empty()) return fail(Errc::invalid_argument, "a chain needs at least one task");
+    Json members = Json::array();
+    for (auto& t : tasks) {
+        auto sig = embed(t);
+        if (!sig) return std::unexpected(sig.error());
+        members.push_back(std::move(*sig));
+    }
+    Json sig = {{"task", "celery.chain"},         {"args", Json::array()},
+                {"kwargs", {{"tasks", members}}}, {"options", Json::object()},
+                {"subtask_type", "chain"},        {"immutable", false}};
+    if (auto ok = publish_workflow(*broker_, sig); !ok) return std::unexpected(ok.error());
+    return tasks.back().id;
+}
+
+Result<std::vector<std::string>> Client::group(std::vector<Signature> tasks) {
+    Json members = Json::array();
+    std::vector<std::string> ids;
+    for (auto& t : tasks) {
+        auto sig = embed(t);
+        if (!sig) return std::unexpected(sig.error());
+        members.push_back(std::move(*sig));
+        ids.push_back(t.id);
+    }
+    Json sig = {{"task", "celery.group"},         {"args", Json::array()},
+                {"kwargs", {{"tasks", members}}}, {"options", {{"task_id", make_task_id()}}},
+                {"subtask_type", "group"},        {"immutable", false}};
+    if (auto ok = publish_workflow(*broker_, sig); !ok) return std::unexpected(ok.error());
+    return ids;
+}
+
+Result<std::string> Client::chord(std::vector<Signature> header, Signature body) {
+    if (header.empty()) return fail(Errc::invalid_argument, "a chord needs header tasks");
+    Json members = Json::array();
+    for (auto& t : header) {
+        auto sig = embed(t);
+        if (!sig) return std::unexpected(sig.error());
+        members.push_back(std::move(*sig));
+    }
+    auto body_sig = embed(body);
+    if (!body_sig) return std::unexpected(body_sig.error());
+    Json sig = {{"task", "celery.chord"},
+                {"args", Json::array()},
+                {"kwargs", {{"header", members}, {"body", *body_sig}}},
+                {"options", Json::object()},
+                {"subtask_type", "chord"},
+                {"immutable", false}};
+    if (auto ok = publish_workflow(*broker_, sig); !ok) return std::unexpected(ok.error());
+    return body.id;
 }
 
 Result<TaskResult> Client::result(std::string_view id) { return broker_->result(id); }

@@ -15,6 +15,7 @@
 
 #include "core/codec.hpp"
 #include "core/time.hpp"
+#include "worker/canvas.hpp"
 #include "worker/handlers.hpp"
 #include "worker/monitor.hpp"
 
@@ -358,6 +359,26 @@ struct Worker::Impl {
             if (monitor) monitor->revoked(job.task.id, false, job.revoked);
             return revoked_settlement(d.tag, job.task.id, job.revoked ? "terminated" : "revoked");
         }
+        if (o.kind == Outcome::Kind::success && canvas::has_followers(job.task)) {
+            // Workflow: what follows is published before this task is acked.
+            if (auto ok = follow(job,
+                                 [&](auto& out, auto& extra) {
+                                     return canvas::on_success(*broker, job.task, o.result,
+                                                               context_for(job), out, extra);
+                                 });
+                !ok) {
+                if (ok.error().code == Errc::unavailable) {
+                    fmt::print(stderr, "conveyor: task {}: {}; it goes back to its queue\n",
+                               job.task.id, ok.error().message);
+                    released++;
+                    if (monitor) monitor->released(job.task.id);
+                    return Settlement{Settlement::Kind::release, d.tag};
+                }
+                return dead_letter(d, job.task.id, job.task.retries,
+                                   "workflow: " + ok.error().message, "ChordError",
+                                   "celery.exceptions", ok.error().message);
+            }
+        }
         if (o.kind == Outcome::Kind::success) {
             if (monitor)
                 monitor->succeeded(
@@ -387,14 +408,26 @@ struct Worker::Impl {
             monitor->failed(job.task.id, exc_repr, what);
         else if (monitor)
             monitor->retried(job.task.id, exc_repr, what);
-        if (o.kind == Outcome::Kind::reject) {
-            return dead_letter(d, job.task.id, job.task.retries, "rejected: " + what, o.exc_type,
-                               o.exc_module, o.message);
-        }
-        if (!may_retry(policy, job.task.retries)) {
-            return dead_letter(d, job.task.id, job.task.retries,
-                               fmt::format("failed after {} retries: {}", job.task.retries, what),
-                               o.exc_type, o.exc_module, o.message);
+        if (o.kind == Outcome::Kind::reject || !may_retry(policy, job.task.retries)) {
+            Settlement s = o.kind == Outcome::Kind::reject
+                               ? dead_letter(d, job.task.id, job.task.retries, "rejected: " + what,
+                                             o.exc_type, o.exc_module, o.message)
+                               : dead_letter(d, job.task.id, job.task.retries,
+                                             fmt::format("failed after {} retries: {}",
+                                                         job.task.retries, what),
+                                             o.exc_type, o.exc_module, o.message);
+            if (canvas::has_followers(job.task) && s.result) {
+                // Errbacks, the rest of the chain, the chord: best effort, the failure stands.
+                if (auto ok = follow(job,
+                                     [&](auto& out, auto& extra) {
+                                         return canvas::on_failure(*broker, job.task, *s.result,
+                                                                   context_for(job), out, extra);
+                                     });
+                    !ok)
+                    fmt::print(stderr, "conveyor: task {}: workflow after its failure: {}\n",
+                               job.task.id, ok.error().message);
+            }
+            return s;
         }
         std::uniform_real_distribution<double> u(0.0, 1.0);
         auto delay = o.retry_after ? *o.retry_after : retry_delay(policy, job.task.retries, u(rng));
@@ -418,6 +451,24 @@ struct Worker::Impl {
             s.result = std::move(r);
         }
         return s;
+    }
+
+    canvas::Context context_for(const Job& job) const {
+        return canvas::Context{job.delivery.queue, job.task.reply_to, {}};
+    }
+
+    /// Runs a workflow step (`fn` fills the messages to publish and results to store), then
+    /// publishes and stores them.
+    template <class Fn>
+    Result<void> follow(const Job& job, Fn&& fn) {
+        std::vector<OutgoingMessage> out;
+        std::vector<TaskResult> extra;
+        if (auto ok = fn(out, extra); !ok) return ok;
+        if (!out.empty())
+            if (auto ok = broker->publish(out); !ok) return ok;
+        if (!extra.empty())
+            if (auto ok = broker->store_results(extra, job.task.reply_to); !ok) return ok;
+        return {};
     }
 
     void forget(Job* job) {

@@ -141,3 +141,70 @@ TEST(CeleryInterop, ConveyorTasksRunOnAnUnmodifiedCeleryWorkerWithRedisResults) 
     EXPECT_EQ(out["result"], Json({{"value", 15}})) << out.dump();
     EXPECT_EQ(out["state"], "SUCCESS");
 }
+
+namespace {
+
+/// Conveyor's side of the workflow tests: adds and a sum (the chord body).
+void register_canvas_handlers(Worker& w) {
+    register_handlers(w);
+    w.handle("interop.xsum", [](TaskContext& c) -> Json {
+        int s = 0;
+        for (auto& v : c.args()[0]) s += v.get<int>();
+        return s;
+    });
+}
+
+}  // namespace
+
+TEST(CeleryInterop, PythonWorkflowsRunPartlyOrWhollyOnConveyorWorkers) {
+    auto q = unique_name("canvas-cv");
+    auto qpy = unique_name("canvas-py");
+    auto url = shared_rabbitmq_url() + "?results=" + shared_redis_url();
+    CeleryWorker py(qpy, shared_redis_url());
+    BackgroundWorker w(open_with(queues({q}), url), options_for({q}, 2));
+    register_canvas_handlers(w.worker);
+    w.start();
+    ASSERT_TRUE(py.ready()) << py.log();
+    auto out = celery_client({"canvas", q, qpy}, q, shared_redis_url());
+    EXPECT_EQ(out["chain_conveyor"], Json({{"value", 16}})) << out.dump();
+    EXPECT_EQ(out["chain_mixed"], Json({{"value", 51}})) << out.dump();
+    EXPECT_EQ(out["group_mixed"], Json({{"value", {2, 9, 4}}})) << out.dump();
+    EXPECT_EQ(out["chord_mixed_conveyor_body"], Json({{"value", 20}})) << out.dump();
+    EXPECT_EQ(out["chord_python_body"], Json({{"value", 12}})) << out.dump();
+    EXPECT_EQ(out["link"], Json({{"value", {5, 50}}})) << out.dump() << py.log();
+}
+
+TEST(CeleryInterop, ConveyorWorkflowsRunOnConveyorAndCeleryWorkersTogether) {
+    auto q = unique_name("cvflow-cv");
+    auto qpy = unique_name("cvflow-py");
+    auto url = shared_rabbitmq_url() + "?results=" + shared_redis_url();
+    CeleryWorker py(qpy, shared_redis_url());
+    BackgroundWorker w(open_with(queues({q}), url), options_for({q}, 2));
+    register_canvas_handlers(w.worker);
+    w.start();
+    ASSERT_TRUE(py.ready()) << py.log();
+    Client client(open_with(queues({q, qpy}), url));
+
+    auto last = client.chain({{.task = "interop.add", .args = {2, 3}, .queue = q},
+                              {.task = "interop.py_mul", .args = {10}, .queue = qpy},
+                              {.task = "interop.add", .args = {1}, .queue = q}});
+    ASSERT_TRUE(last) << last.error().message;
+    auto r = client.wait(*last, 30s);
+    ASSERT_TRUE(r) << r.error().message << py.log();
+    EXPECT_EQ(r->result, 51);
+
+    auto body = client.chord({{.task = "interop.add", .args = {1, 1}, .queue = q},
+                              {.task = "interop.py_mul", .args = {3, 3}, .queue = qpy},
+                              {.task = "interop.add", .args = {2, 2}, .queue = q}},
+                             {.task = "interop.py_xsum", .queue = qpy});
+    ASSERT_TRUE(body) << body.error().message;
+    r = client.wait(*body, 30s);
+    ASSERT_TRUE(r) << r.error().message << py.log();
+    EXPECT_EQ(r->result, 15);
+
+    auto ids = client.group({{.task = "interop.add", .args = {5, 5}, .queue = q},
+                             {.task = "interop.py_mul", .args = {5, 5}, .queue = qpy}});
+    ASSERT_TRUE(ids);
+    EXPECT_EQ(client.wait((*ids)[0], 30s)->result, 10);
+    EXPECT_EQ(client.wait((*ids)[1], 30s)->result, 25);
+}

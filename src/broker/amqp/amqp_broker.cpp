@@ -293,6 +293,16 @@ class Engine : public std::enable_shared_from_this<Engine> {
     std::set<std::string> ensured_;
 };
 
+/// Celery's rpc:// reply for a result: JSON body, correlated by task id.
+Envelope rpc_reply(const TaskResult& r) {
+    Envelope env;
+    env.content_type = std::string(codec::kJson);
+    env.content_encoding = "utf-8";
+    env.correlation_id = r.id;
+    env.body = result_meta::encode(r, result_meta::Style::rpc);
+    return env;
+}
+
 /// Where a message goes: exchange and routing key, delays and ordered queues resolved.
 Result<Wire> route(Engine& e, const OutgoingMessage& m, std::string& key_storage) {
     Wire w;
@@ -583,11 +593,7 @@ class AmqpConsumer final : public Consumer {
             if (e_->results_mode == ResultsMode::rpc && s.result && !from.reply_to.empty() &&
                 s.kind != Settlement::Kind::release) {
                 // Celery's rpc backend: to the sender's reply queue, correlated by task id.
-                Envelope& env = envs.emplace_back();
-                env.content_type = std::string(codec::kJson);
-                env.content_encoding = "utf-8";
-                env.correlation_id = s.result->id;
-                env.body = result_meta::encode(*s.result, result_meta::Style::rpc);
+                Envelope& env = envs.emplace_back(rpc_reply(*s.result));
                 Wire w;
                 w.exchange = "";
                 w.routing_key = from.reply_to;
@@ -755,7 +761,14 @@ class ReplyInbox {
             {
                 std::lock_guard lk(mu_);
                 auto it = known_.find(std::string(id));
-                if (it == known_.end()) return not_sent(id);
+                if (it == known_.end()) {
+                    // Not sent from here, but it may still come here: a later link of a
+                    // workflow this process started replies to this queue too.
+                    TaskResult pending;
+                    pending.id = std::string(id);
+                    it = known_.emplace(std::string(id), std::move(pending)).first;
+                    remember(std::string(id));
+                }
                 if (it->second.ready()) return it->second;
                 auto left = ceil<milliseconds>(deadline - steady_clock::now());
                 if (left.count() <= 0)
@@ -945,6 +958,41 @@ class AmqpBroker final : public Broker {
                 break;
         }
         return results_off();
+    }
+
+    Result<void> store_results(std::span<const TaskResult> results,
+                               std::string_view reply_to) override {
+        switch (e_->results_mode) {
+            case ResultsMode::redis:
+                return e_->redis->store(results);
+            case ResultsMode::rpc: {
+                if (reply_to.empty()) return {};
+                std::vector<Envelope> envs;
+                envs.reserve(results.size());
+                std::vector<Wire> wires;
+                for (auto& r : results) {
+                    envs.push_back(rpc_reply(r));
+                }
+                for (auto& env : envs)
+                    wires.push_back(Wire{"", reply_to, &env, /*mandatory=*/false});
+                return e_->publish_wires(wires);
+            }
+            case ResultsMode::none:
+                break;
+        }
+        return {};
+    }
+
+    Result<void> begin_chord(std::string_view group_id, std::size_t size) override {
+        if (e_->results_mode != ResultsMode::redis) return Broker::begin_chord(group_id, size);
+        return e_->redis->begin_chord(group_id, size);
+    }
+
+    Result<ChordParts> chord_part_done(std::string_view group_id, int index,
+                                       const TaskResult& part) override {
+        if (e_->results_mode != ResultsMode::redis)
+            return Broker::chord_part_done(group_id, index, part);
+        return e_->redis->chord_part_done(group_id, index, part);
     }
 
     Result<std::string> reply_to() override {

@@ -49,6 +49,11 @@ CREATE TABLE IF NOT EXISTS results(
   retries INTEGER NOT NULL DEFAULT 0, done_at INTEGER NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS results_done ON results(done_at);
 CREATE TABLE IF NOT EXISTS queues(name TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chords(group_id TEXT PRIMARY KEY, size INTEGER NOT NULL,
+  created_at INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chord_parts(group_id TEXT NOT NULL, idx INTEGER NOT NULL,
+  task_id TEXT NOT NULL, state INTEGER NOT NULL, result TEXT,
+  PRIMARY KEY(group_id, idx)) WITHOUT ROWID;
 )sql";
 
 std::int64_t now_ms() { return to_epoch_ms(SystemClock::now()); }
@@ -508,6 +513,77 @@ class SqliteBroker final : public Broker {
             }
         }
         return r;
+    }
+
+    Result<void> store_results(std::span<const TaskResult> results, std::string_view) override {
+        std::lock_guard lk(mu_);
+        return in_transaction(db_, [&]() -> Result<void> {
+            for (auto& r : results)
+                if (auto ok = store_result(st_, r); !ok) return ok;
+            return {};
+        });
+    }
+
+    Result<void> begin_chord(std::string_view group_id, std::size_t size) override {
+        std::lock_guard lk(mu_);
+        return in_transaction(db_, [&]() -> Result<void> {
+            auto q = db_.prepare(
+                "INSERT OR REPLACE INTO chords(group_id, size, created_at) VALUES(?1, ?2, ?3)");
+            if (!q) return std::unexpected(q.error());
+            q->bind(1, group_id).bind(2, std::int64_t(size)).bind(3, now_ms());
+            if (auto r = q->run(); !r) return std::unexpected(r.error());
+            return {};
+        });
+    }
+
+    Result<ChordParts> chord_part_done(std::string_view group_id, int index,
+                                       const TaskResult& part) override {
+        std::lock_guard lk(mu_);
+        ChordParts out;
+        auto ok = in_transaction(db_, [&]() -> Result<void> {
+            auto size = db_.prepare("SELECT size FROM chords WHERE group_id=?1");
+            if (!size) return std::unexpected(size.error());
+            size->bind(1, group_id);
+            auto row = size->step();
+            if (!row) return std::unexpected(row.error());
+            if (!*row) return {};  // unknown or already completed: nothing to do
+            auto n = size->i64(0);
+            auto ins = db_.prepare(
+                "INSERT OR REPLACE INTO chord_parts(group_id, idx, task_id, state, result) "
+                "VALUES(?1, ?2, ?3, ?4, ?5)");
+            if (!ins) return std::unexpected(ins.error());
+            ins->bind(1, group_id).bind(2, index).bind(3, part.id).bind(4, int(part.state));
+            ins->bind(5, part.result.dump(-1, ' ', false, Json::error_handler_t::replace));
+            if (auto r = ins->run(); !r) return std::unexpected(r.error());
+            auto parts = db_.prepare(
+                "SELECT task_id, state, result FROM chord_parts WHERE group_id=?1 ORDER BY idx");
+            if (!parts) return std::unexpected(parts.error());
+            parts->bind(1, group_id);
+            std::vector<TaskResult> got;
+            for (;;) {
+                auto r = parts->step();
+                if (!r) return std::unexpected(r.error());
+                if (!*r) break;
+                TaskResult t;
+                t.id = parts->text(0);
+                t.state = TaskState(parts->i64(1));
+                t.result = Json::parse(parts->text(2), nullptr, false);
+                got.push_back(std::move(t));
+            }
+            if (std::int64_t(got.size()) < n) return {};
+            out.complete = true;
+            out.parts = std::move(got);
+            for (auto sql : {"DELETE FROM chord_parts WHERE group_id=?1",
+                             "DELETE FROM chords WHERE group_id=?1"}) {
+                auto del = db_.prepare(sql);
+                if (!del) return std::unexpected(del.error());
+                del->bind(1, group_id);
+                if (auto r = del->run(); !r) return std::unexpected(r.error());
+            }
+            return {};
+        });
+        if (!ok) return std::unexpected(ok.error());
+        return out;
     }
 
     Result<std::vector<DeadLetter>> dead_letters(std::string_view queue,

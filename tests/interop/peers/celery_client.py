@@ -5,7 +5,9 @@ import sys
 import time
 
 sys.path.insert(0, __import__('os').path.dirname(__file__))
-from interop_app import add, app  # noqa: E402
+from celery import chain, chord, group  # noqa: E402
+from celery.utils import uuid  # noqa: E402
+from interop_app import add, app, py_mul, py_xsum, xsum  # noqa: E402
 
 
 def outcome(fn):
@@ -46,6 +48,34 @@ def to_conveyor(routed_queue):
     print(json.dumps(out))
 
 
+def canvas(cv_queue, py_queue):
+    """Workflows built in Python whose tasks run partly or wholly on Conveyor workers."""
+    def cv(sig):
+        return sig.set(queue=cv_queue)
+
+    def py(sig):
+        return sig.set(queue=py_queue)
+
+    out = {}
+    out['chain_conveyor'] = outcome(
+        lambda: chain(cv(add.s(2, 3)), cv(add.s(10)), cv(add.s(1)))().get(timeout=30))
+    out['chain_mixed'] = outcome(
+        lambda: chain(cv(add.s(2, 3)), py(py_mul.s(10)), cv(add.s(1)))().get(timeout=30))
+    out['group_mixed'] = outcome(
+        lambda: group(cv(add.s(1, 1)), py(py_mul.s(3, 3)), cv(add.s(2, 2)))().get(timeout=30))
+    header = [cv(add.s(i, i)) for i in range(3)] + [py(py_mul.s(i, 2)) for i in range(3, 5)]
+    out['chord_mixed_conveyor_body'] = outcome(
+        lambda: chord(header, cv(xsum.s()))().get(timeout=30))
+    out['chord_python_body'] = outcome(
+        lambda: chord([cv(add.s(i, i)) for i in range(4)], py(py_xsum.s()))().get(timeout=30))
+    child = uuid()
+    parent = add.apply_async((2, 3), queue=cv_queue,
+                             link=py(py_mul.s(10)).set(task_id=child))
+    out['link'] = outcome(lambda: [parent.get(timeout=30),
+                                   app.AsyncResult(child).get(timeout=30)])
+    print(json.dumps(out))
+
+
 def wait_for(task_id):
     """Waits for a result of a task someone else sent (redis backend)."""
     r = app.AsyncResult(task_id)
@@ -56,6 +86,8 @@ if __name__ == '__main__':
     scenario = sys.argv[1]
     if scenario == 'to_conveyor':
         to_conveyor(sys.argv[2])
+    elif scenario == 'canvas':
+        canvas(sys.argv[2], sys.argv[3])
     elif scenario == 'wait_for':
         wait_for(sys.argv[2])
     else:

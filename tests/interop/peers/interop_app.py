@@ -22,6 +22,11 @@ def add(x, y):
     raise RuntimeError('interop.add runs on Conveyor workers only')
 
 
+@app.task(name='interop.xsum')
+def xsum(numbers):
+    raise RuntimeError('interop.xsum runs on Conveyor workers only')
+
+
 # Run by Python workers.
 @app.task(name='interop.py_add')
 def py_add(x, y):

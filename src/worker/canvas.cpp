@@ -1,0 +1,255 @@
+#include "worker/canvas.hpp"
+
+#include <fmt/format.h>
+
+#include "core/codec.hpp"
+#include "core/time.hpp"
+
+namespace conveyor::canvas {
+
+namespace {
+
+const Json& field(const Json& o, const char* key) {
+    static const Json null;
+    if (!o.is_object()) return null;
+    auto it = o.find(key);
+    return it == o.end() ? null : *it;
+}
+
+std::string string_of(const Json& o, const char* key) {
+    const Json& v = field(o, key);
+    return v.is_string() ? v.get<std::string>() : std::string();
+}
+
+bool non_empty_array(const Json& v) { return v.is_array() && !v.empty(); }
+
+Json exception(const std::string& type, const std::string& message) {
+    return Json{{"exc_type", type},
+                {"exc_message", Json::array({message})},
+                {"exc_module", "celery.exceptions"}};
+}
+
+/// One plain task of a workflow.
+Result<void> apply_task(const Json& sig, const std::optional<Json>& prepend,
+                        const TaskMessage* parent, const Context& ctx, const Json& chain_rest,
+                        std::vector<OutgoingMessage>& out) {
+    const Json& opts = field(sig, "options");
+    TaskMessage t;
+    t.name = string_of(sig, "task");
+    if (t.name.empty()) return fail(Errc::malformed, "a workflow signature has no task name");
+    t.args = field(sig, "args").is_array() ? field(sig, "args") : Json::array();
+    t.kwargs = field(sig, "kwargs").is_object() ? field(sig, "kwargs") : Json::object();
+    bool immutable = field(sig, "immutable").is_boolean() && field(sig, "immutable").get<bool>();
+    if (prepend && !immutable) t.args.insert(t.args.begin(), *prepend);
+    t.id = string_of(opts, "task_id");
+    if (t.id.empty()) t.id = make_task_id();
+    t.reply_to = string_of(opts, "reply_to");
+    if (t.reply_to.empty()) t.reply_to = ctx.reply_to;
+    t.group = string_of(opts, "group_id");
+    if (field(opts, "group_index").is_number_integer())
+        t.group_index = field(opts, "group_index").get<int>();
+    if (field(opts, "priority").is_number_integer())
+        t.priority = field(opts, "priority").get<int>();
+    if (parent) {
+        t.parent_id = parent->id;
+        t.root_id = parent->root_id.empty() ? parent->id : parent->root_id;
+    } else {
+        t.root_id = t.id;
+    }
+    Json embed = Json::object();
+    embed["callbacks"] = non_empty_array(field(opts, "link")) ? field(opts, "link") : Json();
+    embed["errbacks"] =
+        non_empty_array(field(opts, "link_error")) ? field(opts, "link_error") : Json();
+    embed["chain"] = chain_rest.is_array() ? chain_rest : Json();
+    embed["chord"] = field(opts, "chord").is_object() ? field(opts, "chord") : Json();
+    t.embed = std::move(embed);
+    OutgoingMessage m;
+    m.queue = string_of(opts, "queue");
+    if (m.queue.empty() && ctx.queue_for) m.queue = ctx.queue_for(t.name);
+    if (m.queue.empty()) m.queue = ctx.fallback_queue;
+    if (field(opts, "countdown").is_number()) {
+        auto ms = static_cast<long long>(field(opts, "countdown").get<double>() * 1000);
+        t.eta = SystemClock::now() + std::chrono::milliseconds(ms);
+    } else if (field(opts, "eta").is_string()) {
+        t.eta = detail::parse_iso8601(field(opts, "eta").get<std::string>());
+    }
+    m.not_before = t.eta;
+    m.envelope = codec::encode(t);
+    out.push_back(std::move(m));
+    return {};
+}
+
+/// A signature's member tasks (chain, group: kwargs.tasks; a group may carry a list).
+Json member_tasks(const Json& sig) {
+    const Json& kw = field(sig, "kwargs");
+    const Json& tasks = field(kw, "tasks");
+    if (tasks.is_array()) return tasks;
+    if (tasks.is_object() && field(tasks, "kwargs").is_object())  // a group given as signature
+        return member_tasks(tasks);
+    return Json::array();
+}
+
+/// Copies a signature and sets some of its options.
+Json with_options(Json sig, const Json& extra) {
+    if (!sig["options"].is_object()) sig["options"] = Json::object();
+    for (auto& [k, v] : extra.items()) sig["options"][k] = v;
+    return sig;
+}
+
+}  // namespace
+
+Json signature(const std::string& task, Json args, Json kwargs, Json options, bool immutable) {
+    return Json{{"task", task},
+                {"args", std::move(args)},
+                {"kwargs", std::move(kwargs)},
+                {"options", std::move(options)},
+                {"subtask_type", nullptr},
+                {"immutable", immutable}};
+}
+
+Result<void> apply(Broker& broker, const Json& sig, const std::optional<Json>& prepend,
+                   const TaskMessage* parent, const Context& ctx,
+                   std::vector<OutgoingMessage>& out) {
+    std::string type = string_of(sig, "subtask_type");
+    if (type.empty()) return apply_task(sig, prepend, parent, ctx, Json(), out);
+    if (type == "chain") {
+        Json tasks = member_tasks(sig);
+        if (tasks.empty()) return {};
+        // The rest travels reversed: the next link is the last element.
+        Json rest = Json::array();
+        for (std::size_t i = tasks.size(); i-- > 1;) rest.push_back(tasks[i]);
+        const Json& first = tasks[0];
+        if (!string_of(first, "subtask_type").empty()) {
+            if (!rest.empty())
+                return fail(Errc::malformed,
+                            "a chain that starts with a nested workflow is not supported");
+            return apply(broker, first, prepend, parent, ctx, out);
+        }
+        return apply_task(first, prepend, parent, ctx, rest, out);
+    }
+    if (type == "group") {
+        std::string gid = string_of(field(sig, "options"), "task_id");
+        if (gid.empty()) gid = make_task_id();
+        for (auto& member : member_tasks(sig))
+            if (auto ok = apply(broker, with_options(member, {{"group_id", gid}}), prepend, parent,
+                                ctx, out);
+                !ok)
+                return ok;
+        return {};
+    }
+    if (type == "chord") {
+        const Json& kw = field(sig, "kwargs");
+        Json header = field(kw, "header");
+        Json members = header.is_array() ? header : member_tasks(header);
+        const Json& body = field(kw, "body");
+        std::string gid = string_of(field(header, "options"), "task_id");
+        if (gid.empty()) gid = make_task_id();
+        if (auto ok = broker.begin_chord(gid, members.size()); !ok) return ok;
+        for (std::size_t i = 0; i < members.size(); ++i) {
+            Json extra = {{"group_id", gid}, {"group_index", int(i)}, {"chord", body}};
+            if (auto ok = apply(broker, with_options(members[i], extra), prepend, parent, ctx, out);
+                !ok)
+                return ok;
+        }
+        return {};
+    }
+    return fail(Errc::malformed, fmt::format("unknown workflow signature type '{}'", type));
+}
+
+bool has_followers(const TaskMessage& t) {
+    return non_empty_array(field(t.embed, "callbacks")) ||
+           non_empty_array(field(t.embed, "errbacks")) ||
+           non_empty_array(field(t.embed, "chain")) || field(t.embed, "chord").is_object();
+}
+
+namespace {
+
+/// A header task finished: the chord body runs when it was the last part.
+Result<void> chord_part(Broker& broker, const TaskMessage& t, const TaskResult& part,
+                        const Context& ctx, std::vector<OutgoingMessage>& out,
+                        std::vector<TaskResult>& results) {
+    const Json& body = field(t.embed, "chord");
+    if (!body.is_object() || t.group.empty()) return {};
+    auto done = broker.chord_part_done(t.group, t.group_index.value_or(0), part);
+    if (!done) return std::unexpected(done.error());
+    if (!done->complete) return {};
+    Json values = Json::array();
+    for (auto& p : done->parts) {
+        if (p.state != TaskState::success) {
+            // Celery's ChordError: the body fails without running.
+            TaskResult r;
+            r.id = string_of(field(body, "options"), "task_id");
+            r.state = TaskState::failure;
+            std::string what =
+                p.result.is_object()
+                    ? p.result.value("exc_type", "error") + "(" +
+                          codec::value_repr(p.result.value("exc_message", Json::array())) + ")"
+                    : codec::value_repr(p.result);
+            r.result = exception("ChordError", fmt::format("Dependency {} raised {}", p.id, what));
+            r.done_at = SystemClock::now();
+            if (!r.id.empty()) results.push_back(std::move(r));
+            return {};
+        }
+        values.push_back(p.result);
+    }
+    return apply(broker, body, values, &t, ctx, out);
+}
+
+}  // namespace
+
+Result<void> on_success(Broker& broker, const TaskMessage& t, const Json& result,
+                        const Context& ctx, std::vector<OutgoingMessage>& out,
+                        std::vector<TaskResult>& results) {
+    if (const Json& cbs = field(t.embed, "callbacks"); cbs.is_array())
+        for (auto& cb : cbs)
+            if (auto ok = apply(broker, cb, result, &t, ctx, out); !ok) return ok;
+    if (const Json& chain = field(t.embed, "chain"); non_empty_array(chain)) {
+        Json rest = chain;
+        Json next = rest.back();
+        rest.erase(rest.size() - 1);
+        if (string_of(next, "subtask_type").empty()) {
+            if (auto ok = apply_task(next, result, &t, ctx, rest, out); !ok) return ok;
+        } else {
+            // A nested workflow as a link: it gets the rest of the chain as its callback is
+            // not expressible here, so it must be the last link.
+            if (!rest.empty())
+                return fail(Errc::malformed,
+                            "a nested workflow in the middle of a chain is not supported");
+            if (auto ok = apply(broker, next, result, &t, ctx, out); !ok) return ok;
+        }
+    }
+    TaskResult part;
+    part.id = t.id;
+    part.state = TaskState::success;
+    part.result = result;
+    return chord_part(broker, t, part, ctx, out, results);
+}
+
+Result<void> on_failure(Broker& broker, const TaskMessage& t, const TaskResult& failure,
+                        const Context& ctx, std::vector<OutgoingMessage>& out,
+                        std::vector<TaskResult>& results) {
+    if (const Json& ebs = field(t.embed, "errbacks"); ebs.is_array())
+        for (auto& eb : ebs) {
+            // One-argument errbacks: called with the failed task's id. (Celery runs the
+            // three-argument kind inside the Python worker; they cannot run elsewhere.)
+            Json sig = eb;
+            sig["immutable"] = true;
+            Json args = field(eb, "args").is_array() ? field(eb, "args") : Json::array();
+            args.insert(args.begin(), t.id);
+            sig["args"] = args;
+            if (auto ok = apply(broker, sig, std::nullopt, &t, ctx, out); !ok) return ok;
+        }
+    if (const Json& chain = field(t.embed, "chain"); chain.is_array())
+        for (auto& link : chain) {
+            std::string id = string_of(field(link, "options"), "task_id");
+            if (id.empty()) continue;
+            TaskResult r = failure;
+            r.id = id;
+            results.push_back(std::move(r));
+        }
+    TaskResult part = failure;
+    part.id = t.id;
+    return chord_part(broker, t, part, ctx, out, results);
+}
+
+}  // namespace conveyor::canvas
