@@ -3,7 +3,7 @@
 BUILD ?= build
 JOBS ?= 2
 
-.PHONY: all deps test-deps build demo test unit integration system bench format clean
+.PHONY: all deps test-deps build demo test unit integration interop system bench format clean
 
 all: build
 
@@ -28,6 +28,9 @@ unit: build
 
 integration: test-deps build
 	ctest --test-dir $(BUILD) -L integration --output-on-failure -j $(JOBS)
+
+interop: test-deps build
+	ctest --test-dir $(BUILD) -L interop --output-on-failure -j $(JOBS)
 
 system: test-deps build
 	ctest --test-dir $(BUILD) -L system --output-on-failure -j $(JOBS)
