@@ -1,6 +1,7 @@
 #include "core/codec.hpp"
 
 #include <fmt/format.h>
+#include <zlib.h>
 
 #include "core/time.hpp"
 
@@ -64,10 +65,44 @@ Result<void> check_envelope(const Envelope& env, std::size_t max_body) {
     }
     if (!env.headers.is_object() && !env.headers.is_null())
         return fail(Errc::malformed, "headers are not a table");
-    auto comp = env.headers.is_object() ? env.headers.find("compression") : env.headers.end();
-    if (env.headers.is_object() && comp != env.headers.end() && !comp->is_null())
-        return fail(Errc::malformed, fmt::format("unsupported compression '{}'", comp->dump()));
     return {};
+}
+
+/// The body of a message whose `compression` header says zlib (Celery's "gzip": kombu writes a
+/// zlib stream under application/x-gzip), inflated to at most `max_body` bytes.
+Result<std::optional<std::string>> inflated_body(const Envelope& env, std::size_t max_body) {
+    if (!env.headers.is_object()) return std::optional<std::string>();
+    auto comp = env.headers.find("compression");
+    if (comp == env.headers.end() || comp->is_null()) return std::optional<std::string>();
+    static const std::vector<std::string> zlib_names = {"application/x-gzip", "application/zlib",
+                                                        "gzip", "zlib"};
+    if (!comp->is_string() || std::find(zlib_names.begin(), zlib_names.end(),
+                                        comp->get<std::string>()) == zlib_names.end())
+        return fail(Errc::malformed, fmt::format("unsupported compression {}", comp->dump()));
+    z_stream zs{};
+    if (inflateInit2(&zs, 15 + 32) != Z_OK)  // zlib or gzip, detected from the header
+        return fail(Errc::internal, "zlib could not start");
+    zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(env.body.data()));
+    zs.avail_in = uInt(env.body.size());
+    std::string out;
+    char buf[16384];
+    int rc = Z_OK;
+    while (rc == Z_OK) {
+        zs.next_out = reinterpret_cast<Bytef*>(buf);
+        zs.avail_out = sizeof buf;
+        rc = inflate(&zs, Z_NO_FLUSH);
+        out.append(buf, sizeof buf - zs.avail_out);
+        if (out.size() > max_body) {
+            inflateEnd(&zs);
+            return fail(Errc::malformed,
+                        fmt::format("compressed body exceeds the limit of {} bytes", max_body));
+        }
+        if (rc == Z_BUF_ERROR && zs.avail_in == 0) break;
+    }
+    inflateEnd(&zs);
+    if (rc != Z_STREAM_END)
+        return fail(Errc::malformed, "compressed body is not a valid zlib stream");
+    return std::optional<std::string>(std::move(out));
 }
 
 const std::vector<std::string>& known_headers() {
@@ -174,6 +209,14 @@ Result<Envelope> encode_raw(const TaskMessage& t, std::string_view queue) {
 
 Result<TaskMessage> decode(const Envelope& env, std::size_t max_body) {
     if (auto ok = check_envelope(env, max_body); !ok) return std::unexpected(ok.error());
+    auto inflated = inflated_body(env, max_body);
+    if (!inflated) return std::unexpected(inflated.error());
+    if (*inflated) {
+        Envelope plain = env;
+        plain.body = std::move(**inflated);
+        plain.headers.erase("compression");
+        return decode(plain, max_body);
+    }
     if (env.content_type.empty())
         return fail(Errc::malformed, "message has no content_type (expected application/json)");
     if (env.content_type != kJson) {
@@ -288,6 +331,14 @@ Result<TaskMessage> decode(const Envelope& env, std::size_t max_body) {
 Result<TaskMessage> decode_raw(const Envelope& env, std::string_view task_name,
                                std::string_view fallback_id, std::size_t max_body) {
     if (auto ok = check_envelope(env, max_body); !ok) return std::unexpected(ok.error());
+    auto inflated = inflated_body(env, max_body);
+    if (!inflated) return std::unexpected(inflated.error());
+    if (*inflated) {
+        Envelope plain = env;
+        plain.body = std::move(**inflated);
+        plain.headers.erase("compression");
+        return decode_raw(plain, task_name, fallback_id, max_body);
+    }
     if (task_name.empty()) return fail(Errc::malformed, "raw queue has no task name configured");
     TaskMessage t;
     t.name = std::string(task_name);

@@ -42,6 +42,7 @@ void expect_python_saw_conveyor_results(const Json& out) {
     EXPECT_EQ(out["delay"], Json({{"value", 42}})) << out.dump();
     EXPECT_EQ(out["kwargs"], Json({{"value", 42}})) << out.dump();
     EXPECT_EQ(out["routed"], Json({{"value", 2}})) << out.dump();
+    EXPECT_EQ(out["compressed"], Json({{"value", 8}})) << out.dump();
     // The failure is raised in Python as the builtin exception it names.
     EXPECT_EQ(out["failure"]["exc_type"], "ValueError") << out.dump();
     EXPECT_EQ(out["failure"]["exc_module"], "builtins") << out.dump();
@@ -118,6 +119,16 @@ void conveyor_to_celery(const std::string& q, const std::string& broker_url,
     EXPECT_EQ(r->result["exc_type"], "ValueError");
     EXPECT_EQ(r->result["exc_message"], Json::array({"kaboom"}));
     EXPECT_NE(r->traceback.find("ValueError: kaboom"), std::string::npos) << r->traceback;
+
+    // The CLI too: enqueue, then wait for the Python worker's result.
+    auto [rc, cli] =
+        testsupport::run({CONVEYOR_CLI, "--broker", broker_url, "enqueue", "interop.py_add",
+                          "--args", "[40, 2]", "--queue", q, "--wait", "30"},
+                         {}, {}, 60s);
+    ASSERT_EQ(rc, 0) << cli << py.log();
+    auto j = interop::last_json(cli);
+    EXPECT_EQ(j["state"], "SUCCESS") << cli;
+    EXPECT_EQ(j["result"], 42) << cli;
 }
 
 }  // namespace

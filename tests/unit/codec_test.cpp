@@ -1,6 +1,7 @@
 #include "core/codec.hpp"
 
 #include <gtest/gtest.h>
+#include <zlib.h>
 
 #include <cstdio>
 #include <random>
@@ -10,6 +11,15 @@
 using namespace conveyor;
 
 namespace {
+
+std::string zlib_compress(const std::string& in) {
+    uLongf n = compressBound(uLong(in.size()));
+    std::string out(n, '\0');
+    compress(reinterpret_cast<Bytef*>(out.data()), &n, reinterpret_cast<const Bytef*>(in.data()),
+             uLong(in.size()));
+    out.resize(n);
+    return out;
+}
 
 Envelope celery_envelope(std::string body, Json headers = Json::object()) {
     Envelope e;
@@ -161,9 +171,16 @@ TEST(Codec, RejectsEveryMalformedShapeWithAReason) {
                      "timelimit"});
     cases.push_back(
         {"parent_id type", celery_envelope(good_body, {{"parent_id", 3}}), "parent_id"});
-    cases.push_back({"compressed",
+    cases.push_back({"compressed garbage",
                      celery_envelope(good_body, {{"compression", "application/x-gzip"}}),
-                     "compression"});
+                     "not a valid zlib stream"});
+    cases.push_back({"bzip2", celery_envelope(good_body, {{"compression", "application/x-bz2"}}),
+                     "unsupported compression"});
+    cases.push_back(
+        {"compression bomb",
+         celery_envelope(zlib_compress("[[\"" + std::string(100000, 'a') + "\"], {}, {}]"),
+                         {{"compression", "application/x-gzip"}}),
+         "exceeds the limit"});
     {
         Envelope e = celery_envelope(good_body);
         e.headers.erase("task");
@@ -190,6 +207,17 @@ TEST(Codec, RejectsEveryMalformedShapeWithAReason) {
         EXPECT_NE(d.error().message.find(c.reason_part), std::string::npos)
             << c.label << ": " << d.error().message;
     }
+}
+
+TEST(Codec, ZlibCompressedBodyAsCelerySendsItDecodes) {
+    // apply_async(compression='gzip'): a zlib stream under "application/x-gzip".
+    auto e = celery_envelope(zlib_compress(R"([[2, 3], {"z": 1}, {}])"),
+                             {{"compression", "application/x-gzip"}});
+    auto d = codec::decode(e);
+    ASSERT_TRUE(d) << d.error().message;
+    EXPECT_EQ(d->args, Json::array({2, 3}));
+    EXPECT_EQ(d->kwargs, Json({{"z", 1}}));
+    EXPECT_FALSE(d->extra_headers.contains("compression"));
 }
 
 TEST(Codec, RawFormatTakesTheBodyAsPayload) {

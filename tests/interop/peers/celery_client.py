@@ -40,6 +40,8 @@ def to_conveyor(routed_queue):
     out['delay'] = outcome(lambda: add.delay(20, 22).get(timeout=30))
     out['kwargs'] = outcome(
         lambda: app.send_task('interop.add', kwargs={'x': 40, 'y': 2}).get(timeout=30))
+    out['compressed'] = outcome(
+        lambda: app.send_task('interop.add', (4, 4), compression='gzip').get(timeout=30))
     out['routed'] = outcome(
         lambda: app.send_task('interop.add', (1, 1), queue=routed_queue).get(timeout=30))
     failing = app.send_task('interop.fail', ('kaboom',))
