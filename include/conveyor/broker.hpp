@@ -12,6 +12,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <span>
@@ -137,6 +138,44 @@ class ControlChannel {
                                              std::int64_t clock) = 0;
 };
 
+/// One fire of a schedule: the task it publishes (none for a fire skipped by policy).
+struct ScheduleFire {
+    std::string schedule;
+    TimePoint at{};                          ///< the scheduled time
+    std::optional<OutgoingMessage> message;  ///< what it publishes
+};
+
+/// Leadership and fire bookkeeping for `conveyor scheduler` instances sharing one broker, and
+/// the schedules added from the CLI. Used by one thread.
+class ScheduleStore {
+  public:
+    virtual ~ScheduleStore() = default;
+    /// Takes or renews leadership for `ttl`; false while another scheduler holds it.
+    [[nodiscard]] virtual Result<bool> lead(std::string_view owner,
+                                            std::chrono::milliseconds ttl) = 0;
+    /// Gives leadership up at once (clean shutdown).
+    [[nodiscard]] virtual Result<void> resign(std::string_view owner) = 0;
+    /// Each schedule's last fire, and the last one that published a task.
+    struct Mark {
+        TimePoint last_fire{};
+        std::optional<TimePoint> last_run;
+    };
+    [[nodiscard]] virtual Result<std::map<std::string, Mark>> last_fires() = 0;
+    /// Publishes the fires' tasks and records each schedule's last fire in one atomic step,
+    /// only while `owner` still leads (false otherwise: nothing was published).
+    [[nodiscard]] virtual Result<bool> fire(std::string_view owner,
+                                            std::span<const ScheduleFire> fires) = 0;
+    /// Schedules added from the CLI, and pause flags (which apply to configured ones too).
+    [[nodiscard]] virtual Result<std::vector<Json>> added() = 0;
+    [[nodiscard]] virtual Result<void> add(const Json& schedule) = 0;
+    [[nodiscard]] virtual Result<bool> remove(std::string_view name) = 0;
+    [[nodiscard]] virtual Result<std::map<std::string, bool>> paused() = 0;
+    [[nodiscard]] virtual Result<void> set_paused(std::string_view name, bool paused) = 0;
+};
+
+/// "schedules need ..." for an engine without a schedule store.
+std::string fmt_unsupported_schedules(const std::string& url);
+
 /// Engine-independent broker. Thread-safe: publish and the admin calls may be used from any
 /// thread; each consumer belongs to one thread.
 class Broker {
@@ -191,6 +230,11 @@ class Broker {
     [[nodiscard]] virtual Result<std::unique_ptr<ControlChannel>> control(std::string_view node) {
         (void)node;
         return std::unique_ptr<ControlChannel>();
+    }
+    /// Schedules' leadership and bookkeeping (sqlite). Errc::invalid_argument where the engine
+    /// has none.
+    [[nodiscard]] virtual Result<std::unique_ptr<ScheduleStore>> schedule_store() {
+        return fail(Errc::invalid_argument, fmt_unsupported_schedules(url()));
     }
     virtual std::string url() const = 0;
 };

@@ -9,6 +9,7 @@
 
 #include "conveyor/error.hpp"
 #include "conveyor/retry_policy.hpp"
+#include "conveyor/schedule.hpp"
 #include "conveyor/topology.hpp"
 
 namespace conveyor {
@@ -54,6 +55,7 @@ struct Config {
     std::vector<ExchangeSpec> exchanges;  ///< `[[exchange]]` tables (amqp engine)
     std::vector<BindingSpec> bindings;    ///< `[[binding]]` tables (amqp engine)
     std::vector<TaskConfig> tasks;
+    std::vector<ScheduleSpec> schedules;  ///< `[[schedule]]` tables, run by `conveyor scheduler`
     WorkerConfig worker;
     RetryPolicy default_retry;  ///< for tasks without a `[[task]]` table
 

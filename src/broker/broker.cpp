@@ -87,4 +87,11 @@ Result<ChordParts> Broker::chord_part_done(std::string_view, int, const TaskResu
                 "?results=redis://HOST:PORT/DB");
 }
 
+std::string fmt_unsupported_schedules(const std::string& url) {
+    return fmt::format(
+        "schedules are kept by the sqlite engine only, not by {}; run `conveyor scheduler` "
+        "with a sqlite:// broker",
+        url);
+}
+
 }  // namespace conveyor

@@ -14,6 +14,7 @@
 #include "conveyor/broker.hpp"
 #include "conveyor/client.hpp"
 #include "conveyor/config.hpp"
+#include "conveyor/scheduler.hpp"
 #include "conveyor/worker.hpp"
 #include "core/time.hpp"
 
@@ -84,12 +85,47 @@ std::vector<std::string> split_list(const std::string& s) {
 }
 
 Worker* g_worker = nullptr;
+Scheduler* g_scheduler = nullptr;
 volatile sig_atomic_t g_signals = 0;
 
 void on_signal(int) {
     g_signals = g_signals + 1;
     if (g_signals >= 2) _exit(130);  // second signal: cold shutdown
     if (g_worker) g_worker->stop();
+    if (g_scheduler) g_scheduler->stop();
+}
+
+void install_signal_handlers() {
+    struct sigaction sa {};
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, nullptr);
+    sigaction(SIGINT, &sa, nullptr);
+    signal(SIGPIPE, SIG_IGN);
+}
+
+int cmd_scheduler(const Global& g, double lease) {
+    Config cfg = load(g);
+    auto broker = open_broker(broker_url(g, cfg), cfg);
+    SchedulerOptions o;
+    o.schedules = cfg.schedules;
+    o.lease = std::chrono::milliseconds(static_cast<long long>(lease * 1000));
+    o.tick = std::min(std::chrono::milliseconds(200), o.lease / 4);
+    o.queue_for = [cfg](const std::string& task) { return cfg.queue_for(task); };
+    Scheduler scheduler(broker, o);
+    g_scheduler = &scheduler;
+    install_signal_handlers();
+    fmt::print(stderr, "conveyor scheduler: broker {} ({} configured schedule(s), lease {} s)\n",
+               broker->url(), cfg.schedules.size(), lease);
+    auto r = scheduler.run();
+    g_scheduler = nullptr;
+    if (!r) die(r.error().message, r.error().code == Errc::invalid_argument ? 2 : 1);
+    return 0;
+}
+
+std::string when_of(const ScheduleSpec& s) {
+    if (s.every) return fmt::format("every {}s", *s.every);
+    return s.timezone == "UTC" ? s.cron : fmt::format("{} ({})", s.cron, s.timezone);
 }
 
 /// `conveyor worker` flags; unset ones take the config's [worker] values.
@@ -129,12 +165,7 @@ int cmd_worker(const Global& g, const WorkerFlags& f) {
     if (handlers == 0)
         die("no task has a handler; add [[task]] tables with 'exec' or 'http' to conveyor.toml", 2);
     g_worker = &worker;
-    struct sigaction sa {};
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, nullptr);
-    sigaction(SIGINT, &sa, nullptr);
-    signal(SIGPIPE, SIG_IGN);
+    install_signal_handlers();
     fmt::print(stderr, "conveyor worker: broker {} queues {} concurrency {}\n", broker->url(),
                fmt::join(o.queues, ","), o.concurrency);
     auto r = worker.run();
@@ -274,6 +305,38 @@ int main(int argc, char** argv) {
     auto* dpurge = dlq->add_subcommand("purge", "Delete dead messages");
     dpurge->add_option("--queue", d_queue, "Queue")->required();
 
+    auto* scheduler = app.add_subcommand(
+        "scheduler", "Fire the schedules on time; run several for availability (one leads)");
+    double s_lease = 3.0;
+    scheduler->add_option("--lease", s_lease, "Seconds a leader holds leadership unrenewed")
+        ->check(CLI::Range(0.5, 3600.0));
+
+    auto* schedule = app.add_subcommand("schedule", "Schedules: list, add, remove, pause, resume");
+    schedule->require_subcommand(1);
+    auto* slist = schedule->add_subcommand("list", "Schedules with their last and next fires");
+    auto* sadd = schedule->add_subcommand("add", "Add (or replace) a schedule");
+    ScheduleSpec sa_spec;
+    std::string sa_args = "[]", sa_kwargs = "{}";
+    std::optional<double> sa_every;
+    sadd->add_option("NAME", sa_spec.name, "Schedule name")->required();
+    sadd->add_option("TASK", sa_spec.task, "Task to fire")->required();
+    auto* sa_cron = sadd->add_option("--cron", sa_spec.cron, "Cron expression (5 or 6 fields)");
+    auto* sa_ev = sadd->add_option("--every", sa_every, "Or: every this many seconds");
+    sa_cron->excludes(sa_ev);
+    sadd->add_option("--timezone", sa_spec.timezone, "IANA time zone of the cron expression");
+    sadd->add_option("--args", sa_args, "Positional arguments, a JSON array");
+    sadd->add_option("--kwargs", sa_kwargs, "Keyword arguments, a JSON object");
+    sadd->add_option("--queue", sa_spec.queue, "Queue (default: the task's)");
+    sadd->add_option("--catch-up", sa_spec.catch_up, "Missed fires: skip, once or all");
+    sadd->add_option("--overlap", sa_spec.overlap, "allow, or skip while the last run runs");
+    std::string s_name;
+    auto* sremove = schedule->add_subcommand("remove", "Remove a schedule added from the CLI");
+    sremove->add_option("NAME", s_name, "Schedule name")->required();
+    auto* spause = schedule->add_subcommand("pause", "Stop firing a schedule");
+    spause->add_option("NAME", s_name, "Schedule name")->required();
+    auto* sresume = schedule->add_subcommand("resume", "Fire a paused schedule again");
+    sresume->add_option("NAME", s_name, "Schedule name")->required();
+
     auto* demo = app.add_subcommand("demo", "Run the order-processing demo on the embedded engine");
     DemoOptions demo_opts;
     demo->add_option("--orders", demo_opts.orders, "Orders to place")
@@ -312,8 +375,85 @@ int main(int argc, char** argv) {
         return 0;
     }
 
+    if (scheduler->parsed()) return cmd_scheduler(g, s_lease);
+
     Config cfg = load(g);
     auto broker = open_broker(broker_url(g, cfg), cfg);
+
+    if (schedule->parsed()) {
+        auto store = broker->schedule_store();
+        if (!store) die(store.error().message, 2);
+        auto known = [&](const std::string& name) {
+            auto all = Scheduler::status(**store, cfg.schedules);
+            if (!all) die(all.error().message);
+            for (auto& st : *all)
+                if (st.spec.name == name) return std::optional<ScheduleStatus>(st);
+            return std::optional<ScheduleStatus>();
+        };
+        if (slist->parsed()) {
+            auto all = Scheduler::status(**store, cfg.schedules);
+            if (!all) die(all.error().message);
+            auto when = [](const std::optional<TimePoint>& t) {
+                return t ? detail::format_iso8601(std::chrono::floor<std::chrono::seconds>(*t))
+                         : std::string("-");
+            };
+            if (g.json) {
+                Json arr = Json::array();
+                for (auto& st : *all) {
+                    Json j = st.spec.to_json();
+                    j["source"] = st.source;
+                    j["last_run"] = st.last_run ? Json(when(st.last_run)) : Json();
+                    j["next_fire"] = st.next_fire ? Json(when(st.next_fire)) : Json();
+                    arr.push_back(std::move(j));
+                }
+                fmt::print("{}\n", arr.dump());
+            } else {
+                std::vector<std::vector<std::string>> rows;
+                for (auto& st : *all)
+                    rows.push_back({st.spec.name, st.spec.task, when_of(st.spec),
+                                    st.spec.paused ? "paused" : "active", when(st.last_run),
+                                    st.spec.paused ? "-" : when(st.next_fire), st.source});
+                print_table({"SCHEDULE", "TASK", "WHEN", "STATE", "LAST RUN", "NEXT", "FROM"},
+                            rows);
+            }
+            return 0;
+        }
+        if (sadd->parsed()) {
+            sa_spec.args = parse_json_flag(sa_args, "--args", true);
+            sa_spec.kwargs = parse_json_flag(sa_kwargs, "--kwargs", false);
+            sa_spec.every = sa_every;
+            if (auto ok = sa_spec.validate(); !ok) die(ok.error().message, 2);
+            for (auto& c : cfg.schedules)
+                if (c.name == sa_spec.name)
+                    die(fmt::format("schedule '{}' is in the configuration; change it there",
+                                    sa_spec.name),
+                        2);
+            if (auto ok = (*store)->add(sa_spec.to_json()); !ok) die(ok.error().message);
+            auto st = known(sa_spec.name);
+            fmt::print("schedule '{}' added; next fire {}\n", sa_spec.name,
+                       st && st->next_fire
+                           ? detail::format_iso8601(
+                                 std::chrono::floor<std::chrono::seconds>(*st->next_fire))
+                           : "-");
+            return 0;
+        }
+        if (!known(s_name)) die(fmt::format("no schedule named '{}'", s_name), 2);
+        if (sremove->parsed()) {
+            for (auto& c : cfg.schedules)
+                if (c.name == s_name)
+                    die(fmt::format("schedule '{}' is in the configuration; remove it there, or "
+                                    "pause it",
+                                    s_name),
+                        2);
+            if (auto ok = (*store)->remove(s_name); !ok) die(ok.error().message);
+            fmt::print("schedule '{}' removed\n", s_name);
+            return 0;
+        }
+        bool pause = spause->parsed();
+        if (auto ok = (*store)->set_paused(s_name, pause); !ok) die(ok.error().message);
+        fmt::print("schedule '{}' {}\n", s_name, pause ? "paused" : "resumed");
+        return 0;
+    }
 
     if (enqueue->parsed()) {
         Json args = parse_json_flag(e_args, "--args", true);

@@ -183,9 +183,9 @@ Result<Config> parse_config(std::string_view text, std::string_view source) {
                     fmt::format("{}:{}: {}", source, e.source().begin.line, e.description()));
     }
     Config cfg;
-    if (auto ok = check_keys(
-            c, root, "the top level",
-            {"broker", "default_queue", "queue", "exchange", "binding", "task", "worker", "retry"});
+    if (auto ok = check_keys(c, root, "the top level",
+                             {"broker", "default_queue", "queue", "exchange", "binding", "task",
+                              "worker", "retry", "schedule"});
         !ok)
         return std::unexpected(ok.error());
     auto broker = get_string(c, root, "broker");
@@ -412,6 +412,24 @@ Result<Config> parse_config(std::string_view text, std::string_view source) {
             cfg.tasks.push_back(std::move(task));
         }
     }
+
+    auto schedules = each_table(
+        c, root, "schedule", [&](const toml::table& t, const toml::node& e) -> Result<void> {
+            if (auto ok = check_keys(c, t, "[[schedule]]",
+                                     {"name", "task", "cron", "every", "timezone", "args", "kwargs",
+                                      "queue", "priority", "catch_up", "catch_up_limit",
+                                      "catch_up_window", "overlap", "paused"});
+                !ok)
+                return ok;
+            auto spec = ScheduleSpec::from_json(to_json(t));
+            if (!spec) return bad(c, &e, spec.error().message);
+            for (auto& other : cfg.schedules)
+                if (other.name == spec->name)
+                    return bad(c, &e, fmt::format("schedule '{}' is defined twice", spec->name));
+            cfg.schedules.push_back(std::move(*spec));
+            return {};
+        });
+    if (!schedules) return std::unexpected(schedules.error());
 
     if (auto* wn = root.get("worker")) {
         auto* t = wn->as_table();

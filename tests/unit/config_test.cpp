@@ -134,3 +134,47 @@ TEST(Config, TopologyMistakesAreNamed) {
     EXPECT_NE(both.error().message.find("exactly one of 'queue' and 'to_exchange'"),
               std::string::npos);
 }
+
+TEST(Config, SchedulesParseAndMistakesNameTheLine) {
+    auto c = parse_config(R"(
+[[schedule]]
+name = "settlement"
+task = "billing.settle"
+cron = "30 2 * * *"
+timezone = "Europe/Berlin"
+args = [1]
+catch_up = "all"
+overlap = "skip"
+[[schedule]]
+name = "sync"
+task = "crm.sync"
+every = 10
+kwargs = { full = false }
+queue = "crm"
+)");
+    ASSERT_TRUE(c) << c.error().message;
+    ASSERT_EQ(c->schedules.size(), 2u);
+    EXPECT_EQ(c->schedules[0].cron, "30 2 * * *");
+    EXPECT_EQ(c->schedules[0].timezone, "Europe/Berlin");
+    EXPECT_EQ(c->schedules[0].args, Json::array({1}));
+    EXPECT_EQ(c->schedules[0].catch_up, "all");
+    EXPECT_EQ(c->schedules[0].overlap, "skip");
+    EXPECT_EQ(*c->schedules[1].every, 10);
+    EXPECT_EQ(c->schedules[1].kwargs, Json({{"full", false}}));
+
+    auto bad = parse_config("[[schedule]]\nname = \"x\"\ntask = \"t\"\ncron = \"* * 32 * *\"\n",
+                            "conveyor.toml");
+    ASSERT_FALSE(bad);
+    EXPECT_NE(bad.error().message.find("conveyor.toml:1"), std::string::npos)
+        << bad.error().message;
+    EXPECT_NE(bad.error().message.find("day of month 32 is out of range"), std::string::npos)
+        << bad.error().message;
+    auto twice = parse_config(
+        "[[schedule]]\nname = \"x\"\ntask = \"t\"\nevery = 5\n[[schedule]]\nname = \"x\"\n"
+        "task = \"t\"\nevery = 6\n");
+    ASSERT_FALSE(twice);
+    EXPECT_NE(twice.error().message.find("defined twice"), std::string::npos);
+    auto key = parse_config("[[schedule]]\nname = \"x\"\ntask = \"t\"\nevery = 5\ncolor = 1\n");
+    ASSERT_FALSE(key);
+    EXPECT_NE(key.error().message.find("unknown key 'color'"), std::string::npos);
+}

@@ -1,0 +1,57 @@
+#pragma once
+/// The scheduler: fires `[[schedule]]` tasks on time, exactly once, with several instances
+/// running for availability (one leads; another takes over within `lease` when it dies).
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "conveyor/broker.hpp"
+#include "conveyor/config.hpp"
+#include "conveyor/schedule.hpp"
+
+namespace conveyor {
+
+struct SchedulerOptions {
+    std::vector<ScheduleSpec> schedules;    ///< from the configuration
+    std::chrono::milliseconds lease{3000};  ///< leadership lease; bounds a failover
+    std::chrono::milliseconds tick{200};    ///< how often the leader looks
+    std::string name;                       ///< this instance; default host:pid
+    std::function<std::string(const std::string& task)> queue_for;  ///< default queue of a task
+};
+
+/// What one schedule looks like now (for `conveyor schedule list`).
+struct ScheduleStatus {
+    ScheduleSpec spec;
+    std::string source;                  ///< "config" or "cli"
+    std::optional<TimePoint> last_fire;  ///< fires are counted up to here
+    std::optional<TimePoint> last_run;   ///< the last fire that published a task
+    std::optional<TimePoint> next_fire;
+};
+
+class Scheduler {
+  public:
+    Scheduler(std::shared_ptr<Broker> broker, SchedulerOptions options);
+    ~Scheduler();
+    /// Runs until stop(): competes for leadership, and fires due schedules while leading.
+    [[nodiscard]] Result<void> run();
+    void stop() noexcept { stop_ = true; }
+    bool leading() const noexcept { return leading_; }
+
+    /// The configured and CLI-added schedules with their pause flags and last fires.
+    static Result<std::vector<ScheduleStatus>> status(ScheduleStore& store,
+                                                      const std::vector<ScheduleSpec>& configured);
+
+  private:
+    Result<void> tick(ScheduleStore& store);
+
+    std::shared_ptr<Broker> broker_;
+    SchedulerOptions opts_;
+    std::atomic<bool> stop_{false};
+    std::atomic<bool> leading_{false};
+};
+
+}  // namespace conveyor

@@ -1,0 +1,177 @@
+#include "conveyor/scheduler.hpp"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <deque>
+#include <thread>
+
+#include "core/codec.hpp"
+#include "core/time.hpp"
+
+namespace conveyor {
+
+namespace {
+
+using namespace std::chrono;
+
+/// Every fire of `s` in (after, until], at most `limit` of the newest (and how many there were).
+std::vector<TimePoint> due_fires(const ScheduleSpec& s, TimePoint after, TimePoint until,
+                                 std::size_t limit) {
+    std::deque<TimePoint> out;
+    TimePoint t = after;
+    for (std::size_t guard = 0; guard < 10'000'000; ++guard) {
+        auto next = s.next_fire(t);
+        if (!next || *next > until) break;
+        out.push_back(*next);
+        if (out.size() > limit) out.pop_front();
+        t = *next;
+    }
+    return {out.begin(), out.end()};
+}
+
+}  // namespace
+
+Scheduler::Scheduler(std::shared_ptr<Broker> broker, SchedulerOptions options)
+    : broker_(std::move(broker)), opts_(std::move(options)) {
+    if (opts_.name.empty()) {
+        char host[256] = {};
+        gethostname(host, sizeof host - 1);
+        opts_.name = fmt::format("{}:{}", host, getpid());
+    }
+}
+
+Scheduler::~Scheduler() = default;
+
+Result<std::vector<ScheduleStatus>> Scheduler::status(ScheduleStore& store,
+                                                      const std::vector<ScheduleSpec>& configured) {
+    std::vector<ScheduleStatus> out;
+    for (auto& s : configured) out.push_back(ScheduleStatus{s, "config", {}, {}, {}});
+    auto added = store.added();
+    if (!added) return std::unexpected(added.error());
+    for (auto& j : *added) {
+        auto s = ScheduleSpec::from_json(j);
+        if (!s) continue;  // written by a newer version: not ours to run
+        if (std::any_of(out.begin(), out.end(),
+                        [&](const ScheduleStatus& o) { return o.spec.name == s->name; }))
+            continue;  // the configuration wins
+        out.push_back(ScheduleStatus{*s, "cli", {}, {}, {}});
+    }
+    auto paused = store.paused();
+    if (!paused) return std::unexpected(paused.error());
+    auto last = store.last_fires();
+    if (!last) return std::unexpected(last.error());
+    auto now = SystemClock::now();
+    for (auto& st : out) {
+        if (auto p = paused->find(st.spec.name); p != paused->end()) st.spec.paused = p->second;
+        if (auto l = last->find(st.spec.name); l != last->end()) {
+            st.last_fire = l->second.last_fire;
+            st.last_run = l->second.last_run;
+        }
+        if (auto n = st.spec.next_fire(std::max(now, st.last_fire.value_or(now))))
+            st.next_fire = *n;
+    }
+    return out;
+}
+
+Result<void> Scheduler::tick(ScheduleStore& store) {
+    auto led = store.lead(opts_.name, opts_.lease);
+    if (!led) return std::unexpected(led.error());
+    if (!*led) {
+        if (leading_) fmt::print(stderr, "conveyor scheduler {}: no longer leading\n", opts_.name);
+        leading_ = false;
+        return {};
+    }
+    if (!leading_) fmt::print(stderr, "conveyor scheduler {}: leading\n", opts_.name);
+    leading_ = true;
+
+    auto statuses = status(store, opts_.schedules);
+    if (!statuses) return std::unexpected(statuses.error());
+    auto now = SystemClock::now();
+    std::vector<ScheduleFire> fires;
+    for (auto& st : *statuses) {
+        const ScheduleSpec& s = st.spec;
+        if (!st.last_fire) {
+            // First sight: start counting from now (fires before it were never due to anyone).
+            fires.push_back(ScheduleFire{s.name, now, std::nullopt});
+            continue;
+        }
+        if (s.paused) {
+            // Paused: its fires pass unfired; resuming starts from then, not from the past.
+            fires.push_back(ScheduleFire{s.name, now, std::nullopt});
+            continue;
+        }
+        auto window = duration_cast<SystemClock::duration>(duration<double>(s.catch_up_window));
+        std::size_t keep = s.catch_up == "all" ? std::size_t(std::max(1, s.catch_up_limit)) : 1;
+        // Recent fires (within the catch-up window) always run; older ones per the policy.
+        auto recent_from = std::max(*st.last_fire, now - window);
+        auto old = recent_from > *st.last_fire ? due_fires(s, *st.last_fire, recent_from, keep)
+                                               : std::vector<TimePoint>{};
+        auto recent = due_fires(s, recent_from, now, 100000);
+        std::vector<TimePoint> run;
+        if (s.catch_up != "skip") run.insert(run.end(), old.begin(), old.end());
+        run.insert(run.end(), recent.begin(), recent.end());
+        TimePoint latest = *st.last_fire;
+        if (!old.empty()) latest = std::max(latest, old.back());
+        if (!recent.empty()) latest = std::max(latest, recent.back());
+        if (latest == *st.last_fire) continue;  // nothing due
+        if (s.overlap == "skip" && !run.empty() && st.last_run) {
+            // The previous run still waits or runs: skip these fires rather than pile up.
+            auto prev = broker_->result(schedule_fire_id(s.name, *st.last_run));
+            if (prev && !prev->ready()) run.clear();
+        }
+        for (auto at : run) {
+            TaskMessage t;
+            t.id = schedule_fire_id(s.name, at);
+            t.name = s.task;
+            t.args = s.args;
+            t.kwargs = s.kwargs;
+            if (s.priority) t.priority = *s.priority;
+            t.root_id = t.id;
+            t.extra_headers = {{"x-conveyor-schedule", s.name},
+                               {"x-conveyor-scheduled-at", detail::format_iso8601(at)},
+                               {"x-conveyor-fired-at", detail::format_iso8601(now)}};
+            OutgoingMessage m;
+            m.queue = !s.queue.empty()  ? s.queue
+                      : opts_.queue_for ? opts_.queue_for(s.task)
+                                        : std::string("celery");
+            m.envelope = codec::encode(t);
+            fires.push_back(ScheduleFire{s.name, at, std::move(m)});
+        }
+        if (run.empty() || run.back() != latest)
+            fires.push_back(ScheduleFire{s.name, latest, std::nullopt});
+    }
+    if (fires.empty()) return {};
+    auto ok = store.fire(opts_.name, fires);
+    if (!ok) return std::unexpected(ok.error());
+    if (!*ok) leading_ = false;
+    return {};
+}
+
+Result<void> Scheduler::run() {
+    auto store = broker_->schedule_store();
+    if (!store) return std::unexpected(store.error());
+    for (auto& s : opts_.schedules)
+        if (auto ok = s.validate(); !ok) return ok;
+    std::string last_error;
+    while (!stop_) {
+        auto started = steady_clock::now();
+        if (auto ok = tick(**store); !ok) {
+            if (ok.error().message != last_error)
+                fmt::print(stderr, "conveyor scheduler {}: {}; retrying\n", opts_.name,
+                           ok.error().message);
+            last_error = ok.error().message;
+            leading_ = false;
+        } else {
+            last_error.clear();
+        }
+        auto until = started + opts_.tick;
+        while (!stop_ && steady_clock::now() < until) std::this_thread::sleep_for(milliseconds(10));
+    }
+    if (leading_) (void)(*store)->resign(opts_.name);
+    leading_ = false;
+    return {};
+}
+
+}  // namespace conveyor
