@@ -876,6 +876,207 @@ class ReplyInbox {
     std::deque<std::string> order_;
 };
 
+/// Schedules on RabbitMQ. Leadership: an exclusive queue, which only one connection can hold
+/// and which goes when that connection dies. Bookkeeping: two durable one-message queues (the
+/// newest message wins): the leader's record of last fires, and the CLI's schedules and pause
+/// flags. A fire's task is confirmed before the record of it.
+class AmqpScheduleStore final : public ScheduleStore {
+  public:
+    explicit AmqpScheduleStore(std::shared_ptr<Engine> e) : e_(std::move(e)) {}
+
+    Result<bool> lead(std::string_view, milliseconds) override {
+        if (leading_ && conn_ && conn_->healthy()) {
+            // Still ours while the connection lives; look at it (heartbeats, closes).
+            amqp_frame_t f;
+            timeval zero{0, 0};
+            int rc = amqp_simple_wait_frame_noblock(conn_->raw(), &f, &zero);
+            bool closed = rc == AMQP_STATUS_OK && f.frame_type == AMQP_FRAME_METHOD &&
+                          (f.payload.method.id == AMQP_CONNECTION_CLOSE_METHOD ||
+                           f.payload.method.id == AMQP_CHANNEL_CLOSE_METHOD);
+            if ((rc == AMQP_STATUS_OK || rc == AMQP_STATUS_TIMEOUT) && !closed) return true;
+            conn_.reset();
+        }
+        leading_ = false;
+        if (auto ok = connect(); !ok) return std::unexpected(ok.error());
+        auto q = conn_->declare_queue(kLeaderQueue, Json::object(), false, false, false, true);
+        if (!q) {
+            if (q.error().code == Errc::conflict) return false;  // another scheduler leads
+            return std::unexpected(q.error());
+        }
+        // The last leader's record; without it no fire can be counted, so no leading.
+        auto state = read_one(kStateQueue, 1);
+        if (!state) {
+            conn_.reset();
+            return std::unexpected(state.error());
+        }
+        state_ = std::move(*state);
+        leading_ = true;
+        return true;
+    }
+
+    Result<void> resign(std::string_view) override {
+        leading_ = false;
+        conn_.reset();  // the exclusive queue goes with the connection
+        return {};
+    }
+
+    Result<std::map<std::string, Mark>> last_fires() override {
+        if (!leading_) {
+            if (auto ok = connect(); !ok) return std::unexpected(ok.error());
+            auto state = read_one(kStateQueue, 3);
+            if (!state) return std::unexpected(state.error());
+            state_ = std::move(*state);
+        }
+        std::map<std::string, Mark> out;
+        if (!state_.is_object()) return out;
+        for (auto& [name, v] : state_.items()) {
+            if (!v.is_object()) continue;
+            Mark m;
+            m.last_fire = detail::from_epoch_ms(v.value("last_fire", std::int64_t(0)));
+            if (v.contains("last_run") && v["last_run"].is_number_integer())
+                m.last_run = detail::from_epoch_ms(v["last_run"].get<std::int64_t>());
+            out[name] = m;
+        }
+        return out;
+    }
+
+    Result<bool> fire(std::string_view owner, std::span<const ScheduleFire> fires) override {
+        auto still = lead(owner, milliseconds(0));
+        if (!still) return std::unexpected(still.error());
+        if (!*still) return false;
+        std::vector<OutgoingMessage> msgs;
+        for (auto& f : fires)
+            if (f.message) msgs.push_back(*f.message);
+        if (auto ok = publish_messages(*e_, msgs); !ok) return std::unexpected(ok.error());
+        Json next = state_.is_object() ? state_ : Json::object();
+        for (auto& f : fires) {
+            auto& v = next[f.schedule];
+            if (!v.is_object()) v = Json::object();
+            auto at = detail::to_epoch_ms(f.at);
+            v["last_fire"] = std::max(v.value("last_fire", std::int64_t(0)), at);
+            if (f.message)
+                v["last_run"] = std::max(
+                    v.contains("last_run") ? v["last_run"].get<std::int64_t>() : std::int64_t(0),
+                    at);
+        }
+        if (auto ok = write_one(kStateQueue, next); !ok) return std::unexpected(ok.error());
+        state_ = std::move(next);
+        return true;
+    }
+
+    Result<std::vector<Json>> added() override {
+        auto cfg = config(1);
+        if (!cfg) return std::unexpected(cfg.error());
+        std::vector<Json> out;
+        Json all = cfg->value("added", Json::object());
+        for (auto& [_, v] : all.items()) out.push_back(v);
+        return out;
+    }
+
+    Result<void> add(const Json& schedule) override {
+        auto cfg = config();
+        if (!cfg) return std::unexpected(cfg.error());
+        (*cfg)["added"][schedule.value("name", "")] = schedule;
+        return write_one(kConfigQueue, *cfg);
+    }
+
+    Result<bool> remove(std::string_view name) override {
+        auto cfg = config();
+        if (!cfg) return std::unexpected(cfg.error());
+        auto& a = (*cfg)["added"];
+        bool had = a.is_object() && a.contains(std::string(name));
+        if (had) a.erase(std::string(name));
+        if (auto p = cfg->find("paused"); p != cfg->end() && p->is_object())
+            p->erase(std::string(name));
+        if (auto ok = write_one(kConfigQueue, *cfg); !ok) return std::unexpected(ok.error());
+        return had;
+    }
+
+    Result<std::map<std::string, bool>> paused() override {
+        auto cfg = config(1);
+        if (!cfg) return std::unexpected(cfg.error());
+        std::map<std::string, bool> out;
+        Json flags = cfg->value("paused", Json::object());
+        for (auto& [k, v] : flags.items())
+            if (v.is_boolean()) out[k] = v.get<bool>();
+        return out;
+    }
+
+    Result<void> set_paused(std::string_view name, bool paused) override {
+        auto cfg = config();
+        if (!cfg) return std::unexpected(cfg.error());
+        (*cfg)["paused"][std::string(name)] = paused;
+        return write_one(kConfigQueue, *cfg);
+    }
+
+  private:
+    static constexpr std::string_view kLeaderQueue = "conveyor.scheduler.leader";
+    static constexpr std::string_view kStateQueue = "conveyor.scheduler.state";
+    static constexpr std::string_view kConfigQueue = "conveyor.scheduler.schedules";
+
+    Result<void> connect() {
+        if (conn_ && conn_->healthy()) return {};
+        auto c = Connection::open(e_->opts, "conveyor-scheduler");
+        if (!c) return std::unexpected(c.error());
+        Json one = {{"x-max-length", 1}, {"x-overflow", "drop-head"}};
+        for (auto q : {kStateQueue, kConfigQueue})
+            if (auto d = (*c)->declare_queue(q, one); !d) return std::unexpected(d.error());
+        conn_ = std::move(*c);
+        return {};
+    }
+
+    /// The CLI's schedules and pause flags. Writers look harder: an empty read may only mean
+    /// that another reader holds the message for a moment.
+    Result<Json> config(int attempts = 5) {
+        if (auto ok = connect(); !ok) return std::unexpected(ok.error());
+        auto j = read_one(kConfigQueue, attempts);
+        if (!j) return std::unexpected(j.error());
+        // Nothing there: never written, or held by another reader right now. The last one
+        // seen stands (a removal writes an object, never nothing).
+        if (j->is_object()) config_ = *j;
+        return config_;
+    }
+
+    /// The newest message of a one-message queue (left in place), or null when empty.
+    Result<Json> read_one(std::string_view queue, int attempts) {
+        for (int i = 0; i < attempts; ++i) {
+            if (i > 0) std::this_thread::sleep_for(milliseconds(20));
+            if (auto ok = conn_->ensure_channel(kBrowseChannel); !ok)
+                return std::unexpected(ok.error());
+            Pool pool;
+            auto r = amqp_basic_get(conn_->raw(), kBrowseChannel, pool.bytes(queue), 0);
+            if (auto ok = conn_->check(r, kBrowseChannel, "reading schedules"); !ok)
+                return std::unexpected(ok.error());
+            if (r.reply.id == AMQP_BASIC_GET_EMPTY_METHOD) continue;
+            auto tag = static_cast<amqp_basic_get_ok_t*>(r.reply.decoded)->delivery_tag;
+            amqp_message_t msg;
+            auto rr = amqp_read_message(conn_->raw(), kBrowseChannel, &msg, 0);
+            if (auto ok = conn_->check(rr, kBrowseChannel, "reading schedules"); !ok)
+                return std::unexpected(ok.error());
+            Json j = Json::parse(to_string(msg.body), nullptr, false);
+            amqp_destroy_message(&msg);
+            amqp_basic_nack(conn_->raw(), kBrowseChannel, tag, 0, 1);  // back in place
+            return j.is_discarded() ? Json() : j;
+        }
+        return Json();
+    }
+
+    /// Replaces a one-message queue's content, confirmed.
+    Result<void> write_one(std::string_view queue, const Json& value) {
+        Envelope env;
+        env.content_type = std::string(codec::kJson);
+        env.body = value.dump();
+        Wire w{"", queue, &env, true};
+        return e_->publish_wires(std::span<const Wire>(&w, 1));
+    }
+
+    std::shared_ptr<Engine> e_;
+    std::unique_ptr<Connection> conn_;
+    bool leading_ = false;
+    Json state_;
+    Json config_ = Json::object();
+};
+
 class AmqpBroker final : public Broker {
   public:
     explicit AmqpBroker(std::shared_ptr<Engine> e) : e_(std::move(e)), inbox_(e_) {}
@@ -1109,6 +1310,10 @@ class AmqpBroker final : public Broker {
                                                              : std::unexpected(n.error());
                 return std::size_t(*n);
             });
+    }
+
+    Result<std::unique_ptr<ScheduleStore>> schedule_store() override {
+        return std::unique_ptr<ScheduleStore>(std::make_unique<AmqpScheduleStore>(e_));
     }
 
     Result<std::unique_ptr<ControlChannel>> control(std::string_view node) override {

@@ -342,11 +342,13 @@ Result<void> Connection::declare_exchange(std::string_view name, std::string_vie
 }
 
 Result<QueueInfo> Connection::declare_queue(std::string_view name, const Json& arguments,
-                                            bool passive, bool durable, bool auto_delete) {
+                                            bool passive, bool durable, bool auto_delete,
+                                            bool exclusive) {
     if (auto ok = ensure_channel(kAdminChannel); !ok) return std::unexpected(ok.error());
     pool_.clear();
     auto* r = amqp_queue_declare(conn_, kAdminChannel, pool_.bytes(name), passive ? 1 : 0,
-                                 durable ? 1 : 0, 0, auto_delete ? 1 : 0, pool_.table(arguments));
+                                 durable ? 1 : 0, exclusive ? 1 : 0, auto_delete ? 1 : 0,
+                                 pool_.table(arguments));
     if (auto ok = check(amqp_get_rpc_reply(conn_), kAdminChannel,
                         fmt::format("{} queue '{}'", passive ? "looking up" : "declaring", name));
         !ok)

@@ -87,7 +87,7 @@ class Connection {
                                   const Json& arguments);
     Result<QueueInfo> declare_queue(std::string_view name, const Json& arguments,
                                     bool passive = false, bool durable = true,
-                                    bool auto_delete = false);
+                                    bool auto_delete = false, bool exclusive = false);
     Result<void> bind_queue(std::string_view queue, std::string_view exchange, std::string_view key,
                             const Json& arguments = Json::object());
     Result<void> bind_exchange(std::string_view destination, std::string_view source,
