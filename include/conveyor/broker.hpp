@@ -160,9 +160,11 @@ class ScheduleStore {
         TimePoint last_fire{};
         std::optional<TimePoint> last_run;
     };
-    [[nodiscard]] virtual Result<std::map<std::string, Mark>> last_fires() = 0;
-    /// Publishes the fires' tasks and records each schedule's last fire in one atomic step,
-    /// only while `owner` still leads (false otherwise: nothing was published).
+    [[nodiscard]] virtual Result<std::map<std::string, Mark>> last_fires(
+        const std::vector<std::string>& schedules) = 0;
+    /// Publishes the fires' tasks and records each schedule's last fire in one atomic step
+    /// (sqlite: one transaction; amqp: each task is routed to its queue and to the schedule's
+    /// record by one publish), only while `owner` still leads (false otherwise).
     [[nodiscard]] virtual Result<bool> fire(std::string_view owner,
                                             std::span<const ScheduleFire> fires) = 0;
     /// Schedules added from the CLI, and pause flags (which apply to configured ones too).

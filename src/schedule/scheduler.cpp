@@ -60,7 +60,9 @@ Result<std::vector<ScheduleStatus>> Scheduler::status(ScheduleStore& store,
     }
     auto paused = store.paused();
     if (!paused) return std::unexpected(paused.error());
-    auto last = store.last_fires();
+    std::vector<std::string> names;
+    for (auto& st : out) names.push_back(st.spec.name);
+    auto last = store.last_fires(names);
     if (!last) return std::unexpected(last.error());
     auto now = SystemClock::now();
     for (auto& st : out) {

@@ -138,3 +138,53 @@ TEST(Cli, DemoRunsToTheEndWithOneDeadLetterAndNothingLost) {
     EXPECT_LT(ran - due, 1.0);   // and on time
     EXPECT_NE(out.find("left in queues: 0"), std::string::npos) << out;
 }
+
+TEST(Cli, ScheduleAddListPauseResumeRemove) {
+    TempDir dir;
+    testsupport::write_file(dir.file("conveyor.toml"),
+                            "[[schedule]]\n"
+                            "name = \"settlement\"\n"
+                            "task = \"billing.settle\"\n"
+                            "cron = \"30 2 * * *\"\n"
+                            "timezone = \"Europe/Berlin\"\n");
+    auto [rc, out] = cli(dir, {"schedule", "add", "nightly", "reports.build", "--cron", "0 3 * * *",
+                               "--timezone", "America/New_York", "--args", "[7]"});
+    ASSERT_EQ(rc, 0) << out;
+    EXPECT_NE(out.find("schedule 'nightly' added; next fire"), std::string::npos) << out;
+
+    std::tie(rc, out) = cli(dir, {"--json", "schedule", "list"});
+    ASSERT_EQ(rc, 0) << out;
+    auto list = Json::parse(out);
+    ASSERT_EQ(list.size(), 2u) << out;
+    EXPECT_EQ(list[0]["name"], "settlement");
+    EXPECT_EQ(list[0]["source"], "config");
+    EXPECT_EQ(list[1]["name"], "nightly");
+    EXPECT_EQ(list[1]["source"], "cli");
+    EXPECT_EQ(list[1]["args"], Json::array({7}));
+    EXPECT_TRUE(list[1]["next_fire"].is_string());
+
+    std::tie(rc, out) = cli(dir, {"schedule", "pause", "settlement"});
+    EXPECT_EQ(rc, 0) << out;
+    std::tie(rc, out) = cli(dir, {"schedule", "list"});
+    EXPECT_NE(out.find("paused"), std::string::npos) << out;
+    std::tie(rc, out) = cli(dir, {"schedule", "resume", "settlement"});
+    EXPECT_EQ(rc, 0) << out;
+    std::tie(rc, out) = cli(dir, {"schedule", "list"});
+    EXPECT_EQ(out.find("paused"), std::string::npos) << out;
+
+    // Mistakes: one sentence, exit 2, nothing changed.
+    std::tie(rc, out) = cli(dir, {"schedule", "add", "bad", "t", "--cron", "61 * * * *"});
+    EXPECT_EQ(rc, 2);
+    EXPECT_NE(out.find("minute 61 is out of range 0-59"), std::string::npos) << out;
+    std::tie(rc, out) = cli(dir, {"schedule", "remove", "settlement"});
+    EXPECT_EQ(rc, 2);
+    EXPECT_NE(out.find("is in the configuration"), std::string::npos) << out;
+    std::tie(rc, out) = cli(dir, {"schedule", "pause", "nope"});
+    EXPECT_EQ(rc, 2);
+    EXPECT_NE(out.find("no schedule named 'nope'"), std::string::npos) << out;
+
+    std::tie(rc, out) = cli(dir, {"schedule", "remove", "nightly"});
+    EXPECT_EQ(rc, 0) << out;
+    std::tie(rc, out) = cli(dir, {"--json", "schedule", "list"});
+    EXPECT_EQ(Json::parse(out).size(), 1u) << out;
+}

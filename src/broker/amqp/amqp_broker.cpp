@@ -877,9 +877,11 @@ class ReplyInbox {
 };
 
 /// Schedules on RabbitMQ. Leadership: an exclusive queue, which only one connection can hold
-/// and which goes when that connection dies. Bookkeeping: two durable one-message queues (the
-/// newest message wins): the leader's record of last fires, and the CLI's schedules and pause
-/// flags. A fire's task is confirmed before the record of it.
+/// and which goes when that connection dies. Each fire is one publish to the direct exchange
+/// `conveyor.scheduler.fires`, which routes it both to the task's queue and to the schedule's
+/// record (`conveyor.scheduler.state.NAME`, a durable queue keeping its newest message), so a
+/// fire is published and recorded at once, or not at all. CLI schedules and pause flags live
+/// in `conveyor.scheduler.schedules` (also newest message wins).
 class AmqpScheduleStore final : public ScheduleStore {
   public:
     explicit AmqpScheduleStore(std::shared_ptr<Engine> e) : e_(std::move(e)) {}
@@ -897,19 +899,13 @@ class AmqpScheduleStore final : public ScheduleStore {
             conn_.reset();
         }
         leading_ = false;
+        marks_.clear();  // read again from the records: another leader may have fired since
         if (auto ok = connect(); !ok) return std::unexpected(ok.error());
         auto q = conn_->declare_queue(kLeaderQueue, Json::object(), false, false, false, true);
         if (!q) {
             if (q.error().code == Errc::conflict) return false;  // another scheduler leads
             return std::unexpected(q.error());
         }
-        // The last leader's record; without it no fire can be counted, so no leading.
-        auto state = read_one(kStateQueue, 1);
-        if (!state) {
-            conn_.reset();
-            return std::unexpected(state.error());
-        }
-        state_ = std::move(*state);
         leading_ = true;
         return true;
     }
@@ -920,22 +916,24 @@ class AmqpScheduleStore final : public ScheduleStore {
         return {};
     }
 
-    Result<std::map<std::string, Mark>> last_fires() override {
-        if (!leading_) {
-            if (auto ok = connect(); !ok) return std::unexpected(ok.error());
-            auto state = read_one(kStateQueue, 3);
-            if (!state) return std::unexpected(state.error());
-            state_ = std::move(*state);
-        }
+    Result<std::map<std::string, Mark>> last_fires(const std::vector<std::string>& names) override {
+        if (auto ok = connect(); !ok) return std::unexpected(ok.error());
         std::map<std::string, Mark> out;
-        if (!state_.is_object()) return out;
-        for (auto& [name, v] : state_.items()) {
-            if (!v.is_object()) continue;
-            Mark m;
-            m.last_fire = detail::from_epoch_ms(v.value("last_fire", std::int64_t(0)));
-            if (v.contains("last_run") && v["last_run"].is_number_integer())
-                m.last_run = detail::from_epoch_ms(v["last_run"].get<std::int64_t>());
-            out[name] = m;
+        for (auto& name : names) {
+            if (!leading_ || !marks_.contains(name)) {
+                // Not known yet (or not leading): the schedule's record says.
+                if (auto ok = ensure_record(name); !ok) return std::unexpected(ok.error());
+                auto rec = read_one(record_queue(name), 1);
+                if (!rec) return std::unexpected(rec.error());
+                std::optional<Mark> m;
+                if (rec->is_object()) m = mark_of(*rec);
+                if (!leading_) {
+                    if (m) out[name] = *m;
+                    continue;
+                }
+                marks_[name] = m;
+            }
+            if (auto& m = marks_[name]) out[name] = *m;
         }
         return out;
     }
@@ -944,23 +942,45 @@ class AmqpScheduleStore final : public ScheduleStore {
         auto still = lead(owner, milliseconds(0));
         if (!still) return std::unexpected(still.error());
         if (!*still) return false;
-        std::vector<OutgoingMessage> msgs;
-        for (auto& f : fires)
-            if (f.message) msgs.push_back(*f.message);
-        if (auto ok = publish_messages(*e_, msgs); !ok) return std::unexpected(ok.error());
-        Json next = state_.is_object() ? state_ : Json::object();
+        std::deque<Envelope> envs;
+        std::deque<std::string> keys;
+        std::vector<Wire> wires;
+        std::map<std::string, Mark> next;
         for (auto& f : fires) {
-            auto& v = next[f.schedule];
-            if (!v.is_object()) v = Json::object();
-            auto at = detail::to_epoch_ms(f.at);
-            v["last_fire"] = std::max(v.value("last_fire", std::int64_t(0)), at);
-            if (f.message)
-                v["last_run"] = std::max(
-                    v.contains("last_run") ? v["last_run"].get<std::int64_t>() : std::int64_t(0),
-                    at);
+            if (auto ok = ensure_record(f.schedule); !ok) return std::unexpected(ok.error());
+            Mark m = next.contains(f.schedule) ? next[f.schedule]
+                     : marks_[f.schedule]      ? *marks_[f.schedule]
+                                               : Mark{};
+            m.last_fire = std::max(m.last_fire, f.at);
+            Envelope* env = nullptr;
+            if (f.message) {
+                if (f.message->queue.empty() || e_->spec_of(f.message->queue).has_value() &&
+                                                    e_->spec_of(f.message->queue)->partitions > 0)
+                    return fail(
+                        Errc::invalid_argument,
+                        fmt::format("schedule '{}': its queue must be a plain queue", f.schedule));
+                if (auto ok = ensure_route(f.schedule, f.message->queue); !ok)
+                    return std::unexpected(ok.error());
+                m.last_run = f.at;
+                env = &envs.emplace_back(f.message->envelope);
+                keys.push_back("run:" + f.schedule);
+            } else {
+                env = &envs.emplace_back();
+                env->content_type = std::string(codec::kJson);
+                env->body = "{}";
+                keys.push_back("mark:" + f.schedule);
+            }
+            env->headers["x-conveyor-schedule"] = f.schedule;
+            env->headers["x-conveyor-last-fire"] = detail::to_epoch_ms(m.last_fire);
+            if (m.last_run) env->headers["x-conveyor-last-run"] = detail::to_epoch_ms(*m.last_run);
+            wires.push_back(Wire{kFiresExchange, keys.back(), env, true});
+            next[f.schedule] = m;
         }
-        if (auto ok = write_one(kStateQueue, next); !ok) return std::unexpected(ok.error());
-        state_ = std::move(next);
+        if (auto ok = e_->publish_wires(wires); !ok) {
+            marks_.clear();  // unknown which were published: read the records again
+            return std::unexpected(ok.error());
+        }
+        for (auto& [name, m] : next) marks_[name] = m;
         return true;
     }
 
@@ -977,7 +997,7 @@ class AmqpScheduleStore final : public ScheduleStore {
         auto cfg = config();
         if (!cfg) return std::unexpected(cfg.error());
         (*cfg)["added"][schedule.value("name", "")] = schedule;
-        return write_one(kConfigQueue, *cfg);
+        return write_config(*cfg);
     }
 
     Result<bool> remove(std::string_view name) override {
@@ -988,7 +1008,7 @@ class AmqpScheduleStore final : public ScheduleStore {
         if (had) a.erase(std::string(name));
         if (auto p = cfg->find("paused"); p != cfg->end() && p->is_object())
             p->erase(std::string(name));
-        if (auto ok = write_one(kConfigQueue, *cfg); !ok) return std::unexpected(ok.error());
+        if (auto ok = write_config(*cfg); !ok) return std::unexpected(ok.error());
         return had;
     }
 
@@ -1006,22 +1026,58 @@ class AmqpScheduleStore final : public ScheduleStore {
         auto cfg = config();
         if (!cfg) return std::unexpected(cfg.error());
         (*cfg)["paused"][std::string(name)] = paused;
-        return write_one(kConfigQueue, *cfg);
+        return write_config(*cfg);
     }
 
   private:
     static constexpr std::string_view kLeaderQueue = "conveyor.scheduler.leader";
-    static constexpr std::string_view kStateQueue = "conveyor.scheduler.state";
+    static constexpr std::string_view kFiresExchange = "conveyor.scheduler.fires";
     static constexpr std::string_view kConfigQueue = "conveyor.scheduler.schedules";
+
+    static std::string record_queue(std::string_view name) {
+        return fmt::format("conveyor.scheduler.state.{}", name);
+    }
+    static Json one_message() { return {{"x-max-length", 1}, {"x-overflow", "drop-head"}}; }
+
+    static Mark mark_of(const Json& headers) {
+        Mark m;
+        m.last_fire = detail::from_epoch_ms(headers.value("x-conveyor-last-fire", std::int64_t(0)));
+        if (auto r = headers.find("x-conveyor-last-run"); r != headers.end() && r->is_number())
+            m.last_run = detail::from_epoch_ms(r->get<std::int64_t>());
+        return m;
+    }
 
     Result<void> connect() {
         if (conn_ && conn_->healthy()) return {};
+        conn_.reset();
+        leading_ = false;
+        records_.clear();
+        routes_.clear();
         auto c = Connection::open(e_->opts, "conveyor-scheduler");
         if (!c) return std::unexpected(c.error());
-        Json one = {{"x-max-length", 1}, {"x-overflow", "drop-head"}};
-        for (auto q : {kStateQueue, kConfigQueue})
-            if (auto d = (*c)->declare_queue(q, one); !d) return std::unexpected(d.error());
+        if (auto d = (*c)->declare_queue(kConfigQueue, one_message()); !d)
+            return std::unexpected(d.error());
+        if (auto x = (*c)->declare_exchange(kFiresExchange, "direct", true, Json::object()); !x)
+            return x;
         conn_ = std::move(*c);
+        return {};
+    }
+
+    Result<void> ensure_record(const std::string& name) {
+        if (records_.contains(name)) return {};
+        auto q = record_queue(name);
+        if (auto d = conn_->declare_queue(q, one_message()); !d) return std::unexpected(d.error());
+        for (auto key : {"run:" + name, "mark:" + name})
+            if (auto ok = conn_->bind_queue(q, kFiresExchange, key); !ok) return ok;
+        records_.insert(name);
+        return {};
+    }
+
+    Result<void> ensure_route(const std::string& name, const std::string& queue) {
+        if (routes_.contains({name, queue})) return {};
+        if (auto ok = e_->ensure_queues({queue}); !ok) return ok;
+        if (auto ok = conn_->bind_queue(queue, kFiresExchange, "run:" + name); !ok) return ok;
+        routes_.insert({name, queue});
         return {};
     }
 
@@ -1029,7 +1085,7 @@ class AmqpScheduleStore final : public ScheduleStore {
     /// that another reader holds the message for a moment.
     Result<Json> config(int attempts = 5) {
         if (auto ok = connect(); !ok) return std::unexpected(ok.error());
-        auto j = read_one(kConfigQueue, attempts);
+        auto j = read_one(kConfigQueue, attempts, /*body=*/true);
         if (!j) return std::unexpected(j.error());
         // Nothing there: never written, or held by another reader right now. The last one
         // seen stands (a removal writes an object, never nothing).
@@ -1037,8 +1093,17 @@ class AmqpScheduleStore final : public ScheduleStore {
         return config_;
     }
 
-    /// The newest message of a one-message queue (left in place), or null when empty.
-    Result<Json> read_one(std::string_view queue, int attempts) {
+    Result<void> write_config(const Json& value) {
+        Envelope env;
+        env.content_type = std::string(codec::kJson);
+        env.body = value.dump();
+        Wire w{"", kConfigQueue, &env, true};
+        return e_->publish_wires(std::span<const Wire>(&w, 1));
+    }
+
+    /// The newest message of a one-message queue, left in place: its body (`body`) or its
+    /// headers; null when the queue is empty.
+    Result<Json> read_one(std::string_view queue, int attempts, bool body = false) {
         for (int i = 0; i < attempts; ++i) {
             if (i > 0) std::this_thread::sleep_for(milliseconds(20));
             if (auto ok = conn_->ensure_channel(kBrowseChannel); !ok)
@@ -1053,27 +1118,22 @@ class AmqpScheduleStore final : public ScheduleStore {
             auto rr = amqp_read_message(conn_->raw(), kBrowseChannel, &msg, 0);
             if (auto ok = conn_->check(rr, kBrowseChannel, "reading schedules"); !ok)
                 return std::unexpected(ok.error());
-            Json j = Json::parse(to_string(msg.body), nullptr, false);
+            Envelope env = envelope_of(msg.properties, msg.body);
             amqp_destroy_message(&msg);
             amqp_basic_nack(conn_->raw(), kBrowseChannel, tag, 0, 1);  // back in place
+            if (!body) return env.headers;
+            Json j = Json::parse(env.body, nullptr, false);
             return j.is_discarded() ? Json() : j;
         }
         return Json();
     }
 
-    /// Replaces a one-message queue's content, confirmed.
-    Result<void> write_one(std::string_view queue, const Json& value) {
-        Envelope env;
-        env.content_type = std::string(codec::kJson);
-        env.body = value.dump();
-        Wire w{"", queue, &env, true};
-        return e_->publish_wires(std::span<const Wire>(&w, 1));
-    }
-
     std::shared_ptr<Engine> e_;
     std::unique_ptr<Connection> conn_;
     bool leading_ = false;
-    Json state_;
+    std::map<std::string, std::optional<Mark>> marks_;  // while leading: what was recorded
+    std::set<std::string> records_;
+    std::set<std::pair<std::string, std::string>> routes_;
     Json config_ = Json::object();
 };
 

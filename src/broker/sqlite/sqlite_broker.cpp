@@ -752,7 +752,7 @@ class SqliteScheduleStore final : public ScheduleStore {
         return {};
     }
 
-    Result<std::map<std::string, Mark>> last_fires() override {
+    Result<std::map<std::string, Mark>> last_fires(const std::vector<std::string>&) override {
         std::map<std::string, Mark> out;
         auto q = db_.prepare(
             "SELECT name, last_fire, last_run IS NOT NULL, coalesce(last_run, 0) "
