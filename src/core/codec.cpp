@@ -68,6 +68,20 @@ Result<void> check_envelope(const Envelope& env, std::size_t max_body) {
     return {};
 }
 
+Result<std::optional<std::string>> inflated_body(const Envelope& env, std::size_t max_body);
+
+/// The message with its body inflated, when its `compression` header says zlib; nullopt when
+/// it is not compressed.
+Result<std::optional<Envelope>> inflated(const Envelope& env, std::size_t max_body) {
+    auto body = inflated_body(env, max_body);
+    if (!body) return std::unexpected(body.error());
+    if (!*body) return std::optional<Envelope>();
+    Envelope plain = env;
+    plain.body = std::move(**body);
+    plain.headers.erase("compression");
+    return std::optional<Envelope>(std::move(plain));
+}
+
 /// The body of a message whose `compression` header says zlib (Celery's "gzip": kombu writes a
 /// zlib stream under application/x-gzip), inflated to at most `max_body` bytes.
 Result<std::optional<std::string>> inflated_body(const Envelope& env, std::size_t max_body) {
@@ -209,14 +223,9 @@ Result<Envelope> encode_raw(const TaskMessage& t, std::string_view queue) {
 
 Result<TaskMessage> decode(const Envelope& env, std::size_t max_body) {
     if (auto ok = check_envelope(env, max_body); !ok) return std::unexpected(ok.error());
-    auto inflated = inflated_body(env, max_body);
-    if (!inflated) return std::unexpected(inflated.error());
-    if (*inflated) {
-        Envelope plain = env;
-        plain.body = std::move(**inflated);
-        plain.headers.erase("compression");
-        return decode(plain, max_body);
-    }
+    auto plain = inflated(env, max_body);
+    if (!plain) return std::unexpected(plain.error());
+    if (*plain) return decode(**plain, max_body);
     if (env.content_type.empty())
         return fail(Errc::malformed, "message has no content_type (expected application/json)");
     if (env.content_type != kJson) {
@@ -331,14 +340,9 @@ Result<TaskMessage> decode(const Envelope& env, std::size_t max_body) {
 Result<TaskMessage> decode_raw(const Envelope& env, std::string_view task_name,
                                std::string_view fallback_id, std::size_t max_body) {
     if (auto ok = check_envelope(env, max_body); !ok) return std::unexpected(ok.error());
-    auto inflated = inflated_body(env, max_body);
-    if (!inflated) return std::unexpected(inflated.error());
-    if (*inflated) {
-        Envelope plain = env;
-        plain.body = std::move(**inflated);
-        plain.headers.erase("compression");
-        return decode_raw(plain, task_name, fallback_id, max_body);
-    }
+    auto plain = inflated(env, max_body);
+    if (!plain) return std::unexpected(plain.error());
+    if (*plain) return decode_raw(**plain, task_name, fallback_id, max_body);
     if (task_name.empty()) return fail(Errc::malformed, "raw queue has no task name configured");
     TaskMessage t;
     t.name = std::string(task_name);

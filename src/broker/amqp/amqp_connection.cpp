@@ -322,6 +322,16 @@ void Connection::channel_closed(amqp_channel_t channel) {
     if (channel == kPublishChannel) confirm_mode_ = false;
 }
 
+bool Connection::pass_unexpected_frame() {
+    amqp_frame_t f;
+    timeval zero{0, 0};
+    if (amqp_simple_wait_frame_noblock(conn_, &f, &zero) != AMQP_STATUS_OK) return false;
+    return f.frame_type != AMQP_FRAME_METHOD ||
+           (f.payload.method.id != AMQP_CHANNEL_CLOSE_METHOD &&
+            f.payload.method.id != AMQP_CONNECTION_CLOSE_METHOD &&
+            f.payload.method.id != AMQP_BASIC_CANCEL_METHOD);
+}
+
 Result<void> Connection::ensure_channel(amqp_channel_t channel) {
     if (!healthy_) return fail(Errc::unavailable, "the RabbitMQ connection was lost");
     if (channel < 4 && open_channels_[channel]) return {};

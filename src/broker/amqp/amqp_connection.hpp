@@ -77,6 +77,10 @@ class Connection {
     /// Checks a reply on `channel`; answers a server's channel.close (the channel must be
     /// reopened) and marks the connection unhealthy on connection-level failures.
     Result<void> check(amqp_rpc_reply_t reply, amqp_channel_t channel, std::string_view what);
+    /// After a consume returned AMQP_STATUS_UNEXPECTED_STATE: reads the frame that caused it.
+    /// True when it was harmless (look again); false when a channel or the connection was
+    /// closed, or the consumer cancelled.
+    bool pass_unexpected_frame();
     /// Opens `channel` unless it is open.
     Result<void> ensure_channel(amqp_channel_t channel);
     /// Records that the server closed `channel` (after answering close-ok).

@@ -70,16 +70,9 @@ class AmqpControl final : public ControlChannel {
                 return std::optional<ControlRequest>();
             if (r.reply_type != AMQP_RESPONSE_NORMAL) {
                 if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
-                    r.library_error == AMQP_STATUS_UNEXPECTED_STATE) {
-                    amqp_frame_t f;
-                    timeval zero{0, 0};
-                    if (amqp_simple_wait_frame_noblock(conn_->raw(), &f, &zero) == AMQP_STATUS_OK &&
-                        f.frame_type == AMQP_FRAME_METHOD &&
-                        f.payload.method.id != AMQP_CHANNEL_CLOSE_METHOD &&
-                        f.payload.method.id != AMQP_CONNECTION_CLOSE_METHOD &&
-                        f.payload.method.id != AMQP_BASIC_CANCEL_METHOD)
-                        continue;
-                }
+                    r.library_error == AMQP_STATUS_UNEXPECTED_STATE &&
+                    conn_->pass_unexpected_frame())
+                    continue;
                 conn_.reset();
                 return fail(Errc::unavailable, "the remote-control connection was lost");
             }
