@@ -37,7 +37,7 @@ system: test-deps build
 
 bench: test-deps build
 	mkdir -p bench/results
-	$(BUILD)/bench/bench_engines 200000 50000 bench/results/latest.json | tee bench/results/latest.md
+	scripts/bench.sh $(BUILD)
 
 format:
 	clang-format -i $$(git ls-files '*.cpp' '*.hpp')

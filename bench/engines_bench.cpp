@@ -1,6 +1,7 @@
-// End-to-end throughput of the embedded engines: enqueue N no-op tasks (batched, durable when
-// the engine is), run one worker with a no-op handler until every task is acknowledged.
-// usage: bench_engines [N_memory] [N_sqlite] [JSON_OUT]
+// End-to-end throughput: enqueue N no-op tasks (batched, durable when the engine is), then run
+// one worker with a no-op handler until every task is acknowledged. The embedded engines, and
+// RabbitMQ next to the raw client's figures for the same work (bench_raw_amqp).
+// usage: bench_engines N_memory N_sqlite JSON_OUT [AMQP_URL N_amqp RAW_ENQUEUE RAW_END_TO_END]
 
 #include <fmt/format.h>
 #include <unistd.h>
@@ -80,6 +81,14 @@ int main(int argc, char** argv) {
          measure("sqlite://" + (dir / "normal.db").string() + "?sync=normal", n_sql, 2, 512),
          n_sql});
     std::filesystem::remove_all(dir);
+    if (argc > 7) {
+        std::string url = argv[4];
+        int n_amqp = std::atoi(argv[5]);
+        rows.push_back({"raw rabbitmq-c (the limit)", "raw_amqp_tasks_per_s",
+                        Figures{std::atof(argv[6]), std::atof(argv[7])}, n_amqp});
+        rows.push_back({"RabbitMQ (confirms, acks)", "conveyor_amqp_tasks_per_s",
+                        measure(url + "?results=none", n_amqp, 2, 1000), n_amqp});
+    }
 
     fmt::print("{:<30} {:>10} {:>16} {:>18}\n", "engine", "tasks", "enqueue/s", "end-to-end/s");
     for (auto& r : rows)
