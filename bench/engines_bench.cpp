@@ -40,9 +40,11 @@ Figures measure(const std::string& url, int n, int concurrency, std::size_t pref
         }
     }
     auto t1 = Clock::now();
-    Worker worker(
-        broker,
-        WorkerOptions{.queues = {"bench"}, .concurrency = concurrency, .prefetch = prefetch});
+    Worker worker(broker,
+                  WorkerOptions{.queues = {"bench"},
+                                .concurrency = concurrency,
+                                .prefetch = prefetch,
+                                .remote_control = std::getenv("BENCH_NO_MONITOR") == nullptr});
     worker.handle("noop", [](TaskContext&) -> Json { return nullptr; });
     auto t2 = Clock::now();
     std::jthread runner([&] { (void)worker.run(); });
