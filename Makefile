@@ -3,7 +3,7 @@
 BUILD ?= build
 JOBS ?= 2
 
-.PHONY: all deps test-deps build demo test unit integration interop system bench format clean
+.PHONY: all deps test-deps bench-deps build demo test unit integration interop system bench format clean
 
 all: build
 
@@ -12,6 +12,9 @@ deps:
 
 test-deps:
 	scripts/install-deps.sh test
+
+bench-deps:
+	scripts/install-deps.sh bench
 
 build:
 	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
@@ -35,8 +38,7 @@ interop: test-deps build
 system: test-deps build
 	ctest --test-dir $(BUILD) -L system --output-on-failure -j $(JOBS)
 
-bench: test-deps build
-	mkdir -p bench/results
+bench: bench-deps build
 	scripts/bench.sh $(BUILD)
 
 format:

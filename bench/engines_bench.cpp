@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <thread>
 
 #include "conveyor/client.hpp"
@@ -58,6 +59,62 @@ Figures measure(const std::string& url, int n, int concurrency, std::size_t pref
     return Figures{n / enq, n / run};
 }
 
+double rss_mib() {
+    std::ifstream in("/proc/self/status");
+    std::string line;
+    while (std::getline(in, line))
+        if (line.rfind("VmRSS:", 0) == 0) return std::atof(line.c_str() + 6) / 1024.0;
+    return 0;
+}
+
+/// Enqueue-to-handler-start latency at `rate` tasks/s offered for `seconds`: p50 and p99 in µs.
+std::pair<double, double> latency(const std::string& url, double rate, double seconds) {
+    auto broker = *Broker::open(url);
+    Client client(broker);
+    std::vector<double> lat;
+    std::mutex mu;
+    Worker worker(broker, WorkerOptions{.queues = {"latency"}, .concurrency = 2});
+    worker.handle("stamp", [&](TaskContext& c) -> Json {
+        auto sent = c.args()[0].get<std::int64_t>();
+        auto now =
+            std::chrono::duration_cast<std::chrono::microseconds>(Clock::now().time_since_epoch())
+                .count();
+        std::lock_guard lk(mu);
+        lat.push_back(double(now - sent));
+        return nullptr;
+    });
+    std::jthread runner([&] { (void)worker.run(); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    auto start = Clock::now();
+    auto per_ms = std::max(1.0, rate / 1000.0);
+    double owed = 0;
+    std::size_t sent = 0;
+    while (Clock::now() - start < std::chrono::duration<double>(seconds)) {
+        owed += per_ms;
+        std::vector<TaskMessage> batch;
+        for (; owed >= 1; owed -= 1) {
+            auto us = std::chrono::duration_cast<std::chrono::microseconds>(
+                          Clock::now().time_since_epoch())
+                          .count();
+            batch.push_back(TaskMessage{.name = "stamp", .args = {us}, .ignore_result = true});
+        }
+        sent += batch.size();
+        if (!batch.empty()) (void)client.enqueue_many(std::move(batch), {.queue = "latency"});
+        std::this_thread::sleep_until(
+            start +
+            std::chrono::milliseconds(
+                long(std::chrono::duration<double, std::milli>(Clock::now() - start).count()) + 1));
+    }
+    auto deadline = Clock::now() + std::chrono::seconds(30);
+    while (worker.stats().succeeded < sent && Clock::now() < deadline)
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    worker.stop();
+    runner.join();
+    std::sort(lat.begin(), lat.end());
+    if (lat.empty()) return {0, 0};
+    return {lat[lat.size() / 2], lat[lat.size() * 99 / 100]};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -74,6 +131,23 @@ int main(int argc, char** argv) {
         int n;
     };
     std::vector<Row> rows;
+    Json extra = Json::object();
+    // RabbitMQ first: the resident memory read after it is the worker's under load.
+    if (argc > 7) {
+        std::string url = argv[4];
+        int n_amqp = std::atoi(argv[5]);
+        rows.push_back({"raw rabbitmq-c (the limit)", "raw_amqp_tasks_per_s",
+                        Figures{std::atof(argv[6]), std::atof(argv[7])}, n_amqp});
+        rows.push_back({"RabbitMQ (confirms, acks)", "conveyor_amqp_tasks_per_s",
+                        measure(url + "?results=none", n_amqp, 2, 1000), n_amqp});
+        extra["conveyor_worker_rss_load_mib"] = std::round(rss_mib() * 10) / 10;
+        // Latency at half the measured maximum.
+        auto [p50, p99] = latency(url + "?results=none", rows.back().f.end_to_end_per_s / 2, 5.0);
+        extra["conveyor_amqp_latency_p50_us"] = std::round(p50);
+        extra["conveyor_amqp_latency_p99_us"] = std::round(p99);
+        fmt::print("latency at {:.0f} tasks/s: p50 {:.0f} us, p99 {:.0f} us\n",
+                   rows.back().f.end_to_end_per_s / 2, p50, p99);
+    }
     rows.push_back(
         {"memory", "conveyor_memory_tasks_per_s", measure("memory://bench", n_mem, 2, 512), n_mem});
     rows.push_back({"sqlite (sync=full, durable)", "conveyor_sqlite_tasks_per_s",
@@ -83,14 +157,6 @@ int main(int argc, char** argv) {
          measure("sqlite://" + (dir / "normal.db").string() + "?sync=normal", n_sql, 2, 512),
          n_sql});
     std::filesystem::remove_all(dir);
-    if (argc > 7) {
-        std::string url = argv[4];
-        int n_amqp = std::atoi(argv[5]);
-        rows.push_back({"raw rabbitmq-c (the limit)", "raw_amqp_tasks_per_s",
-                        Figures{std::atof(argv[6]), std::atof(argv[7])}, n_amqp});
-        rows.push_back({"RabbitMQ (confirms, acks)", "conveyor_amqp_tasks_per_s",
-                        measure(url + "?results=none", n_amqp, 2, 1000), n_amqp});
-    }
 
     fmt::print("{:<30} {:>10} {:>16} {:>18}\n", "engine", "tasks", "enqueue/s", "end-to-end/s");
     for (auto& r : rows)
@@ -104,6 +170,7 @@ int main(int argc, char** argv) {
             j[r.key.substr(0, r.key.size() - 12) + "_enqueue_per_s"] =
                 std::round(r.f.enqueue_per_s);
         }
+        j.update(extra);
         out << j.dump(2) << "\n";
     }
     return 0;

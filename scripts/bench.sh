@@ -1,15 +1,56 @@
 #!/usr/bin/env bash
-# `make bench`: the benchmark suite in one run. Starts a private RabbitMQ node, measures the raw
-# rabbitmq-c limit and Conveyor's engines, prints the table and writes bench/results/latest.*.
+# `make bench`: the benchmark suite in one run, on one private RabbitMQ node: the raw rabbitmq-c
+# limit, Conveyor on RabbitMQ (throughput, latency, worker memory), Celery 5.2.6, php-amqplib,
+# and Conveyor's embedded engines. Prints one table and writes bench/results/latest.{md,json,png}.
 set -euo pipefail
 build=${1:-build}
 root=$(cd "$(dirname "$0")/.." && pwd)
-node=$(mktemp -d /tmp/conveyor-bench-node-XXXXXX)
-trap '"$root/scripts/rabbitmq-node.sh" stop "$node" > /dev/null 2>&1 || true; rm -rf "$node"' EXIT
-url=$("$root/scripts/rabbitmq-node.sh" fresh "$node" | head -1)
+work=$(mktemp -d /tmp/conveyor-bench-XXXXXX)
+cleanup() {
+  [ -n "${worker_pid:-}" ] && kill "$worker_pid" 2> /dev/null || true
+  "$root/scripts/rabbitmq-node.sh" stop "$work/node" > /dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+url=$("$root/scripts/rabbitmq-node.sh" fresh "$work/node" | head -1)
 port=$(echo "$url" | sed -E 's|.*:([0-9]+)/.*|\1|')
 n_amqp=${N_AMQP:-50000}
+n_peer=${N_PEER:-10000}
+out="$root/bench/results"
+mkdir -p "$out"
+
+echo "raw rabbitmq-c ..." >&2
 raw=$("$root/$build/bench/bench_raw_amqp" 127.0.0.1 "$port" "$n_amqp")
-mkdir -p "$root/bench/results"
+
+echo "Conveyor engines ..." >&2
 "$root/$build/bench/bench_engines" "${N_MEMORY:-200000}" "${N_SQLITE:-50000}" \
-  "$root/bench/results/latest.json" "$url" "$n_amqp" $raw | tee "$root/bench/results/latest.md"
+  "$work/engines.json" "$url" "$n_amqp" $raw >&2
+
+echo "Conveyor worker, idle ..." >&2
+cat > "$work/conveyor.toml" <<TOML
+broker = "$url"
+[[task]]
+name = "bench.noop"
+queue = "rss"
+exec = ["true"]
+TOML
+"$root/$build/conveyor" --config "$work/conveyor.toml" worker > "$work/worker.log" 2>&1 &
+worker_pid=$!
+sleep 2
+rss=$(awk '/VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$worker_pid/status")
+kill "$worker_pid"; wait "$worker_pid" 2> /dev/null || true; worker_pid=
+echo "{\"conveyor_worker_rss_idle_mib\": $rss}" > "$work/rss.json"
+
+echo "Celery 5.2.6 ..." >&2
+/usr/bin/python3 "$root/bench/peers/celery_bench.py" "$url" "$n_peer" | tail -1 |
+  /usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); print(json.dumps({"celery_tasks_per_s": d["tasks_per_s"], "celery_enqueue_per_s": d["enqueue_per_s"], "celery_worker_rss_idle_mib": d["rss_idle_mib"], "celery_worker_rss_load_mib": d["rss_load_mib"]}))' \
+  > "$work/celery.json"
+
+echo "php-amqplib ..." >&2
+php "$root/bench/peers/php_bench.php" "$port" "$n_amqp" | tail -1 |
+  /usr/bin/python3 -c 'import json,sys; d=json.load(sys.stdin); print(json.dumps({"php_tasks_per_s": d["tasks_per_s"], "php_enqueue_per_s": d["enqueue_per_s"]}))' \
+  > "$work/php.json"
+
+/usr/bin/python3 "$root/bench/report.py" "$out" "$work/engines.json" "$work/rss.json" \
+  "$work/celery.json" "$work/php.json"
+rm -f "$out/latest.dat"

@@ -2,6 +2,7 @@
 # Installs the Debian packages Conveyor needs, when they are missing.
 #   scripts/install-deps.sh build   compiler, libraries (for `make demo`)
 #   scripts/install-deps.sh test    the above plus test frameworks and test peers
+#   scripts/install-deps.sh bench   the above plus gnuplot (the benchmark chart)
 set -euo pipefail
 profile="${1:-build}"
 
@@ -13,9 +14,14 @@ test_pkgs=(libgtest-dev libgmock-dev libbenchmark-dev sqlite3 python3 procps cla
   rabbitmq-server erlang-base openssl redis-server redis-tools
   python3-celery python3-redis php-cli php-amqplib)
 
+bench_pkgs=(gnuplot-nox)
+
 pkgs=("${build_pkgs[@]}")
 if [ "$profile" = "test" ] || [ "$profile" = "bench" ]; then
   pkgs+=("${test_pkgs[@]}")
+fi
+if [ "$profile" = "bench" ]; then
+  pkgs+=("${bench_pkgs[@]}")
 fi
 
 missing=()

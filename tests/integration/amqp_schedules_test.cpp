@@ -64,12 +64,12 @@ TEST(AmqpSchedules, CliAddedAndPausedSchedulesAreKeptByTheBroker) {
 TEST(AmqpSchedules, AfterDowntimeCatchUpOnceFiresTheLatestMissedFireOnly) {
     auto q = unique_name("catchup");
     auto broker = open_with(queues({q}));
-    ScheduleSpec s{.name = q, .task = "t.report", .every = 60, .queue = q, .catch_up_window = 1};
+    ScheduleSpec s{.name = q, .task = "t.report", .every = 3600, .queue = q, .catch_up_window = 0};
     {
         // The last fire was recorded ten minutes ago (as if every scheduler had been down).
         auto store = *broker->schedule_store();
         ASSERT_TRUE(*store->lead("test", 10s));
-        std::vector<ScheduleFire> f = {{q, SystemClock::now() - 10min, std::nullopt}};
+        std::vector<ScheduleFire> f = {{q, SystemClock::now() - 10h, std::nullopt}};
         ASSERT_TRUE(*store->fire("test", f));
         ASSERT_TRUE(store->resign("test"));
     }

@@ -46,21 +46,21 @@ struct Fixture {
     std::int64_t queued(const std::string& q) { return stats_of(*broker, q).ready; }
 };
 
-ScheduleSpec minutely(const std::string& name, const std::string& catch_up) {
+ScheduleSpec hourly(const std::string& name, const std::string& catch_up) {
     return ScheduleSpec{.name = name,
                         .task = "t.report",
-                        .every = 60,
+                        .every = 3600,
                         .queue = name,
                         .catch_up = catch_up,
-                        .catch_up_window = 1};
+                        .catch_up_window = 0};  // every missed fire follows the policy
 }
 
 }  // namespace
 
 TEST(Scheduler, CatchUpAllFiresEveryMissedFireUpToTheLimit) {
     Fixture f;
-    f.last_fired("all", 10min);
-    auto s = minutely("all", "all");
+    f.last_fired("all", 10h);
+    auto s = hourly("all", "all");
     s.catch_up_limit = 5;
     f.run_for({s}, 600ms);
     EXPECT_EQ(f.queued("all"), 5);  // 9 or 10 were missed; the newest 5 run
@@ -68,21 +68,21 @@ TEST(Scheduler, CatchUpAllFiresEveryMissedFireUpToTheLimit) {
 
 TEST(Scheduler, CatchUpOnceFiresOnlyTheLatestMissedFire) {
     Fixture f;
-    f.last_fired("once", 10min);
-    f.run_for({minutely("once", "once")}, 600ms);
+    f.last_fired("once", 10h);
+    f.run_for({hourly("once", "once")}, 600ms);
     EXPECT_EQ(f.queued("once"), 1);
 }
 
 TEST(Scheduler, CatchUpSkipFiresNothingMissedAndCarriesOn) {
     Fixture f;
-    f.last_fired("skip", 10min);
-    f.run_for({minutely("skip", "skip")}, 600ms);
+    f.last_fired("skip", 10h);
+    f.run_for({hourly("skip", "skip")}, 600ms);
     EXPECT_EQ(f.queued("skip"), 0);
     auto store = *f.broker->schedule_store();
-    auto st = Scheduler::status(*store, {minutely("skip", "skip")});
+    auto st = Scheduler::status(*store, {hourly("skip", "skip")});
     ASSERT_TRUE(st);
     ASSERT_TRUE((*st)[0].last_fire);
-    EXPECT_GT(*(*st)[0].last_fire, SystemClock::now() - 61s);  // the missed fires are behind it
+    EXPECT_GT(*(*st)[0].last_fire, SystemClock::now() - 3601s);  // the missed fires are behind it
 }
 
 TEST(Scheduler, OverlapSkipDoesNotPileUpWhileThePreviousRunWaits) {

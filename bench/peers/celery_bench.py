@@ -1,0 +1,74 @@
+"""Celery 5.2.6 (Debian) doing the benchmark's work: N no-op tasks sent with send_task, then an
+unmodified prefork worker (-c 2, acks_late) runs them. Prints JSON: enqueue/s, end-to-end/s and
+the worker's resident memory (main process and pool children), idle and under load.
+usage: celery_bench.py BROKER_URL N"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import amqp
+
+BROKER, N = sys.argv[1], int(sys.argv[2])
+QUEUE = 'celery-bench-%d' % os.getpid()
+HERE = os.path.dirname(os.path.abspath(__file__))
+os.environ.update(BENCH_BROKER=BROKER, BENCH_QUEUE=QUEUE)
+sys.path.insert(0, HERE)
+from bench_app import app  # noqa: E402
+
+
+def rss_mib(pid):
+    """Resident memory of a process and its children, MiB."""
+    total = 0
+    pids = [pid]
+    try:
+        out = subprocess.run(['pgrep', '-P', str(pid)], capture_output=True, text=True).stdout
+        pids += [int(p) for p in out.split()]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            with open('/proc/%d/status' % p) as f:
+                for line in f:
+                    if line.startswith('VmRSS:'):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024.0
+
+
+def depth():
+    host, port = BROKER.split('@')[1].split('/')[0].split(':')
+    c = amqp.Connection('%s:%s' % (host, port), userid='guest', password='guest')
+    c.connect()
+    ch = c.channel()
+    _, count, _ = ch.queue_declare(QUEUE, passive=True)
+    c.close()
+    return count
+
+
+t0 = time.time()
+with app.producer_or_acquire() as producer:
+    for i in range(N):
+        app.send_task('bench.noop', (i,), queue=QUEUE, ignore_result=True, producer=producer)
+t1 = time.time()
+
+log = open('/tmp/%s.log' % QUEUE, 'w')
+worker = subprocess.Popen(['/usr/bin/python3', '-m', 'celery', '-A', 'bench_app', 'worker',
+                           '-c', '2', '-Q', QUEUE, '--without-mingle', '--without-gossip',
+                           '--loglevel', 'WARNING', '-n', QUEUE + '@localhost'],
+                          cwd=HERE, stdout=log, stderr=log)
+# Idle first: its own queue is full, so measure before it starts (it needs a moment).
+time.sleep(0.5)
+idle = rss_mib(worker.pid)
+start = time.time()
+loaded = 0.0
+while depth() > 0:
+    loaded = max(loaded, rss_mib(worker.pid))
+    time.sleep(0.05)
+t3 = time.time()
+worker.terminate()
+worker.wait(30)
+print(json.dumps({'enqueue_per_s': round(N / (t1 - t0)), 'tasks_per_s': round(N / (t3 - start)),
+                  'rss_idle_mib': round(idle, 1), 'rss_load_mib': round(loaded, 1)}))

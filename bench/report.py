@@ -1,0 +1,71 @@
+"""Joins the benchmark's figures into one table (bench/results/latest.md), latest.json and a
+chart (latest.png, gnuplot).  usage: report.py OUT_DIR ENGINES_JSON EXTRA_JSON..."""
+import json
+import subprocess
+import sys
+
+out_dir, engines = sys.argv[1], sys.argv[2]
+fig = json.load(open(engines))
+for extra in sys.argv[3:]:
+    fig.update(json.load(open(extra)))
+
+rows = [  # label, end-to-end key, enqueue key
+    ('raw rabbitmq-c (the limit)', 'raw_amqp_tasks_per_s', 'raw_amqp_enqueue_per_s'),
+    ('Conveyor on RabbitMQ', 'conveyor_amqp_tasks_per_s', 'conveyor_amqp_enqueue_per_s'),
+    ('Celery 5.2.6 (prefork -c 2)', 'celery_tasks_per_s', 'celery_enqueue_per_s'),
+    ('php-amqplib', 'php_tasks_per_s', 'php_enqueue_per_s'),
+    ('Conveyor sqlite (sync=full)', 'conveyor_sqlite_tasks_per_s', 'conveyor_sqlite_enqueue_per_s'),
+    ('Conveyor sqlite (sync=normal)', 'conveyor_sqlite_normal_tasks_per_s',
+     'conveyor_sqlite_normal_enqueue_per_s'),
+    ('Conveyor memory', 'conveyor_memory_tasks_per_s', 'conveyor_memory_enqueue_per_s'),
+]
+
+
+def num(v):
+    return '-' if v is None else '{:,.0f}'.format(v)
+
+
+lines = ['| system | enqueue/s | end-to-end tasks/s |', '|---|---:|---:|']
+for label, e2e, enq in rows:
+    lines.append('| %s | %s | %s |' % (label, num(fig.get(enq)), num(fig.get(e2e))))
+raw = fig.get('raw_amqp_tasks_per_s')
+conv = fig.get('conveyor_amqp_tasks_per_s')
+cel = fig.get('celery_tasks_per_s')
+lines.append('')
+if raw and conv:
+    lines.append('Conveyor on RabbitMQ / raw client: %.2fx' % (conv / raw))
+if cel and conv:
+    lines.append('Conveyor on RabbitMQ / Celery: %.1fx' % (conv / cel))
+lines.append('Enqueue-to-handler-start latency on RabbitMQ: p50 %s us, p99 %s us' % (
+    num(fig.get('conveyor_amqp_latency_p50_us')), num(fig.get('conveyor_amqp_latency_p99_us'))))
+lines.append('Worker resident memory, idle: Conveyor %s MiB, Celery %s MiB (main + 2 pool '
+             'processes); under load: Conveyor %s MiB, Celery %s MiB' % (
+                 fig.get('conveyor_worker_rss_idle_mib', '-'), fig.get('celery_worker_rss_idle_mib', '-'),
+                 fig.get('conveyor_worker_rss_load_mib', '-'), fig.get('celery_worker_rss_load_mib', '-')))
+table = '\n'.join(lines) + '\n'
+print(table)
+open(out_dir + '/latest.md', 'w').write(table)
+json.dump(fig, open(out_dir + '/latest.json', 'w'), indent=2, sort_keys=True)
+
+data = out_dir + '/latest.dat'
+with open(data, 'w') as f:
+    for label, e2e, _ in rows:
+        if fig.get(e2e):
+            f.write('"%s" %f\n' % (label.replace(' (', '\\n('), fig[e2e]))
+try:
+    subprocess.run(['gnuplot'], input='''
+set terminal pngcairo size 1000,520 font ",10"
+set output "%s/latest.png"
+set title "End-to-end no-op tasks per second (enqueue, worker, ack), one run, 2-core VM"
+set style fill solid 0.8
+set boxwidth 0.6
+set logscale y
+set yrange [100:*]
+set grid ytics
+set ylabel "tasks/s (log scale)"
+set xtics font ",9"
+plot "%s" using 0:2:xtic(1) with boxes notitle lc rgb "#3a6ea5", \\
+     "" using 0:2:(sprintf("%%.0f", $2)) with labels offset 0,0.7 notitle
+''' % (out_dir, data), text=True, check=True)
+except (OSError, subprocess.CalledProcessError) as e:
+    print('chart not drawn: %s' % e, file=sys.stderr)
