@@ -64,6 +64,7 @@ set yrange [100:*]
 set grid ytics
 set ylabel "tasks/s (log scale)"
 set xtics font ",9"
+set bmargin 5
 plot "%s" using 0:2:xtic(1) with boxes notitle lc rgb "#3a6ea5", \\
      "" using 0:2:(sprintf("%%.0f", $2)) with labels offset 0,0.7 notitle
 ''' % (out_dir, data), text=True, check=True)
