@@ -145,11 +145,14 @@ struct Worker::Impl {
                 out = execute(*job);
                 running--;
             }
+            bool first;
             {
                 std::lock_guard lk(mu);
+                first = outcomes.empty();
                 outcomes.push_back(std::move(out));
             }
-            outcome_cv.notify_one();
+            // The dispatcher takes every outcome at once: wake it for the first one only.
+            if (first) outcome_cv.notify_one();
         }
     }
 
@@ -614,9 +617,17 @@ struct Worker::Impl {
             if (draining && jobs.empty()) break;
 
             // 5. Fetch more, or wait for outcomes.
+            // Refill when a quarter of the window is free (fewer, larger batches), or when
+            // handler threads would otherwise idle; wait for deliveries only then.
             std::size_t held = jobs.size();
-            if (!draining && held < opts.prefetch) {
-                milliseconds wait = held == 0 ? milliseconds(20) : milliseconds(2);
+            std::size_t conc = std::size_t(opts.concurrency);
+            bool idle_threads = held < conc;
+            if (!draining && held < opts.prefetch &&
+                (idle_threads ||
+                 opts.prefetch - held >= std::max<std::size_t>(1, opts.prefetch / 4))) {
+                milliseconds wait = held == 0      ? milliseconds(20)
+                                    : idle_threads ? milliseconds(2)
+                                                   : milliseconds(0);
                 auto got = consumer.fetch(opts.prefetch - held, wait);
                 if (!got) {
                     failure = std::unexpected(got.error());
