@@ -49,9 +49,17 @@ Monitor::Monitor(std::unique_ptr<ControlChannel> channel, MonitorOptions options
 Monitor::~Monitor() { stop(); }
 
 void Monitor::start() {
+    std::vector<Json> online;
     {
         std::lock_guard lk(mu_);
         emit(worker_event("worker-online"));
+        online.swap(events_);
+    }
+    // Before the worker takes tasks: its pidbox exists and monitors know it (on failure the
+    // thread keeps trying).
+    if (!channel_->publish_events(online)) {
+        std::lock_guard lk(mu_);
+        events_.insert(events_.begin(), online.begin(), online.end());
     }
     thread_ = std::thread([this] { loop(); });
 }

@@ -53,10 +53,14 @@ TEST(CeleryMonitor, InspectRevokeAndTerminateWorkOnAConveyorWorker) {
     });
     w.start();
 
-    // The stock CLI first.
-    auto [rc, ping] = testsupport::run(
-        {"/usr/bin/python3", "-m", "celery", "-A", "interop_app", "inspect", "ping", "-d", node},
-        interop::celery_env(q, "rpc://"), interop::kPeers, 60s);
+    // The stock CLI first (a loaded machine may take its 1 s reply window: ask again).
+    int rc = -1;
+    std::string ping;
+    for (int attempt = 0; attempt < 3 && rc != 0; ++attempt)
+        std::tie(rc, ping) =
+            testsupport::run({"/usr/bin/python3", "-m", "celery", "-A", "interop_app", "inspect",
+                              "ping", "-d", node},
+                             interop::celery_env(q, "rpc://"), interop::kPeers, 60s);
     EXPECT_EQ(rc, 0) << ping;
     EXPECT_NE(ping.find(node + ": OK"), std::string::npos) << ping;
     EXPECT_NE(ping.find("pong"), std::string::npos) << ping;
@@ -154,4 +158,40 @@ TEST(CeleryMonitor, CeleryEventReceiverFollowsAConveyorWorkerAndItsTasks) {
     ASSERT_TRUE(eventually([&] { return w.worker.stats().running == 0; }, 10s));
     w.thread.join();
     EXPECT_TRUE(w.outcome);
+}
+
+TEST(CeleryMonitor, TheConveyorWorkerCommandIsACeleryNodeUnderItsName) {
+    auto q = unique_name("cli-node");
+    testsupport::TempDir dir;
+    testsupport::write_file(dir.file("conveyor.toml"),
+                            "broker = \"" + testsupport::shared_rabbitmq_url() +
+                                "\"\n[[task]]\nname = \"interop.echo\"\nqueue = \"" + q +
+                                "\"\nexec = [\"cat\"]\n");
+    char host[256] = {};
+    gethostname(host, sizeof host - 1);
+    auto node = q + "@" + host;
+    testsupport::Process worker({CONVEYOR_CLI, "--config", dir.file("conveyor.toml"), "worker",
+                                 "--name", q, "--events", "-Q", q},
+                                dir.file("worker.log"));
+    auto inspect = [&](const std::string& what) {
+        return testsupport::run({"/usr/bin/python3", "-m", "celery", "-A", "interop_app", "inspect",
+                                 what, "-d", node, "--json"},
+                                interop::celery_env(q, "rpc://"), interop::kPeers, 60s);
+    };
+    std::string out;
+    ASSERT_TRUE(eventually(
+        [&] {
+            auto [rc, o] = inspect("ping");
+            out = o;
+            return rc == 0 && o.find("pong") != std::string::npos;
+        },
+        30s))
+        << out << testsupport::read_file(dir.file("worker.log"));
+    auto [rc, reg] = inspect("registered");
+    EXPECT_EQ(rc, 0) << reg;
+    EXPECT_NE(reg.find("interop.echo"), std::string::npos) << reg;
+    worker.signal(SIGTERM);
+    auto st = worker.wait(20s);
+    ASSERT_TRUE(st);
+    EXPECT_EQ(*st, 0) << testsupport::read_file(dir.file("worker.log"));
 }
