@@ -167,11 +167,15 @@ class ScheduleStore {
     /// record by one publish), only while `owner` still leads (false otherwise).
     [[nodiscard]] virtual Result<bool> fire(std::string_view owner,
                                             std::span<const ScheduleFire> fires) = 0;
-    /// Schedules added from the CLI, and pause flags (which apply to configured ones too).
-    [[nodiscard]] virtual Result<std::vector<Json>> added() = 0;
+    /// Schedules added from the CLI, and pause flags (which apply to configured ones too),
+    /// read together.
+    struct Overrides {
+        std::vector<Json> added;
+        std::map<std::string, bool> paused;
+    };
+    [[nodiscard]] virtual Result<Overrides> overrides() = 0;
     [[nodiscard]] virtual Result<void> add(const Json& schedule) = 0;
     [[nodiscard]] virtual Result<bool> remove(std::string_view name) = 0;
-    [[nodiscard]] virtual Result<std::map<std::string, bool>> paused() = 0;
     [[nodiscard]] virtual Result<void> set_paused(std::string_view name, bool paused) = 0;
 };
 

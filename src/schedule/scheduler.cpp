@@ -16,17 +16,30 @@ namespace {
 
 using namespace std::chrono;
 
-/// Every fire of `s` in (after, until], at most `limit` of the newest (and how many there were).
+/// Every fire of `s` in (after, until], at most `limit` of the newest. The cron expression is
+/// parsed once; an interval starts just before its newest `limit` fires instead of walking
+/// through a long downtime.
 std::vector<TimePoint> due_fires(const ScheduleSpec& s, TimePoint after, TimePoint until,
                                  std::size_t limit) {
+    std::optional<CronExpr> cron;
+    if (!s.every) {
+        auto c = CronExpr::parse(s.cron);
+        if (!c) return {};
+        cron = std::move(*c);
+    } else {
+        auto period = duration_cast<SystemClock::duration>(duration<double>(*s.every));
+        auto newest = until - period * std::int64_t(limit + 1);
+        if (newest > after) after = newest;
+    }
+    auto next = [&](TimePoint t) { return cron ? cron->next(t, s.timezone) : s.next_fire(t); };
     std::deque<TimePoint> out;
     TimePoint t = after;
     for (std::size_t guard = 0; guard < 10'000'000; ++guard) {
-        auto next = s.next_fire(t);
-        if (!next || *next > until) break;
-        out.push_back(*next);
+        auto n = next(t);
+        if (!n || *n > until) break;
+        out.push_back(*n);
         if (out.size() > limit) out.pop_front();
-        t = *next;
+        t = *n;
     }
     return {out.begin(), out.end()};
 }
@@ -48,9 +61,9 @@ Result<std::vector<ScheduleStatus>> Scheduler::status(ScheduleStore& store,
                                                       const std::vector<ScheduleSpec>& configured) {
     std::vector<ScheduleStatus> out;
     for (auto& s : configured) out.push_back(ScheduleStatus{s, "config", {}, {}, {}});
-    auto added = store.added();
-    if (!added) return std::unexpected(added.error());
-    for (auto& j : *added) {
+    auto overrides = store.overrides();
+    if (!overrides) return std::unexpected(overrides.error());
+    for (auto& j : overrides->added) {
         auto s = ScheduleSpec::from_json(j);
         if (!s) continue;  // written by a newer version: not ours to run
         if (std::any_of(out.begin(), out.end(),
@@ -58,15 +71,14 @@ Result<std::vector<ScheduleStatus>> Scheduler::status(ScheduleStore& store,
             continue;  // the configuration wins
         out.push_back(ScheduleStatus{*s, "cli", {}, {}, {}});
     }
-    auto paused = store.paused();
-    if (!paused) return std::unexpected(paused.error());
     std::vector<std::string> names;
     for (auto& st : out) names.push_back(st.spec.name);
     auto last = store.last_fires(names);
     if (!last) return std::unexpected(last.error());
     auto now = SystemClock::now();
     for (auto& st : out) {
-        if (auto p = paused->find(st.spec.name); p != paused->end()) st.spec.paused = p->second;
+        if (auto p = overrides->paused.find(st.spec.name); p != overrides->paused.end())
+            st.spec.paused = p->second;
         if (auto l = last->find(st.spec.name); l != last->end()) {
             st.last_fire = l->second.last_fire;
             st.last_run = l->second.last_run;

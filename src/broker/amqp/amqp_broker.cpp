@@ -946,8 +946,8 @@ class AmqpScheduleStore final : public ScheduleStore {
             m.last_fire = std::max(m.last_fire, f.at);
             Envelope* env = nullptr;
             if (f.message) {
-                if (f.message->queue.empty() || e_->spec_of(f.message->queue).has_value() &&
-                                                    e_->spec_of(f.message->queue)->partitions > 0)
+                auto spec = e_->spec_of(f.message->queue);
+                if (f.message->queue.empty() || (spec && spec->partitions > 0))
                     return fail(
                         Errc::invalid_argument,
                         fmt::format("schedule '{}': its queue must be a plain queue", f.schedule));
@@ -976,12 +976,15 @@ class AmqpScheduleStore final : public ScheduleStore {
         return true;
     }
 
-    Result<std::vector<Json>> added() override {
+    Result<Overrides> overrides() override {
         auto cfg = config(1);
         if (!cfg) return std::unexpected(cfg.error());
-        std::vector<Json> out;
+        Overrides out;
         Json all = cfg->value("added", Json::object());
-        for (auto& [_, v] : all.items()) out.push_back(v);
+        for (auto& [_, v] : all.items()) out.added.push_back(v);
+        Json flags = cfg->value("paused", Json::object());
+        for (auto& [k, v] : flags.items())
+            if (v.is_boolean()) out.paused[k] = v.get<bool>();
         return out;
     }
 
@@ -1002,16 +1005,6 @@ class AmqpScheduleStore final : public ScheduleStore {
             p->erase(std::string(name));
         if (auto ok = write_config(*cfg); !ok) return std::unexpected(ok.error());
         return had;
-    }
-
-    Result<std::map<std::string, bool>> paused() override {
-        auto cfg = config(1);
-        if (!cfg) return std::unexpected(cfg.error());
-        std::map<std::string, bool> out;
-        Json flags = cfg->value("paused", Json::object());
-        for (auto& [k, v] : flags.items())
-            if (v.is_boolean()) out[k] = v.get<bool>();
-        return out;
     }
 
     Result<void> set_paused(std::string_view name, bool paused) override {

@@ -802,8 +802,8 @@ class SqliteScheduleStore final : public ScheduleStore {
         return led;
     }
 
-    Result<std::vector<Json>> added() override {
-        std::vector<Json> out;
+    Result<Overrides> overrides() override {
+        Overrides out;
         auto q = db_.prepare("SELECT spec FROM schedules ORDER BY name");
         if (!q) return std::unexpected(q.error());
         for (;;) {
@@ -811,7 +811,15 @@ class SqliteScheduleStore final : public ScheduleStore {
             if (!row) return std::unexpected(row.error());
             if (!*row) break;
             Json j = Json::parse(q->text(0), nullptr, false);
-            if (j.is_object()) out.push_back(std::move(j));
+            if (j.is_object()) out.added.push_back(std::move(j));
+        }
+        auto p = db_.prepare("SELECT name, paused FROM schedule_state WHERE paused IS NOT NULL");
+        if (!p) return std::unexpected(p.error());
+        for (;;) {
+            auto row = p->step();
+            if (!row) return std::unexpected(row.error());
+            if (!*row) break;
+            out.paused[p->text(0)] = p->i64(1) != 0;
         }
         return out;
     }
@@ -840,19 +848,6 @@ class SqliteScheduleStore final : public ScheduleStore {
         });
         if (!ok) return std::unexpected(ok.error());
         return removed > 0;
-    }
-
-    Result<std::map<std::string, bool>> paused() override {
-        std::map<std::string, bool> out;
-        auto q = db_.prepare("SELECT name, paused FROM schedule_state WHERE paused IS NOT NULL");
-        if (!q) return std::unexpected(q.error());
-        for (;;) {
-            auto row = q->step();
-            if (!row) return std::unexpected(row.error());
-            if (!*row) break;
-            out[q->text(0)] = q->i64(1) != 0;
-        }
-        return out;
     }
 
     Result<void> set_paused(std::string_view name, bool paused) override {
