@@ -392,6 +392,12 @@ class AmqpConsumer final : public Consumer {
         }
     }
 
+    ~AmqpConsumer() override {
+        // Settled deliveries whose ack waited are acked before the connection goes (otherwise
+        // RabbitMQ would deliver them again).
+        if (conn_ && conn_->healthy()) flush_acks(true);
+    }
+
     Result<void> connect() {
         if (auto ok = e_->ensure_queues(opts_.queues); !ok) return ok;
         auto c = Connection::open(e_->opts, opts_.name.empty() ? "conveyor-worker" : opts_.name);
@@ -421,6 +427,8 @@ class AmqpConsumer final : public Consumer {
         conn_ = std::move(*c);
         ++generation_;
         unsettled_.clear();
+        deferred_.clear();
+        deferred_since_.reset();
         backoff_ = milliseconds(100);
         return {};
     }
@@ -430,6 +438,8 @@ class AmqpConsumer final : public Consumer {
             fmt::print(stderr, "conveyor: RabbitMQ connection lost ({}); reconnecting\n", why);
         conn_.reset();
         unsettled_.clear();
+        deferred_.clear();
+        deferred_since_.reset();
         buffered_.clear();
         next_attempt_ = steady_clock::now();
     }
@@ -482,12 +492,14 @@ class AmqpConsumer final : public Consumer {
         if (auto dc = d.envelope.headers.find("x-delivery-count");
             dc != d.envelope.headers.end() && dc->is_number_integer())
             d.deliveries = std::max(d.deliveries, int(dc->get<std::int64_t>()) + 1);
-        unsettled_[env.delivery_tag] = InFlight{d.queue, d.envelope.reply_to};
+        unsettled_[env.delivery_tag] = InFlight{d.queue, d.envelope.reply_to,
+                                                it != consumer_queue_.end() && it->second.ordered};
         return d;
     }
 
     Result<std::vector<Delivery>> fetch(std::size_t max, milliseconds wait) override {
         auto deadline = steady_clock::now() + wait;
+        flush_acks(false);
         std::vector<Delivery> out;
         while (!buffered_.empty() && out.size() < max) {
             out.push_back(std::move(buffered_.front()));
@@ -669,28 +681,59 @@ class AmqpConsumer final : public Consumer {
                 return {};
             }
         }
-        if (acks.empty()) return {};
-        std::sort(acks.begin(), acks.end());
-        acks.erase(std::unique(acks.begin(), acks.end()), acks.end());
-        for (auto t : acks) unsettled_.erase(t);
-        // One multiple-ack covers them all when nothing older is still unsettled.
-        if (unsettled_.empty() || unsettled_.begin()->first > acks.back()) {
-            if (amqp_basic_ack(raw, kConsumeChannel, acks.back(), 1) != AMQP_STATUS_OK)
-                drop("ack failed");
-            return {};
-        }
+        bool ordered = false;
         for (auto t : acks) {
-            if (amqp_basic_ack(raw, kConsumeChannel, t, 0) != AMQP_STATUS_OK) {
+            auto it = unsettled_.find(t);
+            if (it == unsettled_.end()) continue;
+            // After a crash, an ordered queue may run again its last task of a key, never
+            // several: its acks do not wait.
+            ordered = ordered || it->second.ordered;
+            unsettled_.erase(it);
+            deferred_.insert(t);
+        }
+        flush_acks(ordered);
+        return {};
+    }
+
+    /// Acks what is settled: one multiple-ack for every settled tag below the oldest delivery
+    /// still held (most of them, as handlers finish roughly in order); the others wait for the
+    /// next call, but at most kAckDelay or kAckBacklog tags, then they are acked one by one.
+    void flush_acks(bool all) {
+        constexpr auto kAckDelay = milliseconds(100);
+        constexpr std::size_t kAckBacklog = 512;
+        if (!conn_ || deferred_.empty()) return;
+        auto raw = conn_->raw();
+        std::uint64_t oldest_held = unsettled_.empty() ? UINT64_MAX : unsettled_.begin()->first;
+        auto covered = deferred_.lower_bound(oldest_held);
+        if (covered != deferred_.begin()) {
+            std::uint64_t last = *std::prev(covered);
+            deferred_.erase(deferred_.begin(), covered);
+            if (amqp_basic_ack(raw, kConsumeChannel, last, 1) != AMQP_STATUS_OK) {
                 drop("ack failed");
-                return {};
+                return;
             }
         }
-        return {};
+        auto now = steady_clock::now();
+        if (deferred_.empty()) {
+            deferred_since_.reset();
+            return;
+        }
+        if (!deferred_since_) deferred_since_ = now;
+        if (!all && deferred_.size() < kAckBacklog && now - *deferred_since_ < kAckDelay) return;
+        for (auto t : deferred_) {
+            if (amqp_basic_ack(raw, kConsumeChannel, t, 0) != AMQP_STATUS_OK) {
+                drop("ack failed");
+                return;
+            }
+        }
+        deferred_.clear();
+        deferred_since_.reset();
     }
 
     Result<void> renew() override {
         // No leases on RabbitMQ; keep the heartbeat going while every slot is busy.
         if (!conn_ || !conn_->healthy()) return {};
+        flush_acks(false);
         std::vector<Delivery> got;
         while (receive(timeval{0, 0}, got)) {
         }
@@ -712,8 +755,11 @@ class AmqpConsumer final : public Consumer {
     struct InFlight {
         std::string queue;     // logical queue
         std::string reply_to;  // rpc results go there
+        bool ordered = false;  // from a partition of an ordered queue: acked without delay
     };
     std::map<std::uint64_t, InFlight> unsettled_;  // delivery tag -> where it came from
+    std::set<std::uint64_t> deferred_;             // settled, ack not sent yet (flush_acks)
+    std::optional<steady_clock::time_point> deferred_since_;
     std::deque<Delivery> buffered_;
     steady_clock::time_point next_attempt_{};
     milliseconds backoff_{100};
