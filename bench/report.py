@@ -10,7 +10,8 @@ for extra in sys.argv[3:]:
     fig.update(json.load(open(extra)))
 
 rows = [  # label, end-to-end key, enqueue key
-    ('raw rabbitmq-c (the limit)', 'raw_amqp_tasks_per_s', 'raw_amqp_enqueue_per_s'),
+    ('raw rabbitmq-c, same message (the limit)', 'raw_amqp_tasks_per_s', 'raw_amqp_enqueue_per_s'),
+    ('raw rabbitmq-c, bare 120 B body', 'raw_amqp_bare_tasks_per_s', 'raw_amqp_bare_enqueue_per_s'),
     ('Conveyor on RabbitMQ', 'conveyor_amqp_tasks_per_s', 'conveyor_amqp_enqueue_per_s'),
     ('Celery 5.2.6 (prefork -c 2)', 'celery_tasks_per_s', 'celery_enqueue_per_s'),
     ('php-amqplib', 'php_tasks_per_s', 'php_enqueue_per_s'),

@@ -21,6 +21,9 @@ mkdir -p "$out"
 
 echo "raw rabbitmq-c ..." >&2
 raw=$("$root/$build/bench/bench_raw_amqp" 127.0.0.1 "$port" "$n_amqp")
+bare=$("$root/$build/bench/bench_raw_amqp" 127.0.0.1 "$port" "$n_amqp" bare)
+echo "$bare" | awk '{printf "{\"raw_amqp_bare_enqueue_per_s\": %s, \"raw_amqp_bare_tasks_per_s\": %s}\n", $1, $2}' \
+  > "$work/bare.json"
 
 echo "Conveyor engines ..." >&2
 "$root/$build/bench/bench_engines" "${N_MEMORY:-200000}" "${N_SQLITE:-50000}" \
@@ -52,5 +55,5 @@ php "$root/bench/peers/php_bench.php" "$port" "$n_amqp" | tail -1 |
   > "$work/php.json"
 
 /usr/bin/python3 "$root/bench/report.py" "$out" "$work/engines.json" "$work/rss.json" \
-  "$work/celery.json" "$work/php.json"
+  "$work/celery.json" "$work/php.json" "$work/bare.json"
 rm -f "$out/latest.dat"

@@ -71,6 +71,10 @@ Json exception_result(const std::string& type, const std::string& module,
 
 }  // namespace
 
+/// Group commit of settlements: how long and how many outcomes wait for others.
+constexpr milliseconds kSettleWindow{2};
+constexpr std::size_t kSettleBatch = 256;
+
 struct Worker::Impl {
     std::shared_ptr<Broker> broker;
     WorkerOptions opts;
@@ -526,6 +530,8 @@ struct Worker::Impl {
         };
 
         std::vector<Settlement> pending;
+        std::optional<steady_clock::time_point> pending_since;
+        steady_clock::time_point last_deadline_scan{};
         auto last_renew = steady_clock::now();
         auto renew_every = std::max(milliseconds(50), opts.lease / 3);
         bool draining = false;
@@ -594,18 +600,27 @@ struct Worker::Impl {
                             j.stop.request_stop();
                         }
             auto now = steady_clock::now();
-            for (auto& j : jobs) {
-                if (j.deadline && now >= *j.deadline && !j.stop.stop_requested())
-                    j.stop.request_stop();
+            if (now - last_deadline_scan >= milliseconds(5)) {  // not per outcome: O(jobs)
+                last_deadline_scan = now;
+                for (auto& j : jobs) {
+                    if (j.deadline && now >= *j.deadline && !j.stop.stop_requested())
+                        j.stop.request_stop();
+                }
             }
 
-            // 4. Settle (one transaction for the whole batch) and keep leases alive.
-            if (!pending.empty()) {
+            // 4. Settle (one transaction for the whole batch: group commit) and keep leases
+            // alive. While other jobs are still running their outcomes join the batch, for at
+            // most kSettleWindow or kSettleBatch settlements; an idle worker settles at once.
+            if (!pending.empty() && !pending_since) pending_since = now;
+            bool more_coming = !jobs.empty() && !draining;
+            if (!pending.empty() && (!more_coming || pending.size() >= kSettleBatch ||
+                                     now - *pending_since >= kSettleWindow)) {
                 if (auto ok = consumer.settle(pending); !ok) {
                     failure = std::unexpected(ok.error());
                     break;
                 }
                 pending.clear();
+                pending_since.reset();
             }
             if (now - last_renew >= renew_every) {
                 last_renew = now;
@@ -636,10 +651,11 @@ struct Worker::Impl {
                 std::vector<Job*> ready;
                 for (auto& d : *got) admit(std::move(d), pending, ready);
                 enqueue_ready(ready);
-                if (!got->empty() || !pending.empty()) continue;
+                if (!got->empty()) continue;
             }
             std::unique_lock lk(mu);
-            outcome_cv.wait_for(lk, milliseconds(20), [&] { return !outcomes.empty(); });
+            outcome_cv.wait_for(lk, pending.empty() ? milliseconds(20) : kSettleWindow,
+                                [&] { return !outcomes.empty(); });
         }
 
         // Broker failure: stop executors, hand back best-effort.
