@@ -195,6 +195,11 @@ class Broker {
     /// known (waiting, in flight, dead, or completed with a stored result) is dropped, so
     /// republishing with the same id is idempotent.
     [[nodiscard]] virtual Result<void> publish(std::span<const OutgoingMessage> messages) = 0;
+    /// As publish, for a caller that is done with the messages: their envelopes may be moved
+    /// out instead of copied (the memory engine keeps them as they are).
+    [[nodiscard]] virtual Result<void> publish_moved(std::span<OutgoingMessage> messages) {
+        return publish(std::span<const OutgoingMessage>(messages));
+    }
     [[nodiscard]] virtual Result<std::unique_ptr<Consumer>> consume(
         const ConsumerOptions& options) = 0;
     [[nodiscard]] virtual Result<std::vector<QueueStats>> stats() = 0;

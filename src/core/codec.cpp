@@ -119,6 +119,12 @@ Result<std::optional<std::string>> inflated_body(const Envelope& env, std::size_
     return std::optional<std::string>(std::move(out));
 }
 
+/// An empty object to refer to (a `cond ? headers : Json::object()` would copy the headers).
+const Json& empty_object() {
+    static const Json empty = Json::object();
+    return empty;
+}
+
 const std::vector<std::string>& known_headers() {
     static const std::vector<std::string> k = {
         "lang",     "task",        "id",      "shadow",        "eta",        "expires",
@@ -233,7 +239,7 @@ Result<TaskMessage> decode(const Envelope& env, std::size_t max_body) {
                     fmt::format("unsupported content_type '{}' (expected application/json)",
                                 env.content_type.substr(0, 64)));
     }
-    const Json& h = env.headers.is_object() ? env.headers : Json::object();
+    const Json& h = env.headers.is_object() ? env.headers : empty_object();
     Json body = Json::parse(env.body, nullptr, false);
     if (body.is_discarded())
         return fail(Errc::malformed, "body is not valid JSON (or not valid UTF-8)");
@@ -360,7 +366,7 @@ Result<TaskMessage> decode_raw(const Envelope& env, std::string_view task_name,
         payload = std::move(probe);
     }
     t.args = Json::array({std::move(payload)});
-    const Json& h = env.headers.is_object() ? env.headers : Json::object();
+    const Json& h = env.headers.is_object() ? env.headers : empty_object();
     if (auto r = h.find("retries"); r != h.end() && r->is_number_integer())
         t.retries = r->get<int>();
     auto eta = header_time(h, "eta");

@@ -177,22 +177,41 @@ class MemoryBroker final : public Broker {
         : name_(std::move(name)), s_(std::make_shared<State>()) {}
 
     Result<void> publish(std::span<const OutgoingMessage> msgs) override {
+        std::vector<OutgoingMessage> copies(msgs.begin(), msgs.end());
+        return publish_moved(copies);
+    }
+
+    Result<void> publish_moved(std::span<OutgoingMessage> msgs) override {
         for (auto& m : msgs)
             if (auto ok = detail::check_embedded_message(m, "memory"); !ok) return ok;
-        std::lock_guard lk(s_->mu);
-        auto now = SystemClock::now();
+        // Items are made before the lock is taken: consumers wait only for the inserts.
+        std::vector<Item> made;
+        made.reserve(msgs.size());
         for (auto& m : msgs) {
             std::string id = codec::envelope_id(m.envelope);
             if (id.empty()) id = make_task_id();
-            if (s_->ids.contains(id) || s_->results.contains(id)) continue;
+            int priority = m.envelope.priority;
+            made.push_back(Item{std::move(id), m.queue, std::move(m.envelope), priority});
+        }
+        std::lock_guard lk(s_->mu);
+        auto now = SystemClock::now();
+        QueueState* q = nullptr;
+        const std::string* q_name = nullptr;
+        for (std::size_t i = 0; i < msgs.size(); ++i) {
+            auto& m = msgs[i];
+            Item& item = made[i];
+            if (s_->ids.contains(item.id) || s_->results.contains(item.id)) continue;
             auto seq = s_->next_seq++;
-            s_->ids.emplace(id, seq);
-            s_->items.emplace(seq, Item{id, m.queue, m.envelope, m.envelope.priority});
-            auto& q = s_->queues[m.queue];
+            s_->ids.emplace(item.id, seq);
+            if (!q_name || *q_name != m.queue) {  // batches usually go to one queue
+                q = &s_->queues[m.queue];
+                q_name = &m.queue;
+            }
             if (m.not_before && *m.not_before > now)
-                q.delayed.emplace(*m.not_before, seq);
+                q->delayed.emplace(*m.not_before, seq);
             else
-                q.ready.emplace(-m.envelope.priority, seq);
+                q->ready.emplace(-item.priority, seq);
+            s_->items.emplace(seq, std::move(item));
         }
         s_->cv.notify_all();
         return {};

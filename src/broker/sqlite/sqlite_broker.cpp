@@ -90,8 +90,8 @@ Envelope make_envelope(const std::string& props, const std::string& headers, std
 }
 
 std::string headers_json(const Envelope& e) {
-    return (e.headers.is_object() ? e.headers : Json::object())
-        .dump(-1, ' ', false, Json::error_handler_t::replace);
+    if (!e.headers.is_object()) return "{}";
+    return e.headers.dump(-1, ' ', false, Json::error_handler_t::replace);
 }
 
 int retries_of(const Envelope& e) {
