@@ -1,9 +1,14 @@
 // End-to-end throughput: enqueue N no-op tasks (batched, durable when the engine is), then run
 // one worker with a no-op handler until every task is acknowledged. The embedded engines, and
 // RabbitMQ next to the raw client's figures for the same work (bench_raw_amqp).
+// The sqlite engine also as it is used by services: several producer processes and several
+// worker processes on one file at the same time (end-to-end: from the start until the last task
+// is acknowledged).
 // usage: bench_engines N_memory N_sqlite JSON_OUT [AMQP_URL N_amqp RAW_ENQUEUE RAW_END_TO_END]
+//        (internal) bench_engines --produce URL N | --work URL
 
 #include <fmt/format.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -26,11 +31,9 @@ struct Figures {
     double end_to_end_per_s = 0;
 };
 
-Figures measure(const std::string& url, int n, int concurrency, std::size_t prefetch) {
-    auto broker = *Broker::open(url);
-    Client client(broker);
+/// Enqueues n no-op tasks to queue "bench" in batches of 1,000 (one commit each).
+void produce(Client& client, int n) {
     const int batch = 1000;
-    auto t0 = Clock::now();
     for (int first = 0; first < n; first += batch) {
         std::vector<TaskMessage> tasks;
         for (int i = first; i < std::min(n, first + batch); ++i)
@@ -40,6 +43,13 @@ Figures measure(const std::string& url, int n, int concurrency, std::size_t pref
             std::exit(1);
         }
     }
+}
+
+Figures measure(const std::string& url, int n, int concurrency, std::size_t prefetch) {
+    auto broker = *Broker::open(url);
+    Client client(broker);
+    auto t0 = Clock::now();
+    produce(client, n);
     auto t1 = Clock::now();
     Worker worker(broker,
                   WorkerOptions{.queues = {"bench"},
@@ -57,6 +67,91 @@ Figures measure(const std::string& url, int n, int concurrency, std::size_t pref
     double enq = std::chrono::duration<double>(t1 - t0).count();
     double run = std::chrono::duration<double>(t3 - t2).count();
     return Figures{n / enq, n / run};
+}
+
+/// A child process of this program: `--produce URL N` or `--work URL` (until stdin closes).
+pid_t spawn(const std::vector<std::string>& args, int* stdin_fd) {
+    int fds[2];
+    if (pipe(fds) != 0) std::exit(1);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fds[0], 0);
+        close(fds[0]);
+        close(fds[1]);
+        std::vector<char*> argv;
+        std::string self = "/proc/self/exe";
+        argv.push_back(self.data());
+        for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+        argv.push_back(nullptr);
+        execv("/proc/self/exe", argv.data());
+        _exit(127);
+    }
+    close(fds[0]);
+    *stdin_fd = fds[1];
+    return pid;
+}
+
+int child_main(int argc, char** argv) {
+    std::string mode = argv[1], url = argv[2];
+    auto broker = Broker::open(url);
+    if (!broker) {
+        fmt::print(stderr, "{}\n", broker.error().message);
+        return 1;
+    }
+    if (mode == "--produce") {
+        Client client(*broker);
+        produce(client, argc > 3 ? std::atoi(argv[3]) : 0);
+        return 0;
+    }
+    Worker worker(*broker, WorkerOptions{.queues = {"bench"}, .concurrency = 2, .prefetch = 512});
+    worker.handle("noop", [](TaskContext&) -> Json { return nullptr; });
+    std::jthread stopper([&] {
+        char c;
+        while (read(0, &c, 1) > 0) {
+        }
+        worker.stop();
+    });
+    return worker.run() ? 0 : 1;
+}
+
+/// `producers` processes enqueue n tasks between them while `workers` processes run them.
+Figures measure_processes(const std::string& url, int n, int producers, int workers) {
+    auto broker = *Broker::open(url);
+    std::vector<pid_t> pids;
+    std::vector<int> pipes;
+    auto t0 = Clock::now();
+    for (int i = 0; i < workers; ++i) {
+        int fd;
+        pids.push_back(spawn({"--work", url}, &fd));
+        pipes.push_back(fd);
+    }
+    std::vector<pid_t> producing;
+    for (int i = 0; i < producers; ++i) {
+        int fd;
+        producing.push_back(spawn({"--produce", url, std::to_string(n / producers)}, &fd));
+        close(fd);
+    }
+    for (auto pid : producing) {
+        int status = 0;
+        waitpid(pid, &status, 0);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) std::exit(1);
+    }
+    auto t1 = Clock::now();
+    for (;;) {
+        auto stats = broker->stats();
+        if (!stats) std::exit(1);
+        bool done = true;
+        for (auto& q : *stats)
+            if (q.queue == "bench" && (q.ready > 0 || q.in_flight > 0)) done = false;
+        if (done) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    auto t2 = Clock::now();
+    for (auto fd : pipes) close(fd);
+    for (auto pid : pids) waitpid(pid, nullptr, 0);
+    int total = n / producers * producers;
+    return Figures{total / std::chrono::duration<double>(t1 - t0).count(),
+                   total / std::chrono::duration<double>(t2 - t0).count()};
 }
 
 double rss_mib() {
@@ -118,6 +213,7 @@ std::pair<double, double> latency(const std::string& url, double rate, double se
 }  // namespace
 
 int main(int argc, char** argv) {
+    if (argc > 2 && std::string(argv[1]).starts_with("--")) return child_main(argc, argv);
     int n_mem = argc > 1 ? std::atoi(argv[1]) : 500000;
     int n_sql = argc > 2 ? std::atoi(argv[2]) : 100000;
     std::string json_out = argc > 3 ? argv[3] : "";
@@ -160,6 +256,9 @@ int main(int argc, char** argv) {
             {"sqlite (sync=normal)", "conveyor_sqlite_normal_tasks_per_s",
              measure("sqlite://" + (dir / "normal.db").string() + "?sync=normal", n_sql, 2, 512),
              n_sql});
+        rows.push_back(
+            {"sqlite, 2 producer + 2 worker processes", "conveyor_sqlite_processes_tasks_per_s",
+             measure_processes("sqlite://" + (dir / "procs.db").string(), n_sql, 2, 2), n_sql});
     }
     std::filesystem::remove_all(dir);
 
