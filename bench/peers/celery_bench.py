@@ -1,6 +1,8 @@
 """Celery 5.2.6 (Debian) doing the benchmark's work: N no-op tasks sent with send_task, then an
-unmodified prefork worker (-c 2, acks_late) runs them. Prints JSON: enqueue/s, end-to-end/s and
-the worker's resident memory (main process and pool children), idle and under load.
+unmodified prefork worker (-c 2, acks_late) runs them (its rate from its first task on, so its
+start-up time is not counted). Prints JSON: enqueue/s, end-to-end/s and the worker's resident
+memory (main process and pool children), idle (a started worker on an empty queue) and under
+load.
 usage: celery_bench.py BROKER_URL N"""
 import json
 import os
@@ -55,20 +57,34 @@ with app.producer_or_acquire() as producer:
 t1 = time.time()
 
 log = open('/tmp/%s.log' % QUEUE, 'w')
-worker = subprocess.Popen(['/usr/bin/python3', '-m', 'celery', '-A', 'bench_app', 'worker',
-                           '-c', '2', '-Q', QUEUE, '--without-mingle', '--without-gossip',
-                           '--loglevel', 'WARNING', '-n', QUEUE + '@localhost'],
-                          cwd=HERE, stdout=log, stderr=log)
-# Idle first: its own queue is full, so measure before it starts (it needs a moment).
-time.sleep(0.5)
-idle = rss_mib(worker.pid)
+
+
+def start_worker(queue):
+    return subprocess.Popen(['/usr/bin/python3', '-m', 'celery', '-A', 'bench_app', 'worker',
+                             '-c', '2', '-Q', queue, '--without-mingle', '--without-gossip',
+                             '--loglevel', 'WARNING', '-n', queue + '@localhost'],
+                            cwd=HERE, stdout=log, stderr=log)
+
+
+# Idle: a worker on an empty queue, once it has started.
+idler = start_worker(QUEUE + '-idle')
+time.sleep(4)
+idle = rss_mib(idler.pid)
+idler.terminate()
+idler.wait(30)
+
+# Under load: the rate counts from its first task on (not its start-up time).
+worker = start_worker(QUEUE)
+while depth() >= N:
+    time.sleep(0.01)
 start = time.time()
+left = depth()
 loaded = 0.0
 while depth() > 0:
     loaded = max(loaded, rss_mib(worker.pid))
-    time.sleep(0.05)
+    time.sleep(0.02)
 t3 = time.time()
 worker.terminate()
 worker.wait(30)
-print(json.dumps({'enqueue_per_s': round(N / (t1 - t0)), 'tasks_per_s': round(N / (t3 - start)),
+print(json.dumps({'enqueue_per_s': round(N / (t1 - t0)), 'tasks_per_s': round(left / (t3 - start)),
                   'rss_idle_mib': round(idle, 1), 'rss_load_mib': round(loaded, 1)}))
