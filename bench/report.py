@@ -18,6 +18,8 @@ rows = [  # label, end-to-end key, enqueue key
     ('Conveyor sqlite (sync=full)', 'conveyor_sqlite_tasks_per_s', 'conveyor_sqlite_enqueue_per_s'),
     ('Conveyor sqlite (sync=normal)', 'conveyor_sqlite_normal_tasks_per_s',
      'conveyor_sqlite_normal_enqueue_per_s'),
+    ('Conveyor sqlite, 2+2 processes', 'conveyor_sqlite_processes_tasks_per_s',
+     'conveyor_sqlite_processes_enqueue_per_s'),
     ('Conveyor memory', 'conveyor_memory_tasks_per_s', 'conveyor_memory_enqueue_per_s'),
 ]
 

@@ -94,23 +94,26 @@ void Monitor::emit(Json e) {
     events_.push_back(std::move(e));
 }
 
+Json Monitor::Row::info(const std::string& id, const std::string& node) const {
+    return Json{{"id", id},
+                {"name", name},
+                {"args", args},
+                {"kwargs", kwargs},
+                {"type", name},
+                {"hostname", node},
+                {"time_start", time_start ? Json(*time_start) : Json()},
+                {"acknowledged", false},  // acks come after the outcome
+                {"delivery_info",
+                 {{"exchange", ""},
+                  {"routing_key", queue},
+                  {"priority", priority},
+                  {"redelivered", redelivered}}},
+                {"worker_pid", time_start ? Json(getpid()) : Json()}};
+}
+
 void Monitor::received(const TaskMessage& t, const Delivery& d) {
-    Json info = {{"id", t.id},
-                 {"name", t.name},
-                 {"args", t.args},
-                 {"kwargs", t.kwargs},
-                 {"type", t.name},
-                 {"hostname", opts_.node},
-                 {"time_start", nullptr},
-                 {"acknowledged", false},  // acks come after the outcome
-                 {"delivery_info",
-                  {{"exchange", ""},
-                   {"routing_key", d.queue},
-                   {"priority", t.priority},
-                   {"redelivered", d.deliveries > 1}}},
-                 {"worker_pid", nullptr}};
     std::lock_guard lk(mu_);
-    rows_[t.id] = Row{std::move(info), t.name, false};
+    rows_[t.id] = Row{t.name, t.args, t.kwargs, d.queue, t.priority, d.deliveries > 1};
     if (!task_events_) return;
     Json e = {{"type", "task-received"},
               {"uuid", t.id},
@@ -129,10 +132,9 @@ void Monitor::started(const std::string& id) {
     std::lock_guard lk(mu_);
     if (auto it = rows_.find(id); it != rows_.end()) {
         it->second.active = true;
-        it->second.info["time_start"] = now_epoch();
-        it->second.info["worker_pid"] = getpid();
+        it->second.time_start = now_epoch();
     }
-    emit(Json{{"type", "task-started"}, {"uuid", id}});
+    if (task_events_) emit(Json{{"type", "task-started"}, {"uuid", id}});
 }
 
 void Monitor::finish(const std::string& id) {
@@ -146,6 +148,7 @@ void Monitor::finish(const std::string& id) {
 void Monitor::succeeded(const std::string& id, const Json& result, double runtime) {
     std::lock_guard lk(mu_);
     finish(id);
+    if (!task_events_) return;
     emit(Json{{"type", "task-succeeded"},
               {"uuid", id},
               {"result", codec::value_repr(result)},
@@ -218,8 +221,8 @@ std::optional<Json> Monitor::handle(const ControlRequest& r) {
     if (m == "ping") return Json{{"ok", "pong"}};
     if (m == "active" || m == "reserved") {
         Json out = Json::array();
-        for (auto& [_, row] : rows_)
-            if (row.active == (m == "active")) out.push_back(row.info);
+        for (auto& [id, row] : rows_)
+            if (row.active == (m == "active")) out.push_back(row.info(id, opts_.node));
         return out;
     }
     if (m == "scheduled") return Json::array();  // delayed tasks wait in the broker
@@ -240,8 +243,8 @@ std::optional<Json> Monitor::handle(const ControlRequest& r) {
             for (auto& id : *ids)
                 if (id.is_string())
                     if (auto it = rows_.find(id.get<std::string>()); it != rows_.end())
-                        out[it->first] = Json::array(
-                            {it->second.active ? "active" : "reserved", it->second.info});
+                        out[it->first] = Json::array({it->second.active ? "active" : "reserved",
+                                                      it->second.info(it->first, opts_.node)});
         return out;
     }
     if (m == "stats") {

@@ -60,10 +60,16 @@ class Monitor {
     std::vector<std::string> take_terminations();
 
   private:
+    /// What `inspect active/reserved/query_task` tell of a task; made into JSON only then.
     struct Row {
-        Json info;
         std::string name;
+        Json args, kwargs;
+        std::string queue;
+        int priority = 0;
+        bool redelivered = false;
         bool active = false;
+        std::optional<double> time_start;
+        Json info(const std::string& id, const std::string& node) const;
     };
     void loop();
     void emit(Json event);                      // mu_ held

@@ -530,7 +530,7 @@ struct Worker::Impl {
         };
 
         std::vector<Settlement> pending;
-        std::optional<steady_clock::time_point> pending_since;
+        steady_clock::time_point pending_since{};  // when the oldest pending settlement came
         steady_clock::time_point last_deadline_scan{};
         auto last_renew = steady_clock::now();
         auto renew_every = std::max(milliseconds(50), opts.lease / 3);
@@ -611,16 +611,16 @@ struct Worker::Impl {
             // 4. Settle (one transaction for the whole batch: group commit) and keep leases
             // alive. While other jobs are still running their outcomes join the batch, for at
             // most kSettleWindow or kSettleBatch settlements; an idle worker settles at once.
-            if (!pending.empty() && !pending_since) pending_since = now;
+            if (pending.empty()) pending_since = now;
             bool more_coming = !jobs.empty() && !draining;
             if (!pending.empty() && (!more_coming || pending.size() >= kSettleBatch ||
-                                     now - *pending_since >= kSettleWindow)) {
+                                     now - pending_since >= kSettleWindow)) {
                 if (auto ok = consumer.settle(pending); !ok) {
                     failure = std::unexpected(ok.error());
                     break;
                 }
                 pending.clear();
-                pending_since.reset();
+                pending_since = now;
             }
             if (now - last_renew >= renew_every) {
                 last_renew = now;
