@@ -4,10 +4,13 @@
 // The sqlite engine also as it is used by services: several producer processes and several
 // worker processes on one file at the same time (end-to-end: from the start until the last task
 // is acknowledged).
-// usage: bench_engines N_memory N_sqlite JSON_OUT [AMQP_URL N_amqp RAW_ENQUEUE RAW_END_TO_END]
+// Besides the rates, the client's CPU time per task (µs) while enqueueing and while working.
+// usage: bench_engines N_memory N_sqlite JSON_OUT
+//                      [AMQP_URL N_amqp RAW_ENQUEUE RAW_END_TO_END [RAW_ENQ_CPU RAW_RUN_CPU]]
 //        (internal) bench_engines --produce URL N | --work URL
 
 #include <fmt/format.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -29,7 +32,17 @@ namespace {
 struct Figures {
     double enqueue_per_s = 0;
     double end_to_end_per_s = 0;
+    double enqueue_cpu_us = 0;  ///< this process's CPU time per task while enqueueing
+    double run_cpu_us = 0;      ///< ... and while the worker ran them
 };
+
+/// CPU time (user + system) this process has used so far, in µs.
+double cpu_us() {
+    rusage ru{};
+    getrusage(RUSAGE_SELF, &ru);
+    return (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 + ru.ru_utime.tv_usec +
+           ru.ru_stime.tv_usec;
+}
 
 /// Enqueues n no-op tasks to queue "bench" in batches of 1,000 (one commit each).
 void produce(Client& client, int n) {
@@ -48,9 +61,11 @@ void produce(Client& client, int n) {
 Figures measure(const std::string& url, int n, int concurrency, std::size_t prefetch) {
     auto broker = *Broker::open(url);
     Client client(broker);
+    auto c0 = cpu_us();
     auto t0 = Clock::now();
     produce(client, n);
     auto t1 = Clock::now();
+    auto c1 = cpu_us();
     Worker worker(broker,
                   WorkerOptions{.queues = {"bench"},
                                 .concurrency = concurrency,
@@ -58,15 +73,17 @@ Figures measure(const std::string& url, int n, int concurrency, std::size_t pref
                                 .remote_control = std::getenv("BENCH_NO_MONITOR") == nullptr});
     worker.handle("noop", [](TaskContext&) -> Json { return nullptr; });
     auto t2 = Clock::now();
+    auto c2 = cpu_us();
     std::jthread runner([&] { (void)worker.run(); });
     while (worker.stats().succeeded < std::uint64_t(n))
-        std::this_thread::sleep_for(std::chrono::microseconds(200));
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
     auto t3 = Clock::now();
+    auto c3 = cpu_us();
     worker.stop();
     runner.join();
     double enq = std::chrono::duration<double>(t1 - t0).count();
     double run = std::chrono::duration<double>(t3 - t2).count();
-    return Figures{n / enq, n / run};
+    return Figures{n / enq, n / run, (c1 - c0) / n, (c3 - c2) / n};
 }
 
 /// A child process of this program: `--produce URL N` or `--work URL` (until stdin closes).
@@ -232,8 +249,11 @@ int main(int argc, char** argv) {
     if (argc > 7) {
         std::string url = argv[4];
         int n_amqp = std::atoi(argv[5]);
-        rows.push_back({"raw rabbitmq-c (the limit)", "raw_amqp_tasks_per_s",
-                        Figures{std::atof(argv[6]), std::atof(argv[7])}, n_amqp});
+        rows.push_back(
+            {"raw rabbitmq-c (the limit)", "raw_amqp_tasks_per_s",
+             Figures{std::atof(argv[6]), std::atof(argv[7]), argc > 9 ? std::atof(argv[8]) : 0,
+                     argc > 9 ? std::atof(argv[9]) : 0},
+             n_amqp});
         rows.push_back({"RabbitMQ (confirms, acks)", "conveyor_amqp_tasks_per_s",
                         measure(url + "?results=none", n_amqp, 2, 1000), n_amqp});
         extra["conveyor_worker_rss_load_mib"] = std::round(rss_mib() * 10) / 10;
@@ -262,17 +282,22 @@ int main(int argc, char** argv) {
     }
     std::filesystem::remove_all(dir);
 
-    fmt::print("{:<30} {:>10} {:>16} {:>18}\n", "engine", "tasks", "enqueue/s", "end-to-end/s");
+    fmt::print("{:<42} {:>8} {:>11} {:>14} {:>12} {:>12}\n", "engine", "tasks", "enqueue/s",
+               "end-to-end/s", "enq cpu us", "work cpu us");
     for (auto& r : rows)
-        fmt::print("{:<30} {:>10} {:>16.0f} {:>18.0f}\n", r.name, r.n, r.f.enqueue_per_s,
-                   r.f.end_to_end_per_s);
+        fmt::print("{:<42} {:>8} {:>11.0f} {:>14.0f} {:>12.1f} {:>12.1f}\n", r.name, r.n,
+                   r.f.enqueue_per_s, r.f.end_to_end_per_s, r.f.enqueue_cpu_us, r.f.run_cpu_us);
     if (!json_out.empty()) {
         std::ofstream out(json_out);
         Json j = Json::object();
         for (auto& r : rows) {
             j[r.key] = std::round(r.f.end_to_end_per_s);
-            j[r.key.substr(0, r.key.size() - 12) + "_enqueue_per_s"] =
-                std::round(r.f.enqueue_per_s);
+            std::string prefix = r.key.substr(0, r.key.size() - 12);
+            j[prefix + "_enqueue_per_s"] = std::round(r.f.enqueue_per_s);
+            if (r.f.run_cpu_us > 0) {
+                j[prefix + "_enqueue_cpu_us"] = std::round(r.f.enqueue_cpu_us * 10) / 10;
+                j[prefix + "_worker_cpu_us"] = std::round(r.f.run_cpu_us * 10) / 10;
+            }
         }
         j.update(extra);
         out << j.dump(2) << "\n";

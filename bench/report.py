@@ -39,6 +39,13 @@ if raw and conv:
     lines.append('Conveyor on RabbitMQ / raw client: %.2fx' % (conv / raw))
 if cel and conv:
     lines.append('Conveyor on RabbitMQ / Celery: %.1fx' % (conv / cel))
+cpu = []
+for label, key in (('raw rabbitmq-c', 'raw_amqp'), ('Conveyor on RabbitMQ', 'conveyor_amqp'),
+                   ('Conveyor sqlite', 'conveyor_sqlite'), ('Conveyor memory', 'conveyor_memory')):
+    if fig.get(key + '_worker_cpu_us'):
+        cpu.append('%s %s + %s' % (label, fig[key + '_enqueue_cpu_us'], fig[key + '_worker_cpu_us']))
+if cpu:
+    lines.append('Client CPU per task, enqueue + worker (us): ' + '; '.join(cpu))
 lines.append('Enqueue-to-handler-start latency on RabbitMQ: p50 %s us, p99 %s us' % (
     num(fig.get('conveyor_amqp_latency_p50_us')), num(fig.get('conveyor_amqp_latency_p99_us'))))
 lines.append('Worker resident memory, idle: Conveyor %s MiB, Celery %s MiB (main + 2 pool '

@@ -22,7 +22,7 @@ mkdir -p "$out"
 echo "raw rabbitmq-c ..." >&2
 raw=$("$root/$build/bench/bench_raw_amqp" 127.0.0.1 "$port" "$n_amqp")
 bare=$("$root/$build/bench/bench_raw_amqp" 127.0.0.1 "$port" "$n_amqp" bare)
-echo "$bare" | awk '{printf "{\"raw_amqp_bare_enqueue_per_s\": %s, \"raw_amqp_bare_tasks_per_s\": %s}\n", $1, $2}' \
+echo "$bare" | awk '{printf "{\"raw_amqp_bare_enqueue_per_s\": %s, \"raw_amqp_bare_tasks_per_s\": %s, \"raw_amqp_bare_enqueue_cpu_us\": %s, \"raw_amqp_bare_worker_cpu_us\": %s}\n", $1, $2, $3, $4}' \
   > "$work/bare.json"
 
 echo "Conveyor engines ..." >&2
