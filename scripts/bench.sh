@@ -20,8 +20,13 @@ out="$root/bench/results"
 mkdir -p "$out"
 
 echo "raw rabbitmq-c ..." >&2
-raw=$("$root/$build/bench/bench_raw_amqp" 127.0.0.1 "$port" "$n_amqp")
-bare=$("$root/$build/bench/bench_raw_amqp" 127.0.0.1 "$port" "$n_amqp" bare)
+# The median (by end-to-end rate) of BENCH_REPEAT runs, as for Conveyor's figures.
+median_run() {
+  for _ in $(seq "${BENCH_REPEAT:-3}"); do "$root/$build/bench/bench_raw_amqp" "$@"; done |
+    sort -n -k2 | awk '{ l[NR] = $0 } END { print l[int((NR + 1) / 2)] }'
+}
+raw=$(median_run 127.0.0.1 "$port" "$n_amqp")
+bare=$(median_run 127.0.0.1 "$port" "$n_amqp" bare)
 echo "$bare" | awk '{printf "{\"raw_amqp_bare_enqueue_per_s\": %s, \"raw_amqp_bare_tasks_per_s\": %s, \"raw_amqp_bare_enqueue_cpu_us\": %s, \"raw_amqp_bare_worker_cpu_us\": %s}\n", $1, $2, $3, $4}' \
   > "$work/bare.json"
 
