@@ -9,18 +9,24 @@ fig = json.load(open(engines))
 for extra in sys.argv[3:]:
     fig.update(json.load(open(extra)))
 
-rows = [  # label, end-to-end key, enqueue key
-    ('raw rabbitmq-c, same message (the limit)', 'raw_amqp_tasks_per_s', 'raw_amqp_enqueue_per_s'),
-    ('raw rabbitmq-c, bare 120 B body', 'raw_amqp_bare_tasks_per_s', 'raw_amqp_bare_enqueue_per_s'),
-    ('Conveyor on RabbitMQ', 'conveyor_amqp_tasks_per_s', 'conveyor_amqp_enqueue_per_s'),
-    ('Celery 5.2.6 (prefork -c 2)', 'celery_tasks_per_s', 'celery_enqueue_per_s'),
-    ('php-amqplib', 'php_tasks_per_s', 'php_enqueue_per_s'),
-    ('Conveyor sqlite (sync=full)', 'conveyor_sqlite_tasks_per_s', 'conveyor_sqlite_enqueue_per_s'),
+rows = [  # label, end-to-end key, enqueue key, chart label
+    ('raw rabbitmq-c, same message (the limit)', 'raw_amqp_tasks_per_s', 'raw_amqp_enqueue_per_s',
+     'raw\\nrabbitmq-c'),
+    ('raw rabbitmq-c, bare 120 B body', 'raw_amqp_bare_tasks_per_s', 'raw_amqp_bare_enqueue_per_s',
+     'raw, bare\\n120 B body'),
+    ('Conveyor on RabbitMQ', 'conveyor_amqp_tasks_per_s', 'conveyor_amqp_enqueue_per_s',
+     'Conveyor\\nRabbitMQ'),
+    ('Celery 5.2.6 (prefork -c 2)', 'celery_tasks_per_s', 'celery_enqueue_per_s',
+     'Celery\\n5.2.6'),
+    ('php-amqplib', 'php_tasks_per_s', 'php_enqueue_per_s', 'php-amqplib'),
+    ('Conveyor sqlite (sync=full)', 'conveyor_sqlite_tasks_per_s', 'conveyor_sqlite_enqueue_per_s',
+     'Conveyor\\nsqlite full'),
     ('Conveyor sqlite (sync=normal)', 'conveyor_sqlite_normal_tasks_per_s',
-     'conveyor_sqlite_normal_enqueue_per_s'),
+     'conveyor_sqlite_normal_enqueue_per_s', 'Conveyor\\nsqlite normal'),
     ('Conveyor sqlite, 2+2 processes', 'conveyor_sqlite_processes_tasks_per_s',
-     'conveyor_sqlite_processes_enqueue_per_s'),
-    ('Conveyor memory', 'conveyor_memory_tasks_per_s', 'conveyor_memory_enqueue_per_s'),
+     'conveyor_sqlite_processes_enqueue_per_s', 'Conveyor sqlite\\n2+2 processes'),
+    ('Conveyor memory', 'conveyor_memory_tasks_per_s', 'conveyor_memory_enqueue_per_s',
+     'Conveyor\\nmemory'),
 ]
 
 
@@ -29,7 +35,7 @@ def num(v):
 
 
 lines = ['| system | enqueue/s | end-to-end tasks/s |', '|---|---:|---:|']
-for label, e2e, enq in rows:
+for label, e2e, enq, _ in rows:
     lines.append('| %s | %s | %s |' % (label, num(fig.get(enq)), num(fig.get(e2e))))
 raw = fig.get('raw_amqp_tasks_per_s')
 conv = fig.get('conveyor_amqp_tasks_per_s')
@@ -59,14 +65,14 @@ json.dump(fig, open(out_dir + '/latest.json', 'w'), indent=2, sort_keys=True)
 
 data = out_dir + '/latest.dat'
 with open(data, 'w') as f:
-    for label, e2e, _ in rows:
+    for _, e2e, _, short in rows:
         if fig.get(e2e):
-            f.write('"%s" %f\n' % (label.replace(' (', '\\n('), fig[e2e]))
+            f.write('"%s" %f\n' % (short, fig[e2e]))
 try:
     subprocess.run(['gnuplot'], input='''
-set terminal pngcairo size 1000,520 font ",10"
+set terminal pngcairo size 1100,520 font ",10"
 set output "%s/latest.png"
-set title "End-to-end no-op tasks per second (enqueue, worker, ack), one run, 2-core VM"
+set title "End-to-end no-op tasks per second (enqueue, worker, ack), median of 3 runs (Celery, PHP: 1), 2-core VM"
 set style fill solid 0.8
 set boxwidth 0.6
 set logscale y
