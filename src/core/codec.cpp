@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <zlib.h>
 
+#include <unordered_set>
+
 #include "core/time.hpp"
 
 namespace conveyor::codec {
@@ -123,12 +125,13 @@ const Json& empty_object() {
     return empty;
 }
 
-const std::vector<std::string>& known_headers() {
-    static const std::vector<std::string> k = {
+/// Celery's headers, read into TaskMessage fields; any other header is kept as an extra.
+bool known_header(std::string_view key) {
+    static const std::unordered_set<std::string_view> known = {
         "lang",     "task",        "id",      "shadow",        "eta",        "expires",
         "group",    "group_index", "retries", "timelimit",     "root_id",    "parent_id",
         "argsrepr", "kwargsrepr",  "origin",  "ignore_result", "max_retries"};
-    return k;
+    return known.contains(key);
 }
 
 }  // namespace
@@ -332,9 +335,7 @@ Result<TaskMessage> decode(const Envelope& env, std::size_t max_body) {
         if (auto ir = h.find("ignore_result"); ir != h.end() && ir->is_boolean())
             t.ignore_result = ir->get<bool>();
         for (auto& [k, v] : h.items()) {
-            if (std::find(known_headers().begin(), known_headers().end(), k) ==
-                known_headers().end())
-                t.extra_headers[k] = v;
+            if (!known_header(k)) t.extra_headers[k] = v;
         }
     }
     if (t.root_id.empty()) t.root_id = t.id;

@@ -87,7 +87,7 @@ class Monitor {
     std::int64_t clock_ = 0;
     std::vector<Json> events_;
     bool task_events_ = false;
-    std::map<std::string, Row> rows_;  // received, not yet finished
+    std::unordered_map<std::string, Row> rows_;  // received, not yet finished
     std::map<std::string, std::uint64_t> total_;
     std::uint64_t processed_ = 0;
     std::unordered_set<std::string> revoked_;

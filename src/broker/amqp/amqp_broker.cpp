@@ -701,11 +701,19 @@ class AmqpConsumer final : public Consumer {
     void flush_acks(bool all) {
         constexpr auto kAckDelay = milliseconds(100);
         constexpr std::size_t kAckBacklog = 512;
+        constexpr auto kAckLinger = milliseconds(5);
+        constexpr std::size_t kAckBatch = 128;
         if (!conn_ || deferred_.empty()) return;
         auto raw = conn_->raw();
         std::uint64_t oldest_held = unsettled_.empty() ? UINT64_MAX : unsettled_.begin()->first;
         auto covered = deferred_.lower_bound(oldest_held);
-        if (covered != deferred_.begin()) {
+        auto now = steady_clock::now();
+        if (!deferred_since_) deferred_since_ = now;
+        // Covered acks go in one frame per kAckBatch tags (or kAckLinger), not per call.
+        bool linger = !all && unsettled_.size() > 0 &&
+                      std::size_t(std::distance(deferred_.begin(), covered)) < kAckBatch &&
+                      now - *deferred_since_ < kAckLinger;
+        if (covered != deferred_.begin() && !linger) {
             std::uint64_t last = *std::prev(covered);
             deferred_.erase(deferred_.begin(), covered);
             if (amqp_basic_ack(raw, kConsumeChannel, last, 1) != AMQP_STATUS_OK) {
@@ -713,12 +721,10 @@ class AmqpConsumer final : public Consumer {
                 return;
             }
         }
-        auto now = steady_clock::now();
         if (deferred_.empty()) {
             deferred_since_.reset();
             return;
         }
-        if (!deferred_since_) deferred_since_ = now;
         if (!all && deferred_.size() < kAckBacklog && now - *deferred_since_ < kAckDelay) return;
         for (auto t : deferred_) {
             if (amqp_basic_ack(raw, kConsumeChannel, t, 0) != AMQP_STATUS_OK) {
