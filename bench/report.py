@@ -72,7 +72,7 @@ try:
     subprocess.run(['gnuplot'], input='''
 set terminal pngcairo size 1100,520 font ",10"
 set output "%s/latest.png"
-set title "End-to-end no-op tasks per second (enqueue, worker, ack), median of 3 runs (Celery, PHP: 1), 2-core VM"
+set title "End-to-end no-op tasks per second (enqueue, worker, ack), median of 3 runs, 2-core VM"
 set style fill solid 0.8
 set boxwidth 0.6
 set logscale y
