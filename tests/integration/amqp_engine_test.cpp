@@ -7,6 +7,7 @@
 #include <atomic>
 #include <map>
 #include <mutex>
+#include <sstream>
 #include <thread>
 
 #include "broker/amqp/amqp_connection.hpp"
@@ -57,6 +58,54 @@ TEST(AmqpEngine, EnqueuedTasksRunOnceAndLeaveTheQueueEmpty) {
     EXPECT_TRUE(w.outcome) << w.outcome.error().message;
     for (auto& id : *ids) EXPECT_EQ(runs[id], 1) << id;
     EXPECT_EQ(stats_of(*broker, q).ready, 0);  // every delivery acked
+}
+
+/// Deliveries of `queue` that RabbitMQ counts as unacknowledged (rabbitmqctl list_queues).
+int unacked(const std::string& queue) {
+    auto [rc, out] = testsupport::run({CONVEYOR_SOURCE_DIR "/scripts/rabbitmq-node.sh", "ctl",
+                                       testsupport::shared_rabbitmq_dir(), "list_queues", "-q",
+                                       "name", "messages_unacknowledged"});
+    EXPECT_EQ(rc, 0) << out;
+    std::istringstream lines(out);
+    for (std::string line; std::getline(lines, line);) {
+        std::istringstream fields(line);
+        std::string name;
+        int n = -1;
+        if (fields >> name >> n && name == queue) return n;
+    }
+    return -1;
+}
+
+TEST(AmqpEngine, TasksFinishedBehindALongRunningOneAreAckedWithoutWaitingForIt) {
+    auto q = unique_name("acks");
+    auto broker = open_with(queues({q}));
+    Client client(broker);
+    ASSERT_TRUE(client.enqueue("t.slow", Json::array(), Json::object(), {.queue = q}));
+    std::vector<TaskMessage> fast;
+    for (int i = 0; i < 30; ++i) fast.push_back(TaskMessage{.name = "t.fast", .args = {i}});
+    ASSERT_TRUE(client.enqueue_many(std::move(fast), {.queue = q}));
+
+    std::atomic<int> fast_done{0};
+    std::atomic<bool> release{false};
+    // A small prefetch window (8): acks that waited would stop deliveries.
+    BackgroundWorker w(broker, options_for({q}, 2));
+    w.worker.handle("t.slow", [&](TaskContext&) -> Json {
+        for (int i = 0; i < 3000 && !release.load(); ++i) std::this_thread::sleep_for(10ms);
+        return nullptr;
+    });
+    w.worker.handle("t.fast", [&](TaskContext&) -> Json {
+        fast_done++;
+        return nullptr;
+    });
+    w.start();
+    ASSERT_TRUE(eventually([&] { return fast_done.load() == 30; }, 20s));
+    // The slow task (the oldest delivery) still runs: the others are acked all the same, within
+    // the 100 ms an ack may wait for it.
+    std::this_thread::sleep_for(300ms);
+    EXPECT_EQ(unacked(q), 1);
+    release = true;
+    EXPECT_TRUE(eventually([&] { return unacked(q) == 0; }, 20s));
+    EXPECT_EQ(stats_of(*broker, q).ready, 0);
 }
 
 TEST(AmqpEngine, UnroutableTaskIsAnErrorForTheCallerNotASilentLoss) {

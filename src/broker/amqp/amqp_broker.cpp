@@ -697,7 +697,8 @@ class AmqpConsumer final : public Consumer {
 
     /// Acks what is settled: one multiple-ack for every settled tag below the oldest delivery
     /// still held (most of them, as handlers finish roughly in order); the others wait for the
-    /// next call, but at most kAckDelay or kAckBacklog tags, then they are acked one by one.
+    /// next call, but at most kAckDelay, kAckBacklog tags or a quarter of the prefetch window,
+    /// then they are acked one by one.
     void flush_acks(bool all) {
         constexpr auto kAckDelay = milliseconds(100);
         constexpr std::size_t kAckBacklog = 512;
@@ -710,8 +711,12 @@ class AmqpConsumer final : public Consumer {
         auto now = steady_clock::now();
         if (!deferred_since_) deferred_since_ = now;
         // Covered acks go in one frame per kAckBatch tags (or kAckLinger), not per call.
+        // Settled deliveries not yet acked still count against the prefetch window: never let
+        // them take more than a quarter of it.
+        const std::size_t window_share = std::max<std::size_t>(1, opts_.prefetch / 4);
         bool linger = !all && unsettled_.size() > 0 &&
-                      std::size_t(std::distance(deferred_.begin(), covered)) < kAckBatch &&
+                      std::size_t(std::distance(deferred_.begin(), covered)) <
+                          std::min(kAckBatch, window_share) &&
                       now - *deferred_since_ < kAckLinger;
         if (covered != deferred_.begin() && !linger) {
             std::uint64_t last = *std::prev(covered);
@@ -725,7 +730,9 @@ class AmqpConsumer final : public Consumer {
             deferred_since_.reset();
             return;
         }
-        if (!all && deferred_.size() < kAckBacklog && now - *deferred_since_ < kAckDelay) return;
+        if (!all && deferred_.size() < std::min(kAckBacklog, window_share) &&
+            now - *deferred_since_ < kAckDelay)
+            return;
         for (auto t : deferred_) {
             if (amqp_basic_ack(raw, kConsumeChannel, t, 0) != AMQP_STATUS_OK) {
                 drop("ack failed");
