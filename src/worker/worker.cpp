@@ -613,7 +613,10 @@ struct Worker::Impl {
             // most kSettleWindow or kSettleBatch settlements; an idle worker settles at once.
             if (pending.empty()) pending_since = now;
             bool more_coming = !jobs.empty() && !draining;
-            if (!pending.empty() && (!more_coming || pending.size() >= kSettleBatch ||
+            // Unsettled deliveries count against the broker's prefetch window: a quarter at most.
+            std::size_t batch_max =
+                std::min(kSettleBatch, std::max<std::size_t>(1, opts.prefetch / 4));
+            if (!pending.empty() && (!more_coming || pending.size() >= batch_max ||
                                      now - pending_since >= kSettleWindow)) {
                 if (auto ok = consumer.settle(pending); !ok) {
                     failure = std::unexpected(ok.error());
