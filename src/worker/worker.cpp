@@ -532,6 +532,7 @@ struct Worker::Impl {
         std::vector<Settlement> pending;
         steady_clock::time_point pending_since{};  // when the oldest pending settlement came
         steady_clock::time_point last_deadline_scan{};
+        steady_clock::time_point last_settle{};
         auto last_renew = steady_clock::now();
         auto renew_every = std::max(milliseconds(50), opts.lease / 3);
         bool draining = false;
@@ -624,6 +625,15 @@ struct Worker::Impl {
                 }
                 pending.clear();
                 pending_since = now;
+                last_settle = now;
+            } else if (pending.empty() && now - last_settle >= milliseconds(50)) {
+                // Nothing to settle: lets the consumer send what it holds back (RabbitMQ acks
+                // waiting behind a long task) even while no fetch or outcome comes.
+                last_settle = now;
+                if (auto ok = consumer.settle(std::span<Settlement>()); !ok) {
+                    failure = std::unexpected(ok.error());
+                    break;
+                }
             }
             if (now - last_renew >= renew_every) {
                 last_renew = now;

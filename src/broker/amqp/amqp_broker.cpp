@@ -562,6 +562,10 @@ class AmqpConsumer final : public Consumer {
     }
 
     Result<void> settle(std::span<Settlement> ss) override {
+        if (ss.empty()) {  // nothing new: acks that waited may be due
+            flush_acks(false);
+            return {};
+        }
         std::vector<std::uint64_t> acks, requeue;
         std::vector<Wire> wires;
         std::vector<std::uint64_t> wire_tags;  // delivery acked once its messages are confirmed

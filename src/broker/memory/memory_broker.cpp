@@ -119,6 +119,7 @@ class MemoryConsumer final : public Consumer {
     }
 
     Result<void> settle(std::span<Settlement> batch) override {
+        if (batch.empty()) return {};
         std::lock_guard lk(s_->mu);
         for (auto& st : batch) {
             auto held = held_.find(st.tag);
