@@ -106,7 +106,8 @@ class Consumer {
     [[nodiscard]] virtual Result<std::vector<Delivery>> fetch(std::size_t max,
                                                               std::chrono::milliseconds wait) = 0;
     /// Settles deliveries; sqlite commits them in one transaction (group commit). May move the
-    /// settlements' envelopes out.
+    /// settlements' envelopes out. An empty call lets the consumer send what it held back
+    /// (RabbitMQ: acks that wait for an older delivery).
     [[nodiscard]] virtual Result<void> settle(std::span<Settlement> settlements) = 0;
     /// Extends the leases of every unsettled delivery (no-op where leases do not exist).
     [[nodiscard]] virtual Result<void> renew() = 0;

@@ -530,7 +530,8 @@ struct Worker::Impl {
         };
 
         std::vector<Settlement> pending;
-        steady_clock::time_point pending_since{};  // when the oldest pending settlement came
+        // The last time nothing was pending: the oldest pending settlement is younger.
+        steady_clock::time_point pending_since{};
         steady_clock::time_point last_deadline_scan{};
         steady_clock::time_point last_settle{};
         auto last_renew = steady_clock::now();

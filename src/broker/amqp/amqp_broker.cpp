@@ -718,10 +718,11 @@ class AmqpConsumer final : public Consumer {
         // Settled deliveries not yet acked still count against the prefetch window: never let
         // them take more than a quarter of it.
         const std::size_t window_share = std::max<std::size_t>(1, opts_.prefetch / 4);
-        bool linger = !all && unsettled_.size() > 0 &&
-                      std::size_t(std::distance(deferred_.begin(), covered)) <
-                          std::min(kAckBatch, window_share) &&
-                      now - *deferred_since_ < kAckLinger;
+        const std::size_t batch = std::min(kAckBatch, window_share);
+        std::size_t n_covered = 0;  // counted up to `batch` only
+        for (auto it = deferred_.begin(); it != covered && n_covered < batch; ++it) ++n_covered;
+        bool linger =
+            !all && !unsettled_.empty() && n_covered < batch && now - *deferred_since_ < kAckLinger;
         if (covered != deferred_.begin() && !linger) {
             std::uint64_t last = *std::prev(covered);
             deferred_.erase(deferred_.begin(), covered);

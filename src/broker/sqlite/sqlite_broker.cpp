@@ -91,16 +91,19 @@ Envelope make_envelope(const std::string& props, const std::string& headers, std
 
 std::string headers_json(const Envelope& e) {
     if (!e.headers.is_object()) return "{}";
-    // Null headers (most of a plain task's Celery headers) mean the same as absent ones: they
-    // are not stored, which makes rows smaller and reading them back cheaper.
+    // Null headers mean the same as absent ones: they are not stored, which makes rows smaller
+    // and reading them back cheaper. Conveyor's own messages have none (the codec leaves them
+    // out); other publishers' may.
+    auto is_null = [](const Json& v) {
+        return v.is_null() ||
+               (v.is_array() && !v.empty() &&  // timelimit [null, null]
+                std::all_of(v.begin(), v.end(), [](const Json& x) { return x.is_null(); }));
+    };
+    if (std::none_of(e.headers.begin(), e.headers.end(), is_null))
+        return e.headers.dump(-1, ' ', false, Json::error_handler_t::replace);
     Json h = Json::object();
-    for (auto& [k, v] : e.headers.items()) {
-        if (v.is_null()) continue;
-        if (v.is_array() && !v.empty() &&
-            std::all_of(v.begin(), v.end(), [](auto& x) { return x.is_null(); }))
-            continue;  // timelimit [null, null]
-        h.emplace(k, v);
-    }
+    for (auto& [k, v] : e.headers.items())
+        if (!is_null(v)) h.emplace(k, v);
     return h.dump(-1, ' ', false, Json::error_handler_t::replace);
 }
 
