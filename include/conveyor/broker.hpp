@@ -109,8 +109,11 @@ class Consumer {
     /// settlements' envelopes out. An empty call lets the consumer send what it held back
     /// (RabbitMQ: acks that wait for an older delivery).
     [[nodiscard]] virtual Result<void> settle(std::span<Settlement> settlements) = 0;
-    /// Extends the leases of every unsettled delivery (no-op where leases do not exist).
-    [[nodiscard]] virtual Result<void> renew() = 0;
+    /// Extends the leases of every unsettled delivery. Returns the tags of deliveries that are
+    /// no longer this consumer's (sqlite: a lease ran out and another consumer claimed the
+    /// task; RabbitMQ: the connection they came on was lost, so they are delivered again):
+    /// whoever runs them should stop. Errc::unavailable while the broker fails for a while.
+    [[nodiscard]] virtual Result<std::vector<std::uint64_t>> renew() = 0;
 };
 
 /// A remote-control request addressed to a worker (Celery's pidbox: `celery inspect ping`,
@@ -248,6 +251,7 @@ class Broker {
     [[nodiscard]] virtual Result<std::unique_ptr<ScheduleStore>> schedule_store() {
         return fail(Errc::invalid_argument, fmt_unsupported_schedules(url()));
     }
+    /// The broker's URL for people: passwords are masked ("amqp://user:***@host/").
     virtual std::string url() const = 0;
 };
 

@@ -45,6 +45,7 @@ struct WorkerConfig {
     int prefetch = 0;              ///< 0: concurrency * 4
     double lease = 30.0;           ///< seconds a claim lasts without renewal (sqlite)
     double shutdown_grace = 30.0;  ///< seconds in-flight tasks get on SIGTERM
+    int delivery_limit = 5;        ///< deliveries without a settlement before a dead letter
 };
 
 /// The whole configuration. Value type; `load_config` fills it.

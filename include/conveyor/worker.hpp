@@ -94,7 +94,13 @@ struct WorkerOptions {
     std::vector<QueueConfig> queue_formats;  ///< raw queues and their task names
     RetryPolicy default_retry;               ///< for tasks registered without options
     std::size_t max_body = 16u << 20;        ///< larger messages are dead-lettered
-    std::uint64_t seed = 0;                  ///< jitter seed; 0 picks one
+    /// A message delivered more than this many times without being settled (its worker was
+    /// killed or crashed each time) is dead-lettered before it is decoded again; 0: no limit.
+    /// Counted by sqlite, by RabbitMQ's quorum queues, and on classic queues by Conveyor (a
+    /// redelivered message is published again with its count). A delivery handed back at
+    /// shutdown counts on RabbitMQ.
+    int delivery_limit = 5;
+    std::uint64_t seed = 0;  ///< jitter seed; 0 picks one
     /// Node name for monitors and remote control ("name@host"; default conveyor-PID@HOST).
     std::string node_name;
     bool task_events = false;    ///< send task-* events (Celery's -E); worker-* always go

@@ -17,8 +17,9 @@ Result<std::shared_ptr<Broker>> Broker::open(std::string_view url) {
     if (!u) return std::unexpected(u.error());
     if (u->scheme == "memory") {
         if (!u->query.empty())
-            return fail(Errc::invalid_argument,
-                        fmt::format("memory broker URL '{}' takes no options", url));
+            return fail(
+                Errc::invalid_argument,
+                fmt::format("memory broker URL '{}' takes no options", detail::redact_url(url)));
         return memory::open_memory_broker(u->rest.empty() ? "default" : u->rest);
     }
     if (u->scheme == "sqlite") {
@@ -34,14 +35,13 @@ Result<std::shared_ptr<Broker>> Broker::open(std::string_view url) {
                         fmt::format("sqlite option sync={} must be full, normal or off", v));
                 o.synchronous = up;
             } else if (k == "result_expires") {
-                try {
-                    o.result_expires = std::chrono::seconds(std::stoll(v));
-                } catch (...) {
-                    return fail(
-                        Errc::invalid_argument,
-                        fmt::format("sqlite option result_expires={} is not a number of seconds",
-                                    v));
-                }
+                auto s = detail::seconds_option("sqlite", k, v, 1, 10 * 365 * 86400.0);
+                if (!s) return std::unexpected(s.error());
+                o.result_expires = std::chrono::duration_cast<std::chrono::seconds>(*s);
+            } else if (k == "busy_timeout") {
+                auto s = detail::seconds_option("sqlite", k, v, 0, 3600);
+                if (!s) return std::unexpected(s.error());
+                o.busy_timeout = *s;
             } else {
                 return fail(Errc::invalid_argument,
                             fmt::format("unknown sqlite broker option '{}'", k));
@@ -55,7 +55,7 @@ Result<std::shared_ptr<Broker>> Broker::open(std::string_view url) {
         Errc::invalid_argument,
         fmt::format(
             "unsupported broker scheme '{}' in '{}'; use sqlite://PATH, amqp://HOST or memory://",
-            u->scheme, url));
+            u->scheme, detail::redact_url(url)));
 }
 
 Result<TaskResult> Broker::wait_result(std::string_view id, std::chrono::milliseconds timeout) {

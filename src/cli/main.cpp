@@ -16,7 +16,9 @@
 #include "conveyor/config.hpp"
 #include "conveyor/scheduler.hpp"
 #include "conveyor/worker.hpp"
+#include "core/json_bounds.hpp"
 #include "core/time.hpp"
+#include "core/url.hpp"
 
 namespace {
 
@@ -55,20 +57,39 @@ std::string broker_url(const Global& g, const Config& cfg) {
 std::shared_ptr<Broker> open_broker(const std::string& url, const Config& cfg) {
     auto b = Broker::open(url);
     if (!b)
-        die(fmt::format("cannot open broker {}: {}", url, b.error().message),
+        die(fmt::format("cannot open broker {}: {}", detail::redact_url(url), b.error().message),
             b.error().code == Errc::invalid_argument ? 2 : 1);
     if (auto ok = (*b)->set_topology(cfg.topology()); !ok) die(ok.error().message, 2);
     return *b;
 }
 
 Json parse_json_flag(const std::string& text, const char* flag, bool want_array) {
+    if (detail::json_text_depth(text) > detail::kMaxJsonDepth)
+        die(fmt::format("{} nests deeper than {} levels", flag, detail::kMaxJsonDepth), 2);
     Json j = Json::parse(text, nullptr, false);
-    if (j.is_discarded()) die(fmt::format("{} is not valid JSON: {}", flag, text), 2);
+    if (j.is_discarded())
+        die(fmt::format("{} is not valid JSON: {}", flag,
+                        text.size() > 200 ? text.substr(0, 200) + "..." : text),
+            2);
     if (want_array && !j.is_array())
         die(fmt::format("{} must be a JSON array, e.g. '[1, 2]'", flag), 2);
     if (!want_array && !j.is_object())
         die(fmt::format("{} must be a JSON object, e.g. '{{\"x\": 1}}'", flag), 2);
     return j;
+}
+
+/// A number of seconds within [lo, hi]; NaN and infinities are refused (CLI11's Range lets
+/// NaN through, and a NaN duration is undefined).
+CLI::Validator seconds_within(double lo, double hi) {
+    return CLI::Validator(
+        [lo, hi](std::string& in) -> std::string {
+            char* end = nullptr;
+            double v = std::strtod(in.c_str(), &end);
+            if (in.empty() || end != in.c_str() + in.size() || !(v >= lo && v <= hi))
+                return fmt::format("must be a number of seconds from {} to {}", lo, hi);
+            return {};
+        },
+        fmt::format("SECONDS in [{} - {}]", lo, hi));
 }
 
 std::vector<std::string> split_list(const std::string& s) {
@@ -135,6 +156,7 @@ struct WorkerFlags {
     double lease = 0, grace = -1;
     std::string node;
     bool events = false;
+    int delivery_limit = -1;
 };
 
 int cmd_worker(const Global& g, const WorkerFlags& f) {
@@ -158,6 +180,7 @@ int cmd_worker(const Global& g, const WorkerFlags& f) {
     o.default_retry = cfg.default_retry;
     o.node_name = f.node;
     o.task_events = f.events;
+    o.delivery_limit = f.delivery_limit >= 0 ? f.delivery_limit : cfg.worker.delivery_limit;
     Worker worker(broker, o);
     worker.configure(cfg);
     std::size_t handlers = 0;
@@ -209,12 +232,12 @@ int print_result(Client& client, const std::string& id, std::optional<double> wa
              : client.result(id);
     if (!r && r.error().code == Errc::timeout) {
         auto now = client.result(id);
-        if (now) fmt::print("{}\n", to_json(*now).dump());
+        if (now) fmt::print("{}\n", detail::dump_lossy(to_json(*now)));
         std::fflush(stdout);
         die(fmt::format("task {} did not finish within {} seconds", id, *wait), 3);
     }
     if (!r) die(r.error().message);
-    fmt::print("{}\n", to_json(*r).dump());
+    fmt::print("{}\n", detail::dump_lossy(to_json(*r)));
     return 0;
 }
 
@@ -238,12 +261,17 @@ int main(int argc, char** argv) {
     worker->add_option("--prefetch", wf.prefetch, "Deliveries held at once")
         ->check(CLI::Range(1, 100000));
     worker->add_option("--lease", wf.lease, "Seconds a claim lasts without renewal (sqlite)")
-        ->check(CLI::Range(0.2, 86400.0));
+        ->check(seconds_within(0.2, 86400.0));
     worker->add_option("--grace", wf.grace, "Seconds running tasks get on SIGTERM")
-        ->check(CLI::Range(0.0, 86400.0));
+        ->check(seconds_within(0.0, 86400.0));
     worker->add_option("--name,-n", wf.node,
                        "Node name for monitors and remote control (default conveyor-PID@HOST)");
     worker->add_flag("--events,-E", wf.events, "Send task events (celery events, Flower)");
+    worker
+        ->add_option("--delivery-limit", wf.delivery_limit,
+                     "Dead-letter a message delivered this many times without being settled "
+                     "(0: no limit; default 5)")
+        ->check(CLI::Range(0, 1000));
 
     auto* enqueue = app.add_subcommand("enqueue", "Enqueue a task and print its id");
     std::string e_task, e_args = "[]", e_kwargs = "{}", e_queue, e_eta, e_id;
@@ -253,8 +281,7 @@ int main(int argc, char** argv) {
     enqueue->add_option("--args", e_args, "Positional arguments, a JSON array");
     enqueue->add_option("--kwargs", e_kwargs, "Keyword arguments, a JSON object");
     enqueue->add_option("--queue", e_queue, "Queue (default: the task's, else celery)");
-    auto* cd = enqueue->add_option("--countdown", e_countdown, "Run after this many seconds")
-                   ->check(CLI::Range(0.0, 1e10));
+    auto* cd = enqueue->add_option("--countdown", e_countdown, "Run after this many seconds");
     auto* eta = enqueue->add_option("--eta", e_eta, "Run at this ISO-8601 time");
     cd->excludes(eta);
     enqueue->add_option("--priority", e_priority, "0..255, higher first")
@@ -262,8 +289,7 @@ int main(int argc, char** argv) {
     enqueue->add_option("--id", e_id, "Task id (default: a new uuid4)");
     enqueue->add_option("--max-retries", e_max_retries, "Retry budget for this task")
         ->check(CLI::Range(0, 1000000));
-    enqueue->add_option("--expires", e_expires, "Discard if not started within this many seconds")
-        ->check(CLI::Range(0.0, 1e10));
+    enqueue->add_option("--expires", e_expires, "Discard if not started within this many seconds");
     std::string e_exchange, e_routing_key, e_key;
     auto* exo = enqueue->add_option("--exchange", e_exchange,
                                     "Publish to this exchange (amqp; fan-out) instead of a queue");
@@ -274,7 +300,7 @@ int main(int argc, char** argv) {
     enqueue
         ->add_option("--wait", e_wait,
                      "Then wait up to this many seconds for the result and print it as JSON")
-        ->check(CLI::Range(0.0, 1e7));
+        ->check(seconds_within(0.0, 1e7));
 
     auto* topology = app.add_subcommand("topology", "Exchanges, queues and bindings");
     topology->require_subcommand(1);
@@ -286,7 +312,7 @@ int main(int argc, char** argv) {
     std::optional<double> r_wait;
     result->add_option("ID", r_id, "Task id")->required();
     result->add_option("--wait", r_wait, "Wait up to this many seconds for the outcome")
-        ->check(CLI::Range(0.0, 1e7));
+        ->check(seconds_within(0.0, 1e7));
 
     auto* queues =
         app.add_subcommand("queues", "Ready, delayed, in-flight and dead counts per queue");
@@ -309,7 +335,7 @@ int main(int argc, char** argv) {
         "scheduler", "Fire the schedules on time; run several for availability (one leads)");
     double s_lease = 3.0;
     scheduler->add_option("--lease", s_lease, "Seconds a leader holds leadership unrenewed")
-        ->check(CLI::Range(0.5, 3600.0));
+        ->check(seconds_within(0.5, 3600.0));
 
     auto* schedule = app.add_subcommand("schedule", "Schedules: list, add, remove, pause, resume");
     schedule->require_subcommand(1);
@@ -406,7 +432,7 @@ int main(int argc, char** argv) {
                     j["next_fire"] = st.next_fire ? Json(when(st.next_fire)) : Json();
                     arr.push_back(std::move(j));
                 }
-                fmt::print("{}\n", arr.dump());
+                fmt::print("{}\n", detail::dump_lossy(arr));
             } else {
                 std::vector<std::vector<std::string>> rows;
                 for (auto& st : *all)
@@ -466,19 +492,32 @@ int main(int argc, char** argv) {
         o.exchange = e_exchange;
         o.routing_key = e_routing_key;
         o.ordering_key = e_key;
-        if (e_countdown)
-            o.countdown = std::chrono::milliseconds(static_cast<long long>(*e_countdown * 1000));
+        auto now = SystemClock::now();
+        // A time the clock cannot hold is refused, not wrapped around into the past.
+        auto in_future = [&](std::optional<double> seconds, const char* flag) {
+            auto ms = seconds ? detail::seconds_to_ms(*seconds) : std::nullopt;
+            if (!ms || *ms < std::chrono::milliseconds::zero())
+                die(fmt::format("{} must be a number of seconds from 0", flag), 2);
+            auto at = detail::add_clamped(now, *ms);
+            if (at >= detail::kLatestTime)
+                die(fmt::format("{} {} ends after 2262-01-01T00:00:00Z, the latest time Conveyor "
+                                "can represent",
+                                flag, *seconds),
+                    2);
+            return *ms;
+        };
+        if (e_countdown) o.countdown = in_future(e_countdown, "--countdown");
         if (!e_eta.empty()) {
             auto t = detail::parse_iso8601(e_eta);
             if (!t)
                 die(fmt::format("--eta '{}' is not an ISO-8601 time such as 2030-01-01T12:00:00Z",
                                 e_eta),
                     2);
+            if (auto ok = detail::check_time(*t, fmt::format("--eta '{}'", e_eta)); !ok)
+                die(ok.error().message, 2);
             o.eta = *t;
         }
-        if (e_expires)
-            o.expires = SystemClock::now() +
-                        std::chrono::milliseconds(static_cast<long long>(*e_expires * 1000));
+        if (e_expires) o.expires = now + in_future(e_expires, "--expires");
         Client client(broker, cfg);
         auto id = client.enqueue(e_task, std::move(args), std::move(kwargs), o);
         if (!id) die(fmt::format("enqueue failed: {}", id.error().message));
@@ -515,7 +554,7 @@ int main(int argc, char** argv) {
                                {"delayed", s.delayed},
                                {"in_flight", s.in_flight < 0 ? Json() : Json(s.in_flight)},
                                {"dead", s.dead}});
-            fmt::print("{}\n", arr.dump());
+            fmt::print("{}\n", detail::dump_lossy(arr));
         } else {
             std::vector<std::vector<std::string>> rows;
             for (auto& [name, s] : all)
@@ -539,11 +578,9 @@ int main(int argc, char** argv) {
                                {"task", d.envelope.headers.is_object()
                                             ? d.envelope.headers.value("task", Json())
                                             : Json()},
-                               {"body", Json::parse(Json(d.envelope.body)
-                                                        .dump(-1, ' ', false,
-                                                              Json::error_handler_t::replace))}});
+                               {"body", d.envelope.body}});
             }
-            fmt::print("{}\n", arr.dump());
+            fmt::print("{}\n", detail::dump_lossy(arr));
         } else {
             std::vector<std::vector<std::string>> rows;
             for (auto& d : *dl) {

@@ -5,6 +5,7 @@
 
 #include <unordered_set>
 
+#include "core/json_bounds.hpp"
 #include "core/time.hpp"
 
 namespace conveyor::codec {
@@ -51,11 +52,36 @@ Result<std::string> header_string(const Json& headers, const char* key) {
     return it->get<std::string>();
 }
 
+/// A whole-number header within [lo, hi].
+Result<std::optional<std::int64_t>> header_int(const Json& headers, const char* key,
+                                               std::int64_t lo, std::int64_t hi) {
+    auto it = headers.find(key);
+    if (it == headers.end() || it->is_null()) return std::optional<std::int64_t>{};
+    if (!it->is_number_integer())
+        return fail(Errc::malformed, fmt::format("header '{}' is not an integer", key));
+    bool in_range;
+    if (it->is_number_unsigned()) {  // non-negative numbers parse as unsigned
+        auto u = it->get<std::uint64_t>();
+        in_range = hi >= 0 && u <= std::uint64_t(hi) && (lo <= 0 || u >= std::uint64_t(lo));
+    } else {
+        auto i = it->get<std::int64_t>();
+        in_range = i >= lo && i <= hi;
+    }
+    if (!in_range)
+        return fail(Errc::malformed,
+                    fmt::format("header '{}' is {}, outside {}..{}", key, it->dump(), lo, hi));
+    return std::optional<std::int64_t>{it->get<std::int64_t>()};
+}
+
 Result<std::optional<double>> as_limit(const Json& v, const char* what) {
     if (v.is_null()) return std::optional<double>{};
     if (!v.is_number())
         return fail(Errc::malformed, fmt::format("timelimit {} is not a number", what));
-    return std::optional<double>{v.get<double>()};
+    double s = v.get<double>();
+    if (!(s >= 0 && s <= kMaxTimeLimit))  // NaN fails too
+        return fail(Errc::malformed, fmt::format("timelimit {} is {}, outside 0..{} seconds", what,
+                                                 v.dump(), std::int64_t(kMaxTimeLimit)));
+    return std::optional<double>{s};
 }
 
 Result<void> check_envelope(const Envelope& env, std::size_t max_body) {
@@ -65,6 +91,9 @@ Result<void> check_envelope(const Envelope& env, std::size_t max_body) {
     }
     if (!env.headers.is_object() && !env.headers.is_null())
         return fail(Errc::malformed, "headers are not a table");
+    if (detail::json_depth(env.headers) > detail::kMaxJsonDepth)
+        return fail(Errc::malformed,
+                    fmt::format("headers nest deeper than {} levels", detail::kMaxJsonDepth));
     return {};
 }
 
@@ -244,9 +273,9 @@ Result<TaskMessage> decode(const Envelope& env, std::size_t max_body) {
                                 env.content_type.substr(0, 64)));
     }
     const Json& h = env.headers.is_object() ? env.headers : empty_object();
-    Json body = Json::parse(env.body, nullptr, false);
-    if (body.is_discarded())
-        return fail(Errc::malformed, "body is not valid JSON (or not valid UTF-8)");
+    auto parsed = detail::parse_untrusted(env.body, "body");
+    if (!parsed) return std::unexpected(parsed.error());
+    Json& body = *parsed;
 
     TaskMessage t;
     bool v1 = !h.contains("task") && body.is_object() && body.contains("task");
@@ -258,8 +287,12 @@ Result<TaskMessage> decode(const Envelope& env, std::size_t max_body) {
         t.id = body["id"].get<std::string>();
         t.args = body.value("args", Json::array());
         t.kwargs = body.value("kwargs", Json::object());
-        if (body.contains("retries") && body["retries"].is_number_integer())
-            t.retries = body["retries"].get<int>();
+        if (!t.args.is_array()) return fail(Errc::malformed, "protocol v1 'args' is not an array");
+        if (!t.kwargs.is_object())
+            return fail(Errc::malformed, "protocol v1 'kwargs' is not an object");
+        auto retries = header_int(body, "retries", 0, kMaxRetries);
+        if (!retries) return std::unexpected(retries.error());
+        t.retries = int(retries->value_or(0));
         Json hv = Json::object();
         for (const char* k : {"eta", "expires"}) hv[k] = body.value(k, Json());
         auto eta = header_time(hv, "eta");
@@ -294,16 +327,12 @@ Result<TaskMessage> decode(const Envelope& env, std::size_t max_body) {
         t.kwargs = std::move(body[1]);
         if (body[2].is_object()) t.embed = std::move(body[2]);
 
-        if (auto r = h.find("retries"); r != h.end() && !r->is_null()) {
-            if (!r->is_number_integer() || r->get<long long>() < 0 || r->get<long long>() > 1000000)
-                return fail(Errc::malformed, "header 'retries' is not a non-negative integer");
-            t.retries = r->get<int>();
-        }
-        if (auto r = h.find("max_retries"); r != h.end() && !r->is_null()) {
-            if (!r->is_number_integer() || r->get<long long>() < 0)
-                return fail(Errc::malformed, "header 'max_retries' is not a non-negative integer");
-            t.max_retries = r->get<int>();
-        }
+        auto retries = header_int(h, "retries", 0, kMaxRetries);
+        if (!retries) return std::unexpected(retries.error());
+        t.retries = int(retries->value_or(0));
+        auto max_retries = header_int(h, "max_retries", 0, kMaxRetries);
+        if (!max_retries) return std::unexpected(max_retries.error());
+        if (*max_retries) t.max_retries = int(**max_retries);
         auto eta = header_time(h, "eta");
         if (!eta) return std::unexpected(eta.error());
         t.eta = *eta;
@@ -327,11 +356,9 @@ Result<TaskMessage> decode(const Envelope& env, std::size_t max_body) {
             if (!v) return std::unexpected(v.error());
             *field = std::move(*v);
         }
-        if (auto gi = h.find("group_index"); gi != h.end() && !gi->is_null()) {
-            if (!gi->is_number_integer())
-                return fail(Errc::malformed, "header 'group_index' is not an integer");
-            t.group_index = gi->get<int>();
-        }
+        auto group_index = header_int(h, "group_index", 0, kMaxRetries);
+        if (!group_index) return std::unexpected(group_index.error());
+        if (*group_index) t.group_index = int(**group_index);
         if (auto ir = h.find("ignore_result"); ir != h.end() && ir->is_boolean())
             t.ignore_result = ir->get<bool>();
         for (auto& [k, v] : h.items()) {
@@ -356,6 +383,9 @@ Result<TaskMessage> decode_raw(const Envelope& env, std::string_view task_name,
     t.name = std::string(task_name);
     t.id = envelope_id(env);
     if (t.id.empty()) t.id = std::string(fallback_id);
+    if (detail::json_text_depth(env.body) > detail::kMaxJsonDepth)
+        return fail(Errc::malformed,
+                    fmt::format("raw body nests deeper than {} levels", detail::kMaxJsonDepth));
     Json payload = Json::parse(env.body, nullptr, false);
     if (payload.is_discarded()) {
         // A plain-text body is a string argument, as long as it is text.
@@ -369,8 +399,7 @@ Result<TaskMessage> decode_raw(const Envelope& env, std::string_view task_name,
     }
     t.args = Json::array({std::move(payload)});
     const Json& h = env.headers.is_object() ? env.headers : empty_object();
-    if (auto r = h.find("retries"); r != h.end() && r->is_number_integer())
-        t.retries = r->get<int>();
+    if (auto r = header_int(h, "retries", 0, kMaxRetries); r && *r) t.retries = int(**r);
     auto eta = header_time(h, "eta");
     if (eta) t.eta = *eta;
     t.root_id = t.id;

@@ -2,6 +2,7 @@
 // Celery protocol v2 (Conveyor's native wire format) and the raw format of foreign publishers.
 
 #include <cstddef>
+#include <cstdint>
 #include <string_view>
 
 #include "conveyor/error.hpp"
@@ -12,6 +13,11 @@ namespace conveyor::codec {
 inline constexpr std::string_view kJson = "application/json";
 /// Bodies larger than this are refused by default (16 MiB).
 inline constexpr std::size_t kDefaultMaxBody = 16u << 20;
+/// Retry counts (`retries`, `max_retries`) and chord positions above this are refused.
+inline constexpr std::int64_t kMaxRetries = 1000000;
+/// Time limits (header `timelimit`, `[[task]] timeout`) above this many seconds (a year) are
+/// refused: a task's deadline is kept on a clock that must not overflow.
+inline constexpr double kMaxTimeLimit = 365.0 * 86400.0;
 
 /// Encodes a task as Celery 5.2.6 does: full header set, body [args, kwargs, embed].
 Envelope encode(const TaskMessage& task);

@@ -7,6 +7,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "core/codec.hpp"
+
 namespace conveyor {
 
 namespace {
@@ -40,6 +42,17 @@ Result<std::optional<double>> get_number(const Ctx& c, const toml::table& t, std
     return bad(c, n, fmt::format("'{}' must be a number", key));
 }
 
+/// A number within [lo, hi] (NaN and infinities refused), or nullopt when the key is absent.
+Result<std::optional<double>> get_bounded(const Ctx& c, const toml::table& t, std::string_view key,
+                                          double lo, double hi) {
+    auto v = get_number(c, t, key);
+    if (!v || !*v) return v;
+    if (!(**v >= lo && **v <= hi))
+        return bad(c, t.get(key),
+                   fmt::format("'{}' must be a number from {} to {}, not {}", key, lo, hi, **v));
+    return v;
+}
+
 Result<std::optional<long long>> get_int(const Ctx& c, const toml::table& t, std::string_view key) {
     auto* n = t.get(key);
     if (!n) return std::optional<long long>{};
@@ -56,27 +69,25 @@ Result<void> check_keys(const Ctx& c, const toml::table& t, std::string_view tab
     return {};
 }
 
+/// Retry delays are at most a year.
+constexpr double kMaxBackoff = 365.0 * 86400.0;
+
 Result<void> parse_retry(const Ctx& c, const toml::table& t, RetryPolicy& p) {
     auto mr = get_int(c, t, "max_retries");
     if (!mr) return std::unexpected(mr.error());
     if (*mr) {
-        if (**mr < 0) return bad(c, t.get("max_retries"), "'max_retries' must not be negative");
+        if (**mr < 0 || **mr > codec::kMaxRetries)
+            return bad(c, t.get("max_retries"),
+                       fmt::format("'max_retries' must be from 0 to {}, not {}", codec::kMaxRetries,
+                                   **mr));
         p.max_retries = int(**mr);
     }
-    auto base = get_number(c, t, "retry_backoff");
+    auto base = get_bounded(c, t, "retry_backoff", 0, kMaxBackoff);
     if (!base) return std::unexpected(base.error());
-    if (*base) {
-        if (**base < 0)
-            return bad(c, t.get("retry_backoff"), "'retry_backoff' must not be negative");
-        p.backoff_base = **base;
-    }
-    auto cap = get_number(c, t, "retry_backoff_max");
+    if (*base) p.backoff_base = **base;
+    auto cap = get_bounded(c, t, "retry_backoff_max", 0, kMaxBackoff);
     if (!cap) return std::unexpected(cap.error());
-    if (*cap) {
-        if (**cap < 0)
-            return bad(c, t.get("retry_backoff_max"), "'retry_backoff_max' must not be negative");
-        p.backoff_max = **cap;
-    }
+    if (*cap) p.backoff_max = **cap;
     if (auto* j = t.get("retry_jitter")) {
         auto b = j->value<bool>();
         if (!b) return bad(c, j, "'retry_jitter' must be true or false");
@@ -401,10 +412,8 @@ Result<Config> parse_config(std::string_view text, std::string_view source) {
                 return bad(
                     c, t->get("http"),
                     fmt::format("task '{}': 'http' must be an http:// or https:// URL", task.name));
-            auto timeout = get_number(c, *t, "timeout");
+            auto timeout = get_bounded(c, *t, "timeout", 0.001, codec::kMaxTimeLimit);
             if (!timeout) return std::unexpected(timeout.error());
-            if (*timeout && **timeout <= 0)
-                return bad(c, t->get("timeout"), "'timeout' must be positive");
             task.timeout = *timeout;
             if (auto ok = parse_retry(c, *t, task.retry); !ok) return std::unexpected(ok.error());
             if (cfg.find_task(task.name))
@@ -434,8 +443,9 @@ Result<Config> parse_config(std::string_view text, std::string_view source) {
     if (auto* wn = root.get("worker")) {
         auto* t = wn->as_table();
         if (!t) return bad(c, wn, "'worker' must be a table");
-        if (auto ok = check_keys(c, *t, "[worker]",
-                                 {"queues", "concurrency", "prefetch", "lease", "shutdown_grace"});
+        if (auto ok = check_keys(
+                c, *t, "[worker]",
+                {"queues", "concurrency", "prefetch", "lease", "shutdown_grace", "delivery_limit"});
             !ok)
             return std::unexpected(ok.error());
         if (auto* q = t->get("queues")) {
@@ -453,22 +463,27 @@ Result<Config> parse_config(std::string_view text, std::string_view source) {
         auto pf = get_int(c, *t, "prefetch");
         if (!pf) return std::unexpected(pf.error());
         if (*pf) {
-            if (**pf < 0) return bad(c, t->get("prefetch"), "'prefetch' must not be negative");
+            if (**pf < 0 || **pf > 100000)
+                return bad(c, t->get("prefetch"),
+                           fmt::format("'prefetch' must be from 0 (concurrency * 4) to 100000, "
+                                       "not {}",
+                                       **pf));
             cfg.worker.prefetch = int(**pf);
         }
-        auto lease = get_number(c, *t, "lease");
+        auto lease = get_bounded(c, *t, "lease", 0.2, 86400);
         if (!lease) return std::unexpected(lease.error());
-        if (*lease) {
-            if (**lease < 0.2)
-                return bad(c, t->get("lease"), "'lease' must be at least 0.2 seconds");
-            cfg.worker.lease = **lease;
-        }
-        auto grace = get_number(c, *t, "shutdown_grace");
+        if (*lease) cfg.worker.lease = **lease;
+        auto grace = get_bounded(c, *t, "shutdown_grace", 0, 86400);
         if (!grace) return std::unexpected(grace.error());
-        if (*grace) {
-            if (**grace < 0)
-                return bad(c, t->get("shutdown_grace"), "'shutdown_grace' must not be negative");
-            cfg.worker.shutdown_grace = **grace;
+        if (*grace) cfg.worker.shutdown_grace = **grace;
+        auto limit = get_int(c, *t, "delivery_limit");
+        if (!limit) return std::unexpected(limit.error());
+        if (*limit) {
+            if (**limit < 0 || **limit > 1000)
+                return bad(c, t->get("delivery_limit"),
+                           fmt::format("'delivery_limit' must be from 0 (no limit) to 1000, not {}",
+                                       **limit));
+            cfg.worker.delivery_limit = int(**limit);
         }
     }
     for (auto& t : cfg.tasks) {

@@ -2,8 +2,10 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <charconv>
 #include <chrono>
+#include <cmath>
 
 namespace conveyor::detail {
 
@@ -89,9 +91,38 @@ std::optional<TimePoint> parse_iso8601(std::string_view s) {
     if (pos != s.size()) return std::nullopt;
     year_month_day ymd{year{y}, month{unsigned(mo)}, day{unsigned(d)}};
     if (!ymd.ok() || h > 23 || mi > 59 || sec > 60) return std::nullopt;
-    auto tp = sys_days{ymd} + hours{h} + minutes{mi} + seconds{sec} + nanoseconds{frac_ns} -
-              minutes{offset_min};
-    return time_point_cast<SystemClock::duration>(tp);
+    // Years 0000-9999 do not all fit the clock's nanoseconds: compare in days first.
+    sys_days day_of = sys_days{ymd};
+    if (day_of >= floor<days>(kLatestTime) + days{1}) return kLatestTime;
+    if (day_of < floor<days>(kEarliestTime)) return kEarliestTime;
+    auto tp = time_point_cast<SystemClock::duration>(sys_seconds{day_of}) + hours{h} + minutes{mi} +
+              seconds{sec} + nanoseconds{frac_ns} - minutes{offset_min};
+    return std::clamp(TimePoint(tp), kEarliestTime, kLatestTime);
+}
+
+TimePoint add_clamped(TimePoint t, std::chrono::milliseconds d) noexcept {
+    using namespace std::chrono;
+    // In milliseconds: the span from the earliest to the latest time overflows nanoseconds.
+    auto ms = [](TimePoint p) { return duration_cast<milliseconds>(p.time_since_epoch()); };
+    t = std::clamp(t, kEarliestTime, kLatestTime);
+    if (d >= ms(kLatestTime) - ms(t)) return kLatestTime;
+    if (d <= ms(kEarliestTime) - ms(t)) return kEarliestTime;
+    return t + d;
+}
+
+std::optional<std::chrono::milliseconds> seconds_to_ms(double seconds) noexcept {
+    if (std::isnan(seconds)) return std::nullopt;
+    constexpr double kLimit = 200.0 * 365.25 * 86400.0;  // within the clock's range from now
+    double s = std::clamp(seconds, -kLimit, kLimit);
+    return std::chrono::milliseconds(static_cast<std::int64_t>(std::llround(s * 1000.0)));
+}
+
+Result<void> check_time(TimePoint t, std::string_view what) {
+    if (t < kLatestTime) return {};
+    return fail(Errc::invalid_argument,
+                fmt::format("{} is after 2262-01-01T00:00:00Z, the latest time Conveyor can "
+                            "represent",
+                            what));
 }
 
 std::int64_t to_epoch_ms(TimePoint t) noexcept {

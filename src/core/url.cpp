@@ -2,15 +2,80 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+
 namespace conveyor::detail {
+
+namespace {
+
+/// Where the authority of a URL whose "://" ends at `from` ends.
+std::size_t authority_end(std::string_view url, std::size_t from) {
+    auto end = url.find_first_of("/?#;&", from);
+    // A percent-encoded nested URL (results=redis%3A%2F%2F...) ends at its encoded slash.
+    auto encoded = url.find("%2F", from);
+    if (auto lower = url.find("%2f", from); lower < encoded) encoded = lower;
+    return std::min(end == std::string_view::npos ? url.size() : end,
+                    encoded == std::string_view::npos ? url.size() : encoded);
+}
+
+}  // namespace
+
+std::string redact_url(std::string_view url) {
+    std::string out;
+    std::size_t pos = 0;
+    for (;;) {
+        std::size_t sep = url.find("://", pos);
+        std::size_t sep_len = 3;
+        for (std::string_view enc : {"%3A%2F%2F", "%3a%2f%2f"})
+            if (auto e = url.find(enc, pos); e < sep) {
+                sep = e;
+                sep_len = enc.size();
+            }
+        if (sep == std::string_view::npos) break;
+        std::size_t start = sep + sep_len;
+        std::size_t end = authority_end(url, start);
+        std::string_view authority = url.substr(start, end - start);
+        out.append(url.substr(pos, start - pos));
+        auto at = authority.rfind('@');
+        if (at == std::string_view::npos) at = authority.rfind("%40");
+        auto colon = authority.substr(0, at == std::string_view::npos ? 0 : at).find(':');
+        if (at != std::string_view::npos && colon == std::string_view::npos)
+            colon = authority.substr(0, at).find("%3A");
+        if (at != std::string_view::npos && colon != std::string_view::npos) {
+            std::size_t colon_len = authority[colon] == ':' ? 1 : 3;
+            out.append(authority.substr(0, colon + colon_len));
+            out.append("***");
+            out.append(authority.substr(at));
+        } else {
+            out.append(authority);
+        }
+        pos = end;
+    }
+    out.append(url.substr(pos));
+    return out;
+}
+
+Result<std::chrono::milliseconds> seconds_option(std::string_view engine, std::string_view key,
+                                                 std::string_view value, double min, double max) {
+    std::string text(value);
+    char* end = nullptr;
+    double s = text.empty() ? std::nan("") : std::strtod(text.c_str(), &end);
+    if (text.empty() || end != text.c_str() + text.size() || !(s >= min && s <= max))
+        return fail(Errc::invalid_argument,
+                    fmt::format("{} option {}={} must be a number of seconds from {} to {}", engine,
+                                key, value, min, max));
+    return std::chrono::milliseconds(static_cast<std::int64_t>(std::llround(s * 1000.0)));
+}
 
 Result<BrokerUrl> parse_broker_url(std::string_view url) {
     auto sep = url.find("://");
     if (sep == std::string_view::npos || sep == 0) {
-        return fail(
-            Errc::invalid_argument,
-            fmt::format(
-                "broker URL '{}' has no scheme; use sqlite://PATH, memory:// or amqp://HOST", url));
+        return fail(Errc::invalid_argument,
+                    fmt::format("broker URL '{}' has no scheme; use sqlite://PATH, memory:// or "
+                                "amqp://HOST",
+                                redact_url(url)));
     }
     BrokerUrl out;
     out.scheme = std::string(url.substr(0, sep));
@@ -25,7 +90,7 @@ Result<BrokerUrl> parse_broker_url(std::string_view url) {
             auto eq = kv.find('=');
             if (eq == std::string_view::npos || eq == 0)
                 return fail(Errc::invalid_argument,
-                            fmt::format("broker URL '{}' has a malformed query", url));
+                            fmt::format("broker URL '{}' has a malformed query", redact_url(url)));
             out.query[std::string(kv.substr(0, eq))] = std::string(kv.substr(eq + 1));
             if (amp == std::string_view::npos) break;
             query = query.substr(amp + 1);

@@ -1,6 +1,7 @@
 #pragma once
 // Broker URL parsing.
 
+#include <chrono>
 #include <map>
 #include <string>
 #include <string_view>
@@ -16,5 +17,15 @@ struct BrokerUrl {
 };
 
 Result<BrokerUrl> parse_broker_url(std::string_view url);
+
+/// `url` with every password replaced by "***", for printing: the broker's own
+/// (`amqp://u:***@h`), one inside an option (`?results=redis://:***@h`), each of a failover
+/// list (`;`). Nothing else changes.
+std::string redact_url(std::string_view url);
+
+/// A number of seconds given as a URL option (`engine` option `key`=`value`), within
+/// [min, max]; one sentence naming the option and the range otherwise (NaN is refused).
+Result<std::chrono::milliseconds> seconds_option(std::string_view engine, std::string_view key,
+                                                 std::string_view value, double min, double max);
 
 }  // namespace conveyor::detail

@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "core/result_meta.hpp"
+#include "core/url.hpp"
 
 namespace conveyor::results {
 
@@ -79,7 +80,8 @@ Result<RedisOptions> parse_redis_url(std::string_view url) {
     constexpr std::string_view scheme = "redis://";
     if (!url.starts_with(scheme))
         return fail(Errc::invalid_argument,
-                    fmt::format("result backend '{}' is not a redis://HOST:PORT/DB URL", url));
+                    fmt::format("result backend '{}' is not a redis://HOST:PORT/DB URL",
+                                detail::redact_url(url)));
     std::string_view rest = url.substr(scheme.size());
     if (auto at = rest.rfind('@'); at != std::string_view::npos) {
         std::string_view cred = rest.substr(0, at);
@@ -95,18 +97,18 @@ Result<RedisOptions> parse_redis_url(std::string_view url) {
         if (!db.empty()) {
             auto [p, ec] = std::from_chars(db.data(), db.data() + db.size(), o.db);
             if (ec != std::errc() || p != db.data() + db.size() || o.db < 0)
-                return fail(
-                    Errc::invalid_argument,
-                    fmt::format("result backend '{}': database '{}' is not a number", url, db));
+                return fail(Errc::invalid_argument,
+                            fmt::format("result backend '{}': database '{}' is not a number",
+                                        detail::redact_url(url), db));
         }
     }
     if (auto colon = rest.rfind(':'); colon != std::string_view::npos) {
         std::string_view port = rest.substr(colon + 1);
         auto [p, ec] = std::from_chars(port.data(), port.data() + port.size(), o.port);
         if (ec != std::errc() || p != port.data() + port.size() || o.port <= 0 || o.port > 65535)
-            return fail(
-                Errc::invalid_argument,
-                fmt::format("result backend '{}': port '{}' is not a port number", url, port));
+            return fail(Errc::invalid_argument,
+                        fmt::format("result backend '{}': port '{}' is not a port number",
+                                    detail::redact_url(url), port));
         rest = rest.substr(0, colon);
     }
     if (!rest.empty()) o.host = std::string(rest);

@@ -230,9 +230,21 @@ Result<void> ScheduleSpec::validate() const {
     if (cron.empty() == !every.has_value())
         return fail(Errc::invalid_argument,
                     fmt::format("schedule '{}' needs exactly one of cron and every", name));
-    if (every && !(*every >= 1))
+    constexpr double kYear = 365.0 * 86400.0;
+    if (every && !(*every >= 1 && *every <= 100 * kYear))  // NaN fails too
         return fail(Errc::invalid_argument,
-                    fmt::format("schedule '{}': every must be at least 1 second", name));
+                    fmt::format("schedule '{}': every must be from 1 to {} seconds", name,
+                                std::int64_t(100 * kYear)));
+    if (!(catch_up_window >= 0 && catch_up_window <= 10 * kYear))
+        return fail(Errc::invalid_argument,
+                    fmt::format("schedule '{}': catch_up_window must be from 0 to {} seconds", name,
+                                std::int64_t(10 * kYear)));
+    if (catch_up_limit < 1 || catch_up_limit > 1000000)
+        return fail(Errc::invalid_argument,
+                    fmt::format("schedule '{}': catch_up_limit must be from 1 to 1000000", name));
+    if (priority && (*priority < 0 || *priority > 255))
+        return fail(Errc::invalid_argument,
+                    fmt::format("schedule '{}': priority must be from 0 to 255", name));
     if (!cron.empty()) {
         auto c = CronExpr::parse(cron);
         if (!c)

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include "core/codec.hpp"
 #include "core/time.hpp"
 
@@ -46,10 +48,10 @@ Result<void> apply_task(const Json& sig, const std::optional<Json>& prepend,
     t.reply_to = string_of(opts, "reply_to");
     if (t.reply_to.empty()) t.reply_to = ctx.reply_to;
     t.group = string_of(opts, "group_id");
-    if (field(opts, "group_index").is_number_integer())
-        t.group_index = field(opts, "group_index").get<int>();
-    if (field(opts, "priority").is_number_integer())
-        t.priority = field(opts, "priority").get<int>();
+    if (const Json& gi = field(opts, "group_index"); gi.is_number_integer())
+        t.group_index = int(std::clamp<std::int64_t>(gi.get<std::int64_t>(), 0, 1000000));
+    if (const Json& p = field(opts, "priority"); p.is_number_integer())
+        t.priority = int(std::clamp<std::int64_t>(p.get<std::int64_t>(), 0, 255));
     if (parent) {
         t.parent_id = parent->id;
         t.root_id = parent->root_id.empty() ? parent->id : parent->root_id;
@@ -68,8 +70,9 @@ Result<void> apply_task(const Json& sig, const std::optional<Json>& prepend,
     if (m.queue.empty() && ctx.queue_for) m.queue = ctx.queue_for(t.name);
     if (m.queue.empty()) m.queue = ctx.fallback_queue;
     if (field(opts, "countdown").is_number()) {
-        auto ms = static_cast<long long>(field(opts, "countdown").get<double>() * 1000);
-        t.eta = SystemClock::now() + std::chrono::milliseconds(ms);
+        auto ms = detail::seconds_to_ms(field(opts, "countdown").get<double>());
+        if (!ms) return fail(Errc::malformed, "a workflow signature's countdown is not a number");
+        t.eta = detail::add_clamped(SystemClock::now(), *ms);
     } else if (field(opts, "eta").is_string()) {
         t.eta = detail::parse_iso8601(field(opts, "eta").get<std::string>());
     }
@@ -90,7 +93,11 @@ Json member_tasks(const Json& sig) {
 }
 
 /// Copies a signature and sets some of its options.
-Json with_options(Json sig, const Json& extra) {
+Result<Json> with_options(Json sig, const Json& extra) {
+    if (!sig.is_object())
+        return fail(Errc::malformed, fmt::format("a workflow member is not a signature (an "
+                                                 "object) but {}",
+                                                 sig.type_name()));
     if (!sig["options"].is_object()) sig["options"] = Json::object();
     for (auto& [k, v] : extra.items()) sig["options"][k] = v;
     return sig;
@@ -110,6 +117,9 @@ Json signature(const std::string& task, Json args, Json kwargs, Json options, bo
 Result<void> apply(Broker& broker, const Json& sig, const std::optional<Json>& prepend,
                    const TaskMessage* parent, const Context& ctx,
                    std::vector<OutgoingMessage>& out) {
+    if (!sig.is_object())
+        return fail(Errc::malformed,
+                    fmt::format("a workflow signature is not an object but {}", sig.type_name()));
     std::string type = string_of(sig, "subtask_type");
     if (type.empty()) return apply_task(sig, prepend, parent, ctx, Json(), out);
     if (type == "chain") {
@@ -130,11 +140,11 @@ Result<void> apply(Broker& broker, const Json& sig, const std::optional<Json>& p
     if (type == "group") {
         std::string gid = string_of(field(sig, "options"), "task_id");
         if (gid.empty()) gid = make_task_id();
-        for (auto& member : member_tasks(sig))
-            if (auto ok = apply(broker, with_options(member, {{"group_id", gid}}), prepend, parent,
-                                ctx, out);
-                !ok)
-                return ok;
+        for (auto& member : member_tasks(sig)) {
+            auto m = with_options(member, {{"group_id", gid}});
+            if (!m) return std::unexpected(m.error());
+            if (auto ok = apply(broker, *m, prepend, parent, ctx, out); !ok) return ok;
+        }
         return {};
     }
     if (type == "chord") {
@@ -147,9 +157,9 @@ Result<void> apply(Broker& broker, const Json& sig, const std::optional<Json>& p
         if (auto ok = broker.begin_chord(gid, members.size()); !ok) return ok;
         for (std::size_t i = 0; i < members.size(); ++i) {
             Json extra = {{"group_id", gid}, {"group_index", int(i)}, {"chord", body}};
-            if (auto ok = apply(broker, with_options(members[i], extra), prepend, parent, ctx, out);
-                !ok)
-                return ok;
+            auto m = with_options(members[i], extra);
+            if (!m) return std::unexpected(m.error());
+            if (auto ok = apply(broker, *m, prepend, parent, ctx, out); !ok) return ok;
         }
         return {};
     }
@@ -182,8 +192,9 @@ Result<void> chord_part(Broker& broker, const TaskMessage& t, const TaskResult& 
             r.state = TaskState::failure;
             std::string what =
                 p.result.is_object()
-                    ? p.result.value("exc_type", "error") + "(" +
-                          codec::value_repr(p.result.value("exc_message", Json::array())) + ")"
+                    ? (string_of(p.result, "exc_type").empty() ? std::string("error")
+                                                               : string_of(p.result, "exc_type")) +
+                          "(" + codec::value_repr(field(p.result, "exc_message")) + ")"
                     : codec::value_repr(p.result);
             r.result = exception("ChordError", fmt::format("Dependency {} raised {}", p.id, what));
             r.done_at = SystemClock::now();
@@ -207,6 +218,10 @@ Result<void> on_success(Broker& broker, const TaskMessage& t, const Json& result
         Json rest = chain;
         Json next = rest.back();
         rest.erase(rest.size() - 1);
+        if (!next.is_object())
+            return fail(Errc::malformed,
+                        fmt::format("a chain link is not a signature (an object) but {}",
+                                    next.type_name()));
         if (string_of(next, "subtask_type").empty()) {
             if (auto ok = apply_task(next, result, &t, ctx, rest, out); !ok) return ok;
         } else {
@@ -232,6 +247,10 @@ Result<void> on_failure(Broker& broker, const TaskMessage& t, const TaskResult& 
         for (auto& eb : ebs) {
             // One-argument errbacks: called with the failed task's id. (Celery runs the
             // three-argument kind inside the Python worker; they cannot run elsewhere.)
+            if (!eb.is_object())
+                return fail(Errc::malformed,
+                            fmt::format("an errback is not a signature (an object) but {}",
+                                        eb.type_name()));
             Json sig = eb;
             sig["immutable"] = true;
             Json args = field(eb, "args").is_array() ? field(eb, "args") : Json::array();

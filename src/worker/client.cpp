@@ -6,6 +6,8 @@
 #include <thread>
 
 #include "core/codec.hpp"
+#include "core/json_bounds.hpp"
+#include "core/time.hpp"
 #include "worker/canvas.hpp"
 
 namespace conveyor {
@@ -15,8 +17,16 @@ Client::Client(std::shared_ptr<Broker> broker, Config config)
 
 Result<OutgoingMessage> Client::prepare(TaskMessage t, const EnqueueOptions& o) const {
     if (t.name.empty()) return fail(Errc::invalid_argument, "task name is empty");
+    // `{}` in C++ makes a JSON null: no arguments.
+    if (t.args.is_null()) t.args = Json::array();
+    if (t.kwargs.is_null()) t.kwargs = Json::object();
     if (!t.args.is_array()) return fail(Errc::invalid_argument, "args must be a JSON array");
     if (!t.kwargs.is_object()) return fail(Errc::invalid_argument, "kwargs must be a JSON object");
+    for (auto [value, what] : {std::pair{&t.args, "args"}, std::pair{&t.kwargs, "kwargs"}})
+        if (detail::json_depth(*value) > detail::kMaxJsonDepth)
+            return fail(Errc::invalid_argument,
+                        fmt::format("{} nest deeper than {} levels (workers refuse such tasks)",
+                                    what, detail::kMaxJsonDepth));
     if (t.id.empty()) t.id = o.id.empty() ? make_task_id() : o.id;
     if (o.priority) t.priority = *o.priority;
     if (t.priority < 0 || t.priority > 255)
@@ -27,8 +37,16 @@ Result<OutgoingMessage> Client::prepare(TaskMessage t, const EnqueueOptions& o) 
         if (o.eta)
             t.eta = *o.eta;
         else if (o.countdown)
-            t.eta = SystemClock::now() + *o.countdown;
+            t.eta = detail::add_clamped(SystemClock::now(), *o.countdown);
     }
+    if (t.eta)
+        if (auto ok = detail::check_time(*t.eta,
+                                         o.countdown && !o.eta ? "the countdown's end" : "the eta");
+            !ok)
+            return std::unexpected(ok.error());
+    if (t.expires)
+        if (auto ok = detail::check_time(*t.expires, "the expiry time"); !ok)
+            return std::unexpected(ok.error());
     if (t.reply_to.empty() && !t.ignore_result) {
         auto reply = broker_->reply_to();
         if (!reply) return std::unexpected(reply.error());

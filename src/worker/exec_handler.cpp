@@ -3,12 +3,15 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
-#include <spawn.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <string_view>
 
 #include "worker/handlers.hpp"
 
@@ -62,6 +65,106 @@ struct SigpipeBlock {
     }
 };
 
+/// The file `name` runs: itself when it has a slash, else the first executable of that name on
+/// PATH (searched here, before the fork: the child may only make system calls). Empty when
+/// there is none.
+std::string resolve_command(const std::string& name) {
+    if (name.find('/') != std::string::npos) return name;
+    const char* env = std::getenv("PATH");
+    std::string_view dirs = env && *env ? env : "/usr/local/bin:/usr/bin:/bin";
+    while (true) {
+        auto colon = dirs.find(':');
+        std::string dir(dirs.substr(0, colon));
+        std::string candidate = (dir.empty() ? std::string(".") : dir) + "/" + name;
+        struct stat st {};
+        if (::stat(candidate.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
+            ::access(candidate.c_str(), X_OK) == 0)
+            return candidate;
+        if (colon == std::string_view::npos) return {};
+        dirs.remove_prefix(colon + 1);
+    }
+}
+
+/// Sent by the kernel to a command's guard when the worker thread that started it dies.
+constexpr int kParentDied = SIGUSR1;
+
+/// The guard's answer to its worker's death: the whole process group (the guard, the command
+/// and whatever the command started) is killed.
+void kill_own_group(int) { ::kill(0, SIGKILL); }
+
+/// Starts `path` with a guard between it and the worker: the guard leads a new process group
+/// and asks the kernel (PR_SET_PDEATHSIG) to tell it when the worker dies, even by SIGKILL; it
+/// then kills the group, so a command never outlives its worker (whose task goes to another
+/// worker). The guard exits with the command's status. Only async-signal-safe calls run after
+/// fork(). Returns the guard's pid (the group's id), or -1 with errno.
+pid_t start_guarded(const char* path, char* const* argv, char* const* envp, int in, int out,
+                    int err, int exec_errno_fd) {
+    pid_t worker = ::getpid();
+    pid_t guard = ::fork();
+    if (guard != 0) return guard;
+
+    // The guard. It keeps only the task's pipes (as 0, 1, 2) and the exec-error pipe (3): a
+    // copy of another task's pipe, inherited from this multi-threaded worker, would keep that
+    // task's stdin from ever reaching its end.
+    int keep[4] = {in, out, err, exec_errno_fd};
+    for (int& fd : keep) fd = ::fcntl(fd, F_DUPFD, 4);
+    for (int i = 0; i < 4; ++i) ::dup2(keep[i], i);
+    if (::close_range(4, ~0U, 0) != 0)
+        for (int fd = 4; fd < 65536; ++fd) ::close(fd);
+    ::fcntl(3, F_SETFD, FD_CLOEXEC);
+    ::setpgid(0, 0);
+    struct sigaction on_death {};
+    on_death.sa_handler = kill_own_group;
+    sigemptyset(&on_death.sa_mask);
+    ::sigaction(kParentDied, &on_death, nullptr);
+    sigset_t only_death;
+    sigfillset(&only_death);
+    sigdelset(&only_death, kParentDied);
+    ::sigprocmask(SIG_SETMASK, &only_death, nullptr);
+    ::prctl(PR_SET_PDEATHSIG, kParentDied);
+    if (::getppid() != worker) kill_own_group(0);  // the worker died before prctl took effect
+    pid_t command = ::fork();
+    if (command == 0) {
+        // The command: the task's pipes (0, 1, 2), default signals, then the program.
+        struct sigaction dfl {};
+        dfl.sa_handler = SIG_DFL;
+        sigemptyset(&dfl.sa_mask);
+        for (int sig : {SIGPIPE, SIGTERM, SIGINT, SIGHUP, kParentDied})
+            ::sigaction(sig, &dfl, nullptr);
+        sigset_t none;
+        sigemptyset(&none);
+        ::sigprocmask(SIG_SETMASK, &none, nullptr);
+        ::execve(path, argv, envp);
+        int e = errno;
+        (void)!::write(3, &e, sizeof e);
+        ::_exit(127);
+    }
+    if (command < 0) {
+        int e = errno;
+        (void)!::write(3, &e, sizeof e);
+        ::_exit(127);
+    }
+    // Only the command keeps the task's pipes: the worker sees them close when it ends.
+    for (int fd = 0; fd < 4; ++fd) ::close(fd);
+    int status = 0;
+    while (::waitpid(command, &status, 0) < 0) {
+        if (errno != EINTR) ::_exit(127);
+    }
+    if (WIFEXITED(status)) ::_exit(WEXITSTATUS(status));
+    // Killed: end the same way, so the worker reports the command's signal.
+    int sig = WTERMSIG(status);
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    ::sigaction(sig, &dfl, nullptr);
+    sigset_t just;
+    sigemptyset(&just);
+    sigaddset(&just, sig);
+    ::sigprocmask(SIG_UNBLOCK, &just, nullptr);
+    ::kill(::getpid(), sig);
+    ::_exit(128 + sig);
+}
+
 }  // namespace
 
 Json run_exec(const std::vector<std::string>& argv, TaskContext& ctx) {
@@ -74,26 +177,6 @@ Json run_exec(const std::vector<std::string>& argv, TaskContext& ctx) {
     Fd out_r{out_pipe[0]}, out_w{out_pipe[1]};
     if (pipe2(err_pipe, O_CLOEXEC) != 0) throw TaskError("OSError", "pipe failed");
     Fd err_r{err_pipe[0]}, err_w{err_pipe[1]};
-
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, in_r.fd, 0);
-    posix_spawn_file_actions_adddup2(&fa, out_w.fd, 1);
-    posix_spawn_file_actions_adddup2(&fa, err_w.fd, 2);
-    posix_spawnattr_t attr;
-    posix_spawnattr_init(&attr);
-    posix_spawnattr_setpgroup(&attr, 0);
-    sigset_t defaults;
-    sigemptyset(&defaults);
-    sigaddset(&defaults, SIGPIPE);
-    sigaddset(&defaults, SIGTERM);
-    sigaddset(&defaults, SIGINT);
-    posix_spawnattr_setsigdefault(&attr, &defaults);
-    sigset_t none;
-    sigemptyset(&none);
-    posix_spawnattr_setsigmask(&attr, &none);
-    posix_spawnattr_setflags(
-        &attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
 
     std::vector<std::string> env_store;
     for (char** e = environ; *e; ++e) {
@@ -112,12 +195,29 @@ Json run_exec(const std::vector<std::string>& argv, TaskContext& ctx) {
     std::vector<char*> args;
     for (auto& s : args_store) args.push_back(s.data());
     args.push_back(nullptr);
+    std::string path = resolve_command(argv[0]);
+    if (path.empty())
+        throw Reject(fmt::format("cannot start '{}': {}", argv[0], std::strerror(ENOENT)));
 
-    pid_t pid = -1;
-    int rc = posix_spawnp(&pid, args[0], &fa, &attr, args.data(), envp.data());
-    posix_spawn_file_actions_destroy(&fa);
-    posix_spawnattr_destroy(&attr);
-    if (rc != 0) throw Reject(fmt::format("cannot start '{}': {}", argv[0], std::strerror(rc)));
+    int exec_pipe[2];  // the command's execve errno, or EOF once it runs
+    if (pipe2(exec_pipe, O_CLOEXEC) != 0) throw TaskError("OSError", "pipe failed");
+    Fd exec_r{exec_pipe[0]}, exec_w{exec_pipe[1]};
+    pid_t pid = start_guarded(path.c_str(), args.data(), envp.data(), in_r.fd, out_w.fd, err_w.fd,
+                              exec_w.fd);
+    if (pid < 0)
+        throw TaskError("OSError", fmt::format("cannot start '{}': fork failed: {}", argv[0],
+                                               std::strerror(errno)));
+    exec_w.close();
+    int exec_errno = 0;
+    ssize_t got;
+    while ((got = read(exec_r.fd, &exec_errno, sizeof exec_errno)) < 0 && errno == EINTR) {
+    }
+    if (got == ssize_t(sizeof exec_errno)) {
+        int status = 0;
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+        }
+        throw Reject(fmt::format("cannot start '{}': {}", argv[0], std::strerror(exec_errno)));
+    }
     in_r.close();
     out_w.close();
     err_w.close();
@@ -188,9 +288,7 @@ Json run_exec(const std::vector<std::string>& argv, TaskContext& ctx) {
         throw TaskError("WorkerShutdown", "killed by worker shutdown", true, "celery.exceptions");
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
         while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
-        Json parsed = Json::parse(out, nullptr, false);
-        if (!parsed.is_discarded()) return parsed;
-        return text_value(out);
+        return output_value(out);
     }
     std::string why = WIFEXITED(status) ? fmt::format("exit status {}", WEXITSTATUS(status))
                                         : fmt::format("killed by signal {}", WTERMSIG(status));

@@ -1,9 +1,26 @@
 #include <fmt/format.h>
 #include <httplib.h>
 
+#include <charconv>
+
+#include "core/json_bounds.hpp"
 #include "worker/handlers.hpp"
 
 namespace conveyor::detail {
+
+std::string header_value(std::string_view text) {
+    // Task ids and names come from the wire: a CR or LF would end the header and start another
+    // one. Control characters (and '%', so the encoding can be undone) are percent-encoded.
+    std::string out;
+    out.reserve(text.size());
+    for (unsigned char c : text) {
+        if (c < 0x20 || c == 0x7f || c == '%')
+            out += fmt::format("%{:02X}", c);
+        else
+            out += char(c);
+    }
+    return out;
+}
 
 Json run_http(const std::string& url, TaskContext& ctx) {
     auto scheme_end = url.find("://");
@@ -25,11 +42,10 @@ Json run_http(const std::string& url, TaskContext& ctx) {
                          (us % std::chrono::seconds(1)).count());
     cli.set_write_timeout(std::chrono::duration_cast<std::chrono::seconds>(us).count(),
                           (us % std::chrono::seconds(1)).count());
-    httplib::Headers headers = {{"X-Conveyor-Task-Id", ctx.id()},
-                                {"X-Conveyor-Task-Name", ctx.name()},
+    httplib::Headers headers = {{"X-Conveyor-Task-Id", header_value(ctx.id())},
+                                {"X-Conveyor-Task-Name", header_value(ctx.name())},
                                 {"X-Conveyor-Attempt", std::to_string(ctx.attempt())}};
-    std::string body =
-        task_payload(ctx.task(), ctx.queue()).dump(-1, ' ', false, Json::error_handler_t::replace);
+    std::string body = dump_lossy(task_payload(ctx.task(), ctx.queue()));
     auto res = cli.Post(path, headers, body, "application/json");
     if (!res) {
         auto err = res.error();
@@ -42,20 +58,19 @@ Json run_http(const std::string& url, TaskContext& ctx) {
     }
     int status = res->status;
     if (status >= 200 && status < 300) {
-        Json parsed = Json::parse(res->body, nullptr, false);
-        if (!parsed.is_discarded()) return parsed;
-        return text_value(res->body);
+        return output_value(res->body);
     }
     std::string snippet = res->body.substr(0, 500);
     std::string msg = fmt::format("POST {} answered {}: {}", url, status, snippet);
     if (status == 429 || status >= 500) {
         TaskError e("HTTPError", msg);
         if (res->has_header("Retry-After")) {
-            try {
-                e.retry_after =
-                    std::chrono::seconds(std::stoll(res->get_header_value("Retry-After")));
-            } catch (...) {
-            }
+            // Seconds (dates and nonsense are ignored), at most a day.
+            std::string v = res->get_header_value("Retry-After");
+            std::int64_t secs = 0;
+            auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), secs);
+            if (ec == std::errc() && end == v.data() + v.size() && secs >= 0)
+                e.retry_after = std::chrono::seconds(std::min<std::int64_t>(secs, 86400));
         }
         throw e;
     }

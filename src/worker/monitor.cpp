@@ -213,6 +213,19 @@ void Monitor::revoke(const Json& ids, bool terminate) {
             if (i.is_string()) add(i.get<std::string>());
 }
 
+namespace {
+
+/// An argument of a remote-control request; null when absent or when the arguments are not an
+/// object. Requests come from anyone on the vhost: every field is checked before use.
+const Json& arg(const Json& arguments, const char* key) {
+    static const Json null;
+    if (!arguments.is_object()) return null;
+    auto it = arguments.find(key);
+    return it == arguments.end() ? null : *it;
+}
+
+}  // namespace
+
 std::optional<Json> Monitor::handle(const ControlRequest& r) {
     std::lock_guard lk(mu_);
     clock_ = std::max(clock_, r.clock) + 1;
@@ -239,8 +252,8 @@ std::optional<Json> Monitor::handle(const ControlRequest& r) {
     }
     if (m == "query_task") {
         Json out = Json::object();
-        if (auto ids = a.find("ids"); ids != a.end() && ids->is_array())
-            for (auto& id : *ids)
+        if (const Json& ids = arg(a, "ids"); ids.is_array())
+            for (auto& id : ids)
                 if (id.is_string())
                     if (auto it = rows_.find(id.get<std::string>()); it != rows_.end())
                         out[it->first] = Json::array({it->second.active ? "active" : "reserved",
@@ -268,21 +281,28 @@ std::optional<Json> Monitor::handle(const ControlRequest& r) {
     }
     if (m == "clock") return Json{{"clock", clock_}};
     if (m == "revoke" || m == "terminate") {
-        Json ids = a.value("task_id", Json());
-        bool terminate = m == "terminate" || a.value("terminate", false);
+        const Json& ids = arg(a, "task_id");
+        // Celery's terminate is a boolean; anything else (a string "yes") is taken as Python's
+        // truth of it would be, never as a reason to fail.
+        const Json& t = arg(a, "terminate");
+        bool terminate =
+            m == "terminate" || (t.is_boolean()  ? t.get<bool>()
+                                 : t.is_number() ? t != 0
+                                 : t.is_string() ? !t.get_ref<const std::string&>().empty()
+                                                 : false);
         revoke(ids, terminate);
-        std::string list = ids.is_array() ? [&] {
-            std::string s;
-            for (auto& i : ids) s += (s.empty() ? "" : ", ") + i.get<std::string>();
-            return s;
-        }()
-                                          : ids.is_string() ? ids.get<std::string>() : "";
+        std::string list;
+        if (ids.is_string()) list = ids.get<std::string>();
+        if (ids.is_array())
+            for (auto& i : ids)
+                if (i.is_string()) list += (list.empty() ? "" : ", ") + i.get<std::string>();
         return Json{{"ok", fmt::format("tasks {} flagged as revoked", list)}};
     }
     if (m == "hello") {
-        if (a.value("from_node", "") == opts_.node) return std::nullopt;
-        if (auto theirs = a.find("revoked"); theirs != a.end() && theirs->is_object())
-            for (auto& [id, _] : theirs->items()) revoke(Json(id), false);
+        if (const Json& from = arg(a, "from_node"); from.is_string() && from == opts_.node)
+            return std::nullopt;
+        if (const Json& theirs = arg(a, "revoked"); theirs.is_object())
+            for (auto& [id, _] : theirs.items()) revoke(Json(id), false);
         Json mine = Json::object();
         for (auto& [id, ts] : revoked_order_) mine[id] = Json::array({ts, id});
         return Json{{"revoked", mine}, {"clock", clock_}};
@@ -352,7 +372,16 @@ void Monitor::loop() {
                 } else {
                     complained = false;
                     if (*req) {
-                        auto value = handle(**req);
+                        std::optional<Json> value;
+                        try {
+                            value = handle(**req);
+                        } catch (const std::exception& e) {
+                            // Whatever a request holds, the worker carries on.
+                            fmt::print(stderr,
+                                       "conveyor: ignored a malformed remote-control request "
+                                       "'{}': {}\n",
+                                       (*req)->method.substr(0, 64), e.what());
+                        }
                         std::int64_t clock;
                         {
                             std::lock_guard lk(mu_);

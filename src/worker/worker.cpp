@@ -12,6 +12,7 @@
 #include <random>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "core/codec.hpp"
 #include "core/time.hpp"
@@ -47,7 +48,8 @@ struct Job {
     std::optional<steady_clock::time_point> deadline;
     bool started = false;
     bool release_on_finish = false;
-    bool revoked = false;  ///< `revoke --terminate` stopped it
+    bool revoked = false;     ///< `revoke --terminate` stopped it
+    bool lease_lost = false;  ///< another worker may run it now: stopped, its outcome dropped
     steady_clock::time_point started_at{};
     std::string key;  ///< ordering key: jobs with the same key run one at a time, in order
 };
@@ -70,6 +72,34 @@ Json exception_result(const std::string& type, const std::string& module,
 }
 
 }  // namespace
+
+/// Backing off while the broker fails for a while (disk full, a lock held by another
+/// process past the busy timeout, an I/O error): one line when it starts and one when it ends.
+class StorageBackoff {
+  public:
+    bool ready(steady_clock::time_point now) const { return now >= retry_at_; }
+    /// True when `e` passes by itself (the caller carries on later); false when it is fatal.
+    bool failed(const Error& e, const char* doing) {
+        if (e.code != Errc::unavailable) return false;
+        if (!failing_)
+            fmt::print(stderr, "conveyor: {} failed ({}); retrying with backoff\n", doing,
+                       e.message);
+        failing_ = true;
+        retry_at_ = steady_clock::now() + delay_;
+        delay_ = std::min(delay_ * 2, milliseconds(5000));
+        return true;
+    }
+    void succeeded() {
+        if (failing_) fmt::print(stderr, "conveyor: the broker works again\n");
+        failing_ = false;
+        delay_ = milliseconds(100);
+    }
+
+  private:
+    bool failing_ = false;
+    steady_clock::time_point retry_at_{};
+    milliseconds delay_{100};
+};
 
 /// Group commit of settlements: how long and how many outcomes wait for others.
 constexpr milliseconds kSettleWindow{2};
@@ -244,7 +274,32 @@ struct Worker::Impl {
     }
 
     // Decides what a freshly fetched delivery becomes: a job, or an immediate settlement.
+    // Nothing in a message may stop the worker: whatever goes wrong with one becomes its dead
+    // letter, with the reason.
     void admit(Delivery&& d, std::vector<Settlement>& settle_now, std::vector<Job*>& ready) {
+        if (opts.delivery_limit > 0 && d.deliveries > opts.delivery_limit) {
+            // Delivered again and again without ever being settled: whatever it does to a
+            // worker (a crash, a kill), it is not decoded again.
+            settle_now.push_back(dead_letter(
+                d, d.message_id, 0,
+                fmt::format("delivered {} times without being settled (delivery limit {})",
+                            d.deliveries, opts.delivery_limit),
+                "DeliveryLimitExceeded", "conveyor"));
+            return;
+        }
+        try {
+            admit_unguarded(d, settle_now, ready);
+        } catch (const std::exception& e) {
+            // `d` is intact unless it had already become a job (only an allocation fails then).
+            settle_now.push_back(dead_letter(d, d.message_id, 0,
+                                             fmt::format("could not be processed: {}", e.what()),
+                                             "InternalError", "conveyor"));
+        }
+    }
+
+    /// Moves `d` into a job when it becomes one.
+    void admit_unguarded(Delivery& d, std::vector<Settlement>& settle_now,
+                         std::vector<Job*>& ready) {
         Result<TaskMessage> task;
         if (auto* rq = raw_queue(d.queue)) {
             // A plain publisher may set no id at all: the task gets one of its own.
@@ -318,8 +373,8 @@ struct Worker::Impl {
 
     void arm_deadline(Job& job) {
         std::optional<milliseconds> limit = job.reg->options.timeout;
-        if (job.task.time_limit && *job.task.time_limit > 0)
-            limit = milliseconds(static_cast<long long>(*job.task.time_limit * 1000));
+        if (job.task.time_limit && *job.task.time_limit > 0)  // bounded by the codec
+            limit = detail::seconds_to_ms(*job.task.time_limit);
         job.deadline.reset();
         if (limit) job.deadline = steady_clock::now() + *limit;
     }
@@ -354,9 +409,30 @@ struct Worker::Impl {
             work_cv.notify_all();
     }
 
+    /// What an outcome becomes; nullopt while a keyed job sleeps before it runs again. Any
+    /// failure on the way (a workflow field of the wrong type, say) dead-letters the task.
     std::optional<Settlement> conclude(Outcome& o) {
+        try {
+            return conclude_unguarded(o);
+        } catch (const std::exception& e) {
+            const Job& job = *o.job;
+            if (monitor) monitor->released(job.task.id);
+            return dead_letter(job.delivery, job.task.id, job.task.retries,
+                               fmt::format("could not be concluded: {}", e.what()), "InternalError",
+                               "conveyor");
+        }
+    }
+
+    std::optional<Settlement> conclude_unguarded(Outcome& o) {
         Job& job = *o.job;
         const Delivery& d = job.delivery;
+        if (job.lease_lost) {
+            // Another worker may hold it now: this outcome is not ours to settle.
+            fmt::print(stderr, "conveyor: task {}: its lease was lost; stopped, not settled\n",
+                       job.task.id);
+            if (monitor) monitor->released(job.task.id);
+            return Settlement{Settlement::Kind::release, d.tag};
+        }
         if (job.release_on_finish) {
             released++;
             if (monitor) monitor->released(job.task.id);
@@ -478,6 +554,37 @@ struct Worker::Impl {
         return {};
     }
 
+    /// The broker says these deliveries are no longer ours (a lease ran out and another worker
+    /// took the task, or the connection they came on is gone): their runs are stopped (an
+    /// `exec` process is killed), so a task never runs twice at once.
+    void lose_leases(const std::vector<std::uint64_t>& tags) {
+        if (tags.empty()) return;
+        std::unordered_set<std::uint64_t> lost(tags.begin(), tags.end());
+        std::vector<Job*> not_started;
+        std::lock_guard lk(mu);  // `started` and `queued` are shared with the executors
+        for (auto& j : jobs) {
+            if (!lost.contains(j.delivery.tag)) continue;
+            j.lease_lost = true;
+            j.stop.request_stop();
+            if (!j.started) not_started.push_back(&j);
+        }
+        // Not started yet: dropped here (queued, waiting for their key, or sleeping before a
+        // retry); running ones are concluded when they return.
+        for (Job* j : not_started) {
+            std::erase(queued, j);
+            for (auto it = sleeping.begin(); it != sleeping.end();)
+                it = it->second == j ? sleeping.erase(it) : std::next(it);
+            if (!j->key.empty()) {
+                auto w = key_waiting.find(j->key);
+                if (w != key_waiting.end()) std::erase(w->second, j);
+                if (auto b = key_busy.find(j->key); b != key_busy.end() && --b->second == 0)
+                    key_busy.erase(b);
+            }
+            if (monitor) monitor->released(j->task.id);
+            forget(j);
+        }
+    }
+
     void forget(Job* job) {
         auto it = job_index.find(job);
         if (it == job_index.end()) return;
@@ -540,6 +647,7 @@ struct Worker::Impl {
         bool stop_sent = false;
         steady_clock::time_point grace_deadline{};
         Result<void> failure;
+        StorageBackoff storage;
 
         for (;;) {
             // 1. Collect outcomes.
@@ -618,16 +726,24 @@ struct Worker::Impl {
             // Unsettled deliveries count against the broker's prefetch window: a quarter at most.
             std::size_t batch_max =
                 std::min(kSettleBatch, std::max<std::size_t>(1, opts.prefetch / 4));
-            if (!pending.empty() && (!more_coming || pending.size() >= batch_max ||
-                                     now - pending_since >= kSettleWindow)) {
+            // While storage is failing (disk full, locked past its timeout) nothing is lost:
+            // settlements wait here, running tasks go on, and the worker looks again later.
+            bool storage_up = storage.ready(now);
+            if (storage_up && !pending.empty() &&
+                (!more_coming || pending.size() >= batch_max ||
+                 now - pending_since >= kSettleWindow)) {
                 if (auto ok = consumer.settle(pending); !ok) {
-                    failure = std::unexpected(ok.error());
-                    break;
+                    if (!storage.failed(ok.error(), "settling tasks")) {
+                        failure = std::unexpected(ok.error());
+                        break;
+                    }
+                } else {
+                    storage.succeeded();
+                    pending.clear();
+                    pending_since = now;
+                    last_settle = now;
                 }
-                pending.clear();
-                pending_since = now;
-                last_settle = now;
-            } else if (pending.empty() && now - last_settle >= milliseconds(50)) {
+            } else if (storage_up && pending.empty() && now - last_settle >= milliseconds(50)) {
                 // Nothing to settle: lets the consumer send what it holds back (RabbitMQ acks
                 // waiting behind a long task) even while no fetch or outcome comes.
                 last_settle = now;
@@ -636,14 +752,21 @@ struct Worker::Impl {
                     break;
                 }
             }
-            if (now - last_renew >= renew_every) {
+            if (storage.ready(now) && now - last_renew >= renew_every) {
                 last_renew = now;
-                if (auto ok = consumer.renew(); !ok) {
-                    failure = std::unexpected(ok.error());
-                    break;
+                auto lost = consumer.renew();
+                if (!lost) {
+                    if (!storage.failed(lost.error(), "renewing leases")) {
+                        failure = std::unexpected(lost.error());
+                        break;
+                    }
+                } else {
+                    lose_leases(*lost);
                 }
             }
-            if (draining && jobs.empty()) break;
+            // Shutdown ends once every job is settled, or when storage stays down past the
+            // grace period (the leases run out and other workers take the tasks).
+            if (draining && jobs.empty() && (pending.empty() || now >= grace_deadline)) break;
 
             // 5. Fetch more, or wait for outcomes.
             // Refill when a quarter of the window is free (fewer, larger batches), or when
@@ -657,7 +780,16 @@ struct Worker::Impl {
                 milliseconds wait = held == 0      ? milliseconds(20)
                                     : idle_threads ? milliseconds(2)
                                                    : milliseconds(0);
-                auto got = consumer.fetch(opts.prefetch - held, wait);
+                Result<std::vector<Delivery>> got;
+                if (storage.ready(now)) {
+                    got = consumer.fetch(opts.prefetch - held, wait);
+                    if (!got && storage.failed(got.error(), "fetching tasks"))
+                        got = std::vector<Delivery>();
+                    else if (got)
+                        storage.succeeded();
+                } else {
+                    got = std::vector<Delivery>();
+                }
                 if (!got) {
                     failure = std::unexpected(got.error());
                     break;
@@ -668,8 +800,9 @@ struct Worker::Impl {
                 if (!got->empty()) continue;
             }
             std::unique_lock lk(mu);
-            outcome_cv.wait_for(lk, pending.empty() ? milliseconds(20) : kSettleWindow,
-                                [&] { return !outcomes.empty(); });
+            outcome_cv.wait_for(
+                lk, pending.empty() || !storage.ready(now) ? milliseconds(20) : kSettleWindow,
+                [&] { return !outcomes.empty(); });
         }
 
         // Broker failure: stop executors, hand back best-effort.

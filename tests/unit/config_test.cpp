@@ -56,11 +56,25 @@ TEST(Config, MistakesGetOneSentenceWithTheLine) {
         {"[[queue]]\nname = \"q\"\nformat = \"xml\"", "format 'xml'"},
         {"[[queue]]\nname = \"q\"\nformat = \"raw\"", "needs a 'task'"},
         {"[[task]]\nname = \"t\"\nexec = [\"a\"]\nhttp = \"http://x\"", "both 'exec' and 'http'"},
-        {"[[task]]\nname = \"t\"\nmax_retries = -1", "must not be negative"},
+        {"[[task]]\nname = \"t\"\nmax_retries = -1", "cfg:3: 'max_retries' must be from 0 to"},
         {"[[task]]\nname = \"t\"\ntimeout = \"soon\"", "'timeout' must be a number"},
         {"[[task]]\nname = \"t\"\nhttp = \"ftp://x\"", "http:// or https://"},
         {"[worker]\nconcurrency = 0", "1..1024"},
         {"this is not toml", "cfg:1"},
+        // Numbers that would overflow a clock or invert their meaning, and NaN.
+        {"[worker]\nlease = 1e300", "cfg:2: 'lease' must be a number from 0.2 to 86400"},
+        {"[worker]\nlease = nan", "cfg:2: 'lease' must be a number from 0.2 to 86400"},
+        {"[worker]\nprefetch = 10000000", "cfg:2: 'prefetch' must be from 0"},
+        {"[worker]\nshutdown_grace = inf", "'shutdown_grace' must be a number from 0 to 86400"},
+        {"[worker]\ndelivery_limit = -1", "'delivery_limit' must be from 0"},
+        {"[[task]]\nname = \"t\"\ntimeout = 1e300", "cfg:3: 'timeout' must be a number from"},
+        {"[[task]]\nname = \"t\"\ntimeout = 0", "'timeout' must be a number from 0.001"},
+        {"[[task]]\nname = \"t\"\nretry_backoff = nan", "cfg:3: 'retry_backoff' must be a"},
+        {"[retry]\nretry_backoff_max = -1", "cfg:2: 'retry_backoff_max' must be a number from 0"},
+        {"[retry]\nmax_retries = 99999999999999", "'max_retries' must be from 0 to 1000000"},
+        {"[[schedule]]\nname = \"s\"\ntask = \"t\"\nevery = nan", "every must be from 1"},
+        {"[[schedule]]\nname = \"s\"\ntask = \"t\"\nevery = 5\ncatch_up_window = 1e300",
+         "catch_up_window must be from 0"},
     };
     for (auto& c : cases) {
         auto r = parse_config(c.toml, "cfg");

@@ -18,6 +18,7 @@
 #include "core/codec.hpp"
 #include "core/result_meta.hpp"
 #include "core/time.hpp"
+#include "core/url.hpp"
 #include "results/redis_results.hpp"
 
 namespace conveyor::amqp {
@@ -29,6 +30,17 @@ using namespace std::chrono;
 constexpr std::string_view kReasonHeader = "x-conveyor-reason";
 constexpr std::string_view kDeadAtHeader = "x-conveyor-dead-at";
 constexpr std::string_view kKeyHeader = "x-conveyor-ordering-key";
+/// Deliveries of a message without a settlement, counted by Conveyor on classic queues (quorum
+/// queues count them as x-delivery-count): a redelivered message is published again with it.
+constexpr std::string_view kDeliveriesHeader = "x-conveyor-deliveries";
+constexpr std::string_view kDeliveryCountHeader = "x-delivery-count";
+
+/// A message published anew starts its count again.
+void forget_deliveries(Envelope& env) {
+    if (!env.headers.is_object()) return;
+    env.headers.erase(std::string(kDeliveriesHeader));
+    env.headers.erase(std::string(kDeliveryCountHeader));
+}
 constexpr amqp_channel_t kConsumeChannel = 1;
 constexpr amqp_channel_t kBrowseChannel = 3;
 
@@ -489,9 +501,15 @@ class AmqpConsumer final : public Consumer {
         if (d.message_id.empty() && (env.message.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG))
             d.message_id = to_string(env.message.properties.message_id);
         d.deliveries = env.redelivered ? 2 : 1;
-        if (auto dc = d.envelope.headers.find("x-delivery-count");
+        if (auto dc = d.envelope.headers.find(kDeliveryCountHeader);
             dc != d.envelope.headers.end() && dc->is_number_integer())
-            d.deliveries = std::max(d.deliveries, int(dc->get<std::int64_t>()) + 1);
+            d.deliveries = std::max<std::int64_t>(
+                d.deliveries, std::clamp<std::int64_t>(dc->get<std::int64_t>(), 0, 1 << 20) + 1);
+        if (auto dc = d.envelope.headers.find(kDeliveriesHeader);
+            dc != d.envelope.headers.end() && dc->is_number_integer())
+            d.deliveries = std::max<std::int64_t>(
+                d.deliveries, std::clamp<std::int64_t>(dc->get<std::int64_t>(), 0, 1 << 20));
+        held_.insert(d.tag);
         unsettled_[env.delivery_tag] = InFlight{d.queue, d.envelope.reply_to,
                                                 it != consumer_queue_.end() && it->second.ordered};
         return d;
@@ -516,13 +534,36 @@ class AmqpConsumer final : public Consumer {
         return out;
     }
 
+    /// A message redelivered by a classic queue carries no count of its deliveries, only a
+    /// flag: it is published again to its queue with its count in a header (confirmed), and
+    /// the redelivery acked, so that the worker's delivery limit sees how often it came back
+    /// without being settled. True when that happened (the copy comes later). Quorum queues
+    /// count by themselves (x-delivery-count); ordered queues keep their order instead.
+    bool count_redelivery(amqp_envelope_t& env) {
+        if (!env.redelivered) return false;
+        auto it = consumer_queue_.find(to_string(env.consumer_tag));
+        if (it == consumer_queue_.end() || it->second.ordered) return false;
+        Envelope copy = envelope_of(env.message.properties, env.message.body);
+        if (!copy.headers.is_object() || copy.headers.contains(kDeliveryCountHeader)) return false;
+        std::int64_t seen = 1;
+        if (auto dc = copy.headers.find(kDeliveriesHeader);
+            dc != copy.headers.end() && dc->is_number_integer())
+            seen = std::clamp<std::int64_t>(dc->get<std::int64_t>(), 1, 1 << 20);
+        copy.headers[std::string(kDeliveriesHeader)] = seen + 1;
+        Wire w{"", it->second.queue, &copy, true};
+        if (!e_->publish_wires(std::span<const Wire>(&w, 1))) return false;  // counted as 2
+        if (amqp_basic_ack(conn_->raw(), kConsumeChannel, env.delivery_tag, 0) != AMQP_STATUS_OK)
+            drop("ack failed");
+        return true;
+    }
+
     /// One delivery into `out`; false when none came in time (or the connection failed).
     bool receive(timeval tv, std::vector<Delivery>& out) {
         amqp_maybe_release_buffers(conn_->raw());
         amqp_envelope_t env;
         auto r = amqp_consume_message(conn_->raw(), &env, &tv, 0);
         if (r.reply_type == AMQP_RESPONSE_NORMAL) {
-            out.push_back(to_delivery(env));
+            if (!count_redelivery(env)) out.push_back(to_delivery(env));
             amqp_destroy_envelope(&env);
             return true;
         }
@@ -598,6 +639,7 @@ class AmqpConsumer final : public Consumer {
             }
         }
         for (auto& s : ss) {
+            held_.erase(s.tag);
             auto local = local_tag(s);
             if (!local) continue;
             std::uint64_t tag = *local;
@@ -634,6 +676,7 @@ class AmqpConsumer final : public Consumer {
                     auto& m = retries.emplace_back();
                     m.queue = from.queue;
                     m.envelope = std::move(s.envelope);
+                    forget_deliveries(m.envelope);
                     m.not_before = s.not_before;
                     auto w = route(*e_, m, keys.emplace_back());
                     if (!w) {
@@ -646,6 +689,7 @@ class AmqpConsumer final : public Consumer {
                 }
                 case Settlement::Kind::dead_letter: {
                     Envelope& env = envs.emplace_back(std::move(s.envelope));
+                    forget_deliveries(env);
                     env.headers[std::string(kReasonHeader)] = s.reason;
                     env.headers[std::string(kDeadAtHeader)] = detail::to_epoch_ms(now);
                     keys.push_back(dead_queue(from.queue));
@@ -748,15 +792,26 @@ class AmqpConsumer final : public Consumer {
         deferred_since_.reset();
     }
 
-    Result<void> renew() override {
+    Result<std::vector<std::uint64_t>> renew() override {
+        // Deliveries of a connection that is gone are RabbitMQ's again (delivered anew,
+        // perhaps to another worker): whoever still runs them should stop.
+        std::vector<std::uint64_t> lost;
+        for (auto it = held_.begin(); it != held_.end();) {
+            if (!conn_ || (*it >> 40) != generation_) {
+                lost.push_back(*it);
+                it = held_.erase(it);
+            } else {
+                ++it;
+            }
+        }
         // No leases on RabbitMQ; keep the heartbeat going while every slot is busy.
-        if (!conn_ || !conn_->healthy()) return {};
+        if (!conn_ || !conn_->healthy()) return lost;
         flush_acks(false);
         std::vector<Delivery> got;
         while (receive(timeval{0, 0}, got)) {
         }
         for (auto& d : got) buffered_.push_back(std::move(d));
-        return {};
+        return lost;
     }
 
   private:
@@ -779,6 +834,7 @@ class AmqpConsumer final : public Consumer {
     std::set<std::uint64_t> deferred_;             // settled, ack not sent yet (flush_acks)
     std::optional<steady_clock::time_point> deferred_since_;
     std::deque<Delivery> buffered_;
+    std::set<std::uint64_t> held_;  // handed out (generation-tagged) and not settled
     steady_clock::time_point next_attempt_{};
     milliseconds backoff_{100};
 };
@@ -1090,7 +1146,8 @@ class AmqpScheduleStore final : public ScheduleStore {
 
     static Mark mark_of(const Json& headers) {
         Mark m;
-        m.last_fire = detail::from_epoch_ms(headers.value("x-conveyor-last-fire", std::int64_t(0)));
+        if (auto f = headers.find("x-conveyor-last-fire"); f != headers.end() && f->is_number())
+            m.last_fire = detail::from_epoch_ms(f->get<std::int64_t>());
         if (auto r = headers.find("x-conveyor-last-run"); r != headers.end() && r->is_number())
             m.last_run = detail::from_epoch_ms(r->get<std::int64_t>());
         return m;
@@ -1401,6 +1458,7 @@ class AmqpBroker final : public Broker {
             m.queue = std::string(queue);
             m.envelope = std::move(d.envelope);
             if (m.envelope.headers.contains("retries")) m.envelope.headers["retries"] = 0;
+            forget_deliveries(m.envelope);
             if (auto k = m.envelope.headers.find(kKeyHeader);
                 k != m.envelope.headers.end() && k->is_string())
                 m.ordering_key = k->get<std::string>();
@@ -1431,7 +1489,7 @@ class AmqpBroker final : public Broker {
 
     Result<void> set_topology(const Topology& t) override { return e_->set_topology(t); }
     Result<void> declare_topology() override { return e_->declare_topology(); }
-    std::string url() const override { return e_->url; }
+    std::string url() const override { return detail::redact_url(e_->url); }
 
   private:
     std::shared_ptr<Engine> e_;

@@ -20,18 +20,6 @@ timeval to_timeval(std::chrono::milliseconds ms) {
     return timeval{time_t(ms.count() / 1000), suseconds_t((ms.count() % 1000) * 1000)};
 }
 
-Result<std::chrono::milliseconds> seconds_option(const std::string& key, const std::string& v) {
-    try {
-        std::size_t used = 0;
-        double s = std::stod(v, &used);
-        if (used != v.size() || s < 0) throw std::invalid_argument(v);
-        return std::chrono::milliseconds(std::int64_t(s * 1000));
-    } catch (...) {
-        return fail(Errc::invalid_argument,
-                    fmt::format("amqp option {}={} is not a number of seconds", key, v));
-    }
-}
-
 Errc errc_of_reply_code(int code) {
     switch (code) {
         case 404:
@@ -105,8 +93,12 @@ Result<ConnectionOptions> parse_connection_options(const detail::BrokerUrl& url)
     // "amqp://host" and "amqp://host/" mean the default vhost "/"; "amqp://host/%2F" too.
     o.vhost = path.empty() ? "/" : url_decode(path);
     for (auto& [k, v] : url.query) {
+        auto seconds_option = [](const std::string& key, const std::string& value) {
+            // Bounded: a timeout of 1e300 seconds would overflow the clock.
+            return detail::seconds_option("amqp", key, value, 0, 86400);
+        };
         if (k == "heartbeat") {
-            auto s = seconds_option(k, v);
+            auto s = detail::seconds_option("amqp", k, v, 0, 3600);
             if (!s) return std::unexpected(s.error());
             o.heartbeat = int(s->count() / 1000);
         } else if (k == "connect_timeout") {
@@ -141,11 +133,9 @@ Result<ConnectionOptions> parse_connection_options(const detail::BrokerUrl& url)
                                         "redis://HOST:PORT/DB",
                                         o.results));
         } else if (k == "result_expires") {
-            auto s = seconds_option(k, v);
+            auto s = detail::seconds_option("amqp", k, v, 1, 10 * 365 * 86400.0);
             if (!s) return std::unexpected(s.error());
             o.result_expires = std::chrono::duration_cast<std::chrono::seconds>(*s);
-            if (o.result_expires.count() < 1)
-                return fail(Errc::invalid_argument, "amqp option result_expires must be >= 1");
         } else if (k == "delay_queue_type") {
             if (v != "quorum" && v != "classic")
                 return fail(

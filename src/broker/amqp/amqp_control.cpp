@@ -5,6 +5,8 @@
 
 #include <algorithm>
 
+#include "core/json_bounds.hpp"
+
 namespace conveyor::amqp {
 
 namespace {
@@ -29,6 +31,41 @@ bool addressed_to(const Json& body, const std::string& node) {
         return false;  // pcre matchers are not supported: not for us
     }
     return true;
+}
+
+/// A string field of `o`; empty when absent or of another type.
+std::string string_field(const Json& o, const char* key) {
+    if (!o.is_object()) return {};
+    auto it = o.find(key);
+    return it != o.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+/// The request a pidbox message carries; nullopt when it is not for `node` (or not a request
+/// at all); Errc::malformed for one that cannot be read.
+Result<std::optional<ControlRequest>> request_of(const Envelope& e, const std::string& node) {
+    constexpr std::size_t kMaxRequest = 1u << 20;  // Celery's requests are a few hundred bytes
+    if (e.body.size() > kMaxRequest)
+        return fail(Errc::malformed, fmt::format("the request of {} bytes exceeds {} bytes",
+                                                 e.body.size(), kMaxRequest));
+    auto body = detail::parse_untrusted(e.body, "the request");
+    if (!body) return std::unexpected(body.error());
+    if (!body->is_object()) return fail(Errc::malformed, "the request is not a JSON object");
+    auto method = body->find("method");
+    if (method == body->end() || !method->is_string())
+        return fail(Errc::malformed, "the request has no string 'method'");
+    if (!addressed_to(*body, node)) return std::optional<ControlRequest>();
+    ControlRequest req;
+    req.method = method->get<std::string>();
+    if (auto a = body->find("arguments"); a != body->end() && a->is_object())
+        req.arguments = std::move(*a);
+    if (auto c = e.headers.find("clock"); c != e.headers.end() && c->is_number_integer())
+        req.clock = c->get<std::int64_t>();
+    if (auto rt = body->find("reply_to"); rt != body->end() && rt->is_object()) {
+        req.reply_exchange = string_field(*rt, "exchange");
+        req.reply_routing_key = string_field(*rt, "routing_key");
+    }
+    req.ticket = string_field(*body, "ticket");
+    return std::optional<ControlRequest>(std::move(req));
 }
 
 class AmqpControl final : public ControlChannel {
@@ -78,25 +115,16 @@ class AmqpControl final : public ControlChannel {
             }
             Envelope e = envelope_of(env.message.properties, env.message.body);
             amqp_destroy_envelope(&env);
-            Json body = Json::parse(e.body, nullptr, false);
-            if (!body.is_object() || !body.contains("method") || !body["method"].is_string() ||
-                !addressed_to(body, node_)) {
-                if (steady_clock::now() >= deadline) return std::optional<ControlRequest>();
-                continue;
+            // Anyone on the vhost may publish here: a request that is not well-formed is
+            // ignored (with a line), never trusted.
+            auto req = request_of(e, node_);
+            if (!req) {
+                fmt::print(stderr, "conveyor: ignored a remote-control message: {}\n",
+                           req.error().message);
+            } else if (*req) {
+                return req;
             }
-            ControlRequest req;
-            req.method = body["method"].get<std::string>();
-            if (auto a = body.find("arguments"); a != body.end() && a->is_object())
-                req.arguments = *a;
-            if (auto c = e.headers.find("clock"); c != e.headers.end() && c->is_number_integer())
-                req.clock = c->get<std::int64_t>();
-            if (auto rt = body.find("reply_to"); rt != body.end() && rt->is_object()) {
-                req.reply_exchange = rt->value("exchange", "");
-                req.reply_routing_key = rt->value("routing_key", "");
-            }
-            if (auto t = body.find("ticket"); t != body.end() && t->is_string())
-                req.ticket = t->get<std::string>();
-            return std::optional<ControlRequest>(std::move(req));
+            if (steady_clock::now() >= deadline) return std::optional<ControlRequest>();
         }
     }
 

@@ -3,6 +3,8 @@
 #include <cstring>
 #include <limits>
 
+#include "core/json_bounds.hpp"
+
 namespace conveyor::amqp {
 
 amqp_bytes_t Pool::bytes(std::string_view s) {
@@ -87,7 +89,7 @@ amqp_table_t Pool::table(const Json& object) {
     return t;
 }
 
-Json to_json(const amqp_field_value_t& f) {
+Json to_json(const amqp_field_value_t& f, std::size_t depth) {
     switch (f.kind) {
         case AMQP_FIELD_KIND_BOOLEAN:
             return bool(f.value.boolean);
@@ -122,22 +124,24 @@ Json to_json(const amqp_field_value_t& f) {
             return to_string(f.value.bytes);
         case AMQP_FIELD_KIND_ARRAY: {
             Json a = Json::array();
+            if (depth > detail::kMaxJsonDepth) return a;
             for (int i = 0; i < f.value.array.num_entries; ++i)
-                a.push_back(to_json(f.value.array.entries[i]));
+                a.push_back(to_json(f.value.array.entries[i], depth + 1));
             return a;
         }
         case AMQP_FIELD_KIND_TABLE:
-            return to_json(f.value.table);
+            return to_json(f.value.table, depth);
         case AMQP_FIELD_KIND_VOID:
         default:
             return nullptr;
     }
 }
 
-Json to_json(const amqp_table_t& table) {
+Json to_json(const amqp_table_t& table, std::size_t depth) {
     Json o = Json::object();
+    if (depth > detail::kMaxJsonDepth) return o;
     for (int i = 0; i < table.num_entries; ++i)
-        o[to_string(table.entries[i].key)] = to_json(table.entries[i].value);
+        o[to_string(table.entries[i].key)] = to_json(table.entries[i].value, depth + 1);
     return o;
 }
 

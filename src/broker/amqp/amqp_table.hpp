@@ -33,7 +33,9 @@ inline std::string to_string(amqp_bytes_t b) {
 }
 
 /// A field table as a JSON object (nested tables and arrays included; byte strings as text).
-Json to_json(const amqp_table_t& table);
-Json to_json(const amqp_field_value_t& value);
+/// Nesting is followed one level past detail::kMaxJsonDepth, no further (deeper values become
+/// null), so a hostile table cannot exhaust the stack and the codec still sees it too deep.
+Json to_json(const amqp_table_t& table, std::size_t depth = 0);
+Json to_json(const amqp_field_value_t& value, std::size_t depth = 0);
 
 }  // namespace conveyor::amqp

@@ -154,6 +154,7 @@ class MemoryConsumer final : public Consumer {
                     q.dead.push_back(st.tag);
                     break;
                 case Settlement::Kind::release:
+                    item.deliveries = std::max(0, item.deliveries - 1);  // not a delivery
                     s_->make_ready(st.tag);
                     break;
             }
@@ -162,7 +163,9 @@ class MemoryConsumer final : public Consumer {
         return {};
     }
 
-    Result<void> renew() override { return {}; }
+    Result<std::vector<std::uint64_t>> renew() override {
+        return std::vector<std::uint64_t>();  // no leases: a delivery is held until settled
+    }
 
   private:
     std::shared_ptr<State> s_;

@@ -8,6 +8,7 @@
 #include <mutex>
 #include <set>
 #include <thread>
+#include <unordered_set>
 
 #include "broker/embedded.hpp"
 #include "broker/sqlite/sqlite_db.hpp"
@@ -153,7 +154,8 @@ struct Statements {
             {&s.release,
              "UPDATE tasks SET state=0, lease_owner=NULL, lease_until=NULL, "
              "deliveries=max(deliveries-1,0) WHERE seq=?1 AND lease_owner=?2 AND state=1"},
-            {&s.renew, "UPDATE tasks SET lease_until=?2 WHERE lease_owner=?1 AND state=1"},
+            {&s.renew,
+             "UPDATE tasks SET lease_until=?2 WHERE lease_owner=?1 AND state=1 RETURNING seq"},
             {&s.store_result,
              "INSERT OR REPLACE INTO results(id,state,result,traceback,retries,done_at) "
              "VALUES(?1,?2,?3,?4,?5,?6)"},
@@ -247,7 +249,7 @@ class SqliteConsumer final : public Consumer {
 
     ~SqliteConsumer() override {
         // Hand back whatever is still held so that others need not wait for the lease.
-        if (held_ == 0) return;
+        if (held_.empty()) return;
         (void)in_transaction(db_, [&]() -> Result<void> {
             auto st = db_.prepare(
                 "UPDATE tasks SET state=0, lease_owner=NULL, lease_until=NULL, "
@@ -281,6 +283,14 @@ class SqliteConsumer final : public Consumer {
 
     Result<void> settle(std::span<Settlement> batch) override {
         if (batch.empty()) return {};
+        auto ok = settle_batch(batch);
+        // Settled, or already taken by another consumer (its lease was lost): not held either way.
+        if (ok)
+            for (auto& s : batch) held_.erase(s.tag);
+        return ok;
+    }
+
+    Result<void> settle_batch(std::span<Settlement> batch) {
         return in_transaction(db_, [&]() -> Result<void> {
             auto now = now_ms();
             for (auto& s : batch) {
@@ -317,7 +327,6 @@ class SqliteConsumer final : public Consumer {
                         break;
                 }
                 if (!r) return std::unexpected(r.error());
-                if (*r > 0 && held_ > 0) --held_;
                 // A lost lease (r == 0) means another worker owns the task now; its result wins.
                 if (*r > 0 && s.result) {
                     if (auto ok = store_result(st_, *s.result); !ok) return ok;
@@ -327,12 +336,28 @@ class SqliteConsumer final : public Consumer {
         });
     }
 
-    Result<void> renew() override {
-        if (held_ == 0) return {};
+    Result<std::vector<std::uint64_t>> renew() override {
+        std::vector<std::uint64_t> lost;
+        if (held_.empty()) return lost;
         st_.renew.reset();
-        auto r = st_.renew.bind(1, owner_).bind(2, now_ms() + opts_.lease.count()).run();
-        if (!r) return std::unexpected(r.error());
-        return {};
+        st_.renew.bind(1, owner_).bind(2, now_ms() + opts_.lease.count());
+        std::unordered_set<std::uint64_t> still;
+        for (;;) {
+            auto r = st_.renew.step();
+            if (!r) return std::unexpected(r.error());
+            if (!*r) break;
+            still.insert(std::uint64_t(st_.renew.i64(0)));
+        }
+        // What is not ours any more: the lease ran out and another consumer reclaimed it.
+        for (auto it = held_.begin(); it != held_.end();) {
+            if (still.contains(*it)) {
+                ++it;
+            } else {
+                lost.push_back(*it);
+                it = held_.erase(it);
+            }
+        }
+        return lost;
     }
 
   private:
@@ -413,7 +438,7 @@ class SqliteConsumer final : public Consumer {
             return {};
         });
         if (!ok) return std::unexpected(ok.error());
-        held_ += out.size();
+        for (auto& d : out) held_.insert(d.tag);
         if (out.size() == max) next_check_ = {};  // more may be waiting
         return out;
     }
@@ -422,7 +447,7 @@ class SqliteConsumer final : public Consumer {
     Statements st_;
     ConsumerOptions opts_;
     std::string owner_;
-    std::size_t held_ = 0;
+    std::unordered_set<std::uint64_t> held_;  // claimed and not settled
     std::size_t rr_ = 0;
     std::int64_t last_version_ = -1;
     std::chrono::steady_clock::time_point next_check_{};
@@ -447,7 +472,7 @@ class SqliteBroker final : public Broker {
     Result<std::unique_ptr<Consumer>> consume(const ConsumerOptions& o) override {
         if (o.queues.empty())
             return fail(Errc::invalid_argument, "a consumer needs at least one queue");
-        auto db = Db::open(opts_.path, opts_.synchronous);
+        auto db = Db::open(opts_.path, opts_.synchronous, opts_.busy_timeout);
         if (!db) return std::unexpected(db.error());
         auto st = Statements::prepare(*db);
         if (!st) return std::unexpected(st.error());
@@ -880,7 +905,7 @@ class SqliteScheduleStore final : public ScheduleStore {
 };
 
 Result<std::unique_ptr<ScheduleStore>> SqliteBroker::schedule_store() {
-    auto db = Db::open(opts_.path, opts_.synchronous);
+    auto db = Db::open(opts_.path, opts_.synchronous, opts_.busy_timeout);
     if (!db) return std::unexpected(db.error());
     auto st = Statements::prepare(*db);
     if (!st) return std::unexpected(st.error());
@@ -892,7 +917,7 @@ Result<std::shared_ptr<Broker>> open_sqlite_broker(const SqliteOptions& o) {
     if (o.path.empty())
         return fail(Errc::invalid_argument,
                     "sqlite broker URL needs a file path, e.g. sqlite://conveyor.db");
-    auto db = Db::open(o.path, o.synchronous);
+    auto db = Db::open(o.path, o.synchronous, o.busy_timeout);
     if (!db) return std::unexpected(db.error());
     if (auto ok = db->exec(kSchema); !ok) return std::unexpected(ok.error());
     auto st = Statements::prepare(*db);

@@ -13,6 +13,9 @@ struct SqliteOptions {
     std::string path;
     std::string synchronous = "FULL";            ///< FULL (durable), NORMAL or OFF
     std::chrono::seconds result_expires{86400};  ///< completed results are kept this long
+    /// How long a write waits for another process's lock before it fails (and the worker
+    /// backs off and tries again).
+    std::chrono::milliseconds busy_timeout{10000};
 };
 
 Result<std::shared_ptr<Broker>> open_sqlite_broker(const SqliteOptions& options);

@@ -1,8 +1,12 @@
 #include "broker/sqlite/sqlite_db.hpp"
 
 #include <fmt/format.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
+#include <filesystem>
 #include <thread>
 
 namespace conveyor::sqlite {
@@ -10,11 +14,32 @@ namespace conveyor::sqlite {
 Error to_error(sqlite3* db, int rc, std::string_view what) {
     int primary = rc & 0xff;
     Errc code = Errc::io;
-    if (primary == SQLITE_BUSY || primary == SQLITE_LOCKED) code = Errc::unavailable;
-    if (primary == SQLITE_CANTOPEN || primary == SQLITE_PERM || primary == SQLITE_READONLY)
-        code = Errc::io;
-    if (primary == SQLITE_CONSTRAINT) code = Errc::conflict;
     std::string detail = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+    switch (primary) {
+        case SQLITE_BUSY:
+        case SQLITE_LOCKED:
+            // Another process held the write lock past the busy timeout.
+            code = Errc::unavailable;
+            detail += " (another process holds the write lock)";
+            break;
+        case SQLITE_FULL:
+        case SQLITE_IOERR:
+            // The disk is full, or the file system failed for a moment: both may pass.
+            code = Errc::unavailable;
+            break;
+        case SQLITE_CONSTRAINT:
+            code = Errc::conflict;
+            break;
+        case SQLITE_READONLY:
+            detail += " (the file or its directory is not writable by this process)";
+            break;
+        case SQLITE_CORRUPT:
+        case SQLITE_NOTADB:
+            detail += " (the file is not a SQLite database, or it is corrupt)";
+            break;
+        default:
+            break;
+    }
     return Error{code, fmt::format("sqlite: {}: {}", what, detail)};
 }
 
@@ -35,23 +60,60 @@ Result<int> Stmt::run() {
     return sqlite3_changes(db_);
 }
 
-Result<Db> Db::open(const std::string& path, std::string_view synchronous) {
+namespace {
+
+/// Why `path` cannot be used, in words, when the file system says so; empty otherwise.
+std::string unwritable_reason(const std::string& path) {
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    fs::path p(path);
+    fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
+    if (fs::exists(p, ec) && ::access(path.c_str(), W_OK) != 0)
+        return fmt::format("the file '{}' is read-only for this process", path);
+    if (::access(dir.c_str(), W_OK) != 0)
+        return fmt::format(
+            "the directory '{}' is not writable by this process (SQLite keeps its "
+            "-wal and -shm files beside the database)",
+            dir.string());
+    return {};
+}
+
+}  // namespace
+
+Result<Db> Db::open(const std::string& path, std::string_view synchronous,
+                    std::chrono::milliseconds busy_timeout) {
     sqlite3* raw = nullptr;
     int rc =
         sqlite3_open_v2(path.c_str(), &raw,
                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
     Db db(raw);
     if (rc != SQLITE_OK) {
+        std::string why = unwritable_reason(path);
         return fail(Errc::io, fmt::format("cannot open sqlite database '{}': {}", path,
-                                          raw ? sqlite3_errmsg(raw) : sqlite3_errstr(rc)));
+                                          !why.empty() ? why
+                                          : raw        ? sqlite3_errmsg(raw)
+                                                       : sqlite3_errstr(rc)));
     }
-    sqlite3_busy_timeout(raw, 10000);
+    if (sqlite3_db_readonly(raw, "main") == 1) {
+        // SQLite falls back to reading when it may not write; a broker must write.
+        std::string why = unwritable_reason(path);
+        return fail(Errc::io, fmt::format("cannot open sqlite database '{}': {}", path,
+                                          why.empty() ? "it opened read-only" : why));
+    }
+    sqlite3_busy_timeout(raw, int(std::clamp<std::int64_t>(busy_timeout.count(), 0, INT32_MAX)));
     // journal_mode=WAL needs a write lock once per file; retry briefly when several processes
     // open a new file at the same time.
     for (int attempt = 0;; ++attempt) {
         auto ok = db.exec("PRAGMA journal_mode=WAL");
         if (ok) break;
-        if (attempt > 50) return std::unexpected(ok.error());
+        if (ok.error().code != Errc::unavailable || attempt > 50) {
+            std::string why = unwritable_reason(path);
+            if (!why.empty())
+                return fail(Errc::io,
+                            fmt::format("cannot open sqlite database '{}': {}", path, why));
+            return fail(ok.error().code, fmt::format("cannot open sqlite database '{}': {}", path,
+                                                     ok.error().message));
+        }
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     if (auto ok = db.exec(fmt::format("PRAGMA synchronous={}", synchronous)); !ok)

@@ -3,6 +3,7 @@
 
 #include <sqlite3.h>
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -11,7 +12,8 @@
 
 namespace conveyor::sqlite {
 
-/// Translates a sqlite result code into an Error ("busy" and "locked" are `unavailable`).
+/// Translates a sqlite result code into an Error. What may pass by itself is `unavailable`: a
+/// lock held past the busy timeout, a full disk, an I/O error.
 Error to_error(sqlite3* db, int rc, std::string_view what);
 
 class Stmt {
@@ -79,8 +81,11 @@ class Db {
     }
     ~Db() { sqlite3_close_v2(db_); }
 
-    /// Opens (creating) the file with WAL, the given synchronous mode and a busy timeout.
-    static Result<Db> open(const std::string& path, std::string_view synchronous);
+    /// Opens (creating) the file with WAL, the given synchronous mode and busy timeout. A file
+    /// or directory this process may not write, or a file that is not a database, is an
+    /// Errc::io error that says so.
+    static Result<Db> open(const std::string& path, std::string_view synchronous,
+                           std::chrono::milliseconds busy_timeout = std::chrono::seconds(10));
 
     Result<void> exec(std::string_view sql);
     Result<Stmt> prepare(std::string_view sql);

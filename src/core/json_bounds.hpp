@@ -1,0 +1,33 @@
+#pragma once
+// JSON from outside (message bodies, headers, remote-control requests, CLI flags, handler
+// output): parsed with a bound on nesting, so no later copy or dump can run out of stack.
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+#include "conveyor/error.hpp"
+#include "conveyor/task.hpp"
+
+namespace conveyor::detail {
+
+/// The deepest nesting of arrays and objects Conveyor accepts from outside. Copying and
+/// printing JSON recurse once per level; this bound keeps that far from any thread's stack.
+inline constexpr std::size_t kMaxJsonDepth = 128;
+
+/// How deeply the arrays and objects of JSON text nest, counted without recursion (brackets
+/// inside strings do not count); stops counting once past `limit`.
+std::size_t json_text_depth(std::string_view text, std::size_t limit = kMaxJsonDepth) noexcept;
+
+/// How deeply a JSON value nests (a scalar is 0, `[]` is 1), without recursion; stops once
+/// past `limit`.
+std::size_t json_depth(const Json& value, std::size_t limit = kMaxJsonDepth);
+
+/// Parses untrusted text. Errc::malformed "{what} nests deeper than 128 levels" or "{what} is
+/// not valid JSON (or not valid UTF-8)".
+Result<Json> parse_untrusted(std::string_view text, std::string_view what);
+
+/// `value` as compact JSON text; invalid UTF-8 in strings becomes U+FFFD instead of throwing.
+std::string dump_lossy(const Json& value);
+
+}  // namespace conveyor::detail
