@@ -483,23 +483,21 @@ class AmqpConsumer final : public Consumer {
         return {};
     }
 
-    Delivery to_delivery(amqp_envelope_t& env) {
+    Delivery to_delivery(Received& env) {
         Delivery d;
         d.tag = (generation_ << 40) | env.delivery_tag;
-        d.envelope = envelope_of(env.message.properties, env.message.body);
-        auto it = consumer_queue_.find(to_string(env.consumer_tag));
+        d.envelope = std::move(env.envelope);
+        auto it = consumer_queue_.find(env.consumer_tag);
         d.queue = it != consumer_queue_.end() ? it->second.queue : opts_.queues.front();
         if (it != consumer_queue_.end() && it->second.ordered) {
             // The consistent-hash exchange routed it by this key (the publisher's ordering key,
             // or the task id when it gave none).
             auto k = d.envelope.headers.find(kKeyHeader);
-            d.ordering_key = k != d.envelope.headers.end() && k->is_string()
-                                 ? k->get<std::string>()
-                                 : to_string(env.routing_key);
+            d.ordering_key = k != d.envelope.headers.end() && k->is_string() ? k->get<std::string>()
+                                                                             : env.routing_key;
         }
         d.message_id = codec::envelope_id(d.envelope);
-        if (d.message_id.empty() && (env.message.properties._flags & AMQP_BASIC_MESSAGE_ID_FLAG))
-            d.message_id = to_string(env.message.properties.message_id);
+        if (d.message_id.empty()) d.message_id = env.message_id;
         d.deliveries = env.redelivered ? 2 : 1;
         if (auto dc = d.envelope.headers.find(kDeliveryCountHeader);
             dc != d.envelope.headers.end() && dc->is_number_integer())
@@ -539,11 +537,11 @@ class AmqpConsumer final : public Consumer {
     /// the redelivery acked, so that the worker's delivery limit sees how often it came back
     /// without being settled. True when that happened (the copy comes later). Quorum queues
     /// count by themselves (x-delivery-count); ordered queues keep their order instead.
-    bool count_redelivery(amqp_envelope_t& env) {
+    bool count_redelivery(Received& env) {
         if (!env.redelivered) return false;
-        auto it = consumer_queue_.find(to_string(env.consumer_tag));
+        auto it = consumer_queue_.find(env.consumer_tag);
         if (it == consumer_queue_.end() || it->second.ordered) return false;
-        Envelope copy = envelope_of(env.message.properties, env.message.body);
+        Envelope& copy = env.envelope;
         if (!copy.headers.is_object() || copy.headers.contains(kDeliveryCountHeader)) return false;
         std::int64_t seen = 1;
         if (auto dc = copy.headers.find(kDeliveriesHeader);
@@ -551,7 +549,10 @@ class AmqpConsumer final : public Consumer {
             seen = std::clamp<std::int64_t>(dc->get<std::int64_t>(), 1, 1 << 20);
         copy.headers[std::string(kDeliveriesHeader)] = seen + 1;
         Wire w{"", it->second.queue, &copy, true};
-        if (!e_->publish_wires(std::span<const Wire>(&w, 1))) return false;  // counted as 2
+        if (!e_->publish_wires(std::span<const Wire>(&w, 1))) {
+            copy.headers[std::string(kDeliveriesHeader)] = seen;  // delivered anyway, as is
+            return false;
+        }
         if (amqp_basic_ack(conn_->raw(), kConsumeChannel, env.delivery_tag, 0) != AMQP_STATUS_OK)
             drop("ack failed");
         return true;
@@ -560,24 +561,18 @@ class AmqpConsumer final : public Consumer {
     /// One delivery into `out`; false when none came in time (or the connection failed).
     bool receive(timeval tv, std::vector<Delivery>& out) {
         amqp_maybe_release_buffers(conn_->raw());
-        amqp_envelope_t env;
-        auto r = amqp_consume_message(conn_->raw(), &env, &tv, 0);
+        Received env;
+        auto r = consume_message(conn_->raw(), env, &tv);
         if (r.reply_type == AMQP_RESPONSE_NORMAL) {
             if (!count_redelivery(env)) out.push_back(to_delivery(env));
-            amqp_destroy_envelope(&env);
             return true;
         }
         if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
             r.library_error == AMQP_STATUS_TIMEOUT)
             return false;
         if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
-            r.library_error == AMQP_STATUS_UNEXPECTED_STATE) {
-            amqp_frame_t f;
-            timeval zero{0, 0};
-            if (amqp_simple_wait_frame_noblock(conn_->raw(), &f, &zero) != AMQP_STATUS_OK) {
-                drop("reading a frame failed");
-                return false;
-            }
+            r.library_error == AMQP_STATUS_UNEXPECTED_STATE && env.unexpected) {
+            const amqp_frame_t& f = *env.unexpected;
             if (f.frame_type == AMQP_FRAME_METHOD) {
                 switch (f.payload.method.id) {
                     case AMQP_CHANNEL_CLOSE_METHOD:
@@ -943,28 +938,26 @@ class ReplyInbox {
         timeval tv = first;
         while (conn_ && conn_->healthy()) {
             amqp_maybe_release_buffers(conn_->raw());
-            amqp_envelope_t env;
-            auto r = amqp_consume_message(conn_->raw(), &env, &tv, 0);
+            Received env;
+            auto r = consume_message(conn_->raw(), env, &tv);
             tv = timeval{0, 0};
             if (r.reply_type == AMQP_RESPONSE_NORMAL) {
-                auto res = result_meta::decode(to_string(env.message.body));
+                auto res = result_meta::decode(env.envelope.body);
                 if (res) {
-                    if (res->id.empty() &&
-                        (env.message.properties._flags & AMQP_BASIC_CORRELATION_ID_FLAG))
-                        res->id = to_string(env.message.properties.correlation_id);
+                    if (res->id.empty()) res->id = env.envelope.correlation_id;
                     if (!res->id.empty()) {
                         auto [it, fresh] = known_.insert_or_assign(res->id, *res);
                         if (fresh) remember(res->id);
                     }
                 }
-                amqp_destroy_envelope(&env);
                 continue;
             }
             if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
                 r.library_error == AMQP_STATUS_TIMEOUT)
                 return;
             if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
-                r.library_error == AMQP_STATUS_UNEXPECTED_STATE && conn_->pass_unexpected_frame())
+                r.library_error == AMQP_STATUS_UNEXPECTED_STATE && env.unexpected &&
+                Connection::pass_unexpected_frame(*env.unexpected))
                 continue;
             conn_.reset();
             return;

@@ -224,6 +224,58 @@ Envelope envelope_of(const amqp_basic_properties_t& p, amqp_bytes_t body) {
     return e;
 }
 
+amqp_rpc_reply_t consume_message(amqp_connection_state_t state, Received& out,
+                                 struct timeval* timeout) {
+    amqp_rpc_reply_t reply{};
+    reply.reply_type = AMQP_RESPONSE_NORMAL;
+    auto failed = [&](int status) {
+        reply.reply_type = AMQP_RESPONSE_LIBRARY_EXCEPTION;
+        reply.library_error = status;
+        return reply;
+    };
+    amqp_frame_t frame;
+    int rc = amqp_simple_wait_frame_noblock(state, &frame, timeout);
+    if (rc != AMQP_STATUS_OK) return failed(rc);
+    if (frame.frame_type != AMQP_FRAME_METHOD ||
+        frame.payload.method.id != AMQP_BASIC_DELIVER_METHOD) {
+        out.unexpected = frame;
+        return failed(AMQP_STATUS_UNEXPECTED_STATE);
+    }
+    out.unexpected.reset();
+    auto* deliver = static_cast<amqp_basic_deliver_t*>(frame.payload.method.decoded);
+    out.channel = frame.channel;
+    out.consumer_tag = to_string(deliver->consumer_tag);
+    out.delivery_tag = deliver->delivery_tag;
+    out.redelivered = deliver->redelivered != 0;
+    out.exchange = to_string(deliver->exchange);
+    out.routing_key = to_string(deliver->routing_key);
+
+    // A message's header and body frames follow its deliver frame on its channel, nothing
+    // between them there; this connection uses no other channel while it consumes.
+    rc = amqp_simple_wait_frame(state, &frame);
+    if (rc != AMQP_STATUS_OK) return failed(rc);
+    if (frame.frame_type != AMQP_FRAME_HEADER || frame.channel != out.channel)
+        return failed(AMQP_STATUS_BAD_AMQP_DATA);
+    auto* props = static_cast<amqp_basic_properties_t*>(frame.payload.properties.decoded);
+    const std::uint64_t size = frame.payload.properties.body_size;
+    out.envelope = envelope_of(*props, amqp_empty_bytes);
+    out.message_id =
+        (props->_flags & AMQP_BASIC_MESSAGE_ID_FLAG) ? to_string(props->message_id) : std::string();
+    amqp_maybe_release_buffers_on_channel(state, out.channel);
+    // RabbitMQ bounds a message's size (max_message_size), so the announced size is safe.
+    out.envelope.body.reserve(std::size_t(size));
+    while (out.envelope.body.size() < size) {
+        rc = amqp_simple_wait_frame(state, &frame);
+        if (rc != AMQP_STATUS_OK) return failed(rc);
+        if (frame.frame_type != AMQP_FRAME_BODY || frame.channel != out.channel)
+            return failed(AMQP_STATUS_BAD_AMQP_DATA);
+        out.envelope.body.append(static_cast<const char*>(frame.payload.body_fragment.bytes),
+                                 frame.payload.body_fragment.len);
+        amqp_maybe_release_buffers_on_channel(state, out.channel);
+    }
+    return reply;
+}
+
 Result<std::unique_ptr<Connection>> Connection::open(const ConnectionOptions& o,
                                                      std::string_view name) {
     std::unique_ptr<Connection> c(new Connection());
@@ -315,10 +367,7 @@ void Connection::channel_closed(amqp_channel_t channel) {
     if (channel == kPublishChannel) confirm_mode_ = false;
 }
 
-bool Connection::pass_unexpected_frame() {
-    amqp_frame_t f;
-    timeval zero{0, 0};
-    if (amqp_simple_wait_frame_noblock(conn_, &f, &zero) != AMQP_STATUS_OK) return false;
+bool Connection::pass_unexpected_frame(const amqp_frame_t& f) {
     return f.frame_type != AMQP_FRAME_METHOD ||
            (f.payload.method.id != AMQP_CHANNEL_CLOSE_METHOD &&
             f.payload.method.id != AMQP_CONNECTION_CLOSE_METHOD &&

@@ -56,6 +56,29 @@ amqp_basic_properties_t properties(Pool& pool, const Envelope& envelope);
 /// The envelope of a received message.
 Envelope envelope_of(const amqp_basic_properties_t& props, amqp_bytes_t body);
 
+/// A message a consumer received (basic.deliver), read out of rabbitmq-c's buffers.
+struct Received {
+    amqp_channel_t channel = 0;
+    std::string consumer_tag;
+    std::uint64_t delivery_tag = 0;
+    bool redelivered = false;
+    std::string exchange;
+    std::string routing_key;
+    std::string message_id;  ///< the message-id property
+    Envelope envelope;
+    /// The frame that came instead of a delivery (AMQP_STATUS_UNEXPECTED_STATE): a
+    /// channel.close, a basic.cancel, ... Valid until the connection's buffers are released.
+    std::optional<amqp_frame_t> unexpected;
+};
+
+/// Waits up to `timeout` (null: forever) for a delivery, as amqp_consume_message does, but
+/// copies the body out frame by frame and recycles the channel's buffers after each frame:
+/// rabbitmq-c otherwise keeps a message's frames, and after one 100 MB message the worker would
+/// keep 100 MB for good. AMQP_STATUS_UNEXPECTED_STATE when another frame came first (in
+/// `out.unexpected`).
+amqp_rpc_reply_t consume_message(amqp_connection_state_t state, Received& out,
+                                 struct timeval* timeout);
+
 /// Queue counts from a (passive) declare.
 struct QueueInfo {
     std::uint32_t messages = 0;
@@ -77,10 +100,10 @@ class Connection {
     /// Checks a reply on `channel`; answers a server's channel.close (the channel must be
     /// reopened) and marks the connection unhealthy on connection-level failures.
     Result<void> check(amqp_rpc_reply_t reply, amqp_channel_t channel, std::string_view what);
-    /// After a consume returned AMQP_STATUS_UNEXPECTED_STATE: reads the frame that caused it.
-    /// True when it was harmless (look again); false when a channel or the connection was
-    /// closed, or the consumer cancelled.
-    bool pass_unexpected_frame();
+    /// After a consume returned AMQP_STATUS_UNEXPECTED_STATE: true when the frame that caused
+    /// it was harmless (look again); false when a channel or the connection was closed, or the
+    /// consumer cancelled.
+    static bool pass_unexpected_frame(const amqp_frame_t& frame);
     /// Opens `channel` unless it is open.
     Result<void> ensure_channel(amqp_channel_t channel);
     /// Records that the server closed `channel` (after answering close-ok).

@@ -100,21 +100,20 @@ class AmqpControl final : public ControlChannel {
             if (left.count() < 0) left = microseconds(0);
             timeval tv{time_t(left.count() / 1000000), suseconds_t(left.count() % 1000000)};
             amqp_maybe_release_buffers(conn_->raw());
-            amqp_envelope_t env;
-            auto r = amqp_consume_message(conn_->raw(), &env, &tv, 0);
+            Received env;
+            auto r = consume_message(conn_->raw(), env, &tv);
             if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
                 r.library_error == AMQP_STATUS_TIMEOUT)
                 return std::optional<ControlRequest>();
             if (r.reply_type != AMQP_RESPONSE_NORMAL) {
                 if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
-                    r.library_error == AMQP_STATUS_UNEXPECTED_STATE &&
-                    conn_->pass_unexpected_frame())
+                    r.library_error == AMQP_STATUS_UNEXPECTED_STATE && env.unexpected &&
+                    Connection::pass_unexpected_frame(*env.unexpected))
                     continue;
                 conn_.reset();
                 return fail(Errc::unavailable, "the remote-control connection was lost");
             }
-            Envelope e = envelope_of(env.message.properties, env.message.body);
-            amqp_destroy_envelope(&env);
+            const Envelope& e = env.envelope;
             // Anyone on the vhost may publish here: a request that is not well-formed is
             // ignored (with a line), never trusted.
             auto req = request_of(e, node_);
