@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
+#include <thread>
 
 #include "cli/demo.hpp"
 #include "conveyor/broker.hpp"
@@ -54,13 +55,30 @@ std::string broker_url(const Global& g, const Config& cfg) {
     return "sqlite://conveyor.db";
 }
 
-std::shared_ptr<Broker> open_broker(const std::string& url, const Config& cfg) {
-    auto b = Broker::open(url);
-    if (!b)
-        die(fmt::format("cannot open broker {}: {}", detail::redact_url(url), b.error().message),
-            b.error().code == Errc::invalid_argument ? 2 : 1);
-    if (auto ok = (*b)->set_topology(cfg.topology()); !ok) die(ok.error().message, 2);
-    return *b;
+volatile sig_atomic_t g_signals = 0;
+
+/// Opens the broker. A long-running command (`wait`) started while the broker cannot be
+/// reached for now (RabbitMQ down, the sqlite file locked or its disk full) waits for it with
+/// backoff, one line per attempt, until it opens or a signal comes; others fail at once.
+std::shared_ptr<Broker> open_broker(const std::string& url, const Config& cfg, bool wait = false) {
+    auto backoff = std::chrono::milliseconds(500);
+    for (;;) {
+        auto b = Broker::open(url);
+        if (b) {
+            if (auto ok = (*b)->set_topology(cfg.topology()); !ok) die(ok.error().message, 2);
+            return *b;
+        }
+        std::string why =
+            fmt::format("cannot open broker {}: {}", detail::redact_url(url), b.error().message);
+        if (!wait || b.error().code != Errc::unavailable || g_signals)
+            die(why, b.error().code == Errc::invalid_argument ? 2 : 1);
+        fmt::print(stderr, "conveyor: {}; retrying in {:.1f} s\n", why, backoff.count() / 1000.0);
+        for (auto until = std::chrono::steady_clock::now() + backoff;
+             std::chrono::steady_clock::now() < until && !g_signals;)
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        if (g_signals) die(why);
+        backoff = std::min(backoff * 2, std::chrono::milliseconds(10000));
+    }
 }
 
 Json parse_json_flag(const std::string& text, const char* flag, bool want_array) {
@@ -107,7 +125,6 @@ std::vector<std::string> split_list(const std::string& s) {
 
 Worker* g_worker = nullptr;
 Scheduler* g_scheduler = nullptr;
-volatile sig_atomic_t g_signals = 0;
 
 void on_signal(int) {
     g_signals = g_signals + 1;
@@ -127,7 +144,8 @@ void install_signal_handlers() {
 
 int cmd_scheduler(const Global& g, double lease) {
     Config cfg = load(g);
-    auto broker = open_broker(broker_url(g, cfg), cfg);
+    install_signal_handlers();
+    auto broker = open_broker(broker_url(g, cfg), cfg, /*wait=*/true);
     SchedulerOptions o;
     o.schedules = cfg.schedules;
     o.lease = std::chrono::milliseconds(static_cast<long long>(lease * 1000));
@@ -135,7 +153,6 @@ int cmd_scheduler(const Global& g, double lease) {
     o.queue_for = [cfg](const std::string& task) { return cfg.queue_for(task); };
     Scheduler scheduler(broker, o);
     g_scheduler = &scheduler;
-    install_signal_handlers();
     fmt::print(stderr, "conveyor scheduler: broker {} ({} configured schedule(s), lease {} s)\n",
                broker->url(), cfg.schedules.size(), lease);
     auto r = scheduler.run();
@@ -164,7 +181,12 @@ int cmd_worker(const Global& g, const WorkerFlags& f) {
     int concurrency = f.concurrency, prefetch = f.prefetch;
     double lease = f.lease, grace = f.grace;
     Config cfg = load(g);
-    auto broker = open_broker(broker_url(g, cfg), cfg);
+    std::size_t handlers = 0;
+    for (auto& t : cfg.tasks) handlers += (!t.exec.empty() || !t.http.empty()) ? 1 : 0;
+    if (handlers == 0)
+        die("no task has a handler; add [[task]] tables with 'exec' or 'http' to conveyor.toml", 2);
+    install_signal_handlers();
+    auto broker = open_broker(broker_url(g, cfg), cfg, /*wait=*/true);
     WorkerOptions o;
     o.queues = !queues_flag.empty() ? split_list(queues_flag) : cfg.worker.queues;
     if (o.queues.empty()) {
@@ -183,12 +205,7 @@ int cmd_worker(const Global& g, const WorkerFlags& f) {
     o.delivery_limit = f.delivery_limit >= 0 ? f.delivery_limit : cfg.worker.delivery_limit;
     Worker worker(broker, o);
     worker.configure(cfg);
-    std::size_t handlers = 0;
-    for (auto& t : cfg.tasks) handlers += (!t.exec.empty() || !t.http.empty()) ? 1 : 0;
-    if (handlers == 0)
-        die("no task has a handler; add [[task]] tables with 'exec' or 'http' to conveyor.toml", 2);
     g_worker = &worker;
-    install_signal_handlers();
     fmt::print(stderr, "conveyor worker: broker {} queues {} concurrency {}\n", broker->url(),
                fmt::join(o.queues, ","), o.concurrency);
     auto r = worker.run();
@@ -495,16 +512,15 @@ int main(int argc, char** argv) {
         auto now = SystemClock::now();
         // A time the clock cannot hold is refused, not wrapped around into the past.
         auto in_future = [&](std::optional<double> seconds, const char* flag) {
-            auto ms = seconds ? detail::seconds_to_ms(*seconds) : std::nullopt;
-            if (!ms || *ms < std::chrono::milliseconds::zero())
+            if (!seconds || !(*seconds >= 0))  // NaN fails too
                 die(fmt::format("{} must be a number of seconds from 0", flag), 2);
-            auto at = detail::add_clamped(now, *ms);
-            if (at >= detail::kLatestTime)
+            double room = std::chrono::duration<double>(detail::kLatestTime - now).count();
+            if (*seconds >= room)
                 die(fmt::format("{} {} ends after 2262-01-01T00:00:00Z, the latest time Conveyor "
                                 "can represent",
                                 flag, *seconds),
                     2);
-            return *ms;
+            return *detail::seconds_to_ms(*seconds);
         };
         if (e_countdown) o.countdown = in_future(e_countdown, "--countdown");
         if (!e_eta.empty()) {

@@ -261,6 +261,9 @@ TEST(HostileInput, MalformedMessagesAndBroadcastsNeverStopAWorker) {
     }
     std::string log = testsupport::read_file(dir.file("worker.out"));
     EXPECT_NE(log.find("ignored a remote-control message"), std::string::npos) << log;
+    // Its start line names the broker without the password.
+    EXPECT_NE(log.find("conveyor worker: broker amqp://guest:***@"), std::string::npos) << log;
+    EXPECT_EQ(log.find("guest:guest"), std::string::npos) << log;
 
     // The big ones (a 100 MB body, a 40 MB zlib bomb) leave no lasting memory behind.
     long after = -1;
@@ -282,3 +285,65 @@ TEST(HostileInput, MalformedMessagesAndBroadcastsNeverStopAWorker) {
     worker.signal(SIGTERM);
     EXPECT_EQ(worker.wait(30s), 0) << testsupport::read_file(dir.file("worker.out"));
 }
+
+class DeliveryLimitOnRabbitMQ : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(DeliveryLimitOnRabbitMQ, ATaskThatKeepsKillingItsWorkerIsDeadLettered) {
+    // Each worker that takes the task is killed while it runs it (as a crash in the task's
+    // decoding or handling would do). Classic queues only flag a redelivery, so Conveyor counts
+    // them in a header; quorum queues count them themselves (x-delivery-count).
+    TempDir dir;
+    const std::string queue = testsupport::unique_name("killer-" + GetParam());
+    testsupport::write_file(dir.file("conveyor.toml"),
+                            "broker = \"" + testsupport::shared_rabbitmq_url() + "\"\n" +
+                                "[[queue]]\nname = \"" + queue + "\"\ntype = \"" + GetParam() +
+                                "\"\n[[task]]\nname = \"killer\"\nqueue = \"" + queue +
+                                "\"\nexec = [\"/bin/sh\", \"-c\", \"echo x >> " +
+                                dir.file("started") + "; sleep 30\"]\n");
+    auto started = [&] {
+        std::string s = testsupport::read_file(dir.file("started"));
+        return int(std::count(s.begin(), s.end(), '\n'));
+    };
+    auto run_worker = [&](const std::string& out) {
+        return std::make_unique<Process>(
+            std::vector<std::string>{CONVEYOR_CLI, "--config", dir.file("conveyor.toml"), "worker",
+                                     "--concurrency", "1", "--prefetch", "1"},
+            dir.file(out), std::vector<std::string>{}, dir.path().string());
+    };
+    auto [rc, id] = testsupport::run({CONVEYOR_CLI, "--config", dir.file("conveyor.toml"),
+                                      "enqueue", "killer", "--id", "killer-1"});
+    ASSERT_EQ(rc, 0) << id;
+    for (int i = 1; i <= 5; ++i) {
+        auto w = run_worker("w.out");
+        ASSERT_TRUE(eventually([&] { return started() == i; }, 30s))
+            << testsupport::read_file(dir.file("w.out"));
+        w->signal(SIGKILL);
+        w->wait(5s);
+    }
+    auto last = run_worker("last.out");
+    auto broker = Broker::open(testsupport::shared_rabbitmq_url());
+    ASSERT_TRUE(broker);
+    auto cfg = load_config(dir.file("conveyor.toml"));
+    ASSERT_TRUE(cfg && (*broker)->set_topology(cfg->topology()));
+    std::vector<DeadLetter> dead;
+    ASSERT_TRUE(eventually(
+        [&] {
+            auto d = (*broker)->dead_letters(queue, 10);
+            if (d) dead = *d;
+            return !dead.empty();
+        },
+        30s))
+        << testsupport::read_file(dir.file("last.out"));
+    EXPECT_EQ(dead[0].message_id, "killer-1");
+    EXPECT_EQ(dead[0].reason, "delivered 6 times without being settled (delivery limit 5)");
+    EXPECT_EQ(started(), 5);
+    // Replayed, it starts counting afresh (and is delivered again).
+    auto replayed = (*broker)->replay_dead(queue, {});
+    ASSERT_TRUE(replayed) << replayed.error().message;
+    EXPECT_EQ(*replayed, 1u);
+    EXPECT_TRUE(eventually([&] { return started() == 6; }, 30s));
+    last->signal(SIGKILL);
+}
+
+INSTANTIATE_TEST_SUITE_P(QueueTypes, DeliveryLimitOnRabbitMQ,
+                         ::testing::Values("classic", "quorum"));

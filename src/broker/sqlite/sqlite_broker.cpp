@@ -923,7 +923,9 @@ Result<std::shared_ptr<Broker>> open_sqlite_broker(const SqliteOptions& o) {
     auto st = Statements::prepare(*db);
     if (!st) return std::unexpected(st.error());
     auto b = std::make_shared<SqliteBroker>(o, std::move(*db), std::move(*st));
-    if (auto ok = b->expire_results(); !ok) return std::unexpected(ok.error());
+    // Housekeeping: a lock held elsewhere or a full disk must not keep the broker closed.
+    if (auto ok = b->expire_results(); !ok && ok.error().code != Errc::unavailable)
+        return std::unexpected(ok.error());
     return std::shared_ptr<Broker>(std::move(b));
 }
 
