@@ -9,6 +9,9 @@
 #   scripts/rabbitmq-node.sh stop DIR     stop the node and its port mapper; keeps the data
 #   scripts/rabbitmq-node.sh kill DIR     SIGKILL the node (a crash); keeps the data
 #   scripts/rabbitmq-node.sh ctl DIR ARGS rabbitmqctl against the node
+#
+# Nodes of one cluster (scripts/rabbitmq-cluster.sh) share an Erlang port mapper and cookie:
+# RABBITMQ_NODE_EPMD_PORT and RABBITMQ_NODE_COOKIE, read when DIR is first set up.
 set -euo pipefail
 cmd="${1:?usage: rabbitmq-node.sh start|fresh|stop|kill|ctl DIR}"
 dir="${2:?usage: rabbitmq-node.sh start|fresh|stop|kill|ctl DIR}"
@@ -28,7 +31,12 @@ free_port() {
 mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
 if [ ! -f "$dir/ports" ]; then
-  echo "$(free_port) $(free_port) $(free_port) conveyor-$$-$RANDOM $(free_port)" > "$dir/ports"
+  echo "$(free_port) $(free_port) ${RABBITMQ_NODE_EPMD_PORT:-$(free_port)} conveyor-$$-$RANDOM $(free_port)" > "$dir/ports"
+  if [ -n "${RABBITMQ_NODE_EPMD_PORT:-}" ]; then touch "$dir/shared_epmd"; fi
+  if [ -n "${RABBITMQ_NODE_COOKIE:-}" ]; then
+    printf '%s' "$RABBITMQ_NODE_COOKIE" > "$dir/.erlang.cookie"
+    chmod 400 "$dir/.erlang.cookie"
+  fi
 fi
 read -r amqp_port dist_port epmd_port name tls_port < "$dir/ports"
 node="$name@localhost"
@@ -92,10 +100,14 @@ EOF
       for _ in $(seq 100); do kill -0 "$pid" 2> /dev/null || break; sleep 0.1; done
       kill -9 "$pid" 2> /dev/null || true
     fi
-    /usr/bin/epmd -port "$epmd_port" -kill > /dev/null 2>&1 || true
+    # A port mapper shared by a cluster's nodes stays for the others.
+    [ -f "$dir/shared_epmd" ] || /usr/bin/epmd -port "$epmd_port" -kill > /dev/null 2>&1 || true
     ;;
   kill)
     [ -f "$dir/pid" ] && kill -9 "$(cat "$dir/pid")" 2> /dev/null || true
+    ;;
+  name)
+    echo "$node"
     ;;
   ctl)
     ctl "$@"

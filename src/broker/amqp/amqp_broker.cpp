@@ -118,6 +118,21 @@ class Engine : public std::enable_shared_from_this<Engine> {
         if (wires.empty()) return {};
         std::vector<bool> confirmed(wires.size(), false);
         auto deadline = publish_deadline();
+        milliseconds backoff(100);
+        for (;;) {
+            auto r = publish_unconfirmed(wires, confirmed, deadline);
+            if (r || r.error().code != Errc::unavailable || steady_clock::now() >= deadline)
+                return r;
+            // Nacked: RabbitMQ could not take them now (a quorum queue electing a new leader
+            // after a node died, say). The unconfirmed ones go again, until the deadline.
+            std::this_thread::sleep_for(
+                std::min(backoff, duration_cast<milliseconds>(deadline - steady_clock::now())));
+            backoff = std::min(backoff * 2, milliseconds(1000));
+        }
+    }
+
+    Result<void> publish_unconfirmed(std::span<const Wire> wires, std::vector<bool>& confirmed,
+                                     steady_clock::time_point deadline) {
         return with_connection(deadline, [&](Connection& c) -> Result<void> {
             std::vector<Wire> rest;
             std::vector<std::size_t> index;
@@ -207,7 +222,11 @@ class Engine : public std::enable_shared_from_this<Engine> {
                 !ok)
                 return ok;
         }
-        if (auto ok = c.declare_queue(kUnroutableQueue, Json::object()); !ok)
+        // Of the delay levels' type: a classic queue is gone while its one node is down, and
+        // then nothing could be delayed in a cluster that lost that node.
+        Json unroutable_args = Json::object();
+        if (opts.delay_queue_type == "quorum") unroutable_args["x-queue-type"] = "quorum";
+        if (auto ok = c.declare_queue(kUnroutableQueue, unroutable_args); !ok)
             return std::unexpected(ok.error());
         if (auto ok = c.bind_queue(kUnroutableQueue, kUnroutableExchange, ""); !ok) return ok;
         delay_ready_ = true;
@@ -235,8 +254,14 @@ class Engine : public std::enable_shared_from_this<Engine> {
             if (auto ok = c.bind_queue(q.name, kDeliverExchange, "#." + routing_word(q.name)); !ok)
                 return ok;
         }
-        if (auto ok = c.declare_queue(dead_queue(q.name), Json::object()); !ok)
-            return std::unexpected(ok.error());
+        // The dead letters of a quorum queue outlive a node as the queue does.
+        Json dead_args = Json::object();
+        if (q.type == "quorum") dead_args["x-queue-type"] = "quorum";
+        if (auto ok = c.declare_queue(dead_queue(q.name), dead_args); !ok) {
+            // One declared otherwise (a classic one, by an earlier version) is used as it is.
+            if (ok.error().code != Errc::conflict || !c.declare_queue(dead_queue(q.name), {}, true))
+                return std::unexpected(ok.error());
+        }
         return {};
     }
 
@@ -1493,7 +1518,8 @@ class AmqpBroker final : public Broker {
 
 Result<std::shared_ptr<Broker>> open_amqp_broker(const detail::BrokerUrl& url,
                                                  std::string url_text) {
-    auto o = parse_connection_options(url);
+    (void)url;  // the text may hold a failover list: parsed whole
+    auto o = parse_connection_options(url_text);
     if (!o) return std::unexpected(o.error());
     auto e = std::make_shared<Engine>(*o, std::move(url_text));
     if (o->results == "none") {

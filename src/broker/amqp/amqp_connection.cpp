@@ -154,6 +154,39 @@ Result<ConnectionOptions> parse_connection_options(const detail::BrokerUrl& url)
     return o;
 }
 
+Result<ConnectionOptions> parse_connection_options(std::string_view urls) {
+    std::vector<std::string_view> parts;
+    for (std::size_t start = 0;;) {
+        auto semi = urls.find(';', start);
+        auto part = urls.substr(start, semi == std::string_view::npos ? semi : semi - start);
+        if (!part.empty()) parts.push_back(part);
+        if (semi == std::string_view::npos) break;
+        start = semi + 1;
+    }
+    if (parts.empty()) return fail(Errc::invalid_argument, "the broker URL is empty");
+    auto first_url = detail::parse_broker_url(parts[0]);
+    if (!first_url) return std::unexpected(first_url.error());
+    auto first = parse_connection_options(*first_url);
+    if (!first) return std::unexpected(first.error());
+    for (std::size_t i = 1; i < parts.size(); ++i) {
+        auto u = detail::parse_broker_url(parts[i]);
+        if (!u) return std::unexpected(u.error());
+        if (u->scheme != first_url->scheme)
+            return fail(Errc::invalid_argument,
+                        fmt::format("the failover URLs mix {}:// and {}://; use one scheme",
+                                    first_url->scheme, u->scheme));
+        if (!u->query.empty() && u->query != first_url->query)
+            return fail(Errc::invalid_argument,
+                        fmt::format("failover URL {} has other options than the first; options "
+                                    "go on the first URL",
+                                    i + 1));
+        auto o = parse_connection_options(*u);
+        if (!o) return std::unexpected(o.error());
+        first->failover.push_back(static_cast<const Endpoint&>(*o));
+    }
+    return first;
+}
+
 Error translate(const amqp_rpc_reply_t& r, std::string_view what) {
     switch (r.reply_type) {
         case AMQP_RESPONSE_NORMAL:
@@ -278,33 +311,57 @@ amqp_rpc_reply_t consume_message(amqp_connection_state_t state, Received& out,
 
 Result<std::unique_ptr<Connection>> Connection::open(const ConnectionOptions& o,
                                                      std::string_view name) {
+    if (o.failover.empty()) return open_endpoint(o, o, name);
+    // A failover list: every broker in turn, from the one that worked last.
+    const std::size_t n = o.failover.size() + 1;
+    const std::size_t start = o.preferred->load() % n;
+    Error last;
+    for (std::size_t i = 0; i < n; ++i) {
+        std::size_t k = (start + i) % n;
+        const Endpoint& ep = k == 0 ? static_cast<const Endpoint&>(o) : o.failover[k - 1];
+        auto c = open_endpoint(o, ep, name);
+        if (c) {
+            o.preferred->store(k);
+            return c;
+        }
+        last = c.error();
+        if (last.code != Errc::unavailable && last.code != Errc::timeout) return c;
+    }
+    return fail(last.code,
+                fmt::format("none of the {} brokers could be reached (last: {})", n, last.message));
+}
+
+Result<std::unique_ptr<Connection>> Connection::open_endpoint(const ConnectionOptions& opts,
+                                                              const Endpoint& o,
+                                                              std::string_view name) {
     std::unique_ptr<Connection> c(new Connection());
-    c->options_ = o;
+    c->options_ = opts;
     c->conn_ = amqp_new_connection();
     if (!c->conn_) return fail(Errc::internal, "rabbitmq-c could not allocate a connection");
-    amqp_socket_t* s = o.tls ? amqp_ssl_socket_new(c->conn_) : amqp_tcp_socket_new(c->conn_);
+    amqp_socket_t* s = opts.tls ? amqp_ssl_socket_new(c->conn_) : amqp_tcp_socket_new(c->conn_);
     if (!s) return fail(Errc::internal, "rabbitmq-c could not create a socket");
     std::string where = fmt::format("{}:{}", o.host, o.port);
-    if (o.tls) {
-        if (!o.cacert.empty() && amqp_ssl_socket_set_cacert(s, o.cacert.c_str()) != AMQP_STATUS_OK)
+    if (opts.tls) {
+        if (!opts.cacert.empty() &&
+            amqp_ssl_socket_set_cacert(s, opts.cacert.c_str()) != AMQP_STATUS_OK)
             return fail(Errc::invalid_argument,
-                        fmt::format("amqps CA bundle '{}' cannot be read", o.cacert));
-        if (!o.cert.empty() &&
-            amqp_ssl_socket_set_key(s, o.cert.c_str(), o.key.c_str()) != AMQP_STATUS_OK)
-            return fail(
-                Errc::invalid_argument,
-                fmt::format("amqps certificate '{}' or key '{}' cannot be read", o.cert, o.key));
-        amqp_ssl_socket_set_verify_peer(s, o.verify ? 1 : 0);
-        amqp_ssl_socket_set_verify_hostname(s, o.verify ? 1 : 0);
+                        fmt::format("amqps CA bundle '{}' cannot be read", opts.cacert));
+        if (!opts.cert.empty() &&
+            amqp_ssl_socket_set_key(s, opts.cert.c_str(), opts.key.c_str()) != AMQP_STATUS_OK)
+            return fail(Errc::invalid_argument,
+                        fmt::format("amqps certificate '{}' or key '{}' cannot be read", opts.cert,
+                                    opts.key));
+        amqp_ssl_socket_set_verify_peer(s, opts.verify ? 1 : 0);
+        amqp_ssl_socket_set_verify_hostname(s, opts.verify ? 1 : 0);
     }
-    timeval tv = to_timeval(o.connect_timeout);
+    timeval tv = to_timeval(opts.connect_timeout);
     if (int rc = amqp_socket_open_noblock(s, o.host.c_str(), o.port, &tv); rc != AMQP_STATUS_OK) {
         c->healthy_ = false;
         return fail(Errc::unavailable,
                     fmt::format("cannot reach RabbitMQ at {}: {}", where, amqp_error_string2(rc)));
     }
     amqp_set_handshake_timeout(c->conn_, &tv);
-    timeval rpc = to_timeval(o.rpc_timeout);
+    timeval rpc = to_timeval(opts.rpc_timeout);
     amqp_set_rpc_timeout(c->conn_, &rpc);
 
     Pool pool;
@@ -317,8 +374,9 @@ Result<std::unique_ptr<Connection>> Connection::open(const ConnectionOptions& o,
                            {"connection.blocked", true},
                            {"authentication_failure_close", true}}}};
     amqp_table_t props = pool.table(client_props);
-    auto r = amqp_login_with_properties(c->conn_, o.vhost.c_str(), 0, 131072, o.heartbeat, &props,
-                                        AMQP_SASL_METHOD_PLAIN, o.user.c_str(), o.password.c_str());
+    auto r =
+        amqp_login_with_properties(c->conn_, o.vhost.c_str(), 0, 131072, opts.heartbeat, &props,
+                                   AMQP_SASL_METHOD_PLAIN, o.user.c_str(), o.password.c_str());
     if (r.reply_type != AMQP_RESPONSE_NORMAL) {
         c->healthy_ = false;
         if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
@@ -581,6 +639,11 @@ Result<void> Connection::publish(std::span<const Wire> messages,
                 break;
         }
         amqp_maybe_release_buffers_on_channel(conn_, ch);
+    }
+    if (failure && failure->code == Errc::unavailable) {
+        // A nack. After a quorum queue's leader died, a channel may go on nacking what it
+        // publishes to it: the next attempt uses a new connection.
+        healthy_ = false;
     }
     if (failure) return std::unexpected(*failure);
     return {};

@@ -4,12 +4,14 @@
 
 #include <amqp.h>
 
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "broker/amqp/amqp_table.hpp"
 #include "conveyor/error.hpp"
@@ -18,13 +20,23 @@
 
 namespace conveyor::amqp {
 
-/// What an amqp:// or amqps:// URL says.
-struct ConnectionOptions {
+/// One broker of a URL: where it is and who logs in.
+struct Endpoint {
     std::string host = "127.0.0.1";
     int port = 5672;
     std::string vhost = "/";
     std::string user = "guest";
     std::string password = "guest";
+};
+
+/// What an amqp:// or amqps:// URL says (or a failover list of them, Celery's
+/// "amqp://h1//;amqp://h2//").
+struct ConnectionOptions : Endpoint {
+    /// The other brokers of a failover list, after this one. Connections try them in turn,
+    /// starting with the last one that worked (`preferred`, shared by copies).
+    std::vector<Endpoint> failover;
+    std::shared_ptr<std::atomic<std::size_t>> preferred =
+        std::make_shared<std::atomic<std::size_t>>(0);
     bool tls = false;
     std::string cacert, cert, key;  ///< amqps: CA bundle, client certificate and key (PEM)
     bool verify = true;             ///< amqps: verify the server's certificate and name
@@ -39,6 +51,9 @@ struct ConnectionOptions {
 
 /// Parses amqp://user:pass@host:port/vhost?heartbeat=S&connect_timeout=S&... .
 Result<ConnectionOptions> parse_connection_options(const detail::BrokerUrl& url);
+/// Parses one URL or a ';'-separated failover list of them; the options (the query) come from
+/// the first URL, and a later one may repeat them or leave them out.
+Result<ConnectionOptions> parse_connection_options(std::string_view urls);
 
 /// The one translation from rabbitmq-c replies to Error.
 Error translate(const amqp_rpc_reply_t& reply, std::string_view what);
@@ -134,6 +149,9 @@ class Connection {
 
   private:
     Connection() = default;
+    static Result<std::unique_ptr<Connection>> open_endpoint(const ConnectionOptions& options,
+                                                             const Endpoint& endpoint,
+                                                             std::string_view name);
     amqp_connection_state_t conn_ = nullptr;
     bool healthy_ = true;
     bool open_channels_[4] = {false, false, false, false};
