@@ -3,7 +3,7 @@
 BUILD ?= build
 JOBS ?= 2
 
-.PHONY: all deps test-deps bench-deps build demo test unit integration interop system bench format clean
+.PHONY: all deps test-deps bench-deps build demo test unit integration interop system cluster bench format clean
 
 all: build
 
@@ -37,6 +37,9 @@ interop: test-deps build
 
 system: test-deps build
 	ctest --test-dir $(BUILD) -L system --output-on-failure -j $(JOBS)
+
+cluster: test-deps build
+	ctest --test-dir $(BUILD) -L cluster --output-on-failure
 
 bench: bench-deps build
 	scripts/bench.sh $(BUILD)

@@ -175,8 +175,15 @@ TEST(RabbitCluster, LosingTheNodeThatLeadsTheTaskQueueLosesNoConfirmedTask) {
               << " s after the kill\n";
     RecordProperty("duplicates", duplicates);
     EXPECT_TRUE(missing.empty()) << missing.size() << " confirmed tasks lost, e.g. "
-                                 << *missing.begin() << "\nworkers say:\n"
-                                 << read_file(dir.file("worker0.out"))
+                                 << *missing.begin() << "\nqueue: ready " <<
+        [&] {
+            auto st = (*broker)->stats();
+            std::int64_t ready = -1;
+            if (st)
+                for (auto& q : *st)
+                    if (q.queue == queue) ready = q.ready;
+            return ready;
+        }() << "\nworkers say:\n" << read_file(dir.file("worker0.out"))
                                  << read_file(dir.file("worker1.out"));
     // The producer failed over too: every batch was confirmed in the end.
     EXPECT_EQ(failed_batches.load(), 0);
