@@ -27,6 +27,10 @@ struct EnqueueOptions {
     std::string exchange;      ///< amqp: publish to this exchange (fan-out) instead of a queue
     std::string routing_key;   ///< amqp: routing key with `exchange`
     std::string ordering_key;  ///< ordered queues: same key, same order, one at a time
+    /// Publish the one argument as the plain body, as a foreign publisher would (also the
+    /// default for a raw queue, a `format = "raw"` exchange, and an exchange whose configured
+    /// bindings all lead to raw queues).
+    bool raw = false;
 };
 
 /// One task of a workflow (Celery's signature).

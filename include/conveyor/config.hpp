@@ -64,6 +64,10 @@ struct Config {
     const QueueConfig* find_queue(std::string_view name) const noexcept;
     /// The queue a task goes to when the caller names none.
     std::string queue_for(std::string_view task) const;
+    /// Whether a task published to `exchange` (or, when that is empty, to `queue`) goes out
+    /// as a plain body: a raw queue; a `format = "raw"` exchange; an exchange whose configured
+    /// bindings all lead to raw queues.
+    bool publishes_raw(std::string_view exchange, std::string_view queue) const;
     /// The retry policy of a task (its table's, else the default).
     RetryPolicy retry_for(std::string_view task) const;
     /// Exchanges, queues and bindings to hand to `Broker::set_topology`.

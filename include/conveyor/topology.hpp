@@ -14,7 +14,12 @@ namespace conveyor {
 struct ExchangeSpec {
     std::string name;
     std::string type = "direct";  ///< direct, fanout, topic, headers, x-consistent-hash
-    bool durable = true;
+    bool durable = true;          ///< survives a broker restart
+    bool auto_delete = false;     ///< deleted when its last binding goes
+    bool internal = false;        ///< only other exchanges publish to it
+    bool passive = false;         ///< owned elsewhere: only checked to exist, never declared
+    /// "raw": what is published to it goes out as the plain body (see QueueFormat::raw).
+    std::string format = "celery";
     Json arguments = Json::object();
 };
 
@@ -30,6 +35,12 @@ struct QueueSpec {
     /// single active consumer, so tasks of one key run in order and different keys in parallel.
     int partitions = 0;
     Json arguments = Json::object();  ///< any other x- arguments
+    bool durable = true;              ///< amqp: survives a broker restart
+    bool auto_delete = false;         ///< amqp: deleted when its last consumer goes
+    bool exclusive = false;           ///< amqp: this connection's only, gone with it
+    /// amqp: owned elsewhere (another team, a PHP service): only checked to exist, never
+    /// declared, whatever its arguments.
+    bool passive = false;
 };
 
 /// A binding of a queue (or of another exchange) to an exchange.

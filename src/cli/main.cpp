@@ -311,6 +311,9 @@ int main(int argc, char** argv) {
     auto* exo = enqueue->add_option("--exchange", e_exchange,
                                     "Publish to this exchange (amqp; fan-out) instead of a queue");
     enqueue->add_option("--routing-key", e_routing_key, "Routing key with --exchange")->needs(exo);
+    bool e_raw = false;
+    enqueue->add_flag("--raw", e_raw,
+                      "Publish the one argument as the plain body (as php-amqplib would)");
     enqueue->add_option("--key", e_key,
                         "Ordering key: tasks with one key run in order (ordered queues)");
     std::optional<double> e_wait;
@@ -509,6 +512,7 @@ int main(int argc, char** argv) {
         o.exchange = e_exchange;
         o.routing_key = e_routing_key;
         o.ordering_key = e_key;
+        o.raw = e_raw;
         auto now = SystemClock::now();
         // A time the clock cannot hold is refused, not wrapped around into the past.
         auto in_future = [&](std::optional<double> seconds, const char* flag) {
@@ -550,7 +554,8 @@ int main(int argc, char** argv) {
     }
     if (tapply->parsed()) {
         if (auto ok = broker->declare_topology(); !ok)
-            die(ok.error().message, ok.error().code == Errc::conflict ? 2 : 1);
+            die(ok.error().message,
+                ok.error().code == Errc::conflict || ok.error().code == Errc::not_found ? 2 : 1);
         auto t = cfg.topology();
         fmt::print("declared {} exchange(s), {} queue(s), {} binding(s)\n", t.exchanges.size(),
                    t.queues.size(), t.bindings.size());

@@ -239,10 +239,11 @@ Envelope encode(const TaskMessage& t) {
 
 Result<Envelope> encode_raw(const TaskMessage& t, std::string_view queue) {
     if (!t.args.is_array() || t.args.size() != 1 || (t.kwargs.is_object() && !t.kwargs.empty()))
-        return fail(Errc::invalid_argument,
-                    fmt::format("queue '{}' is raw: a task to it carries exactly one argument "
-                                "(the message body) and no kwargs",
-                                queue));
+        return fail(
+            Errc::invalid_argument,
+            fmt::format("'{}' takes raw messages: a task to it carries exactly one argument "
+                        "(the message body) and no kwargs",
+                        queue));
     Envelope env;
     const Json& payload = t.args[0];
     if (payload.is_string()) {

@@ -60,6 +60,16 @@ Result<std::optional<long long>> get_int(const Ctx& c, const toml::table& t, std
     return bad(c, n, fmt::format("'{}' must be an integer", key));
 }
 
+/// A boolean key into `out` (left as it is when absent).
+Result<void> get_bool(const Ctx& c, const toml::table& t, std::string_view key, bool& out) {
+    auto* n = t.get(key);
+    if (!n) return {};
+    auto b = n->value<bool>();
+    if (!b || !n->is_boolean()) return bad(c, n, fmt::format("'{}' must be true or false", key));
+    out = *b;
+    return {};
+}
+
 Result<void> check_keys(const Ctx& c, const toml::table& t, std::string_view table,
                         std::initializer_list<std::string_view> allowed) {
     for (auto& [k, v] : t) {
@@ -179,6 +189,23 @@ std::string Config::queue_for(std::string_view task) const {
     return default_queue;
 }
 
+bool Config::publishes_raw(std::string_view exchange, std::string_view queue) const {
+    auto raw_queue = [&](std::string_view name) {
+        const QueueConfig* q = find_queue(name);
+        return q && q->format == QueueFormat::raw;
+    };
+    if (exchange.empty()) return raw_queue(queue);
+    for (auto& x : exchanges)
+        if (x.name == exchange && x.format == "raw") return true;
+    bool any = false;
+    for (auto& b : bindings) {
+        if (b.exchange != exchange) continue;
+        if (b.queue.empty() || !raw_queue(b.queue)) return false;
+        any = true;
+    }
+    return any;
+}
+
 RetryPolicy Config::retry_for(std::string_view task) const {
     if (auto* t = find_task(task)) return t->retry;
     return default_retry;
@@ -224,9 +251,10 @@ Result<Config> parse_config(std::string_view text, std::string_view source) {
         for (auto& e : *arr) {
             auto* t = e.as_table();
             if (!t) return bad(c, &e, "each [[queue]] must be a table");
-            if (auto ok = check_keys(c, *t, "[[queue]]",
-                                     {"name", "format", "task", "type", "max_priority",
-                                      "max_length", "overflow", "partitions", "arguments"});
+            if (auto ok = check_keys(
+                    c, *t, "[[queue]]",
+                    {"name", "format", "task", "type", "max_priority", "max_length", "overflow",
+                     "partitions", "arguments", "durable", "auto_delete", "exclusive", "passive"});
                 !ok)
                 return std::unexpected(ok.error());
             QueueConfig q;
@@ -296,6 +324,22 @@ Result<Config> parse_config(std::string_view text, std::string_view source) {
             if (!args) return std::unexpected(args.error());
             q.declare.arguments = std::move(*args);
             q.declare.name = q.name;
+            for (auto [key, field] : {std::pair{"durable", &q.declare.durable},
+                                      std::pair{"auto_delete", &q.declare.auto_delete},
+                                      std::pair{"exclusive", &q.declare.exclusive},
+                                      std::pair{"passive", &q.declare.passive}})
+                if (auto ok = get_bool(c, *t, key, *field); !ok) return std::unexpected(ok.error());
+            if (q.declare.type == "quorum" &&
+                (!q.declare.durable || q.declare.auto_delete || q.declare.exclusive))
+                return bad(c, &e,
+                           fmt::format("queue '{}': quorum queues are durable, never auto_delete "
+                                       "or exclusive",
+                                       q.name));
+            if (q.declare.partitions > 0 && q.declare.passive)
+                return bad(c, &e,
+                           fmt::format("queue '{}': an ordered queue (partitions) is Conveyor's "
+                                       "own; it cannot be passive",
+                                       q.name));
             if (cfg.find_queue(q.name))
                 return bad(c, &e, fmt::format("queue '{}' is defined twice", q.name));
             cfg.queues.push_back(std::move(q));
@@ -304,8 +348,9 @@ Result<Config> parse_config(std::string_view text, std::string_view source) {
 
     auto exchanges = each_table(
         c, root, "exchange", [&](const toml::table& t, const toml::node& e) -> Result<void> {
-            if (auto ok =
-                    check_keys(c, t, "[[exchange]]", {"name", "type", "durable", "arguments"});
+            if (auto ok = check_keys(c, t, "[[exchange]]",
+                                     {"name", "type", "durable", "auto_delete", "internal",
+                                      "passive", "format", "arguments"});
                 !ok)
                 return ok;
             ExchangeSpec x;
@@ -323,11 +368,17 @@ Result<Config> parse_config(std::string_view text, std::string_view source) {
                                        "headers or x-consistent-hash",
                                        x.name, *type));
             x.type = *type;
-            if (auto* d = t.get("durable")) {
-                auto b = d->value<bool>();
-                if (!b) return bad(c, d, "'durable' must be true or false");
-                x.durable = *b;
-            }
+            for (auto [key, field] :
+                 {std::pair{"durable", &x.durable}, std::pair{"auto_delete", &x.auto_delete},
+                  std::pair{"internal", &x.internal}, std::pair{"passive", &x.passive}})
+                if (auto ok = get_bool(c, t, key, *field); !ok) return ok;
+            auto format = get_string(c, t, "format", "celery");
+            if (!format) return std::unexpected(format.error());
+            if (*format != "celery" && *format != "raw")
+                return bad(c, t.get("format"),
+                           fmt::format("exchange '{}' has format '{}'; use \"celery\" or \"raw\"",
+                                       x.name, *format));
+            x.format = *format;
             auto args = get_arguments(c, t);
             if (!args) return std::unexpected(args.error());
             x.arguments = std::move(*args);

@@ -66,9 +66,8 @@ Result<OutgoingMessage> Client::prepare(TaskMessage t, const EnqueueOptions& o) 
     m.exchange = o.exchange;
     m.routing_key = o.routing_key;
     m.ordering_key = o.ordering_key;
-    if (const QueueConfig* q = m.exchange.empty() ? config_.find_queue(m.queue) : nullptr;
-        q && q->format == QueueFormat::raw) {
-        auto env = codec::encode_raw(t, m.queue);
+    if (o.raw || config_.publishes_raw(m.exchange, m.queue)) {
+        auto env = codec::encode_raw(t, m.exchange.empty() ? m.queue : m.exchange);
         if (!env) return std::unexpected(env.error());
         m.envelope = std::move(*env);
         return m;

@@ -192,3 +192,54 @@ queue = "crm"
     ASSERT_FALSE(key);
     EXPECT_NE(key.error().message.find("unknown key 'color'"), std::string::npos);
 }
+
+TEST(Config, DeclareFlagsPassiveAndRawExchangesAreConfiguration) {
+    auto c = parse_config(R"(
+[[exchange]]
+name = "task_exchange"
+durable = false
+auto_delete = true
+internal = false
+[[exchange]]
+name = "plain"
+format = "raw"
+[[queue]]
+name = "task_queue"
+durable = false
+auto_delete = true
+exclusive = true
+format = "raw"
+task = "orders.import"
+[[queue]]
+name = "owned"
+passive = true
+[[binding]]
+exchange = "task_exchange"
+queue = "task_queue"
+)",
+                          "cfg");
+    ASSERT_TRUE(c) << c.error().message;
+    EXPECT_FALSE(c->exchanges[0].durable);
+    EXPECT_TRUE(c->exchanges[0].auto_delete);
+    auto* q = c->find_queue("task_queue");
+    EXPECT_FALSE(q->declare.durable);
+    EXPECT_TRUE(q->declare.auto_delete);
+    EXPECT_TRUE(q->declare.exclusive);
+    EXPECT_TRUE(c->find_queue("owned")->declare.passive);
+    // Tasks published to an exchange whose bindings all lead to raw queues go out raw.
+    EXPECT_TRUE(c->publishes_raw("task_exchange", ""));
+    EXPECT_TRUE(c->publishes_raw("plain", ""));
+    EXPECT_TRUE(c->publishes_raw("", "task_queue"));
+    EXPECT_FALSE(c->publishes_raw("", "owned"));
+    EXPECT_FALSE(c->publishes_raw("unknown", ""));
+    for (auto [toml, says] : std::vector<std::pair<std::string, std::string>>{
+             {"[[queue]]\nname = \"q\"\ndurable = \"no\"",
+              "cfg:3: 'durable' must be true or false"},
+             {"[[queue]]\nname = \"q\"\ntype = \"quorum\"\ndurable = false",
+              "quorum queues are durable"},
+             {"[[exchange]]\nname = \"x\"\nformat = \"xml\"", "format 'xml'"}}) {
+        auto r = parse_config(toml, "cfg");
+        ASSERT_FALSE(r) << toml;
+        EXPECT_NE(r.error().message.find(says), std::string::npos) << r.error().message;
+    }
+}

@@ -8,6 +8,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <regex>
 #include <set>
 #include <thread>
 #include <unordered_map>
@@ -56,6 +57,47 @@ Json queue_arguments(const QueueSpec& q) {
     if (q.max_length > 0) a["x-max-length"] = q.max_length;
     if (!q.overflow.empty()) a["x-overflow"] = q.overflow;
     return a;
+}
+
+/// The configuration key that sets a queue.declare or exchange.declare argument.
+std::string config_key_of(std::string_view arg) {
+    static const std::map<std::string, std::string, std::less<>> keys = {
+        {"durable", "durable"},
+        {"auto_delete", "auto_delete"},
+        {"exclusive", "exclusive"},
+        {"internal", "internal"},
+        {"type", "type"},
+        {"x-queue-type", "type"},
+        {"x-max-priority", "max_priority"},
+        {"x-max-length", "max_length"},
+        {"x-overflow", "overflow"}};
+    if (auto it = keys.find(arg); it != keys.end()) return it->second;
+    return fmt::format("arguments = {{ \"{}\" = ... }}", arg);
+}
+
+/// A PRECONDITION_FAILED for `entity` `name`, said so that it can be fixed: which argument,
+/// both values, and the configuration key that resolves it. Other errors pass unchanged.
+Error explain_conflict(const Error& e, std::string_view entity, std::string_view name) {
+    if (e.code != Errc::conflict) return e;
+    // RabbitMQ: "PRECONDITION_FAILED - inequivalent arg 'durable' for queue 'q' in vhost '/':
+    // received 'true' but current is 'false'"
+    static const std::regex inequivalent(
+        R"(inequivalent arg '([^']+)' for \w+ '[^']*' in vhost '[^']*': received '([^']*)' but current is '([^']*)')");
+    std::smatch m;
+    std::string text = e.message;
+    if (!std::regex_search(text, m, inequivalent)) return e;
+    std::string arg = m[1], ours = m[2], theirs = m[3];
+    std::string key = config_key_of(arg);
+    std::string fix =
+        key.starts_with("arguments")
+            ? fmt::format("set {} in [[{}]] '{}'", key, entity, name)
+            : fmt::format("set {} = {} in [[{}]] '{}'", key,
+                          theirs == "true" || theirs == "false" ? theirs : "\"" + theirs + "\"",
+                          entity, name);
+    return Error{Errc::conflict,
+                 fmt::format("{} '{}' exists with {} '{}', and Conveyor declares '{}': {}, or "
+                             "passive = true to use it as it is",
+                             entity, name, arg, theirs, ours, fix)};
 }
 
 enum class ResultsMode { none, rpc, redis };
@@ -187,7 +229,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
     Result<void> declare_delay_infrastructure(Connection& c) {
         if (delay_ready_.load()) return {};
         // Declared last, so its presence means the rest exists.
-        if (c.declare_queue(kUnroutableQueue, Json::object(), true)) {
+        if (c.declare_queue(kUnroutableQueue, Json::object(), {.passive = true})) {
             delay_ready_ = true;
             return {};
         }
@@ -197,17 +239,20 @@ class Engine : public std::enable_shared_from_this<Engine> {
             level_args_base["x-dead-letter-strategy"] = "at-least-once";
         }
         level_args_base["x-overflow"] = "reject-publish";
-        if (auto ok = c.declare_exchange(kUnroutableExchange, "fanout", true, Json::object()); !ok)
+        if (auto ok = c.declare_exchange(kUnroutableExchange, "fanout", {.durable = true},
+                                         Json::object());
+            !ok)
             return ok;
         if (auto ok =
-                c.declare_exchange(kDeliverExchange, "topic", true,
+                c.declare_exchange(kDeliverExchange, "topic", {.durable = true},
                                    {{"alternate-exchange", std::string(kUnroutableExchange)}});
             !ok)
             return ok;
         for (int level = kDelayLevels - 1; level >= 0; --level) {
             std::string_view name = delay_level_name(level);
             std::string_view next = level == 0 ? kDeliverExchange : delay_level_name(level - 1);
-            if (auto ok = c.declare_exchange(name, "topic", true, Json::object()); !ok) return ok;
+            if (auto ok = c.declare_exchange(name, "topic", {.durable = true}, Json::object()); !ok)
+                return ok;
             Json args = level_args_base;
             args["x-message-ttl"] = (std::int64_t(1) << level) * 1000;
             args["x-dead-letter-exchange"] = std::string(next);
@@ -238,7 +283,8 @@ class Engine : public std::enable_shared_from_this<Engine> {
         if (q.name.empty()) return fail(Errc::invalid_argument, "a queue needs a name");
         if (auto ok = declare_delay_infrastructure(c); !ok) return ok;
         if (q.partitions > 0) {
-            if (auto ok = c.declare_exchange(q.name, "x-consistent-hash", true, Json::object());
+            if (auto ok = c.declare_exchange(q.name, "x-consistent-hash", {.durable = true},
+                                             Json::object());
                 !ok)
                 return ok;
             for (int i = 0; i < q.partitions; ++i) {
@@ -248,9 +294,23 @@ class Engine : public std::enable_shared_from_this<Engine> {
                 if (auto ok = c.declare_queue(p, args); !ok) return std::unexpected(ok.error());
                 if (auto ok = c.bind_queue(p, q.name, "1"); !ok) return ok;
             }
+        } else if (q.passive) {
+            if (auto ok = c.declare_queue(q.name, Json::object(), {.passive = true}); !ok)
+                return fail(ok.error().code == Errc::not_found ? Errc::not_found : ok.error().code,
+                            ok.error().code == Errc::not_found
+                                ? fmt::format("queue '{}' does not exist (it is passive = true "
+                                              "in the configuration: Conveyor uses it, never "
+                                              "declares it); declare it, or drop passive",
+                                              q.name)
+                                : ok.error().message);
+            if (auto ok = c.bind_queue(q.name, kDeliverExchange, "#." + routing_word(q.name)); !ok)
+                return ok;
         } else {
-            if (auto ok = c.declare_queue(q.name, queue_arguments(q)); !ok)
-                return std::unexpected(ok.error());
+            if (auto ok = c.declare_queue(
+                    q.name, queue_arguments(q),
+                    {.durable = q.durable, .auto_delete = q.auto_delete, .exclusive = q.exclusive});
+                !ok)
+                return std::unexpected(explain_conflict(ok.error(), "queue", q.name));
             if (auto ok = c.bind_queue(q.name, kDeliverExchange, "#." + routing_word(q.name)); !ok)
                 return ok;
         }
@@ -259,7 +319,8 @@ class Engine : public std::enable_shared_from_this<Engine> {
         if (q.type == "quorum") dead_args["x-queue-type"] = "quorum";
         if (auto ok = c.declare_queue(dead_queue(q.name), dead_args); !ok) {
             // One declared otherwise (a classic one, by an earlier version) is used as it is.
-            if (ok.error().code != Errc::conflict || !c.declare_queue(dead_queue(q.name), {}, true))
+            if (ok.error().code != Errc::conflict ||
+                !c.declare_queue(dead_queue(q.name), {}, {.passive = true}))
                 return std::unexpected(ok.error());
         }
         return {};
@@ -301,8 +362,21 @@ class Engine : public std::enable_shared_from_this<Engine> {
         auto r = with_connection(publish_deadline(), [&](Connection& c) -> Result<void> {
             if (auto ok = declare_delay_infrastructure(c); !ok) return ok;
             for (auto& e : t.exchanges)
-                if (auto ok = c.declare_exchange(e.name, e.type, e.durable, e.arguments); !ok)
-                    return ok;
+                if (auto ok = c.declare_exchange(e.name, e.type,
+                                                 {.passive = e.passive,
+                                                  .durable = e.durable,
+                                                  .auto_delete = e.auto_delete,
+                                                  .internal = e.internal},
+                                                 e.passive ? Json::object() : e.arguments);
+                    !ok)
+                    return std::unexpected(
+                        e.passive && ok.error().code == Errc::not_found
+                            ? Error{Errc::not_found,
+                                    fmt::format("exchange '{}' does not exist (it is passive = "
+                                                "true in the configuration: Conveyor uses it, "
+                                                "never declares it); declare it, or drop passive",
+                                                e.name)}
+                            : explain_conflict(ok.error(), "exchange", e.name));
             for (auto& q : t.queues)
                 if (auto ok = declare_queue(c, q); !ok) return ok;
             for (auto& b : t.bindings) {
@@ -436,7 +510,22 @@ class AmqpConsumer final : public Consumer {
     }
 
     Result<void> connect() {
-        if (auto ok = e_->ensure_queues(opts_.queues); !ok) return ok;
+        // A queue that exists otherwise than configured (or a passive one that does not exist)
+        // is reported and left out; the others are served.
+        std::set<std::string> unusable;
+        for (auto& q : opts_.queues) {
+            auto ok = e_->ensure_queues({q});
+            if (ok) continue;
+            if (ok.error().code != Errc::conflict && ok.error().code != Errc::not_found) return ok;
+            if (!reported_.contains(q))
+                fmt::print(stderr, "conveyor: not consuming from queue '{}': {}\n", q,
+                           ok.error().message);
+            reported_.insert(q);
+            unusable.insert(q);
+        }
+        if (unusable.size() == opts_.queues.size())
+            return fail(Errc::conflict,
+                        fmt::format("no queue of this worker can be used ({})", *unusable.begin()));
         auto c = Connection::open(e_->opts, opts_.name.empty() ? "conveyor-worker" : opts_.name);
         if (!c) return std::unexpected(c.error());
         auto& conn = **c;
@@ -451,6 +540,7 @@ class AmqpConsumer final : public Consumer {
         consumer_queue_.clear();
         int n = 0;
         for (auto& [physical, source] : physical_) {
+            if (unusable.contains(source.queue)) continue;
             std::string ctag =
                 fmt::format("{}.{}", opts_.name.empty() ? "conveyor" : opts_.name, n++);
             consumer_queue_[ctag] = source;
@@ -843,6 +933,7 @@ class AmqpConsumer final : public Consumer {
     };
     std::map<std::string, Source> physical_;        // physical queue -> where it belongs
     std::map<std::string, Source> consumer_queue_;  // consumer tag -> where it belongs
+    std::set<std::string> reported_;                // queues said to be unusable
     std::unique_ptr<Connection> conn_;
     std::uint64_t generation_ = 0;
     struct InFlight {
@@ -943,7 +1034,7 @@ class ReplyInbox {
         if (!c) return std::unexpected(c.error());
         if (queue_.empty()) queue_ = make_task_id();
         Json args = {{"x-expires", std::int64_t(e_->opts.result_expires.count()) * 1000}};
-        if (auto q = (*c)->declare_queue(queue_, args, false, false, true); !q)
+        if (auto q = (*c)->declare_queue(queue_, args, {.durable = false, .auto_delete = true}); !q)
             return std::unexpected(q.error());
         auto& conn = **c;
         if (auto ok = conn.ensure_channel(kConsumeChannel); !ok) return ok;
@@ -1031,7 +1122,8 @@ class AmqpScheduleStore final : public ScheduleStore {
         leading_ = false;
         marks_.clear();  // read again from the records: another leader may have fired since
         if (auto ok = connect(); !ok) return std::unexpected(ok.error());
-        auto q = conn_->declare_queue(kLeaderQueue, Json::object(), false, false, false, true);
+        auto q = conn_->declare_queue(kLeaderQueue, Json::object(),
+                                      {.durable = false, .exclusive = true});
         if (!q) {
             if (q.error().code == Errc::conflict) return false;  // another scheduler leads
             return std::unexpected(q.error());
@@ -1181,7 +1273,9 @@ class AmqpScheduleStore final : public ScheduleStore {
         if (!c) return std::unexpected(c.error());
         if (auto d = (*c)->declare_queue(kConfigQueue, one_message()); !d)
             return std::unexpected(d.error());
-        if (auto x = (*c)->declare_exchange(kFiresExchange, "direct", true, Json::object()); !x)
+        if (auto x =
+                (*c)->declare_exchange(kFiresExchange, "direct", {.durable = true}, Json::object());
+            !x)
             return x;
         conn_ = std::move(*c);
         return {};
@@ -1290,17 +1384,17 @@ class AmqpBroker final : public Broker {
                     bool found = false;
                     if (spec && spec->partitions > 0) {
                         for (int i = 0; i < spec->partitions; ++i)
-                            if (auto q =
-                                    c.declare_queue(partition_queue(n, i), Json::object(), true)) {
+                            if (auto q = c.declare_queue(partition_queue(n, i), Json::object(),
+                                                         {.passive = true})) {
                                 s.ready += q->messages;
                                 found = true;
                             }
-                    } else if (auto q = c.declare_queue(n, Json::object(), true)) {
+                    } else if (auto q = c.declare_queue(n, Json::object(), {.passive = true})) {
                         s.ready = q->messages;
                         found = true;
                     }
                     if (!c.healthy()) return fail(Errc::unavailable, "RabbitMQ connection lost");
-                    if (auto d = c.declare_queue(dead_queue(n), Json::object(), true))
+                    if (auto d = c.declare_queue(dead_queue(n), Json::object(), {.passive = true}))
                         s.dead = d->messages;
                     if (found) out.push_back(s);
                 }
@@ -1310,11 +1404,12 @@ class AmqpBroker final : public Broker {
                 delayed.in_flight = -1;
                 bool any = false;
                 for (int level = 0; level < kDelayLevels; ++level)
-                    if (auto q = c.declare_queue(delay_level_name(level), Json::object(), true)) {
+                    if (auto q = c.declare_queue(delay_level_name(level), Json::object(),
+                                                 {.passive = true})) {
                         delayed.delayed += q->messages;
                         any = true;
                     }
-                if (auto q = c.declare_queue(kUnroutableQueue, Json::object(), true))
+                if (auto q = c.declare_queue(kUnroutableQueue, Json::object(), {.passive = true}))
                     delayed.dead = q->messages;
                 if (any) out.push_back(delayed);
                 return out;
@@ -1398,7 +1493,7 @@ class AmqpBroker final : public Broker {
         return e_->with_connection(
             e_->publish_deadline(), [&](Connection& c) -> Result<std::size_t> {
                 auto dq = dead_queue(queue);
-                if (auto q = c.declare_queue(dq, Json::object(), true); !q)
+                if (auto q = c.declare_queue(dq, Json::object(), {.passive = true}); !q)
                     return q.error().code == Errc::not_found ? Result<std::size_t>(0)
                                                              : std::unexpected(q.error());
                 if (auto ok = c.ensure_channel(kBrowseChannel); !ok)

@@ -442,25 +442,26 @@ Result<void> Connection::ensure_channel(amqp_channel_t channel) {
 }
 
 Result<void> Connection::declare_exchange(std::string_view name, std::string_view type,
-                                          bool durable, const Json& arguments) {
+                                          ExchangeFlags flags, const Json& arguments) {
     if (auto ok = ensure_channel(kAdminChannel); !ok) return ok;
     pool_.clear();
-    amqp_exchange_declare(conn_, kAdminChannel, pool_.bytes(name), pool_.bytes(type), 0,
-                          durable ? 1 : 0, 0, 0, pool_.table(arguments));
+    amqp_exchange_declare(conn_, kAdminChannel, pool_.bytes(name), pool_.bytes(type),
+                          flags.passive ? 1 : 0, flags.durable ? 1 : 0, flags.auto_delete ? 1 : 0,
+                          flags.internal ? 1 : 0, pool_.table(arguments));
     return check(amqp_get_rpc_reply(conn_), kAdminChannel,
-                 fmt::format("declaring exchange '{}'", name));
+                 fmt::format("{} exchange '{}'", flags.passive ? "looking up" : "declaring", name));
 }
 
 Result<QueueInfo> Connection::declare_queue(std::string_view name, const Json& arguments,
-                                            bool passive, bool durable, bool auto_delete,
-                                            bool exclusive) {
+                                            QueueFlags flags) {
     if (auto ok = ensure_channel(kAdminChannel); !ok) return std::unexpected(ok.error());
     pool_.clear();
-    auto* r = amqp_queue_declare(conn_, kAdminChannel, pool_.bytes(name), passive ? 1 : 0,
-                                 durable ? 1 : 0, exclusive ? 1 : 0, auto_delete ? 1 : 0,
-                                 pool_.table(arguments));
-    if (auto ok = check(amqp_get_rpc_reply(conn_), kAdminChannel,
-                        fmt::format("{} queue '{}'", passive ? "looking up" : "declaring", name));
+    auto* r = amqp_queue_declare(conn_, kAdminChannel, pool_.bytes(name), flags.passive ? 1 : 0,
+                                 flags.durable ? 1 : 0, flags.exclusive ? 1 : 0,
+                                 flags.auto_delete ? 1 : 0, pool_.table(arguments));
+    if (auto ok =
+            check(amqp_get_rpc_reply(conn_), kAdminChannel,
+                  fmt::format("{} queue '{}'", flags.passive ? "looking up" : "declaring", name));
         !ok)
         return std::unexpected(ok.error());
     return QueueInfo{r->message_count, r->consumer_count};

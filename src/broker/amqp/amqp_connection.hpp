@@ -94,6 +94,22 @@ struct Received {
 amqp_rpc_reply_t consume_message(amqp_connection_state_t state, Received& out,
                                  struct timeval* timeout);
 
+/// How a queue is declared (AMQP's queue.declare bits). `passive`: only look it up.
+struct QueueFlags {
+    bool passive = false;
+    bool durable = true;
+    bool auto_delete = false;
+    bool exclusive = false;
+};
+
+/// How an exchange is declared (AMQP's exchange.declare bits). `passive`: only look it up.
+struct ExchangeFlags {
+    bool passive = false;
+    bool durable = true;
+    bool auto_delete = false;
+    bool internal = false;
+};
+
 /// Queue counts from a (passive) declare.
 struct QueueInfo {
     std::uint32_t messages = 0;
@@ -125,11 +141,10 @@ class Connection {
     void channel_closed(amqp_channel_t channel);
 
     // Topology, on the admin channel.
-    Result<void> declare_exchange(std::string_view name, std::string_view type, bool durable,
+    Result<void> declare_exchange(std::string_view name, std::string_view type, ExchangeFlags flags,
                                   const Json& arguments);
     Result<QueueInfo> declare_queue(std::string_view name, const Json& arguments,
-                                    bool passive = false, bool durable = true,
-                                    bool auto_delete = false, bool exclusive = false);
+                                    QueueFlags flags = {});
     Result<void> bind_queue(std::string_view queue, std::string_view exchange, std::string_view key,
                             const Json& arguments = Json::object());
     Result<void> bind_exchange(std::string_view destination, std::string_view source,

@@ -131,8 +131,8 @@ class AmqpControl final : public ControlChannel {
         if (req.reply_exchange.empty() && req.reply_routing_key.empty()) return {};
         if (auto ok = ensure(); !ok) return ok;
         if (!req.reply_exchange.empty() && !reply_exchange_declared_) {
-            if (auto ok =
-                    conn_->declare_exchange(req.reply_exchange, "direct", false, Json::object());
+            if (auto ok = conn_->declare_exchange(req.reply_exchange, "direct", {.durable = false},
+                                                  Json::object());
                 !ok)
                 return ok;
             reply_exchange_declared_ = true;
@@ -155,13 +155,17 @@ class AmqpControl final : public ControlChannel {
         if (!c) return std::unexpected(c.error());
         auto& conn = **c;
         // Exactly Celery's flags, or Python peers get PRECONDITION_FAILED.
-        if (auto ok = conn.declare_exchange(kEventExchange, "topic", true, Json::object()); !ok)
+        if (auto ok =
+                conn.declare_exchange(kEventExchange, "topic", {.durable = true}, Json::object());
+            !ok)
             return ok;
-        if (auto ok = conn.declare_exchange(kPidboxExchange, "fanout", false, Json::object()); !ok)
+        if (auto ok = conn.declare_exchange(kPidboxExchange, "fanout", {.durable = false},
+                                            Json::object());
+            !ok)
             return ok;
         std::string queue = node_ + ".celery.pidbox";
         Json args = {{"x-message-ttl", 300000}, {"x-expires", 10000}};
-        if (auto q = conn.declare_queue(queue, args, false, false, true); !q)
+        if (auto q = conn.declare_queue(queue, args, {.durable = false, .auto_delete = true}); !q)
             return std::unexpected(q.error());
         if (auto ok = conn.bind_queue(queue, kPidboxExchange, ""); !ok) return ok;
         if (auto ok = conn.ensure_channel(kChannel); !ok) return ok;
