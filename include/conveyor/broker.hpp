@@ -114,6 +114,13 @@ class Consumer {
     /// task; RabbitMQ: the connection they came on was lost, so they are delivered again):
     /// whoever runs them should stop. Errc::unavailable while the broker fails for a while.
     [[nodiscard]] virtual Result<std::vector<std::uint64_t>> renew() = 0;
+    /// Starts (`consume`) or stops taking deliveries from `queue` while running (`celery
+    /// control add_consumer / cancel_consumer`). Deliveries already taken stay settleable.
+    [[nodiscard]] virtual Result<void> set_consuming(const std::string& queue, bool consume) {
+        (void)queue;
+        (void)consume;
+        return fail(Errc::invalid_argument, "this engine cannot change a consumer's queues");
+    }
 };
 
 /// A remote-control request addressed to a worker (Celery's pidbox: `celery inspect ping`,

@@ -11,8 +11,11 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string_view>
 
+#include "core/json_bounds.hpp"
+#include "core/time.hpp"
 #include "worker/handlers.hpp"
 
 extern char** environ;
@@ -64,6 +67,41 @@ struct SigpipeBlock {
         pthread_sigmask(SIG_SETMASK, &old, nullptr);
     }
 };
+
+/// Exit codes with a meaning for the retry policy (sysexits.h).
+constexpr int kExitDoNotRetry = 65;  // EX_DATAERR: the input is wrong; retrying cannot help
+constexpr int kExitRetryLater = 75;  // EX_TEMPFAIL: try again later
+
+/// A failure a command described itself, as its last line of output.
+struct TypedFailure {
+    std::string type;
+    std::string message;
+    std::string module = "builtins";
+    std::optional<std::chrono::milliseconds> retry_in;
+};
+
+/// The last non-empty line of `text`, when it is a JSON object with a string "exc_type".
+std::optional<TypedFailure> typed_failure(const std::string& text) {
+    auto end = text.find_last_not_of("\r\n");
+    if (end == std::string::npos) return std::nullopt;
+    auto start = text.rfind('\n', end);
+    std::string_view line(text.data() + (start == std::string::npos ? 0 : start + 1),
+                          end - (start == std::string::npos ? 0 : start + 1) + 1);
+    if (line.empty() || line.front() != '{' || line.size() > 65536) return std::nullopt;
+    auto j = parse_untrusted(line, "the failure");
+    if (!j || !j->is_object()) return std::nullopt;
+    auto type = j->find("exc_type");
+    if (type == j->end() || !type->is_string() || type->get_ref<const std::string&>().empty())
+        return std::nullopt;
+    TypedFailure f;
+    f.type = type->get<std::string>();
+    if (auto m = j->find("exc_message"); m != j->end())
+        f.message = m->is_string() ? m->get<std::string>() : dump_lossy(*m);
+    if (auto m = j->find("exc_module"); m != j->end() && m->is_string()) f.module = *m;
+    if (auto r = j->find("retry_in"); r != j->end() && r->is_number() && r->get<double>() >= 0)
+        f.retry_in = seconds_to_ms(std::min(r->get<double>(), 365.0 * 86400));
+    return f;
+}
 
 /// The file `name` runs: itself when it has a slash, else the first executable of that name on
 /// PATH (searched here, before the fork: the child may only make system calls). Empty when
@@ -290,12 +328,28 @@ Json run_exec(const std::vector<std::string>& argv, TaskContext& ctx) {
         while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
         return output_value(out);
     }
-    std::string why = WIFEXITED(status) ? fmt::format("exit status {}", WEXITSTATUS(status))
-                                        : fmt::format("killed by signal {}", WTERMSIG(status));
+    const int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    std::string why = code >= 0 ? fmt::format("exit status {}", code)
+                                : fmt::format("killed by signal {}", WTERMSIG(status));
+    // The command may say what failed: a last line {"exc_type": ..., "exc_message": ...} on
+    // stderr (or stdout), and whether to retry: exit 65 (EX_DATAERR) never, 75 (EX_TEMPFAIL)
+    // after "retry_in" seconds when it says so; any other failure per the retry policy.
+    auto typed = typed_failure(err);
+    if (!typed) typed = typed_failure(out);
+    bool retryable = code != kExitDoNotRetry;
+    if (typed) {
+        TaskError e(typed->type, typed->message, retryable, typed->module);
+        if (code == kExitRetryLater && typed->retry_in) e.retry_after = typed->retry_in;
+        throw e;
+    }
+    // What it printed: stderr's tail, and stdout's (PHP prints its errors there).
     std::string detail = tail(err, 2000);
-    throw TaskError("ProcessError",
-                    detail.empty() ? fmt::format("'{}' failed with {}", argv[0], why)
-                                   : fmt::format("'{}' failed with {}: {}", argv[0], why, detail));
+    std::string said = tail(out, 2000);
+    if (!said.empty()) detail += (detail.empty() ? "" : "\n") + said;
+    std::string message = detail.empty()
+                              ? fmt::format("'{}' failed with {}", argv[0], why)
+                              : fmt::format("'{}' failed with {}: {}", argv[0], why, detail);
+    throw TaskError("ProcessError", message, retryable);
 }
 
 }  // namespace conveyor::detail

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <ctime>
+#include <set>
 
 #include "core/codec.hpp"
 #include "core/time.hpp"
@@ -329,6 +330,36 @@ std::optional<Json> Monitor::handle(const ControlRequest& r) {
                            {"no_ack", false}});
         return out;
     }
+    if (m == "add_consumer" || m == "cancel_consumer") {
+        const Json& q = arg(a, "queue");
+        if (!q.is_string() || q.get_ref<const std::string&>().empty())
+            return Json{{"error", fmt::format("{} needs a queue name", m)}};
+        std::string queue = q.get<std::string>();
+        bool add = m == "add_consumer";
+        auto it = std::find(opts_.queues.begin(), opts_.queues.end(), queue);
+        if (add && it != opts_.queues.end())
+            return Json{{"ok", fmt::format("already consuming from '{}'", queue)}};
+        if (!add && it == opts_.queues.end())
+            return Json{{"ok", fmt::format("not consuming from '{}'", queue)}};
+        if (!opts_.on_consumer_change)
+            return Json{{"error", fmt::format("{} is not supported by this worker", m)}};
+        opts_.on_consumer_change(queue, add);
+        if (add) {
+            opts_.queues.push_back(queue);
+            return Json{{"ok", fmt::format("add consumer {}", queue)}};
+        }
+        opts_.queues.erase(it);
+        return Json{{"ok", fmt::format("no longer consuming from '{}'", queue)}};
+    }
+    if (m == "conf") return opts_.conf;
+    if (m == "report") return Json{{"ok", fmt::format("conveyor {} on {}", "0.1.0", opts_.node)}};
+    // Celery's other commands, which Conveyor workers do not carry out: said so, as Celery says
+    // a command fails (an unknown one is a KeyError there too).
+    static const std::set<std::string, std::less<>> not_here = {
+        "rate_limit", "time_limit", "pool_grow", "pool_shrink", "pool_restart", "autoscale",
+        "election",   "objgraph",   "memsample", "memdump",     "dump_tasks"};
+    if (not_here.contains(m))
+        return Json{{"error", fmt::format("'{}' is not supported by Conveyor workers", m)}};
     if (m == "shutdown") {
         if (opts_.on_shutdown) opts_.on_shutdown();
         return Json{{"ok", "shutting down"}};

@@ -31,6 +31,9 @@ struct MonitorOptions {
     std::vector<std::string> registered;  ///< task names this worker runs
     bool task_events = false;             ///< task-* events (Celery's -E)
     std::function<void()> on_shutdown;    ///< `celery control shutdown`
+    /// `celery control add_consumer` (true) / `cancel_consumer` (false) for a queue.
+    std::function<void(const std::string& queue, bool consume)> on_consumer_change;
+    Json conf = Json::object();  ///< what `celery inspect conf` shows
 };
 
 class Monitor {

@@ -120,6 +120,8 @@ struct Worker::Impl {
     std::deque<Job*> queued;
     std::vector<Outcome> outcomes;
     bool executors_exit = false;
+    /// `celery control add_consumer / cancel_consumer`, applied by the dispatcher.
+    std::vector<std::pair<std::string, bool>> consumer_changes;
 
     std::list<Job> jobs;  // every unsettled delivery; owned by the dispatcher thread
     std::unordered_map<Job*, std::list<Job>::iterator> job_index;
@@ -620,6 +622,17 @@ struct Worker::Impl {
                 for (auto& [name, _] : handlers) mo.registered.push_back(name);
                 mo.task_events = opts.task_events;
                 mo.on_shutdown = [this] { stopping.store(true); };
+                mo.on_consumer_change = [this](const std::string& queue, bool consume) {
+                    std::lock_guard lk(mu);
+                    consumer_changes.emplace_back(queue, consume);
+                };
+                mo.conf = Json{{"broker_url", broker->url()},
+                               {"worker_concurrency", opts.concurrency},
+                               {"worker_prefetch_count", opts.prefetch},
+                               {"task_acks_late", true},
+                               {"task_queues", opts.queues},
+                               {"worker_delivery_limit", opts.delivery_limit},
+                               {"worker_shutdown_grace", opts.shutdown_grace.count() / 1000.0}};
                 monitor = std::make_unique<detail::Monitor>(std::move(*ch), std::move(mo));
                 monitor->start();
             }
@@ -700,6 +713,18 @@ struct Worker::Impl {
                     j.stop.request_stop();
                 }
             }
+
+            // Queues added or cancelled by remote control.
+            std::vector<std::pair<std::string, bool>> changes;
+            {
+                std::lock_guard lk(mu);
+                changes.swap(consumer_changes);
+            }
+            for (auto& [queue, consume] : changes)
+                if (auto ok = consumer.set_consuming(queue, consume); !ok)
+                    fmt::print(stderr, "conveyor: {} queue '{}': {}\n",
+                               consume ? "cannot consume from" : "cannot stop consuming from",
+                               queue, ok.error().message);
 
             // 3. Time limits, and `revoke --terminate`.
             if (monitor)

@@ -195,3 +195,32 @@ TEST(CeleryMonitor, TheConveyorWorkerCommandIsACeleryNodeUnderItsName) {
     ASSERT_TRUE(st);
     EXPECT_EQ(*st, 0) << testsupport::read_file(dir.file("worker.log"));
 }
+
+TEST(CeleryMonitor, AddAndCancelConsumerConfAndUnsupportedCommands) {
+    auto q = unique_name("consumers");
+    auto node = q + "@localhost";
+    auto extra = q + "-extra";
+    BackgroundWorker w(open_with(queues({q, extra})), monitored(q, node, false));
+    w.worker.handle("interop.add", [&](TaskContext& c) -> Json {
+        return c.args()[0].get<int>() + c.args()[1].get<int>();
+    });
+    w.start();
+    auto out = monitor("consumers", node, q);
+    EXPECT_EQ(out["add"], Json::array({{{node, {{"ok", "add consumer " + extra}}}}})) << out.dump();
+    EXPECT_EQ(out["active_queues"], Json::array({q, extra})) << out.dump();
+    EXPECT_EQ(out["on_extra"]["value"], 42) << out.dump();
+    EXPECT_EQ(out["cancel"],
+              Json::array({{{node, {{"ok", "no longer consuming from '" + extra + "'"}}}}}))
+        << out.dump();
+    EXPECT_EQ(out["active_queues_after"], Json::array({q})) << out.dump();
+    EXPECT_EQ(out["conf"][node]["worker_concurrency"], 2) << out.dump();
+    EXPECT_EQ(out["conf"][node]["broker_url"].get<std::string>().find(":guest@"), std::string::npos)
+        << out.dump();
+    EXPECT_EQ(
+        out["rate_limit"],
+        Json::array({{{node, {{"error", "'rate_limit' is not supported by Conveyor workers"}}}}}))
+        << out.dump();
+    EXPECT_EQ(out["pool_grow"][0][node]["error"],
+              "'pool_grow' is not supported by Conveyor workers")
+        << out.dump();
+}

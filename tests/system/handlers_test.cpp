@@ -12,6 +12,7 @@
 
 using namespace conveyor;
 using namespace std::chrono_literals;
+using testsupport::read_file;
 using testsupport::TempDir;
 
 namespace {
@@ -182,4 +183,49 @@ TEST(ExecHandler, CommandThatDoesNotReadStdinDoesNotKillTheWorker) {
     auto again = w.run("ignore-input", {std::string(1 << 20, 'y')});
     ASSERT_TRUE(again);
     EXPECT_EQ(again->state, TaskState::success);
+}
+
+TEST(ExecHandler, ACommandFailsWithItsOwnExceptionTypeAndSaysWhetherToRetry) {
+    TempDir dir;
+    Running w("sqlite://" + dir.file("c.db"));
+    std::string attempts = dir.file("attempts");
+    // A typed failure (a Python client raises ValueError) that must not be retried.
+    w.worker.handle_exec("typed",
+                         {"/bin/sh", "-c",
+                          "echo x >> " + attempts +
+                              "; echo '{\"exc_type\": \"ValueError\", \"exc_message\": \"bad "
+                              "order\"}' >&2; exit 65"},
+                         fast_retry(3));
+    // "Retry in 1 s" on the first attempt, success on the second.
+    w.worker.handle_exec(
+        "later",
+        {"/bin/sh", "-c",
+         "if [ \"$CONVEYOR_ATTEMPT\" = 1 ]; then echo '{\"exc_type\": \"Busy\", \"retry_in\": "
+         "1}' >&2; exit 75; fi; echo done"},
+        fast_retry(3));
+    // PHP prints its errors on stdout: they are part of the failure.
+    w.worker.handle_exec("php-like",
+                         {"/bin/sh", "-c", "echo 'PHP Fatal error: Uncaught Exception'; exit 255"},
+                         fast_retry(0));
+    w.start();
+    auto typed = w.run("typed");
+    ASSERT_TRUE(typed) << typed.error().message;
+    EXPECT_EQ(typed->state, TaskState::failure);
+    EXPECT_EQ(typed->result, Json({{"exc_type", "ValueError"},
+                                   {"exc_message", Json::array({"bad order"})},
+                                   {"exc_module", "builtins"}}));
+    EXPECT_EQ(read_file(attempts), "x\n");  // exit 65: not retried
+    auto t0 = std::chrono::steady_clock::now();
+    auto later = w.run("later");
+    ASSERT_TRUE(later);
+    EXPECT_EQ(later->state, TaskState::success);
+    EXPECT_EQ(later->result, "done");
+    EXPECT_EQ(later->retries, 1);
+    EXPECT_GE(std::chrono::steady_clock::now() - t0, 900ms);  // retry_in, not the 10 ms backoff
+    auto php = w.run("php-like");
+    ASSERT_TRUE(php);
+    EXPECT_EQ(php->state, TaskState::failure);
+    EXPECT_NE(php->result["exc_message"][0].get<std::string>().find("PHP Fatal error"),
+              std::string::npos)
+        << php->result.dump();
 }

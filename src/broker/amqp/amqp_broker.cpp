@@ -489,6 +489,11 @@ Result<void> publish_messages(Engine& e, std::span<const OutgoingMessage> msgs) 
 // ---------------------------------------------------------------------------------------------
 
 class AmqpConsumer final : public Consumer {
+    struct Source {
+        std::string queue;     // logical queue
+        bool ordered = false;  // a partition of an ordered queue
+    };
+
   public:
     AmqpConsumer(std::shared_ptr<Engine> e, ConsumerOptions o)
         : e_(std::move(e)), opts_(std::move(o)) {
@@ -538,18 +543,9 @@ class AmqpConsumer final : public Consumer {
             return ok;
         Pool pool;
         consumer_queue_.clear();
-        int n = 0;
         for (auto& [physical, source] : physical_) {
             if (unusable.contains(source.queue)) continue;
-            std::string ctag =
-                fmt::format("{}.{}", opts_.name.empty() ? "conveyor" : opts_.name, n++);
-            consumer_queue_[ctag] = source;
-            amqp_basic_consume(conn.raw(), kConsumeChannel, pool.bytes(physical), pool.bytes(ctag),
-                               0, 0, 0, amqp_empty_table);
-            if (auto ok = conn.check(amqp_get_rpc_reply(conn.raw()), kConsumeChannel,
-                                     fmt::format("consuming from queue '{}'", physical));
-                !ok)
-                return ok;
+            if (auto ok = start_consuming(conn, physical, source); !ok) return ok;
         }
         conn_ = std::move(*c);
         ++generation_;
@@ -902,6 +898,58 @@ class AmqpConsumer final : public Consumer {
         deferred_since_.reset();
     }
 
+    /// basic.consume on `physical`, under a consumer tag of its own.
+    Result<void> start_consuming(Connection& conn, const std::string& physical,
+                                 const Source& source) {
+        std::string ctag =
+            fmt::format("{}.{}", opts_.name.empty() ? "conveyor" : opts_.name, next_ctag_++);
+        consumer_queue_[ctag] = source;
+        Pool pool;
+        amqp_basic_consume(conn.raw(), kConsumeChannel, pool.bytes(physical), pool.bytes(ctag), 0,
+                           0, 0, amqp_empty_table);
+        return conn.check(amqp_get_rpc_reply(conn.raw()), kConsumeChannel,
+                          fmt::format("consuming from queue '{}'", physical));
+    }
+
+    Result<void> set_consuming(const std::string& queue, bool consume) override {
+        auto& qs = opts_.queues;
+        bool has = std::find(qs.begin(), qs.end(), queue) != qs.end();
+        if (consume == has) return {};
+        if (consume) {
+            if (auto ok = e_->ensure_queues({queue}); !ok) return ok;
+            qs.push_back(queue);
+            std::vector<std::string> added;
+            auto spec = e_->spec_of(queue);
+            if (spec && spec->partitions > 0) {
+                for (int i = 0; i < spec->partitions; ++i) {
+                    physical_[partition_queue(queue, i)] = Source{queue, true};
+                    added.push_back(partition_queue(queue, i));
+                }
+            } else {
+                physical_[queue] = Source{queue, false};
+                added.push_back(queue);
+            }
+            if (conn_ && conn_->healthy())
+                for (auto& p : added)
+                    if (auto ok = start_consuming(*conn_, p, physical_[p]); !ok) return ok;
+            return {};
+        }
+        std::erase(qs, queue);
+        std::erase_if(physical_, [&](const auto& kv) { return kv.second.queue == queue; });
+        if (conn_ && conn_->healthy()) {
+            Pool pool;
+            for (auto& [ctag, source] : consumer_queue_) {
+                if (source.queue != queue) continue;
+                amqp_basic_cancel(conn_->raw(), kConsumeChannel, pool.bytes(ctag));
+                if (auto ok = conn_->check(amqp_get_rpc_reply(conn_->raw()), kConsumeChannel,
+                                           fmt::format("no longer consuming from '{}'", queue));
+                    !ok)
+                    return ok;
+            }
+        }
+        return {};
+    }
+
     Result<std::vector<std::uint64_t>> renew() override {
         // Deliveries of a connection that is gone are RabbitMQ's again (delivered anew,
         // perhaps to another worker): whoever still runs them should stop.
@@ -927,13 +975,10 @@ class AmqpConsumer final : public Consumer {
   private:
     std::shared_ptr<Engine> e_;
     ConsumerOptions opts_;
-    struct Source {
-        std::string queue;     // logical queue
-        bool ordered = false;  // a partition of an ordered queue
-    };
     std::map<std::string, Source> physical_;        // physical queue -> where it belongs
     std::map<std::string, Source> consumer_queue_;  // consumer tag -> where it belongs
     std::set<std::string> reported_;                // queues said to be unusable
+    int next_ctag_ = 0;                             // consumer tags are NAME.N
     std::unique_ptr<Connection> conn_;
     std::uint64_t generation_ = 0;
     struct InFlight {

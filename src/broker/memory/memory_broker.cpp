@@ -163,6 +163,18 @@ class MemoryConsumer final : public Consumer {
         return {};
     }
 
+    Result<void> set_consuming(const std::string& queue, bool consume) override {
+        std::lock_guard lk(s_->mu);
+        auto& qs = opts_.queues;
+        bool has = std::find(qs.begin(), qs.end(), queue) != qs.end();
+        if (consume && !has) {
+            qs.push_back(queue);
+            s_->queues[queue];
+        }
+        if (!consume && has) std::erase(qs, queue);
+        return {};
+    }
+
     Result<std::vector<std::uint64_t>> renew() override {
         return std::vector<std::uint64_t>();  // no leases: a delivery is held until settled
     }

@@ -360,6 +360,15 @@ class SqliteConsumer final : public Consumer {
         return lost;
     }
 
+    Result<void> set_consuming(const std::string& queue, bool consume) override {
+        auto& qs = opts_.queues;
+        bool has = std::find(qs.begin(), qs.end(), queue) != qs.end();
+        if (consume && !has) qs.push_back(queue);
+        if (!consume && has) std::erase(qs, queue);
+        next_check_ = {};
+        return {};
+    }
+
   private:
     // Cheap read-only check, so idle consumers do not take the write lock.
     Result<bool> claimable() {

@@ -105,5 +105,25 @@ def events(node):
         }))
 
 
+def consumers(node):
+    """add_consumer / cancel_consumer / active_queues / conf, and commands Conveyor does not
+    carry out (rate_limit, ...)."""
+    extra = node.split('@')[0] + '-extra'
+    ctl = app.control
+    out = {'add': ctl.add_consumer(extra, destination=[node], reply=True, timeout=2.0)}
+    i = app.control.inspect(destination=[node], timeout=2.0)
+    out['active_queues'] = [q['name'] for q in (i.active_queues() or {}).get(node, [])]
+    r = app.send_task('interop.add', (20, 22), queue=extra)
+    out['on_extra'] = outcome(lambda: r.get(timeout=20))
+    out['cancel'] = ctl.cancel_consumer(extra, destination=[node], reply=True, timeout=2.0)
+    out['active_queues_after'] = [q['name'] for q in (i.active_queues() or {}).get(node, [])]
+    out['conf'] = i.conf()
+    out['rate_limit'] = ctl.rate_limit('interop.add', '10/m', destination=[node], reply=True,
+                                       timeout=2.0)
+    out['pool_grow'] = ctl.pool_grow(1, destination=[node], reply=True, timeout=2.0)
+    print(json.dumps(out))
+
+
 if __name__ == '__main__':
-    {'inspect': inspect, 'events': events}[sys.argv[1]](sys.argv[2])
+    {'inspect': inspect, 'events': events,
+     'consumers': consumers}[sys.argv[1]](sys.argv[2])
