@@ -70,7 +70,8 @@ std::shared_ptr<Broker> open_broker(const std::string& url, const Config& cfg, b
         }
         std::string why =
             fmt::format("cannot open broker {}: {}", detail::redact_url(url), b.error().message);
-        if (!wait || b.error().code != Errc::unavailable || g_signals)
+        bool passes = b.error().code == Errc::unavailable || b.error().code == Errc::timeout;
+        if (!wait || !passes || g_signals)
             die(why, b.error().code == Errc::invalid_argument ? 2 : 1);
         fmt::print(stderr, "conveyor: {}; retrying in {:.1f} s\n", why, backoff.count() / 1000.0);
         for (auto until = std::chrono::steady_clock::now() + backoff;

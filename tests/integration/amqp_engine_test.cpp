@@ -1,8 +1,12 @@
 // The amqp engine against a real RabbitMQ node (the suite's shared node; names are unique per
 // test).
 
+#include <arpa/inet.h>
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <map>
@@ -470,6 +474,40 @@ TEST(AmqpEngine, TlsConnectionVerifiesTheServerAndCarriesTasks) {
     auto untrusted = Broker::open(url.substr(0, url.find('?')));
     ASSERT_FALSE(untrusted);
     EXPECT_EQ(untrusted.error().code, Errc::unavailable) << untrusted.error().message;
+}
+
+TEST(AmqpEngine, TlsToAnIpAddressVerifiesTheCertificatesIpName) {
+    // The node's certificate names IP:127.0.0.1 (and DNS:localhost) among its alternative names.
+    auto url = testsupport::shared_rabbitmq_tls_url();
+    auto host = url.find("@localhost:");
+    ASSERT_NE(host, std::string::npos) << url;
+    auto by_ip = url.replace(host, std::string("@localhost:").size(), "@127.0.0.1:");
+    auto b = Broker::open(by_ip);
+    ASSERT_TRUE(b) << b.error().message;
+    EXPECT_TRUE((*b)->stats());
+}
+
+TEST(AmqpEngine, AServerThatNeverSpeaksAmqpIsATimeoutNotARefusal) {
+    // A listener that accepts and says nothing.
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    ASSERT_EQ(listen(fd, 4), 0);
+    socklen_t len = sizeof addr;
+    getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+    int port = ntohs(addr.sin_port);
+    auto b = Broker::open("amqp://guest:guest@127.0.0.1:" + std::to_string(port) +
+                          "/?connect_timeout=1");
+    close(fd);
+    ASSERT_FALSE(b);
+    EXPECT_EQ(b.error().code, Errc::timeout) << b.error().message;
+    EXPECT_NE(b.error().message.find("did not complete the AMQP handshake within the connect "
+                                     "timeout of 1 s"),
+              std::string::npos)
+        << b.error().message;
+    EXPECT_EQ(b.error().message.find("refused"), std::string::npos) << b.error().message;
 }
 
 TEST(AmqpEngine, UnreachableBrokerIsUnavailable) {

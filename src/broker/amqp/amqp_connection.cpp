@@ -2,9 +2,12 @@
 
 #include <amqp_ssl_socket.h>
 #include <amqp_tcp_socket.h>
+#include <arpa/inet.h>
 #include <fmt/format.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 
@@ -14,6 +17,12 @@
 namespace conveyor::amqp {
 
 namespace {
+
+bool is_ip_literal(const std::string& host) {
+    unsigned char buf[sizeof(in6_addr)];
+    return inet_pton(AF_INET, host.c_str(), buf) == 1 ||
+           inet_pton(AF_INET6, host.c_str(), buf) == 1;
+}
 
 timeval to_timeval(std::chrono::milliseconds ms) {
     if (ms.count() < 0) ms = std::chrono::milliseconds(0);
@@ -353,6 +362,14 @@ Result<std::unique_ptr<Connection>> Connection::open_endpoint(const ConnectionOp
                                     opts.key));
         amqp_ssl_socket_set_verify_peer(s, opts.verify ? 1 : 0);
         amqp_ssl_socket_set_verify_hostname(s, opts.verify ? 1 : 0);
+        if (opts.verify && is_ip_literal(o.host)) {
+            // rabbitmq-c matches DNS names only: an address is checked by OpenSSL against
+            // the certificate's IP subject alternative names instead.
+            amqp_ssl_socket_set_verify_hostname(s, 0);
+            auto* ctx = static_cast<SSL_CTX*>(amqp_ssl_socket_get_context(s));
+            if (!ctx || X509_VERIFY_PARAM_set1_ip_asc(SSL_CTX_get0_param(ctx), o.host.c_str()) != 1)
+                return fail(Errc::internal, "cannot set up verification of an IP address");
+        }
     }
     timeval tv = to_timeval(opts.connect_timeout);
     if (int rc = amqp_socket_open_noblock(s, o.host.c_str(), o.port, &tv); rc != AMQP_STATUS_OK) {
@@ -379,6 +396,22 @@ Result<std::unique_ptr<Connection>> Connection::open_endpoint(const ConnectionOp
                                    AMQP_SASL_METHOD_PLAIN, o.user.c_str(), o.password.c_str());
     if (r.reply_type != AMQP_RESPONSE_NORMAL) {
         c->healthy_ = false;
+        if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+            (r.library_error == AMQP_STATUS_TIMEOUT ||
+             r.library_error == AMQP_STATUS_SOCKET_ERROR ||
+             r.library_error == AMQP_STATUS_SSL_ERROR ||
+             r.library_error == AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED ||
+             r.library_error == AMQP_STATUS_SSL_PEER_VERIFY_FAILED ||
+             r.library_error == AMQP_STATUS_SSL_CONNECTION_FAILED))
+            // Not a refusal: nothing (or no AMQP, or no trusted TLS) answered in time.
+            return fail(
+                r.library_error == AMQP_STATUS_TIMEOUT ? Errc::timeout : Errc::unavailable,
+                fmt::format("RabbitMQ at {} did not complete the AMQP handshake{}: {}", where,
+                            r.library_error == AMQP_STATUS_TIMEOUT
+                                ? fmt::format(" within the connect timeout of {} s",
+                                              opts.connect_timeout.count() / 1000.0)
+                                : "",
+                            amqp_error_string2(r.library_error)));
         if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
             r.library_error == AMQP_STATUS_CONNECTION_CLOSED)
             return fail(Errc::invalid_argument,
