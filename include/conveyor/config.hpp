@@ -36,6 +36,7 @@ struct TaskConfig {
     std::string http;               ///< or POST the task JSON to this URL
     std::optional<double> timeout;  ///< seconds; hard limit of one attempt
     RetryPolicy retry;
+    bool track_started = false;  ///< store STARTED when a run starts (Celery's track_started)
 };
 
 /// `[worker]`: defaults for `conveyor worker`.
@@ -46,6 +47,7 @@ struct WorkerConfig {
     double lease = 30.0;           ///< seconds a claim lasts without renewal (sqlite)
     double shutdown_grace = 30.0;  ///< seconds in-flight tasks get on SIGTERM
     int delivery_limit = 5;        ///< deliveries without a settlement before a dead letter
+    bool track_started = false;    ///< STARTED for every task
 };
 
 /// The whole configuration. Value type; `load_config` fills it.

@@ -81,6 +81,9 @@ using Handler = std::function<Json(TaskContext&)>;
 struct TaskOptions {
     RetryPolicy retry;
     std::optional<std::chrono::milliseconds> timeout;  ///< hard limit of one attempt
+    /// Store STARTED (with the worker's pid and node) when a run starts, as Celery's
+    /// `track_started` does; a result backend's readers then see it.
+    bool track_started = false;
 };
 
 /// Worker settings. Value type.
@@ -105,6 +108,7 @@ struct WorkerOptions {
     std::string node_name;
     bool task_events = false;    ///< send task-* events (Celery's -E); worker-* always go
     bool remote_control = true;  ///< answer `celery inspect` / `celery control` (amqp)
+    bool track_started = false;  ///< STARTED for every task (TaskOptions::track_started)
 };
 
 /// Counters since start. All monotonic.

@@ -204,6 +204,7 @@ int cmd_worker(const Global& g, const WorkerFlags& f) {
     o.node_name = f.node;
     o.task_events = f.events;
     o.delivery_limit = f.delivery_limit >= 0 ? f.delivery_limit : cfg.worker.delivery_limit;
+    o.track_started = cfg.worker.track_started;
     Worker worker(broker, o);
     worker.configure(cfg);
     g_worker = &worker;

@@ -427,9 +427,10 @@ Result<Config> parse_config(std::string_view text, std::string_view source) {
         for (auto& e : *arr) {
             auto* t = e.as_table();
             if (!t) return bad(c, &e, "each [[task]] must be a table");
-            if (auto ok = check_keys(c, *t, "[[task]]",
-                                     {"name", "queue", "exec", "http", "timeout", "max_retries",
-                                      "retry_backoff", "retry_backoff_max", "retry_jitter"});
+            if (auto ok = check_keys(
+                    c, *t, "[[task]]",
+                    {"name", "queue", "exec", "http", "timeout", "max_retries", "retry_backoff",
+                     "retry_backoff_max", "retry_jitter", "track_started"});
                 !ok)
                 return std::unexpected(ok.error());
             TaskConfig task;
@@ -467,6 +468,8 @@ Result<Config> parse_config(std::string_view text, std::string_view source) {
             if (!timeout) return std::unexpected(timeout.error());
             task.timeout = *timeout;
             if (auto ok = parse_retry(c, *t, task.retry); !ok) return std::unexpected(ok.error());
+            if (auto ok = get_bool(c, *t, "track_started", task.track_started); !ok)
+                return std::unexpected(ok.error());
             if (cfg.find_task(task.name))
                 return bad(c, &e, fmt::format("task '{}' is defined twice", task.name));
             cfg.tasks.push_back(std::move(task));
@@ -494,9 +497,9 @@ Result<Config> parse_config(std::string_view text, std::string_view source) {
     if (auto* wn = root.get("worker")) {
         auto* t = wn->as_table();
         if (!t) return bad(c, wn, "'worker' must be a table");
-        if (auto ok = check_keys(
-                c, *t, "[worker]",
-                {"queues", "concurrency", "prefetch", "lease", "shutdown_grace", "delivery_limit"});
+        if (auto ok = check_keys(c, *t, "[worker]",
+                                 {"queues", "concurrency", "prefetch", "lease", "shutdown_grace",
+                                  "delivery_limit", "track_started"});
             !ok)
             return std::unexpected(ok.error());
         if (auto* q = t->get("queues")) {
@@ -536,6 +539,8 @@ Result<Config> parse_config(std::string_view text, std::string_view source) {
                                        **limit));
             cfg.worker.delivery_limit = int(**limit);
         }
+        if (auto ok = get_bool(c, *t, "track_started", cfg.worker.track_started); !ok)
+            return std::unexpected(ok.error());
     }
     for (auto& t : cfg.tasks) {
         if (!t.queue.empty() && !cfg.find_queue(t.queue)) {

@@ -177,6 +177,9 @@ struct Worker::Impl {
                 out.kind = Outcome::Kind::revoked;  // revoked while it waited here
             } else {
                 if (monitor) monitor->started(job->task.id);
+                if ((opts.track_started || job->reg->options.track_started) &&
+                    !job->task.ignore_result)
+                    store_started(*job);
                 running++;
                 out = execute(*job);
                 running--;
@@ -190,6 +193,18 @@ struct Worker::Impl {
             // The dispatcher takes every outcome at once: wake it for the first one only.
             if (first) outcome_cv.notify_one();
         }
+    }
+
+    /// Celery's track_started: STARTED, with who runs it, before the handler does.
+    void store_started(const Job& job) {
+        TaskResult r;
+        r.id = job.task.id;
+        r.state = TaskState::started;
+        r.result = Json{{"pid", getpid()}, {"hostname", opts.node_name}};
+        r.retries = job.task.retries;
+        if (auto ok = broker->store_results(std::span(&r, 1), job.task.reply_to); !ok)
+            fmt::print(stderr, "conveyor: task {}: STARTED not stored: {}\n", job.task.id,
+                       ok.error().message);
     }
 
     Outcome execute(Job& job) {
@@ -894,6 +909,7 @@ void Worker::configure(const Config& config) {
     for (auto& t : config.tasks) {
         TaskOptions o;
         o.retry = t.retry;
+        o.track_started = t.track_started || config.worker.track_started;
         if (t.timeout) o.timeout = milliseconds(static_cast<long long>(*t.timeout * 1000));
         if (!t.exec.empty())
             handle_exec(t.name, t.exec, o);

@@ -219,3 +219,21 @@ TEST(CeleryInterop, ConveyorWorkflowsRunOnConveyorAndCeleryWorkersTogether) {
     EXPECT_EQ(client.wait((*ids)[0], 30s)->result, 10);
     EXPECT_EQ(client.wait((*ids)[1], 30s)->result, 25);
 }
+
+TEST(CeleryInterop, TrackStartedShowsSTARTEDToAPythonClientWithRedisResults) {
+    auto q = unique_name("py2cv-started");
+    auto url = shared_rabbitmq_url() + "?results=" + shared_redis_url();
+    auto o = options_for({q}, 2);
+    o.track_started = true;
+    BackgroundWorker w(open_with(queues({q}), url), o);
+    w.worker.handle("interop.sleep", [](TaskContext& c) -> Json {
+        std::this_thread::sleep_for(std::chrono::seconds(c.args()[0].get<int>()));
+        return "slept";
+    });
+    w.start();
+    auto out = celery_client({"started"}, q, shared_redis_url());
+    auto states = out["states"];
+    EXPECT_NE(std::find(states.begin(), states.end(), Json("STARTED")), states.end()) << out.dump();
+    EXPECT_EQ(states.back(), "SUCCESS") << out.dump();
+    EXPECT_EQ(out["info"], "slept") << out.dump();
+}

@@ -84,9 +84,26 @@ def wait_for(task_id):
     print(json.dumps({'result': outcome(lambda: r.get(timeout=30)), 'state': r.state}))
 
 
+def started():
+    """Celery's track_started: STARTED is seen while the task runs on a Conveyor worker."""
+    r = app.send_task('interop.sleep', (2,))
+    states = []
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        s = r.state
+        if not states or states[-1] != s:
+            states.append(s)
+        if s in ('SUCCESS', 'FAILURE'):
+            break
+        time.sleep(0.05)
+    print(json.dumps({'states': states, 'info': r.info if r.state == 'SUCCESS' else None}))
+
+
 if __name__ == '__main__':
     scenario = sys.argv[1]
-    if scenario == 'to_conveyor':
+    if scenario == 'started':
+        started()
+    elif scenario == 'to_conveyor':
         to_conveyor(sys.argv[2])
     elif scenario == 'canvas':
         canvas(sys.argv[2], sys.argv[3])
