@@ -10,6 +10,7 @@
 #   scripts/rabbitmq-cluster.sh restart DIR K    start node K again; it rejoins the cluster
 #   scripts/rabbitmq-cluster.sh running DIR      how many nodes the cluster sees running
 #   scripts/rabbitmq-cluster.sh leader DIR QUEUE the number K of the node leading a quorum queue
+#   scripts/rabbitmq-cluster.sh queues DIR       every queue: name, type, leader, messages
 #   scripts/rabbitmq-cluster.sh stop DIR         stop every node and the port mapper
 set -euo pipefail
 cmd="${1:?usage: rabbitmq-cluster.sh start|kill|restart|running|leader|stop DIR ...}"
@@ -74,6 +75,9 @@ print(q[0]["leader"] if q else "")' "$queue")"
     done
     echo "rabbitmq-cluster: no node leads '$queue' (leader '$leader')" >&2
     exit 1
+    ;;
+  queues)
+    any_ctl list_queues name type leader messages --no-table-headers 2> /dev/null
     ;;
   stop)
     for n in "$dir"/node*; do [ -d "$n" ] && "$node_sh" stop "$n"; done

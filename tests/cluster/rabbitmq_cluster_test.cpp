@@ -47,6 +47,13 @@ class Cluster {
     bool restart(int node) {
         return script({"restart", dir_, std::to_string(node)}, 300s).first == 0;
     }
+    std::string queues() { return script({"queues", dir_}, 60s).second; }
+    std::string log_errors() {
+        return run({"/bin/sh", "-c",
+                    "grep -h -i -E 'dlx|dead.lett|error|crash' " + dir_ +
+                        "/node*/log/*.log | grep -v -i 'tracked connection' | tail -40"})
+            .second;
+    }
     int running() {
         auto [rc, out] = script({"running", dir_}, 60s);
         return rc == 0 ? std::atoi(out.c_str()) : -1;
@@ -183,7 +190,10 @@ TEST(RabbitCluster, LosingTheNodeThatLeadsTheTaskQueueLosesNoConfirmedTask) {
                 for (auto& q : *st)
                     if (q.queue == queue) ready = q.ready;
             return ready;
-        }() << "\nworkers say:\n" << read_file(dir.file("worker0.out"))
+        }() << "\nthe cluster's queues:\n"
+                                 << cluster.queues() << "\nthe nodes' logs:\n"
+                                 << cluster.log_errors() << "\nworkers say:\n"
+                                 << read_file(dir.file("worker0.out"))
                                  << read_file(dir.file("worker1.out"));
     // The producer failed over too: every batch was confirmed in the end.
     EXPECT_EQ(failed_batches.load(), 0);

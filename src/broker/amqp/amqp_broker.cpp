@@ -239,6 +239,9 @@ class Engine : public std::enable_shared_from_this<Engine> {
             level_args_base["x-dead-letter-strategy"] = "at-least-once";
         }
         level_args_base["x-overflow"] = "reject-publish";
+        // Every exchange first: a quorum queue whose dead-letter exchange does not exist when
+        // its leader starts never forwards its dead letters (RabbitMQ 3.10's at-least-once
+        // worker gives up on it), and a delay level's dead-letter exchange is the next level's.
         if (auto ok = c.declare_exchange(kUnroutableExchange, "fanout", {.durable = true},
                                          Json::object());
             !ok)
@@ -248,17 +251,11 @@ class Engine : public std::enable_shared_from_this<Engine> {
                                    {{"alternate-exchange", std::string(kUnroutableExchange)}});
             !ok)
             return ok;
-        for (int level = kDelayLevels - 1; level >= 0; --level) {
-            std::string_view name = delay_level_name(level);
-            std::string_view next = level == 0 ? kDeliverExchange : delay_level_name(level - 1);
-            if (auto ok = c.declare_exchange(name, "topic", {.durable = true}, Json::object()); !ok)
+        for (int level = kDelayLevels - 1; level >= 0; --level)
+            if (auto ok = c.declare_exchange(delay_level_name(level), "topic", {.durable = true},
+                                             Json::object());
+                !ok)
                 return ok;
-            Json args = level_args_base;
-            args["x-message-ttl"] = (std::int64_t(1) << level) * 1000;
-            args["x-dead-letter-exchange"] = std::string(next);
-            if (auto ok = c.declare_queue(name, args); !ok) return std::unexpected(ok.error());
-            if (auto ok = c.bind_queue(name, name, delay_binding_key(level, true)); !ok) return ok;
-        }
         // Exchange-to-exchange bindings once every exchange exists.
         for (int level = kDelayLevels - 1; level >= 0; --level) {
             std::string_view next = level == 0 ? kDeliverExchange : delay_level_name(level - 1);
@@ -267,8 +264,18 @@ class Engine : public std::enable_shared_from_this<Engine> {
                 !ok)
                 return ok;
         }
+        for (int level = kDelayLevels - 1; level >= 0; --level) {
+            std::string_view name = delay_level_name(level);
+            std::string_view next = level == 0 ? kDeliverExchange : delay_level_name(level - 1);
+            Json args = level_args_base;
+            args["x-message-ttl"] = (std::int64_t(1) << level) * 1000;
+            args["x-dead-letter-exchange"] = std::string(next);
+            if (auto ok = c.declare_queue(name, args); !ok) return std::unexpected(ok.error());
+            if (auto ok = c.bind_queue(name, name, delay_binding_key(level, true)); !ok) return ok;
+        }
         // Of the delay levels' type: a classic queue is gone while its one node is down, and
-        // then nothing could be delayed in a cluster that lost that node.
+        // then nothing could be delayed in a cluster that lost that node. Declared last, so its
+        // presence means the rest exists.
         Json unroutable_args = Json::object();
         if (opts.delay_queue_type == "quorum") unroutable_args["x-queue-type"] = "quorum";
         if (auto ok = c.declare_queue(kUnroutableQueue, unroutable_args); !ok)
