@@ -49,6 +49,11 @@ case "$cmd" in
         "$node_sh" ctl "$dir/node$k" start_app > /dev/null
       fi
     done
+    # Every node sees every other before anything is declared: a quorum queue declared while
+    # the cluster still forms may start without its dead-letter worker.
+    for k in $(seq "$n"); do
+      "$node_sh" ctl "$dir/node$k" await_online_nodes "$n" --timeout 60000 > /dev/null 2>&1 || true
+    done
     (IFS=';'; echo "${urls[*]}") > "$dir/url"
     cat "$dir/url"
     ;;

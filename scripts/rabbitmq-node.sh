@@ -79,7 +79,8 @@ loopback_users = none
 log.console = false
 log.file.level = warning
 EOF
-    setsid "$rmq/rabbitmq-server" >> "$dir/server.log" 2>&1 < /dev/null &
+    # From its own folder: a node that fails writes its crash dumps (MnesiaCore.*) there.
+    (cd "$dir" && exec setsid "$rmq/rabbitmq-server" >> "$dir/server.log" 2>&1 < /dev/null) &
     deadline=$((SECONDS + 90))
     until ctl await_startup --timeout 5 > /dev/null 2>&1; do
       if [ $SECONDS -ge $deadline ]; then

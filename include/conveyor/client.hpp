@@ -31,6 +31,10 @@ struct EnqueueOptions {
     /// default for a raw queue, a `format = "raw"` exchange, and an exchange whose configured
     /// bindings all lead to raw queues).
     bool raw = false;
+    /// A raw publish's content type; default: text/plain for a string of UTF-8 text,
+    /// application/octet-stream for a string of other bytes, application/json otherwise.
+    /// A string argument is sent as its bytes, exactly.
+    std::string content_type;
 };
 
 /// One task of a workflow (Celery's signature).

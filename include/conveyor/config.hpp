@@ -37,6 +37,7 @@ struct TaskConfig {
     std::optional<double> timeout;  ///< seconds; hard limit of one attempt
     RetryPolicy retry;
     bool track_started = false;  ///< store STARTED when a run starts (Celery's track_started)
+    bool input_body = false;     ///< `input = "body"`: exec/http get the body as published
 };
 
 /// `[worker]`: defaults for `conveyor worker`.

@@ -37,10 +37,15 @@ struct TaskMessage {
     bool ignore_result = false;             ///< do not store a result
     std::string origin;                     ///< sender's node name
     Json extra_headers = Json::object();    ///< any other headers, kept and forwarded
+    /// A message from a raw queue: its body exactly as published (any bytes, possibly empty)
+    /// and its content type. Set, it is also what a raw publish sends, byte for byte.
+    std::optional<std::string> body;
+    std::string content_type;  ///< of `body`; empty: none was given
 };
 
 /// A message as it travels: AMQP-style properties, headers and an opaque body.
-/// Brokers store and move envelopes; only the codec looks inside.
+/// Brokers store and move envelopes without reading the body; the codec turns them into
+/// tasks and back.
 struct Envelope {
     std::string content_type;
     std::string content_encoding;

@@ -36,6 +36,10 @@ class TaskContext {
     const std::string& queue() const noexcept { return queue_; }
     const Json& args() const noexcept { return task_.args; }
     const Json& kwargs() const noexcept { return task_.kwargs; }
+    /// A raw queue's message exactly as published (any bytes); unset for other tasks.
+    const std::optional<std::string>& body() const noexcept { return task_.body; }
+    /// The content type it was published with (empty: none).
+    const std::string& content_type() const noexcept { return task_.content_type; }
     int retries() const noexcept { return task_.retries; }
     /// 1 for the first attempt.
     int attempt() const noexcept { return task_.retries + 1; }
@@ -78,12 +82,19 @@ struct Reject : std::runtime_error {
 using Handler = std::function<Json(TaskContext&)>;
 
 /// Per-task execution settings.
+/// What an `exec` or `http` handler receives.
+enum class HandlerInput {
+    task,  ///< the task as JSON (id, task, args, kwargs, ...)
+    body,  ///< the message body exactly as published (raw queues), else the one argument
+};
+
 struct TaskOptions {
     RetryPolicy retry;
     std::optional<std::chrono::milliseconds> timeout;  ///< hard limit of one attempt
     /// Store STARTED (with the worker's pid and node) when a run starts, as Celery's
     /// `track_started` does; a result backend's readers then see it.
     bool track_started = false;
+    HandlerInput input = HandlerInput::task;  ///< for `exec` and `http` handlers
 };
 
 /// Worker settings. Value type.
@@ -132,9 +143,11 @@ class Worker {
     /// Registers an in-process C++ handler.
     void handle(std::string task, TaskOptions options, Handler fn);
     void handle(std::string task, Handler fn);
-    /// Runs `argv` per task: the task JSON on stdin; exit 0 = success, stdout = result.
+    /// Runs `argv` per task: the task JSON (or the body, per `options.input`) on stdin;
+    /// exit 0 = success, stdout = result.
     void handle_exec(std::string task, std::vector<std::string> argv, TaskOptions options);
-    /// POSTs the task JSON to `url`: 2xx = success; 429/5xx/timeouts retried; other 4xx rejected.
+    /// POSTs the task JSON (or the body, per `options.input`) to `url`: 2xx = success;
+    /// 429/5xx/timeouts retried; other 4xx rejected.
     void handle_http(std::string task, std::string url, TaskOptions options);
     /// Registers every `[[task]]` of the config with an `exec` or `http` handler, and takes the
     /// config's raw queues and default retry policy.

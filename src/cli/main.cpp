@@ -7,8 +7,11 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <iterator>
 #include <thread>
 
 #include "cli/demo.hpp"
@@ -297,8 +300,9 @@ int main(int argc, char** argv) {
     std::optional<double> e_countdown, e_expires;
     std::optional<int> e_priority, e_max_retries;
     enqueue->add_option("TASK", e_task, "Task name")->required();
-    enqueue->add_option("--args", e_args, "Positional arguments, a JSON array");
-    enqueue->add_option("--kwargs", e_kwargs, "Keyword arguments, a JSON object");
+    auto* e_args_opt = enqueue->add_option("--args", e_args, "Positional arguments, a JSON array");
+    auto* e_kwargs_opt =
+        enqueue->add_option("--kwargs", e_kwargs, "Keyword arguments, a JSON object");
     enqueue->add_option("--queue", e_queue, "Queue (default: the task's, else celery)");
     auto* cd = enqueue->add_option("--countdown", e_countdown, "Run after this many seconds");
     auto* eta = enqueue->add_option("--eta", e_eta, "Run at this ISO-8601 time");
@@ -316,6 +320,15 @@ int main(int argc, char** argv) {
     bool e_raw = false;
     enqueue->add_flag("--raw", e_raw,
                       "Publish the one argument as the plain body (as php-amqplib would)");
+    std::string e_body_file, e_content_type;
+    enqueue
+        ->add_option("--body-file", e_body_file,
+                     "Publish this file's bytes (- for stdin) as the plain body, exactly")
+        ->excludes(e_args_opt)
+        ->excludes(e_kwargs_opt);
+    enqueue->add_option("--content-type", e_content_type,
+                        "Content type of a plain body (default: text/plain for UTF-8 text, "
+                        "application/octet-stream for other bytes, application/json otherwise)");
     enqueue->add_option("--key", e_key,
                         "Ordering key: tasks with one key run in order (ordered queues)");
     std::optional<double> e_wait;
@@ -506,7 +519,23 @@ int main(int argc, char** argv) {
     if (enqueue->parsed()) {
         Json args = parse_json_flag(e_args, "--args", true);
         Json kwargs = parse_json_flag(e_kwargs, "--kwargs", false);
+        if (!e_body_file.empty()) {
+            std::string bytes;
+            if (e_body_file == "-") {
+                bytes.assign(std::istreambuf_iterator<char>(std::cin), {});
+            } else {
+                std::ifstream in(e_body_file, std::ios::binary);
+                if (!in)
+                    die(fmt::format("--body-file '{}' cannot be read: {}", e_body_file,
+                                    std::strerror(errno)),
+                        2);
+                bytes.assign(std::istreambuf_iterator<char>(in), {});
+            }
+            args = Json::array({std::move(bytes)});
+            e_raw = true;
+        }
         EnqueueOptions o;
+        o.content_type = e_content_type;
         o.queue = e_queue;
         o.id = e_id;
         o.priority = e_priority;

@@ -246,14 +246,23 @@ Result<Envelope> encode_raw(const TaskMessage& t, std::string_view queue) {
                         queue));
     Envelope env;
     const Json& payload = t.args[0];
-    if (payload.is_string()) {
-        env.content_type = "text/plain";
+    if (t.body) {
+        // The exact bytes of a raw message (forwarded, or given as a body).
+        env.body = *t.body;
+        env.content_type = !t.content_type.empty()     ? t.content_type
+                           : detail::is_utf8(env.body) ? "text/plain"
+                                                       : "application/octet-stream";
+    } else if (payload.is_string()) {
         env.body = payload.get<std::string>();
+        env.content_type = !t.content_type.empty()     ? t.content_type
+                           : detail::is_utf8(env.body) ? "text/plain"
+                                                       : "application/octet-stream";
     } else {
         env.content_type = std::string(kJson);
         env.body = payload.dump(-1, ' ', false, Json::error_handler_t::replace);
     }
-    env.content_encoding = "utf-8";
+    if (env.content_type.starts_with("text/") || env.content_type == kJson)
+        env.content_encoding = "utf-8";
     env.correlation_id = t.id;
     env.reply_to = t.reply_to;
     env.priority = t.priority;
@@ -384,20 +393,22 @@ Result<TaskMessage> decode_raw(const Envelope& env, std::string_view task_name,
     t.name = std::string(task_name);
     t.id = envelope_id(env);
     if (t.id.empty()) t.id = std::string(fallback_id);
-    if (detail::json_text_depth(env.body) > detail::kMaxJsonDepth)
-        return fail(Errc::malformed,
-                    fmt::format("raw body nests deeper than {} levels", detail::kMaxJsonDepth));
-    Json payload = Json::parse(env.body, nullptr, false);
-    if (payload.is_discarded()) {
-        // A plain-text body is a string argument, as long as it is text.
-        Json probe = Json(env.body);
-        try {
-            (void)probe.dump();
-        } catch (const Json::exception&) {
-            return fail(Errc::malformed, "raw body is neither JSON nor valid UTF-8 text");
-        }
-        payload = std::move(probe);
+    // The payload: JSON when the body is JSON and not said to be something else, text as a
+    // string, other bytes as a string of those bytes; the exact body is kept beside it.
+    const bool said_other = !env.content_type.empty() && env.content_type != kJson &&
+                            !env.content_type.ends_with("+json");
+    Json payload;
+    bool parsed = false;
+    if (!said_other) {
+        if (detail::json_text_depth(env.body) > detail::kMaxJsonDepth)
+            return fail(Errc::malformed,
+                        fmt::format("raw body nests deeper than {} levels", detail::kMaxJsonDepth));
+        payload = Json::parse(env.body, nullptr, false);
+        parsed = !payload.is_discarded();
     }
+    if (!parsed) payload = env.body;
+    t.body = env.body;
+    t.content_type = env.content_type;
     t.args = Json::array({std::move(payload)});
     const Json& h = env.headers.is_object() ? env.headers : empty_object();
     if (auto r = header_int(h, "retries", 0, kMaxRetries); r && *r) t.retries = int(**r);

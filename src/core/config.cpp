@@ -430,7 +430,7 @@ Result<Config> parse_config(std::string_view text, std::string_view source) {
             if (auto ok = check_keys(
                     c, *t, "[[task]]",
                     {"name", "queue", "exec", "http", "timeout", "max_retries", "retry_backoff",
-                     "retry_backoff_max", "retry_jitter", "track_started"});
+                     "retry_backoff_max", "retry_jitter", "track_started", "input"});
                 !ok)
                 return std::unexpected(ok.error());
             TaskConfig task;
@@ -470,6 +470,13 @@ Result<Config> parse_config(std::string_view text, std::string_view source) {
             if (auto ok = parse_retry(c, *t, task.retry); !ok) return std::unexpected(ok.error());
             if (auto ok = get_bool(c, *t, "track_started", task.track_started); !ok)
                 return std::unexpected(ok.error());
+            auto input = get_string(c, *t, "input");
+            if (!input) return std::unexpected(input.error());
+            if (!input->empty() && *input != "task" && *input != "body")
+                return bad(c, t->get("input"),
+                           fmt::format("task '{}': 'input' must be \"task\" or \"body\", not '{}'",
+                                       task.name, *input));
+            task.input_body = *input == "body";
             if (cfg.find_task(task.name))
                 return bad(c, &e, fmt::format("task '{}' is defined twice", task.name));
             cfg.tasks.push_back(std::move(task));

@@ -27,6 +27,10 @@ std::size_t json_depth(const Json& value, std::size_t limit = kMaxJsonDepth);
 /// not valid JSON (or not valid UTF-8)".
 Result<Json> parse_untrusted(std::string_view text, std::string_view what);
 
+/// Whether `text` is well-formed UTF-8 (no overlong forms, surrogates or code points past
+/// U+10FFFF).
+bool is_utf8(std::string_view text) noexcept;
+
 /// `value` as compact JSON text; invalid UTF-8 in strings becomes U+FFFD instead of throwing.
 std::string dump_lossy(const Json& value);
 

@@ -67,6 +67,7 @@ Result<OutgoingMessage> Client::prepare(TaskMessage t, const EnqueueOptions& o) 
     m.routing_key = o.routing_key;
     m.ordering_key = o.ordering_key;
     if (o.raw || config_.publishes_raw(m.exchange, m.queue)) {
+        if (!o.content_type.empty()) t.content_type = o.content_type;
         auto env = codec::encode_raw(t, m.exchange.empty() ? m.queue : m.exchange);
         if (!env) return std::unexpected(env.error());
         m.envelope = std::move(*env);

@@ -72,37 +72,6 @@ struct SigpipeBlock {
 constexpr int kExitDoNotRetry = 65;  // EX_DATAERR: the input is wrong; retrying cannot help
 constexpr int kExitRetryLater = 75;  // EX_TEMPFAIL: try again later
 
-/// A failure a command described itself, as its last line of output.
-struct TypedFailure {
-    std::string type;
-    std::string message;
-    std::string module = "builtins";
-    std::optional<std::chrono::milliseconds> retry_in;
-};
-
-/// The last non-empty line of `text`, when it is a JSON object with a string "exc_type".
-std::optional<TypedFailure> typed_failure(const std::string& text) {
-    auto end = text.find_last_not_of("\r\n");
-    if (end == std::string::npos) return std::nullopt;
-    auto start = text.rfind('\n', end);
-    std::string_view line(text.data() + (start == std::string::npos ? 0 : start + 1),
-                          end - (start == std::string::npos ? 0 : start + 1) + 1);
-    if (line.empty() || line.front() != '{' || line.size() > 65536) return std::nullopt;
-    auto j = parse_untrusted(line, "the failure");
-    if (!j || !j->is_object()) return std::nullopt;
-    auto type = j->find("exc_type");
-    if (type == j->end() || !type->is_string() || type->get_ref<const std::string&>().empty())
-        return std::nullopt;
-    TypedFailure f;
-    f.type = type->get<std::string>();
-    if (auto m = j->find("exc_message"); m != j->end())
-        f.message = m->is_string() ? m->get<std::string>() : dump_lossy(*m);
-    if (auto m = j->find("exc_module"); m != j->end() && m->is_string()) f.module = *m;
-    if (auto r = j->find("retry_in"); r != j->end() && r->is_number() && r->get<double>() >= 0)
-        f.retry_in = seconds_to_ms(std::min(r->get<double>(), 365.0 * 86400));
-    return f;
-}
-
 /// The file `name` runs: itself when it has a slash, else the first executable of that name on
 /// PATH (searched here, before the fork: the child may only make system calls). Empty when
 /// there is none.
@@ -205,7 +174,7 @@ pid_t start_guarded(const char* path, char* const* argv, char* const* envp, int 
 
 }  // namespace
 
-Json run_exec(const std::vector<std::string>& argv, TaskContext& ctx) {
+Json run_exec(const std::vector<std::string>& argv, TaskContext& ctx, HandlerInput input_kind) {
     if (argv.empty()) throw Reject("exec handler has an empty command");
     SigpipeBlock no_sigpipe;
     int in_pipe[2], out_pipe[2], err_pipe[2];
@@ -226,6 +195,8 @@ Json run_exec(const std::vector<std::string>& argv, TaskContext& ctx) {
     env_store.push_back("CONVEYOR_TASK_NAME=" + ctx.name());
     env_store.push_back("CONVEYOR_TASK_QUEUE=" + ctx.queue());
     env_store.push_back(fmt::format("CONVEYOR_ATTEMPT={}", ctx.attempt()));
+    if (input_kind == HandlerInput::body)
+        env_store.push_back("CONVEYOR_CONTENT_TYPE=" + handler_body(ctx.task()).content_type);
     std::vector<char*> envp;
     for (auto& s : env_store) envp.push_back(s.data());
     envp.push_back(nullptr);
@@ -260,9 +231,13 @@ Json run_exec(const std::vector<std::string>& argv, TaskContext& ctx) {
     out_w.close();
     err_w.close();
 
-    std::string input =
-        task_payload(ctx.task(), ctx.queue()).dump(-1, ' ', false, Json::error_handler_t::replace);
-    input.push_back('\n');
+    std::string input;
+    if (input_kind == HandlerInput::body) {
+        input = std::move(handler_body(ctx.task()).bytes);
+    } else {
+        input = dump_lossy(task_payload(ctx.task(), ctx.queue()));
+        input.push_back('\n');
+    }
     std::size_t written = 0;
     fcntl(in_w.fd, F_SETFL, O_NONBLOCK);
     std::string out, err;

@@ -8,21 +8,7 @@
 
 namespace conveyor::detail {
 
-std::string header_value(std::string_view text) {
-    // Task ids and names come from the wire: a CR or LF would end the header and start another
-    // one. Control characters (and '%', so the encoding can be undone) are percent-encoded.
-    std::string out;
-    out.reserve(text.size());
-    for (unsigned char c : text) {
-        if (c < 0x20 || c == 0x7f || c == '%')
-            out += fmt::format("%{:02X}", c);
-        else
-            out += char(c);
-    }
-    return out;
-}
-
-Json run_http(const std::string& url, TaskContext& ctx) {
+Json run_http(const std::string& url, TaskContext& ctx, HandlerInput input) {
     auto scheme_end = url.find("://");
     auto path_start = url.find('/', scheme_end == std::string::npos ? 0 : scheme_end + 3);
     std::string base = path_start == std::string::npos ? url : url.substr(0, path_start);
@@ -45,8 +31,17 @@ Json run_http(const std::string& url, TaskContext& ctx) {
     httplib::Headers headers = {{"X-Conveyor-Task-Id", header_value(ctx.id())},
                                 {"X-Conveyor-Task-Name", header_value(ctx.name())},
                                 {"X-Conveyor-Attempt", std::to_string(ctx.attempt())}};
-    std::string body = dump_lossy(task_payload(ctx.task(), ctx.queue()));
-    auto res = cli.Post(path, headers, body, "application/json");
+    std::string body, content_type = "application/json";
+    if (input == HandlerInput::body) {
+        auto b = handler_body(ctx.task());
+        body = std::move(b.bytes);
+        if (!b.content_type.empty()) content_type = std::move(b.content_type);
+        if (content_type.starts_with("text/") && content_type.find("charset") == std::string::npos)
+            content_type += "; charset=utf-8";
+    } else {
+        body = dump_lossy(task_payload(ctx.task(), ctx.queue()));
+    }
+    auto res = cli.Post(path, headers, body, content_type);
     if (!res) {
         auto err = res.error();
         if (err == httplib::Error::Read || err == httplib::Error::Write ||
@@ -60,18 +55,29 @@ Json run_http(const std::string& url, TaskContext& ctx) {
     if (status >= 200 && status < 300) {
         return output_value(res->body);
     }
+    // 4xx other than 429 is not retried; 429 and 5xx are, after Retry-After when given
+    // (seconds; dates and nonsense are ignored; at most a day).
+    const bool retryable = status == 429 || status >= 500;
+    std::optional<std::chrono::milliseconds> retry_after;
+    if (retryable && res->has_header("Retry-After")) {
+        std::string v = res->get_header_value("Retry-After");
+        std::int64_t secs = 0;
+        auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), secs);
+        if (ec == std::errc() && end == v.data() + v.size() && secs >= 0)
+            retry_after = std::chrono::seconds(std::min<std::int64_t>(secs, 86400));
+    }
+    // An answer may describe the failure as Celery's exception shape (a JSON object with
+    // "exc_type", optionally "retry_in" seconds): a Python client then raises that type.
+    if (auto typed = typed_failure(res->body)) {
+        TaskError e(typed->type, typed->message, retryable, typed->module);
+        if (retryable) e.retry_after = typed->retry_in ? typed->retry_in : retry_after;
+        throw e;
+    }
     std::string snippet = res->body.substr(0, 500);
     std::string msg = fmt::format("POST {} answered {}: {}", url, status, snippet);
-    if (status == 429 || status >= 500) {
+    if (retryable) {
         TaskError e("HTTPError", msg);
-        if (res->has_header("Retry-After")) {
-            // Seconds (dates and nonsense are ignored), at most a day.
-            std::string v = res->get_header_value("Retry-After");
-            std::int64_t secs = 0;
-            auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), secs);
-            if (ec == std::errc() && end == v.data() + v.size() && secs >= 0)
-                e.retry_after = std::chrono::seconds(std::min<std::int64_t>(secs, 86400));
-        }
+        e.retry_after = retry_after;
         throw e;
     }
     throw Reject(msg);

@@ -30,6 +30,7 @@ Json task_payload(const TaskMessage& t, const std::string& queue) {
               {"retries", t.retries}, {"queue", queue}, {"root_id", t.root_id}};
     j["parent_id"] = t.parent_id.empty() ? Json() : Json(t.parent_id);
     j["eta"] = t.eta ? Json(detail::format_iso8601(*t.eta)) : Json();
+    if (t.body) j["content_type"] = t.content_type;
     return j;
 }
 
@@ -895,12 +896,16 @@ void Worker::handle(std::string task, Handler fn) {
 
 void Worker::handle_exec(std::string task, std::vector<std::string> argv, TaskOptions options) {
     handle(std::move(task), options,
-           [argv = std::move(argv)](TaskContext& ctx) { return detail::run_exec(argv, ctx); });
+           [argv = std::move(argv), input = options.input](TaskContext& ctx) {
+               return detail::run_exec(argv, ctx, input);
+           });
 }
 
 void Worker::handle_http(std::string task, std::string url, TaskOptions options) {
     handle(std::move(task), options,
-           [url = std::move(url)](TaskContext& ctx) { return detail::run_http(url, ctx); });
+           [url = std::move(url), input = options.input](TaskContext& ctx) {
+               return detail::run_http(url, ctx, input);
+           });
 }
 
 void Worker::configure(const Config& config) {
@@ -910,6 +915,7 @@ void Worker::configure(const Config& config) {
         TaskOptions o;
         o.retry = t.retry;
         o.track_started = t.track_started || config.worker.track_started;
+        o.input = t.input_body ? HandlerInput::body : HandlerInput::task;
         if (t.timeout) o.timeout = milliseconds(static_cast<long long>(*t.timeout * 1000));
         if (!t.exec.empty())
             handle_exec(t.name, t.exec, o);

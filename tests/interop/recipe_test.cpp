@@ -5,7 +5,9 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
+#include <map>
 
 #include "interop/support.hpp"
 
@@ -212,4 +214,102 @@ TEST(Recipe, APassiveQueueOwnedElsewhereIsUsedAsItIs) {
     EXPECT_NE(out3.find("queue 'nobody-declared-this' does not exist (it is passive = true"),
               std::string::npos)
         << out3;
+}
+
+TEST(Recipe, BodiesTravelByteForByteBothWays) {
+    Vhost v;
+    TempDir dir;
+    std::filesystem::create_directories(dir.file("in"));
+    std::filesystem::create_directories(dir.file("out"));
+    std::filesystem::create_directories(dir.file("php"));
+    // Every byte value; text beyond ASCII; nothing at all; 16 MiB (the largest body a worker
+    // takes by default) of every byte value; a transient message as the recipe sends it; JSON
+    // with spacing that parsing would lose.
+    std::string every;
+    for (int i = 0; i < 1024; ++i) every.push_back(char(i % 256));
+    std::string large(16u << 20, '\0');
+    std::uint32_t x = 7;
+    for (auto& c : large) c = char((x = x * 1664525u + 1013904223u) >> 24);
+    struct Body {
+        std::string bytes, type;
+    };
+    std::map<std::string, Body> bodies = {
+        {"binary", {every, "application/octet-stream"}},
+        {"utf8",
+         {"Gr\xc3\xbc\xc3\x9f"
+          "e, \xe6\xb3\xa8\xe6\x96\x87 \xe2\x82\xac\xf0\x9f\x98\x80\n",
+          "text/plain; charset=utf-8"}},
+        {"empty", {"", ""}},
+        {"large", {large, "application/octet-stream"}},
+        {"transient-text", {"Task Data", ""}},
+        {"json-spaced", {"  {\"order\" :  7 }\n", "application/json"}},
+    };
+    for (auto& [name, b] : bodies) {
+        testsupport::write_file(dir.file("in/" + name + ".body"), b.bytes);
+        if (!b.type.empty()) testsupport::write_file(dir.file("in/" + name + ".type"), b.type);
+    }
+    // bytes_in: a raw queue whose command gets the body as published on stdin.
+    testsupport::write_file(
+        dir.file("conveyor.toml"),
+        "broker = \"" + v.url() + "\"\n" +
+            "[[queue]]\nname = \"bytes_in\"\nformat = \"raw\"\ntask = \"bytes.in\"\n"
+            "[[queue]]\nname = \"bytes_out\"\nformat = \"raw\"\ntask = \"bytes.out\"\n"
+            "[[task]]\nname = \"bytes.in\"\nqueue = \"bytes_in\"\ninput = \"body\"\n"
+            "exec = [\"/bin/sh\", \"-c\", \"cat > " +
+            dir.file("out") +
+            "/$CONVEYOR_TASK_ID.body; printf %s \\\"$CONVEYOR_CONTENT_TYPE\\\" > " +
+            dir.file("out") + "/$CONVEYOR_TASK_ID.type\"]\n" +
+            "[[task]]\nname = \"bytes.out\"\nqueue = \"bytes_out\"\n");
+    auto [rc, out] = cli(dir, {"topology", "apply"});
+    ASSERT_EQ(rc, 0) << out;
+    Process worker(
+        {CONVEYOR_CLI, "--config", dir.file("conveyor.toml"), "worker", "--queues", "bytes_in"},
+        dir.file("worker.out"), {}, dir.path().string());
+
+    // php-amqplib -> a Conveyor worker's command.
+    auto [prc, pout] = testsupport::run({"php", interop::kPeers + "/php_bytes.php", amqp_port(),
+                                         "publish", "", "bytes_in", dir.file("in")},
+                                        {"AMQP_VHOST=" + v.name}, {}, 60s);
+    ASSERT_EQ(prc, 0) << pout;
+    ASSERT_TRUE(eventually(
+        [&] {
+            for (auto& [name, b] : bodies)
+                if (!std::filesystem::exists(dir.file("out/" + name + ".type"))) return false;
+            return true;
+        },
+        60s))
+        << read_file(dir.file("worker.out"));
+    for (auto& [name, b] : bodies) {
+        EXPECT_TRUE(read_file(dir.file("out/" + name + ".body")) == b.bytes) << name;
+        EXPECT_EQ(read_file(dir.file("out/" + name + ".type")), b.type) << name;
+    }
+    worker.signal(SIGTERM);
+    EXPECT_EQ(worker.wait(30s), 0) << read_file(dir.file("worker.out"));
+
+    // conveyor enqueue --body-file -> a plain php-amqplib consumer.
+    for (auto& [name, b] : bodies) {
+        std::vector<std::string> args = {
+            "enqueue", "bytes.out", "--id", name, "--body-file", dir.file("in/" + name + ".body")};
+        if (!b.type.empty()) args.insert(args.end(), {"--content-type", b.type});
+        auto [erc, eout] = cli(dir, args);
+        ASSERT_EQ(erc, 0) << eout;
+    }
+    auto [crc, cout] =
+        testsupport::run({"php", interop::kPeers + "/php_bytes.php", amqp_port(), "consume",
+                          "bytes_out", std::to_string(bodies.size()), dir.file("php")},
+                         {"AMQP_VHOST=" + v.name}, {}, 90s);
+    ASSERT_EQ(crc, 0) << cout;
+    auto got = interop::last_json(cout)["messages"];
+    ASSERT_EQ(got.size(), bodies.size()) << cout.substr(0, 2000);
+    for (auto& m : got) {
+        auto name = m["correlation_id"].get<std::string>();
+        ASSERT_TRUE(bodies.contains(name)) << name;
+        const auto& b = bodies[name];
+        EXPECT_TRUE(read_file(m["file"].get<std::string>()) == b.bytes) << name;
+        EXPECT_EQ(m["size"], b.bytes.size()) << name;
+        // The type given, else what the bytes are.
+        std::string type = !b.type.empty() ? b.type : "text/plain";
+        EXPECT_EQ(m["content_type"], type) << name;
+        EXPECT_EQ(m["delivery_mode"], 2) << name;  // Conveyor publishes persistent messages
+    }
 }

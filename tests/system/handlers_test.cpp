@@ -229,3 +229,102 @@ TEST(ExecHandler, ACommandFailsWithItsOwnExceptionTypeAndSaysWhetherToRetry) {
               std::string::npos)
         << php->result.dump();
 }
+
+TEST(HttpHandler, AnAnswerCanNameItsExceptionAndWhenToRetry) {
+    httplib::Server server;
+    std::atomic<int> typed_calls{0}, busy_calls{0};
+    server.Post("/typed", [&](const httplib::Request&, httplib::Response& res) {
+        ++typed_calls;
+        res.status = 422;
+        res.set_content(R"({"exc_type": "ValueError", "exc_message": "bad order"})",
+                        "application/json");
+    });
+    server.Post("/busy", [&](const httplib::Request&, httplib::Response& res) {
+        if (++busy_calls == 1) {
+            res.status = 503;
+            res.set_content(R"({"exc_type": "Busy", "retry_in": 1})", "application/json");
+            return;
+        }
+        res.set_content("done", "text/plain");
+    });
+    server.Post("/echo", [](const httplib::Request& req, httplib::Response& res) {
+        res.set_content(
+            Json{{"body", req.body}, {"type", req.get_header_value("Content-Type")}}.dump(),
+            "application/json");
+    });
+    int port = server.bind_to_any_port("127.0.0.1");
+    std::jthread srv([&] { server.listen_after_bind(); });
+    while (!server.is_running()) std::this_thread::sleep_for(1ms);
+    std::string base = "http://127.0.0.1:" + std::to_string(port);
+
+    TempDir dir;
+    Running w("sqlite://" + dir.file("c.db"));
+    w.worker.handle_http("typed", base + "/typed", fast_retry(3));
+    w.worker.handle_http("busy", base + "/busy", fast_retry(3));
+    TaskOptions body = fast_retry(0);
+    body.input = HandlerInput::body;
+    w.worker.handle_http("echo", base + "/echo", body);
+    w.start();
+    auto typed = w.run("typed");
+    ASSERT_TRUE(typed);
+    EXPECT_EQ(typed->state, TaskState::failure);
+    EXPECT_EQ(typed->result, Json({{"exc_type", "ValueError"},
+                                   {"exc_message", Json::array({"bad order"})},
+                                   {"exc_module", "builtins"}}));
+    EXPECT_EQ(typed_calls.load(), 1);  // a 4xx is not retried
+    auto t0 = std::chrono::steady_clock::now();
+    auto busy = w.run("busy");
+    ASSERT_TRUE(busy);
+    EXPECT_EQ(busy->state, TaskState::success);
+    EXPECT_EQ(busy->retries, 1);
+    EXPECT_GE(std::chrono::steady_clock::now() - t0, 900ms);  // retry_in, not the 10 ms backoff
+    // input = "body": the one argument as it is, with its type.
+    auto text = w.run("echo", {"Gr\xc3\xbc\xc3\x9f"
+                               "e"});
+    ASSERT_TRUE(text);
+    EXPECT_EQ(text->result, Json({{"body",
+                                   "Gr\xc3\xbc\xc3\x9f"
+                                   "e"},
+                                  {"type", "text/plain; charset=utf-8"}}));
+    auto object = w.run("echo", Json::array({{{"order", 7}}}));
+    ASSERT_TRUE(object);
+    EXPECT_EQ(object->result, Json({{"body", R"({"order":7})"}, {"type", "application/json"}}));
+    server.stop();
+}
+
+TEST(ExecHandler, ARawQueuesBodyReachesTheCommandByteForByte) {
+    TempDir dir;
+    auto broker = *Broker::open("sqlite://" + dir.file("c.db"));
+    Config cfg;
+    cfg.queues.push_back(QueueConfig{.name = "raw", .format = QueueFormat::raw, .task = "save"});
+    Client client(broker, cfg);
+    WorkerOptions o{.queues = {"raw"}, .concurrency = 1};
+    o.queue_formats = cfg.queues;
+    Worker worker(broker, o);
+    TaskOptions body = fast_retry(0);
+    body.input = HandlerInput::body;
+    worker.handle_exec("save",
+                       {"/bin/sh", "-c",
+                        "cat > " + dir.file("got") + "; printf %s \"$CONVEYOR_CONTENT_TYPE\" > " +
+                            dir.file("type")},
+                       body);
+    std::jthread run([&] { (void)worker.run(); });
+    std::string bytes;
+    for (int i = 0; i < 3 * 256; ++i) bytes.push_back(char(i % 256));
+    auto id = client.enqueue("save", Json::array({bytes}), Json::object(), {.queue = "raw"});
+    ASSERT_TRUE(id) << id.error().message;
+    auto r = client.wait(*id, 20s);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->state, TaskState::success) << r->result.dump();
+    EXPECT_TRUE(read_file(dir.file("got")) == bytes);
+    EXPECT_EQ(read_file(dir.file("type")), "application/octet-stream");
+    // Given a type, it travels with the bytes.
+    id = client.enqueue("save", Json::array({"<order id=\"7\"/>"}), Json::object(),
+                        {.queue = "raw", .content_type = "application/xml"});
+    ASSERT_TRUE(id);
+    r = client.wait(*id, 20s);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(read_file(dir.file("got")), "<order id=\"7\"/>");
+    EXPECT_EQ(read_file(dir.file("type")), "application/xml");
+    worker.stop();
+}

@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <random>
 
+#include "core/json_bounds.hpp"
 #include "core/time.hpp"
 
 using namespace conveyor;
@@ -250,9 +251,69 @@ TEST(Codec, RawFormatTakesTheBodyAsPayload) {
     EXPECT_EQ(d->id, "corr");
     EXPECT_EQ(d->args, Json::array({"plain text order"}));
 
-    e.body = "\xff\xfe binary";
-    EXPECT_FALSE(codec::decode_raw(e, "orders.import", "row-1"));
+    EXPECT_EQ(d->body, "plain text order");
+
+    // Any bytes: the exact body is kept, and the argument is a string of those bytes.
+    std::string binary("\xff\xfe\x00 binary\x80", 12);
+    e.body = binary;
+    e.content_type = "application/octet-stream";
+    d = codec::decode_raw(e, "orders.import", "row-1");
+    ASSERT_TRUE(d) << d.error().message;
+    EXPECT_EQ(d->body, binary);
+    EXPECT_EQ(d->content_type, "application/octet-stream");
+    EXPECT_EQ(d->args[0].get<std::string>(), binary);
+
+    // Said to be text: a string even when it looks like JSON.
+    e.body = R"({"order": 7})";
+    e.content_type = "text/plain";
+    d = codec::decode_raw(e, "orders.import", "row-1");
+    ASSERT_TRUE(d);
+    EXPECT_EQ(d->args, Json::array({R"({"order": 7})"}));
+
+    e.body = "";
+    e.content_type = "";
+    d = codec::decode_raw(e, "orders.import", "row-1");
+    ASSERT_TRUE(d);
+    EXPECT_EQ(d->body, "");
+    EXPECT_EQ(d->args, Json::array({""}));
     EXPECT_FALSE(codec::decode_raw(Envelope{}, "", "x"));
+}
+
+TEST(Codec, RawEncodingSendsTheBytesAsTheyAre) {
+    TaskMessage t;
+    t.id = "id-1";
+    std::string binary("\x00\x01\xff\xfe", 4);
+    t.args = Json::array({binary});
+    auto e = codec::encode_raw(t, "q");
+    ASSERT_TRUE(e);
+    EXPECT_EQ(e->body, binary);
+    EXPECT_EQ(e->content_type, "application/octet-stream");
+    EXPECT_EQ(e->content_encoding, "");
+    t.args = Json::array({"Task Data"});
+    e = codec::encode_raw(t, "q");
+    EXPECT_EQ(e->body, "Task Data");
+    EXPECT_EQ(e->content_type, "text/plain");
+    t.args = Json::array({Json{{"a", 1}}});
+    e = codec::encode_raw(t, "q");
+    EXPECT_EQ(e->body, R"({"a":1})");
+    EXPECT_EQ(e->content_type, "application/json");
+    // A raw message forwarded: its own bytes and content type, not the parsed value.
+    t.body = "  {\"a\": 1}  ";
+    t.content_type = "application/vnd.x+json";
+    e = codec::encode_raw(t, "q");
+    EXPECT_EQ(e->body, "  {\"a\": 1}  ");
+    EXPECT_EQ(e->content_type, "application/vnd.x+json");
+}
+
+TEST(Codec, Utf8IsCheckedStrictly) {
+    EXPECT_TRUE(detail::is_utf8(""));
+    EXPECT_TRUE(detail::is_utf8("plain"));
+    EXPECT_TRUE(detail::is_utf8("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"));
+    EXPECT_FALSE(detail::is_utf8("\xff"));
+    EXPECT_FALSE(detail::is_utf8("\xc3"));              // cut short
+    EXPECT_FALSE(detail::is_utf8("\xc0\xaf"));          // overlong '/'
+    EXPECT_FALSE(detail::is_utf8("\xed\xa0\x80"));      // a surrogate
+    EXPECT_FALSE(detail::is_utf8("\xf4\x90\x80\x80"));  // past U+10FFFF
 }
 
 TEST(Codec, ReprLooksLikePython) {

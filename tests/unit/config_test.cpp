@@ -24,6 +24,7 @@ retry_backoff_max = 600
 [[task]]
 name = "orders.ship"
 http = "http://127.0.0.1:8080/ship"
+input = "body"
 [worker]
 concurrency = 8
 lease = 5
@@ -41,6 +42,8 @@ lease = 5
     EXPECT_EQ(c->queue_for("orders.bill"), "billing");
     EXPECT_EQ(c->queue_for("unknown"), "celery");
     EXPECT_EQ(c->find_task("orders.ship")->http, "http://127.0.0.1:8080/ship");
+    EXPECT_TRUE(c->find_task("orders.ship")->input_body);
+    EXPECT_FALSE(bill->input_body);
     EXPECT_EQ(c->worker.concurrency, 8);
     EXPECT_EQ(c->worker.lease, 5.0);
 }
@@ -59,6 +62,7 @@ TEST(Config, MistakesGetOneSentenceWithTheLine) {
         {"[[task]]\nname = \"t\"\nmax_retries = -1", "cfg:3: 'max_retries' must be from 0 to"},
         {"[[task]]\nname = \"t\"\ntimeout = \"soon\"", "'timeout' must be a number"},
         {"[[task]]\nname = \"t\"\nhttp = \"ftp://x\"", "http:// or https://"},
+        {"[[task]]\nname = \"t\"\ninput = \"xml\"", "cfg:3: task 't': 'input' must be \"task\""},
         {"[worker]\nconcurrency = 0", "1..1024"},
         {"this is not toml", "cfg:1"},
         // Numbers that would overflow a clock or invert their meaning, and NaN.

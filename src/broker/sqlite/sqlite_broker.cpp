@@ -537,29 +537,29 @@ class SqliteBroker final : public Broker {
         std::lock_guard lk(mu_);
         TaskResult r;
         r.id = std::string(id);
-        auto res = db_.prepare(
-            "SELECT state, result, traceback, retries, done_at FROM results WHERE id=?1");
-        if (!res) return std::unexpected(res.error());
-        res->bind(1, id);
-        auto row = res->step();
+        // One statement, so one snapshot: a task dead-lettered between two reads would seem
+        // to have failed without its exception.
+        auto q = db_.prepare(
+            "SELECT r.state, r.result, r.traceback, r.retries, r.done_at, t.state, t.retries "
+            "FROM (SELECT ?1 AS id) k LEFT JOIN results r ON r.id = k.id "
+            "LEFT JOIN tasks t ON t.id = k.id LIMIT 1");
+        if (!q) return std::unexpected(q.error());
+        q->bind(1, id);
+        auto row = q->step();
         if (!row) return std::unexpected(row.error());
-        if (*row) {
-            r.state = TaskState(res->i64(0));
-            r.result = Json::parse(res->text(1), nullptr, false);
+        if (!*row) return r;
+        if (!q->is_null(0)) {
+            r.state = TaskState(q->i64(0));
+            r.result = Json::parse(q->text(1), nullptr, false);
             if (r.result.is_discarded()) r.result = nullptr;
-            r.traceback = res->text(2);
-            r.retries = int(res->i64(3));
-            r.done_at = from_epoch_ms(res->i64(4));
+            r.traceback = q->text(2);
+            r.retries = int(q->i64(3));
+            r.done_at = from_epoch_ms(q->i64(4));
             return r;
         }
-        auto task = db_.prepare("SELECT state, retries FROM tasks WHERE id=?1");
-        if (!task) return std::unexpected(task.error());
-        task->bind(1, id);
-        row = task->step();
-        if (!row) return std::unexpected(row.error());
-        if (*row) {
-            r.retries = int(task->i64(1));
-            switch (task->i64(0)) {
+        if (!q->is_null(5)) {
+            r.retries = int(q->i64(6));
+            switch (q->i64(5)) {
                 case kInFlight:
                     r.state = TaskState::started;
                     break;
