@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace conveyor {
 
@@ -72,6 +73,9 @@ struct TaskResult {
     std::string traceback;  ///< failure detail for people
     int retries = 0;
     std::optional<TimePoint> done_at;
+    /// Tasks it sent as it succeeded (link callbacks, the chain's next task): Celery's
+    /// `AsyncResult.children`.
+    std::vector<std::string> children;
 
     bool ready() const noexcept {
         return state == TaskState::success || state == TaskState::failure ||
@@ -79,7 +83,8 @@ struct TaskResult {
     }
 };
 
-/// Encodes a result as JSON: {"id","state","result","traceback","retries","date_done"}.
+/// Encodes a result as JSON: {"id","state","result","traceback","retries","date_done",
+/// "children"}.
 Json to_json(const TaskResult& result);
 
 /// A fresh uuid4 string.

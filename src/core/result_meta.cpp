@@ -12,7 +12,10 @@ std::string encode(const TaskResult& r, Style style) {
     j["status"] = to_string(r.state);
     j["result"] = r.result;
     j["traceback"] = r.traceback.empty() ? Json() : Json(r.traceback);
+    // Celery's result tuples: ((id, parent), None) for each child.
     j["children"] = Json::array();
+    for (auto& id : r.children)
+        j["children"].push_back(Json::array({Json::array({id, nullptr}), nullptr}));
     if (style == Style::redis) {
         j["date_done"] =
             r.ready() && r.done_at ? Json(detail::format_iso8601_naive(*r.done_at)) : Json();
@@ -42,6 +45,12 @@ Result<TaskResult> decode(std::string_view body) {
     else
         r.state = TaskState::pending;
     if (auto v = j.find("result"); v != j.end()) r.result = *v;
+    // ((id, parent), None) for a task, ((id, parent), [members]) for a group: the id either way.
+    if (auto c = j.find("children"); c != j.end() && c->is_array())
+        for (auto& child : *c)
+            if (child.is_array() && !child.empty() && child[0].is_array() && !child[0].empty() &&
+                child[0][0].is_string())
+                r.children.push_back(child[0][0].get<std::string>());
     if (auto tb = j.find("traceback"); tb != j.end() && tb->is_string())
         r.traceback = tb->get<std::string>();
     if (auto n = j.find("retries"); n != j.end() && n->is_number_integer())

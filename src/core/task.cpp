@@ -35,6 +35,7 @@ Json to_json(const TaskResult& r) {
         {"id", r.id}, {"state", to_string(r.state)}, {"result", r.result}, {"retries", r.retries}};
     j["traceback"] = r.traceback.empty() ? Json() : Json(r.traceback);
     j["date_done"] = r.done_at ? Json(detail::format_iso8601(*r.done_at)) : Json();
+    j["children"] = r.children;
     return j;
 }
 

@@ -210,7 +210,8 @@ Result<void> chord_part(Broker& broker, const TaskMessage& t, const TaskResult& 
 
 Result<void> on_success(Broker& broker, const TaskMessage& t, const Json& result,
                         const Context& ctx, std::vector<OutgoingMessage>& out,
-                        std::vector<TaskResult>& results) {
+                        std::vector<TaskResult>& results, std::vector<std::string>* children) {
+    const std::size_t before = out.size();
     if (const Json& cbs = field(t.embed, "callbacks"); cbs.is_array())
         for (auto& cb : cbs)
             if (auto ok = apply(broker, cb, result, &t, ctx, out); !ok) return ok;
@@ -233,6 +234,9 @@ Result<void> on_success(Broker& broker, const TaskMessage& t, const Json& result
             if (auto ok = apply(broker, next, result, &t, ctx, out); !ok) return ok;
         }
     }
+    if (children)
+        for (std::size_t i = before; i < out.size(); ++i)
+            children->push_back(codec::envelope_id(out[i].envelope));
     TaskResult part;
     part.id = t.id;
     part.state = TaskState::success;

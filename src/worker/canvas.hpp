@@ -33,9 +33,11 @@ bool has_followers(const TaskMessage& task);
 
 /// What follows a success: link callbacks, the next link of the chain, and the chord body when
 /// this task completes its chord (or FAILURE results for the body when a part failed).
+/// `children` gets the ids of the callbacks and the chain's next task, as Celery records them.
 Result<void> on_success(Broker& broker, const TaskMessage& task, const Json& result,
                         const Context& context, std::vector<OutgoingMessage>& out,
-                        std::vector<TaskResult>& results);
+                        std::vector<TaskResult>& results,
+                        std::vector<std::string>* children = nullptr);
 
 /// What follows a final failure: one-argument errbacks (called with the task id), FAILURE for
 /// every later link of the chain, and the chord bookkeeping.

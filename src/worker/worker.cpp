@@ -460,12 +460,14 @@ struct Worker::Impl {
             if (monitor) monitor->revoked(job.task.id, false, job.revoked);
             return revoked_settlement(d.tag, job.task.id, job.revoked ? "terminated" : "revoked");
         }
+        std::vector<std::string> children;
         if (o.kind == Outcome::Kind::success && canvas::has_followers(job.task)) {
             // Workflow: what follows is published before this task is acked.
             if (auto ok = follow(job,
                                  [&](auto& out, auto& extra) {
                                      return canvas::on_success(*broker, job.task, o.result,
-                                                               context_for(job), out, extra);
+                                                               context_for(job), out, extra,
+                                                               &children);
                                  });
                 !ok) {
                 if (ok.error().code == Errc::unavailable) {
@@ -495,6 +497,7 @@ struct Worker::Impl {
                 r.result = std::move(o.result);
                 r.retries = job.task.retries;
                 r.done_at = SystemClock::now();
+                r.children = std::move(children);
                 s.result = std::move(r);
             }
             succeeded++;

@@ -183,6 +183,8 @@ TEST(CeleryInterop, PythonWorkflowsRunPartlyOrWhollyOnConveyorWorkers) {
     EXPECT_EQ(out["chord_mixed_conveyor_body"], Json({{"value", 20}})) << out.dump();
     EXPECT_EQ(out["chord_python_body"], Json({{"value", 12}})) << out.dump();
     EXPECT_EQ(out["link"], Json({{"value", {5, 50}}})) << out.dump() << py.log();
+    EXPECT_EQ(out["link_children"], Json::array({out["link_child"]})) << out.dump();
+    EXPECT_EQ(out["chain_children"], Json::array({out["chain_last"]})) << out.dump();
 }
 
 TEST(CeleryInterop, ConveyorWorkflowsRunOnConveyorAndCeleryWorkersTogether) {

@@ -18,6 +18,7 @@ using testsupport::eventually;
 using testsupport::lines_with;
 using testsupport::Process;
 using testsupport::RabbitNode;
+using testsupport::read_file;
 using testsupport::stats_of;
 using testsupport::TempDir;
 
@@ -177,4 +178,56 @@ partitions = 4
     }
     standby->signal(SIGTERM);
     EXPECT_EQ(standby->wait(15s), 0);
+}
+
+TEST(AmqpProcesses, AWorkerAndASchedulerStartedWhileRabbitMqIsDownWaitAndThenServe) {
+    RabbitNode node;
+    std::string url = node.url();
+    node.stop();
+    TempDir dir;
+    testsupport::write_file(dir.file("conveyor.toml"),
+                            "broker = \"" + url +
+                                "\"\n"
+                                "[[queue]]\nname = \"jobs\"\n"
+                                "[[task]]\nname = \"t.job\"\nqueue = \"jobs\"\n"
+                                "exec = \"echo $CONVEYOR_TASK_ID >> " +
+                                dir.file("ran") +
+                                "\"\n"
+                                "[[schedule]]\nname = \"tick\"\ntask = \"t.job\"\nevery = 1\n"
+                                "queue = \"jobs\"\n");
+    auto cli = [&](std::vector<std::string> args, const std::string& out) {
+        args.insert(args.begin(), {CONVEYOR_CLI, "--config", dir.file("conveyor.toml")});
+        return std::make_unique<Process>(args, dir.file(out), std::vector<std::string>{},
+                                         dir.path().string());
+    };
+    auto worker = cli({"worker"}, "worker.out");
+    auto scheduler = cli({"scheduler"}, "scheduler.out");
+    // Each waits, one line per attempt, and neither gives up.
+    auto attempts = [&](const std::string& out) {
+        auto text = read_file(dir.file(out));
+        std::size_t n = 0;
+        for (std::size_t at = 0; (at = text.find("retrying in", at)) != std::string::npos; ++at)
+            ++n;
+        return n;
+    };
+    ASSERT_TRUE(eventually([&] { return attempts("worker.out") >= 3; }, 60s))
+        << read_file(dir.file("worker.out"));
+    ASSERT_TRUE(eventually([&] { return attempts("scheduler.out") >= 3; }, 60s))
+        << read_file(dir.file("scheduler.out"));
+    EXPECT_FALSE(worker->wait(0ms));
+    EXPECT_FALSE(scheduler->wait(0ms));
+    for (auto* out : {"worker.out", "scheduler.out"}) {
+        auto text = read_file(dir.file(out));
+        EXPECT_EQ(text.find(":guest@"), std::string::npos) << text;  // the password stays hidden
+        EXPECT_NE(text.find("refused"), std::string::npos) << text;  // and it says why
+    }
+
+    // The broker comes up: the schedule fires and the worker runs what it sends.
+    ASSERT_TRUE(node.start());
+    ASSERT_TRUE(eventually([&] { return !read_file(dir.file("ran")).empty(); }, 90s))
+        << read_file(dir.file("worker.out")) << read_file(dir.file("scheduler.out"));
+    worker->signal(SIGTERM);
+    scheduler->signal(SIGTERM);
+    EXPECT_EQ(worker->wait(60s), 0) << read_file(dir.file("worker.out"));
+    EXPECT_EQ(scheduler->wait(60s), 0) << read_file(dir.file("scheduler.out"));
 }

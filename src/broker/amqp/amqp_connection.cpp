@@ -8,10 +8,17 @@
 #include <netinet/tcp.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cstring>
 #include <vector>
 
 namespace conveyor::amqp {
@@ -22,6 +29,47 @@ bool is_ip_literal(const std::string& host) {
     unsigned char buf[sizeof(in6_addr)];
     return inet_pton(AF_INET, host.c_str(), buf) == 1 ||
            inet_pton(AF_INET6, host.c_str(), buf) == 1;
+}
+
+/// Why a TCP connection to host:port fails ("Connection refused", "timed out", ...):
+/// rabbitmq-c reports every such failure as "a socket error occurred".
+std::string connect_failure(const std::string& host, int port, std::chrono::milliseconds timeout) {
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo* res = nullptr;
+    if (int rc = getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res); rc != 0)
+        return fmt::format("cannot resolve '{}': {}", host, gai_strerror(rc));
+    std::string why = "a socket error occurred";
+    for (auto* a = res; a; a = a->ai_next) {
+        int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                          a->ai_protocol);
+        if (fd < 0) continue;
+        int err = 0;
+        if (::connect(fd, a->ai_addr, a->ai_addrlen) != 0) {
+            err = errno;
+            if (err == EINPROGRESS) {
+                pollfd p{fd, POLLOUT, 0};
+                int n = ::poll(&p, 1, int(timeout.count()));
+                socklen_t len = sizeof err;
+                if (n == 0)
+                    err = ETIMEDOUT;
+                else if (n < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+                    err = errno;
+            }
+        }
+        ::close(fd);
+        if (err == 0) {
+            why = "the connection was closed as it opened";
+            break;
+        }
+        why = err == ETIMEDOUT ? fmt::format("no answer within the connect timeout of {} s",
+                                             timeout.count() / 1000.0)
+                               : std::string(std::strerror(err));
+        for (auto& c : why) c = char(std::tolower(static_cast<unsigned char>(c)));
+    }
+    freeaddrinfo(res);
+    return why;
 }
 
 timeval to_timeval(std::chrono::milliseconds ms) {
@@ -374,8 +422,10 @@ Result<std::unique_ptr<Connection>> Connection::open_endpoint(const ConnectionOp
     timeval tv = to_timeval(opts.connect_timeout);
     if (int rc = amqp_socket_open_noblock(s, o.host.c_str(), o.port, &tv); rc != AMQP_STATUS_OK) {
         c->healthy_ = false;
-        return fail(Errc::unavailable,
-                    fmt::format("cannot reach RabbitMQ at {}: {}", where, amqp_error_string2(rc)));
+        std::string why = rc == AMQP_STATUS_SOCKET_ERROR
+                              ? connect_failure(o.host, o.port, opts.connect_timeout)
+                              : std::string(amqp_error_string2(rc));
+        return fail(Errc::unavailable, fmt::format("cannot reach RabbitMQ at {}: {}", where, why));
     }
     amqp_set_handshake_timeout(c->conn_, &tv);
     timeval rpc = to_timeval(opts.rpc_timeout);

@@ -47,7 +47,7 @@ CREATE INDEX IF NOT EXISTS tasks_leased ON tasks(lease_until) WHERE state=1;
 CREATE INDEX IF NOT EXISTS tasks_dead ON tasks(queue, seq) WHERE state=2;
 CREATE TABLE IF NOT EXISTS results(
   id TEXT PRIMARY KEY, state INTEGER NOT NULL, result TEXT, traceback TEXT,
-  retries INTEGER NOT NULL DEFAULT 0, done_at INTEGER NOT NULL) WITHOUT ROWID;
+  retries INTEGER NOT NULL DEFAULT 0, done_at INTEGER NOT NULL, children TEXT) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS results_done ON results(done_at);
 CREATE TABLE IF NOT EXISTS queues(name TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS scheduler_lease(id INTEGER PRIMARY KEY CHECK(id=1), owner TEXT,
@@ -157,8 +157,8 @@ struct Statements {
             {&s.renew,
              "UPDATE tasks SET lease_until=?2 WHERE lease_owner=?1 AND state=1 RETURNING seq"},
             {&s.store_result,
-             "INSERT OR REPLACE INTO results(id,state,result,traceback,retries,done_at) "
-             "VALUES(?1,?2,?3,?4,?5,?6)"},
+             "INSERT OR REPLACE INTO results(id,state,result,traceback,retries,done_at,children) "
+             "VALUES(?1,?2,?3,?4,?5,?6,?7)"},
             {&s.probe_ready, "SELECT 1 FROM tasks WHERE state=0 AND queue=?1 LIMIT 1"},
             {&s.next_delayed, "SELECT min(available_at) FROM tasks WHERE state=3"},
             {&s.next_lease, "SELECT min(lease_until) FROM tasks WHERE state=1"},
@@ -184,6 +184,10 @@ Result<void> store_result(Statements& s, const TaskResult& r) {
     else
         s.store_result.bind(4, r.traceback);
     s.store_result.bind(5, r.retries).bind(6, r.done_at ? to_epoch_ms(*r.done_at) : now_ms());
+    if (r.children.empty())
+        s.store_result.bind_null(7);
+    else
+        s.store_result.bind(7, Json(r.children).dump());
     auto ok = s.store_result.run();
     if (!ok) return std::unexpected(ok.error());
     return {};
@@ -540,7 +544,8 @@ class SqliteBroker final : public Broker {
         // One statement, so one snapshot: a task dead-lettered between two reads would seem
         // to have failed without its exception.
         auto q = db_.prepare(
-            "SELECT r.state, r.result, r.traceback, r.retries, r.done_at, t.state, t.retries "
+            "SELECT r.state, r.result, r.traceback, r.retries, r.done_at, t.state, t.retries, "
+            "r.children "
             "FROM (SELECT ?1 AS id) k LEFT JOIN results r ON r.id = k.id "
             "LEFT JOIN tasks t ON t.id = k.id LIMIT 1");
         if (!q) return std::unexpected(q.error());
@@ -555,6 +560,10 @@ class SqliteBroker final : public Broker {
             r.traceback = q->text(2);
             r.retries = int(q->i64(3));
             r.done_at = from_epoch_ms(q->i64(4));
+            if (!q->is_null(7))
+                if (auto c = Json::parse(q->text(7), nullptr, false); c.is_array())
+                    for (auto& id : c)
+                        if (id.is_string()) r.children.push_back(id.get<std::string>());
             return r;
         }
         if (!q->is_null(5)) {
@@ -929,6 +938,10 @@ Result<std::shared_ptr<Broker>> open_sqlite_broker(const SqliteOptions& o) {
     auto db = Db::open(o.path, o.synchronous, o.busy_timeout);
     if (!db) return std::unexpected(db.error());
     if (auto ok = db->exec(kSchema); !ok) return std::unexpected(ok.error());
+    // Files from before results had children get the column.
+    if (!db->prepare("SELECT children FROM results LIMIT 0"))
+        if (auto ok = db->exec("ALTER TABLE results ADD COLUMN children TEXT"); !ok)
+            return std::unexpected(ok.error());
     auto st = Statements::prepare(*db);
     if (!st) return std::unexpected(st.error());
     auto b = std::make_shared<SqliteBroker>(o, std::move(*db), std::move(*st));

@@ -75,6 +75,13 @@ def canvas(cv_queue, py_queue):
                              link=py(py_mul.s(10)).set(task_id=child))
     out['link'] = outcome(lambda: [parent.get(timeout=30),
                                    app.AsyncResult(child).get(timeout=30)])
+    # AsyncResult.children: what a task sent as it finished, read from the result backend.
+    out['link_children'] = [c.id for c in app.AsyncResult(parent.id).children or []]
+    out['link_child'] = child
+    last = chain(cv(add.s(1, 2)), cv(add.s(3)))()
+    last.get(timeout=30)
+    out['chain_children'] = [c.id for c in app.AsyncResult(last.parent.id).children or []]
+    out['chain_last'] = last.id
     print(json.dumps(out))
 
 
