@@ -3,6 +3,7 @@
 // through the rpc:// and redis:// backends both ways.
 
 #include <gtest/gtest.h>
+#include <httplib.h>
 
 #include "conveyor/client.hpp"
 #include "interop/support.hpp"
@@ -238,4 +239,49 @@ TEST(CeleryInterop, TrackStartedShowsSTARTEDToAPythonClientWithRedisResults) {
     EXPECT_NE(std::find(states.begin(), states.end(), Json("STARTED")), states.end()) << out.dump();
     EXPECT_EQ(states.back(), "SUCCESS") << out.dump();
     EXPECT_EQ(out["info"], "slept") << out.dump();
+}
+
+TEST(CeleryInterop, ExecAndHttpHandlersFailWithTheExceptionTypeAPythonClientRaises) {
+    httplib::Server server;
+    server.Post("/typed", [](const httplib::Request&, httplib::Response& res) {
+        res.status = 422;
+        res.set_content(R"({"exc_type": "KeyError", "exc_message": "no such order"})",
+                        "application/json");
+    });
+    int port = server.bind_to_any_port("127.0.0.1");
+    std::jthread srv([&] { server.listen_after_bind(); });
+    while (!server.is_running()) std::this_thread::sleep_for(1ms);
+
+    auto q = unique_name("py2cv-typed");
+    BackgroundWorker w(open_with(queues({q})), options_for({q}, 2));
+    TaskOptions once{RetryPolicy{.max_retries = 3, .backoff_base = 0.01, .backoff_max = 0.02}};
+    w.worker.handle_exec("interop.exec_typed",
+                         {"/bin/sh", "-c",
+                          "echo '{\"exc_type\": \"ValueError\", \"exc_message\": \"bad "
+                          "order\"}' >&2; exit 65"},
+                         once);
+    w.worker.handle_http("interop.http_typed",
+                         "http://127.0.0.1:" + std::to_string(port) + "/typed", once);
+    w.worker.handle_exec("interop.exec_php_like",
+                         {"/bin/sh", "-c", "echo 'PHP Fatal error: Uncaught Exception'; exit 255"},
+                         TaskOptions{RetryPolicy{.max_retries = 0}});
+    w.worker.handle_exec("interop.exec_retry_later",
+                         {"/bin/sh", "-c",
+                          "if [ \"$CONVEYOR_ATTEMPT\" = 1 ]; then echo '{\"exc_type\": \"Busy\", "
+                          "\"retry_in\": 1}' >&2; exit 75; fi; echo '\"done\"'"},
+                         once);
+    w.start();
+    auto out = celery_client({"typed"}, q, "rpc://");
+    EXPECT_EQ(out["exec_typed"], Json({{"exc_type", "ValueError"},
+                                       {"exc_module", "builtins"},
+                                       {"exc_message", "bad order"}}))
+        << out.dump();
+    EXPECT_EQ(out["http_typed"]["exc_type"], "KeyError") << out.dump();
+    EXPECT_EQ(out["http_typed"]["exc_module"], "builtins") << out.dump();
+    EXPECT_EQ(out["exec_php_like"]["exc_type"], "ProcessError") << out.dump();
+    EXPECT_NE(out["exec_php_like"]["exc_message"].get<std::string>().find("PHP Fatal error"),
+              std::string::npos)
+        << out.dump();
+    EXPECT_EQ(out["exec_retry_later"], Json({{"value", "done"}})) << out.dump();
+    server.stop();
 }

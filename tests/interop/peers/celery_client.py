@@ -106,10 +106,20 @@ def started():
     print(json.dumps({'states': states, 'info': r.info if r.state == 'SUCCESS' else None}))
 
 
+def typed():
+    """exec and http handlers that name their failure: raised as that type in Python."""
+    out = {}
+    for name in ('exec_typed', 'http_typed', 'exec_php_like', 'exec_retry_later'):
+        out[name] = outcome(lambda: app.send_task('interop.' + name).get(timeout=30))
+    print(json.dumps(out))
+
+
 if __name__ == '__main__':
     scenario = sys.argv[1]
     if scenario == 'started':
         started()
+    elif scenario == 'typed':
+        typed()
     elif scenario == 'to_conveyor':
         to_conveyor(sys.argv[2])
     elif scenario == 'canvas':
