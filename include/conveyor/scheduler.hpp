@@ -6,6 +6,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -32,13 +33,28 @@ struct ScheduleStatus {
     std::optional<TimePoint> next_fire;
 };
 
+namespace detail {
+class Lifecycle;
+}
+
+/// Fires schedules. `run()` it on your thread or `start()` it on one of its own; `stop()` ends
+/// it and `wait()` waits for the end. Stopped, it does not run again. The destructor stops it
+/// and waits until it has ended, wherever it runs.
 class Scheduler {
   public:
     Scheduler(std::shared_ptr<Broker> broker, SchedulerOptions options);
+    Scheduler(const Scheduler&) = delete;
+    Scheduler& operator=(const Scheduler&) = delete;
     ~Scheduler();
     /// Runs until stop(): competes for leadership, and fires due schedules while leading.
+    /// Errc::invalid_argument when it already runs.
     [[nodiscard]] Result<void> run();
+    /// Runs it on a thread the scheduler owns; returns at once.
+    [[nodiscard]] Result<void> start();
+    /// Asks the run to end (it resigns its leadership). Thread-safe and async-signal-safe.
     void stop() noexcept { stop_ = true; }
+    /// Waits until the run has ended, at most `timeout` (Errc::timeout when it still runs).
+    [[nodiscard]] Result<void> wait(std::optional<std::chrono::milliseconds> timeout = {});
     bool leading() const noexcept { return leading_; }
 
     /// The configured and CLI-added schedules with their pause flags and last fires.
@@ -47,11 +63,13 @@ class Scheduler {
 
   private:
     Result<void> tick(ScheduleStore& store);
+    Result<void> loop();
 
     std::shared_ptr<Broker> broker_;
     SchedulerOptions opts_;
     std::atomic<bool> stop_{false};
     std::atomic<bool> leading_{false};
+    std::unique_ptr<detail::Lifecycle> life_;
 };
 
 }  // namespace conveyor

@@ -122,7 +122,7 @@ struct WorkerOptions {
     bool track_started = false;  ///< STARTED for every task (TaskOptions::track_started)
 };
 
-/// Counters since start. All monotonic.
+/// Counters since start; each only grows.
 struct WorkerStats {
     std::uint64_t succeeded = 0;
     std::uint64_t retried = 0;
@@ -131,8 +131,10 @@ struct WorkerStats {
     std::uint64_t running = 0;
 };
 
-/// A worker over one broker. Register handlers, then `run()` (blocking) until `stop()`.
-/// `stop()` is thread-safe and async-signal-safe. The destructor stops and joins.
+/// A worker over one broker. Register handlers, then `run()` it on your thread, or `start()`
+/// it on one of its own; `stop()` ends it gracefully and `wait()` waits for the end. Stopped,
+/// it does not run again. The destructor stops it and waits until it has ended (within the
+/// shutdown grace period), wherever it runs.
 class Worker {
   public:
     Worker(std::shared_ptr<Broker> broker, WorkerOptions options);
@@ -154,12 +156,22 @@ class Worker {
     void configure(const Config& config);
 
     /// Runs until `stop()`: then stops fetching, lets running tasks finish within the grace
-    /// period, hands back the rest, and returns. Fails only when the broker fails.
+    /// period, hands back the rest, and returns. Fails only when the broker fails, or with
+    /// Errc::invalid_argument when the worker already runs.
     [[nodiscard]] Result<void> run();
+    /// Runs it on a thread the worker owns; returns at once.
+    [[nodiscard]] Result<void> start();
+    /// Asks the run to end (graceful, as above). Thread-safe and async-signal-safe.
     void stop() noexcept;
+    /// Waits until the run has ended, at most `timeout` (Errc::timeout when it still runs);
+    /// returns how it ended (success when it never ran).
+    [[nodiscard]] Result<void> wait(std::optional<std::chrono::milliseconds> timeout = {});
+    /// Whether a run is under way.
+    bool running() const noexcept;
     WorkerStats stats() const noexcept;
 
   private:
+    void end() noexcept;  // stops the run and waits for its end
     struct Impl;
     std::unique_ptr<Impl> impl_;
 };

@@ -19,6 +19,7 @@
 #include "conveyor/client.hpp"
 #include "conveyor/config.hpp"
 #include "conveyor/scheduler.hpp"
+#include "conveyor/version.hpp"
 #include "conveyor/worker.hpp"
 #include "core/json_bounds.hpp"
 #include "core/time.hpp"
@@ -267,6 +268,7 @@ int print_result(Client& client, const std::string& id, std::optional<double> wa
 
 int main(int argc, char** argv) {
     CLI::App app{"Conveyor: distributed task scheduling and dispatch"};
+    app.set_version_flag("--version", std::string("conveyor ") + conveyor::version());
     app.require_subcommand(1);
     Global g;
     app.add_option("--broker", g.broker,
@@ -422,6 +424,8 @@ int main(int argc, char** argv) {
     } catch (const CLI::CallForHelp& e) {
         return app.exit(e);
     } catch (const CLI::CallForAllHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForVersion& e) {
         return app.exit(e);
     } catch (const CLI::ParseError& e) {
         std::string msg = e.what();

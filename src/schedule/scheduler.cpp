@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "core/codec.hpp"
+#include "core/lifecycle.hpp"
 #include "core/time.hpp"
 
 namespace conveyor {
@@ -47,7 +48,9 @@ std::vector<TimePoint> due_fires(const ScheduleSpec& s, TimePoint after, TimePoi
 }  // namespace
 
 Scheduler::Scheduler(std::shared_ptr<Broker> broker, SchedulerOptions options)
-    : broker_(std::move(broker)), opts_(std::move(options)) {
+    : broker_(std::move(broker)),
+      opts_(std::move(options)),
+      life_(std::make_unique<detail::Lifecycle>()) {
     if (opts_.name.empty()) {
         char host[256] = {};
         gethostname(host, sizeof host - 1);
@@ -55,7 +58,23 @@ Scheduler::Scheduler(std::shared_ptr<Broker> broker, SchedulerOptions options)
     }
 }
 
-Scheduler::~Scheduler() = default;
+Scheduler::~Scheduler() {
+    stop_ = true;
+    (void)life_->wait(std::nullopt, "the scheduler");
+    life_->join();
+}
+
+Result<void> Scheduler::run() {
+    return life_->run("the scheduler", [this] { return loop(); });
+}
+
+Result<void> Scheduler::start() {
+    return life_->start("the scheduler", [this] { return loop(); });
+}
+
+Result<void> Scheduler::wait(std::optional<std::chrono::milliseconds> timeout) {
+    return life_->wait(timeout, "the scheduler");
+}
 
 Result<std::vector<ScheduleStatus>> Scheduler::status(ScheduleStore& store,
                                                       const std::vector<ScheduleSpec>& configured) {
@@ -163,7 +182,7 @@ Result<void> Scheduler::tick(ScheduleStore& store) {
     return {};
 }
 
-Result<void> Scheduler::run() {
+Result<void> Scheduler::loop() {
     auto store = broker_->schedule_store();
     if (!store) return std::unexpected(store.error());
     for (auto& s : opts_.schedules)

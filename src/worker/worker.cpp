@@ -15,6 +15,7 @@
 #include <unordered_set>
 
 #include "core/codec.hpp"
+#include "core/lifecycle.hpp"
 #include "core/time.hpp"
 #include "worker/canvas.hpp"
 #include "worker/handlers.hpp"
@@ -112,6 +113,7 @@ struct Worker::Impl {
     std::map<std::string, Registration, std::less<>> handlers;
 
     std::atomic<bool> stopping{false};
+    detail::Lifecycle life;  // Worker::end waits on it before the Impl goes
     std::atomic<std::uint64_t> succeeded{0}, retried{0}, dead{0}, released{0}, running{0};
 
     // Jobs waiting for an executor thread, and their outcomes going back.
@@ -882,9 +884,20 @@ struct Worker::Impl {
 Worker::Worker(std::shared_ptr<Broker> broker, WorkerOptions options)
     : impl_(std::make_unique<Impl>(std::move(broker), std::move(options))) {}
 Worker::Worker(Worker&&) noexcept = default;
-Worker& Worker::operator=(Worker&&) noexcept = default;
-Worker::~Worker() {
-    if (impl_) impl_->stopping.store(true);
+Worker& Worker::operator=(Worker&& other) noexcept {
+    if (this != &other) {
+        end();
+        impl_ = std::move(other.impl_);
+    }
+    return *this;
+}
+Worker::~Worker() { end(); }
+
+void Worker::end() noexcept {
+    if (!impl_) return;
+    impl_->stopping.store(true);
+    (void)impl_->life.wait(std::nullopt, "the worker");
+    impl_->life.join();
 }
 
 void Worker::handle(std::string task, TaskOptions options, Handler fn) {
@@ -929,8 +942,19 @@ void Worker::configure(const Config& config) {
     }
 }
 
-Result<void> Worker::run() { return impl_->run(); }
+Result<void> Worker::run() {
+    Impl* impl = impl_.get();
+    return impl->life.run("the worker", [impl] { return impl->run(); });
+}
+Result<void> Worker::start() {
+    Impl* impl = impl_.get();
+    return impl->life.start("the worker", [impl] { return impl->run(); });
+}
 void Worker::stop() noexcept { impl_->stopping.store(true); }
+Result<void> Worker::wait(std::optional<std::chrono::milliseconds> timeout) {
+    return impl_->life.wait(timeout, "the worker");
+}
+bool Worker::running() const noexcept { return impl_->life.running(); }
 
 WorkerStats Worker::stats() const noexcept {
     return WorkerStats{impl_->succeeded.load(), impl_->retried.load(), impl_->dead.load(),
