@@ -3,7 +3,7 @@
 BUILD ?= build
 JOBS ?= 2
 
-.PHONY: all deps test-deps bench-deps build demo test unit integration interop system cluster bench format clean
+.PHONY: all deps test-deps bench-deps build demo test unit integration interop system cluster sanitize asan tsan bench format clean
 
 all: build
 
@@ -25,6 +25,29 @@ demo: deps build
 
 test: test-deps build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS) --timeout 600
+	$(MAKE) sanitize
+
+# The unit and system tiers again under AddressSanitizer + UndefinedBehaviorSanitizer, and under
+# ThreadSanitizer (the tests that run threads against the embedded engine); any finding fails.
+SAN_TARGETS = unit_tests system_tests test_worker conveyor_cli
+SAN_CMAKE = -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g1" \
+	-DCONVEYOR_BUILD_BENCH=OFF -DCONVEYOR_BUILD_EXAMPLES=OFF
+TSAN_TESTS = Lifecycle|Worker|Sqlite|ExecHandler|HttpHandler|Workflow|Scheduler\.
+sanitize: asan tsan
+
+asan: test-deps
+	cmake -S . -B $(BUILD)-asan $(SAN_CMAKE) -DCONVEYOR_SANITIZE=address,undefined
+	cmake --build $(BUILD)-asan -j $(JOBS) --target $(SAN_TARGETS)
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  ctest --test-dir $(BUILD)-asan -L 'unit|system' -E clang_format --output-on-failure \
+	  -j $(JOBS) --timeout 600
+
+tsan: test-deps
+	cmake -S . -B $(BUILD)-tsan $(SAN_CMAKE) -DCONVEYOR_SANITIZE=thread
+	cmake --build $(BUILD)-tsan -j $(JOBS) --target $(SAN_TARGETS)
+	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+	  ctest --test-dir $(BUILD)-tsan -L 'unit|system' -R '$(TSAN_TESTS)' --output-on-failure \
+	  -j $(JOBS) --timeout 600
 
 unit: build
 	ctest --test-dir $(BUILD) -L unit --output-on-failure -j $(JOBS)

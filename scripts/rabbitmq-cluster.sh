@@ -85,7 +85,9 @@ print(q[0]["leader"] if q else "")' "$queue")"
     any_ctl list_queues name type leader messages --no-table-headers 2> /dev/null
     ;;
   stop)
-    for n in "$dir"/node*; do [ -d "$n" ] && "$node_sh" stop "$n"; done
+    # All at once: a node stopping alone waits for the others it cannot reach.
+    for n in "$dir"/node*; do [ -d "$n" ] && "$node_sh" stop "$n" & done
+    wait
     [ -f "$dir/epmd_port" ] && /usr/bin/epmd -port "$(cat "$dir/epmd_port")" -kill > /dev/null 2>&1 || true
     ;;
   *)

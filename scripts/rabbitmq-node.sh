@@ -95,7 +95,7 @@ EOF
     cat "$dir/url"
     ;;
   stop)
-    ctl stop > /dev/null 2>&1 || true
+    timeout 30 "$rmq/rabbitmqctl" -n "$node" stop > /dev/null 2>&1 || true
     if [ -f "$dir/pid" ]; then
       pid="$(cat "$dir/pid")"
       for _ in $(seq 100); do kill -0 "$pid" 2> /dev/null || break; sleep 0.1; done

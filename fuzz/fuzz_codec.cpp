@@ -1,0 +1,33 @@
+// Message decoding as a worker meets it: a Celery task message (headers and body), a raw
+// queue's message, and a stored result. Input: header JSON, a NUL byte, then the body.
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+#include "core/codec.hpp"
+#include "core/json_bounds.hpp"
+#include "core/result_meta.hpp"
+
+using namespace conveyor;
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+    std::string_view in(reinterpret_cast<const char*>(data), size);
+    Envelope env;
+    auto split = in.find('\0');
+    if (split != std::string_view::npos) {
+        if (auto h = detail::parse_untrusted(in.substr(0, split), "headers"); h && h->is_object())
+            env.headers = std::move(*h);
+        in.remove_prefix(split + 1);
+    }
+    env.body = std::string(in);
+    for (const char* type : {"application/json", "", "text/plain"}) {
+        env.content_type = type;
+        if (auto t = codec::decode(env, 1 << 20)) (void)detail::dump_lossy(codec::encode(*t).headers);
+        if (auto t = codec::decode_raw(env, "fuzz.task", "fallback-id", 1 << 20))
+            (void)codec::encode_raw(*t, "q");
+    }
+    env.headers["compression"] = "application/x-gzip";
+    (void)codec::decode(env, 1 << 20);
+    (void)result_meta::decode(env.body);
+    return 0;
+}
