@@ -3,7 +3,7 @@
 BUILD ?= build
 JOBS ?= 2
 
-.PHONY: all deps test-deps bench-deps build demo test unit integration interop system cluster sanitize asan tsan bench format clean
+.PHONY: all deps test-deps bench-deps build demo test unit integration interop system cluster sanitize asan tsan fuzz bench format clean
 
 all: build
 
@@ -26,6 +26,7 @@ demo: deps build
 test: test-deps build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS) --timeout 600
 	$(MAKE) sanitize
+	$(MAKE) fuzz
 
 # The unit and system tiers again under AddressSanitizer + UndefinedBehaviorSanitizer, and under
 # ThreadSanitizer (the tests that run threads against the embedded engine); any finding fails.
@@ -34,6 +35,11 @@ SAN_CMAKE = -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g1" 
 	-DCONVEYOR_BUILD_BENCH=OFF -DCONVEYOR_BUILD_EXAMPLES=OFF
 TSAN_TESTS = Lifecycle|Worker|Sqlite|ExecHandler|HttpHandler|Workflow|Scheduler\.
 sanitize: asan tsan
+
+# Each fuzz target for FUZZ_SECONDS from its seed corpus (afl++, see fuzz/run.sh).
+FUZZ_SECONDS ?= 20
+fuzz: test-deps
+	fuzz/run.sh $(BUILD)-fuzz $(FUZZ_SECONDS)
 
 asan: test-deps
 	cmake -S . -B $(BUILD)-asan $(SAN_CMAKE) -DCONVEYOR_SANITIZE=address,undefined

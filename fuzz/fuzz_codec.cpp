@@ -22,7 +22,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     env.body = std::string(in);
     for (const char* type : {"application/json", "", "text/plain"}) {
         env.content_type = type;
-        if (auto t = codec::decode(env, 1 << 20)) (void)detail::dump_lossy(codec::encode(*t).headers);
+        if (auto t = codec::decode(env, 1 << 20))
+            (void)detail::dump_lossy(codec::encode(*t).headers);
         if (auto t = codec::decode_raw(env, "fuzz.task", "fallback-id", 1 << 20))
             (void)codec::encode_raw(*t, "q");
     }

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -95,15 +96,13 @@ std::string resolve_command(const std::string& name) {
 /// Sent by the kernel to a command's guard when the worker thread that started it dies.
 constexpr int kParentDied = SIGUSR1;
 
-/// The guard's answer to its worker's death: the whole process group (the guard, the command
-/// and whatever the command started) is killed.
-void kill_own_group(int) { ::kill(0, SIGKILL); }
-
 /// Starts `path` with a guard between it and the worker: the guard leads a new process group
 /// and asks the kernel (PR_SET_PDEATHSIG) to tell it when the worker dies, even by SIGKILL; it
 /// then kills the group, so a command never outlives its worker (whose task goes to another
 /// worker). The guard exits with the command's status. Only async-signal-safe calls run after
-/// fork(). Returns the guard's pid (the group's id), or -1 with errno.
+/// fork(), and the guard takes its signals synchronously (rt_sigtimedwait, no handler), so
+/// nothing of the worker's runtime runs in it. Returns the guard's pid (the group's id), or -1
+/// with errno.
 pid_t start_guarded(const char* path, char* const* argv, char* const* envp, int in, int out,
                     int err, int exec_errno_fd) {
     pid_t worker = ::getpid();
@@ -120,16 +119,12 @@ pid_t start_guarded(const char* path, char* const* argv, char* const* envp, int 
         for (int fd = 4; fd < 65536; ++fd) ::close(fd);
     ::fcntl(3, F_SETFD, FD_CLOEXEC);
     ::setpgid(0, 0);
-    struct sigaction on_death {};
-    on_death.sa_handler = kill_own_group;
-    sigemptyset(&on_death.sa_mask);
-    ::sigaction(kParentDied, &on_death, nullptr);
-    sigset_t only_death;
-    sigfillset(&only_death);
-    sigdelset(&only_death, kParentDied);
-    ::sigprocmask(SIG_SETMASK, &only_death, nullptr);
+    // Every signal blocked: the worker's death and the command's end are waited for below.
+    sigset_t all;
+    sigfillset(&all);
+    ::sigprocmask(SIG_SETMASK, &all, nullptr);
     ::prctl(PR_SET_PDEATHSIG, kParentDied);
-    if (::getppid() != worker) kill_own_group(0);  // the worker died before prctl took effect
+    if (::getppid() != worker) ::kill(0, SIGKILL);  // the worker died before prctl took effect
     pid_t command = ::fork();
     if (command == 0) {
         // The command: the task's pipes (0, 1, 2), default signals, then the program.
@@ -153,9 +148,18 @@ pid_t start_guarded(const char* path, char* const* argv, char* const* envp, int 
     }
     // Only the command keeps the task's pipes: the worker sees them close when it ends.
     for (int fd = 0; fd < 4; ++fd) ::close(fd);
+    sigset_t awaited;
+    sigemptyset(&awaited);
+    sigaddset(&awaited, kParentDied);
+    sigaddset(&awaited, SIGCHLD);
     int status = 0;
-    while (::waitpid(command, &status, 0) < 0) {
-        if (errno != EINTR) ::_exit(127);
+    for (;;) {
+        siginfo_t info;
+        long sig = ::syscall(SYS_rt_sigtimedwait, &awaited, &info, nullptr, _NSIG / 8);
+        if (sig == kParentDied) ::kill(0, SIGKILL);  // the group: guard, command and its children
+        pid_t done = ::waitpid(command, &status, WNOHANG);
+        if (done == command) break;
+        if (done < 0 && errno != EINTR) ::_exit(127);
     }
     if (WIFEXITED(status)) ::_exit(WEXITSTATUS(status));
     // Killed: end the same way, so the worker reports the command's signal.
