@@ -3,7 +3,7 @@
 BUILD ?= build
 JOBS ?= 2
 
-.PHONY: all deps test-deps bench-deps build demo test unit integration interop system cluster sanitize asan tsan fuzz bench format clean
+.PHONY: all deps test-deps bench-deps build demo test unit integration interop system cluster sanitize asan tsan fuzz tidy bench format clean
 
 all: build
 
@@ -27,6 +27,7 @@ test: test-deps build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS) --timeout 600
 	$(MAKE) sanitize
 	$(MAKE) fuzz
+	$(MAKE) tidy
 
 # The unit and system tiers again under AddressSanitizer + UndefinedBehaviorSanitizer, and under
 # ThreadSanitizer (the tests that run threads against the embedded engine); any finding fails.
@@ -36,8 +37,12 @@ SAN_CMAKE = -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g1" 
 TSAN_TESTS = Lifecycle|Worker|Sqlite|ExecHandler|HttpHandler|Workflow|Scheduler\.
 sanitize: asan tsan
 
+# clang-tidy with .clang-tidy's checks over src/ (bugprone, performance, naming): no finding.
+tidy: test-deps build
+	scripts/tidy.sh $(BUILD)
+
 # Each fuzz target for FUZZ_SECONDS from its seed corpus (afl++, see fuzz/run.sh).
-FUZZ_SECONDS ?= 20
+FUZZ_SECONDS ?= 15
 fuzz: test-deps
 	fuzz/run.sh $(BUILD)-fuzz $(FUZZ_SECONDS)
 

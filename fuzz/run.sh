@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# Builds the fuzz targets with afl++ (GCC plugin, AddressSanitizer and UBSan in the targets) and
+# Builds the fuzz targets with afl++ (afl-g++; AddressSanitizer and UBSan in the targets) and
 # runs each for SECONDS from its committed seed corpus (fuzz/corpus/TARGET). Fails when a target
 # crashed or hung; the inputs that did are printed and kept in BUILD/findings/TARGET.
 #   fuzz/run.sh BUILD_DIR [SECONDS]
 # Reproduce one: BUILD_DIR/fuzz/fuzz_TARGET FILE
 set -euo pipefail
-build="$1"
+build="$(mkdir -p "$1" && cd "$1" && pwd)"
 seconds="${2:-20}"
 src="$(cd "$(dirname "$0")/.." && pwd)"
 targets=(codec config url cron amqp_table)
 
 export AFL_USE_ASAN=1 AFL_USE_UBSAN=1 AFL_QUIET=1
-CXX=afl-g++-fast cmake -S "$src" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+CXX=afl-g++ cmake -S "$src" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCONVEYOR_BUILD_FUZZ=ON -DCONVEYOR_BUILD_CLI=OFF -DCONVEYOR_BUILD_TESTS=OFF \
   -DCONVEYOR_BUILD_BENCH=OFF -DCONVEYOR_BUILD_EXAMPLES=OFF -DCONVEYOR_INSTALL=OFF > /dev/null
 cmake --build "$build" -j 2 --target "${targets[@]/#/fuzz_}"
@@ -24,8 +24,9 @@ failed=0
 for t in "${targets[@]}"; do
   out="$build/findings/$t"
   rm -rf "$out"
+  mkdir -p "$build/findings"
   afl-fuzz -i "$src/fuzz/corpus/$t" -o "$out" -V "$seconds" -m none -t 2000 \
-    -- "$build/fuzz/fuzz_$t" > "$build/findings-$t.log" 2>&1 || {
+    -- "$build/fuzz/fuzz_$t" @@ > "$build/findings-$t.log" 2>&1 || {
     echo "fuzz $t: afl-fuzz did not run:" >&2
     tail -20 "$build/findings-$t.log" >&2
     failed=1

@@ -77,12 +77,12 @@ struct RedisResults::Conn {
 
 Result<RedisOptions> parse_redis_url(std::string_view url) {
     RedisOptions o;
-    constexpr std::string_view scheme = "redis://";
-    if (!url.starts_with(scheme))
+    constexpr std::string_view kScheme = "redis://";
+    if (!url.starts_with(kScheme))
         return fail(Errc::invalid_argument,
                     fmt::format("result backend '{}' is not a redis://HOST:PORT/DB URL",
                                 detail::redact_url(url)));
-    std::string_view rest = url.substr(scheme.size());
+    std::string_view rest = url.substr(kScheme.size());
     if (auto at = rest.rfind('@'); at != std::string_view::npos) {
         std::string_view cred = rest.substr(0, at);
         if (auto colon = cred.find(':'); colon != std::string_view::npos)

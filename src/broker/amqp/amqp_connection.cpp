@@ -595,7 +595,7 @@ Result<void> Connection::publish(std::span<const Wire> messages,
                                  std::chrono::steady_clock::time_point deadline,
                                  std::span<bool> confirmed) {
     using namespace std::chrono;
-    constexpr amqp_channel_t ch = kPublishChannel;
+    const amqp_channel_t ch = kPublishChannel;
     if (auto ok = ensure_channel(ch); !ok) return ok;
     if (!confirm_mode_) {
         amqp_confirm_select(conn_, ch);

@@ -22,7 +22,11 @@ namespace {
 using detail::from_epoch_ms;
 using detail::to_epoch_ms;
 
-enum State : int { kReady = 0, kInFlight = 1, kDead = 2, kDelayed = 3 };
+// A task's state column.
+constexpr int kReady = 0;
+constexpr int kInFlight = 1;
+constexpr int kDead = 2;
+constexpr int kDelayed = 3;
 
 constexpr std::string_view kSchema = R"sql(
 CREATE TABLE IF NOT EXISTS tasks(
@@ -441,7 +445,8 @@ class SqliteConsumer final : public Consumer {
                     int prio = int(st_.claim.i64(4));
                     d.envelope =
                         make_envelope(st_.claim.text(5), st_.claim.text(6), st_.claim.text(7));
-                    rows.push_back({{-prio, st_.claim.i64(0)}, std::move(d)});
+                    // (Braces here would pick pair's copying constructor: a copy of the body.)
+                    rows.emplace_back(std::pair{-prio, st_.claim.i64(0)}, std::move(d));
                 }
                 std::sort(rows.begin(), rows.end(),
                           [](auto& a, auto& b) { return a.first < b.first; });
