@@ -9,6 +9,7 @@
 #include <random>
 #include <thread>
 
+#include "cli/commands.hpp"
 #include "conveyor/broker.hpp"
 #include "conveyor/client.hpp"
 #include "conveyor/worker.hpp"
@@ -221,5 +222,22 @@ Result<void> run_demo(const DemoOptions& o) {
     }
     return {};
 }
+
+namespace cli {
+
+Command add_demo(CLI::App& app, const Global& g) {
+    auto* demo = app.add_subcommand("demo", "Run the order-processing demo on the embedded engine");
+    auto opts = std::make_shared<DemoOptions>();
+    demo->add_option("--orders", opts->orders, "Orders to place")->check(CLI::Range(1, 1000000));
+    demo->add_option("--db", opts->db_path, "SQLite file for the demo");
+    return {demo, [&g, opts] {
+                DemoOptions o = *opts;
+                if (!g.broker.empty()) o.broker = g.broker;
+                if (auto r = run_demo(o); !r) die(r.error().message);
+                return 0;
+            }};
+}
+
+}  // namespace cli
 
 }  // namespace conveyor

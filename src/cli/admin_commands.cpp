@@ -1,0 +1,151 @@
+// `conveyor topology apply`, `conveyor queues` and `conveyor dlq list|replay|purge`: looking
+// after the broker.
+
+#include <fmt/format.h>
+
+#include <map>
+#include <memory>
+
+#include "cli/commands.hpp"
+#include "core/json_bounds.hpp"
+#include "core/time.hpp"
+
+namespace conveyor::cli {
+
+namespace {
+
+/// `conveyor dlq` flags and which subcommand was given.
+struct DlqFlags {
+    std::string queue;
+    std::size_t limit = 50;
+    std::vector<std::string> ids;
+    CLI::App *dlist = nullptr, *dreplay = nullptr, *dpurge = nullptr;
+};
+
+int run_topology_apply(const Global& g) {
+    Session s = open_session(g);
+    if (auto ok = s.broker->declare_topology(); !ok)
+        die(ok.error().message,
+            ok.error().code == Errc::conflict || ok.error().code == Errc::not_found ? 2 : 1);
+    auto t = s.cfg.topology();
+    fmt::print("declared {} exchange(s), {} queue(s), {} binding(s)\n", t.exchanges.size(),
+               t.queues.size(), t.bindings.size());
+    return 0;
+}
+
+int run_queues(const Global& g) {
+    Session s = open_session(g);
+    auto st = s.broker->stats();
+    if (!st) die(st.error().message);
+    std::map<std::string, QueueStats> all;
+    for (auto& q : s.cfg.queues) all[q.name].queue = q.name;
+    for (auto& s : *st) all[s.queue] = s;
+    if (g.json) {
+        Json arr = Json::array();
+        for (auto& [name, s] : all)
+            arr.push_back({{"queue", name},
+                           {"ready", s.ready},
+                           {"delayed", s.delayed},
+                           {"in_flight", s.in_flight < 0 ? Json() : Json(s.in_flight)},
+                           {"dead", s.dead}});
+        fmt::print("{}\n", detail::dump_lossy(arr));
+    } else {
+        std::vector<std::vector<std::string>> rows;
+        for (auto& [name, s] : all)
+            rows.push_back({name, std::to_string(s.ready), std::to_string(s.delayed),
+                            s.in_flight < 0 ? "-" : std::to_string(s.in_flight),
+                            std::to_string(s.dead)});
+        print_table({"QUEUE", "READY", "DELAYED", "IN FLIGHT", "DEAD"}, rows);
+    }
+    return 0;
+}
+
+int run_dlq(const Global& g, const DlqFlags& f) {
+    Session s = open_session(g);
+    if (f.dlist->parsed()) {
+        auto dl = s.broker->dead_letters(f.queue, f.limit);
+        if (!dl) die(dl.error().message);
+        if (g.json) {
+            Json arr = Json::array();
+            for (auto& d : *dl) {
+                arr.push_back({{"id", d.message_id},
+                               {"queue", d.queue},
+                               {"reason", d.reason},
+                               {"dead_at", detail::format_iso8601(d.dead_at)},
+                               {"task", d.envelope.headers.is_object()
+                                            ? d.envelope.headers.value("task", Json())
+                                            : Json()},
+                               {"body", d.envelope.body}});
+            }
+            fmt::print("{}\n", detail::dump_lossy(arr));
+        } else {
+            std::vector<std::vector<std::string>> rows;
+            for (auto& d : *dl) {
+                std::string task;
+                if (d.envelope.headers.is_object() && d.envelope.headers.contains("task") &&
+                    d.envelope.headers["task"].is_string())
+                    task = d.envelope.headers["task"].get<std::string>();
+                rows.push_back({d.message_id, task, detail::format_iso8601(d.dead_at).substr(0, 19),
+                                d.reason});
+            }
+            std::vector<std::string> header = {"ID", "TASK", "DEAD AT", "REASON"};
+            for (auto& r : rows)
+                fmt::print("{}  {}  {}  {}\n", r[0], r[1].empty() ? "-" : r[1], r[2], r[3]);
+            if (rows.empty()) fmt::print("no dead messages in queue {}\n", f.queue);
+        }
+        return 0;
+    }
+    if (f.dreplay->parsed()) {
+        auto n = s.broker->replay_dead(f.queue, f.ids);
+        if (!n) die(n.error().message);
+        if (g.json)
+            fmt::print("{}\n", Json{{"replayed", *n}}.dump());
+        else
+            fmt::print("replayed {} message(s) to queue {}\n", *n, f.queue);
+        return 0;
+    }
+    auto n = s.broker->purge_dead(f.queue);
+    if (!n) die(n.error().message);
+    if (g.json)
+        fmt::print("{}\n", Json{{"purged", *n}}.dump());
+    else
+        fmt::print("purged {} dead message(s) from queue {}\n", *n, f.queue);
+    return 0;
+}
+
+}  // namespace
+
+Command add_topology(CLI::App& app, const Global& g) {
+    auto* topology = app.add_subcommand("topology", "Exchanges, queues and bindings");
+    topology->require_subcommand(1);
+    auto* tapply = topology->add_subcommand(
+        "apply", "Declare the configured exchanges, queues and bindings (idempotent)");
+
+    return {tapply, [&g] { return run_topology_apply(g); }};
+}
+
+Command add_queues(CLI::App& app, const Global& g) {
+    auto* queues =
+        app.add_subcommand("queues", "Ready, delayed, in-flight and dead counts per queue");
+
+    return {queues, [&g] { return run_queues(g); }};
+}
+
+Command add_dlq(CLI::App& app, const Global& g) {
+    auto* dlq = app.add_subcommand("dlq", "Dead-letter queue: list, replay, purge");
+    dlq->require_subcommand(1);
+    auto f = std::make_shared<DlqFlags>();
+    auto* dlist = f->dlist = dlq->add_subcommand("list", "List dead messages with their reasons");
+    dlist->add_option("--queue", f->queue, "Queue")->required();
+    dlist->add_option("--limit", f->limit, "At most this many");
+    auto* dreplay = f->dreplay =
+        dlq->add_subcommand("replay", "Move dead messages back to their queue");
+    dreplay->add_option("--queue", f->queue, "Queue")->required();
+    dreplay->add_option("--id", f->ids, "Only these ids (repeatable)");
+    auto* dpurge = f->dpurge = dlq->add_subcommand("purge", "Delete dead messages");
+    dpurge->add_option("--queue", f->queue, "Queue")->required();
+
+    return {dlq, [&g, f] { return run_dlq(g, *f); }};
+}
+
+}  // namespace conveyor::cli

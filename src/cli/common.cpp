@@ -1,0 +1,178 @@
+#include "cli/common.hpp"
+
+#include <fmt/format.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <thread>
+
+#include "conveyor/scheduler.hpp"
+#include "conveyor/worker.hpp"
+#include "core/json_bounds.hpp"
+#include "core/url.hpp"
+
+namespace conveyor::cli {
+
+namespace {
+
+volatile sig_atomic_t g_signals = 0;
+Worker* g_worker = nullptr;
+Scheduler* g_scheduler = nullptr;
+
+void on_signal(int) {
+    g_signals = g_signals + 1;
+    if (g_signals >= 2) _exit(130);  // second signal: cold shutdown
+    if (g_worker) g_worker->stop();
+    if (g_scheduler) g_scheduler->stop();
+}
+
+}  // namespace
+
+void die(const std::string& sentence, int code) {
+    std::string s = sentence;
+    if (!s.empty() && s.back() != '.') s += '.';
+    fmt::print(stderr, "conveyor: {}\n", s);
+    std::fflush(stderr);
+    std::exit(code);
+}
+
+Config load(const Global& g) {
+    std::string path = g.config_path;
+    if (path.empty() && std::filesystem::exists("conveyor.toml")) path = "conveyor.toml";
+    if (path.empty()) return Config{};
+    auto cfg = load_config(path);
+    if (!cfg) die(cfg.error().message, 2);
+    return *cfg;
+}
+
+std::string broker_url(const Global& g, const Config& cfg) {
+    if (!g.broker.empty()) return g.broker;
+    if (const char* env = std::getenv("CONVEYOR_BROKER"); env && *env) return env;
+    if (!cfg.broker.empty()) return cfg.broker;
+    return "sqlite://conveyor.db";
+}
+
+std::shared_ptr<Broker> open_broker(const std::string& url, const Config& cfg, bool wait) {
+    auto backoff = std::chrono::milliseconds(500);
+    for (;;) {
+        auto b = Broker::open(url);
+        if (b) {
+            if (auto ok = (*b)->set_topology(cfg.topology()); !ok) die(ok.error().message, 2);
+            return *b;
+        }
+        std::string why =
+            fmt::format("cannot open broker {}: {}", detail::redact_url(url), b.error().message);
+        bool passes = b.error().code == Errc::unavailable || b.error().code == Errc::timeout;
+        if (!wait || !passes || g_signals)
+            die(why, b.error().code == Errc::invalid_argument ? 2 : 1);
+        fmt::print(stderr, "conveyor: {}; retrying in {:.1f} s\n", why, backoff.count() / 1000.0);
+        for (auto until = std::chrono::steady_clock::now() + backoff;
+             std::chrono::steady_clock::now() < until && !g_signals;)
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        if (g_signals) die(why);
+        backoff = std::min(backoff * 2, std::chrono::milliseconds(10000));
+    }
+}
+
+Session open_session(const Global& g) {
+    Session s{load(g), nullptr};
+    s.broker = open_broker(broker_url(g, s.cfg), s.cfg);
+    return s;
+}
+
+Json parse_json_flag(const std::string& text, const char* flag, bool want_array) {
+    if (detail::json_text_depth(text) > detail::kMaxJsonDepth)
+        die(fmt::format("{} nests deeper than {} levels", flag, detail::kMaxJsonDepth), 2);
+    Json j = Json::parse(text, nullptr, false);
+    if (j.is_discarded())
+        die(fmt::format("{} is not valid JSON: {}", flag,
+                        text.size() > 200 ? text.substr(0, 200) + "..." : text),
+            2);
+    if (want_array && !j.is_array())
+        die(fmt::format("{} must be a JSON array, e.g. '[1, 2]'", flag), 2);
+    if (!want_array && !j.is_object())
+        die(fmt::format("{} must be a JSON object, e.g. '{{\"x\": 1}}'", flag), 2);
+    return j;
+}
+
+CLI::Validator seconds_within(double lo, double hi) {
+    return CLI::Validator(
+        [lo, hi](std::string& in) -> std::string {
+            char* end = nullptr;
+            double v = std::strtod(in.c_str(), &end);
+            if (in.empty() || end != in.c_str() + in.size() || !(v >= lo && v <= hi))
+                return fmt::format("must be a number of seconds from {} to {}", lo, hi);
+            return {};
+        },
+        fmt::format("SECONDS in [{} - {}]", lo, hi));
+}
+
+std::vector<std::string> split_list(const std::string& s) {
+    std::vector<std::string> out;
+    std::size_t start = 0;
+    while (start <= s.size()) {
+        auto comma = s.find(',', start);
+        auto item = s.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+        if (!item.empty()) out.push_back(item);
+        if (comma == std::string::npos) break;
+        start = comma + 1;
+    }
+    return out;
+}
+
+void print_table(const std::vector<std::string>& header,
+                 const std::vector<std::vector<std::string>>& rows) {
+    std::vector<std::size_t> w(header.size());
+    for (std::size_t i = 0; i < header.size(); ++i) w[i] = header[i].size();
+    for (auto& r : rows)
+        for (std::size_t i = 0; i < r.size(); ++i) w[i] = std::max(w[i], r[i].size());
+    auto line = [&](const std::vector<std::string>& r) {
+        std::string s;
+        for (std::size_t i = 0; i < r.size(); ++i) {
+            if (i == 0)
+                s += fmt::format("{:<{}}", r[i], w[i]);
+            else
+                s += fmt::format("  {:>{}}", r[i], w[i]);
+        }
+        fmt::print("{}\n", s);
+    };
+    line(header);
+    for (auto& r : rows) line(r);
+}
+
+int print_result(Client& client, const std::string& id, std::optional<double> wait) {
+    if (wait)
+        if (auto now = client.result(id); !now) die(now.error().message);
+    Result<TaskResult> r =
+        wait ? client.wait(id, std::chrono::milliseconds(static_cast<long long>(*wait * 1000)))
+             : client.result(id);
+    if (!r && r.error().code == Errc::timeout) {
+        auto now = client.result(id);
+        if (now) fmt::print("{}\n", detail::dump_lossy(to_json(*now)));
+        std::fflush(stdout);
+        die(fmt::format("task {} did not finish within {} seconds", id, *wait), 3);
+    }
+    if (!r) die(r.error().message);
+    fmt::print("{}\n", detail::dump_lossy(to_json(*r)));
+    return 0;
+}
+
+void stop_on_signals(Worker* worker, Scheduler* scheduler) {
+    g_worker = worker;
+    g_scheduler = scheduler;
+    struct sigaction sa {};
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, nullptr);
+    sigaction(SIGINT, &sa, nullptr);
+    signal(SIGPIPE, SIG_IGN);
+}
+
+bool stop_signalled() noexcept { return g_signals != 0; }
+
+}  // namespace conveyor::cli
