@@ -54,7 +54,7 @@ struct WorkerConfig {
 /// The whole configuration. Value type; `load_config` fills it.
 struct Config {
     std::string broker;  ///< empty: not set in the file
-    std::string default_queue = "celery";
+    std::string default_queue{kDefaultQueue};
     std::vector<QueueConfig> queues;
     std::vector<ExchangeSpec> exchanges;  ///< `[[exchange]]` tables (amqp engine)
     std::vector<BindingSpec> bindings;    ///< `[[binding]]` tables (amqp engine)

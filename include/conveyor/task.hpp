@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace conveyor {
@@ -13,6 +14,9 @@ namespace conveyor {
 using Json = nlohmann::json;
 using SystemClock = std::chrono::system_clock;
 using TimePoint = SystemClock::time_point;
+
+/// Where a task goes when nothing routes it elsewhere: Celery's default queue.
+inline constexpr std::string_view kDefaultQueue = "celery";
 
 /// A task as Conveyor and Celery (protocol v2) understand it.
 /// Value type; `id` and `name` are required, everything else has a sensible default.

@@ -99,7 +99,7 @@ struct TaskOptions {
 
 /// Worker settings. Value type.
 struct WorkerOptions {
-    std::vector<std::string> queues = {"celery"};
+    std::vector<std::string> queues = {std::string(kDefaultQueue)};
     int concurrency = 4;
     std::size_t prefetch = 0;  ///< unsettled deliveries held at once; 0: concurrency * 4
     std::chrono::milliseconds lease{30000};

@@ -229,7 +229,7 @@ Result<Config> parse_config(std::string_view text, std::string_view source) {
     auto broker = get_string(c, root, "broker");
     if (!broker) return std::unexpected(broker.error());
     cfg.broker = *broker;
-    auto dq = get_string(c, root, "default_queue", "celery");
+    auto dq = get_string(c, root, "default_queue", std::string(kDefaultQueue));
     if (!dq) return std::unexpected(dq.error());
     cfg.default_queue = *dq;
 

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstdlib>
 
@@ -67,6 +68,55 @@ Result<std::chrono::milliseconds> seconds_option(std::string_view engine, std::s
                     fmt::format("{} option {}={} must be a number of seconds from {} to {}", engine,
                                 key, value, min, max));
     return std::chrono::milliseconds(static_cast<std::int64_t>(std::llround(s * 1000.0)));
+}
+
+std::string percent_decode(std::string_view s) {
+    auto hex = [](char c) -> int {
+        if (c >= '0' && c <= '9') return c - '0';
+        if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+        if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+        return -1;
+    };
+    std::string out;
+    out.reserve(s.size());
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        if (s[i] == '%' && i + 2 < s.size()) {
+            int hi = hex(s[i + 1]), lo = hex(s[i + 2]);
+            if (hi >= 0 && lo >= 0) {
+                out += char(hi * 16 + lo);
+                i += 2;
+                continue;
+            }
+        }
+        out += s[i];
+    }
+    return out;
+}
+
+Result<Authority> parse_authority(std::string_view rest, std::string_view what) {
+    Authority a;
+    if (auto at = rest.rfind('@'); at != std::string_view::npos) {
+        std::string_view cred = rest.substr(0, at);
+        rest = rest.substr(at + 1);
+        auto colon = cred.find(':');
+        a.user = percent_decode(cred.substr(0, colon));
+        a.has_password = colon != std::string_view::npos;
+        if (a.has_password) a.password = percent_decode(cred.substr(colon + 1));
+    }
+    auto colon = rest.rfind(':');
+    auto bracket = rest.rfind(']');
+    if (colon != std::string_view::npos && (bracket == std::string_view::npos || colon > bracket)) {
+        std::string_view p = rest.substr(colon + 1);
+        int port = 0;
+        auto [end, ec] = std::from_chars(p.data(), p.data() + p.size(), port);
+        if (ec != std::errc() || end != p.data() + p.size() || port <= 0 || port > 65535)
+            return fail(Errc::invalid_argument,
+                        fmt::format("{} port '{}' is not a port number", what, p));
+        a.port = port;
+        rest = rest.substr(0, colon);
+    }
+    a.host = std::string(rest);
+    return a;
 }
 
 Result<BrokerUrl> parse_broker_url(std::string_view url) {

@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -17,6 +18,21 @@ struct BrokerUrl {
 };
 
 Result<BrokerUrl> parse_broker_url(std::string_view url);
+
+/// %XX escapes decoded (a '%' without two hex digits after it stays as it is).
+std::string percent_decode(std::string_view text);
+
+/// The USER:PASSWORD@HOST:PORT part of a URL (the text between "scheme://" and the path).
+struct Authority {
+    std::string user;           ///< percent-decoded
+    std::string password;       ///< percent-decoded
+    bool has_password = false;  ///< a ':' set a password apart (it may be empty)
+    std::string host;           ///< empty when none was given
+    std::optional<int> port;    ///< after the last ':' (not one inside an IPv6 "[...]")
+};
+/// Splits an authority; a port that is not 1..65535 is an Errc::invalid_argument sentence that
+/// starts with `what` (e.g. "amqp URL").
+Result<Authority> parse_authority(std::string_view text, std::string_view what);
 
 /// `url` with every password replaced by "***", for printing: the broker's own
 /// (`amqp://u:***@h`), one inside an option (`?results=redis://:***@h`), each of a failover

@@ -83,35 +83,25 @@ Result<RedisOptions> parse_redis_url(std::string_view url) {
                     fmt::format("result backend '{}' is not a redis://HOST:PORT/DB URL",
                                 detail::redact_url(url)));
     std::string_view rest = url.substr(kScheme.size());
-    if (auto at = rest.rfind('@'); at != std::string_view::npos) {
-        std::string_view cred = rest.substr(0, at);
-        if (auto colon = cred.find(':'); colon != std::string_view::npos)
-            o.password = std::string(cred.substr(colon + 1));
-        else
-            o.password = std::string(cred);
-        rest = rest.substr(at + 1);
-    }
+    std::string_view db;
     if (auto slash = rest.find('/'); slash != std::string_view::npos) {
-        std::string_view db = rest.substr(slash + 1);
+        db = rest.substr(slash + 1);
         rest = rest.substr(0, slash);
-        if (!db.empty()) {
-            auto [p, ec] = std::from_chars(db.data(), db.data() + db.size(), o.db);
-            if (ec != std::errc() || p != db.data() + db.size() || o.db < 0)
-                return fail(Errc::invalid_argument,
-                            fmt::format("result backend '{}': database '{}' is not a number",
-                                        detail::redact_url(url), db));
-        }
     }
-    if (auto colon = rest.rfind(':'); colon != std::string_view::npos) {
-        std::string_view port = rest.substr(colon + 1);
-        auto [p, ec] = std::from_chars(port.data(), port.data() + port.size(), o.port);
-        if (ec != std::errc() || p != port.data() + port.size() || o.port <= 0 || o.port > 65535)
+    if (!db.empty()) {
+        auto [p, ec] = std::from_chars(db.data(), db.data() + db.size(), o.db);
+        if (ec != std::errc() || p != db.data() + db.size() || o.db < 0)
             return fail(Errc::invalid_argument,
-                        fmt::format("result backend '{}': port '{}' is not a port number",
-                                    detail::redact_url(url), port));
-        rest = rest.substr(0, colon);
+                        fmt::format("result backend '{}': database '{}' is not a number",
+                                    detail::redact_url(url), db));
     }
-    if (!rest.empty()) o.host = std::string(rest);
+    auto authority =
+        detail::parse_authority(rest, fmt::format("result backend '{}':", detail::redact_url(url)));
+    if (!authority) return std::unexpected(authority.error());
+    // redis://:PASSWORD@host, or redis://PASSWORD@host as redis-py also takes it.
+    o.password = authority->has_password ? authority->password : authority->user;
+    if (authority->port) o.port = *authority->port;
+    if (!authority->host.empty()) o.host = std::move(authority->host);
     if (o.host == "localhost") o.host = "127.0.0.1";
     return o;
 }

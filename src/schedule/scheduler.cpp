@@ -9,6 +9,7 @@
 
 #include "core/codec.hpp"
 #include "core/lifecycle.hpp"
+#include "core/node.hpp"
 #include "core/time.hpp"
 
 namespace conveyor {
@@ -51,11 +52,7 @@ Scheduler::Scheduler(std::shared_ptr<Broker> broker, SchedulerOptions options)
     : broker_(std::move(broker)),
       opts_(std::move(options)),
       life_(std::make_unique<detail::Lifecycle>()) {
-    if (opts_.name.empty()) {
-        char host[256] = {};
-        gethostname(host, sizeof host - 1);
-        opts_.name = fmt::format("{}:{}", host, getpid());
-    }
+    if (opts_.name.empty()) opts_.name = detail::process_name();
 }
 
 Scheduler::~Scheduler() {
@@ -168,7 +165,7 @@ Result<void> Scheduler::tick(ScheduleStore& store) {
             OutgoingMessage m;
             m.queue = !s.queue.empty()  ? s.queue
                       : opts_.queue_for ? opts_.queue_for(s.task)
-                                        : std::string("celery");
+                                        : std::string(kDefaultQueue);
             m.envelope = codec::encode(t);
             fires.push_back(ScheduleFire{s.name, at, std::move(m)});
         }

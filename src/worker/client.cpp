@@ -7,6 +7,7 @@
 
 #include "core/codec.hpp"
 #include "core/json_bounds.hpp"
+#include "core/node.hpp"
 #include "core/time.hpp"
 #include "worker/canvas.hpp"
 
@@ -53,11 +54,7 @@ Result<OutgoingMessage> Client::prepare(TaskMessage t, const EnqueueOptions& o) 
         t.reply_to = std::move(*reply);
     }
     if (t.origin.empty()) {
-        static const std::string origin = [] {
-            char host[256] = {};
-            gethostname(host, sizeof host - 1);
-            return fmt::format("conveyor{}@{}", getpid(), host);
-        }();
+        static const std::string origin = detail::node_name();
         t.origin = origin;
     }
     OutgoingMessage m;
@@ -126,7 +123,7 @@ namespace {
 
 Result<void> publish_workflow(Broker& broker, const Json& sig) {
     std::vector<OutgoingMessage> out;
-    canvas::Context ctx{"celery", {}, {}};
+    canvas::Context ctx{std::string(kDefaultQueue), {}, {}};
     if (auto ok = canvas::apply(broker, sig, std::nullopt, nullptr, ctx, out); !ok) return ok;
     return broker.publish(out);
 }

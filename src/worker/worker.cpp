@@ -16,6 +16,7 @@
 
 #include "core/codec.hpp"
 #include "core/lifecycle.hpp"
+#include "core/node.hpp"
 #include "core/time.hpp"
 #include "worker/canvas.hpp"
 #include "worker/handlers.hpp"
@@ -138,18 +139,8 @@ struct Worker::Impl {
     std::unique_ptr<detail::Monitor> monitor;  // amqp: Celery events and remote control
 
     Impl(std::shared_ptr<Broker> b, WorkerOptions o) : broker(std::move(b)), opts(std::move(o)) {
-        if (opts.name.empty()) {
-            char host[256] = {};
-            gethostname(host, sizeof host - 1);
-            opts.name = fmt::format("{}:{}", host, getpid());
-        }
-        if (opts.node_name.empty() || opts.node_name.find('@') == std::string::npos) {
-            // Celery's form: name@host (a bare name gets this host, as `celery -n` does).
-            char host[256] = {};
-            gethostname(host, sizeof host - 1);
-            opts.node_name = opts.node_name.empty() ? fmt::format("conveyor-{}@{}", getpid(), host)
-                                                    : fmt::format("{}@{}", opts.node_name, host);
-        }
+        if (opts.name.empty()) opts.name = detail::process_name();
+        opts.node_name = detail::node_name(opts.node_name);
         if (opts.prefetch == 0) opts.prefetch = std::size_t(std::max(1, opts.concurrency)) * 4;
         if (opts.concurrency < 1) opts.concurrency = 1;
         rng.seed(opts.seed ? opts.seed : std::random_device{}());

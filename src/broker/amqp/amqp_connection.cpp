@@ -94,27 +94,7 @@ Errc errc_of_reply_code(int code) {
 
 }  // namespace
 
-std::string url_decode(std::string_view s) {
-    std::string out;
-    for (std::size_t i = 0; i < s.size(); ++i) {
-        if (s[i] == '%' && i + 2 < s.size()) {
-            auto hex = [](char c) -> int {
-                if (c >= '0' && c <= '9') return c - '0';
-                if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-                if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-                return -1;
-            };
-            int hi = hex(s[i + 1]), lo = hex(s[i + 2]);
-            if (hi >= 0 && lo >= 0) {
-                out += char(hi * 16 + lo);
-                i += 2;
-                continue;
-            }
-        }
-        out += s[i];
-    }
-    return out;
-}
+std::string url_decode(std::string_view s) { return detail::percent_decode(s); }
 
 Result<ConnectionOptions> parse_connection_options(const detail::BrokerUrl& url) {
     ConnectionOptions o;
@@ -126,27 +106,12 @@ Result<ConnectionOptions> parse_connection_options(const detail::BrokerUrl& url)
         path = rest.substr(slash + 1);
         rest = rest.substr(0, slash);
     }
-    if (auto at = rest.rfind('@'); at != std::string_view::npos) {
-        std::string_view cred = rest.substr(0, at);
-        rest = rest.substr(at + 1);
-        auto colon = cred.find(':');
-        o.user = url_decode(cred.substr(0, colon));
-        o.password = colon == std::string_view::npos ? "" : url_decode(cred.substr(colon + 1));
-    }
-    if (auto colon = rest.rfind(':');
-        colon != std::string_view::npos && rest.find(']') == rest.npos) {
-        std::string p(rest.substr(colon + 1));
-        rest = rest.substr(0, colon);
-        try {
-            std::size_t used = 0;
-            o.port = std::stoi(p, &used);
-            if (used != p.size() || o.port <= 0 || o.port > 65535) throw std::invalid_argument(p);
-        } catch (...) {
-            return fail(Errc::invalid_argument,
-                        fmt::format("amqp URL port '{}' is not a port number", p));
-        }
-    }
-    if (!rest.empty()) o.host = std::string(rest);
+    auto authority = detail::parse_authority(rest, "amqp URL");
+    if (!authority) return std::unexpected(authority.error());
+    o.user = std::move(authority->user);
+    o.password = std::move(authority->password);
+    if (authority->port) o.port = *authority->port;
+    if (!authority->host.empty()) o.host = std::move(authority->host);
     // "amqp://host" and "amqp://host/" mean the default vhost "/"; "amqp://host/%2F" too.
     o.vhost = path.empty() ? "/" : url_decode(path);
     for (auto& [k, v] : url.query) {
