@@ -42,7 +42,7 @@ tidy: test-deps build
 	scripts/tidy.sh $(BUILD)
 
 # Each fuzz target for FUZZ_SECONDS from its seed corpus (afl++, see fuzz/run.sh).
-FUZZ_SECONDS ?= 15
+FUZZ_SECONDS ?= 10
 fuzz: test-deps
 	fuzz/run.sh $(BUILD)-fuzz $(FUZZ_SECONDS)
 
