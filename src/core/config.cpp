@@ -211,7 +211,9 @@ RetryPolicy Config::retry_for(std::string_view task) const {
     return default_retry;
 }
 
-Result<Config> parse_config(std::string_view text, std::string_view source) {
+namespace {
+
+Result<Config> parse_config_text(std::string_view text, std::string_view source) {
     Ctx c{source};
     toml::table root;
     try {
@@ -563,6 +565,27 @@ Result<Config> parse_config(std::string_view text, std::string_view source) {
             q.name = b.queue;
             cfg.queues.push_back(std::move(q));
         }
+    }
+    return cfg;
+}
+
+}  // namespace
+
+Result<Config> parse_config(std::string_view text, std::string_view source) {
+    auto cfg = parse_config_text(text, source);
+    if (!cfg) {
+        // One line, whatever the file holds: control characters the parser quotes from it
+        // (a newline where a value was expected) are shown escaped.
+        std::string line;
+        for (unsigned char ch : cfg.error().message) {
+            if (ch == '\n')
+                line += "\\n";
+            else if (ch < 0x20 || ch == 0x7f)
+                line += fmt::format("\\x{:02x}", ch);
+            else
+                line += char(ch);
+        }
+        return fail(cfg.error().code, std::move(line));
     }
     return cfg;
 }
