@@ -401,6 +401,53 @@ TEST(SqliteStorage, AWorkerStartedOnAFullDiskWaitsForRoom) {
     EXPECT_EQ(worker.wait(20s), 0);
 }
 
+TEST(SqliteStorage, ADeletedWriteAheadLogIsRecoveredAndNothingIsLost) {
+    TempDir dir;
+    std::string db = dir.file("c.db");
+    std::string url = "sqlite://" + db;
+    write_file(dir.file("conveyor.toml"),
+               "[[task]]\nname = \"t\"\nqueue = \"q\"\nexec = \"echo ran >> " +
+                   dir.file("ran") + "\"\n");
+    // A worker of another queue keeps the database open, so the log is not folded into the
+    // file when the enqueuing commands exit: the tasks live only in the log.
+    Process holder({CONVEYOR_CLI, "--broker", url, "worker", "--queues", "elsewhere"},
+                   dir.file("holder.out"), {}, dir.path().string());
+    ASSERT_TRUE(eventually(
+        [&] { return read_file(dir.file("holder.out")).find("queues") != std::string::npos; },
+        10s));
+    for (int i = 0; i < 20; ++i) ASSERT_EQ(cli(dir, {"--broker", url, "enqueue", "t"}).first, 0);
+    ASSERT_GT(std::filesystem::file_size(db + "-wal"), 0u);
+    std::filesystem::remove(db + "-wal");
+    // The worker holding the deleted log copies it into the database and takes a new one...
+    ASSERT_TRUE(eventually(
+        [&] {
+            return read_file(dir.file("holder.out")).find("write-ahead log") != std::string::npos;
+        },
+        10s))
+        << read_file(dir.file("holder.out"));
+    // ...so every other process reads what it held, even after that worker dies without a
+    // chance to close its database.
+    holder.signal(SIGKILL);
+    holder.wait(10s);
+    auto [rc, q] = cli(dir, {"--broker", url, "--json", "queues"});
+    ASSERT_EQ(rc, 0) << q;
+    auto counts = Json::parse(q, nullptr, false);
+    ASSERT_TRUE(counts.is_array()) << q;
+    auto ready = [&](const std::string& name) {
+        for (auto& c : counts)
+            if (c.value("queue", "") == name) return c.value("ready", -1);
+        return -1;
+    };
+    EXPECT_EQ(ready("q"), 20) << q;
+    ASSERT_EQ(cli(dir, {"--broker", url, "enqueue", "t"}).first, 0);
+    Process worker({CONVEYOR_CLI, "--broker", url, "worker"}, dir.file("worker.out"), {},
+                   dir.path().string());
+    ASSERT_TRUE(eventually([&] { return count_lines(dir.file("ran")) == 21; }, 30s))
+        << read_file(dir.file("worker.out"));
+    worker.signal(SIGTERM);
+    EXPECT_EQ(worker.wait(20s), 0);
+}
+
 TEST(SqliteStorage, ReadOnlyAndCorruptFilesSaySo) {
     TempDir dir;
     std::filesystem::permissions(dir.path(), std::filesystem::perms::all);

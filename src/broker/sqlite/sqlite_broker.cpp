@@ -197,10 +197,27 @@ Result<void> store_result(Statements& s, const TaskResult& r) {
     return {};
 }
 
+/// A write-ahead log someone deleted is copied into the database and the connection reopened
+/// with fresh statements before this connection writes again (see Db::recover_replaced_wal).
+Result<void> keep_wal(Db& db, Statements& st) {
+    auto replaced = db.recover_replaced_wal();
+    if (!replaced) return std::unexpected(replaced.error());
+    if (!*replaced) return {};
+    st = Statements{};
+    auto fresh = Statements::prepare(db);
+    if (!fresh) return std::unexpected(fresh.error());
+    st = std::move(*fresh);
+    fmt::print(stderr,
+               "conveyor: the write-ahead log beside the sqlite database was deleted by another "
+               "process; what it held is now in the database and a new log is in use\n");
+    return {};
+}
+
 /// Runs `fn` inside BEGIN IMMEDIATE, retrying when another process holds the lock past the
 /// busy timeout.
 template <class Fn>
-auto in_transaction(Db& db, Fn&& fn) -> decltype(fn()) {
+auto in_transaction(Db& db, Statements& st, Fn&& fn) -> decltype(fn()) {
+    if (auto ok = keep_wal(db, st); !ok) return std::unexpected(ok.error());
     for (int attempt = 0;; ++attempt) {
         auto tx = Transaction::begin(db);
         if (!tx) {
@@ -258,7 +275,7 @@ class SqliteConsumer final : public Consumer {
     ~SqliteConsumer() override {
         // Hand back whatever is still held so that others need not wait for the lease.
         if (held_.empty()) return;
-        (void)in_transaction(db_, [&]() -> Result<void> {
+        (void)in_transaction(db_, st_, [&]() -> Result<void> {
             auto st = db_.prepare(
                 "UPDATE tasks SET state=0, lease_owner=NULL, lease_until=NULL, "
                 "deliveries=max(deliveries-1,0) WHERE lease_owner=?1 AND state=1");
@@ -299,7 +316,7 @@ class SqliteConsumer final : public Consumer {
     }
 
     Result<void> settle_batch(std::span<Settlement> batch) {
-        return in_transaction(db_, [&]() -> Result<void> {
+        return in_transaction(db_, st_, [&]() -> Result<void> {
             auto now = now_ms();
             for (auto& s : batch) {
                 Result<int> r;
@@ -387,6 +404,8 @@ class SqliteConsumer final : public Consumer {
         std::int64_t version = st_.data_version.i64(0);
         st_.data_version.reset();
         if (version == last_version_ && now < next_check_) return false;
+        // Idle or not, a deleted write-ahead log is noticed within one check period.
+        if (auto ok = keep_wal(db_, st_); !ok) return std::unexpected(ok.error());
         last_version_ = version;
         next_check_ = now + std::chrono::milliseconds(200);
         auto wall = now_ms();
@@ -417,7 +436,7 @@ class SqliteConsumer final : public Consumer {
 
     Result<std::vector<Delivery>> claim(std::size_t max) {
         std::vector<Delivery> out;
-        auto ok = in_transaction(db_, [&]() -> Result<void> {
+        auto ok = in_transaction(db_, st_, [&]() -> Result<void> {
             out.clear();
             auto now = now_ms();
             st_.promote.reset();
@@ -482,7 +501,7 @@ class SqliteBroker final : public Broker {
             if (auto ok = detail::check_embedded_message(m, "sqlite"); !ok) return ok;
         std::lock_guard lk(mu_);
         return in_transaction(
-            db_, [&]() -> Result<void> { return insert_messages(st_, msgs, known_queues_); });
+            db_, st_, [&]() -> Result<void> { return insert_messages(st_, msgs, known_queues_); });
     }
 
     Result<std::unique_ptr<ScheduleStore>> schedule_store() override;
@@ -590,7 +609,7 @@ class SqliteBroker final : public Broker {
 
     Result<void> store_results(std::span<const TaskResult> results, std::string_view) override {
         std::lock_guard lk(mu_);
-        return in_transaction(db_, [&]() -> Result<void> {
+        return in_transaction(db_, st_, [&]() -> Result<void> {
             for (auto& r : results)
                 if (auto ok = store_result(st_, r); !ok) return ok;
             return {};
@@ -599,7 +618,7 @@ class SqliteBroker final : public Broker {
 
     Result<void> begin_chord(std::string_view group_id, std::size_t size) override {
         std::lock_guard lk(mu_);
-        return in_transaction(db_, [&]() -> Result<void> {
+        return in_transaction(db_, st_, [&]() -> Result<void> {
             auto q = db_.prepare(
                 "INSERT OR REPLACE INTO chords(group_id, size, created_at) VALUES(?1, ?2, ?3)");
             if (!q) return std::unexpected(q.error());
@@ -613,7 +632,7 @@ class SqliteBroker final : public Broker {
                                        const TaskResult& part) override {
         std::lock_guard lk(mu_);
         ChordParts out;
-        auto ok = in_transaction(db_, [&]() -> Result<void> {
+        auto ok = in_transaction(db_, st_, [&]() -> Result<void> {
             auto size = db_.prepare("SELECT size FROM chords WHERE group_id=?1");
             if (!size) return std::unexpected(size.error());
             size->bind(1, group_id);
@@ -683,7 +702,7 @@ class SqliteBroker final : public Broker {
                                     std::span<const std::string> ids) override {
         std::lock_guard lk(mu_);
         std::size_t moved = 0;
-        auto ok = in_transaction(db_, [&]() -> Result<void> {
+        auto ok = in_transaction(db_, st_, [&]() -> Result<void> {
             moved = 0;
             std::string where = "state=2 AND queue=?1";
             if (!ids.empty()) where += " AND id=?2";
@@ -723,7 +742,7 @@ class SqliteBroker final : public Broker {
     Result<std::size_t> purge_dead(std::string_view queue) override {
         std::lock_guard lk(mu_);
         std::size_t n = 0;
-        auto ok = in_transaction(db_, [&]() -> Result<void> {
+        auto ok = in_transaction(db_, st_, [&]() -> Result<void> {
             auto del = db_.prepare("DELETE FROM tasks WHERE state=2 AND queue=?1");
             if (!del) return std::unexpected(del.error());
             del->bind(1, queue);
@@ -746,7 +765,7 @@ class SqliteBroker final : public Broker {
 
     Result<void> declare_topology() override {
         std::lock_guard lk(mu_);
-        return in_transaction(db_, [&]() -> Result<void> {
+        return in_transaction(db_, st_, [&]() -> Result<void> {
             for (auto& q : topology_queues_) {
                 st_.insert_queue.reset();
                 if (auto r = st_.insert_queue.bind(1, q).run(); !r)
@@ -788,7 +807,7 @@ class SqliteScheduleStore final : public ScheduleStore {
 
     Result<bool> lead(std::string_view owner, std::chrono::milliseconds ttl) override {
         bool mine = false;
-        auto ok = in_transaction(db_, [&]() -> Result<void> {
+        auto ok = in_transaction(db_, st_, [&]() -> Result<void> {
             auto now = now_ms();
             auto q = db_.prepare(
                 "INSERT INTO scheduler_lease(id, owner, until) VALUES(1, ?1, ?2) "
@@ -833,7 +852,7 @@ class SqliteScheduleStore final : public ScheduleStore {
 
     Result<bool> fire(std::string_view owner, std::span<const ScheduleFire> fires) override {
         bool led = false;
-        auto ok = in_transaction(db_, [&]() -> Result<void> {
+        auto ok = in_transaction(db_, st_, [&]() -> Result<void> {
             auto check =
                 db_.prepare("SELECT 1 FROM scheduler_lease WHERE id=1 AND owner=?1 AND until>=?2");
             if (!check) return std::unexpected(check.error());
@@ -895,7 +914,7 @@ class SqliteScheduleStore final : public ScheduleStore {
 
     Result<bool> remove(std::string_view name) override {
         int removed = 0;
-        auto ok = in_transaction(db_, [&]() -> Result<void> {
+        auto ok = in_transaction(db_, st_, [&]() -> Result<void> {
             for (auto sql : {"DELETE FROM schedules WHERE name=?1",
                              "DELETE FROM schedule_state WHERE name=?1"}) {
                 auto q = db_.prepare(sql);

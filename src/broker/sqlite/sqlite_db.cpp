@@ -1,9 +1,11 @@
 #include "broker/sqlite/sqlite_db.hpp"
 
 #include <fmt/format.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
@@ -119,7 +121,35 @@ Result<Db> Db::open(const std::string& path, std::string_view synchronous,
     if (auto ok = db.exec(fmt::format("PRAGMA synchronous={}", synchronous)); !ok)
         return std::unexpected(ok.error());
     if (auto ok = db.exec("PRAGMA temp_store=MEMORY"); !ok) return std::unexpected(ok.error());
+    db.path_ = path;
+    db.synchronous_ = std::string(synchronous);
+    db.busy_timeout_ = busy_timeout;
+    // A first read opens the write-ahead log, which is then the one this connection uses.
+    if (auto ok = db.exec("PRAGMA schema_version"); !ok) return std::unexpected(ok.error());
+    db.note_wal();
     return db;
+}
+
+void Db::note_wal() {
+    struct stat st {};
+    if (path_.empty() || ::stat((path_ + "-wal").c_str(), &st) != 0) return;
+    wal_ = FileId{std::uint64_t(st.st_dev), std::uint64_t(st.st_ino), true};
+}
+
+bool Db::wal_replaced() const {
+    if (!wal_.known) return false;
+    struct stat st {};
+    if (::stat((path_ + "-wal").c_str(), &st) != 0) return errno == ENOENT;
+    return std::uint64_t(st.st_dev) != wal_.dev || std::uint64_t(st.st_ino) != wal_.ino;
+}
+
+Result<bool> Db::recover_replaced_wal() {
+    if (!wal_replaced()) return false;
+    if (auto ok = exec("PRAGMA wal_checkpoint(TRUNCATE)"); !ok) return std::unexpected(ok.error());
+    auto fresh = Db::open(path_, synchronous_, busy_timeout_);
+    if (!fresh) return std::unexpected(fresh.error());
+    *this = std::move(*fresh);  // the old handle closes with its last statement
+    return true;
 }
 
 Result<void> Db::exec(std::string_view sql) {

@@ -74,9 +74,20 @@ class Stmt {
 class Db {
   public:
     Db() = default;
-    Db(Db&& o) noexcept : db_(o.db_) { o.db_ = nullptr; }
+    Db(Db&& o) noexcept
+        : db_(o.db_),
+          path_(std::move(o.path_)),
+          synchronous_(std::move(o.synchronous_)),
+          busy_timeout_(o.busy_timeout_),
+          wal_(o.wal_) {
+        o.db_ = nullptr;
+    }
     Db& operator=(Db&& o) noexcept {
         std::swap(db_, o.db_);
+        std::swap(path_, o.path_);
+        std::swap(synchronous_, o.synchronous_);
+        std::swap(busy_timeout_, o.busy_timeout_);
+        std::swap(wal_, o.wal_);
         return *this;
     }
     ~Db() { sqlite3_close_v2(db_); }
@@ -92,9 +103,28 @@ class Db {
     sqlite3* raw() const noexcept { return db_; }
     int changes() const noexcept { return sqlite3_changes(db_); }
 
+    /// Whether the write-ahead log this connection writes to is no longer the file at
+    /// `<path>-wal` (someone deleted it): what this connection commits would then reach no
+    /// other process, and other processes read a log that does not hold it (SQLITE_IOERR).
+    bool wal_replaced() const;
+    /// When the log was replaced: copies everything it holds into the database file
+    /// (a checkpoint through this connection, which still has it open) and reopens, so that
+    /// this connection writes to the log everyone uses again. Prepared statements of the old
+    /// connection must be dropped by the caller (the old handle closes with the last one).
+    /// Returns whether it did.
+    Result<bool> recover_replaced_wal();
+
   private:
+    struct FileId {
+        std::uint64_t dev = 0, ino = 0;
+        bool known = false;
+    };
     explicit Db(sqlite3* db) : db_(db) {}
+    void note_wal();
     sqlite3* db_ = nullptr;
+    std::string path_, synchronous_;
+    std::chrono::milliseconds busy_timeout_{0};
+    FileId wal_;
 };
 
 /// BEGIN IMMEDIATE ... COMMIT, rolled back when not committed.
