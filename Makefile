@@ -31,9 +31,10 @@ test: test-deps build
 
 # The unit and system tiers again under AddressSanitizer + UndefinedBehaviorSanitizer, and under
 # ThreadSanitizer (the tests that run threads against the embedded engine); any finding fails.
+# Unity builds (several sources per compiler run) take 3 minutes instead of 5 per build on 2 cores.
 SAN_TARGETS = unit_tests system_tests test_worker conveyor_cli
 SAN_CMAKE = -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g1" \
-	-DCONVEYOR_BUILD_BENCH=OFF -DCONVEYOR_BUILD_EXAMPLES=OFF
+	-DCMAKE_UNITY_BUILD=ON -DCONVEYOR_BUILD_BENCH=OFF -DCONVEYOR_BUILD_EXAMPLES=OFF
 TSAN_TESTS = Lifecycle|Worker|Sqlite|ExecHandler|HttpHandler|Workflow|Scheduler\.
 sanitize: asan tsan
 

@@ -18,7 +18,7 @@ using testsupport::TempDir;
 
 namespace {
 
-struct Fixture {
+struct ScheduleFixture {
     TempDir dir;
     std::string url = "sqlite://" + dir.file("s.db");
     std::shared_ptr<Broker> broker = *Broker::open(url);
@@ -58,7 +58,7 @@ ScheduleSpec hourly(const std::string& name, const std::string& catch_up) {
 }  // namespace
 
 TEST(Scheduler, CatchUpAllFiresEveryMissedFireUpToTheLimit) {
-    Fixture f;
+    ScheduleFixture f;
     f.last_fired("all", 10h);
     auto s = hourly("all", "all");
     s.catch_up_limit = 5;
@@ -67,14 +67,14 @@ TEST(Scheduler, CatchUpAllFiresEveryMissedFireUpToTheLimit) {
 }
 
 TEST(Scheduler, CatchUpOnceFiresOnlyTheLatestMissedFire) {
-    Fixture f;
+    ScheduleFixture f;
     f.last_fired("once", 10h);
     f.run_for({hourly("once", "once")}, 600ms);
     EXPECT_EQ(f.queued("once"), 1);
 }
 
 TEST(Scheduler, CatchUpSkipFiresNothingMissedAndCarriesOn) {
-    Fixture f;
+    ScheduleFixture f;
     f.last_fired("skip", 10h);
     f.run_for({hourly("skip", "skip")}, 600ms);
     EXPECT_EQ(f.queued("skip"), 0);
@@ -86,7 +86,7 @@ TEST(Scheduler, CatchUpSkipFiresNothingMissedAndCarriesOn) {
 }
 
 TEST(Scheduler, OverlapSkipDoesNotPileUpWhileThePreviousRunWaits) {
-    Fixture f;
+    ScheduleFixture f;
     ScheduleSpec allow{.name = "allow", .task = "t", .every = 1, .queue = "allow"};
     ScheduleSpec skip{.name = "skip", .task = "t", .every = 1, .queue = "skip", .overlap = "skip"};
     f.run_for({allow, skip}, 3500ms);
@@ -96,7 +96,7 @@ TEST(Scheduler, OverlapSkipDoesNotPileUpWhileThePreviousRunWaits) {
 }
 
 TEST(Scheduler, PausedScheduleDoesNotFireAndResumesFromNow) {
-    Fixture f;
+    ScheduleFixture f;
     ScheduleSpec s{.name = "p", .task = "t", .every = 1, .queue = "p"};
     auto store = *f.broker->schedule_store();
     ASSERT_TRUE(store->set_paused("p", true));
@@ -110,7 +110,7 @@ TEST(Scheduler, PausedScheduleDoesNotFireAndResumesFromNow) {
 }
 
 TEST(Scheduler, CliAddedScheduleFiresUntilRemoved) {
-    Fixture f;
+    ScheduleFixture f;
     auto store = *f.broker->schedule_store();
     ScheduleSpec added{.name = "added", .task = "t", .every = 1, .queue = "added"};
     ASSERT_TRUE(store->add(added.to_json()));

@@ -18,10 +18,11 @@ namespace {
 
 std::atomic<int> sums{0};  // chord bodies run
 
-struct Running {
+struct WorkflowRunning {
     Worker worker;
     std::thread thread;
-    Running(std::shared_ptr<Broker> b, WorkerOptions o) : worker(std::move(b), std::move(o)) {
+    WorkflowRunning(std::shared_ptr<Broker> b, WorkerOptions o)
+        : worker(std::move(b), std::move(o)) {
         worker.handle("w.add", [](TaskContext& c) -> Json {
             return c.args()[0].get<int>() + c.args()[1].get<int>();
         });
@@ -41,24 +42,24 @@ struct Running {
                       [](TaskContext& c) -> Json { return "noted " + c.args()[0].dump(); });
         thread = std::thread([this] { (void)worker.run(); });
     }
-    ~Running() {
+    ~WorkflowRunning() {
         worker.stop();
         thread.join();
     }
 };
 
-struct Fixture {
+struct WorkflowFixture {
     TempDir dir;
     std::string url = "sqlite://" + dir.file("w.db");
     std::shared_ptr<Broker> broker = *Broker::open(url);
     Client client{broker};
-    std::vector<std::unique_ptr<Running>> workers;
-    Fixture() {
+    std::vector<std::unique_ptr<WorkflowRunning>> workers;
+    WorkflowFixture() {
         WorkerOptions o;
         o.queues = {"celery", "other"};
         o.concurrency = 2;
         for (int i = 0; i < 2; ++i)
-            workers.push_back(std::make_unique<Running>(*Broker::open(url), o));
+            workers.push_back(std::make_unique<WorkflowRunning>(*Broker::open(url), o));
     }
     TaskResult wait(const std::string& id) {
         auto r = client.wait(id, 20s);
@@ -70,7 +71,7 @@ struct Fixture {
 }  // namespace
 
 TEST(Workflow, ChainPassesEachResultToTheNextTask) {
-    Fixture f;
+    WorkflowFixture f;
     // (2 + 3) * 10, then + 1 on another queue; the last link ignores nothing.
     auto last = f.client.chain({{.task = "w.add", .args = {2, 3}},
                                 {.task = "w.mul", .args = {10}},
@@ -82,7 +83,7 @@ TEST(Workflow, ChainPassesEachResultToTheNextTask) {
 }
 
 TEST(Workflow, ImmutableLinkDoesNotReceiveThePreviousResult) {
-    Fixture f;
+    WorkflowFixture f;
     auto last = f.client.chain(
         {{.task = "w.add", .args = {2, 3}}, {.task = "w.mul", .args = {6, 7}, .immutable = true}});
     ASSERT_TRUE(last);
@@ -90,7 +91,7 @@ TEST(Workflow, ImmutableLinkDoesNotReceiveThePreviousResult) {
 }
 
 TEST(Workflow, GroupRunsItsTasksAndEachHasItsResult) {
-    Fixture f;
+    WorkflowFixture f;
     std::vector<Signature> members;
     for (int i = 0; i < 10; ++i) members.push_back({.task = "w.add", .args = {i, i}});
     auto ids = f.client.group(members);
@@ -100,7 +101,7 @@ TEST(Workflow, GroupRunsItsTasksAndEachHasItsResult) {
 }
 
 TEST(Workflow, ChordRunsTheBodyOnceWithTheHeaderResultsInOrder) {
-    Fixture f;
+    WorkflowFixture f;
     sums = 0;
     std::vector<Signature> header;
     for (int i = 0; i < 20; ++i) header.push_back({.task = "w.mul", .args = {i, 2}});
@@ -114,7 +115,7 @@ TEST(Workflow, ChordRunsTheBodyOnceWithTheHeaderResultsInOrder) {
 }
 
 TEST(Workflow, AFailedChainLinkFailsTheRestOfTheChain) {
-    Fixture f;
+    WorkflowFixture f;
     auto last = f.client.chain(
         {{.task = "w.add", .args = {1, 1}}, {.task = "w.fail"}, {.task = "w.add", .args = {1}}});
     ASSERT_TRUE(last);
@@ -124,7 +125,7 @@ TEST(Workflow, AFailedChainLinkFailsTheRestOfTheChain) {
 }
 
 TEST(Workflow, AChordWithAFailedPartFailsItsBodyWithChordError) {
-    Fixture f;
+    WorkflowFixture f;
     auto body =
         f.client.chord({{.task = "w.add", .args = {1, 1}}, {.task = "w.fail"}}, {.task = "w.sum"});
     ASSERT_TRUE(body);
