@@ -9,6 +9,10 @@
 /// Delivery guarantee: at least once. A delivery stays owned by its consumer until the consumer
 /// settles it (ack, retry, dead-letter, release); if the consumer dies, the delivery goes back to
 /// the queue (sqlite: when its lease expires; memory: when the consumer is destroyed).
+///
+/// Applications see three faces: Publisher (enqueue), ResultStore (results), BrokerAdmin
+/// (counts, dead letters, topology). Consumers and the other engine-facing parts are in
+/// conveyor/engine.hpp.
 
 #include <chrono>
 #include <cstdint>
@@ -37,34 +41,6 @@ struct OutgoingMessage {
         ordering_key;  ///< ordered queues: tasks with the same key run in order, one at a time
 };
 
-/// A message handed to a consumer. `tag` identifies it in settlements.
-struct Delivery {
-    std::uint64_t tag = 0;
-    std::string queue;
-    std::string message_id;  ///< the broker's id for it (the task id when it has one)
-    Envelope envelope;
-    int deliveries = 1;  ///< 1 on first delivery; more when redelivered after a crash
-    /// From an ordered queue: the key whose order this delivery keeps. A worker runs one
-    /// delivery per key at a time and retries a failing one in place.
-    std::string ordering_key;
-};
-
-/// What a consumer does with a delivery once it is done with it.
-struct Settlement {
-    enum class Kind {
-        ack,          ///< done; removed from the queue; `result` stored
-        retry,        ///< back to the queue with `envelope` at `not_before`; counts as a retry
-        dead_letter,  ///< moved to the queue's dead-letter store with `reason`; `result` stored
-        release,      ///< handed back untouched (shutdown); not a retry
-    };
-    Kind kind = Kind::ack;
-    std::uint64_t tag = 0;
-    std::optional<TaskResult> result;  ///< ack, dead_letter: what to store (none: store nothing)
-    Envelope envelope;                 ///< retry: the updated message; dead_letter: the message
-    TimePoint not_before{};            ///< retry: earliest redelivery
-    std::string reason;                ///< dead_letter: why
-};
-
 /// A chord's header results once every part is in (chord_part_done).
 struct ChordParts {
     bool complete = false;          ///< this part was the last one
@@ -89,131 +65,21 @@ struct DeadLetter {
     TimePoint dead_at{};
 };
 
-/// What a consumer takes from which queues.
-struct ConsumerOptions {
-    std::vector<std::string> queues;
-    std::size_t prefetch = 16;               ///< most unsettled deliveries at once
-    std::chrono::milliseconds lease{30000};  ///< sqlite: claim lifetime without renewal
-    std::string name;                        ///< for diagnostics; unique per consumer
-};
-
-/// One consumer's session. Not thread-safe: the thread that created it uses it alone.
-class Consumer {
+/// Producing: hands tasks to the broker. Thread-safe.
+class Publisher {
   public:
-    virtual ~Consumer() = default;
-    /// Up to `max` deliveries; waits at most `wait` when none is ready. An empty vector
-    /// means nothing was ready in time.
-    [[nodiscard]] virtual Result<std::vector<Delivery>> fetch(std::size_t max,
-                                                              std::chrono::milliseconds wait) = 0;
-    /// Settles deliveries; sqlite commits them in one transaction (group commit). May move the
-    /// settlements' envelopes out. An empty call lets the consumer send what it held back
-    /// (RabbitMQ: acks that wait for an older delivery).
-    [[nodiscard]] virtual Result<void> settle(std::span<Settlement> settlements) = 0;
-    /// Extends the leases of every unsettled delivery. Returns the tags of deliveries that are
-    /// no longer this consumer's (sqlite: a lease ran out and another consumer claimed the
-    /// task; RabbitMQ: the connection they came on was lost, so they are delivered again):
-    /// whoever runs them should stop. Errc::unavailable while the broker fails for a while.
-    [[nodiscard]] virtual Result<std::vector<std::uint64_t>> renew() = 0;
-    /// Starts (`consume`) or stops taking deliveries from `queue` while running (`celery
-    /// control add_consumer / cancel_consumer`). Deliveries already taken stay settleable.
-    [[nodiscard]] virtual Result<void> set_consuming(const std::string& queue, bool consume) {
-        (void)queue;
-        (void)consume;
-        return fail(Errc::invalid_argument, "this engine cannot change a consumer's queues");
-    }
-};
-
-/// A remote-control request addressed to a worker (Celery's pidbox: `celery inspect ping`,
-/// `celery control revoke`, ...).
-struct ControlRequest {
-    std::string method;
-    Json arguments = Json::object();
-    std::int64_t clock = 0;      ///< the sender's Lamport clock
-    std::string reply_exchange;  ///< empty: a cast, answered by nobody
-    std::string reply_routing_key;
-    std::string ticket;
-};
-
-/// A worker's line to monitors and remote control. Used by one thread.
-class ControlChannel {
-  public:
-    virtual ~ControlChannel() = default;
-    /// Publishes monitoring events (transient; lost when nobody listens). Each is an object
-    /// with "type" ("task-succeeded", "worker-heartbeat", ...) and its fields.
-    [[nodiscard]] virtual Result<void> publish_events(std::span<const Json> events) = 0;
-    /// The next request for this worker, waiting at most `wait`; nullopt when none came.
-    [[nodiscard]] virtual Result<std::optional<ControlRequest>> next_request(
-        std::chrono::milliseconds wait) = 0;
-    /// Answers a request (not a cast) with `value`, as reply `{node: value}`.
-    [[nodiscard]] virtual Result<void> reply(const ControlRequest& request, const Json& value,
-                                             std::int64_t clock) = 0;
-};
-
-/// One fire of a schedule: the task it publishes (none for a fire skipped by policy).
-struct ScheduleFire {
-    std::string schedule;
-    TimePoint at{};                          ///< the scheduled time
-    std::optional<OutgoingMessage> message;  ///< what it publishes
-};
-
-/// Leadership and fire bookkeeping for `conveyor scheduler` instances sharing one broker, and
-/// the schedules added from the CLI. Used by one thread.
-class ScheduleStore {
-  public:
-    virtual ~ScheduleStore() = default;
-    /// Takes or renews leadership for `ttl`; false while another scheduler holds it.
-    [[nodiscard]] virtual Result<bool> lead(std::string_view owner,
-                                            std::chrono::milliseconds ttl) = 0;
-    /// Gives leadership up at once (clean shutdown).
-    [[nodiscard]] virtual Result<void> resign(std::string_view owner) = 0;
-    /// Each schedule's last fire, and the last one that published a task.
-    struct Mark {
-        TimePoint last_fire{};
-        std::optional<TimePoint> last_run;
-    };
-    [[nodiscard]] virtual Result<std::map<std::string, Mark>> last_fires(
-        const std::vector<std::string>& schedules) = 0;
-    /// Publishes the fires' tasks and records each schedule's last fire in one atomic step
-    /// (sqlite: one transaction; amqp: each task is routed to its queue and to the schedule's
-    /// record by one publish), only while `owner` still leads (false otherwise).
-    [[nodiscard]] virtual Result<bool> fire(std::string_view owner,
-                                            std::span<const ScheduleFire> fires) = 0;
-    /// Schedules added from the CLI, and pause flags (which apply to configured ones too),
-    /// read together.
-    struct Overrides {
-        std::vector<Json> added;
-        std::map<std::string, bool> paused;
-    };
-    [[nodiscard]] virtual Result<Overrides> overrides() = 0;
-    [[nodiscard]] virtual Result<void> add(const Json& schedule) = 0;
-    [[nodiscard]] virtual Result<bool> remove(std::string_view name) = 0;
-    [[nodiscard]] virtual Result<void> set_paused(std::string_view name, bool paused) = 0;
-};
-
-/// "schedules need ..." for an engine without a schedule store.
-std::string fmt_unsupported_schedules(const std::string& url);
-
-/// Engine-independent broker. Thread-safe: publish and the admin calls may be used from any
-/// thread; each consumer belongs to one thread.
-class Broker {
-  public:
-    virtual ~Broker() = default;
-
-    /// Opens the engine named by `url` ("memory://", "sqlite://conveyor.db", ...).
-    [[nodiscard]] static Result<std::shared_ptr<Broker>> open(std::string_view url);
-
+    virtual ~Publisher() = default;
     /// Stores messages durably (sqlite: committed before return). A message whose id is already
     /// known (waiting, in flight, dead, or completed with a stored result) is dropped, so
     /// republishing with the same id is idempotent.
     [[nodiscard]] virtual Result<void> publish(std::span<const OutgoingMessage> messages) = 0;
-    /// As publish, for a caller that is done with the messages: their envelopes may be moved
-    /// out instead of copied (the memory engine keeps them as they are).
-    [[nodiscard]] virtual Result<void> publish_moved(std::span<OutgoingMessage> messages) {
-        return publish(std::span<const OutgoingMessage>(messages));
-    }
-    [[nodiscard]] virtual Result<std::unique_ptr<Consumer>> consume(
-        const ConsumerOptions& options) = 0;
-    [[nodiscard]] virtual Result<std::vector<QueueStats>> stats() = 0;
+};
+
+/// Results: what became of a task, waiting for it, and what workflows store besides
+/// settlements. Thread-safe.
+class ResultStore {
+  public:
+    virtual ~ResultStore() = default;
     /// State and result of a task id; PENDING for ids the broker does not know.
     [[nodiscard]] virtual Result<TaskResult> result(std::string_view id) = 0;
     /// Waits until the task is ready (SUCCESS, FAILURE, REVOKED) or `timeout` passed
@@ -233,6 +99,14 @@ class Broker {
     /// Where results of tasks published by this process come back (amqp rpc backend: this
     /// process's reply queue, declared on first use). Empty when results are stored elsewhere.
     [[nodiscard]] virtual Result<std::string> reply_to() { return std::string(); }
+};
+
+/// Operating a broker: counts, dead letters and topology. Thread-safe.
+class BrokerAdmin {
+  public:
+    virtual ~BrokerAdmin() = default;
+    /// Counts for each queue the broker knows.
+    [[nodiscard]] virtual Result<std::vector<QueueStats>> stats() = 0;
     [[nodiscard]] virtual Result<std::vector<DeadLetter>> dead_letters(std::string_view queue,
                                                                        std::size_t limit) = 0;
     /// Moves dead messages of a queue back to it (all of them, or those in `ids`), with their
@@ -247,17 +121,30 @@ class Broker {
     /// Declares the recorded topology now, idempotently (`conveyor topology apply`). An entity
     /// that exists with other arguments is an Errc::conflict naming it and the argument.
     [[nodiscard]] virtual Result<void> declare_topology() = 0;
+};
+
+class Consumer;
+class ControlChannel;
+class ScheduleStore;
+struct ConsumerOptions;
+
+/// One engine (memory, sqlite, amqp) behind all three faces, and the engine-facing calls
+/// (consumers, remote control, schedules: conveyor/engine.hpp). Thread-safe: publish and the
+/// result and admin calls may be used from any thread; each consumer belongs to one thread.
+class Broker : public Publisher, public ResultStore, public BrokerAdmin {
+  public:
+    /// Opens the engine named by `url` ("memory://", "sqlite://conveyor.db", ...).
+    [[nodiscard]] static Result<std::shared_ptr<Broker>> open(std::string_view url);
+
+    /// Takes deliveries from queues (the worker does; see conveyor/engine.hpp).
+    [[nodiscard]] virtual Result<std::unique_ptr<Consumer>> consume(
+        const ConsumerOptions& options) = 0;
     /// Monitoring and remote control for the worker called `node` ("name@host"): Celery
     /// events and pidbox on amqp. nullptr where the engine has neither.
-    [[nodiscard]] virtual Result<std::unique_ptr<ControlChannel>> control(std::string_view node) {
-        (void)node;
-        return std::unique_ptr<ControlChannel>();
-    }
+    [[nodiscard]] virtual Result<std::unique_ptr<ControlChannel>> control(std::string_view node);
     /// Schedules' leadership and bookkeeping (sqlite). Errc::invalid_argument where the engine
     /// has none.
-    [[nodiscard]] virtual Result<std::unique_ptr<ScheduleStore>> schedule_store() {
-        return fail(Errc::invalid_argument, fmt_unsupported_schedules(url()));
-    }
+    [[nodiscard]] virtual Result<std::unique_ptr<ScheduleStore>> schedule_store();
     /// The broker's URL for people: passwords are masked ("amqp://user:***@host/").
     virtual std::string url() const = 0;
 };

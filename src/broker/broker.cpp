@@ -1,3 +1,5 @@
+// What every engine shares: polling for a result, the answers of engines without chords,
+// remote control or schedules.
 #include "conveyor/broker.hpp"
 
 #include <fmt/format.h>
@@ -5,60 +7,12 @@
 #include <algorithm>
 #include <thread>
 
-#include "broker/amqp/amqp_broker.hpp"
-#include "broker/memory/memory_broker.hpp"
-#include "broker/sqlite/sqlite_broker.hpp"
-#include "core/url.hpp"
+#include "conveyor/engine.hpp"
 
 namespace conveyor {
 
-Result<std::shared_ptr<Broker>> Broker::open(std::string_view url) {
-    auto u = detail::parse_broker_url(url);
-    if (!u) return std::unexpected(u.error());
-    if (u->scheme == "memory") {
-        if (!u->query.empty())
-            return fail(
-                Errc::invalid_argument,
-                fmt::format("memory broker URL '{}' takes no options", detail::redact_url(url)));
-        return memory::open_memory_broker(u->rest.empty() ? "default" : u->rest);
-    }
-    if (u->scheme == "sqlite") {
-        sqlite::SqliteOptions o;
-        o.path = u->rest;
-        for (auto& [k, v] : u->query) {
-            if (k == "sync") {
-                std::string up = v;
-                std::transform(up.begin(), up.end(), up.begin(), ::toupper);
-                if (up != "FULL" && up != "NORMAL" && up != "OFF")
-                    return fail(
-                        Errc::invalid_argument,
-                        fmt::format("sqlite option sync={} must be full, normal or off", v));
-                o.synchronous = up;
-            } else if (k == "result_expires") {
-                auto s = detail::seconds_option("sqlite", k, v, 1, 10 * 365 * 86400.0);
-                if (!s) return std::unexpected(s.error());
-                o.result_expires = std::chrono::duration_cast<std::chrono::seconds>(*s);
-            } else if (k == "busy_timeout") {
-                auto s = detail::seconds_option("sqlite", k, v, 0, 3600);
-                if (!s) return std::unexpected(s.error());
-                o.busy_timeout = *s;
-            } else {
-                return fail(Errc::invalid_argument,
-                            fmt::format("unknown sqlite broker option '{}'", k));
-            }
-        }
-        return sqlite::open_sqlite_broker(o);
-    }
-    if (u->scheme == "amqp" || u->scheme == "amqps")
-        return amqp::open_amqp_broker(*u, std::string(url));
-    return fail(
-        Errc::invalid_argument,
-        fmt::format(
-            "unsupported broker scheme '{}' in '{}'; use sqlite://PATH, amqp://HOST or memory://",
-            u->scheme, detail::redact_url(url)));
-}
-
-Result<TaskResult> Broker::wait_result(std::string_view id, std::chrono::milliseconds timeout) {
+Result<TaskResult> ResultStore::wait_result(std::string_view id,
+                                            std::chrono::milliseconds timeout) {
     auto deadline = std::chrono::steady_clock::now() + timeout;
     auto pause = std::chrono::milliseconds(1);
     for (;;) {
@@ -75,23 +29,27 @@ Result<TaskResult> Broker::wait_result(std::string_view id, std::chrono::millise
     }
 }
 
-Result<void> Broker::begin_chord(std::string_view, std::size_t) {
+Result<void> ResultStore::begin_chord(std::string_view, std::size_t) {
     return fail(Errc::invalid_argument,
                 "chords need a result store that counts their parts: sqlite://, or amqp with "
                 "?results=redis://HOST:PORT/DB");
 }
 
-Result<ChordParts> Broker::chord_part_done(std::string_view, int, const TaskResult&) {
+Result<ChordParts> ResultStore::chord_part_done(std::string_view, int, const TaskResult&) {
     return fail(Errc::invalid_argument,
                 "chords need a result store that counts their parts: sqlite://, or amqp with "
                 "?results=redis://HOST:PORT/DB");
 }
 
-std::string fmt_unsupported_schedules(const std::string& url) {
-    return fmt::format(
-        "schedules are kept by the sqlite engine only, not by {}; run `conveyor scheduler` "
-        "with a sqlite:// broker",
-        url);
+Result<std::unique_ptr<ControlChannel>> Broker::control(std::string_view) {
+    return std::unique_ptr<ControlChannel>();
+}
+
+Result<std::unique_ptr<ScheduleStore>> Broker::schedule_store() {
+    return fail(Errc::invalid_argument,
+                fmt::format("schedules are kept by the sqlite engine only, not by {}; run "
+                            "`conveyor scheduler` with a sqlite:// broker",
+                            url()));
 }
 
 }  // namespace conveyor

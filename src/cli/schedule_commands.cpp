@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "cli/commands.hpp"
+#include "conveyor/engine.hpp"
 #include "conveyor/scheduler.hpp"
 #include "core/json_bounds.hpp"
 #include "core/time.hpp"

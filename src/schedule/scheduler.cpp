@@ -7,6 +7,7 @@
 #include <deque>
 #include <thread>
 
+#include "conveyor/engine.hpp"
 #include "core/codec.hpp"
 #include "core/lifecycle.hpp"
 #include "core/node.hpp"

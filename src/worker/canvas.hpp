@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "conveyor/broker.hpp"
+#include "conveyor/engine.hpp"
 #include "conveyor/task.hpp"
 
 namespace conveyor::canvas {

@@ -5,6 +5,7 @@
 
 #include <thread>
 
+#include "broker/publish_moved.hpp"
 #include "core/codec.hpp"
 #include "core/json_bounds.hpp"
 #include "core/node.hpp"
@@ -83,7 +84,7 @@ Result<std::string> Client::enqueue(std::string_view task, Json args, Json kwarg
     auto m = prepare(std::move(t), o);
     if (!m) return std::unexpected(m.error());
     std::string id = codec::envelope_id(m->envelope);
-    if (auto ok = broker_->publish_moved(std::span(&*m, 1)); !ok)
+    if (auto ok = detail::publish_moved(*broker_, std::span(&*m, 1)); !ok)
         return std::unexpected(ok.error());
     return id;
 }
@@ -102,7 +103,7 @@ Result<std::vector<std::string>> Client::enqueue_many(std::vector<TaskMessage> t
         ids.push_back(codec::envelope_id(m->envelope));
         msgs.push_back(std::move(*m));
     }
-    if (auto ok = broker_->publish_moved(msgs); !ok) return std::unexpected(ok.error());
+    if (auto ok = detail::publish_moved(*broker_, msgs); !ok) return std::unexpected(ok.error());
     return ids;
 }
 

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "conveyor/broker.hpp"
+#include "conveyor/engine.hpp"
 
 namespace conveyor::detail {
 

@@ -14,6 +14,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "conveyor/engine.hpp"
 #include "core/codec.hpp"
 #include "core/lifecycle.hpp"
 #include "core/node.hpp"

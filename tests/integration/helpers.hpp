@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "conveyor/broker.hpp"
+#include "conveyor/engine.hpp"
 #include "conveyor/worker.hpp"
 #include "support/process.hpp"
 #include "support/rabbitmq.hpp"

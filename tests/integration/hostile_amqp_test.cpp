@@ -13,6 +13,7 @@
 #include "broker/amqp/amqp_connection.hpp"
 #include "conveyor/broker.hpp"
 #include "conveyor/config.hpp"
+#include "conveyor/engine.hpp"
 #include "core/url.hpp"
 #include "support/process.hpp"
 #include "support/rabbitmq.hpp"

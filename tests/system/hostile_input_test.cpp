@@ -405,9 +405,9 @@ TEST(SqliteStorage, ADeletedWriteAheadLogIsRecoveredAndNothingIsLost) {
     TempDir dir;
     std::string db = dir.file("c.db");
     std::string url = "sqlite://" + db;
-    write_file(dir.file("conveyor.toml"),
-               "[[task]]\nname = \"t\"\nqueue = \"q\"\nexec = \"echo ran >> " +
-                   dir.file("ran") + "\"\n");
+    write_file(
+        dir.file("conveyor.toml"),
+        "[[task]]\nname = \"t\"\nqueue = \"q\"\nexec = \"echo ran >> " + dir.file("ran") + "\"\n");
     // A worker of another queue keeps the database open, so the log is not folded into the
     // file when the enqueuing commands exit: the tasks live only in the log.
     Process holder({CONVEYOR_CLI, "--broker", url, "worker", "--queues", "elsewhere"},

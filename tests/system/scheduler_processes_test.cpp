@@ -12,6 +12,7 @@
 #include <set>
 
 #include "conveyor/broker.hpp"
+#include "conveyor/engine.hpp"
 #include "core/time.hpp"
 #include "support/process.hpp"
 #include "support/rabbitmq.hpp"

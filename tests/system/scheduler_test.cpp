@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "conveyor/client.hpp"
+#include "conveyor/engine.hpp"
 #include "support/process.hpp"
 #include "support/queue_stats.hpp"
 

@@ -4,6 +4,7 @@
 
 #include "conveyor/broker.hpp"
 #include "conveyor/client.hpp"
+#include "conveyor/engine.hpp"
 #include "core/codec.hpp"
 #include "support/process.hpp"
 #include "support/queue_stats.hpp"

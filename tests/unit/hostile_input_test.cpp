@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "conveyor/client.hpp"
+#include "conveyor/engine.hpp"
 #include "conveyor/worker.hpp"
 #include "core/codec.hpp"
 #include "core/json_bounds.hpp"

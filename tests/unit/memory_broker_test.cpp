@@ -2,6 +2,7 @@
 
 #include "conveyor/broker.hpp"
 #include "conveyor/client.hpp"
+#include "conveyor/engine.hpp"
 #include "core/codec.hpp"
 
 using namespace conveyor;

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "conveyor/broker.hpp"
+#include "conveyor/engine.hpp"
 #include "core/url.hpp"
 
 namespace conveyor::amqp {

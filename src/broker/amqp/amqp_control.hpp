@@ -9,6 +9,7 @@
 
 #include "broker/amqp/amqp_connection.hpp"
 #include "conveyor/broker.hpp"
+#include "conveyor/engine.hpp"
 
 namespace conveyor::amqp {
 

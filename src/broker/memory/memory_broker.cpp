@@ -8,6 +8,7 @@
 #include <unordered_set>
 
 #include "broker/embedded.hpp"
+#include "broker/publish_moved.hpp"
 #include "core/codec.hpp"
 
 namespace conveyor::memory {
@@ -187,7 +188,7 @@ class MemoryConsumer final : public Consumer {
     std::unordered_set<std::uint64_t> held_;
 };
 
-class MemoryBroker final : public Broker {
+class MemoryBroker final : public Broker, public detail::MovePublisher {
   public:
     explicit MemoryBroker(std::string name)
         : name_(std::move(name)), s_(std::make_shared<State>()) {}

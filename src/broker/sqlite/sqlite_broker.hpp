@@ -6,6 +6,7 @@
 #include <string>
 
 #include "conveyor/broker.hpp"
+#include "conveyor/engine.hpp"
 
 namespace conveyor::sqlite {
 
