@@ -1,0 +1,509 @@
+// Consuming from RabbitMQ: deliveries in, settlements out (results, retries through the delay
+// levels, dead letters, acks batched), reconnection with back-off.
+#include "broker/amqp/amqp_consumer.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <deque>
+#include <map>
+#include <set>
+#include <thread>
+
+#include "broker/amqp/ack_batcher.hpp"
+#include "broker/amqp/amqp_names.hpp"
+#include "broker/amqp/amqp_publish.hpp"
+#include "core/codec.hpp"
+#include "core/time.hpp"
+
+namespace conveyor::amqp {
+
+namespace {
+
+using namespace std::chrono;
+
+class AmqpConsumer final : public Consumer {
+    struct Source {
+        std::string queue;     // logical queue
+        bool ordered = false;  // a partition of an ordered queue
+    };
+
+  public:
+    AmqpConsumer(std::shared_ptr<Engine> e, ConsumerOptions o)
+        : e_(std::move(e)), opts_(std::move(o)) {
+        for (auto& q : opts_.queues) {
+            auto spec = e_->spec_of(q);
+            if (spec && spec->partitions > 0) {
+                for (int i = 0; i < spec->partitions; ++i)
+                    physical_[partition_queue(q, i)] = Source{q, true};
+            } else {
+                physical_[q] = Source{q, false};
+            }
+        }
+    }
+
+    ~AmqpConsumer() override {
+        // Settled deliveries whose ack waited are acked before the connection goes (otherwise
+        // RabbitMQ would deliver them again).
+        if (conn_ && conn_->healthy()) flush_acks(true);
+    }
+
+    Result<void> connect() {
+        // A queue that exists otherwise than configured (or a passive one that does not exist)
+        // is reported and left out; the others are served.
+        std::set<std::string> unusable;
+        for (auto& q : opts_.queues) {
+            auto ok = e_->ensure_queues({q});
+            if (ok) continue;
+            if (ok.error().code != Errc::conflict && ok.error().code != Errc::not_found) return ok;
+            if (!reported_.contains(q))
+                fmt::print(stderr, "conveyor: not consuming from queue '{}': {}\n", q,
+                           ok.error().message);
+            reported_.insert(q);
+            unusable.insert(q);
+        }
+        if (unusable.size() == opts_.queues.size())
+            return fail(Errc::conflict,
+                        fmt::format("no queue of this worker can be used ({})", *unusable.begin()));
+        auto c = Connection::open(e_->opts, opts_.name.empty() ? "conveyor-worker" : opts_.name);
+        if (!c) return std::unexpected(c.error());
+        auto& conn = **c;
+        if (auto ok = conn.ensure_channel(kConsumeChannel); !ok) return ok;
+        amqp_basic_qos(conn.raw(), kConsumeChannel, 0,
+                       std::uint16_t(std::clamp<std::size_t>(opts_.prefetch, 1, 65535)), 0);
+        if (auto ok =
+                conn.check(amqp_get_rpc_reply(conn.raw()), kConsumeChannel, "setting prefetch");
+            !ok)
+            return ok;
+        Pool pool;
+        consumer_queue_.clear();
+        for (auto& [physical, source] : physical_) {
+            if (unusable.contains(source.queue)) continue;
+            if (auto ok = start_consuming(conn, physical, source); !ok) return ok;
+        }
+        conn_ = std::move(*c);
+        ++generation_;
+        unsettled_.clear();
+        acks_.clear();
+        backoff_ = milliseconds(100);
+        return {};
+    }
+
+    void drop(std::string_view why) {
+        if (conn_)
+            fmt::print(stderr, "conveyor: RabbitMQ connection lost ({}); reconnecting\n", why);
+        conn_.reset();
+        unsettled_.clear();
+        acks_.clear();
+        buffered_.clear();
+        next_attempt_ = steady_clock::now();
+    }
+
+    bool ensure_connected(steady_clock::time_point deadline, Error* last) {
+        while (!conn_ || !conn_->healthy()) {
+            if (conn_) drop("connection failed");
+            auto now = steady_clock::now();
+            if (now < next_attempt_) {
+                if (next_attempt_ > deadline) {
+                    std::this_thread::sleep_until(deadline);
+                    return false;
+                }
+                std::this_thread::sleep_until(next_attempt_);
+            }
+            auto ok = connect();
+            if (ok) return true;
+            if (last) *last = ok.error();
+            next_attempt_ = steady_clock::now() + backoff_;
+            backoff_ = std::min(backoff_ * 2, milliseconds(5000));
+            if (steady_clock::now() >= deadline) return false;
+        }
+        return true;
+    }
+
+    Result<void> open_first() {
+        Error last;
+        if (!ensure_connected(steady_clock::now(), &last) && !conn_) return std::unexpected(last);
+        return {};
+    }
+
+    Delivery to_delivery(Received& env) {
+        Delivery d;
+        d.tag = (generation_ << 40) | env.delivery_tag;
+        d.envelope = std::move(env.envelope);
+        auto it = consumer_queue_.find(env.consumer_tag);
+        d.queue = it != consumer_queue_.end() ? it->second.queue : opts_.queues.front();
+        if (it != consumer_queue_.end() && it->second.ordered) {
+            // The consistent-hash exchange routed it by this key (the publisher's ordering key,
+            // or the task id when it gave none).
+            auto k = d.envelope.headers.find(kKeyHeader);
+            d.ordering_key = k != d.envelope.headers.end() && k->is_string() ? k->get<std::string>()
+                                                                             : env.routing_key;
+        }
+        d.message_id = codec::envelope_id(d.envelope);
+        if (d.message_id.empty()) d.message_id = env.message_id;
+        d.deliveries = env.redelivered ? 2 : 1;
+        if (auto dc = d.envelope.headers.find(kDeliveryCountHeader);
+            dc != d.envelope.headers.end() && dc->is_number_integer())
+            d.deliveries = std::max<std::int64_t>(
+                d.deliveries, std::clamp<std::int64_t>(dc->get<std::int64_t>(), 0, 1 << 20) + 1);
+        if (auto dc = d.envelope.headers.find(kDeliveriesHeader);
+            dc != d.envelope.headers.end() && dc->is_number_integer())
+            d.deliveries = std::max<std::int64_t>(
+                d.deliveries, std::clamp<std::int64_t>(dc->get<std::int64_t>(), 0, 1 << 20));
+        held_.insert(d.tag);
+        unsettled_[env.delivery_tag] = InFlight{d.queue, d.envelope.reply_to,
+                                                it != consumer_queue_.end() && it->second.ordered};
+        return d;
+    }
+
+    Result<std::vector<Delivery>> fetch(std::size_t max, milliseconds wait) override {
+        auto deadline = steady_clock::now() + wait;
+        flush_acks(false);
+        std::vector<Delivery> out;
+        while (!buffered_.empty() && out.size() < max) {
+            out.push_back(std::move(buffered_.front()));
+            buffered_.pop_front();
+        }
+        while (out.size() < max) {
+            if (!ensure_connected(deadline, nullptr)) break;
+            auto left = duration_cast<milliseconds>(deadline - steady_clock::now());
+            timeval tv{0, 0};
+            if (out.empty() && left.count() > 0)
+                tv = timeval{time_t(left.count() / 1000), suseconds_t(left.count() % 1000 * 1000)};
+            if (!receive(tv, out)) break;
+        }
+        return out;
+    }
+
+    /// A message redelivered by a classic queue carries no count of its deliveries, only a
+    /// flag: it is published again to its queue with its count in a header (confirmed), and
+    /// the redelivery acked, so that the worker's delivery limit sees how often it came back
+    /// without being settled. True when that happened (the copy comes later). Quorum queues
+    /// count by themselves (x-delivery-count); ordered queues keep their order instead.
+    bool count_redelivery(Received& env) {
+        if (!env.redelivered) return false;
+        auto it = consumer_queue_.find(env.consumer_tag);
+        if (it == consumer_queue_.end() || it->second.ordered) return false;
+        Envelope& copy = env.envelope;
+        if (!copy.headers.is_object() || copy.headers.contains(kDeliveryCountHeader)) return false;
+        std::int64_t seen = 1;
+        if (auto dc = copy.headers.find(kDeliveriesHeader);
+            dc != copy.headers.end() && dc->is_number_integer())
+            seen = std::clamp<std::int64_t>(dc->get<std::int64_t>(), 1, 1 << 20);
+        copy.headers[std::string(kDeliveriesHeader)] = seen + 1;
+        Wire w{"", it->second.queue, &copy, true};
+        if (!e_->publish_wires(std::span<const Wire>(&w, 1))) {
+            copy.headers[std::string(kDeliveriesHeader)] = seen;  // delivered anyway, as is
+            return false;
+        }
+        if (amqp_basic_ack(conn_->raw(), kConsumeChannel, env.delivery_tag, 0) != AMQP_STATUS_OK)
+            drop("ack failed");
+        return true;
+    }
+
+    /// One delivery into `out`; false when none came in time (or the connection failed).
+    bool receive(timeval tv, std::vector<Delivery>& out) {
+        amqp_maybe_release_buffers(conn_->raw());
+        Received env;
+        auto r = consume_message(conn_->raw(), env, &tv);
+        if (r.reply_type == AMQP_RESPONSE_NORMAL) {
+            if (!count_redelivery(env)) out.push_back(to_delivery(env));
+            return true;
+        }
+        if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+            r.library_error == AMQP_STATUS_TIMEOUT)
+            return false;
+        if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+            r.library_error == AMQP_STATUS_UNEXPECTED_STATE && env.unexpected) {
+            const amqp_frame_t& f = *env.unexpected;
+            if (f.frame_type == AMQP_FRAME_METHOD) {
+                switch (f.payload.method.id) {
+                    case AMQP_CHANNEL_CLOSE_METHOD:
+                    case AMQP_CONNECTION_CLOSE_METHOD: {
+                        amqp_rpc_reply_t rr{};
+                        rr.reply_type = AMQP_RESPONSE_SERVER_EXCEPTION;
+                        rr.reply = f.payload.method;
+                        auto e = conn_->check(rr, kConsumeChannel, "consuming");
+                        drop(e ? "closed" : e.error().message);
+                        return false;
+                    }
+                    case AMQP_BASIC_CANCEL_METHOD:
+                        drop("the queue was deleted");
+                        return false;
+                    default:
+                        break;
+                }
+            }
+            return true;  // something else (ignored): look again
+        }
+        drop(translate(r, "consuming").message);
+        return false;
+    }
+
+    Result<void> settle(std::span<Settlement> ss) override {
+        if (ss.empty()) {  // nothing new: acks that waited may be due
+            flush_acks(false);
+            return {};
+        }
+        std::vector<std::uint64_t> acks, requeue;
+        std::vector<Wire> wires;
+        std::vector<std::uint64_t> wire_tags;  // delivery acked once its messages are confirmed
+        std::deque<Envelope> envs;             // dead letters, rpc results (stable addresses)
+        std::deque<OutgoingMessage> retries;   // retries on their way to the delay levels
+        std::deque<std::string> keys;
+        auto now = SystemClock::now();
+        auto local_tag = [&](const Settlement& s) -> std::optional<std::uint64_t> {
+            if ((s.tag >> 40) != generation_ || !conn_) return std::nullopt;  // stale
+            std::uint64_t tag = s.tag & ((std::uint64_t(1) << 40) - 1);
+            if (!unsettled_.contains(tag)) return std::nullopt;
+            return tag;
+        };
+        // Results first (redis: stored before anything is acked; a failure hands the
+        // deliveries back, so no outcome is ever acked without its result).
+        std::set<std::uint64_t> unstored;
+        if (e_->results_mode == ResultsMode::redis) {
+            std::vector<TaskResult> rs;
+            std::vector<std::uint64_t> tags;
+            for (auto& s : ss)
+                if (auto tag = local_tag(s);
+                    tag && s.result && s.kind != Settlement::Kind::release) {
+                    rs.push_back(*s.result);
+                    tags.push_back(*tag);
+                }
+            if (auto ok = e_->redis->store(rs); !ok) {
+                fmt::print(stderr, "conveyor: {}; {} task(s) go back to their queue\n",
+                           ok.error().message, tags.size());
+                unstored.insert(tags.begin(), tags.end());
+            }
+        }
+        for (auto& s : ss) {
+            held_.erase(s.tag);
+            auto local = local_tag(s);
+            if (!local) continue;
+            std::uint64_t tag = *local;
+            const InFlight& from = unsettled_[tag];
+            if (unstored.contains(tag)) {
+                requeue.push_back(tag);
+                continue;
+            }
+            if (e_->results_mode == ResultsMode::rpc && s.result && !from.reply_to.empty() &&
+                s.kind != Settlement::Kind::release) {
+                // Celery's rpc backend: to the sender's reply queue, correlated by task id.
+                Envelope& env = envs.emplace_back(rpc_reply(*s.result));
+                Wire w;
+                w.exchange = "";
+                w.routing_key = from.reply_to;
+                w.envelope = &env;
+                w.mandatory = false;  // a sender that went away loses only its own reply
+                wires.push_back(w);
+                wire_tags.push_back(tag);
+            }
+            switch (s.kind) {
+                case Settlement::Kind::ack:
+                    acks.push_back(tag);
+                    break;
+                case Settlement::Kind::release:
+                    requeue.push_back(tag);
+                    break;
+                case Settlement::Kind::retry: {
+                    if (auto spec = e_->spec_of(from.queue); spec && spec->partitions > 0) {
+                        // Ordered queues keep their order: back to the head of the partition.
+                        requeue.push_back(tag);
+                        break;
+                    }
+                    auto& m = retries.emplace_back();
+                    m.queue = from.queue;
+                    m.envelope = std::move(s.envelope);
+                    forget_deliveries(m.envelope);
+                    m.not_before = s.not_before;
+                    auto w = route(*e_, m, keys.emplace_back());
+                    if (!w) {
+                        requeue.push_back(tag);
+                        break;
+                    }
+                    wires.push_back(*w);
+                    wire_tags.push_back(tag);
+                    break;
+                }
+                case Settlement::Kind::dead_letter: {
+                    Envelope& env = envs.emplace_back(std::move(s.envelope));
+                    forget_deliveries(env);
+                    env.headers[std::string(kReasonHeader)] = s.reason;
+                    env.headers[std::string(kDeadAtHeader)] = detail::to_epoch_ms(now);
+                    keys.push_back(dead_queue(from.queue));
+                    Wire w;
+                    w.exchange = "";
+                    w.routing_key = keys.back();
+                    w.envelope = &env;
+                    wires.push_back(w);
+                    wire_tags.push_back(tag);
+                    break;
+                }
+            }
+        }
+        // Messages first, confirmed; only then the deliveries they replace are acked.
+        if (!wires.empty()) {
+            if (auto ok = e_->publish_wires(wires); ok) {
+                acks.insert(acks.end(), wire_tags.begin(), wire_tags.end());
+            } else {
+                fmt::print(stderr,
+                           "conveyor: could not move {} message(s) ({}); they go back "
+                           "to their queue\n",
+                           wires.size(), ok.error().message);
+                requeue.insert(requeue.end(), wire_tags.begin(), wire_tags.end());
+                std::erase_if(acks, [&](std::uint64_t t) {
+                    return std::find(wire_tags.begin(), wire_tags.end(), t) != wire_tags.end();
+                });
+            }
+        }
+        if (!conn_) return {};
+        auto raw = conn_->raw();
+        std::sort(requeue.begin(), requeue.end());
+        requeue.erase(std::unique(requeue.begin(), requeue.end()), requeue.end());
+        for (auto t : requeue) {
+            unsettled_.erase(t);
+            if (amqp_basic_nack(raw, kConsumeChannel, t, 0, 1) != AMQP_STATUS_OK) {
+                drop("nack failed");
+                return {};
+            }
+        }
+        bool ordered = false;
+        for (auto t : acks) {
+            auto it = unsettled_.find(t);
+            if (it == unsettled_.end()) continue;
+            // After a crash, an ordered queue may run again its last task of a key, never
+            // several: its acks do not wait.
+            ordered = ordered || it->second.ordered;
+            unsettled_.erase(it);
+            acks_.settled(t);
+        }
+        flush_acks(ordered);
+        return {};
+    }
+
+    /// Sends the acks that are due (see AckBatcher).
+    void flush_acks(bool all) {
+        if (!conn_ || acks_.empty()) return;
+        auto due =
+            acks_.due(unsettled_.empty() ? std::nullopt : std::optional(unsettled_.begin()->first),
+                      all, steady_clock::now());
+        auto raw = conn_->raw();
+        if (due.up_to && amqp_basic_ack(raw, kConsumeChannel, *due.up_to, 1) != AMQP_STATUS_OK) {
+            drop("ack failed");
+            return;
+        }
+        for (auto t : due.singles) {
+            if (amqp_basic_ack(raw, kConsumeChannel, t, 0) != AMQP_STATUS_OK) {
+                drop("ack failed");
+                return;
+            }
+        }
+    }
+
+    /// basic.consume on `physical`, under a consumer tag of its own.
+    Result<void> start_consuming(Connection& conn, const std::string& physical,
+                                 const Source& source) {
+        std::string ctag =
+            fmt::format("{}.{}", opts_.name.empty() ? "conveyor" : opts_.name, next_ctag_++);
+        consumer_queue_[ctag] = source;
+        Pool pool;
+        amqp_basic_consume(conn.raw(), kConsumeChannel, pool.bytes(physical), pool.bytes(ctag), 0,
+                           0, 0, amqp_empty_table);
+        return conn.check(amqp_get_rpc_reply(conn.raw()), kConsumeChannel,
+                          fmt::format("consuming from queue '{}'", physical));
+    }
+
+    Result<void> set_consuming(const std::string& queue, bool consume) override {
+        auto& qs = opts_.queues;
+        bool has = std::find(qs.begin(), qs.end(), queue) != qs.end();
+        if (consume == has) return {};
+        if (consume) {
+            if (auto ok = e_->ensure_queues({queue}); !ok) return ok;
+            qs.push_back(queue);
+            std::vector<std::string> added;
+            auto spec = e_->spec_of(queue);
+            if (spec && spec->partitions > 0) {
+                for (int i = 0; i < spec->partitions; ++i) {
+                    physical_[partition_queue(queue, i)] = Source{queue, true};
+                    added.push_back(partition_queue(queue, i));
+                }
+            } else {
+                physical_[queue] = Source{queue, false};
+                added.push_back(queue);
+            }
+            if (conn_ && conn_->healthy())
+                for (auto& p : added)
+                    if (auto ok = start_consuming(*conn_, p, physical_[p]); !ok) return ok;
+            return {};
+        }
+        std::erase(qs, queue);
+        std::erase_if(physical_, [&](const auto& kv) { return kv.second.queue == queue; });
+        if (conn_ && conn_->healthy()) {
+            Pool pool;
+            for (auto& [ctag, source] : consumer_queue_) {
+                if (source.queue != queue) continue;
+                amqp_basic_cancel(conn_->raw(), kConsumeChannel, pool.bytes(ctag));
+                if (auto ok = conn_->check(amqp_get_rpc_reply(conn_->raw()), kConsumeChannel,
+                                           fmt::format("no longer consuming from '{}'", queue));
+                    !ok)
+                    return ok;
+            }
+        }
+        return {};
+    }
+
+    Result<std::vector<std::uint64_t>> renew() override {
+        // Deliveries of a connection that is gone are RabbitMQ's again (delivered anew,
+        // perhaps to another worker): whoever still runs them should stop.
+        std::vector<std::uint64_t> lost;
+        for (auto it = held_.begin(); it != held_.end();) {
+            if (!conn_ || (*it >> 40) != generation_) {
+                lost.push_back(*it);
+                it = held_.erase(it);
+            } else {
+                ++it;
+            }
+        }
+        // No leases on RabbitMQ; keep the heartbeat going while every slot is busy.
+        if (!conn_ || !conn_->healthy()) return lost;
+        flush_acks(false);
+        std::vector<Delivery> got;
+        while (receive(timeval{0, 0}, got)) {
+        }
+        for (auto& d : got) buffered_.push_back(std::move(d));
+        return lost;
+    }
+
+  private:
+    std::shared_ptr<Engine> e_;
+    ConsumerOptions opts_;
+    std::map<std::string, Source> physical_;        // physical queue -> where it belongs
+    std::map<std::string, Source> consumer_queue_;  // consumer tag -> where it belongs
+    std::set<std::string> reported_;                // queues said to be unusable
+    int next_ctag_ = 0;                             // consumer tags are NAME.N
+    std::unique_ptr<Connection> conn_;
+    std::uint64_t generation_ = 0;
+    struct InFlight {
+        std::string queue;     // logical queue
+        std::string reply_to;  // rpc results go there
+        bool ordered = false;  // from a partition of an ordered queue: acked without delay
+    };
+    std::map<std::uint64_t, InFlight> unsettled_;  // delivery tag -> where it came from
+    AckBatcher acks_{opts_.prefetch};              // settled, ack not sent yet
+    std::deque<Delivery> buffered_;
+    std::set<std::uint64_t> held_;  // handed out (generation-tagged) and not settled
+    steady_clock::time_point next_attempt_{};
+    milliseconds backoff_{100};
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Consumer>> open_consumer(std::shared_ptr<Engine> engine,
+                                                const ConsumerOptions& options) {
+    if (options.queues.empty()) return fail(Errc::invalid_argument, "a consumer needs queues");
+    auto c = std::make_unique<AmqpConsumer>(std::move(engine), options);
+    if (auto ok = c->open_first(); !ok) return std::unexpected(ok.error());
+    return std::unique_ptr<Consumer>(std::move(c));
+}
+
+}  // namespace conveyor::amqp

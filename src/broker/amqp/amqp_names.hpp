@@ -1,0 +1,37 @@
+#pragma once
+// Names and headers the amqp engine puts on RabbitMQ: dead-letter and partition queues, the
+// channels it uses, the headers it adds to messages.
+
+#include <amqp.h>
+#include <fmt/format.h>
+
+#include <string>
+#include <string_view>
+
+#include "conveyor/task.hpp"
+
+namespace conveyor::amqp {
+
+inline constexpr std::string_view kReasonHeader = "x-conveyor-reason";
+inline constexpr std::string_view kDeadAtHeader = "x-conveyor-dead-at";
+inline constexpr std::string_view kKeyHeader = "x-conveyor-ordering-key";
+/// Deliveries of a message without a settlement, counted by Conveyor on classic queues (quorum
+/// queues count them as x-delivery-count): a redelivered message is published again with it.
+inline constexpr std::string_view kDeliveriesHeader = "x-conveyor-deliveries";
+inline constexpr std::string_view kDeliveryCountHeader = "x-delivery-count";
+
+/// A message published anew starts its count again.
+inline void forget_deliveries(Envelope& env) {
+    if (!env.headers.is_object()) return;
+    env.headers.erase(std::string(kDeliveriesHeader));
+    env.headers.erase(std::string(kDeliveryCountHeader));
+}
+inline constexpr amqp_channel_t kConsumeChannel = 1;
+inline constexpr amqp_channel_t kBrowseChannel = 3;
+
+inline std::string dead_queue(std::string_view queue) { return std::string(queue) + ".dead"; }
+inline std::string partition_queue(std::string_view queue, int i) {
+    return fmt::format("{}.p{}", queue, i);
+}
+
+}  // namespace conveyor::amqp
