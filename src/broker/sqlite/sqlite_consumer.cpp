@@ -1,0 +1,260 @@
+// Consuming from the sqlite engine: a cheap read-only probe while idle, claims in BEGIN
+// IMMEDIATE with a lease, lease renewal, settlements grouped into one commit.
+#include "broker/sqlite/sqlite_consumer.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <thread>
+#include <unordered_set>
+
+#include "broker/sqlite/sqlite_tables.hpp"
+#include "core/time.hpp"
+
+namespace conveyor::sqlite {
+
+namespace {
+
+using detail::to_epoch_ms;
+
+class SqliteConsumer final : public Consumer {
+  public:
+    SqliteConsumer(Db db, Statements st, ConsumerOptions o)
+        : db_(std::move(db)), st_(std::move(st)), opts_(std::move(o)) {
+        owner_ = fmt::format("{}#{}", opts_.name.empty() ? "consumer" : opts_.name,
+                             make_task_id().substr(0, 8));
+    }
+
+    ~SqliteConsumer() override {
+        // Hand back whatever is still held so that others need not wait for the lease.
+        if (held_.empty()) return;
+        (void)in_transaction(db_, st_, [&]() -> Result<void> {
+            auto st = db_.prepare(
+                "UPDATE tasks SET state=0, lease_owner=NULL, lease_until=NULL, "
+                "deliveries=max(deliveries-1,0) WHERE lease_owner=?1 AND state=1");
+            if (!st) return std::unexpected(st.error());
+            st->bind(1, owner_);
+            auto r = st->run();
+            if (!r) return std::unexpected(r.error());
+            return {};
+        });
+    }
+
+    Result<std::vector<Delivery>> fetch(std::size_t max, std::chrono::milliseconds wait) override {
+        auto deadline = std::chrono::steady_clock::now() + wait;
+        auto sleep = std::chrono::microseconds(500);
+        for (;;) {
+            auto probe = claimable();
+            if (!probe) return std::unexpected(probe.error());
+            if (*probe) {
+                auto got = claim(max);
+                if (!got) return got;
+                if (!got->empty()) return got;
+            }
+            auto now = std::chrono::steady_clock::now();
+            if (now >= deadline) return std::vector<Delivery>{};
+            std::this_thread::sleep_for(
+                std::min<std::chrono::steady_clock::duration>(sleep, deadline - now));
+            sleep = std::min(sleep * 2, std::chrono::microseconds(4000));
+        }
+    }
+
+    Result<void> settle(std::span<Settlement> batch) override {
+        if (batch.empty()) return {};
+        auto ok = settle_batch(batch);
+        // Settled, or already taken by another consumer (its lease was lost): not held either way.
+        if (ok)
+            for (auto& s : batch) held_.erase(s.tag);
+        return ok;
+    }
+
+    Result<void> settle_batch(std::span<Settlement> batch) {
+        return in_transaction(db_, st_, [&]() -> Result<void> {
+            auto now = now_ms();
+            for (auto& s : batch) {
+                Result<int> r;
+                switch (s.kind) {
+                    case Settlement::Kind::ack:
+                        st_.ack.reset();
+                        r = st_.ack.bind(1, std::int64_t(s.tag)).bind(2, owner_).run();
+                        break;
+                    case Settlement::Kind::retry: {
+                        auto nb = to_epoch_ms(s.not_before);
+                        st_.retry.reset();
+                        r = st_.retry.bind(1, std::int64_t(s.tag))
+                                .bind(2, owner_)
+                                .bind(3, nb > now ? int(kDelayed) : int(kReady))
+                                .bind(4, nb)
+                                .bind(5, props_json(s.envelope))
+                                .bind(6, headers_json(s.envelope))
+                                .bind_blob(7, s.envelope.body)
+                                .run();
+                        break;
+                    }
+                    case Settlement::Kind::dead_letter:
+                        st_.dead.reset();
+                        r = st_.dead.bind(1, std::int64_t(s.tag))
+                                .bind(2, owner_)
+                                .bind(3, s.reason)
+                                .bind(4, now)
+                                .run();
+                        break;
+                    case Settlement::Kind::release:
+                        st_.release.reset();
+                        r = st_.release.bind(1, std::int64_t(s.tag)).bind(2, owner_).run();
+                        break;
+                }
+                if (!r) return std::unexpected(r.error());
+                // A lost lease (r == 0) means another worker owns the task now; its result wins.
+                if (*r > 0 && s.result) {
+                    if (auto ok = store_result(st_, *s.result); !ok) return ok;
+                }
+            }
+            return {};
+        });
+    }
+
+    Result<std::vector<std::uint64_t>> renew() override {
+        std::vector<std::uint64_t> lost;
+        if (held_.empty()) return lost;
+        st_.renew.reset();
+        st_.renew.bind(1, owner_).bind(2, now_ms() + opts_.lease.count());
+        std::unordered_set<std::uint64_t> still;
+        for (;;) {
+            auto r = st_.renew.step();
+            if (!r) return std::unexpected(r.error());
+            if (!*r) break;
+            still.insert(std::uint64_t(st_.renew.i64(0)));
+        }
+        // What is not ours any more: the lease ran out and another consumer reclaimed it.
+        for (auto it = held_.begin(); it != held_.end();) {
+            if (still.contains(*it)) {
+                ++it;
+            } else {
+                lost.push_back(*it);
+                it = held_.erase(it);
+            }
+        }
+        return lost;
+    }
+
+    Result<void> set_consuming(const std::string& queue, bool consume) override {
+        auto& qs = opts_.queues;
+        bool has = std::find(qs.begin(), qs.end(), queue) != qs.end();
+        if (consume && !has) qs.push_back(queue);
+        if (!consume && has) std::erase(qs, queue);
+        next_check_ = {};
+        return {};
+    }
+
+  private:
+    // Cheap read-only check, so idle consumers do not take the write lock.
+    Result<bool> claimable() {
+        auto now = std::chrono::steady_clock::now();
+        st_.data_version.reset();
+        auto dv = st_.data_version.step();
+        if (!dv) return std::unexpected(dv.error());
+        std::int64_t version = st_.data_version.i64(0);
+        st_.data_version.reset();
+        if (version == last_version_ && now < next_check_) return false;
+        // Idle or not, a deleted write-ahead log is noticed within one check period.
+        if (auto ok = keep_wal(db_, st_); !ok) return std::unexpected(ok.error());
+        last_version_ = version;
+        next_check_ = now + std::chrono::milliseconds(200);
+        auto wall = now_ms();
+        for (auto& q : opts_.queues) {
+            st_.probe_ready.reset();
+            auto r = st_.probe_ready.bind(1, q).step();
+            if (!r) return std::unexpected(r.error());
+            st_.probe_ready.reset();
+            if (*r) return true;
+        }
+        for (Stmt* s : {&st_.next_delayed, &st_.next_lease}) {
+            s->reset();
+            auto r = s->step();
+            if (!r) return std::unexpected(r.error());
+            bool due = false;
+            if (*r && !s->is_null(0)) {
+                auto at = s->i64(0);
+                if (at <= wall)
+                    due = true;
+                else
+                    next_check_ = std::min(next_check_, now + std::chrono::milliseconds(at - wall));
+            }
+            s->reset();
+            if (due) return true;
+        }
+        return false;
+    }
+
+    Result<std::vector<Delivery>> claim(std::size_t max) {
+        std::vector<Delivery> out;
+        auto ok = in_transaction(db_, st_, [&]() -> Result<void> {
+            out.clear();
+            auto now = now_ms();
+            st_.promote.reset();
+            if (auto r = st_.promote.bind(1, now).run(); !r) return std::unexpected(r.error());
+            st_.reclaim.reset();
+            if (auto r = st_.reclaim.bind(1, now).run(); !r) return std::unexpected(r.error());
+            std::size_t n = opts_.queues.size();
+            for (std::size_t i = 0; i < n && out.size() < max; ++i) {
+                auto& q = opts_.queues[(rr_ + i) % n];
+                st_.claim.reset();
+                st_.claim.bind(1, owner_)
+                    .bind(2, now + opts_.lease.count())
+                    .bind(3, q)
+                    .bind(4, std::int64_t(max - out.size()));
+                std::vector<std::pair<std::pair<int, std::int64_t>, Delivery>> rows;
+                for (;;) {
+                    auto r = st_.claim.step();
+                    if (!r) return std::unexpected(r.error());
+                    if (!*r) break;
+                    Delivery d;
+                    d.tag = std::uint64_t(st_.claim.i64(0));
+                    d.message_id = st_.claim.text(1);
+                    d.queue = st_.claim.text(2);
+                    d.deliveries = int(st_.claim.i64(3));
+                    int prio = int(st_.claim.i64(4));
+                    d.envelope =
+                        make_envelope(st_.claim.text(5), st_.claim.text(6), st_.claim.text(7));
+                    // (Braces here would pick pair's copying constructor: a copy of the body.)
+                    rows.emplace_back(std::pair{-prio, st_.claim.i64(0)}, std::move(d));
+                }
+                std::sort(rows.begin(), rows.end(),
+                          [](auto& a, auto& b) { return a.first < b.first; });
+                for (auto& r : rows) out.push_back(std::move(r.second));
+            }
+            rr_++;
+            return {};
+        });
+        if (!ok) return std::unexpected(ok.error());
+        for (auto& d : out) held_.insert(d.tag);
+        if (out.size() == max) next_check_ = {};  // more may be waiting
+        return out;
+    }
+
+    Db db_;
+    Statements st_;
+    ConsumerOptions opts_;
+    std::string owner_;
+    std::unordered_set<std::uint64_t> held_;  // claimed and not settled
+    std::size_t rr_ = 0;
+    std::int64_t last_version_ = -1;
+    std::chrono::steady_clock::time_point next_check_{};
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Consumer>> open_consumer(const SqliteOptions& sqlite,
+                                                const ConsumerOptions& options) {
+    if (options.queues.empty())
+        return fail(Errc::invalid_argument, "a consumer needs at least one queue");
+    auto db = Db::open(sqlite.path, sqlite.synchronous, sqlite.busy_timeout);
+    if (!db) return std::unexpected(db.error());
+    auto st = Statements::prepare(*db);
+    if (!st) return std::unexpected(st.error());
+    return std::unique_ptr<Consumer>(
+        std::make_unique<SqliteConsumer>(std::move(*db), std::move(*st), options));
+}
+
+}  // namespace conveyor::sqlite

@@ -1,0 +1,237 @@
+// How the sqlite engine keeps tasks: schema, rows, statements.
+#include "broker/sqlite/sqlite_tables.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+#include "core/codec.hpp"
+#include "core/time.hpp"
+
+namespace conveyor::sqlite {
+
+using detail::to_epoch_ms;
+
+namespace {
+
+constexpr std::string_view kSchema = R"sql(
+CREATE TABLE IF NOT EXISTS tasks(
+  seq INTEGER PRIMARY KEY,
+  id TEXT NOT NULL UNIQUE,
+  queue TEXT NOT NULL,
+  state INTEGER NOT NULL,
+  priority INTEGER NOT NULL DEFAULT 0,
+  available_at INTEGER NOT NULL DEFAULT 0,
+  lease_owner TEXT,
+  lease_until INTEGER,
+  deliveries INTEGER NOT NULL DEFAULT 0,
+  retries INTEGER NOT NULL DEFAULT 0,
+  props TEXT NOT NULL,
+  headers TEXT NOT NULL,
+  body BLOB NOT NULL,
+  reason TEXT,
+  dead_at INTEGER);
+CREATE INDEX IF NOT EXISTS tasks_ready ON tasks(queue, priority DESC, seq) WHERE state=0;
+CREATE INDEX IF NOT EXISTS tasks_delayed ON tasks(available_at) WHERE state=3;
+CREATE INDEX IF NOT EXISTS tasks_leased ON tasks(lease_until) WHERE state=1;
+CREATE INDEX IF NOT EXISTS tasks_dead ON tasks(queue, seq) WHERE state=2;
+CREATE TABLE IF NOT EXISTS results(
+  id TEXT PRIMARY KEY, state INTEGER NOT NULL, result TEXT, traceback TEXT,
+  retries INTEGER NOT NULL DEFAULT 0, done_at INTEGER NOT NULL, children TEXT) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS results_done ON results(done_at);
+CREATE TABLE IF NOT EXISTS queues(name TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS scheduler_lease(id INTEGER PRIMARY KEY CHECK(id=1), owner TEXT,
+  until INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS schedule_state(name TEXT PRIMARY KEY, last_fire INTEGER,
+  last_run INTEGER, paused INTEGER) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS schedules(name TEXT PRIMARY KEY, spec TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chords(group_id TEXT PRIMARY KEY, size INTEGER NOT NULL,
+  created_at INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chord_parts(group_id TEXT NOT NULL, idx INTEGER NOT NULL,
+  task_id TEXT NOT NULL, state INTEGER NOT NULL, result TEXT,
+  PRIMARY KEY(group_id, idx)) WITHOUT ROWID;
+)sql";
+
+}  // namespace
+
+Result<void> create_schema(Db& db) {
+    if (auto ok = db.exec(kSchema); !ok) return std::unexpected(ok.error());
+    // Files from before results had children get the column.
+    if (!db.prepare("SELECT children FROM results LIMIT 0"))
+        if (auto ok = db.exec("ALTER TABLE results ADD COLUMN children TEXT"); !ok)
+            return std::unexpected(ok.error());
+    return {};
+}
+
+std::int64_t now_ms() { return to_epoch_ms(SystemClock::now()); }
+
+std::string props_json(const Envelope& e) {
+    Json p = Json::object();
+    if (!e.content_type.empty()) p["content_type"] = e.content_type;
+    if (!e.content_encoding.empty()) p["content_encoding"] = e.content_encoding;
+    if (!e.correlation_id.empty()) p["correlation_id"] = e.correlation_id;
+    if (!e.reply_to.empty()) p["reply_to"] = e.reply_to;
+    if (e.priority) p["priority"] = e.priority;
+    return p.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
+Envelope make_envelope(const std::string& props, const std::string& headers, std::string body) {
+    Envelope e;
+    Json p = Json::parse(props, nullptr, false);
+    if (p.is_object()) {
+        e.content_type = p.value("content_type", "");
+        e.content_encoding = p.value("content_encoding", "");
+        e.correlation_id = p.value("correlation_id", "");
+        e.reply_to = p.value("reply_to", "");
+        e.priority = p.value("priority", 0);
+    }
+    e.headers = Json::parse(headers, nullptr, false);
+    if (e.headers.is_discarded()) e.headers = Json::object();
+    e.body = std::move(body);
+    return e;
+}
+
+std::string headers_json(const Envelope& e) {
+    if (!e.headers.is_object()) return "{}";
+    // Null headers mean the same as absent ones: they are not stored, which makes rows smaller
+    // and reading them back cheaper. Conveyor's own messages have none (the codec leaves them
+    // out); other publishers' may.
+    auto is_null = [](const Json& v) {
+        return v.is_null() ||
+               (v.is_array() && !v.empty() &&  // timelimit [null, null]
+                std::all_of(v.begin(), v.end(), [](const Json& x) { return x.is_null(); }));
+    };
+    if (std::none_of(e.headers.begin(), e.headers.end(), is_null))
+        return e.headers.dump(-1, ' ', false, Json::error_handler_t::replace);
+    Json h = Json::object();
+    for (auto& [k, v] : e.headers.items())
+        if (!is_null(v)) h.emplace(k, v);
+    return h.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
+int retries_of(const Envelope& e) {
+    if (e.headers.is_object()) {
+        auto it = e.headers.find("retries");
+        if (it != e.headers.end() && it->is_number_integer()) return it->get<int>();
+    }
+    return 0;
+}
+
+Result<Statements> Statements::prepare(Db& db) {
+    Statements s;
+    struct Def {
+        Stmt* stmt;
+        std::string_view sql;
+    };
+    Def defs[] = {
+        {&s.insert_task,
+         "INSERT OR IGNORE INTO "
+         "tasks(id,queue,state,priority,available_at,retries,props,headers,body) "
+         "SELECT ?1,?2,?3,?4,?5,?6,?7,?8,?9 WHERE NOT EXISTS (SELECT 1 FROM results WHERE "
+         "id=?1)"},
+        {&s.insert_queue, "INSERT OR IGNORE INTO queues(name) VALUES(?1)"},
+        {&s.promote, "UPDATE tasks SET state=0 WHERE state=3 AND available_at<=?1"},
+        {&s.reclaim,
+         "UPDATE tasks SET state=0, lease_owner=NULL, lease_until=NULL "
+         "WHERE state=1 AND lease_until<?1"},
+        {&s.claim,
+         "UPDATE tasks SET state=1, lease_owner=?1, lease_until=?2, deliveries=deliveries+1 "
+         "WHERE seq IN (SELECT seq FROM tasks WHERE state=0 AND queue=?3 "
+         "ORDER BY priority DESC, seq LIMIT ?4) "
+         "RETURNING seq, id, queue, deliveries, priority, props, headers, body"},
+        {&s.ack, "DELETE FROM tasks WHERE seq=?1 AND lease_owner=?2 AND state=1"},
+        {&s.retry,
+         "UPDATE tasks SET state=?3, available_at=?4, props=?5, headers=?6, body=?7, "
+         "retries=retries+1, lease_owner=NULL, lease_until=NULL "
+         "WHERE seq=?1 AND lease_owner=?2 AND state=1"},
+        {&s.dead,
+         "UPDATE tasks SET state=2, reason=?3, dead_at=?4, lease_owner=NULL, lease_until=NULL "
+         "WHERE seq=?1 AND lease_owner=?2 AND state=1"},
+        {&s.release,
+         "UPDATE tasks SET state=0, lease_owner=NULL, lease_until=NULL, "
+         "deliveries=max(deliveries-1,0) WHERE seq=?1 AND lease_owner=?2 AND state=1"},
+        {&s.renew,
+         "UPDATE tasks SET lease_until=?2 WHERE lease_owner=?1 AND state=1 RETURNING seq"},
+        {&s.store_result,
+         "INSERT OR REPLACE INTO results(id,state,result,traceback,retries,done_at,children) "
+         "VALUES(?1,?2,?3,?4,?5,?6,?7)"},
+        {&s.probe_ready, "SELECT 1 FROM tasks WHERE state=0 AND queue=?1 LIMIT 1"},
+        {&s.next_delayed, "SELECT min(available_at) FROM tasks WHERE state=3"},
+        {&s.next_lease, "SELECT min(lease_until) FROM tasks WHERE state=1"},
+        {&s.data_version, "PRAGMA data_version"},
+        {&s.expire_results, "DELETE FROM results WHERE done_at<?1"},
+    };
+    for (auto& d : defs) {
+        auto st = db.prepare(d.sql);
+        if (!st) return std::unexpected(st.error());
+        *d.stmt = std::move(*st);
+    }
+    return s;
+}
+
+Result<void> store_result(Statements& s, const TaskResult& r) {
+    s.store_result.reset();
+    s.store_result.bind(1, r.id).bind(2, int(r.state));
+    std::string result = r.result.dump(-1, ' ', false, Json::error_handler_t::replace);
+    s.store_result.bind(3, result);
+    if (r.traceback.empty())
+        s.store_result.bind_null(4);
+    else
+        s.store_result.bind(4, r.traceback);
+    s.store_result.bind(5, r.retries).bind(6, r.done_at ? to_epoch_ms(*r.done_at) : now_ms());
+    if (r.children.empty())
+        s.store_result.bind_null(7);
+    else
+        s.store_result.bind(7, Json(r.children).dump());
+    auto ok = s.store_result.run();
+    if (!ok) return std::unexpected(ok.error());
+    return {};
+}
+
+/// A write-ahead log someone deleted is copied into the database and the connection reopened
+/// with fresh statements before this connection writes again (see Db::recover_replaced_wal).
+Result<void> keep_wal(Db& db, Statements& st) {
+    auto replaced = db.recover_replaced_wal();
+    if (!replaced) return std::unexpected(replaced.error());
+    if (!*replaced) return {};
+    st = Statements{};
+    auto fresh = Statements::prepare(db);
+    if (!fresh) return std::unexpected(fresh.error());
+    st = std::move(*fresh);
+    fmt::print(stderr,
+               "conveyor: the write-ahead log beside the sqlite database was deleted by another "
+               "process; what it held is now in the database and a new log is in use\n");
+    return {};
+}
+
+/// Inserts messages (inside a transaction); an id already known is dropped.
+Result<void> insert_messages(Statements& st, std::span<const OutgoingMessage> msgs,
+                             std::set<std::string>& known_queues) {
+    auto now = now_ms();
+    for (auto& m : msgs) {
+        if (m.queue.empty()) return fail(Errc::invalid_argument, "message has no queue");
+        if (!known_queues.contains(m.queue)) {
+            st.insert_queue.reset();
+            if (auto r = st.insert_queue.bind(1, m.queue).run(); !r)
+                return std::unexpected(r.error());
+        }
+        std::string id = codec::envelope_id(m.envelope);
+        if (id.empty()) id = make_task_id();
+        auto at = m.not_before ? to_epoch_ms(*m.not_before) : now;
+        st.insert_task.reset();
+        st.insert_task.bind(1, id)
+            .bind(2, m.queue)
+            .bind(3, at > now ? int(kDelayed) : int(kReady))
+            .bind(4, m.envelope.priority)
+            .bind(5, at)
+            .bind(6, retries_of(m.envelope))
+            .bind(7, props_json(m.envelope))
+            .bind(8, headers_json(m.envelope))
+            .bind_blob(9, m.envelope.body);
+        if (auto r = st.insert_task.run(); !r) return std::unexpected(r.error());
+    }
+    for (auto& m : msgs) known_queues.insert(m.queue);
+    return {};
+}
+
+}  // namespace conveyor::sqlite

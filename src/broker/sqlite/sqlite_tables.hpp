@@ -1,0 +1,73 @@
+#pragma once
+// How the sqlite engine keeps tasks: the tables, a task row to and from an envelope, the
+// prepared statements of a connection, transactions, and a write-ahead log someone deleted.
+
+#include <cstdint>
+#include <set>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "broker/sqlite/sqlite_db.hpp"
+#include "conveyor/broker.hpp"
+
+namespace conveyor::sqlite {
+
+// A task's state column.
+inline constexpr int kReady = 0;
+inline constexpr int kInFlight = 1;
+inline constexpr int kDead = 2;
+inline constexpr int kDelayed = 3;
+
+/// Creates the tables of a new file, and moves an older file's tables forward.
+Result<void> create_schema(Db& db);
+
+/// Wall-clock time as stored: milliseconds since the epoch.
+std::int64_t now_ms();
+std::string props_json(const Envelope& e);
+/// A task row's columns back into an envelope.
+Envelope make_envelope(const std::string& props, const std::string& headers, std::string body);
+std::string headers_json(const Envelope& e);
+int retries_of(const Envelope& e);
+
+/// Prepared statements of one connection.
+struct Statements {
+    Stmt insert_task, insert_queue, promote, reclaim, claim, ack, retry, dead, release, renew,
+        store_result, probe_ready, next_delayed, next_lease, data_version, expire_results;
+
+    /// Prepares every statement on `db`.
+    static Result<Statements> prepare(Db& db);
+};
+
+/// Stores a result (inside a transaction).
+Result<void> store_result(Statements& s, const TaskResult& r);
+/// A write-ahead log someone deleted is copied into the database and the connection reopened
+/// with fresh statements before this connection writes again (see Db::recover_replaced_wal).
+Result<void> keep_wal(Db& db, Statements& st);
+
+/// Runs `fn` inside BEGIN IMMEDIATE, retrying when another process holds the lock past the
+/// busy timeout.
+template <class Fn>
+auto in_transaction(Db& db, Statements& st, Fn&& fn) -> decltype(fn()) {
+    if (auto ok = keep_wal(db, st); !ok) return std::unexpected(ok.error());
+    for (int attempt = 0;; ++attempt) {
+        auto tx = Transaction::begin(db);
+        if (!tx) {
+            if (tx.error().code == Errc::unavailable && attempt < 5) continue;
+            return std::unexpected(tx.error());
+        }
+        auto r = fn();
+        if (!r) return r;
+        if (auto c = tx->commit(); !c) {
+            if (c.error().code == Errc::unavailable && attempt < 5) continue;
+            return std::unexpected(c.error());
+        }
+        return r;
+    }
+}
+
+/// Inserts messages (inside a transaction); an id already known is dropped.
+Result<void> insert_messages(Statements& st, std::span<const OutgoingMessage> msgs,
+                             std::set<std::string>& known_queues);
+
+}  // namespace conveyor::sqlite
