@@ -22,9 +22,11 @@
 #include "worker/canvas.hpp"
 #include "worker/handlers.hpp"
 #include "worker/monitor.hpp"
+#include "worker/outcome.hpp"
 
 namespace conveyor {
 
+using detail::Outcome;
 using std::chrono::milliseconds;
 using std::chrono::steady_clock;
 
@@ -58,15 +60,10 @@ struct Job {
     std::string key;  ///< ordering key: jobs with the same key run one at a time, in order
 };
 
-struct Outcome {
-    enum class Kind { success, failure, reject, revoked } kind = Kind::success;
+/// A job's run and what it came to, on its way from an executor to the dispatcher.
+struct Finished {
     Job* job = nullptr;
-    Json result;
-    std::string exc_type;
-    std::string exc_module = "builtins";
-    std::string message;
-    bool retryable = true;
-    std::optional<milliseconds> retry_after;
+    detail::Outcome outcome;
 };
 
 Json exception_result(const std::string& type, const std::string& module,
@@ -123,7 +120,7 @@ struct Worker::Impl {
     std::condition_variable work_cv;
     std::condition_variable outcome_cv;
     std::deque<Job*> queued;
-    std::vector<Outcome> outcomes;
+    std::vector<Finished> outcomes;
     bool executors_exit = false;
     /// `celery control add_consumer / cancel_consumer`, applied by the dispatcher.
     std::vector<std::pair<std::string, bool>> consumer_changes;
@@ -166,17 +163,16 @@ struct Worker::Impl {
                 job->started = true;
                 job->started_at = steady_clock::now();
             }
-            Outcome out;
+            Finished out{job, {}};
             if (monitor && monitor->is_revoked(job->task.id)) {
-                out.job = job;
-                out.kind = Outcome::Kind::revoked;  // revoked while it waited here
+                out.outcome.kind = Outcome::Kind::revoked;  // revoked while it waited here
             } else {
                 if (monitor) monitor->started(job->task.id);
                 if ((opts.track_started || job->reg->options.track_started) &&
                     !job->task.ignore_result)
                     store_started(*job);
                 running++;
-                out = execute(*job);
+                out.outcome = execute(*job);
                 running--;
             }
             bool first;
@@ -204,7 +200,6 @@ struct Worker::Impl {
 
     Outcome execute(Job& job) {
         Outcome out;
-        out.job = &job;
         TaskContext ctx(job.task, job.delivery.queue, job.stop.get_token(), job.deadline);
         try {
             out.result = job.reg->fn(ctx);
@@ -423,11 +418,11 @@ struct Worker::Impl {
 
     /// What an outcome becomes; nullopt while a keyed job sleeps before it runs again. Any
     /// failure on the way (a workflow field of the wrong type, say) dead-letters the task.
-    std::optional<Settlement> conclude(Outcome& o) {
+    std::optional<Settlement> conclude(Finished& f) {
         try {
-            return conclude_unguarded(o);
+            return conclude_unguarded(*f.job, f.outcome);
         } catch (const std::exception& e) {
-            const Job& job = *o.job;
+            const Job& job = *f.job;
             if (monitor) monitor->released(job.task.id);
             return dead_letter(job.delivery, job.task.id, job.task.retries,
                                fmt::format("could not be concluded: {}", e.what()), "InternalError",
@@ -435,28 +430,55 @@ struct Worker::Impl {
         }
     }
 
-    std::optional<Settlement> conclude_unguarded(Outcome& o) {
-        Job& job = *o.job;
+    detail::JobState state_of(const Job& job) const {
+        detail::JobState s;
+        s.retries = job.task.retries;
+        s.policy = job.reg->options.retry;
+        if (job.task.max_retries) s.policy.max_retries = *job.task.max_retries;
+        s.lease_lost = job.lease_lost;
+        s.shutting_down = job.release_on_finish;
+        s.terminated = job.revoked;
+        s.keyed = !job.key.empty();
+        return s;
+    }
+
+    /// Decides (detail::decide), acts (workflow steps, the settlement), then tells the
+    /// monitor once.
+    std::optional<Settlement> conclude_unguarded(Job& job, Outcome& o) {
+        using Action = detail::Decision::Action;
+        std::uniform_real_distribution<double> u(0.0, 1.0);
+        auto decision = detail::decide(o, state_of(job), u(rng));
         const Delivery& d = job.delivery;
-        if (job.lease_lost) {
-            // Another worker may hold it now: this outcome is not ours to settle.
-            fmt::print(stderr, "conveyor: task {}: its lease was lost; stopped, not settled\n",
-                       job.task.id);
-            if (monitor) monitor->released(job.task.id);
-            return Settlement{Settlement::Kind::release, d.tag};
+        switch (decision.action) {
+            case Action::abandon:
+                fmt::print(stderr, "conveyor: task {}: its lease was lost; stopped, not settled\n",
+                           job.task.id);
+                if (monitor) monitor->released(job.task.id);
+                return Settlement{Settlement::Kind::release, d.tag};
+            case Action::release:
+                released++;
+                if (monitor) monitor->released(job.task.id);
+                return Settlement{Settlement::Kind::release, d.tag};
+            case Action::revoke:
+                if (monitor) monitor->revoked(job.task.id, false, job.revoked);
+                return revoked_settlement(d.tag, job.task.id, decision.reason.c_str());
+            case Action::succeed:
+                return succeed(job, o);
+            case Action::dead_letter:
+                return fail(job, o, decision);
+            case Action::retry:
+            case Action::retry_in_place:
+                return retry(job, o, decision);
         }
-        if (job.release_on_finish) {
-            released++;
-            if (monitor) monitor->released(job.task.id);
-            return Settlement{Settlement::Kind::release, d.tag};
-        }
-        if (job.revoked || o.kind == Outcome::Kind::revoked) {
-            if (monitor) monitor->revoked(job.task.id, false, job.revoked);
-            return revoked_settlement(d.tag, job.task.id, job.revoked ? "terminated" : "revoked");
-        }
+        return std::nullopt;  // not reached: every action is handled above
+    }
+
+    /// Acked with SUCCESS; a workflow's next steps are published first (if that cannot be
+    /// done now, the task goes back to its queue; if it can never be, it is dead-lettered).
+    std::optional<Settlement> succeed(Job& job, Outcome& o) {
+        const Delivery& d = job.delivery;
         std::vector<std::string> children;
-        if (o.kind == Outcome::Kind::success && canvas::has_followers(job.task)) {
-            // Workflow: what follows is published before this task is acked.
+        if (canvas::has_followers(job.task)) {
             if (auto ok = follow(job,
                                  [&](auto& out, auto& extra) {
                                      return canvas::on_success(*broker, job.task, o.result,
@@ -476,79 +498,74 @@ struct Worker::Impl {
                                    "celery.exceptions", ok.error().message);
             }
         }
-        if (o.kind == Outcome::Kind::success) {
-            if (monitor)
-                monitor->succeeded(
-                    job.task.id, o.result,
-                    std::chrono::duration<double>(steady_clock::now() - job.started_at).count());
-            Settlement s;
-            s.kind = Settlement::Kind::ack;
-            s.tag = d.tag;
-            if (!job.task.ignore_result) {
-                TaskResult r;
-                r.id = job.task.id;
-                r.state = TaskState::success;
-                r.result = std::move(o.result);
-                r.retries = job.task.retries;
-                r.done_at = SystemClock::now();
-                r.children = std::move(children);
-                s.result = std::move(r);
-            }
-            succeeded++;
-            return s;
+        Settlement s;
+        s.kind = Settlement::Kind::ack;
+        s.tag = d.tag;
+        succeeded++;
+        if (monitor)
+            monitor->succeeded(
+                job.task.id, o.result,
+                std::chrono::duration<double>(steady_clock::now() - job.started_at).count());
+        if (!job.task.ignore_result) {
+            TaskResult r;
+            r.id = job.task.id;
+            r.state = TaskState::success;
+            r.result = std::move(o.result);
+            r.retries = job.task.retries;
+            r.done_at = SystemClock::now();
+            r.children = std::move(children);
+            s.result = std::move(r);
         }
-        RetryPolicy policy = job.reg->options.retry;
-        if (job.task.max_retries) policy.max_retries = *job.task.max_retries;
-        std::string what = fmt::format("{}: {}", o.exc_type, o.message);
-        std::string exc_repr =
-            fmt::format("{}({})", o.exc_type, codec::value_repr(Json(o.message)));
-        if (monitor && (o.kind == Outcome::Kind::reject || !may_retry(policy, job.task.retries)))
-            monitor->failed(job.task.id, exc_repr, what);
-        else if (monitor)
-            monitor->retried(job.task.id, exc_repr, what);
-        if (o.kind == Outcome::Kind::reject || !may_retry(policy, job.task.retries)) {
-            Settlement s = o.kind == Outcome::Kind::reject
-                               ? dead_letter(d, job.task.id, job.task.retries, "rejected: " + what,
-                                             o.exc_type, o.exc_module, o.message)
-                               : dead_letter(d, job.task.id, job.task.retries,
-                                             fmt::format("failed after {} retries: {}",
-                                                         job.task.retries, what),
-                                             o.exc_type, o.exc_module, o.message);
-            if (canvas::has_followers(job.task) && s.result) {
-                // Errbacks, the rest of the chain, the chord: best effort, the failure stands.
-                if (auto ok = follow(job,
-                                     [&](auto& out, auto& extra) {
-                                         return canvas::on_failure(*broker, job.task, *s.result,
-                                                                   context_for(job), out, extra);
-                                     });
-                    !ok)
-                    fmt::print(stderr, "conveyor: task {}: workflow after its failure: {}\n",
-                               job.task.id, ok.error().message);
-            }
-            return s;
+        return s;
+    }
+
+    /// Dead-lettered with FAILURE; a workflow's error path (errbacks, the rest of a chain, a
+    /// chord) is followed on a best-effort basis: the failure stands either way.
+    Settlement fail(Job& job, const Outcome& o, const detail::Decision& decision) {
+        Settlement s = dead_letter(job.delivery, job.task.id, job.task.retries, decision.reason,
+                                   o.exc_type, o.exc_module, o.message);
+        if (canvas::has_followers(job.task) && s.result) {
+            if (auto ok = follow(job,
+                                 [&](auto& out, auto& extra) {
+                                     return canvas::on_failure(*broker, job.task, *s.result,
+                                                               context_for(job), out, extra);
+                                 });
+                !ok)
+                fmt::print(stderr, "conveyor: task {}: workflow after its failure: {}\n",
+                           job.task.id, ok.error().message);
         }
-        std::uniform_real_distribution<double> u(0.0, 1.0);
-        auto delay = o.retry_after ? *o.retry_after : retry_delay(policy, job.task.retries, u(rng));
+        if (monitor) monitor->failed(job.task.id, exc_repr(o), decision.failure);
+        return s;
+    }
+
+    /// Back to the broker with RETRY stored, or (keyed) asleep here to run again in place.
+    std::optional<Settlement> retry(Job& job, const Outcome& o, const detail::Decision& decision) {
         retried++;
-        if (!job.key.empty()) {
+        if (monitor) monitor->retried(job.task.id, exc_repr(o), decision.failure);
+        if (decision.action == detail::Decision::Action::retry_in_place) {
             job.task.retries++;
             job.started = false;
             job.stop = std::stop_source();
-            sleeping.emplace(steady_clock::now() + duration_cast<milliseconds>(delay), &job);
+            sleeping.emplace(steady_clock::now() + decision.delay, &job);
             return std::nullopt;
         }
-        Settlement s = reschedule(d, job.task.retries + 1, SystemClock::now() + delay);
+        Settlement s =
+            reschedule(job.delivery, job.task.retries + 1, SystemClock::now() + decision.delay);
         if (!job.task.ignore_result) {
             // Stored (and sent to rpc senders) as Celery does: RETRY with the exception.
             TaskResult r;
             r.id = job.task.id;
             r.state = TaskState::retry;
             r.result = exception_result(o.exc_type, o.exc_module, o.message);
-            r.traceback = what;
+            r.traceback = decision.failure;
             r.retries = job.task.retries + 1;
             s.result = std::move(r);
         }
         return s;
+    }
+
+    static std::string exc_repr(const Outcome& o) {
+        return fmt::format("{}({})", o.exc_type, codec::value_repr(Json(o.message)));
     }
 
     canvas::Context context_for(const Job& job) const {
@@ -677,7 +694,7 @@ struct Worker::Impl {
 
         for (;;) {
             // 1. Collect outcomes.
-            std::vector<Outcome> done;
+            std::vector<Finished> done;
             {
                 std::lock_guard lk(mu);
                 done.swap(outcomes);
