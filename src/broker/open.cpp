@@ -7,13 +7,14 @@
 #include "broker/memory/memory_broker.hpp"
 #include "broker/sqlite/sqlite_broker.hpp"
 #include "conveyor/broker.hpp"
+#include "core/try.hpp"
 #include "core/url.hpp"
 
 namespace conveyor {
 
 Result<std::shared_ptr<Broker>> Broker::open(std::string_view url) {
     auto u = detail::parse_broker_url(url);
-    if (!u) return std::unexpected(u.error());
+    CONVEYOR_TRY(u);
     if (u->scheme == "memory") {
         if (!u->query.empty())
             return fail(
@@ -35,11 +36,11 @@ Result<std::shared_ptr<Broker>> Broker::open(std::string_view url) {
                 o.synchronous = up;
             } else if (k == "result_expires") {
                 auto s = detail::seconds_option("sqlite", k, v, 1, 10 * 365 * 86400.0);
-                if (!s) return std::unexpected(s.error());
+                CONVEYOR_TRY(s);
                 o.result_expires = std::chrono::duration_cast<std::chrono::seconds>(*s);
             } else if (k == "busy_timeout") {
                 auto s = detail::seconds_option("sqlite", k, v, 0, 3600);
-                if (!s) return std::unexpected(s.error());
+                CONVEYOR_TRY(s);
                 o.busy_timeout = *s;
             } else {
                 return fail(Errc::invalid_argument,

@@ -13,6 +13,7 @@
 #include "conveyor/broker.hpp"
 #include "conveyor/client.hpp"
 #include "conveyor/worker.hpp"
+#include "core/try.hpp"
 
 namespace conveyor {
 
@@ -38,7 +39,7 @@ Result<void> run_demo(const DemoOptions& o) {
         url = "sqlite://" + o.db_path;
     }
     auto broker_r = Broker::open(url);
-    if (!broker_r) return std::unexpected(broker_r.error());
+    CONVEYOR_TRY(broker_r);
     auto broker = *broker_r;
     bool tty = isatty(2);
 
@@ -121,7 +122,7 @@ Result<void> run_demo(const DemoOptions& o) {
     ro.queue = "shipping";
     ro.eta = reminder_due;
     auto reminder_id = client.enqueue("shipping.reminder", Json::array(), {{"order", 1}}, ro);
-    if (!reminder_id) return std::unexpected(reminder_id.error());
+    CONVEYOR_TRY(reminder_id);
     std::mt19937 rng(42);
     const int batch = 50;
     for (int first = 1; first <= o.orders; first += batch) {
@@ -138,7 +139,7 @@ Result<void> run_demo(const DemoOptions& o) {
             EnqueueOptions eo;
             eo.queue = queue;
             auto ids = client.enqueue_many(std::move(*tasks), eo);
-            if (!ids) return std::unexpected(ids.error());
+            CONVEYOR_TRY(ids);
         }
     }
 

@@ -7,6 +7,7 @@
 
 #include "core/json_bounds.hpp"
 #include "core/time.hpp"
+#include "core/try.hpp"
 
 namespace conveyor::codec {
 
@@ -103,7 +104,7 @@ Result<std::optional<std::string>> inflated_body(const Envelope& env, std::size_
 /// it is not compressed.
 Result<std::optional<Envelope>> inflated(const Envelope& env, std::size_t max_body) {
     auto body = inflated_body(env, max_body);
-    if (!body) return std::unexpected(body.error());
+    CONVEYOR_TRY(body);
     if (!*body) return std::optional<Envelope>();
     Envelope plain = env;
     plain.body = std::move(**body);
@@ -271,9 +272,9 @@ Result<Envelope> encode_raw(const TaskMessage& t, std::string_view queue) {
 }
 
 Result<TaskMessage> decode(const Envelope& env, std::size_t max_body) {
-    if (auto ok = check_envelope(env, max_body); !ok) return std::unexpected(ok.error());
+    CONVEYOR_TRY(check_envelope(env, max_body));
     auto plain = inflated(env, max_body);
-    if (!plain) return std::unexpected(plain.error());
+    CONVEYOR_TRY(plain);
     if (*plain) return decode(**plain, max_body);
     if (env.content_type.empty())
         return fail(Errc::malformed, "message has no content_type (expected application/json)");
@@ -284,7 +285,7 @@ Result<TaskMessage> decode(const Envelope& env, std::size_t max_body) {
     }
     const Json& h = env.headers.is_object() ? env.headers : empty_object();
     auto parsed = detail::parse_untrusted(env.body, "body");
-    if (!parsed) return std::unexpected(parsed.error());
+    CONVEYOR_TRY(parsed);
     Json& body = *parsed;
 
     TaskMessage t;
@@ -301,15 +302,15 @@ Result<TaskMessage> decode(const Envelope& env, std::size_t max_body) {
         if (!t.kwargs.is_object())
             return fail(Errc::malformed, "protocol v1 'kwargs' is not an object");
         auto retries = header_int(body, "retries", 0, kMaxRetries);
-        if (!retries) return std::unexpected(retries.error());
+        CONVEYOR_TRY(retries);
         t.retries = int(retries->value_or(0));
         Json hv = Json::object();
         for (const char* k : {"eta", "expires"}) hv[k] = body.value(k, Json());
         auto eta = header_time(hv, "eta");
-        if (!eta) return std::unexpected(eta.error());
+        CONVEYOR_TRY(eta);
         t.eta = *eta;
         auto exp = header_time(hv, "expires");
-        if (!exp) return std::unexpected(exp.error());
+        CONVEYOR_TRY(exp);
         t.expires = *exp;
     } else {
         auto it = h.find("task");
@@ -338,24 +339,24 @@ Result<TaskMessage> decode(const Envelope& env, std::size_t max_body) {
         if (body[2].is_object()) t.embed = std::move(body[2]);
 
         auto retries = header_int(h, "retries", 0, kMaxRetries);
-        if (!retries) return std::unexpected(retries.error());
+        CONVEYOR_TRY(retries);
         t.retries = int(retries->value_or(0));
         auto max_retries = header_int(h, "max_retries", 0, kMaxRetries);
-        if (!max_retries) return std::unexpected(max_retries.error());
+        CONVEYOR_TRY(max_retries);
         if (*max_retries) t.max_retries = int(**max_retries);
         auto eta = header_time(h, "eta");
-        if (!eta) return std::unexpected(eta.error());
+        CONVEYOR_TRY(eta);
         t.eta = *eta;
         auto exp = header_time(h, "expires");
-        if (!exp) return std::unexpected(exp.error());
+        CONVEYOR_TRY(exp);
         t.expires = *exp;
         if (auto tl = h.find("timelimit"); tl != h.end() && !tl->is_null()) {
             if (!tl->is_array() || tl->size() != 2)
                 return fail(Errc::malformed, "header 'timelimit' is not [hard, soft]");
             auto hard = as_limit((*tl)[0], "hard");
-            if (!hard) return std::unexpected(hard.error());
+            CONVEYOR_TRY(hard);
             auto soft = as_limit((*tl)[1], "soft");
-            if (!soft) return std::unexpected(soft.error());
+            CONVEYOR_TRY(soft);
             t.time_limit = *hard;
             t.soft_time_limit = *soft;
         }
@@ -363,11 +364,11 @@ Result<TaskMessage> decode(const Envelope& env, std::size_t max_body) {
              {std::pair{&t.root_id, "root_id"}, std::pair{&t.parent_id, "parent_id"},
               std::pair{&t.group, "group"}, std::pair{&t.origin, "origin"}}) {
             auto v = header_string(h, key);
-            if (!v) return std::unexpected(v.error());
+            CONVEYOR_TRY(v);
             *field = std::move(*v);
         }
         auto group_index = header_int(h, "group_index", 0, kMaxRetries);
-        if (!group_index) return std::unexpected(group_index.error());
+        CONVEYOR_TRY(group_index);
         if (*group_index) t.group_index = int(**group_index);
         if (auto ir = h.find("ignore_result"); ir != h.end() && ir->is_boolean())
             t.ignore_result = ir->get<bool>();
@@ -384,9 +385,9 @@ Result<TaskMessage> decode(const Envelope& env, std::size_t max_body) {
 
 Result<TaskMessage> decode_raw(const Envelope& env, std::string_view task_name,
                                std::string_view fallback_id, std::size_t max_body) {
-    if (auto ok = check_envelope(env, max_body); !ok) return std::unexpected(ok.error());
+    CONVEYOR_TRY(check_envelope(env, max_body));
     auto plain = inflated(env, max_body);
-    if (!plain) return std::unexpected(plain.error());
+    CONVEYOR_TRY(plain);
     if (*plain) return decode_raw(**plain, task_name, fallback_id, max_body);
     if (task_name.empty()) return fail(Errc::malformed, "raw queue has no task name configured");
     TaskMessage t;

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "core/codec.hpp"
+#include "core/try.hpp"
 
 namespace conveyor {
 
@@ -84,7 +85,7 @@ constexpr double kMaxBackoff = 365.0 * 86400.0;
 
 Result<void> parse_retry(const Ctx& c, const toml::table& t, RetryPolicy& p) {
     auto mr = get_int(c, t, "max_retries");
-    if (!mr) return std::unexpected(mr.error());
+    CONVEYOR_TRY(mr);
     if (*mr) {
         if (**mr < 0 || **mr > codec::kMaxRetries)
             return bad(c, t.get("max_retries"),
@@ -93,10 +94,10 @@ Result<void> parse_retry(const Ctx& c, const toml::table& t, RetryPolicy& p) {
         p.max_retries = int(**mr);
     }
     auto base = get_bounded(c, t, "retry_backoff", 0, kMaxBackoff);
-    if (!base) return std::unexpected(base.error());
+    CONVEYOR_TRY(base);
     if (*base) p.backoff_base = **base;
     auto cap = get_bounded(c, t, "retry_backoff_max", 0, kMaxBackoff);
-    if (!cap) return std::unexpected(cap.error());
+    CONVEYOR_TRY(cap);
     if (*cap) p.backoff_max = **cap;
     if (auto* j = t.get("retry_jitter")) {
         auto b = j->value<bool>();
@@ -153,7 +154,7 @@ Result<void> each_table(const Ctx& c, const toml::table& root, std::string_view 
     for (auto& e : *arr) {
         auto* t = e.as_table();
         if (!t) return bad(c, &e, fmt::format("each [[{}]] must be a table", key));
-        if (auto ok = fn(*t, e); !ok) return ok;
+        CONVEYOR_TRY(fn(*t, e));
     }
     return {};
 }
@@ -223,28 +224,23 @@ Result<Config> parse_config_text(std::string_view text, std::string_view source)
                     fmt::format("{}:{}: {}", source, e.source().begin.line, e.description()));
     }
     Config cfg;
-    if (auto ok = check_keys(c, root, "the top level",
-                             {"broker", "default_queue", "queue", "exchange", "binding", "task",
-                              "worker", "retry", "schedule"});
-        !ok)
-        return std::unexpected(ok.error());
+    CONVEYOR_TRY(check_keys(c, root, "the top level",
+                            {"broker", "default_queue", "queue", "exchange", "binding", "task",
+                             "worker", "retry", "schedule"}));
     auto broker = get_string(c, root, "broker");
-    if (!broker) return std::unexpected(broker.error());
+    CONVEYOR_TRY(broker);
     cfg.broker = *broker;
     auto dq = get_string(c, root, "default_queue", std::string(kDefaultQueue));
-    if (!dq) return std::unexpected(dq.error());
+    CONVEYOR_TRY(dq);
     cfg.default_queue = *dq;
 
     if (auto* r = root.get("retry")) {
         auto* t = r->as_table();
         if (!t) return bad(c, r, "'retry' must be a table");
-        if (auto ok =
-                check_keys(c, *t, "[retry]",
-                           {"max_retries", "retry_backoff", "retry_backoff_max", "retry_jitter"});
-            !ok)
-            return std::unexpected(ok.error());
-        if (auto ok = parse_retry(c, *t, cfg.default_retry); !ok)
-            return std::unexpected(ok.error());
+        CONVEYOR_TRY(
+            check_keys(c, *t, "[retry]",
+                       {"max_retries", "retry_backoff", "retry_backoff_max", "retry_jitter"}));
+        CONVEYOR_TRY(parse_retry(c, *t, cfg.default_retry));
     }
 
     if (auto* qn = root.get("queue")) {
@@ -253,19 +249,17 @@ Result<Config> parse_config_text(std::string_view text, std::string_view source)
         for (auto& e : *arr) {
             auto* t = e.as_table();
             if (!t) return bad(c, &e, "each [[queue]] must be a table");
-            if (auto ok = check_keys(
-                    c, *t, "[[queue]]",
-                    {"name", "format", "task", "type", "max_priority", "max_length", "overflow",
-                     "partitions", "arguments", "durable", "auto_delete", "exclusive", "passive"});
-                !ok)
-                return std::unexpected(ok.error());
+            CONVEYOR_TRY(check_keys(
+                c, *t, "[[queue]]",
+                {"name", "format", "task", "type", "max_priority", "max_length", "overflow",
+                 "partitions", "arguments", "durable", "auto_delete", "exclusive", "passive"}));
             QueueConfig q;
             auto name = get_string(c, *t, "name");
-            if (!name) return std::unexpected(name.error());
+            CONVEYOR_TRY(name);
             if (name->empty()) return bad(c, &e, "[[queue]] needs a 'name'");
             q.name = *name;
             auto fmtname = get_string(c, *t, "format", "celery");
-            if (!fmtname) return std::unexpected(fmtname.error());
+            CONVEYOR_TRY(fmtname);
             if (*fmtname == "celery") {
                 q.format = QueueFormat::celery;
             } else if (*fmtname == "raw") {
@@ -276,21 +270,21 @@ Result<Config> parse_config_text(std::string_view text, std::string_view source)
                                        q.name, *fmtname));
             }
             auto task = get_string(c, *t, "task");
-            if (!task) return std::unexpected(task.error());
+            CONVEYOR_TRY(task);
             q.task = *task;
             if (q.format == QueueFormat::raw && q.task.empty())
                 return bad(
                     c, &e,
                     fmt::format("raw queue '{}' needs a 'task' to run its messages", q.name));
             auto type = get_string(c, *t, "type", "classic");
-            if (!type) return std::unexpected(type.error());
+            CONVEYOR_TRY(type);
             if (*type != "classic" && *type != "quorum")
                 return bad(c, t->get("type"),
                            fmt::format("queue '{}' has type '{}'; use \"classic\" or \"quorum\"",
                                        q.name, *type));
             q.declare.type = *type;
             auto prio = get_int(c, *t, "max_priority");
-            if (!prio) return std::unexpected(prio.error());
+            CONVEYOR_TRY(prio);
             if (*prio) {
                 if (**prio < 1 || **prio > 255)
                     return bad(c, t->get("max_priority"), "'max_priority' must be 1..255");
@@ -302,35 +296,35 @@ Result<Config> parse_config_text(std::string_view text, std::string_view source)
                 q.declare.max_priority = int(**prio);
             }
             auto maxlen = get_int(c, *t, "max_length");
-            if (!maxlen) return std::unexpected(maxlen.error());
+            CONVEYOR_TRY(maxlen);
             if (*maxlen) {
                 if (**maxlen < 1)
                     return bad(c, t->get("max_length"), "'max_length' must be positive");
                 q.declare.max_length = **maxlen;
             }
             auto overflow = get_string(c, *t, "overflow");
-            if (!overflow) return std::unexpected(overflow.error());
+            CONVEYOR_TRY(overflow);
             if (!overflow->empty() && *overflow != "drop-head" && *overflow != "reject-publish" &&
                 *overflow != "reject-publish-dlx")
                 return bad(c, t->get("overflow"),
                            "'overflow' must be drop-head, reject-publish or reject-publish-dlx");
             q.declare.overflow = *overflow;
             auto parts = get_int(c, *t, "partitions");
-            if (!parts) return std::unexpected(parts.error());
+            CONVEYOR_TRY(parts);
             if (*parts) {
                 if (**parts < 1 || **parts > 1024)
                     return bad(c, t->get("partitions"), "'partitions' must be 1..1024");
                 q.declare.partitions = int(**parts);
             }
             auto args = get_arguments(c, *t);
-            if (!args) return std::unexpected(args.error());
+            CONVEYOR_TRY(args);
             q.declare.arguments = std::move(*args);
             q.declare.name = q.name;
             for (auto [key, field] : {std::pair{"durable", &q.declare.durable},
                                       std::pair{"auto_delete", &q.declare.auto_delete},
                                       std::pair{"exclusive", &q.declare.exclusive},
                                       std::pair{"passive", &q.declare.passive}})
-                if (auto ok = get_bool(c, *t, key, *field); !ok) return std::unexpected(ok.error());
+                CONVEYOR_TRY(get_bool(c, *t, key, *field));
             if (q.declare.type == "quorum" &&
                 (!q.declare.durable || q.declare.auto_delete || q.declare.exclusive))
                 return bad(c, &e,
@@ -350,18 +344,16 @@ Result<Config> parse_config_text(std::string_view text, std::string_view source)
 
     auto exchanges = each_table(
         c, root, "exchange", [&](const toml::table& t, const toml::node& e) -> Result<void> {
-            if (auto ok = check_keys(c, t, "[[exchange]]",
-                                     {"name", "type", "durable", "auto_delete", "internal",
-                                      "passive", "format", "arguments"});
-                !ok)
-                return ok;
+            CONVEYOR_TRY(check_keys(c, t, "[[exchange]]",
+                                    {"name", "type", "durable", "auto_delete", "internal",
+                                     "passive", "format", "arguments"}));
             ExchangeSpec x;
             auto name = get_string(c, t, "name");
-            if (!name) return std::unexpected(name.error());
+            CONVEYOR_TRY(name);
             if (name->empty()) return bad(c, &e, "[[exchange]] needs a 'name'");
             x.name = *name;
             auto type = get_string(c, t, "type", "direct");
-            if (!type) return std::unexpected(type.error());
+            CONVEYOR_TRY(type);
             static constexpr std::string_view kTypes[] = {"direct", "fanout", "topic", "headers",
                                                           "x-consistent-hash"};
             if (std::find(std::begin(kTypes), std::end(kTypes), *type) == std::end(kTypes))
@@ -373,16 +365,16 @@ Result<Config> parse_config_text(std::string_view text, std::string_view source)
             for (auto [key, field] :
                  {std::pair{"durable", &x.durable}, std::pair{"auto_delete", &x.auto_delete},
                   std::pair{"internal", &x.internal}, std::pair{"passive", &x.passive}})
-                if (auto ok = get_bool(c, t, key, *field); !ok) return ok;
+                CONVEYOR_TRY(get_bool(c, t, key, *field));
             auto format = get_string(c, t, "format", "celery");
-            if (!format) return std::unexpected(format.error());
+            CONVEYOR_TRY(format);
             if (*format != "celery" && *format != "raw")
                 return bad(c, t.get("format"),
                            fmt::format("exchange '{}' has format '{}'; use \"celery\" or \"raw\"",
                                        x.name, *format));
             x.format = *format;
             auto args = get_arguments(c, t);
-            if (!args) return std::unexpected(args.error());
+            CONVEYOR_TRY(args);
             x.arguments = std::move(*args);
             for (auto& other : cfg.exchanges)
                 if (other.name == x.name)
@@ -390,24 +382,22 @@ Result<Config> parse_config_text(std::string_view text, std::string_view source)
             cfg.exchanges.push_back(std::move(x));
             return {};
         });
-    if (!exchanges) return std::unexpected(exchanges.error());
+    CONVEYOR_TRY(exchanges);
 
     auto bindings = each_table(
         c, root, "binding", [&](const toml::table& t, const toml::node& e) -> Result<void> {
-            if (auto ok =
-                    check_keys(c, t, "[[binding]]",
-                               {"exchange", "queue", "to_exchange", "routing_key", "arguments"});
-                !ok)
-                return ok;
+            CONVEYOR_TRY(
+                check_keys(c, t, "[[binding]]",
+                           {"exchange", "queue", "to_exchange", "routing_key", "arguments"}));
             BindingSpec b;
             auto ex = get_string(c, t, "exchange");
-            if (!ex) return std::unexpected(ex.error());
+            CONVEYOR_TRY(ex);
             auto q = get_string(c, t, "queue");
-            if (!q) return std::unexpected(q.error());
+            CONVEYOR_TRY(q);
             auto to = get_string(c, t, "to_exchange");
-            if (!to) return std::unexpected(to.error());
+            CONVEYOR_TRY(to);
             auto key = get_string(c, t, "routing_key");
-            if (!key) return std::unexpected(key.error());
+            CONVEYOR_TRY(key);
             if (ex->empty()) return bad(c, &e, "[[binding]] needs an 'exchange'");
             if (q->empty() == to->empty())
                 return bad(c, &e, "[[binding]] needs exactly one of 'queue' and 'to_exchange'");
@@ -416,12 +406,12 @@ Result<Config> parse_config_text(std::string_view text, std::string_view source)
             b.to_exchange = *to;
             b.routing_key = *key;
             auto args = get_arguments(c, t);
-            if (!args) return std::unexpected(args.error());
+            CONVEYOR_TRY(args);
             b.arguments = std::move(*args);
             cfg.bindings.push_back(std::move(b));
             return {};
         });
-    if (!bindings) return std::unexpected(bindings.error());
+    CONVEYOR_TRY(bindings);
 
     if (auto* tn = root.get("task")) {
         auto* arr = tn->as_array();
@@ -429,33 +419,31 @@ Result<Config> parse_config_text(std::string_view text, std::string_view source)
         for (auto& e : *arr) {
             auto* t = e.as_table();
             if (!t) return bad(c, &e, "each [[task]] must be a table");
-            if (auto ok = check_keys(
-                    c, *t, "[[task]]",
-                    {"name", "queue", "exec", "http", "timeout", "max_retries", "retry_backoff",
-                     "retry_backoff_max", "retry_jitter", "track_started", "input"});
-                !ok)
-                return std::unexpected(ok.error());
+            CONVEYOR_TRY(check_keys(
+                c, *t, "[[task]]",
+                {"name", "queue", "exec", "http", "timeout", "max_retries", "retry_backoff",
+                 "retry_backoff_max", "retry_jitter", "track_started", "input"}));
             TaskConfig task;
             task.retry = cfg.default_retry;
             auto name = get_string(c, *t, "name");
-            if (!name) return std::unexpected(name.error());
+            CONVEYOR_TRY(name);
             if (name->empty()) return bad(c, &e, "[[task]] needs a 'name'");
             task.name = *name;
             auto queue = get_string(c, *t, "queue");
-            if (!queue) return std::unexpected(queue.error());
+            CONVEYOR_TRY(queue);
             task.queue = *queue;
             if (auto* ex = t->get("exec")) {
                 if (auto s = ex->value<std::string>()) {
                     task.exec = {"/bin/sh", "-c", *s};
                 } else {
                     auto list = string_list(c, ex, "exec");
-                    if (!list) return std::unexpected(list.error());
+                    CONVEYOR_TRY(list);
                     if (list->empty()) return bad(c, ex, "'exec' must not be empty");
                     task.exec = std::move(*list);
                 }
             }
             auto http = get_string(c, *t, "http");
-            if (!http) return std::unexpected(http.error());
+            CONVEYOR_TRY(http);
             task.http = *http;
             if (!task.http.empty() && !task.exec.empty())
                 return bad(
@@ -467,13 +455,12 @@ Result<Config> parse_config_text(std::string_view text, std::string_view source)
                     c, t->get("http"),
                     fmt::format("task '{}': 'http' must be an http:// or https:// URL", task.name));
             auto timeout = get_bounded(c, *t, "timeout", 0.001, codec::kMaxTimeLimit);
-            if (!timeout) return std::unexpected(timeout.error());
+            CONVEYOR_TRY(timeout);
             task.timeout = *timeout;
-            if (auto ok = parse_retry(c, *t, task.retry); !ok) return std::unexpected(ok.error());
-            if (auto ok = get_bool(c, *t, "track_started", task.track_started); !ok)
-                return std::unexpected(ok.error());
+            CONVEYOR_TRY(parse_retry(c, *t, task.retry));
+            CONVEYOR_TRY(get_bool(c, *t, "track_started", task.track_started));
             auto input = get_string(c, *t, "input");
-            if (!input) return std::unexpected(input.error());
+            CONVEYOR_TRY(input);
             if (!input->empty() && *input != "task" && *input != "body")
                 return bad(c, t->get("input"),
                            fmt::format("task '{}': 'input' must be \"task\" or \"body\", not '{}'",
@@ -487,12 +474,10 @@ Result<Config> parse_config_text(std::string_view text, std::string_view source)
 
     auto schedules = each_table(
         c, root, "schedule", [&](const toml::table& t, const toml::node& e) -> Result<void> {
-            if (auto ok = check_keys(c, t, "[[schedule]]",
-                                     {"name", "task", "cron", "every", "timezone", "args", "kwargs",
-                                      "queue", "priority", "catch_up", "catch_up_limit",
-                                      "catch_up_window", "overlap", "paused"});
-                !ok)
-                return ok;
+            CONVEYOR_TRY(check_keys(
+                c, t, "[[schedule]]",
+                {"name", "task", "cron", "every", "timezone", "args", "kwargs", "queue", "priority",
+                 "catch_up", "catch_up_limit", "catch_up_window", "overlap", "paused"}));
             auto spec = ScheduleSpec::from_json(to_json(t));
             if (!spec) return bad(c, &e, spec.error().message);
             for (auto& other : cfg.schedules)
@@ -501,30 +486,28 @@ Result<Config> parse_config_text(std::string_view text, std::string_view source)
             cfg.schedules.push_back(std::move(*spec));
             return {};
         });
-    if (!schedules) return std::unexpected(schedules.error());
+    CONVEYOR_TRY(schedules);
 
     if (auto* wn = root.get("worker")) {
         auto* t = wn->as_table();
         if (!t) return bad(c, wn, "'worker' must be a table");
-        if (auto ok = check_keys(c, *t, "[worker]",
-                                 {"queues", "concurrency", "prefetch", "lease", "shutdown_grace",
-                                  "delivery_limit", "track_started"});
-            !ok)
-            return std::unexpected(ok.error());
+        CONVEYOR_TRY(check_keys(c, *t, "[worker]",
+                                {"queues", "concurrency", "prefetch", "lease", "shutdown_grace",
+                                 "delivery_limit", "track_started"}));
         if (auto* q = t->get("queues")) {
             auto list = string_list(c, q, "queues");
-            if (!list) return std::unexpected(list.error());
+            CONVEYOR_TRY(list);
             cfg.worker.queues = std::move(*list);
         }
         auto conc = get_int(c, *t, "concurrency");
-        if (!conc) return std::unexpected(conc.error());
+        CONVEYOR_TRY(conc);
         if (*conc) {
             if (**conc < 1 || **conc > 1024)
                 return bad(c, t->get("concurrency"), "'concurrency' must be 1..1024");
             cfg.worker.concurrency = int(**conc);
         }
         auto pf = get_int(c, *t, "prefetch");
-        if (!pf) return std::unexpected(pf.error());
+        CONVEYOR_TRY(pf);
         if (*pf) {
             if (**pf < 0 || **pf > 100000)
                 return bad(c, t->get("prefetch"),
@@ -534,13 +517,13 @@ Result<Config> parse_config_text(std::string_view text, std::string_view source)
             cfg.worker.prefetch = int(**pf);
         }
         auto lease = get_bounded(c, *t, "lease", 0.2, 86400);
-        if (!lease) return std::unexpected(lease.error());
+        CONVEYOR_TRY(lease);
         if (*lease) cfg.worker.lease = **lease;
         auto grace = get_bounded(c, *t, "shutdown_grace", 0, 86400);
-        if (!grace) return std::unexpected(grace.error());
+        CONVEYOR_TRY(grace);
         if (*grace) cfg.worker.shutdown_grace = **grace;
         auto limit = get_int(c, *t, "delivery_limit");
-        if (!limit) return std::unexpected(limit.error());
+        CONVEYOR_TRY(limit);
         if (*limit) {
             if (**limit < 0 || **limit > 1000)
                 return bad(c, t->get("delivery_limit"),
@@ -548,8 +531,7 @@ Result<Config> parse_config_text(std::string_view text, std::string_view source)
                                        **limit));
             cfg.worker.delivery_limit = int(**limit);
         }
-        if (auto ok = get_bool(c, *t, "track_started", cfg.worker.track_started); !ok)
-            return std::unexpected(ok.error());
+        CONVEYOR_TRY(get_bool(c, *t, "track_started", cfg.worker.track_started));
     }
     for (auto& t : cfg.tasks) {
         if (!t.queue.empty() && !cfg.find_queue(t.queue)) {

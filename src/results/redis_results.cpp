@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "core/result_meta.hpp"
+#include "core/try.hpp"
 #include "core/url.hpp"
 
 namespace conveyor::results {
@@ -50,7 +51,7 @@ struct RedisResults::Conn {
     }
     /// Sends a command given as arguments; waits for its reply.
     Result<Reply> command(std::initializer_list<std::string_view> args, std::string_view what) {
-        if (auto ok = append(args); !ok) return std::unexpected(ok.error());
+        CONVEYOR_TRY(append(args));
         return read(what);
     }
     Result<void> append(std::initializer_list<std::string_view> args) {
@@ -97,7 +98,7 @@ Result<RedisOptions> parse_redis_url(std::string_view url) {
     }
     auto authority =
         detail::parse_authority(rest, fmt::format("result backend '{}':", detail::redact_url(url)));
-    if (!authority) return std::unexpected(authority.error());
+    CONVEYOR_TRY(authority);
     // redis://:PASSWORD@host, or redis://PASSWORD@host as redis-py also takes it.
     o.password = authority->has_password ? authority->password : authority->user;
     if (authority->port) o.port = *authority->port;
@@ -132,12 +133,11 @@ Result<std::unique_ptr<RedisResults::Conn>> RedisResults::checkout() {
     redisSetTimeout(c->ctx, to_timeval(opts_.timeout));
     redisEnableKeepAlive(c->ctx);
     if (!opts_.password.empty()) {
-        if (auto r = c->command({"AUTH", opts_.password}, "AUTH"); !r)
-            return std::unexpected(r.error());
+        CONVEYOR_TRY(c->command({"AUTH", opts_.password}, "AUTH"));
     }
     if (opts_.db != 0) {
         auto db = std::to_string(opts_.db);
-        if (auto r = c->command({"SELECT", db}, "SELECT"); !r) return std::unexpected(r.error());
+        CONVEYOR_TRY(c->command({"SELECT", db}, "SELECT"));
     }
     return c;
 }
@@ -150,9 +150,9 @@ void RedisResults::checkin(std::unique_ptr<Conn> c) {
 
 Result<void> RedisResults::check() {
     auto c = checkout();
-    if (!c) return std::unexpected(c.error());
+    CONVEYOR_TRY(c);
     auto r = (*c)->command({"PING"}, "PING");
-    if (!r) return std::unexpected(r.error());
+    CONVEYOR_TRY(r);
     checkin(std::move(*c));
     return {};
 }
@@ -160,18 +160,18 @@ Result<void> RedisResults::check() {
 Result<void> RedisResults::store(std::span<const TaskResult> results) {
     if (results.empty()) return {};
     auto c = checkout();
-    if (!c) return std::unexpected(c.error());
+    CONVEYOR_TRY(c);
     Conn& conn = **c;
     std::vector<std::string> keys;
     keys.reserve(results.size());
     for (auto& r : results) {
         keys.push_back(key(r.id));
-        if (auto ok = conn.append({"GET", keys.back()}); !ok) return ok;
+        CONVEYOR_TRY(conn.append({"GET", keys.back()}));
     }
     std::vector<bool> skip(results.size(), false);
     for (std::size_t i = 0; i < results.size(); ++i) {
         auto r = conn.read("GET");
-        if (!r) return std::unexpected(r.error());
+        CONVEYOR_TRY(r);
         if (auto v = text(r->get()); !v.empty()) {
             auto stored = result_meta::decode(v);
             skip[i] = stored && stored->state == TaskState::success;
@@ -187,23 +187,22 @@ Result<void> RedisResults::store(std::span<const TaskResult> results) {
             if (!ok) return ok;
         ++sent;
     }
-    for (std::size_t i = 0; i < sent * 4; ++i)
-        if (auto r = conn.read("storing a result"); !r) return std::unexpected(r.error());
+    for (std::size_t i = 0; i < sent * 4; ++i) CONVEYOR_TRY(conn.read("storing a result"));
     checkin(std::move(*c));
     return {};
 }
 
 Result<TaskResult> RedisResults::get(std::string_view id) {
     auto c = checkout();
-    if (!c) return std::unexpected(c.error());
+    CONVEYOR_TRY(c);
     auto r = (*c)->command({"GET", key(id)}, "GET");
-    if (!r) return std::unexpected(r.error());
+    CONVEYOR_TRY(r);
     checkin(std::move(*c));
     TaskResult out;
     out.id = std::string(id);
     if (auto v = text(r->get()); !v.empty()) {
         auto stored = result_meta::decode(v);
-        if (!stored) return std::unexpected(stored.error());
+        CONVEYOR_TRY(stored);
         out = std::move(*stored);
         if (out.id.empty()) out.id = std::string(id);
     }
@@ -214,11 +213,10 @@ Result<TaskResult> RedisResults::wait(std::string_view id, milliseconds timeout)
     auto deadline = steady_clock::now() + timeout;
     // Subscribe first, then look: a result stored in between is seen either way.
     auto sub = checkout();
-    if (!sub) return std::unexpected(sub.error());
+    CONVEYOR_TRY(sub);
     std::unique_ptr<Conn> listener = std::move(*sub);
     std::string channel = key(id);
-    if (auto r = listener->command({"SUBSCRIBE", channel}, "SUBSCRIBE"); !r)
-        return std::unexpected(r.error());
+    CONVEYOR_TRY(listener->command({"SUBSCRIBE", channel}, "SUBSCRIBE"));
     // A subscribed connection is never pooled again; it closes when this returns.
     auto now = get(id);
     if (!now || now->ready()) return now;
@@ -253,15 +251,14 @@ Result<TaskResult> RedisResults::wait(std::string_view id, milliseconds timeout)
 
 Result<void> RedisResults::begin_chord(std::string_view group_id, std::size_t size) {
     auto c = checkout();
-    if (!c) return std::unexpected(c.error());
+    CONVEYOR_TRY(c);
     std::string key = fmt::format("celery-taskset-meta-{}.s", group_id);
     std::string ttl = std::to_string(opts_.expires.count());
     std::string n = std::to_string(size);
     for (auto ok : {(*c)->append({"MULTI"}), (*c)->append({"SETEX", key, ttl, n}),
                     (*c)->append({"PUBLISH", key, n}), (*c)->append({"EXEC"})})
         if (!ok) return ok;
-    for (int i = 0; i < 4; ++i)
-        if (auto r = (*c)->read("starting a chord"); !r) return std::unexpected(r.error());
+    for (int i = 0; i < 4; ++i) CONVEYOR_TRY((*c)->read("starting a chord"));
     checkin(std::move(*c));
     return {};
 }
@@ -269,7 +266,7 @@ Result<void> RedisResults::begin_chord(std::string_view group_id, std::size_t si
 Result<ChordParts> RedisResults::chord_part_done(std::string_view group_id, int index,
                                                  const TaskResult& part) {
     auto c = checkout();
-    if (!c) return std::unexpected(c.error());
+    CONVEYOR_TRY(c);
     Conn& conn = **c;
     std::string base = fmt::format("celery-taskset-meta-{}", group_id);
     std::string jkey = base + ".j", tkey = base + ".t", skey = base + ".s";
@@ -282,11 +279,11 @@ Result<ChordParts> RedisResults::chord_part_done(std::string_view group_id, int 
                     conn.append({"GET", skey}), conn.append({"EXPIRE", jkey, ttl}),
                     conn.append({"EXPIRE", tkey, ttl}), conn.append({"EXPIRE", skey, ttl}),
                     conn.append({"EXEC"})})
-        if (!ok) return std::unexpected(ok.error());
+        CONVEYOR_TRY(ok);
     for (int i = 0; i < 8; ++i)  // MULTI's OK and seven QUEUED
-        if (auto r = conn.read("counting a chord part"); !r) return std::unexpected(r.error());
+        CONVEYOR_TRY(conn.read("counting a chord part"));
     auto exec = conn.read("counting a chord part");
-    if (!exec) return std::unexpected(exec.error());
+    CONVEYOR_TRY(exec);
     const redisReply* x = exec->get();
     if (!x || x->type != REDIS_REPLY_ARRAY || x->elements < 4)
         return fail(Errc::unavailable, "Redis result backend: unexpected reply to a chord update");
@@ -306,7 +303,7 @@ Result<ChordParts> RedisResults::chord_part_done(std::string_view group_id, int 
         return out;
     }
     auto all = conn.command({"ZRANGE", jkey, "0", "-1"}, "reading a chord's parts");
-    if (!all) return std::unexpected(all.error());
+    CONVEYOR_TRY(all);
     for (std::size_t i = 0; i < (*all)->elements; ++i) {
         Json m = Json::parse(text((*all)->element[i]), nullptr, false);
         if (!m.is_array() || m.size() != 4) continue;
@@ -320,9 +317,8 @@ Result<ChordParts> RedisResults::chord_part_done(std::string_view group_id, int 
     out.complete = true;
     for (auto ok : {conn.append({"MULTI"}), conn.append({"DEL", jkey}), conn.append({"DEL", tkey}),
                     conn.append({"DEL", skey}), conn.append({"EXEC"})})
-        if (!ok) return std::unexpected(ok.error());
-    for (int i = 0; i < 5; ++i)
-        if (auto r = conn.read("finishing a chord"); !r) return std::unexpected(r.error());
+        CONVEYOR_TRY(ok);
+    for (int i = 0; i < 5; ++i) CONVEYOR_TRY(conn.read("finishing a chord"));
     checkin(std::move(*c));
     return out;
 }

@@ -9,6 +9,7 @@
 
 #include "conveyor/schedule.hpp"
 #include "core/time.hpp"
+#include "core/try.hpp"
 
 namespace conveyor {
 
@@ -74,9 +75,9 @@ Result<void> parse_field(std::string_view text, const FieldDef& f, std::bitset<N
         if (part == "*" || part == "?") {
         } else if (auto dash = part.find('-'); dash != std::string_view::npos) {
             auto a = value_of(part.substr(0, dash), f);
-            if (!a) return std::unexpected(a.error());
+            CONVEYOR_TRY(a);
             auto b = value_of(part.substr(dash + 1), f);
-            if (!b) return std::unexpected(b.error());
+            CONVEYOR_TRY(b);
             lo = *a;
             hi = *b;
             if (lo > hi)
@@ -84,7 +85,7 @@ Result<void> parse_field(std::string_view text, const FieldDef& f, std::bitset<N
                             fmt::format("range {}-{} in {} runs backwards", lo, hi, f.name));
         } else {
             auto a = value_of(part, f);
-            if (!a) return std::unexpected(a.error());
+            CONVEYOR_TRY(a);
             lo = *a;
             hi = step > 1 ? f.hi : *a;  // "5/15" means from 5 to the end, every 15
         }
@@ -146,9 +147,7 @@ Result<CronExpr> CronExpr::parse(std::string_view text) {
     std::size_t i = 0;
     bool any = false;
     if (fields.size() == 6) {
-        if (auto ok = parse_field(fields[i++], FieldDef{"second", 0, 59, nullptr}, c.seconds_, any);
-            !ok)
-            return std::unexpected(ok.error());
+        CONVEYOR_TRY(parse_field(fields[i++], FieldDef{"second", 0, 59, nullptr}, c.seconds_, any));
     } else {
         c.seconds_.set(0);
     }
@@ -158,24 +157,14 @@ Result<CronExpr> CronExpr::parse(std::string_view text) {
                         fmt::format("cron expression '{}': {}", text, ok.error().message));
         return {};
     };
-    if (auto ok =
-            wrap(parse_field(fields[i++], FieldDef{"minute", 0, 59, nullptr}, c.minutes_, any));
-        !ok)
-        return std::unexpected(ok.error());
-    if (auto ok = wrap(parse_field(fields[i++], FieldDef{"hour", 0, 23, nullptr}, c.hours_, any));
-        !ok)
-        return std::unexpected(ok.error());
-    if (auto ok = wrap(parse_field(fields[i++], FieldDef{"day of month", 1, 31, nullptr}, c.days_,
-                                   c.any_day_));
-        !ok)
-        return std::unexpected(ok.error());
-    if (auto ok = wrap(parse_field(fields[i++], FieldDef{"month", 1, 12, kMonths}, c.months_, any));
-        !ok)
-        return std::unexpected(ok.error());
-    if (auto ok = wrap(parse_field(fields[i++], FieldDef{"day of week", 0, 6, kDays}, c.weekdays_,
-                                   c.any_weekday_));
-        !ok)
-        return std::unexpected(ok.error());
+    CONVEYOR_TRY(
+        wrap(parse_field(fields[i++], FieldDef{"minute", 0, 59, nullptr}, c.minutes_, any)));
+    CONVEYOR_TRY(wrap(parse_field(fields[i++], FieldDef{"hour", 0, 23, nullptr}, c.hours_, any)));
+    CONVEYOR_TRY(wrap(
+        parse_field(fields[i++], FieldDef{"day of month", 1, 31, nullptr}, c.days_, c.any_day_)));
+    CONVEYOR_TRY(wrap(parse_field(fields[i++], FieldDef{"month", 1, 12, kMonths}, c.months_, any)));
+    CONVEYOR_TRY(wrap(parse_field(fields[i++], FieldDef{"day of week", 0, 6, kDays}, c.weekdays_,
+                                  c.any_weekday_)));
     return c;
 }
 
@@ -275,7 +264,7 @@ Result<TimePoint> ScheduleSpec::next_fire(TimePoint after) const {
         return TimePoint(duration_cast<SystemClock::duration>(period * k));
     }
     auto c = CronExpr::parse(cron);
-    if (!c) return std::unexpected(c.error());
+    CONVEYOR_TRY(c);
     return c->next(after, timezone);
 }
 
@@ -320,7 +309,7 @@ Result<ScheduleSpec> ScheduleSpec::from_json(const Json& j) {
         return fail(Errc::invalid_argument,
                     fmt::format("a schedule field has the wrong type ({})", e.what()));
     }
-    if (auto ok = s.validate(); !ok) return std::unexpected(ok.error());
+    CONVEYOR_TRY(s.validate());
     return s;
 }
 

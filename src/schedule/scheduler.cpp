@@ -12,6 +12,7 @@
 #include "core/lifecycle.hpp"
 #include "core/node.hpp"
 #include "core/time.hpp"
+#include "core/try.hpp"
 
 namespace conveyor {
 
@@ -79,7 +80,7 @@ Result<std::vector<ScheduleStatus>> Scheduler::status(ScheduleStore& store,
     std::vector<ScheduleStatus> out;
     for (auto& s : configured) out.push_back(ScheduleStatus{s, "config", {}, {}, {}});
     auto overrides = store.overrides();
-    if (!overrides) return std::unexpected(overrides.error());
+    CONVEYOR_TRY(overrides);
     for (auto& j : overrides->added) {
         auto s = ScheduleSpec::from_json(j);
         if (!s) continue;  // written by a newer version: not ours to run
@@ -91,7 +92,7 @@ Result<std::vector<ScheduleStatus>> Scheduler::status(ScheduleStore& store,
     std::vector<std::string> names;
     for (auto& st : out) names.push_back(st.spec.name);
     auto last = store.last_fires(names);
-    if (!last) return std::unexpected(last.error());
+    CONVEYOR_TRY(last);
     auto now = SystemClock::now();
     for (auto& st : out) {
         if (auto p = overrides->paused.find(st.spec.name); p != overrides->paused.end())
@@ -108,7 +109,7 @@ Result<std::vector<ScheduleStatus>> Scheduler::status(ScheduleStore& store,
 
 Result<void> Scheduler::tick(ScheduleStore& store) {
     auto led = store.lead(opts_.name, opts_.lease);
-    if (!led) return std::unexpected(led.error());
+    CONVEYOR_TRY(led);
     if (!*led) {
         if (leading_) fmt::print(stderr, "conveyor scheduler {}: no longer leading\n", opts_.name);
         leading_ = false;
@@ -118,7 +119,7 @@ Result<void> Scheduler::tick(ScheduleStore& store) {
     leading_ = true;
 
     auto statuses = status(store, opts_.schedules);
-    if (!statuses) return std::unexpected(statuses.error());
+    CONVEYOR_TRY(statuses);
     auto now = SystemClock::now();
     std::vector<ScheduleFire> fires;
     for (auto& st : *statuses) {
@@ -175,16 +176,15 @@ Result<void> Scheduler::tick(ScheduleStore& store) {
     }
     if (fires.empty()) return {};
     auto ok = store.fire(opts_.name, fires);
-    if (!ok) return std::unexpected(ok.error());
+    CONVEYOR_TRY(ok);
     if (!*ok) leading_ = false;
     return {};
 }
 
 Result<void> Scheduler::loop() {
     auto store = broker_->schedule_store();
-    if (!store) return std::unexpected(store.error());
-    for (auto& s : opts_.schedules)
-        if (auto ok = s.validate(); !ok) return ok;
+    CONVEYOR_TRY(store);
+    for (auto& s : opts_.schedules) CONVEYOR_TRY(s.validate());
     std::string last_error;
     while (!stop_) {
         auto started = steady_clock::now();

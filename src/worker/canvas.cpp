@@ -6,6 +6,7 @@
 
 #include "core/codec.hpp"
 #include "core/time.hpp"
+#include "core/try.hpp"
 
 namespace conveyor::canvas {
 
@@ -142,8 +143,8 @@ Result<void> apply(Broker& broker, const Json& sig, const std::optional<Json>& p
         if (gid.empty()) gid = make_task_id();
         for (auto& member : member_tasks(sig)) {
             auto m = with_options(member, {{"group_id", gid}});
-            if (!m) return std::unexpected(m.error());
-            if (auto ok = apply(broker, *m, prepend, parent, ctx, out); !ok) return ok;
+            CONVEYOR_TRY(m);
+            CONVEYOR_TRY(apply(broker, *m, prepend, parent, ctx, out));
         }
         return {};
     }
@@ -154,12 +155,12 @@ Result<void> apply(Broker& broker, const Json& sig, const std::optional<Json>& p
         const Json& body = field(kw, "body");
         std::string gid = string_of(field(header, "options"), "task_id");
         if (gid.empty()) gid = make_task_id();
-        if (auto ok = broker.begin_chord(gid, members.size()); !ok) return ok;
+        CONVEYOR_TRY(broker.begin_chord(gid, members.size()));
         for (std::size_t i = 0; i < members.size(); ++i) {
             Json extra = {{"group_id", gid}, {"group_index", int(i)}, {"chord", body}};
             auto m = with_options(members[i], extra);
-            if (!m) return std::unexpected(m.error());
-            if (auto ok = apply(broker, *m, prepend, parent, ctx, out); !ok) return ok;
+            CONVEYOR_TRY(m);
+            CONVEYOR_TRY(apply(broker, *m, prepend, parent, ctx, out));
         }
         return {};
     }
@@ -181,7 +182,7 @@ Result<void> chord_part(Broker& broker, const TaskMessage& t, const TaskResult& 
     const Json& body = field(t.embed, "chord");
     if (!body.is_object() || t.group.empty()) return {};
     auto done = broker.chord_part_done(t.group, t.group_index.value_or(0), part);
-    if (!done) return std::unexpected(done.error());
+    CONVEYOR_TRY(done);
     if (!done->complete) return {};
     Json values = Json::array();
     for (auto& p : done->parts) {
@@ -213,8 +214,7 @@ Result<void> on_success(Broker& broker, const TaskMessage& t, const Json& result
                         std::vector<TaskResult>& results, std::vector<std::string>* children) {
     const std::size_t before = out.size();
     if (const Json& cbs = field(t.embed, "callbacks"); cbs.is_array())
-        for (auto& cb : cbs)
-            if (auto ok = apply(broker, cb, result, &t, ctx, out); !ok) return ok;
+        for (auto& cb : cbs) CONVEYOR_TRY(apply(broker, cb, result, &t, ctx, out));
     if (const Json& chain = field(t.embed, "chain"); non_empty_array(chain)) {
         Json rest = chain;
         Json next = rest.back();
@@ -224,14 +224,14 @@ Result<void> on_success(Broker& broker, const TaskMessage& t, const Json& result
                         fmt::format("a chain link is not a signature (an object) but {}",
                                     next.type_name()));
         if (string_of(next, "subtask_type").empty()) {
-            if (auto ok = apply_task(next, result, &t, ctx, rest, out); !ok) return ok;
+            CONVEYOR_TRY(apply_task(next, result, &t, ctx, rest, out));
         } else {
             // A nested workflow as a link: it gets the rest of the chain as its callback is
             // not expressible here, so it must be the last link.
             if (!rest.empty())
                 return fail(Errc::malformed,
                             "a nested workflow in the middle of a chain is not supported");
-            if (auto ok = apply(broker, next, result, &t, ctx, out); !ok) return ok;
+            CONVEYOR_TRY(apply(broker, next, result, &t, ctx, out));
         }
     }
     if (children)
@@ -260,7 +260,7 @@ Result<void> on_failure(Broker& broker, const TaskMessage& t, const TaskResult& 
             Json args = field(eb, "args").is_array() ? field(eb, "args") : Json::array();
             args.insert(args.begin(), t.id);
             sig["args"] = args;
-            if (auto ok = apply(broker, sig, std::nullopt, &t, ctx, out); !ok) return ok;
+            CONVEYOR_TRY(apply(broker, sig, std::nullopt, &t, ctx, out));
         }
     if (const Json& chain = field(t.embed, "chain"); chain.is_array())
         for (auto& link : chain) {

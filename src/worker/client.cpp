@@ -10,6 +10,7 @@
 #include "core/json_bounds.hpp"
 #include "core/node.hpp"
 #include "core/time.hpp"
+#include "core/try.hpp"
 #include "worker/canvas.hpp"
 
 namespace conveyor {
@@ -42,16 +43,12 @@ Result<OutgoingMessage> Client::prepare(TaskMessage t, const EnqueueOptions& o) 
             t.eta = detail::add_clamped(SystemClock::now(), *o.countdown);
     }
     if (t.eta)
-        if (auto ok = detail::check_time(*t.eta,
-                                         o.countdown && !o.eta ? "the countdown's end" : "the eta");
-            !ok)
-            return std::unexpected(ok.error());
-    if (t.expires)
-        if (auto ok = detail::check_time(*t.expires, "the expiry time"); !ok)
-            return std::unexpected(ok.error());
+        CONVEYOR_TRY(
+            detail::check_time(*t.eta, o.countdown && !o.eta ? "the countdown's end" : "the eta"));
+    if (t.expires) CONVEYOR_TRY(detail::check_time(*t.expires, "the expiry time"));
     if (t.reply_to.empty() && !t.ignore_result) {
         auto reply = broker_->reply_to();
-        if (!reply) return std::unexpected(reply.error());
+        CONVEYOR_TRY(reply);
         t.reply_to = std::move(*reply);
     }
     if (t.origin.empty()) {
@@ -67,7 +64,7 @@ Result<OutgoingMessage> Client::prepare(TaskMessage t, const EnqueueOptions& o) 
     if (o.raw || config_.publishes_raw(m.exchange, m.queue)) {
         if (!o.content_type.empty()) t.content_type = o.content_type;
         auto env = codec::encode_raw(t, m.exchange.empty() ? m.queue : m.exchange);
-        if (!env) return std::unexpected(env.error());
+        CONVEYOR_TRY(env);
         m.envelope = std::move(*env);
         return m;
     }
@@ -82,10 +79,9 @@ Result<std::string> Client::enqueue(std::string_view task, Json args, Json kwarg
     t.args = std::move(args);
     t.kwargs = std::move(kwargs);
     auto m = prepare(std::move(t), o);
-    if (!m) return std::unexpected(m.error());
+    CONVEYOR_TRY(m);
     std::string id = codec::envelope_id(m->envelope);
-    if (auto ok = detail::publish_moved(*broker_, std::span(&*m, 1)); !ok)
-        return std::unexpected(ok.error());
+    CONVEYOR_TRY(detail::publish_moved(*broker_, std::span(&*m, 1)));
     return id;
 }
 
@@ -99,11 +95,11 @@ Result<std::vector<std::string>> Client::enqueue_many(std::vector<TaskMessage> t
     common.id.clear();
     for (auto& t : tasks) {
         auto m = prepare(std::move(t), common);
-        if (!m) return std::unexpected(m.error());
+        CONVEYOR_TRY(m);
         ids.push_back(codec::envelope_id(m->envelope));
         msgs.push_back(std::move(*m));
     }
-    if (auto ok = detail::publish_moved(*broker_, msgs); !ok) return std::unexpected(ok.error());
+    CONVEYOR_TRY(detail::publish_moved(*broker_, msgs));
     return ids;
 }
 
@@ -114,7 +110,7 @@ Result<Json> Client::embed(Signature& s) const {
     if (s.id.empty()) s.id = make_task_id();
     if (s.queue.empty()) s.queue = config_.queue_for(s.task);
     auto reply = broker_->reply_to();
-    if (!reply) return std::unexpected(reply.error());
+    CONVEYOR_TRY(reply);
     Json options = {{"task_id", s.id}, {"queue", s.queue}};
     if (!reply->empty()) options["reply_to"] = *reply;
     return canvas::signature(s.task, s.args, s.kwargs, std::move(options), s.immutable);
@@ -125,7 +121,7 @@ namespace {
 Result<void> publish_workflow(Broker& broker, const Json& sig) {
     std::vector<OutgoingMessage> out;
     canvas::Context ctx{std::string(kDefaultQueue), {}, {}};
-    if (auto ok = canvas::apply(broker, sig, std::nullopt, nullptr, ctx, out); !ok) return ok;
+    CONVEYOR_TRY(canvas::apply(broker, sig, std::nullopt, nullptr, ctx, out));
     return broker.publish(out);
 }
 
@@ -136,13 +132,13 @@ Result<std::string> Client::chain(std::vector<Signature> tasks) {
     Json members = Json::array();
     for (auto& t : tasks) {
         auto sig = embed(t);
-        if (!sig) return std::unexpected(sig.error());
+        CONVEYOR_TRY(sig);
         members.push_back(std::move(*sig));
     }
     Json sig = {{"task", "celery.chain"},         {"args", Json::array()},
                 {"kwargs", {{"tasks", members}}}, {"options", Json::object()},
                 {"subtask_type", "chain"},        {"immutable", false}};
-    if (auto ok = publish_workflow(*broker_, sig); !ok) return std::unexpected(ok.error());
+    CONVEYOR_TRY(publish_workflow(*broker_, sig));
     return tasks.back().id;
 }
 
@@ -151,14 +147,14 @@ Result<std::vector<std::string>> Client::group(std::vector<Signature> tasks) {
     std::vector<std::string> ids;
     for (auto& t : tasks) {
         auto sig = embed(t);
-        if (!sig) return std::unexpected(sig.error());
+        CONVEYOR_TRY(sig);
         members.push_back(std::move(*sig));
         ids.push_back(t.id);
     }
     Json sig = {{"task", "celery.group"},         {"args", Json::array()},
                 {"kwargs", {{"tasks", members}}}, {"options", {{"task_id", make_task_id()}}},
                 {"subtask_type", "group"},        {"immutable", false}};
-    if (auto ok = publish_workflow(*broker_, sig); !ok) return std::unexpected(ok.error());
+    CONVEYOR_TRY(publish_workflow(*broker_, sig));
     return ids;
 }
 
@@ -167,18 +163,18 @@ Result<std::string> Client::chord(std::vector<Signature> header, Signature body)
     Json members = Json::array();
     for (auto& t : header) {
         auto sig = embed(t);
-        if (!sig) return std::unexpected(sig.error());
+        CONVEYOR_TRY(sig);
         members.push_back(std::move(*sig));
     }
     auto body_sig = embed(body);
-    if (!body_sig) return std::unexpected(body_sig.error());
+    CONVEYOR_TRY(body_sig);
     Json sig = {{"task", "celery.chord"},
                 {"args", Json::array()},
                 {"kwargs", {{"header", members}, {"body", *body_sig}}},
                 {"options", Json::object()},
                 {"subtask_type", "chord"},
                 {"immutable", false}};
-    if (auto ok = publish_workflow(*broker_, sig); !ok) return std::unexpected(ok.error());
+    CONVEYOR_TRY(publish_workflow(*broker_, sig));
     return body.id;
 }
 

@@ -19,6 +19,7 @@
 #include "core/lifecycle.hpp"
 #include "core/node.hpp"
 #include "core/time.hpp"
+#include "core/try.hpp"
 #include "worker/canvas.hpp"
 #include "worker/handlers.hpp"
 #include "worker/monitor.hpp"
@@ -578,11 +579,9 @@ struct Worker::Impl {
     Result<void> follow(const Job& job, Fn&& fn) {
         std::vector<OutgoingMessage> out;
         std::vector<TaskResult> extra;
-        if (auto ok = fn(out, extra); !ok) return ok;
-        if (!out.empty())
-            if (auto ok = broker->publish(out); !ok) return ok;
-        if (!extra.empty())
-            if (auto ok = broker->store_results(extra, job.task.reply_to); !ok) return ok;
+        CONVEYOR_TRY(fn(out, extra));
+        if (!out.empty()) CONVEYOR_TRY(broker->publish(out));
+        if (!extra.empty()) CONVEYOR_TRY(broker->store_results(extra, job.task.reply_to));
         return {};
     }
 
@@ -631,7 +630,7 @@ struct Worker::Impl {
         co.lease = opts.lease;
         co.name = opts.name;
         auto consumer_r = broker->consume(co);
-        if (!consumer_r) return std::unexpected(consumer_r.error());
+        CONVEYOR_TRY(consumer_r);
         auto& consumer = **consumer_r;
 
         {

@@ -18,6 +18,7 @@
 #include "core/codec.hpp"
 #include "core/result_meta.hpp"
 #include "core/time.hpp"
+#include "core/try.hpp"
 #include "core/url.hpp"
 
 namespace conveyor::amqp {
@@ -164,22 +165,19 @@ class AmqpBroker final : public Broker {
                 if (auto q = c.declare_queue(dq, Json::object(), {.passive = true}); !q)
                     return q.error().code == Errc::not_found ? Result<std::size_t>(0)
                                                              : std::unexpected(q.error());
-                if (auto ok = c.ensure_channel(kBrowseChannel); !ok)
-                    return std::unexpected(ok.error());
+                CONVEYOR_TRY(c.ensure_channel(kBrowseChannel));
                 Pool pool;
                 std::size_t n = 0, acted = 0;
                 Result<std::size_t> out = std::size_t{0};
                 while (n < limit) {
                     auto r = amqp_basic_get(c.raw(), kBrowseChannel, pool.bytes(dq), 0);
-                    if (auto ok = c.check(r, kBrowseChannel, fmt::format("reading '{}'", dq)); !ok)
-                        return std::unexpected(ok.error());
+                    CONVEYOR_TRY(c.check(r, kBrowseChannel, fmt::format("reading '{}'", dq)));
                     if (r.reply.id == AMQP_BASIC_GET_EMPTY_METHOD) break;
                     auto* ok = static_cast<amqp_basic_get_ok_t*>(r.reply.decoded);
                     std::uint64_t tag = ok->delivery_tag;
                     amqp_message_t msg;
                     auto rr = amqp_read_message(c.raw(), kBrowseChannel, &msg, 0);
-                    if (auto ok2 = c.check(rr, kBrowseChannel, "reading a dead letter"); !ok2)
-                        return std::unexpected(ok2.error());
+                    CONVEYOR_TRY(c.check(rr, kBrowseChannel, "reading a dead letter"));
                     Envelope env = envelope_of(msg.properties, msg.body);
                     amqp_destroy_message(&msg);
                     ++n;
@@ -224,7 +222,7 @@ class AmqpBroker final : public Broker {
             out.push_back(to_dead_letter(queue, env));
             return false;
         });
-        if (!r) return std::unexpected(r.error());
+        CONVEYOR_TRY(r);
         return out;
     }
 
@@ -243,8 +241,7 @@ class AmqpBroker final : public Broker {
             if (auto k = m.envelope.headers.find(kKeyHeader);
                 k != m.envelope.headers.end() && k->is_string())
                 m.ordering_key = k->get<std::string>();
-            if (auto ok = publish_messages(*e_, std::span(&m, 1)); !ok)
-                return std::unexpected(ok.error());
+            CONVEYOR_TRY(publish_messages(*e_, std::span(&m, 1)));
             return true;
         });
     }
@@ -283,20 +280,20 @@ Result<std::shared_ptr<Broker>> open_amqp_broker(const detail::BrokerUrl& url,
                                                  std::string url_text) {
     (void)url;  // the text may hold a failover list: parsed whole
     auto o = parse_connection_options(url_text);
-    if (!o) return std::unexpected(o.error());
+    CONVEYOR_TRY(o);
     auto e = std::make_shared<Engine>(*o, std::move(url_text));
     if (o->results == "none") {
         e->results_mode = ResultsMode::none;
     } else if (o->results.starts_with("redis://")) {
         auto ro = results::parse_redis_url(o->results);
-        if (!ro) return std::unexpected(ro.error());
+        CONVEYOR_TRY(ro);
         ro->expires = o->result_expires;
         e->redis = std::make_shared<results::RedisResults>(*ro);
-        if (auto ok = e->redis->check(); !ok) return std::unexpected(ok.error());
+        CONVEYOR_TRY(e->redis->check());
         e->results_mode = ResultsMode::redis;
     }
     auto c = e->checkout();
-    if (!c) return std::unexpected(c.error());
+    CONVEYOR_TRY(c);
     e->checkin(std::move(*c));
     return std::shared_ptr<Broker>(std::make_shared<AmqpBroker>(e));
 }

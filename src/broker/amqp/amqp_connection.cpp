@@ -21,6 +21,8 @@
 #include <cstring>
 #include <vector>
 
+#include "core/try.hpp"
+
 namespace conveyor::amqp {
 
 namespace {
@@ -107,7 +109,7 @@ Result<ConnectionOptions> parse_connection_options(const detail::BrokerUrl& url)
         rest = rest.substr(0, slash);
     }
     auto authority = detail::parse_authority(rest, "amqp URL");
-    if (!authority) return std::unexpected(authority.error());
+    CONVEYOR_TRY(authority);
     o.user = std::move(authority->user);
     o.password = std::move(authority->password);
     if (authority->port) o.port = *authority->port;
@@ -121,19 +123,19 @@ Result<ConnectionOptions> parse_connection_options(const detail::BrokerUrl& url)
         };
         if (k == "heartbeat") {
             auto s = detail::seconds_option("amqp", k, v, 0, 3600);
-            if (!s) return std::unexpected(s.error());
+            CONVEYOR_TRY(s);
             o.heartbeat = int(s->count() / 1000);
         } else if (k == "connect_timeout") {
             auto s = seconds_option(k, v);
-            if (!s) return std::unexpected(s.error());
+            CONVEYOR_TRY(s);
             o.connect_timeout = *s;
         } else if (k == "rpc_timeout") {
             auto s = seconds_option(k, v);
-            if (!s) return std::unexpected(s.error());
+            CONVEYOR_TRY(s);
             o.rpc_timeout = *s;
         } else if (k == "publish_timeout") {
             auto s = seconds_option(k, v);
-            if (!s) return std::unexpected(s.error());
+            CONVEYOR_TRY(s);
             o.publish_timeout = *s;
         } else if (k == "cacert") {
             o.cacert = url_decode(v);
@@ -156,7 +158,7 @@ Result<ConnectionOptions> parse_connection_options(const detail::BrokerUrl& url)
                                         o.results));
         } else if (k == "result_expires") {
             auto s = detail::seconds_option("amqp", k, v, 1, 10 * 365 * 86400.0);
-            if (!s) return std::unexpected(s.error());
+            CONVEYOR_TRY(s);
             o.result_expires = std::chrono::duration_cast<std::chrono::seconds>(*s);
         } else if (k == "delay_queue_type") {
             if (v != "quorum" && v != "classic")
@@ -187,12 +189,12 @@ Result<ConnectionOptions> parse_connection_options(std::string_view urls) {
     }
     if (parts.empty()) return fail(Errc::invalid_argument, "the broker URL is empty");
     auto first_url = detail::parse_broker_url(parts[0]);
-    if (!first_url) return std::unexpected(first_url.error());
+    CONVEYOR_TRY(first_url);
     auto first = parse_connection_options(*first_url);
-    if (!first) return std::unexpected(first.error());
+    CONVEYOR_TRY(first);
     for (std::size_t i = 1; i < parts.size(); ++i) {
         auto u = detail::parse_broker_url(parts[i]);
-        if (!u) return std::unexpected(u.error());
+        CONVEYOR_TRY(u);
         if (u->scheme != first_url->scheme)
             return fail(Errc::invalid_argument,
                         fmt::format("the failover URLs mix {}:// and {}://; use one scheme",
@@ -203,7 +205,7 @@ Result<ConnectionOptions> parse_connection_options(std::string_view urls) {
                                     "go on the first URL",
                                     i + 1));
         auto o = parse_connection_options(*u);
-        if (!o) return std::unexpected(o.error());
+        CONVEYOR_TRY(o);
         first->failover.push_back(static_cast<const Endpoint&>(*o));
     }
     return first;
@@ -484,14 +486,14 @@ Result<void> Connection::ensure_channel(amqp_channel_t channel) {
     if (!healthy_) return fail(Errc::unavailable, "the RabbitMQ connection was lost");
     if (channel < 4 && open_channels_[channel]) return {};
     amqp_channel_open(conn_, channel);
-    if (auto ok = check(amqp_get_rpc_reply(conn_), channel, "opening a channel"); !ok) return ok;
+    CONVEYOR_TRY(check(amqp_get_rpc_reply(conn_), channel, "opening a channel"));
     if (channel < 4) open_channels_[channel] = true;
     return {};
 }
 
 Result<void> Connection::declare_exchange(std::string_view name, std::string_view type,
                                           ExchangeFlags flags, const Json& arguments) {
-    if (auto ok = ensure_channel(kAdminChannel); !ok) return ok;
+    CONVEYOR_TRY(ensure_channel(kAdminChannel));
     pool_.clear();
     amqp_exchange_declare(conn_, kAdminChannel, pool_.bytes(name), pool_.bytes(type),
                           flags.passive ? 1 : 0, flags.durable ? 1 : 0, flags.auto_delete ? 1 : 0,
@@ -502,22 +504,20 @@ Result<void> Connection::declare_exchange(std::string_view name, std::string_vie
 
 Result<QueueInfo> Connection::declare_queue(std::string_view name, const Json& arguments,
                                             QueueFlags flags) {
-    if (auto ok = ensure_channel(kAdminChannel); !ok) return std::unexpected(ok.error());
+    CONVEYOR_TRY(ensure_channel(kAdminChannel));
     pool_.clear();
     auto* r = amqp_queue_declare(conn_, kAdminChannel, pool_.bytes(name), flags.passive ? 1 : 0,
                                  flags.durable ? 1 : 0, flags.exclusive ? 1 : 0,
                                  flags.auto_delete ? 1 : 0, pool_.table(arguments));
-    if (auto ok =
-            check(amqp_get_rpc_reply(conn_), kAdminChannel,
-                  fmt::format("{} queue '{}'", flags.passive ? "looking up" : "declaring", name));
-        !ok)
-        return std::unexpected(ok.error());
+    CONVEYOR_TRY(
+        check(amqp_get_rpc_reply(conn_), kAdminChannel,
+              fmt::format("{} queue '{}'", flags.passive ? "looking up" : "declaring", name)));
     return QueueInfo{r->message_count, r->consumer_count};
 }
 
 Result<void> Connection::bind_queue(std::string_view queue, std::string_view exchange,
                                     std::string_view key, const Json& arguments) {
-    if (auto ok = ensure_channel(kAdminChannel); !ok) return ok;
+    CONVEYOR_TRY(ensure_channel(kAdminChannel));
     pool_.clear();
     amqp_queue_bind(conn_, kAdminChannel, pool_.bytes(queue), pool_.bytes(exchange),
                     pool_.bytes(key), pool_.table(arguments));
@@ -528,7 +528,7 @@ Result<void> Connection::bind_queue(std::string_view queue, std::string_view exc
 
 Result<void> Connection::bind_exchange(std::string_view destination, std::string_view source,
                                        std::string_view key, const Json& arguments) {
-    if (auto ok = ensure_channel(kAdminChannel); !ok) return ok;
+    CONVEYOR_TRY(ensure_channel(kAdminChannel));
     pool_.clear();
     amqp_exchange_bind(conn_, kAdminChannel, pool_.bytes(destination), pool_.bytes(source),
                        pool_.bytes(key), pool_.table(arguments));
@@ -538,18 +538,16 @@ Result<void> Connection::bind_exchange(std::string_view destination, std::string
 }
 
 Result<std::uint32_t> Connection::purge_queue(std::string_view name) {
-    if (auto ok = ensure_channel(kAdminChannel); !ok) return std::unexpected(ok.error());
+    CONVEYOR_TRY(ensure_channel(kAdminChannel));
     pool_.clear();
     auto* r = amqp_queue_purge(conn_, kAdminChannel, pool_.bytes(name));
-    if (auto ok = check(amqp_get_rpc_reply(conn_), kAdminChannel,
-                        fmt::format("purging queue '{}'", name));
-        !ok)
-        return std::unexpected(ok.error());
+    CONVEYOR_TRY(
+        check(amqp_get_rpc_reply(conn_), kAdminChannel, fmt::format("purging queue '{}'", name)));
     return r->message_count;
 }
 
 Result<void> Connection::delete_queue(std::string_view name) {
-    if (auto ok = ensure_channel(kAdminChannel); !ok) return ok;
+    CONVEYOR_TRY(ensure_channel(kAdminChannel));
     pool_.clear();
     amqp_queue_delete(conn_, kAdminChannel, pool_.bytes(name), 0, 0);
     return check(amqp_get_rpc_reply(conn_), kAdminChannel,
@@ -561,11 +559,10 @@ Result<void> Connection::publish(std::span<const Wire> messages,
                                  std::span<bool> confirmed) {
     using namespace std::chrono;
     const amqp_channel_t ch = kPublishChannel;
-    if (auto ok = ensure_channel(ch); !ok) return ok;
+    CONVEYOR_TRY(ensure_channel(ch));
     if (!confirm_mode_) {
         amqp_confirm_select(conn_, ch);
-        if (auto ok = check(amqp_get_rpc_reply(conn_), ch, "enabling publisher confirms"); !ok)
-            return ok;
+        CONVEYOR_TRY(check(amqp_get_rpc_reply(conn_), ch, "enabling publisher confirms"));
         confirm_mode_ = true;
         next_seq_ = 1;
     }

@@ -15,6 +15,7 @@
 #include "broker/amqp/amqp_publish.hpp"
 #include "core/codec.hpp"
 #include "core/time.hpp"
+#include "core/try.hpp"
 
 namespace conveyor::amqp {
 
@@ -66,20 +67,18 @@ class AmqpConsumer final : public Consumer {
             return fail(Errc::conflict,
                         fmt::format("no queue of this worker can be used ({})", *unusable.begin()));
         auto c = Connection::open(e_->opts, opts_.name.empty() ? "conveyor-worker" : opts_.name);
-        if (!c) return std::unexpected(c.error());
+        CONVEYOR_TRY(c);
         auto& conn = **c;
-        if (auto ok = conn.ensure_channel(kConsumeChannel); !ok) return ok;
+        CONVEYOR_TRY(conn.ensure_channel(kConsumeChannel));
         amqp_basic_qos(conn.raw(), kConsumeChannel, 0,
                        std::uint16_t(std::clamp<std::size_t>(opts_.prefetch, 1, 65535)), 0);
-        if (auto ok =
-                conn.check(amqp_get_rpc_reply(conn.raw()), kConsumeChannel, "setting prefetch");
-            !ok)
-            return ok;
+        CONVEYOR_TRY(
+            conn.check(amqp_get_rpc_reply(conn.raw()), kConsumeChannel, "setting prefetch"));
         Pool pool;
         consumer_queue_.clear();
         for (auto& [physical, source] : physical_) {
             if (unusable.contains(source.queue)) continue;
-            if (auto ok = start_consuming(conn, physical, source); !ok) return ok;
+            CONVEYOR_TRY(start_consuming(conn, physical, source));
         }
         conn_ = std::move(*c);
         ++generation_;
@@ -418,7 +417,7 @@ class AmqpConsumer final : public Consumer {
         bool has = std::find(qs.begin(), qs.end(), queue) != qs.end();
         if (consume == has) return {};
         if (consume) {
-            if (auto ok = e_->ensure_queues({queue}); !ok) return ok;
+            CONVEYOR_TRY(e_->ensure_queues({queue}));
             qs.push_back(queue);
             std::vector<std::string> added;
             auto spec = e_->spec_of(queue);
@@ -432,8 +431,7 @@ class AmqpConsumer final : public Consumer {
                 added.push_back(queue);
             }
             if (conn_ && conn_->healthy())
-                for (auto& p : added)
-                    if (auto ok = start_consuming(*conn_, p, physical_[p]); !ok) return ok;
+                for (auto& p : added) CONVEYOR_TRY(start_consuming(*conn_, p, physical_[p]));
             return {};
         }
         std::erase(qs, queue);
@@ -443,10 +441,8 @@ class AmqpConsumer final : public Consumer {
             for (auto& [ctag, source] : consumer_queue_) {
                 if (source.queue != queue) continue;
                 amqp_basic_cancel(conn_->raw(), kConsumeChannel, pool.bytes(ctag));
-                if (auto ok = conn_->check(amqp_get_rpc_reply(conn_->raw()), kConsumeChannel,
-                                           fmt::format("no longer consuming from '{}'", queue));
-                    !ok)
-                    return ok;
+                CONVEYOR_TRY(conn_->check(amqp_get_rpc_reply(conn_->raw()), kConsumeChannel,
+                                          fmt::format("no longer consuming from '{}'", queue)));
             }
         }
         return {};
@@ -502,7 +498,7 @@ Result<std::unique_ptr<Consumer>> open_consumer(std::shared_ptr<Engine> engine,
                                                 const ConsumerOptions& options) {
     if (options.queues.empty()) return fail(Errc::invalid_argument, "a consumer needs queues");
     auto c = std::make_unique<AmqpConsumer>(std::move(engine), options);
-    if (auto ok = c->open_first(); !ok) return std::unexpected(ok.error());
+    CONVEYOR_TRY(c->open_first());
     return std::unique_ptr<Consumer>(std::move(c));
 }
 

@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "core/json_bounds.hpp"
+#include "core/try.hpp"
 
 namespace conveyor::amqp {
 
@@ -48,7 +49,7 @@ Result<std::optional<ControlRequest>> request_of(const Envelope& e, const std::s
         return fail(Errc::malformed, fmt::format("the request of {} bytes exceeds {} bytes",
                                                  e.body.size(), kMaxRequest));
     auto body = detail::parse_untrusted(e.body, "the request");
-    if (!body) return std::unexpected(body.error());
+    CONVEYOR_TRY(body);
     if (!body->is_object()) return fail(Errc::malformed, "the request is not a JSON object");
     auto method = body->find("method");
     if (method == body->end() || !method->is_string())
@@ -75,7 +76,7 @@ class AmqpControl final : public ControlChannel {
 
     Result<void> publish_events(std::span<const Json> events) override {
         if (events.empty()) return {};
-        if (auto ok = ensure(); !ok) return ok;
+        CONVEYOR_TRY(ensure());
         Pool pool;
         for (auto& e : events) {
             std::string type = e.value("type", "");
@@ -86,14 +87,14 @@ class AmqpControl final : public ControlChannel {
             env.content_encoding = "utf-8";
             env.headers = {{"hostname", node_}};
             env.body = e.dump(-1, ' ', true, Json::error_handler_t::replace);
-            if (auto ok = send(pool, kEventExchange, key, env); !ok) return ok;
+            CONVEYOR_TRY(send(pool, kEventExchange, key, env));
             pool.clear();
         }
         return {};
     }
 
     Result<std::optional<ControlRequest>> next_request(milliseconds wait) override {
-        if (auto ok = ensure(); !ok) return std::unexpected(ok.error());
+        CONVEYOR_TRY(ensure());
         auto deadline = steady_clock::now() + wait;
         for (;;) {
             auto left = duration_cast<microseconds>(deadline - steady_clock::now());
@@ -129,12 +130,10 @@ class AmqpControl final : public ControlChannel {
 
     Result<void> reply(const ControlRequest& req, const Json& value, std::int64_t clock) override {
         if (req.reply_exchange.empty() && req.reply_routing_key.empty()) return {};
-        if (auto ok = ensure(); !ok) return ok;
+        CONVEYOR_TRY(ensure());
         if (!req.reply_exchange.empty() && !reply_exchange_declared_) {
-            if (auto ok = conn_->declare_exchange(req.reply_exchange, "direct", {.durable = false},
-                                                  Json::object());
-                !ok)
-                return ok;
+            CONVEYOR_TRY(conn_->declare_exchange(req.reply_exchange, "direct", {.durable = false},
+                                                 Json::object()));
             reply_exchange_declared_ = true;
         }
         Envelope env;
@@ -152,30 +151,23 @@ class AmqpControl final : public ControlChannel {
         conn_.reset();
         reply_exchange_declared_ = false;
         auto c = Connection::open(opts_, "conveyor-control " + node_);
-        if (!c) return std::unexpected(c.error());
+        CONVEYOR_TRY(c);
         auto& conn = **c;
         // Exactly Celery's flags, or Python peers get PRECONDITION_FAILED.
-        if (auto ok =
-                conn.declare_exchange(kEventExchange, "topic", {.durable = true}, Json::object());
-            !ok)
-            return ok;
-        if (auto ok = conn.declare_exchange(kPidboxExchange, "fanout", {.durable = false},
-                                            Json::object());
-            !ok)
-            return ok;
+        CONVEYOR_TRY(
+            conn.declare_exchange(kEventExchange, "topic", {.durable = true}, Json::object()));
+        CONVEYOR_TRY(
+            conn.declare_exchange(kPidboxExchange, "fanout", {.durable = false}, Json::object()));
         std::string queue = node_ + ".celery.pidbox";
         Json args = {{"x-message-ttl", 300000}, {"x-expires", 10000}};
-        if (auto q = conn.declare_queue(queue, args, {.durable = false, .auto_delete = true}); !q)
-            return std::unexpected(q.error());
-        if (auto ok = conn.bind_queue(queue, kPidboxExchange, ""); !ok) return ok;
-        if (auto ok = conn.ensure_channel(kChannel); !ok) return ok;
+        CONVEYOR_TRY(conn.declare_queue(queue, args, {.durable = false, .auto_delete = true}));
+        CONVEYOR_TRY(conn.bind_queue(queue, kPidboxExchange, ""));
+        CONVEYOR_TRY(conn.ensure_channel(kChannel));
         Pool pool;
         amqp_basic_consume(conn.raw(), kChannel, pool.bytes(queue), amqp_empty_bytes, 0, 1, 0,
                            amqp_empty_table);
-        if (auto ok = conn.check(amqp_get_rpc_reply(conn.raw()), kChannel,
-                                 fmt::format("consuming from '{}'", queue));
-            !ok)
-            return ok;
+        CONVEYOR_TRY(conn.check(amqp_get_rpc_reply(conn.raw()), kChannel,
+                                fmt::format("consuming from '{}'", queue)));
         conn_ = std::move(*c);
         return {};
     }

@@ -11,6 +11,7 @@
 #include "core/codec.hpp"
 #include "core/result_meta.hpp"
 #include "core/time.hpp"
+#include "core/try.hpp"
 
 namespace conveyor::amqp {
 
@@ -73,7 +74,7 @@ Result<void> publish_messages(Engine& e, std::span<const OutgoingMessage> msgs) 
         if (m.exchange.empty() && !m.queue.empty()) queues.push_back(m.queue);
     std::sort(queues.begin(), queues.end());
     queues.erase(std::unique(queues.begin(), queues.end()), queues.end());
-    if (auto ok = e.ensure_queues(queues); !ok) return ok;
+    CONVEYOR_TRY(e.ensure_queues(queues));
 
     std::deque<std::string> keys;
     std::vector<Wire> wires;
@@ -88,7 +89,7 @@ Result<void> publish_messages(Engine& e, std::span<const OutgoingMessage> msgs) 
             src = &keyed.back();
         }
         auto w = route(e, *src, keys.emplace_back());
-        if (!w) return std::unexpected(w.error());
+        CONVEYOR_TRY(w);
         wires.push_back(*w);
     }
     return e.publish_wires(wires);

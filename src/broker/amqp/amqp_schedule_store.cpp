@@ -11,6 +11,7 @@
 #include "broker/amqp/amqp_publish.hpp"
 #include "core/codec.hpp"
 #include "core/time.hpp"
+#include "core/try.hpp"
 
 namespace conveyor::amqp {
 
@@ -42,7 +43,7 @@ class AmqpScheduleStore final : public ScheduleStore {
         }
         leading_ = false;
         marks_.clear();  // read again from the records: another leader may have fired since
-        if (auto ok = connect(); !ok) return std::unexpected(ok.error());
+        CONVEYOR_TRY(connect());
         auto q = conn_->declare_queue(kLeaderQueue, Json::object(),
                                       {.durable = false, .exclusive = true});
         if (!q) {
@@ -60,14 +61,14 @@ class AmqpScheduleStore final : public ScheduleStore {
     }
 
     Result<std::map<std::string, Mark>> last_fires(const std::vector<std::string>& names) override {
-        if (auto ok = connect(); !ok) return std::unexpected(ok.error());
+        CONVEYOR_TRY(connect());
         std::map<std::string, Mark> out;
         for (auto& name : names) {
             if (!leading_ || !marks_.contains(name)) {
                 // Not known yet (or not leading): the schedule's record says.
-                if (auto ok = ensure_record(name); !ok) return std::unexpected(ok.error());
+                CONVEYOR_TRY(ensure_record(name));
                 auto rec = read_one(record_queue(name), 1);
-                if (!rec) return std::unexpected(rec.error());
+                CONVEYOR_TRY(rec);
                 std::optional<Mark> m;
                 if (rec->is_object()) m = mark_of(*rec);
                 if (!leading_) {
@@ -83,14 +84,14 @@ class AmqpScheduleStore final : public ScheduleStore {
 
     Result<bool> fire(std::string_view owner, std::span<const ScheduleFire> fires) override {
         auto still = lead(owner, milliseconds(0));
-        if (!still) return std::unexpected(still.error());
+        CONVEYOR_TRY(still);
         if (!*still) return false;
         std::deque<Envelope> envs;
         std::deque<std::string> keys;
         std::vector<Wire> wires;
         std::map<std::string, Mark> next;
         for (auto& f : fires) {
-            if (auto ok = ensure_record(f.schedule); !ok) return std::unexpected(ok.error());
+            CONVEYOR_TRY(ensure_record(f.schedule));
             Mark m = next.contains(f.schedule) ? next[f.schedule]
                      : marks_[f.schedule]      ? *marks_[f.schedule]
                                                : Mark{};
@@ -102,8 +103,7 @@ class AmqpScheduleStore final : public ScheduleStore {
                     return fail(
                         Errc::invalid_argument,
                         fmt::format("schedule '{}': its queue must be a plain queue", f.schedule));
-                if (auto ok = ensure_route(f.schedule, f.message->queue); !ok)
-                    return std::unexpected(ok.error());
+                CONVEYOR_TRY(ensure_route(f.schedule, f.message->queue));
                 m.last_run = f.at;
                 env = &envs.emplace_back(f.message->envelope);
                 keys.push_back("run:" + f.schedule);
@@ -129,7 +129,7 @@ class AmqpScheduleStore final : public ScheduleStore {
 
     Result<Overrides> overrides() override {
         auto cfg = config(1);
-        if (!cfg) return std::unexpected(cfg.error());
+        CONVEYOR_TRY(cfg);
         Overrides out;
         Json all = cfg->value("added", Json::object());
         for (auto& [_, v] : all.items()) out.added.push_back(v);
@@ -141,26 +141,26 @@ class AmqpScheduleStore final : public ScheduleStore {
 
     Result<void> add(const Json& schedule) override {
         auto cfg = config();
-        if (!cfg) return std::unexpected(cfg.error());
+        CONVEYOR_TRY(cfg);
         (*cfg)["added"][schedule.value("name", "")] = schedule;
         return write_config(*cfg);
     }
 
     Result<bool> remove(std::string_view name) override {
         auto cfg = config();
-        if (!cfg) return std::unexpected(cfg.error());
+        CONVEYOR_TRY(cfg);
         auto& a = (*cfg)["added"];
         bool had = a.is_object() && a.contains(std::string(name));
         if (had) a.erase(std::string(name));
         if (auto p = cfg->find("paused"); p != cfg->end() && p->is_object())
             p->erase(std::string(name));
-        if (auto ok = write_config(*cfg); !ok) return std::unexpected(ok.error());
+        CONVEYOR_TRY(write_config(*cfg));
         return had;
     }
 
     Result<void> set_paused(std::string_view name, bool paused) override {
         auto cfg = config();
-        if (!cfg) return std::unexpected(cfg.error());
+        CONVEYOR_TRY(cfg);
         (*cfg)["paused"][std::string(name)] = paused;
         return write_config(*cfg);
     }
@@ -191,13 +191,10 @@ class AmqpScheduleStore final : public ScheduleStore {
         records_.clear();
         routes_.clear();
         auto c = Connection::open(e_->opts, "conveyor-scheduler");
-        if (!c) return std::unexpected(c.error());
-        if (auto d = (*c)->declare_queue(kConfigQueue, one_message()); !d)
-            return std::unexpected(d.error());
-        if (auto x =
-                (*c)->declare_exchange(kFiresExchange, "direct", {.durable = true}, Json::object());
-            !x)
-            return x;
+        CONVEYOR_TRY(c);
+        CONVEYOR_TRY((*c)->declare_queue(kConfigQueue, one_message()));
+        CONVEYOR_TRY(
+            (*c)->declare_exchange(kFiresExchange, "direct", {.durable = true}, Json::object()));
         conn_ = std::move(*c);
         return {};
     }
@@ -205,17 +202,17 @@ class AmqpScheduleStore final : public ScheduleStore {
     Result<void> ensure_record(const std::string& name) {
         if (records_.contains(name)) return {};
         auto q = record_queue(name);
-        if (auto d = conn_->declare_queue(q, one_message()); !d) return std::unexpected(d.error());
+        CONVEYOR_TRY(conn_->declare_queue(q, one_message()));
         for (auto key : {"run:" + name, "mark:" + name})
-            if (auto ok = conn_->bind_queue(q, kFiresExchange, key); !ok) return ok;
+            CONVEYOR_TRY(conn_->bind_queue(q, kFiresExchange, key));
         records_.insert(name);
         return {};
     }
 
     Result<void> ensure_route(const std::string& name, const std::string& queue) {
         if (routes_.contains({name, queue})) return {};
-        if (auto ok = e_->ensure_queues({queue}); !ok) return ok;
-        if (auto ok = conn_->bind_queue(queue, kFiresExchange, "run:" + name); !ok) return ok;
+        CONVEYOR_TRY(e_->ensure_queues({queue}));
+        CONVEYOR_TRY(conn_->bind_queue(queue, kFiresExchange, "run:" + name));
         routes_.insert({name, queue});
         return {};
     }
@@ -223,9 +220,9 @@ class AmqpScheduleStore final : public ScheduleStore {
     /// The CLI's schedules and pause flags. Writers look harder: an empty read may only mean
     /// that another reader holds the message for a moment.
     Result<Json> config(int attempts = 5) {
-        if (auto ok = connect(); !ok) return std::unexpected(ok.error());
+        CONVEYOR_TRY(connect());
         auto j = read_one(kConfigQueue, attempts, /*body=*/true);
-        if (!j) return std::unexpected(j.error());
+        CONVEYOR_TRY(j);
         // Nothing there: never written, or held by another reader right now. The last one
         // seen stands (a removal writes an object, never nothing).
         if (j->is_object()) config_ = *j;
@@ -245,18 +242,15 @@ class AmqpScheduleStore final : public ScheduleStore {
     Result<Json> read_one(std::string_view queue, int attempts, bool body = false) {
         for (int i = 0; i < attempts; ++i) {
             if (i > 0) std::this_thread::sleep_for(milliseconds(20));
-            if (auto ok = conn_->ensure_channel(kBrowseChannel); !ok)
-                return std::unexpected(ok.error());
+            CONVEYOR_TRY(conn_->ensure_channel(kBrowseChannel));
             Pool pool;
             auto r = amqp_basic_get(conn_->raw(), kBrowseChannel, pool.bytes(queue), 0);
-            if (auto ok = conn_->check(r, kBrowseChannel, "reading schedules"); !ok)
-                return std::unexpected(ok.error());
+            CONVEYOR_TRY(conn_->check(r, kBrowseChannel, "reading schedules"));
             if (r.reply.id == AMQP_BASIC_GET_EMPTY_METHOD) continue;
             auto tag = static_cast<amqp_basic_get_ok_t*>(r.reply.decoded)->delivery_tag;
             amqp_message_t msg;
             auto rr = amqp_read_message(conn_->raw(), kBrowseChannel, &msg, 0);
-            if (auto ok = conn_->check(rr, kBrowseChannel, "reading schedules"); !ok)
-                return std::unexpected(ok.error());
+            CONVEYOR_TRY(conn_->check(rr, kBrowseChannel, "reading schedules"));
             Envelope env = envelope_of(msg.properties, msg.body);
             amqp_destroy_message(&msg);
             amqp_basic_nack(conn_->raw(), kBrowseChannel, tag, 0, 1);  // back in place

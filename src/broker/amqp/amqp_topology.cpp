@@ -8,6 +8,7 @@
 #include "broker/amqp/amqp_engine.hpp"
 #include "broker/amqp/amqp_names.hpp"
 #include "broker/amqp/delay.hpp"
+#include "core/try.hpp"
 
 namespace conveyor::amqp {
 
@@ -114,26 +115,18 @@ Result<void> Engine::declare_delay_infrastructure(Connection& c) {
     // Every exchange first: a quorum queue whose dead-letter exchange does not exist when
     // its leader starts never forwards its dead letters (RabbitMQ 3.10's at-least-once
     // worker gives up on it), and a delay level's dead-letter exchange is the next level's.
-    if (auto ok =
-            c.declare_exchange(kUnroutableExchange, "fanout", {.durable = true}, Json::object());
-        !ok)
-        return ok;
-    if (auto ok = c.declare_exchange(kDeliverExchange, "topic", {.durable = true},
-                                     {{"alternate-exchange", std::string(kUnroutableExchange)}});
-        !ok)
-        return ok;
+    CONVEYOR_TRY(
+        c.declare_exchange(kUnroutableExchange, "fanout", {.durable = true}, Json::object()));
+    CONVEYOR_TRY(c.declare_exchange(kDeliverExchange, "topic", {.durable = true},
+                                    {{"alternate-exchange", std::string(kUnroutableExchange)}}));
     for (int level = kDelayLevels - 1; level >= 0; --level)
-        if (auto ok = c.declare_exchange(delay_level_name(level), "topic", {.durable = true},
-                                         Json::object());
-            !ok)
-            return ok;
+        CONVEYOR_TRY(c.declare_exchange(delay_level_name(level), "topic", {.durable = true},
+                                        Json::object()));
     // Exchange-to-exchange bindings once every exchange exists.
     for (int level = kDelayLevels - 1; level >= 0; --level) {
         std::string_view next = level == 0 ? kDeliverExchange : delay_level_name(level - 1);
-        if (auto ok =
-                c.bind_exchange(next, delay_level_name(level), delay_binding_key(level, false));
-            !ok)
-            return ok;
+        CONVEYOR_TRY(
+            c.bind_exchange(next, delay_level_name(level), delay_binding_key(level, false)));
     }
     for (int level = kDelayLevels - 1; level >= 0; --level) {
         std::string_view name = delay_level_name(level);
@@ -141,35 +134,32 @@ Result<void> Engine::declare_delay_infrastructure(Connection& c) {
         Json args = level_args_base;
         args["x-message-ttl"] = (std::int64_t(1) << level) * 1000;
         args["x-dead-letter-exchange"] = std::string(next);
-        if (auto ok = c.declare_queue(name, args); !ok) return std::unexpected(ok.error());
-        if (auto ok = c.bind_queue(name, name, delay_binding_key(level, true)); !ok) return ok;
+        CONVEYOR_TRY(c.declare_queue(name, args));
+        CONVEYOR_TRY(c.bind_queue(name, name, delay_binding_key(level, true)));
     }
     // Of the delay levels' type: a classic queue is gone while its one node is down, and
     // then nothing could be delayed in a cluster that lost that node. Declared last, so its
     // presence means the rest exists.
     Json unroutable_args = Json::object();
     if (opts.delay_queue_type == "quorum") unroutable_args["x-queue-type"] = "quorum";
-    if (auto ok = c.declare_queue(kUnroutableQueue, unroutable_args); !ok)
-        return std::unexpected(ok.error());
-    if (auto ok = c.bind_queue(kUnroutableQueue, kUnroutableExchange, ""); !ok) return ok;
+    CONVEYOR_TRY(c.declare_queue(kUnroutableQueue, unroutable_args));
+    CONVEYOR_TRY(c.bind_queue(kUnroutableQueue, kUnroutableExchange, ""));
     delay_ready_ = true;
     return {};
 }
 
 Result<void> Engine::declare_queue(Connection& c, const QueueSpec& q) {
     if (q.name.empty()) return fail(Errc::invalid_argument, "a queue needs a name");
-    if (auto ok = declare_delay_infrastructure(c); !ok) return ok;
+    CONVEYOR_TRY(declare_delay_infrastructure(c));
     if (q.partitions > 0) {
-        if (auto ok =
-                c.declare_exchange(q.name, "x-consistent-hash", {.durable = true}, Json::object());
-            !ok)
-            return ok;
+        CONVEYOR_TRY(
+            c.declare_exchange(q.name, "x-consistent-hash", {.durable = true}, Json::object()));
         for (int i = 0; i < q.partitions; ++i) {
             Json args = queue_arguments(q);
             args["x-single-active-consumer"] = true;
             auto p = partition_queue(q.name, i);
-            if (auto ok = c.declare_queue(p, args); !ok) return std::unexpected(ok.error());
-            if (auto ok = c.bind_queue(p, q.name, "1"); !ok) return ok;
+            CONVEYOR_TRY(c.declare_queue(p, args));
+            CONVEYOR_TRY(c.bind_queue(p, q.name, "1"));
         }
     } else if (q.passive) {
         if (auto ok = c.declare_queue(q.name, Json::object(), {.passive = true}); !ok)
@@ -180,16 +170,14 @@ Result<void> Engine::declare_queue(Connection& c, const QueueSpec& q) {
                                           "declares it); declare it, or drop passive",
                                           q.name)
                             : ok.error().message);
-        if (auto ok = c.bind_queue(q.name, kDeliverExchange, "#." + routing_word(q.name)); !ok)
-            return ok;
+        CONVEYOR_TRY(c.bind_queue(q.name, kDeliverExchange, "#." + routing_word(q.name)));
     } else {
         if (auto ok = c.declare_queue(
                 q.name, queue_arguments(q),
                 {.durable = q.durable, .auto_delete = q.auto_delete, .exclusive = q.exclusive});
             !ok)
             return std::unexpected(explain_conflict(ok.error(), "queue", q.name));
-        if (auto ok = c.bind_queue(q.name, kDeliverExchange, "#." + routing_word(q.name)); !ok)
-            return ok;
+        CONVEYOR_TRY(c.bind_queue(q.name, kDeliverExchange, "#." + routing_word(q.name)));
     }
     // The dead letters of a quorum queue outlive a node as the queue does.
     Json dead_args = Json::object();
@@ -220,8 +208,7 @@ Result<void> Engine::ensure_queues(const std::vector<std::string>& names) {
     }
     if (todo.empty()) return {};
     auto r = with_connection(publish_deadline(), [&](Connection& c) -> Result<void> {
-        for (auto& q : todo)
-            if (auto ok = declare_queue(c, q); !ok) return ok;
+        for (auto& q : todo) CONVEYOR_TRY(declare_queue(c, q));
         return {};
     });
     if (!r) return r;
@@ -237,7 +224,7 @@ Result<void> Engine::declare_topology() {
         t = topology_;
     }
     auto r = with_connection(publish_deadline(), [&](Connection& c) -> Result<void> {
-        if (auto ok = declare_delay_infrastructure(c); !ok) return ok;
+        CONVEYOR_TRY(declare_delay_infrastructure(c));
         for (auto& e : t.exchanges)
             if (auto ok = c.declare_exchange(e.name, e.type,
                                              {.passive = e.passive,
@@ -254,8 +241,7 @@ Result<void> Engine::declare_topology() {
                                             "never declares it); declare it, or drop passive",
                                             e.name)}
                         : explain_conflict(ok.error(), "exchange", e.name));
-        for (auto& q : t.queues)
-            if (auto ok = declare_queue(c, q); !ok) return ok;
+        for (auto& q : t.queues) CONVEYOR_TRY(declare_queue(c, q));
         for (auto& b : t.bindings) {
             auto ok = b.to_exchange.empty()
                           ? c.bind_queue(b.queue, b.exchange, b.routing_key, b.arguments)

@@ -7,12 +7,13 @@
 #include "broker/amqp/amqp_names.hpp"
 #include "core/codec.hpp"
 #include "core/result_meta.hpp"
+#include "core/try.hpp"
 
 namespace conveyor::amqp {
 
 Result<std::string> ReplyInbox::address() {
     std::lock_guard lk(mu_);
-    if (auto ok = ensure(); !ok) return std::unexpected(ok.error());
+    CONVEYOR_TRY(ensure());
     return queue_;
 }
 
@@ -58,7 +59,7 @@ Result<TaskResult> ReplyInbox::wait(std::string_view id, milliseconds timeout) {
             if (!conn_ || !conn_->healthy()) {
                 // The reply queue went with the connection; results sent meanwhile are
                 // lost (rpc semantics). Declare it again for the ones still coming.
-                if (auto ok = ensure(); !ok) return std::unexpected(ok.error());
+                CONVEYOR_TRY(ensure());
             }
             auto slice = std::min(left, milliseconds(100));
             drain(timeval{time_t(slice.count() / 1000), suseconds_t(slice.count() % 1000 * 1000)});
@@ -79,20 +80,17 @@ Result<void> ReplyInbox::ensure() {
     if (conn_ && conn_->healthy()) return {};
     conn_.reset();
     auto c = Connection::open(e_->opts, "conveyor-replies");
-    if (!c) return std::unexpected(c.error());
+    CONVEYOR_TRY(c);
     if (queue_.empty()) queue_ = make_task_id();
     Json args = {{"x-expires", std::int64_t(e_->opts.result_expires.count()) * 1000}};
-    if (auto q = (*c)->declare_queue(queue_, args, {.durable = false, .auto_delete = true}); !q)
-        return std::unexpected(q.error());
+    CONVEYOR_TRY((*c)->declare_queue(queue_, args, {.durable = false, .auto_delete = true}));
     auto& conn = **c;
-    if (auto ok = conn.ensure_channel(kConsumeChannel); !ok) return ok;
+    CONVEYOR_TRY(conn.ensure_channel(kConsumeChannel));
     Pool pool;
     amqp_basic_consume(conn.raw(), kConsumeChannel, pool.bytes(queue_), amqp_empty_bytes, 0, 1, 0,
                        amqp_empty_table);
-    if (auto ok = conn.check(amqp_get_rpc_reply(conn.raw()), kConsumeChannel,
-                             fmt::format("consuming replies from '{}'", queue_));
-        !ok)
-        return ok;
+    CONVEYOR_TRY(conn.check(amqp_get_rpc_reply(conn.raw()), kConsumeChannel,
+                            fmt::format("consuming replies from '{}'", queue_)));
     conn_ = std::move(*c);
     return {};
 }

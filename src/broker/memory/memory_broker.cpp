@@ -10,6 +10,7 @@
 #include "broker/embedded.hpp"
 #include "broker/publish_moved.hpp"
 #include "core/codec.hpp"
+#include "core/try.hpp"
 
 namespace conveyor::memory {
 
@@ -199,8 +200,7 @@ class MemoryBroker final : public Broker, public detail::MovePublisher {
     }
 
     Result<void> publish_moved(std::span<OutgoingMessage> msgs) override {
-        for (auto& m : msgs)
-            if (auto ok = detail::check_embedded_message(m, "memory"); !ok) return ok;
+        for (auto& m : msgs) CONVEYOR_TRY(detail::check_embedded_message(m, "memory"));
         // Items are made before the lock is taken: consumers wait only for the inserts.
         std::vector<Item> made;
         made.reserve(msgs.size());
@@ -316,7 +316,7 @@ class MemoryBroker final : public Broker, public detail::MovePublisher {
     }
 
     Result<void> set_topology(const Topology& t) override {
-        if (auto ok = detail::check_embedded_topology(t, "memory"); !ok) return ok;
+        CONVEYOR_TRY(detail::check_embedded_topology(t, "memory"));
         std::lock_guard lk(s_->mu);
         for (auto& q : t.queues) s_->queues[q.name];
         return {};

@@ -15,6 +15,7 @@
 #include "broker/sqlite/sqlite_tables.hpp"
 #include "core/codec.hpp"
 #include "core/time.hpp"
+#include "core/try.hpp"
 
 namespace conveyor::sqlite {
 
@@ -30,8 +31,7 @@ class SqliteBroker final : public Broker {
 
     Result<void> publish(std::span<const OutgoingMessage> msgs) override {
         if (msgs.empty()) return {};
-        for (auto& m : msgs)
-            if (auto ok = detail::check_embedded_message(m, "sqlite"); !ok) return ok;
+        for (auto& m : msgs) CONVEYOR_TRY(detail::check_embedded_message(m, "sqlite"));
         std::lock_guard lk(mu_);
         return in_transaction(
             db_, st_, [&]() -> Result<void> { return insert_messages(st_, msgs, known_queues_); });
@@ -49,10 +49,10 @@ class SqliteBroker final : public Broker {
         std::lock_guard lk(mu_);
         std::map<std::string, QueueStats> by_queue;
         auto names = db_.prepare("SELECT name FROM queues");
-        if (!names) return std::unexpected(names.error());
+        CONVEYOR_TRY(names);
         for (;;) {
             auto r = names->step();
-            if (!r) return std::unexpected(r.error());
+            CONVEYOR_TRY(r);
             if (!*r) break;
             auto n = names->text(0);
             by_queue[n].queue = n;
@@ -60,11 +60,11 @@ class SqliteBroker final : public Broker {
         auto q = db_.prepare(
             "SELECT queue, state, (state=3 AND available_at<=?1) AS due, count(*) FROM tasks "
             "GROUP BY queue, state, due");
-        if (!q) return std::unexpected(q.error());
+        CONVEYOR_TRY(q);
         q->bind(1, now_ms());
         for (;;) {
             auto r = q->step();
-            if (!r) return std::unexpected(r.error());
+            CONVEYOR_TRY(r);
             if (!*r) break;
             auto& s = by_queue[q->text(0)];
             s.queue = q->text(0);
@@ -100,10 +100,10 @@ class SqliteBroker final : public Broker {
             "r.children "
             "FROM (SELECT ?1 AS id) k LEFT JOIN results r ON r.id = k.id "
             "LEFT JOIN tasks t ON t.id = k.id LIMIT 1");
-        if (!q) return std::unexpected(q.error());
+        CONVEYOR_TRY(q);
         q->bind(1, id);
         auto row = q->step();
-        if (!row) return std::unexpected(row.error());
+        CONVEYOR_TRY(row);
         if (!*row) return r;
         if (!q->is_null(0)) {
             r.state = TaskState(q->i64(0));
@@ -138,8 +138,7 @@ class SqliteBroker final : public Broker {
     Result<void> store_results(std::span<const TaskResult> results, std::string_view) override {
         std::lock_guard lk(mu_);
         return in_transaction(db_, st_, [&]() -> Result<void> {
-            for (auto& r : results)
-                if (auto ok = store_result(st_, r); !ok) return ok;
+            for (auto& r : results) CONVEYOR_TRY(store_result(st_, r));
             return {};
         });
     }
@@ -149,9 +148,9 @@ class SqliteBroker final : public Broker {
         return in_transaction(db_, st_, [&]() -> Result<void> {
             auto q = db_.prepare(
                 "INSERT OR REPLACE INTO chords(group_id, size, created_at) VALUES(?1, ?2, ?3)");
-            if (!q) return std::unexpected(q.error());
+            CONVEYOR_TRY(q);
             q->bind(1, group_id).bind(2, std::int64_t(size)).bind(3, now_ms());
-            if (auto r = q->run(); !r) return std::unexpected(r.error());
+            CONVEYOR_TRY(q->run());
             return {};
         });
     }
@@ -162,27 +161,27 @@ class SqliteBroker final : public Broker {
         ChordParts out;
         auto ok = in_transaction(db_, st_, [&]() -> Result<void> {
             auto size = db_.prepare("SELECT size FROM chords WHERE group_id=?1");
-            if (!size) return std::unexpected(size.error());
+            CONVEYOR_TRY(size);
             size->bind(1, group_id);
             auto row = size->step();
-            if (!row) return std::unexpected(row.error());
+            CONVEYOR_TRY(row);
             if (!*row) return {};  // unknown or already completed: nothing to do
             auto n = size->i64(0);
             auto ins = db_.prepare(
                 "INSERT OR REPLACE INTO chord_parts(group_id, idx, task_id, state, result) "
                 "VALUES(?1, ?2, ?3, ?4, ?5)");
-            if (!ins) return std::unexpected(ins.error());
+            CONVEYOR_TRY(ins);
             ins->bind(1, group_id).bind(2, index).bind(3, part.id).bind(4, int(part.state));
             ins->bind(5, part.result.dump(-1, ' ', false, Json::error_handler_t::replace));
-            if (auto r = ins->run(); !r) return std::unexpected(r.error());
+            CONVEYOR_TRY(ins->run());
             auto parts = db_.prepare(
                 "SELECT task_id, state, result FROM chord_parts WHERE group_id=?1 ORDER BY idx");
-            if (!parts) return std::unexpected(parts.error());
+            CONVEYOR_TRY(parts);
             parts->bind(1, group_id);
             std::vector<TaskResult> got;
             for (;;) {
                 auto r = parts->step();
-                if (!r) return std::unexpected(r.error());
+                CONVEYOR_TRY(r);
                 if (!*r) break;
                 TaskResult t;
                 t.id = parts->text(0);
@@ -196,13 +195,13 @@ class SqliteBroker final : public Broker {
             for (auto sql : {"DELETE FROM chord_parts WHERE group_id=?1",
                              "DELETE FROM chords WHERE group_id=?1"}) {
                 auto del = db_.prepare(sql);
-                if (!del) return std::unexpected(del.error());
+                CONVEYOR_TRY(del);
                 del->bind(1, group_id);
-                if (auto r = del->run(); !r) return std::unexpected(r.error());
+                CONVEYOR_TRY(del->run());
             }
             return {};
         });
-        if (!ok) return std::unexpected(ok.error());
+        CONVEYOR_TRY(ok);
         return out;
     }
 
@@ -212,12 +211,12 @@ class SqliteBroker final : public Broker {
         auto q = db_.prepare(
             "SELECT id, queue, props, headers, body, reason, dead_at FROM tasks "
             "WHERE state=2 AND queue=?1 ORDER BY seq LIMIT ?2");
-        if (!q) return std::unexpected(q.error());
+        CONVEYOR_TRY(q);
         q->bind(1, queue).bind(2, std::int64_t(limit));
         std::vector<DeadLetter> out;
         for (;;) {
             auto r = q->step();
-            if (!r) return std::unexpected(r.error());
+            CONVEYOR_TRY(r);
             if (!*r) break;
             out.push_back(DeadLetter{q->text(0), q->text(1),
                                      make_envelope(q->text(2), q->text(3), q->text(4)), q->text(5),
@@ -236,34 +235,34 @@ class SqliteBroker final : public Broker {
             if (!ids.empty()) where += " AND id=?2";
             auto clear = db_.prepare(
                 "DELETE FROM results WHERE id IN (SELECT id FROM tasks WHERE " + where + ")");
-            if (!clear) return std::unexpected(clear.error());
+            CONVEYOR_TRY(clear);
             auto upd = db_.prepare(
                 "UPDATE tasks SET state=0, reason=NULL, dead_at=NULL, retries=0, deliveries=0, "
                 "available_at=?3, headers=CASE WHEN json_valid(headers) AND "
                 "json_type(headers,'$.retries') IS NOT NULL THEN json_set(headers,'$.retries',0) "
                 "ELSE headers END WHERE " +
                 where);
-            if (!upd) return std::unexpected(upd.error());
+            CONVEYOR_TRY(upd);
             auto one = [&](std::optional<std::string_view> id) -> Result<void> {
                 clear->reset();
                 clear->bind(1, queue);
                 if (id) clear->bind(2, *id);
-                if (auto r = clear->run(); !r) return std::unexpected(r.error());
+                CONVEYOR_TRY(clear->run());
                 upd->reset();
                 upd->bind(1, queue).bind(3, now_ms());
                 if (id) upd->bind(2, *id);
                 auto r = upd->run();
-                if (!r) return std::unexpected(r.error());
+                CONVEYOR_TRY(r);
                 moved += std::size_t(*r);
                 return {};
             };
             if (ids.empty()) return one(std::nullopt);
             for (auto& id : ids) {
-                if (auto r = one(id); !r) return r;
+                CONVEYOR_TRY(one(id));
             }
             return {};
         });
-        if (!ok) return std::unexpected(ok.error());
+        CONVEYOR_TRY(ok);
         return moved;
     }
 
@@ -272,19 +271,19 @@ class SqliteBroker final : public Broker {
         std::size_t n = 0;
         auto ok = in_transaction(db_, st_, [&]() -> Result<void> {
             auto del = db_.prepare("DELETE FROM tasks WHERE state=2 AND queue=?1");
-            if (!del) return std::unexpected(del.error());
+            CONVEYOR_TRY(del);
             del->bind(1, queue);
             auto r = del->run();
-            if (!r) return std::unexpected(r.error());
+            CONVEYOR_TRY(r);
             n = std::size_t(*r);
             return {};
         });
-        if (!ok) return std::unexpected(ok.error());
+        CONVEYOR_TRY(ok);
         return n;
     }
 
     Result<void> set_topology(const Topology& t) override {
-        if (auto ok = detail::check_embedded_topology(t, "sqlite"); !ok) return ok;
+        CONVEYOR_TRY(detail::check_embedded_topology(t, "sqlite"));
         std::lock_guard lk(mu_);
         topology_queues_.clear();
         for (auto& q : t.queues) topology_queues_.push_back(q.name);
@@ -296,8 +295,7 @@ class SqliteBroker final : public Broker {
         return in_transaction(db_, st_, [&]() -> Result<void> {
             for (auto& q : topology_queues_) {
                 st_.insert_queue.reset();
-                if (auto r = st_.insert_queue.bind(1, q).run(); !r)
-                    return std::unexpected(r.error());
+                CONVEYOR_TRY(st_.insert_queue.bind(1, q).run());
                 known_queues_.insert(q);
             }
             return {};
@@ -312,7 +310,7 @@ class SqliteBroker final : public Broker {
         auto r =
             st_.expire_results.bind(1, now_ms() - std::int64_t(opts_.result_expires.count()) * 1000)
                 .run();
-        if (!r) return std::unexpected(r.error());
+        CONVEYOR_TRY(r);
         return {};
     }
 
@@ -332,10 +330,10 @@ Result<std::shared_ptr<Broker>> open_sqlite_broker(const SqliteOptions& o) {
         return fail(Errc::invalid_argument,
                     "sqlite broker URL needs a file path, e.g. sqlite://conveyor.db");
     auto db = Db::open(o.path, o.synchronous, o.busy_timeout);
-    if (!db) return std::unexpected(db.error());
-    if (auto ok = create_schema(*db); !ok) return std::unexpected(ok.error());
+    CONVEYOR_TRY(db);
+    CONVEYOR_TRY(create_schema(*db));
     auto st = Statements::prepare(*db);
-    if (!st) return std::unexpected(st.error());
+    CONVEYOR_TRY(st);
     auto b = std::make_shared<SqliteBroker>(o, std::move(*db), std::move(*st));
     // Housekeeping: a lock held elsewhere or a full disk must not keep the broker closed.
     if (auto ok = b->expire_results(); !ok && ok.error().code != Errc::unavailable)

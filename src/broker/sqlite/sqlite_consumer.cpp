@@ -10,6 +10,7 @@
 
 #include "broker/sqlite/sqlite_tables.hpp"
 #include "core/time.hpp"
+#include "core/try.hpp"
 
 namespace conveyor::sqlite {
 
@@ -32,10 +33,10 @@ class SqliteConsumer final : public Consumer {
             auto st = db_.prepare(
                 "UPDATE tasks SET state=0, lease_owner=NULL, lease_until=NULL, "
                 "deliveries=max(deliveries-1,0) WHERE lease_owner=?1 AND state=1");
-            if (!st) return std::unexpected(st.error());
+            CONVEYOR_TRY(st);
             st->bind(1, owner_);
             auto r = st->run();
-            if (!r) return std::unexpected(r.error());
+            CONVEYOR_TRY(r);
             return {};
         });
     }
@@ -45,7 +46,7 @@ class SqliteConsumer final : public Consumer {
         auto sleep = std::chrono::microseconds(500);
         for (;;) {
             auto probe = claimable();
-            if (!probe) return std::unexpected(probe.error());
+            CONVEYOR_TRY(probe);
             if (*probe) {
                 auto got = claim(max);
                 if (!got) return got;
@@ -104,10 +105,10 @@ class SqliteConsumer final : public Consumer {
                         r = st_.release.bind(1, std::int64_t(s.tag)).bind(2, owner_).run();
                         break;
                 }
-                if (!r) return std::unexpected(r.error());
+                CONVEYOR_TRY(r);
                 // A lost lease (r == 0) means another worker owns the task now; its result wins.
                 if (*r > 0 && s.result) {
-                    if (auto ok = store_result(st_, *s.result); !ok) return ok;
+                    CONVEYOR_TRY(store_result(st_, *s.result));
                 }
             }
             return {};
@@ -122,7 +123,7 @@ class SqliteConsumer final : public Consumer {
         std::unordered_set<std::uint64_t> still;
         for (;;) {
             auto r = st_.renew.step();
-            if (!r) return std::unexpected(r.error());
+            CONVEYOR_TRY(r);
             if (!*r) break;
             still.insert(std::uint64_t(st_.renew.i64(0)));
         }
@@ -153,26 +154,26 @@ class SqliteConsumer final : public Consumer {
         auto now = std::chrono::steady_clock::now();
         st_.data_version.reset();
         auto dv = st_.data_version.step();
-        if (!dv) return std::unexpected(dv.error());
+        CONVEYOR_TRY(dv);
         std::int64_t version = st_.data_version.i64(0);
         st_.data_version.reset();
         if (version == last_version_ && now < next_check_) return false;
         // Idle or not, a deleted write-ahead log is noticed within one check period.
-        if (auto ok = keep_wal(db_, st_); !ok) return std::unexpected(ok.error());
+        CONVEYOR_TRY(keep_wal(db_, st_));
         last_version_ = version;
         next_check_ = now + std::chrono::milliseconds(200);
         auto wall = now_ms();
         for (auto& q : opts_.queues) {
             st_.probe_ready.reset();
             auto r = st_.probe_ready.bind(1, q).step();
-            if (!r) return std::unexpected(r.error());
+            CONVEYOR_TRY(r);
             st_.probe_ready.reset();
             if (*r) return true;
         }
         for (Stmt* s : {&st_.next_delayed, &st_.next_lease}) {
             s->reset();
             auto r = s->step();
-            if (!r) return std::unexpected(r.error());
+            CONVEYOR_TRY(r);
             bool due = false;
             if (*r && !s->is_null(0)) {
                 auto at = s->i64(0);
@@ -193,9 +194,9 @@ class SqliteConsumer final : public Consumer {
             out.clear();
             auto now = now_ms();
             st_.promote.reset();
-            if (auto r = st_.promote.bind(1, now).run(); !r) return std::unexpected(r.error());
+            CONVEYOR_TRY(st_.promote.bind(1, now).run());
             st_.reclaim.reset();
-            if (auto r = st_.reclaim.bind(1, now).run(); !r) return std::unexpected(r.error());
+            CONVEYOR_TRY(st_.reclaim.bind(1, now).run());
             std::size_t n = opts_.queues.size();
             for (std::size_t i = 0; i < n && out.size() < max; ++i) {
                 auto& q = opts_.queues[(rr_ + i) % n];
@@ -207,7 +208,7 @@ class SqliteConsumer final : public Consumer {
                 std::vector<std::pair<std::pair<int, std::int64_t>, Delivery>> rows;
                 for (;;) {
                     auto r = st_.claim.step();
-                    if (!r) return std::unexpected(r.error());
+                    CONVEYOR_TRY(r);
                     if (!*r) break;
                     Delivery d;
                     d.tag = std::uint64_t(st_.claim.i64(0));
@@ -227,7 +228,7 @@ class SqliteConsumer final : public Consumer {
             rr_++;
             return {};
         });
-        if (!ok) return std::unexpected(ok.error());
+        CONVEYOR_TRY(ok);
         for (auto& d : out) held_.insert(d.tag);
         if (out.size() == max) next_check_ = {};  // more may be waiting
         return out;
@@ -250,9 +251,9 @@ Result<std::unique_ptr<Consumer>> open_consumer(const SqliteOptions& sqlite,
     if (options.queues.empty())
         return fail(Errc::invalid_argument, "a consumer needs at least one queue");
     auto db = Db::open(sqlite.path, sqlite.synchronous, sqlite.busy_timeout);
-    if (!db) return std::unexpected(db.error());
+    CONVEYOR_TRY(db);
     auto st = Statements::prepare(*db);
-    if (!st) return std::unexpected(st.error());
+    CONVEYOR_TRY(st);
     return std::unique_ptr<Consumer>(
         std::make_unique<SqliteConsumer>(std::move(*db), std::move(*st), options));
 }

@@ -11,6 +11,8 @@
 #include <filesystem>
 #include <thread>
 
+#include "core/try.hpp"
+
 namespace conveyor::sqlite {
 
 Error to_error(sqlite3* db, int rc, std::string_view what) {
@@ -56,7 +58,7 @@ Result<bool> Stmt::step() {
 Result<int> Stmt::run() {
     for (;;) {
         auto r = step();
-        if (!r) return std::unexpected(r.error());
+        CONVEYOR_TRY(r);
         if (!*r) break;
     }
     return sqlite3_changes(db_);
@@ -118,14 +120,13 @@ Result<Db> Db::open(const std::string& path, std::string_view synchronous,
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
-    if (auto ok = db.exec(fmt::format("PRAGMA synchronous={}", synchronous)); !ok)
-        return std::unexpected(ok.error());
-    if (auto ok = db.exec("PRAGMA temp_store=MEMORY"); !ok) return std::unexpected(ok.error());
+    CONVEYOR_TRY(db.exec(fmt::format("PRAGMA synchronous={}", synchronous)));
+    CONVEYOR_TRY(db.exec("PRAGMA temp_store=MEMORY"));
     db.path_ = path;
     db.synchronous_ = std::string(synchronous);
     db.busy_timeout_ = busy_timeout;
     // A first read opens the write-ahead log, which is then the one this connection uses.
-    if (auto ok = db.exec("PRAGMA schema_version"); !ok) return std::unexpected(ok.error());
+    CONVEYOR_TRY(db.exec("PRAGMA schema_version"));
     db.note_wal();
     return db;
 }
@@ -145,9 +146,9 @@ bool Db::wal_replaced() const {
 
 Result<bool> Db::recover_replaced_wal() {
     if (!wal_replaced()) return false;
-    if (auto ok = exec("PRAGMA wal_checkpoint(TRUNCATE)"); !ok) return std::unexpected(ok.error());
+    CONVEYOR_TRY(exec("PRAGMA wal_checkpoint(TRUNCATE)"));
     auto fresh = Db::open(path_, synchronous_, busy_timeout_);
-    if (!fresh) return std::unexpected(fresh.error());
+    CONVEYOR_TRY(fresh);
     *this = std::move(*fresh);  // the old handle closes with its last statement
     return true;
 }
@@ -173,7 +174,7 @@ Result<Stmt> Db::prepare(std::string_view sql) {
 }
 
 Result<Transaction> Transaction::begin(Db& db) {
-    if (auto ok = db.exec("BEGIN IMMEDIATE"); !ok) return std::unexpected(ok.error());
+    CONVEYOR_TRY(db.exec("BEGIN IMMEDIATE"));
     return Transaction(&db);
 }
 

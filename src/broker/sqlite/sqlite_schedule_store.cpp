@@ -6,6 +6,7 @@
 
 #include "broker/sqlite/sqlite_tables.hpp"
 #include "core/time.hpp"
+#include "core/try.hpp"
 
 namespace conveyor::sqlite {
 
@@ -28,22 +29,22 @@ class SqliteScheduleStore final : public ScheduleStore {
                 "INSERT INTO scheduler_lease(id, owner, until) VALUES(1, ?1, ?2) "
                 "ON CONFLICT(id) DO UPDATE SET owner=?1, until=?2 "
                 "WHERE scheduler_lease.owner=?1 OR scheduler_lease.until<?3");
-            if (!q) return std::unexpected(q.error());
+            CONVEYOR_TRY(q);
             q->bind(1, owner).bind(2, now + ttl.count()).bind(3, now);
             auto r = q->run();
-            if (!r) return std::unexpected(r.error());
+            CONVEYOR_TRY(r);
             mine = *r > 0;
             return {};
         });
-        if (!ok) return std::unexpected(ok.error());
+        CONVEYOR_TRY(ok);
         return mine;
     }
 
     Result<void> resign(std::string_view owner) override {
         auto q = db_.prepare("DELETE FROM scheduler_lease WHERE owner=?1");
-        if (!q) return std::unexpected(q.error());
+        CONVEYOR_TRY(q);
         q->bind(1, owner);
-        if (auto r = q->run(); !r) return std::unexpected(r.error());
+        CONVEYOR_TRY(q->run());
         return {};
     }
 
@@ -52,10 +53,10 @@ class SqliteScheduleStore final : public ScheduleStore {
         auto q = db_.prepare(
             "SELECT name, last_fire, last_run IS NOT NULL, coalesce(last_run, 0) "
             "FROM schedule_state WHERE last_fire IS NOT NULL");
-        if (!q) return std::unexpected(q.error());
+        CONVEYOR_TRY(q);
         for (;;) {
             auto row = q->step();
-            if (!row) return std::unexpected(row.error());
+            CONVEYOR_TRY(row);
             if (!*row) break;
             Mark m;
             m.last_fire = from_epoch_ms(q->i64(1));
@@ -70,49 +71,49 @@ class SqliteScheduleStore final : public ScheduleStore {
         auto ok = in_transaction(db_, st_, [&]() -> Result<void> {
             auto check =
                 db_.prepare("SELECT 1 FROM scheduler_lease WHERE id=1 AND owner=?1 AND until>=?2");
-            if (!check) return std::unexpected(check.error());
+            CONVEYOR_TRY(check);
             check->bind(1, owner).bind(2, now_ms());
             auto row = check->step();
-            if (!row) return std::unexpected(row.error());
+            CONVEYOR_TRY(row);
             if (!*row) return {};  // another scheduler leads now: publish nothing
             led = true;
             std::vector<OutgoingMessage> msgs;
             for (auto& f : fires)
                 if (f.message) msgs.push_back(*f.message);
-            if (auto ok2 = insert_messages(st_, msgs, known_queues_); !ok2) return ok2;
+            CONVEYOR_TRY(insert_messages(st_, msgs, known_queues_));
             auto up = db_.prepare(
                 "INSERT INTO schedule_state(name, last_fire, last_run) "
                 "VALUES(?1, ?2, CASE WHEN ?3 THEN ?2 END) "
                 "ON CONFLICT(name) DO UPDATE SET last_fire=max(coalesce(last_fire, 0), ?2), "
                 "last_run=CASE WHEN ?3 THEN max(coalesce(last_run, 0), ?2) ELSE last_run END");
-            if (!up) return std::unexpected(up.error());
+            CONVEYOR_TRY(up);
             for (auto& f : fires) {
                 up->reset();
                 up->bind(1, f.schedule).bind(2, to_epoch_ms(f.at)).bind(3, f.message ? 1 : 0);
-                if (auto r = up->run(); !r) return std::unexpected(r.error());
+                CONVEYOR_TRY(up->run());
             }
             return {};
         });
-        if (!ok) return std::unexpected(ok.error());
+        CONVEYOR_TRY(ok);
         return led;
     }
 
     Result<Overrides> overrides() override {
         Overrides out;
         auto q = db_.prepare("SELECT spec FROM schedules ORDER BY name");
-        if (!q) return std::unexpected(q.error());
+        CONVEYOR_TRY(q);
         for (;;) {
             auto row = q->step();
-            if (!row) return std::unexpected(row.error());
+            CONVEYOR_TRY(row);
             if (!*row) break;
             Json j = Json::parse(q->text(0), nullptr, false);
             if (j.is_object()) out.added.push_back(std::move(j));
         }
         auto p = db_.prepare("SELECT name, paused FROM schedule_state WHERE paused IS NOT NULL");
-        if (!p) return std::unexpected(p.error());
+        CONVEYOR_TRY(p);
         for (;;) {
             auto row = p->step();
-            if (!row) return std::unexpected(row.error());
+            CONVEYOR_TRY(row);
             if (!*row) break;
             out.paused[p->text(0)] = p->i64(1) != 0;
         }
@@ -121,9 +122,9 @@ class SqliteScheduleStore final : public ScheduleStore {
 
     Result<void> add(const Json& spec) override {
         auto q = db_.prepare("INSERT OR REPLACE INTO schedules(name, spec) VALUES(?1, ?2)");
-        if (!q) return std::unexpected(q.error());
+        CONVEYOR_TRY(q);
         q->bind(1, spec.value("name", "")).bind(2, spec.dump());
-        if (auto r = q->run(); !r) return std::unexpected(r.error());
+        CONVEYOR_TRY(q->run());
         return {};
     }
 
@@ -133,15 +134,15 @@ class SqliteScheduleStore final : public ScheduleStore {
             for (auto sql : {"DELETE FROM schedules WHERE name=?1",
                              "DELETE FROM schedule_state WHERE name=?1"}) {
                 auto q = db_.prepare(sql);
-                if (!q) return std::unexpected(q.error());
+                CONVEYOR_TRY(q);
                 q->bind(1, name);
                 auto r = q->run();
-                if (!r) return std::unexpected(r.error());
+                CONVEYOR_TRY(r);
                 if (removed == 0) removed = *r;
             }
             return {};
         });
-        if (!ok) return std::unexpected(ok.error());
+        CONVEYOR_TRY(ok);
         return removed > 0;
     }
 
@@ -149,9 +150,9 @@ class SqliteScheduleStore final : public ScheduleStore {
         auto q = db_.prepare(
             "INSERT INTO schedule_state(name, paused) VALUES(?1, ?2) "
             "ON CONFLICT(name) DO UPDATE SET paused=?2");
-        if (!q) return std::unexpected(q.error());
+        CONVEYOR_TRY(q);
         q->bind(1, name).bind(2, paused ? 1 : 0);
-        if (auto r = q->run(); !r) return std::unexpected(r.error());
+        CONVEYOR_TRY(q->run());
         return {};
     }
 
@@ -165,9 +166,9 @@ class SqliteScheduleStore final : public ScheduleStore {
 
 Result<std::unique_ptr<ScheduleStore>> open_schedule_store(const SqliteOptions& sqlite) {
     auto db = Db::open(sqlite.path, sqlite.synchronous, sqlite.busy_timeout);
-    if (!db) return std::unexpected(db.error());
+    CONVEYOR_TRY(db);
     auto st = Statements::prepare(*db);
-    if (!st) return std::unexpected(st.error());
+    CONVEYOR_TRY(st);
     return std::unique_ptr<ScheduleStore>(
         std::make_unique<SqliteScheduleStore>(std::move(*db), std::move(*st)));
 }

@@ -7,6 +7,7 @@
 
 #include "core/codec.hpp"
 #include "core/time.hpp"
+#include "core/try.hpp"
 
 namespace conveyor::sqlite {
 
@@ -55,11 +56,10 @@ CREATE TABLE IF NOT EXISTS chord_parts(group_id TEXT NOT NULL, idx INTEGER NOT N
 }  // namespace
 
 Result<void> create_schema(Db& db) {
-    if (auto ok = db.exec(kSchema); !ok) return std::unexpected(ok.error());
+    CONVEYOR_TRY(db.exec(kSchema));
     // Files from before results had children get the column.
     if (!db.prepare("SELECT children FROM results LIMIT 0"))
-        if (auto ok = db.exec("ALTER TABLE results ADD COLUMN children TEXT"); !ok)
-            return std::unexpected(ok.error());
+        CONVEYOR_TRY(db.exec("ALTER TABLE results ADD COLUMN children TEXT"));
     return {};
 }
 
@@ -163,7 +163,7 @@ Result<Statements> Statements::prepare(Db& db) {
     };
     for (auto& d : defs) {
         auto st = db.prepare(d.sql);
-        if (!st) return std::unexpected(st.error());
+        CONVEYOR_TRY(st);
         *d.stmt = std::move(*st);
     }
     return s;
@@ -184,7 +184,7 @@ Result<void> store_result(Statements& s, const TaskResult& r) {
     else
         s.store_result.bind(7, Json(r.children).dump());
     auto ok = s.store_result.run();
-    if (!ok) return std::unexpected(ok.error());
+    CONVEYOR_TRY(ok);
     return {};
 }
 
@@ -192,11 +192,11 @@ Result<void> store_result(Statements& s, const TaskResult& r) {
 /// with fresh statements before this connection writes again (see Db::recover_replaced_wal).
 Result<void> keep_wal(Db& db, Statements& st) {
     auto replaced = db.recover_replaced_wal();
-    if (!replaced) return std::unexpected(replaced.error());
+    CONVEYOR_TRY(replaced);
     if (!*replaced) return {};
     st = Statements{};
     auto fresh = Statements::prepare(db);
-    if (!fresh) return std::unexpected(fresh.error());
+    CONVEYOR_TRY(fresh);
     st = std::move(*fresh);
     fmt::print(stderr,
                "conveyor: the write-ahead log beside the sqlite database was deleted by another "
@@ -212,8 +212,7 @@ Result<void> insert_messages(Statements& st, std::span<const OutgoingMessage> ms
         if (m.queue.empty()) return fail(Errc::invalid_argument, "message has no queue");
         if (!known_queues.contains(m.queue)) {
             st.insert_queue.reset();
-            if (auto r = st.insert_queue.bind(1, m.queue).run(); !r)
-                return std::unexpected(r.error());
+            CONVEYOR_TRY(st.insert_queue.bind(1, m.queue).run());
         }
         std::string id = codec::envelope_id(m.envelope);
         if (id.empty()) id = make_task_id();
@@ -228,7 +227,7 @@ Result<void> insert_messages(Statements& st, std::span<const OutgoingMessage> ms
             .bind(7, props_json(m.envelope))
             .bind(8, headers_json(m.envelope))
             .bind_blob(9, m.envelope.body);
-        if (auto r = st.insert_task.run(); !r) return std::unexpected(r.error());
+        CONVEYOR_TRY(st.insert_task.run());
     }
     for (auto& m : msgs) known_queues.insert(m.queue);
     return {};

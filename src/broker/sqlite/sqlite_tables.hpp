@@ -10,6 +10,7 @@
 
 #include "broker/sqlite/sqlite_db.hpp"
 #include "conveyor/broker.hpp"
+#include "core/try.hpp"
 
 namespace conveyor::sqlite {
 
@@ -49,7 +50,7 @@ Result<void> keep_wal(Db& db, Statements& st);
 /// busy timeout.
 template <class Fn>
 auto in_transaction(Db& db, Statements& st, Fn&& fn) -> decltype(fn()) {
-    if (auto ok = keep_wal(db, st); !ok) return std::unexpected(ok.error());
+    CONVEYOR_TRY(keep_wal(db, st));
     for (int attempt = 0;; ++attempt) {
         auto tx = Transaction::begin(db);
         if (!tx) {
