@@ -33,6 +33,9 @@ namespace conveyor {
 /// A message to publish, with its destination and earliest delivery time.
 struct OutgoingMessage {
     std::string queue;  ///< destination queue (when `exchange` is empty)
+    /// The task's id: the broker's id for the message (an id it already holds is dropped).
+    /// Empty: the id in the envelope, or a new one when the envelope has none.
+    std::string task_id;
     Envelope envelope;
     std::optional<TimePoint> not_before;  ///< delayed delivery; waits in the broker
     std::string exchange;     ///< amqp: publish to this exchange instead (fan-out, topic routing)

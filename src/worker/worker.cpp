@@ -14,13 +14,13 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "client/canvas.hpp"
 #include "conveyor/engine.hpp"
 #include "core/codec.hpp"
 #include "core/lifecycle.hpp"
 #include "core/node.hpp"
 #include "core/time.hpp"
 #include "core/try.hpp"
-#include "worker/canvas.hpp"
 #include "worker/handlers.hpp"
 #include "worker/monitor.hpp"
 #include "worker/outcome.hpp"

@@ -51,7 +51,9 @@ Result<Wire> route(Engine& e, const OutgoingMessage& m, std::string& key_storage
                                     "place in the order",
                                     m.queue));
         w.exchange = m.queue;
-        key_storage = m.ordering_key.empty() ? codec::envelope_id(m.envelope) : m.ordering_key;
+        key_storage = !m.ordering_key.empty() ? m.ordering_key
+                      : !m.task_id.empty()    ? m.task_id
+                                              : codec::envelope_id(m.envelope);
         if (key_storage.empty()) key_storage = make_task_id();
         w.routing_key = key_storage;
         return w;

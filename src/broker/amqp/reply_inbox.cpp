@@ -21,7 +21,7 @@ void ReplyInbox::sent(std::span<const OutgoingMessage> msgs) {
     std::lock_guard lk(mu_);
     for (auto& m : msgs) {
         if (m.envelope.reply_to != queue_ || queue_.empty()) continue;
-        auto id = codec::envelope_id(m.envelope);
+        auto id = m.task_id.empty() ? codec::envelope_id(m.envelope) : m.task_id;
         if (id.empty() || known_.contains(id)) continue;
         TaskResult r;
         r.id = id;

@@ -205,7 +205,7 @@ class MemoryBroker final : public Broker, public detail::MovePublisher {
         std::vector<Item> made;
         made.reserve(msgs.size());
         for (auto& m : msgs) {
-            std::string id = codec::envelope_id(m.envelope);
+            std::string id = m.task_id.empty() ? codec::envelope_id(m.envelope) : m.task_id;
             if (id.empty()) id = make_task_id();
             int priority = m.envelope.priority;
             made.push_back(Item{std::move(id), m.queue, std::move(m.envelope), priority});

@@ -214,7 +214,7 @@ Result<void> insert_messages(Statements& st, std::span<const OutgoingMessage> ms
             st.insert_queue.reset();
             CONVEYOR_TRY(st.insert_queue.bind(1, m.queue).run());
         }
-        std::string id = codec::envelope_id(m.envelope);
+        std::string id = m.task_id.empty() ? codec::envelope_id(m.envelope) : m.task_id;
         if (id.empty()) id = make_task_id();
         auto at = m.not_before ? to_epoch_ms(*m.not_before) : now;
         st.insert_task.reset();

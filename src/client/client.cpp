@@ -6,12 +6,13 @@
 #include <thread>
 
 #include "broker/publish_moved.hpp"
+#include "client/canvas.hpp"
+#include "client/outgoing.hpp"
 #include "core/codec.hpp"
 #include "core/json_bounds.hpp"
 #include "core/node.hpp"
 #include "core/time.hpp"
 #include "core/try.hpp"
-#include "worker/canvas.hpp"
 
 namespace conveyor {
 
@@ -19,21 +20,8 @@ Client::Client(std::shared_ptr<Broker> broker, Config config)
     : broker_(std::move(broker)), config_(std::move(config)) {}
 
 Result<OutgoingMessage> Client::prepare(TaskMessage t, const EnqueueOptions& o) const {
-    if (t.name.empty()) return fail(Errc::invalid_argument, "task name is empty");
-    // `{}` in C++ makes a JSON null: no arguments.
-    if (t.args.is_null()) t.args = Json::array();
-    if (t.kwargs.is_null()) t.kwargs = Json::object();
-    if (!t.args.is_array()) return fail(Errc::invalid_argument, "args must be a JSON array");
-    if (!t.kwargs.is_object()) return fail(Errc::invalid_argument, "kwargs must be a JSON object");
-    for (auto [value, what] : {std::pair{&t.args, "args"}, std::pair{&t.kwargs, "kwargs"}})
-        if (detail::json_depth(*value) > detail::kMaxJsonDepth)
-            return fail(Errc::invalid_argument,
-                        fmt::format("{} nest deeper than {} levels (workers refuse such tasks)",
-                                    what, detail::kMaxJsonDepth));
-    if (t.id.empty()) t.id = o.id.empty() ? make_task_id() : o.id;
+    if (t.id.empty()) t.id = o.id;
     if (o.priority) t.priority = *o.priority;
-    if (t.priority < 0 || t.priority > 255)
-        return fail(Errc::invalid_argument, "priority must be 0..255");
     if (o.max_retries) t.max_retries = *o.max_retries;
     if (o.expires) t.expires = *o.expires;
     if (!t.eta) {
@@ -42,34 +30,24 @@ Result<OutgoingMessage> Client::prepare(TaskMessage t, const EnqueueOptions& o) 
         else if (o.countdown)
             t.eta = detail::add_clamped(SystemClock::now(), *o.countdown);
     }
+    // Times from the caller are checked (times from the wire are taken as they are).
     if (t.eta)
         CONVEYOR_TRY(
             detail::check_time(*t.eta, o.countdown && !o.eta ? "the countdown's end" : "the eta"));
     if (t.expires) CONVEYOR_TRY(detail::check_time(*t.expires, "the expiry time"));
-    if (t.reply_to.empty() && !t.ignore_result) {
+    if (t.reply_to.empty() && !t.ignore_result && !t.name.empty()) {
         auto reply = broker_->reply_to();
         CONVEYOR_TRY(reply);
         t.reply_to = std::move(*reply);
     }
-    if (t.origin.empty()) {
-        static const std::string origin = detail::node_name();
-        t.origin = origin;
-    }
-    OutgoingMessage m;
-    m.queue = !o.queue.empty() ? o.queue : config_.queue_for(t.name);
-    m.not_before = t.eta;
-    m.exchange = o.exchange;
-    m.routing_key = o.routing_key;
-    m.ordering_key = o.ordering_key;
-    if (o.raw || config_.publishes_raw(m.exchange, m.queue)) {
-        if (!o.content_type.empty()) t.content_type = o.content_type;
-        auto env = codec::encode_raw(t, m.exchange.empty() ? m.queue : m.exchange);
-        CONVEYOR_TRY(env);
-        m.envelope = std::move(*env);
-        return m;
-    }
-    m.envelope = codec::encode(t);
-    return m;
+    detail::Destination to;
+    to.queue = !o.queue.empty() ? o.queue : config_.queue_for(t.name);
+    to.exchange = o.exchange;
+    to.routing_key = o.routing_key;
+    to.ordering_key = o.ordering_key;
+    to.raw = o.raw || config_.publishes_raw(to.exchange, to.queue);
+    if (to.raw && !o.content_type.empty()) t.content_type = o.content_type;
+    return detail::make_outgoing(std::move(t), to);
 }
 
 Result<std::string> Client::enqueue(std::string_view task, Json args, Json kwargs,
@@ -80,7 +58,7 @@ Result<std::string> Client::enqueue(std::string_view task, Json args, Json kwarg
     t.kwargs = std::move(kwargs);
     auto m = prepare(std::move(t), o);
     CONVEYOR_TRY(m);
-    std::string id = codec::envelope_id(m->envelope);
+    std::string id = m->task_id;
     CONVEYOR_TRY(detail::publish_moved(*broker_, std::span(&*m, 1)));
     return id;
 }
@@ -96,7 +74,7 @@ Result<std::vector<std::string>> Client::enqueue_many(std::vector<TaskMessage> t
     for (auto& t : tasks) {
         auto m = prepare(std::move(t), common);
         CONVEYOR_TRY(m);
-        ids.push_back(codec::envelope_id(m->envelope));
+        ids.push_back(m->task_id);
         msgs.push_back(std::move(*m));
     }
     CONVEYOR_TRY(detail::publish_moved(*broker_, msgs));

@@ -1,9 +1,10 @@
-#include "worker/canvas.hpp"
+#include "client/canvas.hpp"
 
 #include <fmt/format.h>
 
 #include <algorithm>
 
+#include "client/outgoing.hpp"
 #include "core/codec.hpp"
 #include "core/time.hpp"
 #include "core/try.hpp"
@@ -66,10 +67,10 @@ Result<void> apply_task(const Json& sig, const std::optional<Json>& prepend,
     embed["chain"] = chain_rest.is_array() ? chain_rest : Json();
     embed["chord"] = field(opts, "chord").is_object() ? field(opts, "chord") : Json();
     t.embed = std::move(embed);
-    OutgoingMessage m;
-    m.queue = string_of(opts, "queue");
-    if (m.queue.empty() && ctx.queue_for) m.queue = ctx.queue_for(t.name);
-    if (m.queue.empty()) m.queue = ctx.fallback_queue;
+    detail::Destination to;
+    to.queue = string_of(opts, "queue");
+    if (to.queue.empty() && ctx.queue_for) to.queue = ctx.queue_for(t.name);
+    if (to.queue.empty()) to.queue = ctx.fallback_queue;
     if (field(opts, "countdown").is_number()) {
         auto ms = detail::seconds_to_ms(field(opts, "countdown").get<double>());
         if (!ms) return fail(Errc::malformed, "a workflow signature's countdown is not a number");
@@ -77,9 +78,9 @@ Result<void> apply_task(const Json& sig, const std::optional<Json>& prepend,
     } else if (field(opts, "eta").is_string()) {
         t.eta = detail::parse_iso8601(field(opts, "eta").get<std::string>());
     }
-    m.not_before = t.eta;
-    m.envelope = codec::encode(t);
-    out.push_back(std::move(m));
+    auto m = detail::make_outgoing(std::move(t), to);
+    CONVEYOR_TRY(m);
+    out.push_back(std::move(*m));
     return {};
 }
 
@@ -115,7 +116,7 @@ Json signature(const std::string& task, Json args, Json kwargs, Json options, bo
                 {"immutable", immutable}};
 }
 
-Result<void> apply(Broker& broker, const Json& sig, const std::optional<Json>& prepend,
+Result<void> apply(ResultStore& store, const Json& sig, const std::optional<Json>& prepend,
                    const TaskMessage* parent, const Context& ctx,
                    std::vector<OutgoingMessage>& out) {
     if (!sig.is_object())
@@ -134,7 +135,7 @@ Result<void> apply(Broker& broker, const Json& sig, const std::optional<Json>& p
             if (!rest.empty())
                 return fail(Errc::malformed,
                             "a chain that starts with a nested workflow is not supported");
-            return apply(broker, first, prepend, parent, ctx, out);
+            return apply(store, first, prepend, parent, ctx, out);
         }
         return apply_task(first, prepend, parent, ctx, rest, out);
     }
@@ -144,7 +145,7 @@ Result<void> apply(Broker& broker, const Json& sig, const std::optional<Json>& p
         for (auto& member : member_tasks(sig)) {
             auto m = with_options(member, {{"group_id", gid}});
             CONVEYOR_TRY(m);
-            CONVEYOR_TRY(apply(broker, *m, prepend, parent, ctx, out));
+            CONVEYOR_TRY(apply(store, *m, prepend, parent, ctx, out));
         }
         return {};
     }
@@ -155,12 +156,12 @@ Result<void> apply(Broker& broker, const Json& sig, const std::optional<Json>& p
         const Json& body = field(kw, "body");
         std::string gid = string_of(field(header, "options"), "task_id");
         if (gid.empty()) gid = make_task_id();
-        CONVEYOR_TRY(broker.begin_chord(gid, members.size()));
+        CONVEYOR_TRY(store.begin_chord(gid, members.size()));
         for (std::size_t i = 0; i < members.size(); ++i) {
             Json extra = {{"group_id", gid}, {"group_index", int(i)}, {"chord", body}};
             auto m = with_options(members[i], extra);
             CONVEYOR_TRY(m);
-            CONVEYOR_TRY(apply(broker, *m, prepend, parent, ctx, out));
+            CONVEYOR_TRY(apply(store, *m, prepend, parent, ctx, out));
         }
         return {};
     }
@@ -176,12 +177,12 @@ bool has_followers(const TaskMessage& t) {
 namespace {
 
 /// A header task finished: the chord body runs when it was the last part.
-Result<void> chord_part(Broker& broker, const TaskMessage& t, const TaskResult& part,
+Result<void> chord_part(ResultStore& store, const TaskMessage& t, const TaskResult& part,
                         const Context& ctx, std::vector<OutgoingMessage>& out,
                         std::vector<TaskResult>& results) {
     const Json& body = field(t.embed, "chord");
     if (!body.is_object() || t.group.empty()) return {};
-    auto done = broker.chord_part_done(t.group, t.group_index.value_or(0), part);
+    auto done = store.chord_part_done(t.group, t.group_index.value_or(0), part);
     CONVEYOR_TRY(done);
     if (!done->complete) return {};
     Json values = Json::array();
@@ -204,17 +205,17 @@ Result<void> chord_part(Broker& broker, const TaskMessage& t, const TaskResult& 
         }
         values.push_back(p.result);
     }
-    return apply(broker, body, values, &t, ctx, out);
+    return apply(store, body, values, &t, ctx, out);
 }
 
 }  // namespace
 
-Result<void> on_success(Broker& broker, const TaskMessage& t, const Json& result,
+Result<void> on_success(ResultStore& store, const TaskMessage& t, const Json& result,
                         const Context& ctx, std::vector<OutgoingMessage>& out,
                         std::vector<TaskResult>& results, std::vector<std::string>* children) {
     const std::size_t before = out.size();
     if (const Json& cbs = field(t.embed, "callbacks"); cbs.is_array())
-        for (auto& cb : cbs) CONVEYOR_TRY(apply(broker, cb, result, &t, ctx, out));
+        for (auto& cb : cbs) CONVEYOR_TRY(apply(store, cb, result, &t, ctx, out));
     if (const Json& chain = field(t.embed, "chain"); non_empty_array(chain)) {
         Json rest = chain;
         Json next = rest.back();
@@ -231,20 +232,19 @@ Result<void> on_success(Broker& broker, const TaskMessage& t, const Json& result
             if (!rest.empty())
                 return fail(Errc::malformed,
                             "a nested workflow in the middle of a chain is not supported");
-            CONVEYOR_TRY(apply(broker, next, result, &t, ctx, out));
+            CONVEYOR_TRY(apply(store, next, result, &t, ctx, out));
         }
     }
     if (children)
-        for (std::size_t i = before; i < out.size(); ++i)
-            children->push_back(codec::envelope_id(out[i].envelope));
+        for (std::size_t i = before; i < out.size(); ++i) children->push_back(out[i].task_id);
     TaskResult part;
     part.id = t.id;
     part.state = TaskState::success;
     part.result = result;
-    return chord_part(broker, t, part, ctx, out, results);
+    return chord_part(store, t, part, ctx, out, results);
 }
 
-Result<void> on_failure(Broker& broker, const TaskMessage& t, const TaskResult& failure,
+Result<void> on_failure(ResultStore& store, const TaskMessage& t, const TaskResult& failure,
                         const Context& ctx, std::vector<OutgoingMessage>& out,
                         std::vector<TaskResult>& results) {
     if (const Json& ebs = field(t.embed, "errbacks"); ebs.is_array())
@@ -260,7 +260,7 @@ Result<void> on_failure(Broker& broker, const TaskMessage& t, const TaskResult& 
             Json args = field(eb, "args").is_array() ? field(eb, "args") : Json::array();
             args.insert(args.begin(), t.id);
             sig["args"] = args;
-            CONVEYOR_TRY(apply(broker, sig, std::nullopt, &t, ctx, out));
+            CONVEYOR_TRY(apply(store, sig, std::nullopt, &t, ctx, out));
         }
     if (const Json& chain = field(t.embed, "chain"); chain.is_array())
         for (auto& link : chain) {
@@ -272,7 +272,7 @@ Result<void> on_failure(Broker& broker, const TaskMessage& t, const TaskResult& 
         }
     TaskResult part = failure;
     part.id = t.id;
-    return chord_part(broker, t, part, ctx, out, results);
+    return chord_part(store, t, part, ctx, out, results);
 }
 
 }  // namespace conveyor::canvas

@@ -24,8 +24,8 @@ struct Context {
 /// Messages that start `signature` (a plain task, or a chain, group or chord signature),
 /// with `prepend` (the previous task's return value) as first argument unless immutable.
 /// `parent`: the task that triggers it (for parent_id/root_id), or null.
-/// Chords call `broker.begin_chord` before their header is returned.
-Result<void> apply(Broker& broker, const Json& signature, const std::optional<Json>& prepend,
+/// Chords call `store.begin_chord` before their header is returned.
+Result<void> apply(ResultStore& store, const Json& signature, const std::optional<Json>& prepend,
                    const TaskMessage* parent, const Context& context,
                    std::vector<OutgoingMessage>& out);
 
@@ -35,14 +35,14 @@ bool has_followers(const TaskMessage& task);
 /// What follows a success: link callbacks, the next link of the chain, and the chord body when
 /// this task completes its chord (or FAILURE results for the body when a part failed).
 /// `children` gets the ids of the callbacks and the chain's next task, as Celery records them.
-Result<void> on_success(Broker& broker, const TaskMessage& task, const Json& result,
+Result<void> on_success(ResultStore& store, const TaskMessage& task, const Json& result,
                         const Context& context, std::vector<OutgoingMessage>& out,
                         std::vector<TaskResult>& results,
                         std::vector<std::string>* children = nullptr);
 
 /// What follows a final failure: one-argument errbacks (called with the task id), FAILURE for
 /// every later link of the chain, and the chord bookkeeping.
-Result<void> on_failure(Broker& broker, const TaskMessage& task, const TaskResult& failure,
+Result<void> on_failure(ResultStore& store, const TaskMessage& task, const TaskResult& failure,
                         const Context& context, std::vector<OutgoingMessage>& out,
                         std::vector<TaskResult>& results);
 

@@ -7,6 +7,7 @@
 #include <deque>
 #include <thread>
 
+#include "client/outgoing.hpp"
 #include "conveyor/engine.hpp"
 #include "core/codec.hpp"
 #include "core/lifecycle.hpp"
@@ -164,12 +165,13 @@ Result<void> Scheduler::tick(ScheduleStore& store) {
             t.extra_headers = {{"x-conveyor-schedule", s.name},
                                {"x-conveyor-scheduled-at", detail::format_iso8601(at)},
                                {"x-conveyor-fired-at", detail::format_iso8601(now)}};
-            OutgoingMessage m;
-            m.queue = !s.queue.empty()  ? s.queue
-                      : opts_.queue_for ? opts_.queue_for(s.task)
-                                        : std::string(kDefaultQueue);
-            m.envelope = codec::encode(t);
-            fires.push_back(ScheduleFire{s.name, at, std::move(m)});
+            detail::Destination to;
+            to.queue = !s.queue.empty()  ? s.queue
+                       : opts_.queue_for ? opts_.queue_for(s.task)
+                                         : std::string(kDefaultQueue);
+            auto m = detail::make_outgoing(std::move(t), to);
+            CONVEYOR_TRY(m);
+            fires.push_back(ScheduleFire{s.name, at, std::move(*m)});
         }
         if (run.empty() || run.back() != latest)
             fires.push_back(ScheduleFire{s.name, latest, std::nullopt});
