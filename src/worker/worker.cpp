@@ -24,6 +24,7 @@
 #include "worker/handlers.hpp"
 #include "worker/monitor.hpp"
 #include "worker/outcome.hpp"
+#include "worker/storage_backoff.hpp"
 
 namespace conveyor {
 
@@ -75,32 +76,26 @@ Json exception_result(const std::string& type, const std::string& module,
 
 }  // namespace
 
-/// Backing off while the broker fails for a while (disk full, a lock held by another
-/// process past the busy timeout, an I/O error): one line when it starts and one when it ends.
-class StorageBackoff {
+/// A StorageBackoff that says, in one line each, when failing begins and when it ends.
+class StorageTrouble {
   public:
-    bool ready(steady_clock::time_point now) const { return now >= retry_at_; }
+    bool ready(steady_clock::time_point now) const { return backoff_.ready(now); }
     /// True when `e` passes by itself (the caller carries on later); false when it is fatal.
     bool failed(const Error& e, const char* doing) {
-        if (e.code != Errc::unavailable) return false;
-        if (!failing_)
+        bool began = !backoff_.failing();
+        if (!backoff_.failed(e, steady_clock::now())) return false;
+        if (began)
             fmt::print(stderr, "conveyor: {} failed ({}); retrying with backoff\n", doing,
                        e.message);
-        failing_ = true;
-        retry_at_ = steady_clock::now() + delay_;
-        delay_ = std::min(delay_ * 2, milliseconds(5000));
         return true;
     }
     void succeeded() {
-        if (failing_) fmt::print(stderr, "conveyor: the broker works again\n");
-        failing_ = false;
-        delay_ = milliseconds(100);
+        if (backoff_.failing()) fmt::print(stderr, "conveyor: the broker works again\n");
+        backoff_.succeeded();
     }
 
   private:
-    bool failing_ = false;
-    steady_clock::time_point retry_at_{};
-    milliseconds delay_{100};
+    detail::StorageBackoff backoff_;
 };
 
 /// Group commit of settlements: how long and how many outcomes wait for others.
@@ -689,7 +684,7 @@ struct Worker::Impl {
         bool stop_sent = false;
         steady_clock::time_point grace_deadline{};
         Result<void> failure;
-        StorageBackoff storage;
+        StorageTrouble storage;
 
         for (;;) {
             // 1. Collect outcomes.
