@@ -22,6 +22,7 @@
 #include "core/time.hpp"
 #include "core/try.hpp"
 #include "worker/handlers.hpp"
+#include "worker/key_order.hpp"
 #include "worker/monitor.hpp"
 #include "worker/outcome.hpp"
 #include "worker/storage_backoff.hpp"
@@ -126,8 +127,7 @@ struct Worker::Impl {
     // Per-key order (dispatcher thread only): the key of a running or sleeping job is busy;
     // later jobs with that key wait behind it. A keyed job that fails sleeps here for its
     // backoff and runs again, so it keeps its place in the order.
-    std::unordered_map<std::string, std::deque<Job*>> key_waiting;
-    std::unordered_map<std::string, int> key_busy;
+    detail::KeyOrder<Job*> key_order;
     std::multimap<steady_clock::time_point, Job*> sleeping;
     std::mt19937_64 rng;
     std::unique_ptr<detail::Monitor> monitor;  // amqp: Celery events and remote control
@@ -366,10 +366,7 @@ struct Worker::Impl {
         Job& job = jobs.back();
         job_index[&job] = std::prev(jobs.end());
         job.key = std::move(key);
-        if (!job.key.empty() && key_busy[job.key]++ > 0) {
-            key_waiting[job.key].push_back(&job);
-            return;
-        }
+        if (!key_order.admit(job.key, &job)) return;  // behind an earlier task with its key
         arm_deadline(job);
         ready.push_back(&job);
     }
@@ -384,20 +381,10 @@ struct Worker::Impl {
 
     /// A keyed job is settled: the next job with its key may run.
     void release_key(Job* job, std::vector<Job*>& ready) {
-        if (job->key.empty()) return;
-        auto busy = key_busy.find(job->key);
-        if (busy == key_busy.end()) return;
-        if (--busy->second == 0) {
-            key_busy.erase(busy);
-            key_waiting.erase(job->key);
-            return;
+        if (auto next = key_order.done(job->key)) {
+            arm_deadline(**next);
+            ready.push_back(*next);
         }
-        auto& w = key_waiting[job->key];
-        if (w.empty()) return;
-        Job* next = w.front();
-        w.pop_front();
-        arm_deadline(*next);
-        ready.push_back(next);
     }
 
     void enqueue_ready(const std::vector<Job*>& ready) {
@@ -586,29 +573,33 @@ struct Worker::Impl {
     void lose_leases(const std::vector<std::uint64_t>& tags) {
         if (tags.empty()) return;
         std::unordered_set<std::uint64_t> lost(tags.begin(), tags.end());
-        std::vector<Job*> not_started;
-        std::lock_guard lk(mu);  // `started` and `queued` are shared with the executors
-        for (auto& j : jobs) {
-            if (!lost.contains(j.delivery.tag)) continue;
-            j.lease_lost = true;
-            j.stop.request_stop();
-            if (!j.started) not_started.push_back(&j);
-        }
-        // Not started yet: dropped here (queued, waiting for their key, or sleeping before a
-        // retry); running ones are concluded when they return.
-        for (Job* j : not_started) {
-            std::erase(queued, j);
-            for (auto it = sleeping.begin(); it != sleeping.end();)
-                it = it->second == j ? sleeping.erase(it) : std::next(it);
-            if (!j->key.empty()) {
-                auto w = key_waiting.find(j->key);
-                if (w != key_waiting.end()) std::erase(w->second, j);
-                if (auto b = key_busy.find(j->key); b != key_busy.end() && --b->second == 0)
-                    key_busy.erase(b);
+        std::vector<Job*> not_started, promoted;
+        {
+            std::lock_guard lk(mu);  // `started` and `queued` are shared with the executors
+            for (auto& j : jobs) {
+                if (!lost.contains(j.delivery.tag)) continue;
+                j.lease_lost = true;
+                j.stop.request_stop();
+                if (!j.started) not_started.push_back(&j);
             }
+            // Not started yet: dropped here (queued, waiting for their key, or sleeping before
+            // a retry); running ones are concluded when they return.
+            for (Job* j : not_started) {
+                std::erase(queued, j);
+                for (auto it = sleeping.begin(); it != sleeping.end();)
+                    it = it->second == j ? sleeping.erase(it) : std::next(it);
+                if (auto next = key_order.drop(j->key, j)) promoted.push_back(*next);
+            }
+        }
+        std::unordered_set<Job*> dropped(not_started.begin(), not_started.end());
+        std::erase_if(promoted, [&](Job* j) { return dropped.contains(j); });
+        for (Job* j : not_started) {
             if (monitor) monitor->released(j->task.id);
             forget(j);
         }
+        // The next task of a dropped one's key moves up.
+        for (Job* j : promoted) arm_deadline(*j);
+        enqueue_ready(promoted);
     }
 
     void forget(Job* job) {
@@ -721,9 +712,7 @@ struct Worker::Impl {
                 }
                 for (auto& [_, j] : sleeping) not_started.push_back(j);
                 sleeping.clear();
-                for (auto& [_, w] : key_waiting)
-                    for (Job* j : w) not_started.push_back(j);
-                key_waiting.clear();
+                for (Job* j : key_order.take_waiting()) not_started.push_back(j);
                 for (Job* j : not_started) {
                     pending.push_back(Settlement{Settlement::Kind::release, j->delivery.tag});
                     released++;
@@ -874,8 +863,7 @@ struct Worker::Impl {
         }
         outcomes.clear();
         sleeping.clear();
-        key_waiting.clear();
-        key_busy.clear();
+        key_order.clear();
         if (monitor) {
             monitor->stop();  // worker-offline
             monitor.reset();
