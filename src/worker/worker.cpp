@@ -609,241 +609,204 @@ struct Worker::Impl {
         job_index.erase(it);
     }
 
-    Result<void> run() {
-        ConsumerOptions co;
-        co.queues = opts.queues;
-        co.prefetch = opts.prefetch;
-        co.lease = opts.lease;
-        co.name = opts.name;
-        auto consumer_r = broker->consume(co);
-        CONVEYOR_TRY(consumer_r);
-        auto& consumer = **consumer_r;
-
-        {
+    /// Celery events and remote control (amqp), when the engine has them.
+    void start_monitor() {
+        auto ch = broker->control(opts.node_name);
+        if (!ch) {
+            fmt::print(stderr, "conveyor: no monitoring/remote control: {}\n", ch.error().message);
+            return;
+        }
+        if (!*ch) return;
+        detail::MonitorOptions mo;
+        mo.node = opts.node_name;
+        mo.concurrency = opts.concurrency;
+        mo.prefetch = opts.prefetch;
+        mo.queues = opts.queues;
+        for (auto& [name, _] : handlers) mo.registered.push_back(name);
+        mo.task_events = opts.task_events;
+        mo.on_shutdown = [this] { stopping.store(true); };
+        mo.on_consumer_change = [this](const std::string& queue, bool consume) {
             std::lock_guard lk(mu);
-            executors_exit = false;
-        }
-        if (opts.remote_control) {
-            auto ch = broker->control(opts.node_name);
-            if (!ch)
-                fmt::print(stderr, "conveyor: no monitoring/remote control: {}\n",
-                           ch.error().message);
-            else if (*ch) {
-                detail::MonitorOptions mo;
-                mo.node = opts.node_name;
-                mo.concurrency = opts.concurrency;
-                mo.prefetch = opts.prefetch;
-                mo.queues = opts.queues;
-                for (auto& [name, _] : handlers) mo.registered.push_back(name);
-                mo.task_events = opts.task_events;
-                mo.on_shutdown = [this] { stopping.store(true); };
-                mo.on_consumer_change = [this](const std::string& queue, bool consume) {
-                    std::lock_guard lk(mu);
-                    consumer_changes.emplace_back(queue, consume);
-                };
-                mo.conf = Json{{"broker_url", broker->url()},
-                               {"worker_concurrency", opts.concurrency},
-                               {"worker_prefetch_count", opts.prefetch},
-                               {"task_acks_late", true},
-                               {"task_queues", opts.queues},
-                               {"worker_delivery_limit", opts.delivery_limit},
-                               {"worker_shutdown_grace", opts.shutdown_grace.count() / 1000.0}};
-                monitor = std::make_unique<detail::Monitor>(std::move(*ch), std::move(mo));
-                monitor->start();
-            }
-        }
-        std::vector<std::jthread> threads;
-        for (int i = 0; i < opts.concurrency; ++i)
-            threads.emplace_back([this] { executor_loop(); });
-        auto join_all = [&] {
-            {
-                std::lock_guard lk(mu);
-                executors_exit = true;
-            }
-            work_cv.notify_all();
-            threads.clear();
+            consumer_changes.emplace_back(queue, consume);
         };
+        mo.conf = Json{{"broker_url", broker->url()},
+                       {"worker_concurrency", opts.concurrency},
+                       {"worker_prefetch_count", opts.prefetch},
+                       {"task_acks_late", true},
+                       {"task_queues", opts.queues},
+                       {"worker_delivery_limit", opts.delivery_limit},
+                       {"worker_shutdown_grace", opts.shutdown_grace.count() / 1000.0}};
+        monitor = std::make_unique<detail::Monitor>(std::move(*ch), std::move(mo));
+        monitor->start();
+    }
 
-        std::vector<Settlement> pending;
+    /// The dispatcher's state from one round of its loop to the next.
+    struct Round {
+        std::vector<Settlement> pending;  // settlements waiting for a group commit
         // The last time nothing was pending: the oldest pending settlement is younger.
         steady_clock::time_point pending_since{};
         steady_clock::time_point last_deadline_scan{};
         steady_clock::time_point last_settle{};
-        auto last_renew = steady_clock::now();
-        auto renew_every = std::max(milliseconds(50), opts.lease / 3);
-        bool draining = false;
-        bool stop_sent = false;
+        steady_clock::time_point last_renew{};
+        milliseconds renew_every{};
+        bool draining = false;   // shutting down: no more fetches
+        bool stop_sent = false;  // the grace period is over: running handlers are told to stop
         steady_clock::time_point grace_deadline{};
-        Result<void> failure;
         StorageTrouble storage;
+    };
 
-        for (;;) {
-            // 1. Collect outcomes.
-            std::vector<Finished> done;
-            {
-                std::lock_guard lk(mu);
-                done.swap(outcomes);
-            }
-            std::vector<Job*> unblocked;
-            for (auto& o : done) {
-                auto s = conclude(o);
-                if (!s) continue;  // sleeping before it runs again
-                pending.push_back(std::move(*s));
-                release_key(o.job, unblocked);
-                forget(o.job);
-            }
-            for (auto now = steady_clock::now();
-                 !sleeping.empty() && sleeping.begin()->first <= now && !stopping.load();) {
-                Job* j = sleeping.begin()->second;
-                sleeping.erase(sleeping.begin());
-                arm_deadline(*j);
-                unblocked.push_back(j);
-            }
-            enqueue_ready(unblocked);
-
-            // 2. Shutdown: stop fetching, hand back what has not started, wait for the rest.
-            if (stopping.load() && !draining) {
-                draining = true;
-                grace_deadline = steady_clock::now() + opts.shutdown_grace;
-                std::deque<Job*> not_started;
-                {
-                    std::lock_guard lk(mu);
-                    not_started.swap(queued);
-                }
-                for (auto& [_, j] : sleeping) not_started.push_back(j);
-                sleeping.clear();
-                for (Job* j : key_order.take_waiting()) not_started.push_back(j);
-                for (Job* j : not_started) {
-                    pending.push_back(Settlement{Settlement::Kind::release, j->delivery.tag});
-                    released++;
-                    forget(j);
-                }
-            }
-            if (draining && !stop_sent && steady_clock::now() >= grace_deadline) {
-                stop_sent = true;
-                for (auto& j : jobs) {
-                    j.release_on_finish = true;
-                    j.stop.request_stop();
-                }
-            }
-
-            // Queues added or cancelled by remote control.
-            std::vector<std::pair<std::string, bool>> changes;
-            {
-                std::lock_guard lk(mu);
-                changes.swap(consumer_changes);
-            }
-            for (auto& [queue, consume] : changes)
-                if (auto ok = consumer.set_consuming(queue, consume); !ok)
-                    fmt::print(stderr, "conveyor: {} queue '{}': {}\n",
-                               consume ? "cannot consume from" : "cannot stop consuming from",
-                               queue, ok.error().message);
-
-            // 3. Time limits, and `revoke --terminate`.
-            if (monitor)
-                for (auto& id : monitor->take_terminations())
-                    for (auto& j : jobs)
-                        if (j.task.id == id && j.started) {
-                            j.revoked = true;
-                            j.stop.request_stop();
-                        }
-            auto now = steady_clock::now();
-            if (now - last_deadline_scan >= milliseconds(5)) {  // not per outcome: O(jobs)
-                last_deadline_scan = now;
-                for (auto& j : jobs) {
-                    if (j.deadline && now >= *j.deadline && !j.stop.stop_requested())
-                        j.stop.request_stop();
-                }
-            }
-
-            // 4. Settle (one transaction for the whole batch: group commit) and keep leases
-            // alive. While other jobs are still running their outcomes join the batch, for at
-            // most kSettleWindow or kSettleBatch settlements; an idle worker settles at once.
-            if (pending.empty()) pending_since = now;
-            bool more_coming = !jobs.empty() && !draining;
-            // Unsettled deliveries count against the broker's prefetch window: a quarter at most.
-            std::size_t batch_max =
-                std::min(kSettleBatch, std::max<std::size_t>(1, opts.prefetch / 4));
-            // While storage is failing (disk full, locked past its timeout) nothing is lost:
-            // settlements wait here, running tasks go on, and the worker looks again later.
-            bool storage_up = storage.ready(now);
-            if (storage_up && !pending.empty() &&
-                (!more_coming || pending.size() >= batch_max ||
-                 now - pending_since >= kSettleWindow)) {
-                if (auto ok = consumer.settle(pending); !ok) {
-                    if (!storage.failed(ok.error(), "settling tasks")) {
-                        failure = std::unexpected(ok.error());
-                        break;
-                    }
-                } else {
-                    storage.succeeded();
-                    pending.clear();
-                    pending_since = now;
-                    last_settle = now;
-                }
-            } else if (storage_up && pending.empty() && now - last_settle >= milliseconds(50)) {
-                // Nothing to settle: lets the consumer send what it holds back (RabbitMQ acks
-                // waiting behind a long task) even while no fetch or outcome comes.
-                last_settle = now;
-                if (auto ok = consumer.settle(std::span<Settlement>()); !ok) {
-                    failure = std::unexpected(ok.error());
-                    break;
-                }
-            }
-            if (storage.ready(now) && now - last_renew >= renew_every) {
-                last_renew = now;
-                auto lost = consumer.renew();
-                if (!lost) {
-                    if (!storage.failed(lost.error(), "renewing leases")) {
-                        failure = std::unexpected(lost.error());
-                        break;
-                    }
-                } else {
-                    lose_leases(*lost);
-                }
-            }
-            // Shutdown ends once every job is settled, or when storage stays down past the
-            // grace period (the leases run out and other workers take the tasks).
-            if (draining && jobs.empty() && (pending.empty() || now >= grace_deadline)) break;
-
-            // 5. Fetch more, or wait for outcomes.
-            // Refill when a quarter of the window is free (fewer, larger batches), or when
-            // handler threads would otherwise idle; wait for deliveries only then.
-            std::size_t held = jobs.size();
-            std::size_t conc = std::size_t(opts.concurrency);
-            bool idle_threads = held < conc;
-            if (!draining && held < opts.prefetch &&
-                (idle_threads ||
-                 opts.prefetch - held >= std::max<std::size_t>(1, opts.prefetch / 4))) {
-                milliseconds wait = held == 0      ? milliseconds(20)
-                                    : idle_threads ? milliseconds(2)
-                                                   : milliseconds(0);
-                Result<std::vector<Delivery>> got;
-                if (storage.ready(now)) {
-                    got = consumer.fetch(opts.prefetch - held, wait);
-                    if (!got && storage.failed(got.error(), "fetching tasks"))
-                        got = std::vector<Delivery>();
-                    else if (got)
-                        storage.succeeded();
-                } else {
-                    got = std::vector<Delivery>();
-                }
-                if (!got) {
-                    failure = std::unexpected(got.error());
-                    break;
-                }
-                std::vector<Job*> ready;
-                for (auto& d : *got) admit(std::move(d), pending, ready);
-                enqueue_ready(ready);
-                if (!got->empty()) continue;
-            }
-            std::unique_lock lk(mu);
-            outcome_cv.wait_for(
-                lk, pending.empty() || !storage.ready(now) ? milliseconds(20) : kSettleWindow,
-                [&] { return !outcomes.empty(); });
+    /// 1. Outcomes become settlements; keyed jobs whose retry delay passed run again.
+    void collect_outcomes(Round& r) {
+        std::vector<Finished> done;
+        {
+            std::lock_guard lk(mu);
+            done.swap(outcomes);
         }
+        std::vector<Job*> unblocked;
+        for (auto& o : done) {
+            auto s = conclude(o);
+            if (!s) continue;  // sleeping before it runs again
+            r.pending.push_back(std::move(*s));
+            release_key(o.job, unblocked);
+            forget(o.job);
+        }
+        for (auto now = steady_clock::now();
+             !sleeping.empty() && sleeping.begin()->first <= now && !stopping.load();) {
+            Job* j = sleeping.begin()->second;
+            sleeping.erase(sleeping.begin());
+            arm_deadline(*j);
+            unblocked.push_back(j);
+        }
+        enqueue_ready(unblocked);
+    }
 
-        // Broker failure: stop executors, hand back best-effort.
+    /// 2. Shutdown: stop fetching, hand back what has not started, wait for the rest; after
+    /// the grace period, tell running handlers to stop.
+    void drain(Round& r) {
+        if (!r.draining) {
+            r.draining = true;
+            r.grace_deadline = steady_clock::now() + opts.shutdown_grace;
+            std::deque<Job*> not_started;
+            {
+                std::lock_guard lk(mu);
+                not_started.swap(queued);
+            }
+            for (auto& [_, j] : sleeping) not_started.push_back(j);
+            sleeping.clear();
+            for (Job* j : key_order.take_waiting()) not_started.push_back(j);
+            for (Job* j : not_started) {
+                r.pending.push_back(Settlement{Settlement::Kind::release, j->delivery.tag});
+                released++;
+                forget(j);
+            }
+        }
+        if (!r.stop_sent && steady_clock::now() >= r.grace_deadline) {
+            r.stop_sent = true;
+            for (auto& j : jobs) {
+                j.release_on_finish = true;
+                j.stop.request_stop();
+            }
+        }
+    }
+
+    /// Queues added or cancelled by remote control.
+    void apply_consumer_changes(Consumer& consumer) {
+        std::vector<std::pair<std::string, bool>> changes;
+        {
+            std::lock_guard lk(mu);
+            changes.swap(consumer_changes);
+        }
+        for (auto& [queue, consume] : changes)
+            if (auto ok = consumer.set_consuming(queue, consume); !ok)
+                fmt::print(stderr, "conveyor: {} queue '{}': {}\n",
+                           consume ? "cannot consume from" : "cannot stop consuming from", queue,
+                           ok.error().message);
+    }
+
+    /// 3. Time limits, and `revoke --terminate`.
+    void stop_overdue(Round& r, steady_clock::time_point now) {
+        if (monitor)
+            for (auto& id : monitor->take_terminations())
+                for (auto& j : jobs)
+                    if (j.task.id == id && j.started) {
+                        j.revoked = true;
+                        j.stop.request_stop();
+                    }
+        if (now - r.last_deadline_scan < milliseconds(5)) return;  // not per outcome: O(jobs)
+        r.last_deadline_scan = now;
+        for (auto& j : jobs)
+            if (j.deadline && now >= *j.deadline && !j.stop.stop_requested()) j.stop.request_stop();
+    }
+
+    /// 4. Settles (one transaction for the whole batch: group commit) and keeps leases alive.
+    /// While other jobs are still running their outcomes join the batch, for at most
+    /// kSettleWindow or kSettleBatch settlements; an idle worker settles at once. While
+    /// storage is failing (disk full, locked past its timeout) nothing is lost: settlements
+    /// wait here, running tasks go on, and the worker looks again later. An error only when
+    /// the broker fails for good.
+    Result<void> settle_and_renew(Consumer& consumer, Round& r, steady_clock::time_point now) {
+        if (r.pending.empty()) r.pending_since = now;
+        bool more_coming = !jobs.empty() && !r.draining;
+        // Unsettled deliveries count against the broker's prefetch window: a quarter at most.
+        std::size_t batch_max = std::min(kSettleBatch, std::max<std::size_t>(1, opts.prefetch / 4));
+        bool storage_up = r.storage.ready(now);
+        if (storage_up && !r.pending.empty() &&
+            (!more_coming || r.pending.size() >= batch_max ||
+             now - r.pending_since >= kSettleWindow)) {
+            if (auto ok = consumer.settle(r.pending); !ok) {
+                if (!r.storage.failed(ok.error(), "settling tasks")) return ok;
+            } else {
+                r.storage.succeeded();
+                r.pending.clear();
+                r.pending_since = now;
+                r.last_settle = now;
+            }
+        } else if (storage_up && r.pending.empty() && now - r.last_settle >= milliseconds(50)) {
+            // Nothing to settle: lets the consumer send what it holds back (RabbitMQ acks
+            // waiting behind a long task) even while no fetch or outcome comes.
+            r.last_settle = now;
+            CONVEYOR_TRY(consumer.settle(std::span<Settlement>()));
+        }
+        if (r.storage.ready(now) && now - r.last_renew >= r.renew_every) {
+            r.last_renew = now;
+            auto lost = consumer.renew();
+            if (!lost) {
+                if (!r.storage.failed(lost.error(), "renewing leases"))
+                    return std::unexpected(lost.error());
+            } else {
+                lose_leases(*lost);
+            }
+        }
+        return {};
+    }
+
+    /// 5. Fetches more when a quarter of the window is free (fewer, larger batches), or when
+    /// handler threads would otherwise idle. True when deliveries came.
+    Result<bool> fetch_more(Consumer& consumer, Round& r, steady_clock::time_point now) {
+        std::size_t held = jobs.size();
+        bool idle_threads = held < std::size_t(opts.concurrency);
+        if (r.draining || held >= opts.prefetch ||
+            (!idle_threads && opts.prefetch - held < std::max<std::size_t>(1, opts.prefetch / 4)))
+            return false;
+        milliseconds wait = held == 0      ? milliseconds(20)
+                            : idle_threads ? milliseconds(2)
+                                           : milliseconds(0);
+        if (!r.storage.ready(now)) return false;
+        auto got = consumer.fetch(opts.prefetch - held, wait);
+        if (!got) {
+            if (r.storage.failed(got.error(), "fetching tasks")) return false;
+            return std::unexpected(got.error());
+        }
+        r.storage.succeeded();
+        std::vector<Job*> ready;
+        for (auto& d : *got) admit(std::move(d), r.pending, ready);
+        enqueue_ready(ready);
+        return !got->empty();
+    }
+
+    /// After the loop: running handlers are stopped and joined, what is still held is handed
+    /// back (best effort), the monitor says the worker is offline.
+    void finish(Consumer& consumer, std::vector<std::jthread>& threads) {
         for (auto& j : jobs) {
             j.release_on_finish = true;
             j.stop.request_stop();
@@ -851,8 +814,10 @@ struct Worker::Impl {
         {
             std::lock_guard lk(mu);
             queued.clear();
+            executors_exit = true;
         }
-        join_all();
+        work_cv.notify_all();
+        threads.clear();  // joins
         if (!jobs.empty()) {
             std::vector<Settlement> back;
             for (auto& j : jobs)
@@ -868,6 +833,55 @@ struct Worker::Impl {
             monitor->stop();  // worker-offline
             monitor.reset();
         }
+    }
+
+    Result<void> run() {
+        ConsumerOptions co;
+        co.queues = opts.queues;
+        co.prefetch = opts.prefetch;
+        co.lease = opts.lease;
+        co.name = opts.name;
+        auto consumer_r = broker->consume(co);
+        CONVEYOR_TRY(consumer_r);
+        auto& consumer = **consumer_r;
+        {
+            std::lock_guard lk(mu);
+            executors_exit = false;
+        }
+        if (opts.remote_control) start_monitor();
+        std::vector<std::jthread> threads;
+        for (int i = 0; i < opts.concurrency; ++i)
+            threads.emplace_back([this] { executor_loop(); });
+
+        Round r;
+        r.last_renew = steady_clock::now();
+        r.renew_every = std::max(milliseconds(50), opts.lease / 3);
+        Result<void> failure;
+        for (;;) {
+            collect_outcomes(r);
+            if (stopping.load()) drain(r);
+            apply_consumer_changes(consumer);
+            auto now = steady_clock::now();
+            stop_overdue(r, now);
+            if (auto ok = settle_and_renew(consumer, r, now); !ok) {
+                failure = std::move(ok);
+                break;
+            }
+            // Shutdown ends once every job is settled, or when storage stays down past the
+            // grace period (the leases run out and other workers take the tasks).
+            if (r.draining && jobs.empty() && (r.pending.empty() || now >= r.grace_deadline)) break;
+            auto fetched = fetch_more(consumer, r, now);
+            if (!fetched) {
+                failure = std::unexpected(fetched.error());
+                break;
+            }
+            if (*fetched) continue;
+            std::unique_lock lk(mu);
+            outcome_cv.wait_for(
+                lk, r.pending.empty() || !r.storage.ready(now) ? milliseconds(20) : kSettleWindow,
+                [&] { return !outcomes.empty(); });
+        }
+        finish(consumer, threads);
         return failure;
     }
 };
