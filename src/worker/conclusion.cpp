@@ -1,0 +1,163 @@
+// Conclusion: what a finished job becomes (decided by worker/outcome), the workflow's next
+// steps, the result stored, the monitor told.
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <unordered_set>
+
+#include "core/codec.hpp"
+#include "core/time.hpp"
+#include "core/try.hpp"
+#include "worker/handlers.hpp"
+#include "worker/worker_impl.hpp"
+
+namespace conveyor {
+
+std::optional<Settlement> Worker::Impl::conclude(Finished& f) {
+    try {
+        return conclude_unguarded(*f.job, f.outcome);
+    } catch (const std::exception& e) {
+        const Job& job = *f.job;
+        if (monitor) monitor->released(job.task.id);
+        return dead_letter(job.delivery, job.task.id, job.task.retries,
+                           fmt::format("could not be concluded: {}", e.what()), "InternalError",
+                           "conveyor");
+    }
+}
+
+detail::JobState Worker::Impl::state_of(const Job& job) const {
+    detail::JobState s;
+    s.retries = job.task.retries;
+    s.policy = job.reg->options.retry;
+    if (job.task.max_retries) s.policy.max_retries = *job.task.max_retries;
+    s.lease_lost = job.lease_lost;
+    s.shutting_down = job.release_on_finish;
+    s.terminated = job.revoked;
+    s.keyed = !job.key.empty();
+    return s;
+}
+
+std::optional<Settlement> Worker::Impl::conclude_unguarded(Job& job, Outcome& o) {
+    using Action = detail::Decision::Action;
+    std::uniform_real_distribution<double> u(0.0, 1.0);
+    auto decision = detail::decide(o, state_of(job), u(rng));
+    const Delivery& d = job.delivery;
+    switch (decision.action) {
+        case Action::abandon:
+            fmt::print(stderr, "conveyor: task {}: its lease was lost; stopped, not settled\n",
+                       job.task.id);
+            if (monitor) monitor->released(job.task.id);
+            return Settlement{Settlement::Kind::release, d.tag};
+        case Action::release:
+            released++;
+            if (monitor) monitor->released(job.task.id);
+            return Settlement{Settlement::Kind::release, d.tag};
+        case Action::revoke:
+            if (monitor) monitor->revoked(job.task.id, false, job.revoked);
+            return revoked_settlement(d.tag, job.task.id, decision.reason.c_str());
+        case Action::succeed:
+            return succeed(job, o);
+        case Action::dead_letter:
+            return fail(job, o, decision);
+        case Action::retry:
+        case Action::retry_in_place:
+            return retry(job, o, decision);
+    }
+    return std::nullopt;  // not reached: every action is handled above
+}
+
+std::optional<Settlement> Worker::Impl::succeed(Job& job, Outcome& o) {
+    const Delivery& d = job.delivery;
+    std::vector<std::string> children;
+    if (canvas::has_followers(job.task)) {
+        if (auto ok = follow(job,
+                             [&](auto& out, auto& extra) {
+                                 return canvas::on_success(*broker, job.task, o.result,
+                                                           context_for(job), out, extra, &children);
+                             });
+            !ok) {
+            if (ok.error().code == Errc::unavailable) {
+                fmt::print(stderr, "conveyor: task {}: {}; it goes back to its queue\n",
+                           job.task.id, ok.error().message);
+                released++;
+                if (monitor) monitor->released(job.task.id);
+                return Settlement{Settlement::Kind::release, d.tag};
+            }
+            return dead_letter(d, job.task.id, job.task.retries, "workflow: " + ok.error().message,
+                               "ChordError", "celery.exceptions", ok.error().message);
+        }
+    }
+    Settlement s;
+    s.kind = Settlement::Kind::ack;
+    s.tag = d.tag;
+    succeeded++;
+    if (monitor)
+        monitor->succeeded(
+            job.task.id, o.result,
+            std::chrono::duration<double>(steady_clock::now() - job.started_at).count());
+    if (!job.task.ignore_result) {
+        TaskResult r;
+        r.id = job.task.id;
+        r.state = TaskState::success;
+        r.result = std::move(o.result);
+        r.retries = job.task.retries;
+        r.done_at = SystemClock::now();
+        r.children = std::move(children);
+        s.result = std::move(r);
+    }
+    return s;
+}
+
+Settlement Worker::Impl::fail(Job& job, const Outcome& o, const detail::Decision& decision) {
+    Settlement s = dead_letter(job.delivery, job.task.id, job.task.retries, decision.reason,
+                               o.exc_type, o.exc_module, o.message);
+    if (canvas::has_followers(job.task) && s.result) {
+        if (auto ok = follow(job,
+                             [&](auto& out, auto& extra) {
+                                 return canvas::on_failure(*broker, job.task, *s.result,
+                                                           context_for(job), out, extra);
+                             });
+            !ok)
+            fmt::print(stderr, "conveyor: task {}: workflow after its failure: {}\n", job.task.id,
+                       ok.error().message);
+    }
+    if (monitor) monitor->failed(job.task.id, exc_repr(o), decision.failure);
+    return s;
+}
+
+std::optional<Settlement> Worker::Impl::retry(Job& job, const Outcome& o,
+                                              const detail::Decision& decision) {
+    retried++;
+    if (monitor) monitor->retried(job.task.id, exc_repr(o), decision.failure);
+    if (decision.action == detail::Decision::Action::retry_in_place) {
+        job.task.retries++;
+        job.started = false;
+        job.stop = std::stop_source();
+        sleeping.emplace(steady_clock::now() + decision.delay, &job);
+        return std::nullopt;
+    }
+    Settlement s =
+        reschedule(job.delivery, job.task.retries + 1, SystemClock::now() + decision.delay);
+    if (!job.task.ignore_result) {
+        // Stored (and sent to rpc senders) as Celery does: RETRY with the exception.
+        TaskResult r;
+        r.id = job.task.id;
+        r.state = TaskState::retry;
+        r.result = exception_result(o.exc_type, o.exc_module, o.message);
+        r.traceback = decision.failure;
+        r.retries = job.task.retries + 1;
+        s.result = std::move(r);
+    }
+    return s;
+}
+
+std::string Worker::Impl::exc_repr(const Outcome& o) {
+    return fmt::format("{}({})", o.exc_type, codec::value_repr(Json(o.message)));
+}
+
+canvas::Context Worker::Impl::context_for(const Job& job) const {
+    return canvas::Context{job.delivery.queue, job.task.reply_to, {}};
+}
+
+}  // namespace conveyor

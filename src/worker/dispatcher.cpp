@@ -1,0 +1,318 @@
+// The dispatcher: the worker's loop that fetches, admits, settles in groups, renews leases,
+// keeps per-key order, and drains on shutdown.
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <unordered_set>
+
+#include "core/codec.hpp"
+#include "core/time.hpp"
+#include "core/try.hpp"
+#include "worker/handlers.hpp"
+#include "worker/worker_impl.hpp"
+
+namespace conveyor {
+
+void Worker::Impl::release_key(Job* job, std::vector<Job*>& ready) {
+    if (auto next = key_order.done(job->key)) {
+        arm_deadline(**next);
+        ready.push_back(*next);
+    }
+}
+
+void Worker::Impl::enqueue_ready(const std::vector<Job*>& ready) {
+    if (ready.empty()) return;
+    {
+        std::lock_guard lk(mu);
+        for (Job* j : ready) queued.push_back(j);
+    }
+    if (ready.size() == 1)
+        work_cv.notify_one();
+    else
+        work_cv.notify_all();
+}
+
+void Worker::Impl::lose_leases(const std::vector<std::uint64_t>& tags) {
+    if (tags.empty()) return;
+    std::unordered_set<std::uint64_t> lost(tags.begin(), tags.end());
+    std::vector<Job*> not_started, promoted;
+    {
+        std::lock_guard lk(mu);  // `started` and `queued` are shared with the executors
+        for (auto& j : jobs) {
+            if (!lost.contains(j.delivery.tag)) continue;
+            j.lease_lost = true;
+            j.stop.request_stop();
+            if (!j.started) not_started.push_back(&j);
+        }
+        // Not started yet: dropped here (queued, waiting for their key, or sleeping before
+        // a retry); running ones are concluded when they return.
+        for (Job* j : not_started) {
+            std::erase(queued, j);
+            for (auto it = sleeping.begin(); it != sleeping.end();)
+                it = it->second == j ? sleeping.erase(it) : std::next(it);
+            if (auto next = key_order.drop(j->key, j)) promoted.push_back(*next);
+        }
+    }
+    std::unordered_set<Job*> dropped(not_started.begin(), not_started.end());
+    std::erase_if(promoted, [&](Job* j) { return dropped.contains(j); });
+    for (Job* j : not_started) {
+        if (monitor) monitor->released(j->task.id);
+        forget(j);
+    }
+    // The next task of a dropped one's key moves up.
+    for (Job* j : promoted) arm_deadline(*j);
+    enqueue_ready(promoted);
+}
+
+void Worker::Impl::forget(Job* job) {
+    auto it = job_index.find(job);
+    if (it == job_index.end()) return;
+    jobs.erase(it->second);
+    job_index.erase(it);
+}
+
+void Worker::Impl::start_monitor() {
+    auto ch = broker->control(opts.node_name);
+    if (!ch) {
+        fmt::print(stderr, "conveyor: no monitoring/remote control: {}\n", ch.error().message);
+        return;
+    }
+    if (!*ch) return;
+    detail::MonitorOptions mo;
+    mo.node = opts.node_name;
+    mo.concurrency = opts.concurrency;
+    mo.prefetch = opts.prefetch;
+    mo.queues = opts.queues;
+    for (auto& [name, _] : handlers) mo.registered.push_back(name);
+    mo.task_events = opts.task_events;
+    mo.on_shutdown = [this] { stopping.store(true); };
+    mo.on_consumer_change = [this](const std::string& queue, bool consume) {
+        std::lock_guard lk(mu);
+        consumer_changes.emplace_back(queue, consume);
+    };
+    mo.conf = Json{{"broker_url", broker->url()},
+                   {"worker_concurrency", opts.concurrency},
+                   {"worker_prefetch_count", opts.prefetch},
+                   {"task_acks_late", true},
+                   {"task_queues", opts.queues},
+                   {"worker_delivery_limit", opts.delivery_limit},
+                   {"worker_shutdown_grace", opts.shutdown_grace.count() / 1000.0}};
+    monitor = std::make_unique<detail::Monitor>(std::move(*ch), std::move(mo));
+    monitor->start();
+}
+
+void Worker::Impl::collect_outcomes(Round& r) {
+    std::vector<Finished> done;
+    {
+        std::lock_guard lk(mu);
+        done.swap(outcomes);
+    }
+    std::vector<Job*> unblocked;
+    for (auto& o : done) {
+        auto s = conclude(o);
+        if (!s) continue;  // sleeping before it runs again
+        r.pending.push_back(std::move(*s));
+        release_key(o.job, unblocked);
+        forget(o.job);
+    }
+    for (auto now = steady_clock::now();
+         !sleeping.empty() && sleeping.begin()->first <= now && !stopping.load();) {
+        Job* j = sleeping.begin()->second;
+        sleeping.erase(sleeping.begin());
+        arm_deadline(*j);
+        unblocked.push_back(j);
+    }
+    enqueue_ready(unblocked);
+}
+
+void Worker::Impl::drain(Round& r) {
+    if (!r.draining) {
+        r.draining = true;
+        r.grace_deadline = steady_clock::now() + opts.shutdown_grace;
+        std::deque<Job*> not_started;
+        {
+            std::lock_guard lk(mu);
+            not_started.swap(queued);
+        }
+        for (auto& [_, j] : sleeping) not_started.push_back(j);
+        sleeping.clear();
+        for (Job* j : key_order.take_waiting()) not_started.push_back(j);
+        for (Job* j : not_started) {
+            r.pending.push_back(Settlement{Settlement::Kind::release, j->delivery.tag});
+            released++;
+            forget(j);
+        }
+    }
+    if (!r.stop_sent && steady_clock::now() >= r.grace_deadline) {
+        r.stop_sent = true;
+        for (auto& j : jobs) {
+            j.release_on_finish = true;
+            j.stop.request_stop();
+        }
+    }
+}
+
+void Worker::Impl::apply_consumer_changes(Consumer& consumer) {
+    std::vector<std::pair<std::string, bool>> changes;
+    {
+        std::lock_guard lk(mu);
+        changes.swap(consumer_changes);
+    }
+    for (auto& [queue, consume] : changes)
+        if (auto ok = consumer.set_consuming(queue, consume); !ok)
+            fmt::print(stderr, "conveyor: {} queue '{}': {}\n",
+                       consume ? "cannot consume from" : "cannot stop consuming from", queue,
+                       ok.error().message);
+}
+
+void Worker::Impl::stop_overdue(Round& r, steady_clock::time_point now) {
+    if (monitor)
+        for (auto& id : monitor->take_terminations())
+            for (auto& j : jobs)
+                if (j.task.id == id && j.started) {
+                    j.revoked = true;
+                    j.stop.request_stop();
+                }
+    if (now - r.last_deadline_scan < milliseconds(5)) return;  // not per outcome: O(jobs)
+    r.last_deadline_scan = now;
+    for (auto& j : jobs)
+        if (j.deadline && now >= *j.deadline && !j.stop.stop_requested()) j.stop.request_stop();
+}
+
+Result<void> Worker::Impl::settle_and_renew(Consumer& consumer, Round& r,
+                                            steady_clock::time_point now) {
+    if (r.pending.empty()) r.pending_since = now;
+    bool more_coming = !jobs.empty() && !r.draining;
+    // Unsettled deliveries count against the broker's prefetch window: a quarter at most.
+    std::size_t batch_max = std::min(kSettleBatch, std::max<std::size_t>(1, opts.prefetch / 4));
+    bool storage_up = r.storage.ready(now);
+    if (storage_up && !r.pending.empty() &&
+        (!more_coming || r.pending.size() >= batch_max || now - r.pending_since >= kSettleWindow)) {
+        if (auto ok = consumer.settle(r.pending); !ok) {
+            if (!r.storage.failed(ok.error(), "settling tasks")) return ok;
+        } else {
+            r.storage.succeeded();
+            r.pending.clear();
+            r.pending_since = now;
+            r.last_settle = now;
+        }
+    } else if (storage_up && r.pending.empty() && now - r.last_settle >= milliseconds(50)) {
+        // Nothing to settle: lets the consumer send what it holds back (RabbitMQ acks
+        // waiting behind a long task) even while no fetch or outcome comes.
+        r.last_settle = now;
+        CONVEYOR_TRY(consumer.settle(std::span<Settlement>()));
+    }
+    if (r.storage.ready(now) && now - r.last_renew >= r.renew_every) {
+        r.last_renew = now;
+        auto lost = consumer.renew();
+        if (!lost) {
+            if (!r.storage.failed(lost.error(), "renewing leases"))
+                return std::unexpected(lost.error());
+        } else {
+            lose_leases(*lost);
+        }
+    }
+    return {};
+}
+
+Result<bool> Worker::Impl::fetch_more(Consumer& consumer, Round& r, steady_clock::time_point now) {
+    std::size_t held = jobs.size();
+    bool idle_threads = held < std::size_t(opts.concurrency);
+    if (r.draining || held >= opts.prefetch ||
+        (!idle_threads && opts.prefetch - held < std::max<std::size_t>(1, opts.prefetch / 4)))
+        return false;
+    milliseconds wait = held == 0      ? milliseconds(20)
+                        : idle_threads ? milliseconds(2)
+                                       : milliseconds(0);
+    if (!r.storage.ready(now)) return false;
+    auto got = consumer.fetch(opts.prefetch - held, wait);
+    if (!got) {
+        if (r.storage.failed(got.error(), "fetching tasks")) return false;
+        return std::unexpected(got.error());
+    }
+    r.storage.succeeded();
+    std::vector<Job*> ready;
+    for (auto& d : *got) admit(std::move(d), r.pending, ready);
+    enqueue_ready(ready);
+    return !got->empty();
+}
+
+void Worker::Impl::finish(Consumer& consumer, std::vector<std::jthread>& threads) {
+    for (auto& j : jobs) {
+        j.release_on_finish = true;
+        j.stop.request_stop();
+    }
+    {
+        std::lock_guard lk(mu);
+        queued.clear();
+        executors_exit = true;
+    }
+    work_cv.notify_all();
+    threads.clear();  // joins
+    if (!jobs.empty()) {
+        std::vector<Settlement> back;
+        for (auto& j : jobs) back.push_back(Settlement{Settlement::Kind::release, j.delivery.tag});
+        (void)consumer.settle(back);
+        jobs.clear();
+        job_index.clear();
+    }
+    outcomes.clear();
+    sleeping.clear();
+    key_order.clear();
+    if (monitor) {
+        monitor->stop();  // worker-offline
+        monitor.reset();
+    }
+}
+
+Result<void> Worker::Impl::run() {
+    ConsumerOptions co;
+    co.queues = opts.queues;
+    co.prefetch = opts.prefetch;
+    co.lease = opts.lease;
+    co.name = opts.name;
+    auto consumer_r = broker->consume(co);
+    CONVEYOR_TRY(consumer_r);
+    auto& consumer = **consumer_r;
+    {
+        std::lock_guard lk(mu);
+        executors_exit = false;
+    }
+    if (opts.remote_control) start_monitor();
+    std::vector<std::jthread> threads;
+    for (int i = 0; i < opts.concurrency; ++i) threads.emplace_back([this] { executor_loop(); });
+
+    Round r;
+    r.last_renew = steady_clock::now();
+    r.renew_every = std::max(milliseconds(50), opts.lease / 3);
+    Result<void> failure;
+    for (;;) {
+        collect_outcomes(r);
+        if (stopping.load()) drain(r);
+        apply_consumer_changes(consumer);
+        auto now = steady_clock::now();
+        stop_overdue(r, now);
+        if (auto ok = settle_and_renew(consumer, r, now); !ok) {
+            failure = std::move(ok);
+            break;
+        }
+        // Shutdown ends once every job is settled, or when storage stays down past the
+        // grace period (the leases run out and other workers take the tasks).
+        if (r.draining && jobs.empty() && (r.pending.empty() || now >= r.grace_deadline)) break;
+        auto fetched = fetch_more(consumer, r, now);
+        if (!fetched) {
+            failure = std::unexpected(fetched.error());
+            break;
+        }
+        if (*fetched) continue;
+        std::unique_lock lk(mu);
+        outcome_cv.wait_for(
+            lk, r.pending.empty() || !r.storage.ready(now) ? milliseconds(20) : kSettleWindow,
+            [&] { return !outcomes.empty(); });
+    }
+    finish(consumer, threads);
+    return failure;
+}
+
+}  // namespace conveyor

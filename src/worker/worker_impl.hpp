@@ -1,0 +1,273 @@
+#pragma once
+// The worker's insides, shared by the files that implement it: admission.cpp (a delivery
+// becomes a job or a settlement), executor.cpp (handler threads), conclusion.cpp (an outcome
+// becomes a settlement), dispatcher.cpp (the loop that fetches, settles and renews).
+
+#include <fmt/format.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <list>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <stop_token>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "client/canvas.hpp"
+#include "conveyor/engine.hpp"
+#include "conveyor/worker.hpp"
+#include "core/lifecycle.hpp"
+#include "core/node.hpp"
+#include "core/try.hpp"
+#include "worker/key_order.hpp"
+#include "worker/monitor.hpp"
+#include "worker/outcome.hpp"
+#include "worker/storage_backoff.hpp"
+
+namespace conveyor {
+
+using detail::Outcome;
+using std::chrono::milliseconds;
+using std::chrono::steady_clock;
+
+namespace worker_detail {
+
+struct Registration {
+    Handler fn;
+    TaskOptions options;
+};
+
+struct Job {
+    Delivery delivery;
+    TaskMessage task;
+    const Registration* reg = nullptr;
+    std::stop_source stop;
+    std::optional<steady_clock::time_point> deadline;
+    bool started = false;
+    bool release_on_finish = false;
+    bool revoked = false;     ///< `revoke --terminate` stopped it
+    bool lease_lost = false;  ///< another worker may run it now: stopped, its outcome dropped
+    steady_clock::time_point started_at{};
+    std::string key;  ///< ordering key: jobs with the same key run one at a time, in order
+};
+
+/// A job's run and what it came to, on its way from an executor to the dispatcher.
+struct Finished {
+    Job* job = nullptr;
+    detail::Outcome outcome;
+};
+
+inline Json exception_result(const std::string& type, const std::string& module,
+                             const std::string& message) {
+    return Json{
+        {"exc_type", type}, {"exc_message", Json::array({message})}, {"exc_module", module}};
+}
+
+}  // namespace worker_detail
+
+using worker_detail::exception_result;
+using worker_detail::Finished;
+using worker_detail::Job;
+using worker_detail::Registration;
+
+/// A StorageBackoff that says, in one line each, when failing begins and when it ends.
+class StorageTrouble {
+  public:
+    bool ready(steady_clock::time_point now) const { return backoff_.ready(now); }
+    /// True when `e` passes by itself (the caller carries on later); false when it is fatal.
+    bool failed(const Error& e, const char* doing) {
+        bool began = !backoff_.failing();
+        if (!backoff_.failed(e, steady_clock::now())) return false;
+        if (began)
+            fmt::print(stderr, "conveyor: {} failed ({}); retrying with backoff\n", doing,
+                       e.message);
+        return true;
+    }
+    void succeeded() {
+        if (backoff_.failing()) fmt::print(stderr, "conveyor: the broker works again\n");
+        backoff_.succeeded();
+    }
+
+  private:
+    detail::StorageBackoff backoff_;
+};
+
+/// Group commit of settlements: how long and how many outcomes wait for others.
+constexpr milliseconds kSettleWindow{2};
+constexpr std::size_t kSettleBatch = 256;
+
+struct Worker::Impl {
+    std::shared_ptr<Broker> broker;
+    WorkerOptions opts;
+    std::map<std::string, Registration, std::less<>> handlers;
+
+    std::atomic<bool> stopping{false};
+    detail::Lifecycle life;  // Worker::end waits on it before the Impl goes
+    std::atomic<std::uint64_t> succeeded{0}, retried{0}, dead{0}, released{0}, running{0};
+
+    // Jobs waiting for an executor thread, and their outcomes going back.
+    std::mutex mu;
+    std::condition_variable work_cv;
+    std::condition_variable outcome_cv;
+    std::deque<Job*> queued;
+    std::vector<Finished> outcomes;
+    bool executors_exit = false;
+    /// `celery control add_consumer / cancel_consumer`, applied by the dispatcher.
+    std::vector<std::pair<std::string, bool>> consumer_changes;
+
+    std::list<Job> jobs;  // every unsettled delivery; owned by the dispatcher thread
+    std::unordered_map<Job*, std::list<Job>::iterator> job_index;
+    // Per-key order (dispatcher thread only): the key of a running or sleeping job is busy;
+    // later jobs with that key wait behind it. A keyed job that fails sleeps here for its
+    // backoff and runs again, so it keeps its place in the order.
+    detail::KeyOrder<Job*> key_order;
+    std::multimap<steady_clock::time_point, Job*> sleeping;
+    std::mt19937_64 rng;
+    std::unique_ptr<detail::Monitor> monitor;  // amqp: Celery events and remote control
+
+    Impl(std::shared_ptr<Broker> b, WorkerOptions o) : broker(std::move(b)), opts(std::move(o)) {
+        if (opts.name.empty()) opts.name = detail::process_name();
+        opts.node_name = detail::node_name(opts.node_name);
+        if (opts.prefetch == 0) opts.prefetch = std::size_t(std::max(1, opts.concurrency)) * 4;
+        if (opts.concurrency < 1) opts.concurrency = 1;
+        rng.seed(opts.seed ? opts.seed : std::random_device{}());
+    }
+
+    const QueueConfig* raw_queue(const std::string& name) const;
+
+    // ---- executor threads -------------------------------------------------------------
+    void executor_loop();
+
+    /// Celery's track_started: STARTED, with who runs it, before the handler does.
+    void store_started(const Job& job);
+
+    Outcome execute(Job& job);
+
+    // ---- dispatcher -------------------------------------------------------------------
+    /// `message` is the exception's message for results (default: the reason).
+    Settlement dead_letter(const Delivery& d, const std::string& id, int retries,
+                           std::string reason, const std::string& type, const std::string& module,
+                           std::optional<std::string> message = std::nullopt);
+
+    Settlement reschedule(const Delivery& d, int retries, TimePoint when);
+
+    /// Acked, with REVOKED stored (`reason`: "revoked" or "terminated"), as Celery does.
+    Settlement revoked_settlement(std::uint64_t tag, const std::string& id, const char* reason);
+
+    // Decides what a freshly fetched delivery becomes: a job, or an immediate settlement.
+    // Nothing in a message may stop the worker: whatever goes wrong with one becomes its dead
+    // letter, with the reason.
+    void admit(Delivery&& d, std::vector<Settlement>& settle_now, std::vector<Job*>& ready);
+
+    /// Moves `d` into a job when it becomes one.
+    void admit_unguarded(Delivery& d, std::vector<Settlement>& settle_now,
+                         std::vector<Job*>& ready);
+
+    void arm_deadline(Job& job);
+
+    /// A keyed job is settled: the next job with its key may run.
+    void release_key(Job* job, std::vector<Job*>& ready);
+
+    void enqueue_ready(const std::vector<Job*>& ready);
+
+    /// What an outcome becomes; nullopt while a keyed job sleeps before it runs again. Any
+    /// failure on the way (a workflow field of the wrong type, say) dead-letters the task.
+    std::optional<Settlement> conclude(Finished& f);
+
+    detail::JobState state_of(const Job& job) const;
+
+    /// Decides (detail::decide), acts (workflow steps, the settlement), then tells the
+    /// monitor once.
+    std::optional<Settlement> conclude_unguarded(Job& job, Outcome& o);
+
+    /// Acked with SUCCESS; a workflow's next steps are published first (if that cannot be
+    /// done now, the task goes back to its queue; if it can never be, it is dead-lettered).
+    std::optional<Settlement> succeed(Job& job, Outcome& o);
+
+    /// Dead-lettered with FAILURE; a workflow's error path (errbacks, the rest of a chain, a
+    /// chord) is followed on a best-effort basis: the failure stands either way.
+    Settlement fail(Job& job, const Outcome& o, const detail::Decision& decision);
+
+    /// Back to the broker with RETRY stored, or (keyed) asleep here to run again in place.
+    std::optional<Settlement> retry(Job& job, const Outcome& o, const detail::Decision& decision);
+
+    static std::string exc_repr(const Outcome& o);
+
+    canvas::Context context_for(const Job& job) const;
+
+    /// Runs a workflow step (`fn` fills the messages to publish and results to store), then
+    /// publishes and stores them.
+    template <class Fn>
+    Result<void> follow(const Job& job, Fn&& fn) {
+        std::vector<OutgoingMessage> out;
+        std::vector<TaskResult> extra;
+        CONVEYOR_TRY(fn(out, extra));
+        if (!out.empty()) CONVEYOR_TRY(broker->publish(out));
+        if (!extra.empty()) CONVEYOR_TRY(broker->store_results(extra, job.task.reply_to));
+        return {};
+    }
+
+    /// The broker says these deliveries are no longer ours (a lease ran out and another worker
+    /// took the task, or the connection they came on is gone): their runs are stopped (an
+    /// `exec` process is killed), so a task never runs twice at once.
+    void lose_leases(const std::vector<std::uint64_t>& tags);
+
+    void forget(Job* job);
+
+    /// Celery events and remote control (amqp), when the engine has them.
+    void start_monitor();
+
+    /// The dispatcher's state from one round of its loop to the next.
+    struct Round {
+        std::vector<Settlement> pending;  // settlements waiting for a group commit
+        // The last time nothing was pending: the oldest pending settlement is younger.
+        steady_clock::time_point pending_since{};
+        steady_clock::time_point last_deadline_scan{};
+        steady_clock::time_point last_settle{};
+        steady_clock::time_point last_renew{};
+        milliseconds renew_every{};
+        bool draining = false;   // shutting down: no more fetches
+        bool stop_sent = false;  // the grace period is over: running handlers are told to stop
+        steady_clock::time_point grace_deadline{};
+        StorageTrouble storage;
+    };
+
+    /// 1. Outcomes become settlements; keyed jobs whose retry delay passed run again.
+    void collect_outcomes(Round& r);
+
+    /// 2. Shutdown: stop fetching, hand back what has not started, wait for the rest; after
+    /// the grace period, tell running handlers to stop.
+    void drain(Round& r);
+
+    /// Queues added or cancelled by remote control.
+    void apply_consumer_changes(Consumer& consumer);
+
+    /// 3. Time limits, and `revoke --terminate`.
+    void stop_overdue(Round& r, steady_clock::time_point now);
+
+    /// 4. Settles (one transaction for the whole batch: group commit) and keeps leases alive.
+    /// While other jobs are still running their outcomes join the batch, for at most
+    /// kSettleWindow or kSettleBatch settlements; an idle worker settles at once. While
+    /// storage is failing (disk full, locked past its timeout) nothing is lost: settlements
+    /// wait here, running tasks go on, and the worker looks again later. An error only when
+    /// the broker fails for good.
+    Result<void> settle_and_renew(Consumer& consumer, Round& r, steady_clock::time_point now);
+
+    /// 5. Fetches more when a quarter of the window is free (fewer, larger batches), or when
+    /// handler threads would otherwise idle. True when deliveries came.
+    Result<bool> fetch_more(Consumer& consumer, Round& r, steady_clock::time_point now);
+
+    /// After the loop: running handlers are stopped and joined, what is still held is handed
+    /// back (best effort), the monitor says the worker is offline.
+    void finish(Consumer& consumer, std::vector<std::jthread>& threads);
+
+    Result<void> run();
+};
+
+}  // namespace conveyor
