@@ -202,10 +202,12 @@ Json run_exec(const std::vector<std::string>& argv, TaskContext& ctx, HandlerInp
     if (input_kind == HandlerInput::body)
         env_store.push_back("CONVEYOR_CONTENT_TYPE=" + handler_body(ctx.task()).content_type);
     std::vector<char*> envp;
+    envp.reserve(env_store.size() + 1);
     for (auto& s : env_store) envp.push_back(s.data());
     envp.push_back(nullptr);
     std::vector<std::string> args_store = argv;
     std::vector<char*> args;
+    args.reserve(args_store.size() + 1);
     for (auto& s : args_store) args.push_back(s.data());
     args.push_back(nullptr);
     std::string path = resolve_command(argv[0]);
