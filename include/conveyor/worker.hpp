@@ -117,7 +117,10 @@ struct WorkerOptions {
     std::uint64_t seed = 0;  ///< jitter seed; 0 picks one
     /// Node name for monitors and remote control ("name@host"; default conveyor-PID@HOST).
     std::string node_name;
-    bool task_events = false;    ///< send task-* events (Celery's -E); worker-* always go
+    bool task_events = false;  ///< send task-* events (Celery's -E); worker-* always go
+    /// Log each success at info (the default is debug: failures, retries and dead letters are
+    /// what an operator reads).
+    bool log_success = false;
     bool remote_control = true;  ///< answer `celery inspect` / `celery control` (amqp)
     bool track_started = false;  ///< STARTED for every task (TaskOptions::track_started)
 };

@@ -70,7 +70,8 @@ std::shared_ptr<Broker> open_broker(const std::string& url, const Config& cfg, b
         bool passes = b.error().code == Errc::unavailable || b.error().code == Errc::timeout;
         if (!wait || !passes || g_signals)
             die(why, b.error().code == Errc::invalid_argument ? 2 : 1);
-        fmt::print(stderr, "conveyor: {}; retrying in {:.1f} s\n", why, backoff.count() / 1000.0);
+        detail::log(LogLevel::warning, "broker.unreachable",
+                    fmt::format("{}; retrying in {:.1f} s", why, backoff.count() / 1000.0));
         for (auto until = std::chrono::steady_clock::now() + backoff;
              std::chrono::steady_clock::now() < until && !g_signals;)
             std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -174,5 +175,18 @@ void stop_on_signals(Worker* worker, Scheduler* scheduler) {
 }
 
 bool stop_signalled() noexcept { return g_signals != 0; }
+
+namespace {
+
+/// One write per line, so that lines from several threads never interleave.
+void write_line(std::string line) {
+    line += '\n';
+    (void)!::write(2, line.data(), line.size());
+}
+
+}  // namespace
+
+void write_text_log(const LogRecord& record) { write_line(format_log_text(record)); }
+void write_json_log(const LogRecord& record) { write_line(format_log_json(record)); }
 
 }  // namespace conveyor::cli

@@ -12,6 +12,7 @@
 #include "conveyor/broker.hpp"
 #include "conveyor/client.hpp"
 #include "conveyor/config.hpp"
+#include "conveyor/log.hpp"
 
 namespace conveyor {
 class Scheduler;
@@ -33,6 +34,10 @@ struct Command {
     CLI::App* app = nullptr;
     std::function<int()> run;
 };
+
+/// Log sinks for the library: one line per record on stderr, as text or JSON.
+void write_text_log(const LogRecord& record);
+void write_json_log(const LogRecord& record);
 
 /// Prints "conveyor: SENTENCE." on stderr and exits with `code` (2: usage or configuration,
 /// 1: runtime).

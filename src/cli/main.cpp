@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "cli/commands.hpp"
+#include "conveyor/log.hpp"
 #include "conveyor/version.hpp"
 
 using namespace conveyor;
@@ -23,6 +24,11 @@ int main(int argc, char** argv) {
                    "env CONVEYOR_BROKER");
     app.add_option("--config", g.config_path, "Config file (default ./conveyor.toml when present)");
     app.add_flag("--json", g.json, "JSON output instead of tables");
+    std::string log_level = "info", log_format = "text";
+    app.add_option("--log-level", log_level, "Lowest level logged: debug, info, warning, error")
+        ->check(CLI::IsMember({"debug", "info", "warning", "error"}));
+    app.add_option("--log-format", log_format, "Log lines as text or json (one object per line)")
+        ->check(CLI::IsMember({"text", "json"}));
 
     // In the order `conveyor --help` lists them.
     std::vector<Command> commands = {
@@ -34,7 +40,7 @@ int main(int argc, char** argv) {
     // Name an unknown command plainly (CLI11 would only say that one is required).
     for (int i = 1; i < argc; ++i) {
         std::string_view a = argv[i];
-        if (a == "--broker" || a == "--config") {
+        if (a == "--broker" || a == "--config" || a == "--log-level" || a == "--log-format") {
             ++i;
             continue;
         }
@@ -57,6 +63,11 @@ int main(int argc, char** argv) {
         die(fmt::format("{} (see 'conveyor --help')", msg), 2);
     }
 
+    set_log_sink(log_format == "json" ? LogSink(write_json_log) : LogSink(write_text_log),
+                 log_level == "debug"     ? LogLevel::debug
+                 : log_level == "warning" ? LogLevel::warning
+                 : log_level == "error"   ? LogLevel::error
+                                          : LogLevel::info);
     for (auto& c : commands)
         if (c.app->parsed()) return c.run();
     return 0;

@@ -22,6 +22,7 @@ struct WorkerFlags {
     double lease = 0, grace = -1;
     std::string node;
     bool events = false;
+    bool log_success = false;
     int delivery_limit = -1;
 };
 
@@ -51,20 +52,27 @@ int run_worker(const Global& g, const WorkerFlags& f) {
     o.default_retry = cfg.default_retry;
     o.node_name = f.node;
     o.task_events = f.events;
+    o.log_success = f.log_success;
     o.delivery_limit = f.delivery_limit >= 0 ? f.delivery_limit : cfg.worker.delivery_limit;
     o.track_started = cfg.worker.track_started;
     Worker worker(broker, o);
     worker.configure(cfg);
     stop_on_signals(&worker, nullptr);
-    fmt::print(stderr, "conveyor worker: broker {} queues {} concurrency {}\n", broker->url(),
-               fmt::join(o.queues, ","), o.concurrency);
+    detail::log(LogLevel::info, "worker.started",
+                fmt::format("conveyor worker: broker {} queues {} concurrency {}", broker->url(),
+                            fmt::join(o.queues, ","), o.concurrency),
+                Json{{"node", o.node_name}});
     auto r = worker.run();
     stop_on_signals(nullptr, nullptr);
     auto st = worker.stats();
-    fmt::print(
-        stderr,
-        "conveyor worker: stopped (succeeded {}, retried {}, dead-lettered {}, handed back {})\n",
-        st.succeeded, st.retried, st.dead_lettered, st.released);
+    detail::log(LogLevel::info, "worker.stopped",
+                fmt::format("conveyor worker: stopped (succeeded {}, retried {}, dead-lettered {}, "
+                            "handed back {})",
+                            st.succeeded, st.retried, st.dead_lettered, st.released),
+                Json{{"succeeded", st.succeeded},
+                     {"retried", st.retried},
+                     {"dead_lettered", st.dead_lettered},
+                     {"handed_back", st.released}});
     if (!r) die(fmt::format("worker stopped: {}", r.error().message));
     return 0;
 }
@@ -80,8 +88,9 @@ int run_scheduler(const Global& g, double lease) {
     o.queue_for = [cfg](const std::string& task) { return cfg.queue_for(task); };
     Scheduler scheduler(broker, o);
     stop_on_signals(nullptr, &scheduler);
-    fmt::print(stderr, "conveyor scheduler: broker {} ({} configured schedule(s), lease {} s)\n",
-               broker->url(), cfg.schedules.size(), lease);
+    detail::log(LogLevel::info, "scheduler.started",
+                fmt::format("conveyor scheduler: broker {} ({} configured schedule(s), lease {} s)",
+                            broker->url(), cfg.schedules.size(), lease));
     auto r = scheduler.run();
     stop_on_signals(nullptr, nullptr);
     if (!r) die(r.error().message, r.error().code == Errc::invalid_argument ? 2 : 1);
@@ -105,6 +114,8 @@ Command add_worker(CLI::App& app, const Global& g) {
     worker->add_option("--name,-n", wf->node,
                        "Node name for monitors and remote control (default conveyor-PID@HOST)");
     worker->add_flag("--events,-E", wf->events, "Send task events (celery events, Flower)");
+    worker->add_flag("--log-success", wf->log_success,
+                     "Log each success at info (default: debug; failures always)");
     worker
         ->add_option("--delivery-limit", wf->delivery_limit,
                      "Dead-letter a message delivered this many times without being settled "

@@ -9,6 +9,7 @@
 
 #include "client/outgoing.hpp"
 #include "conveyor/engine.hpp"
+#include "conveyor/log.hpp"
 #include "core/codec.hpp"
 #include "core/lifecycle.hpp"
 #include "core/node.hpp"
@@ -112,11 +113,15 @@ Result<void> Scheduler::tick(ScheduleStore& store) {
     auto led = store.lead(opts_.name, opts_.lease);
     CONVEYOR_TRY(led);
     if (!*led) {
-        if (leading_) fmt::print(stderr, "conveyor scheduler {}: no longer leading\n", opts_.name);
+        if (leading_)
+            detail::log(LogLevel::warning, "scheduler.not_leading",
+                        fmt::format("scheduler {}: no longer leading", opts_.name));
         leading_ = false;
         return {};
     }
-    if (!leading_) fmt::print(stderr, "conveyor scheduler {}: leading\n", opts_.name);
+    if (!leading_)
+        detail::log(LogLevel::info, "scheduler.leading",
+                    fmt::format("scheduler {}: leading", opts_.name));
     leading_ = true;
 
     auto statuses = status(store, opts_.schedules);
@@ -192,8 +197,9 @@ Result<void> Scheduler::loop() {
         auto started = steady_clock::now();
         if (auto ok = tick(**store); !ok) {
             if (ok.error().message != last_error)
-                fmt::print(stderr, "conveyor scheduler {}: {}; retrying\n", opts_.name,
-                           ok.error().message);
+                detail::log(
+                    LogLevel::warning, "scheduler.retrying",
+                    fmt::format("scheduler {}: {}; retrying", opts_.name, ok.error().message));
             last_error = ok.error().message;
             leading_ = false;
         } else {

@@ -69,6 +69,7 @@ Settlement Worker::Impl::revoked_settlement(std::uint64_t tag, const std::string
 
 void Worker::Impl::admit(Delivery&& d, std::vector<Settlement>& settle_now,
                          std::vector<Job*>& ready) {
+    std::size_t before = settle_now.size();
     if (opts.delivery_limit > 0 && d.deliveries > opts.delivery_limit) {
         // Delivered again and again without ever being settled: whatever it does to a
         // worker (a crash, a kill), it is not decoded again.
@@ -77,15 +78,30 @@ void Worker::Impl::admit(Delivery&& d, std::vector<Settlement>& settle_now,
                         fmt::format("delivered {} times without being settled (delivery limit {})",
                                     d.deliveries, opts.delivery_limit),
                         "DeliveryLimitExceeded", "conveyor"));
-        return;
+    } else {
+        try {
+            admit_unguarded(d, settle_now, ready);
+        } catch (const std::exception& e) {
+            // `d` is intact unless it had already become a job (only an allocation fails then).
+            settle_now.push_back(dead_letter(d, d.message_id, 0,
+                                             fmt::format("could not be processed: {}", e.what()),
+                                             "InternalError", "conveyor"));
+        }
     }
-    try {
-        admit_unguarded(d, settle_now, ready);
-    } catch (const std::exception& e) {
-        // `d` is intact unless it had already become a job (only an allocation fails then).
-        settle_now.push_back(dead_letter(d, d.message_id, 0,
-                                         fmt::format("could not be processed: {}", e.what()),
-                                         "InternalError", "conveyor"));
+    // What did not become a job (so `d` is intact) is told here, once.
+    for (std::size_t i = before; i < settle_now.size(); ++i) {
+        const Settlement& s = settle_now[i];
+        if (!s.result) continue;
+        Json fields = {
+            {"id", s.result->id}, {"queue", d.queue}, {"attempt", s.result->retries + 1}};
+        if (s.kind == Settlement::Kind::dead_letter)
+            log_dead_letter(std::move(fields), s.reason);
+        else if (s.result->state == TaskState::revoked)
+            detail::log(
+                LogLevel::info, "task.revoked",
+                fmt::format("task {} {} before it ran", s.result->id,
+                            s.result->traceback.starts_with("expired") ? "expired" : "was revoked"),
+                std::move(fields));
     }
 }
 

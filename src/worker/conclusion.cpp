@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <unordered_set>
 
+#include "conveyor/log.hpp"
 #include "core/codec.hpp"
 #include "core/time.hpp"
 #include "core/try.hpp"
@@ -14,14 +15,25 @@
 
 namespace conveyor {
 
+void Worker::Impl::log_dead_letter(Json fields, const std::string& reason) {
+    if (!detail::log_enabled(LogLevel::error)) return;
+    std::string what = fmt::format(
+        "task {}{} dead-lettered: {}", fields.value("id", ""),
+        fields.contains("task") ? fmt::format(" ({})", fields.value("task", "")) : std::string(),
+        reason);
+    fields["reason"] = reason;
+    detail::log(LogLevel::error, "task.dead_lettered", std::move(what), std::move(fields));
+}
+
 std::optional<Settlement> Worker::Impl::conclude(Finished& f) {
     try {
         return conclude_unguarded(*f.job, f.outcome);
     } catch (const std::exception& e) {
         const Job& job = *f.job;
         if (monitor) monitor->released(job.task.id);
-        return dead_letter(job.delivery, job.task.id, job.task.retries,
-                           fmt::format("could not be concluded: {}", e.what()), "InternalError",
+        std::string reason = fmt::format("could not be concluded: {}", e.what());
+        log_dead_letter(task_fields(job, true), reason);
+        return dead_letter(job.delivery, job.task.id, job.task.retries, reason, "InternalError",
                            "conveyor");
     }
 }
@@ -43,17 +55,33 @@ std::optional<Settlement> Worker::Impl::conclude_unguarded(Job& job, Outcome& o)
     std::uniform_real_distribution<double> u(0.0, 1.0);
     auto decision = detail::decide(o, state_of(job), u(rng));
     const Delivery& d = job.delivery;
+    if (o.kind != Outcome::Kind::success && o.exc_type == "TimeLimitExceeded")
+        detail::log(LogLevel::warning, "task.time_limit",
+                    fmt::format("task {} ({}) stopped at its time limit: {}", job.task.id,
+                                job.task.name, o.message),
+                    task_fields(job, true));
     switch (decision.action) {
         case Action::abandon:
-            fmt::print(stderr, "conveyor: task {}: its lease was lost; stopped, not settled\n",
-                       job.task.id);
+            detail::log(
+                LogLevel::warning, "task.lease_lost",
+                fmt::format("task {}: its lease was lost; stopped, not settled", job.task.id),
+                task_fields(job, true));
             if (monitor) monitor->released(job.task.id);
             return Settlement{Settlement::Kind::release, d.tag};
         case Action::release:
+            detail::log(
+                LogLevel::info, "task.released",
+                fmt::format("task {}: stopped by shutdown; it goes back to its queue", job.task.id),
+                task_fields(job, true));
             released++;
             if (monitor) monitor->released(job.task.id);
             return Settlement{Settlement::Kind::release, d.tag};
         case Action::revoke:
+            detail::log(LogLevel::info, "task.revoked",
+                        fmt::format("task {} ({}) {}", job.task.id, job.task.name,
+                                    decision.reason == "terminated" ? "terminated while it ran"
+                                                                    : "revoked"),
+                        task_fields(job, job.revoked));
             if (monitor) monitor->revoked(job.task.id, false, job.revoked);
             return revoked_settlement(d.tag, job.task.id, decision.reason.c_str());
         case Action::succeed:
@@ -78,12 +106,15 @@ std::optional<Settlement> Worker::Impl::succeed(Job& job, Outcome& o) {
                              });
             !ok) {
             if (ok.error().code == Errc::unavailable) {
-                fmt::print(stderr, "conveyor: task {}: {}; it goes back to its queue\n",
-                           job.task.id, ok.error().message);
+                detail::log(LogLevel::warning, "task.released",
+                            fmt::format("task {}: {}; it goes back to its queue", job.task.id,
+                                        ok.error().message),
+                            task_fields(job));
                 released++;
                 if (monitor) monitor->released(job.task.id);
                 return Settlement{Settlement::Kind::release, d.tag};
             }
+            log_dead_letter(task_fields(job, true), "workflow: " + ok.error().message);
             return dead_letter(d, job.task.id, job.task.retries, "workflow: " + ok.error().message,
                                "ChordError", "celery.exceptions", ok.error().message);
         }
@@ -92,6 +123,11 @@ std::optional<Settlement> Worker::Impl::succeed(Job& job, Outcome& o) {
     s.kind = Settlement::Kind::ack;
     s.tag = d.tag;
     succeeded++;
+    if (auto level = opts.log_success ? LogLevel::info : LogLevel::debug;
+        detail::log_enabled(level))
+        detail::log(level, "task.succeeded",
+                    fmt::format("task {} ({}) succeeded", job.task.id, job.task.name),
+                    task_fields(job, true));
     if (monitor)
         monitor->succeeded(
             job.task.id, o.result,
@@ -110,6 +146,7 @@ std::optional<Settlement> Worker::Impl::succeed(Job& job, Outcome& o) {
 }
 
 Settlement Worker::Impl::fail(Job& job, const Outcome& o, const detail::Decision& decision) {
+    log_dead_letter(task_fields(job, true), decision.reason);
     Settlement s = dead_letter(job.delivery, job.task.id, job.task.retries, decision.reason,
                                o.exc_type, o.exc_module, o.message);
     if (canvas::has_followers(job.task) && s.result) {
@@ -119,8 +156,10 @@ Settlement Worker::Impl::fail(Job& job, const Outcome& o, const detail::Decision
                                                            context_for(job), out, extra);
                              });
             !ok)
-            fmt::print(stderr, "conveyor: task {}: workflow after its failure: {}\n", job.task.id,
-                       ok.error().message);
+            detail::log(LogLevel::warning, "workflow.failed",
+                        fmt::format("task {}: workflow after its failure: {}", job.task.id,
+                                    ok.error().message),
+                        task_fields(job));
     }
     if (monitor) monitor->failed(job.task.id, exc_repr(o), decision.failure);
     return s;
@@ -129,6 +168,16 @@ Settlement Worker::Impl::fail(Job& job, const Outcome& o, const detail::Decision
 std::optional<Settlement> Worker::Impl::retry(Job& job, const Outcome& o,
                                               const detail::Decision& decision) {
     retried++;
+    if (detail::log_enabled(LogLevel::warning)) {
+        Json fields = task_fields(job, true);
+        fields["delay"] = double(decision.delay.count()) / 1000.0;
+        fields["error"] = decision.failure;
+        detail::log(LogLevel::warning, "task.retried",
+                    fmt::format("task {} ({}) failed: {}; retry {} in {:.3g} s", job.task.id,
+                                job.task.name, decision.failure, job.task.retries + 1,
+                                double(decision.delay.count()) / 1000.0),
+                    std::move(fields));
+    }
     if (monitor) monitor->retried(job.task.id, exc_repr(o), decision.failure);
     if (decision.action == detail::Decision::Action::retry_in_place) {
         job.task.retries++;

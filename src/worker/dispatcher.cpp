@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <unordered_set>
 
+#include "conveyor/log.hpp"
 #include "core/codec.hpp"
 #include "core/time.hpp"
 #include "core/try.hpp"
@@ -75,7 +76,8 @@ void Worker::Impl::forget(Job* job) {
 void Worker::Impl::start_monitor() {
     auto ch = broker->control(opts.node_name);
     if (!ch) {
-        fmt::print(stderr, "conveyor: no monitoring/remote control: {}\n", ch.error().message);
+        detail::log(LogLevel::warning, "worker.no_monitoring",
+                    fmt::format("no monitoring/remote control: {}", ch.error().message));
         return;
     }
     if (!*ch) return;
@@ -161,9 +163,10 @@ void Worker::Impl::apply_consumer_changes(Consumer& consumer) {
     }
     for (auto& [queue, consume] : changes)
         if (auto ok = consumer.set_consuming(queue, consume); !ok)
-            fmt::print(stderr, "conveyor: {} queue '{}': {}\n",
-                       consume ? "cannot consume from" : "cannot stop consuming from", queue,
-                       ok.error().message);
+            detail::log(LogLevel::warning, "worker.consumer_change_failed",
+                        fmt::format("{} queue '{}': {}",
+                                    consume ? "cannot consume from" : "cannot stop consuming from",
+                                    queue, ok.error().message));
 }
 
 void Worker::Impl::stop_overdue(Round& r, steady_clock::time_point now) {
@@ -171,6 +174,10 @@ void Worker::Impl::stop_overdue(Round& r, steady_clock::time_point now) {
         for (auto& id : monitor->take_terminations())
             for (auto& j : jobs)
                 if (j.task.id == id && j.started) {
+                    detail::log(LogLevel::info, "task.terminating",
+                                fmt::format("task {} ({}): revoke --terminate; stopping it",
+                                            j.task.id, j.task.name),
+                                task_fields(j));
                     j.revoked = true;
                     j.stop.request_stop();
                 }

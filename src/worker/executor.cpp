@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <unordered_set>
 
+#include "conveyor/log.hpp"
 #include "core/codec.hpp"
 #include "core/time.hpp"
 #include "core/try.hpp"
@@ -54,8 +55,9 @@ void Worker::Impl::store_started(const Job& job) {
     r.result = Json{{"pid", getpid()}, {"hostname", opts.node_name}};
     r.retries = job.task.retries;
     if (auto ok = broker->store_results(std::span(&r, 1), job.task.reply_to); !ok)
-        fmt::print(stderr, "conveyor: task {}: STARTED not stored: {}\n", job.task.id,
-                   ok.error().message);
+        detail::log(LogLevel::warning, "task.started_not_stored",
+                    fmt::format("task {}: STARTED not stored: {}", job.task.id, ok.error().message),
+                    task_fields(job));
 }
 
 Outcome Worker::Impl::execute(Job& job) {

@@ -10,6 +10,7 @@
 #include <ctime>
 #include <set>
 
+#include "conveyor/log.hpp"
 #include "core/codec.hpp"
 #include "core/time.hpp"
 
@@ -387,10 +388,9 @@ void Monitor::loop() {
         if (steady_clock::now() >= retry_at) {
             auto report = [&](const Error& e) {
                 if (!complained)
-                    fmt::print(stderr,
-                               "conveyor: monitoring/remote control unavailable ({}); "
-                               "retrying\n",
-                               e.message);
+                    detail::log(LogLevel::warning, "worker.monitoring_unavailable",
+                                fmt::format("monitoring/remote control unavailable ({}); retrying",
+                                            e.message));
                 complained = true;
                 retry_at = steady_clock::now() + seconds(1);
             };
@@ -408,10 +408,10 @@ void Monitor::loop() {
                             value = handle(**req);
                         } catch (const std::exception& e) {
                             // Whatever a request holds, the worker carries on.
-                            fmt::print(stderr,
-                                       "conveyor: ignored a malformed remote-control request "
-                                       "'{}': {}\n",
-                                       (*req)->method.substr(0, 64), e.what());
+                            detail::log(LogLevel::warning, "control.ignored",
+                                        fmt::format("ignored a malformed remote-control request "
+                                                    "'{}': {}",
+                                                    (*req)->method.substr(0, 64), e.what()));
                         }
                         std::int64_t clock;
                         {

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include <atomic>
+#include <cmath>
 #include <condition_variable>
 #include <deque>
 #include <list>
@@ -21,6 +22,7 @@
 
 #include "client/canvas.hpp"
 #include "conveyor/engine.hpp"
+#include "conveyor/log.hpp"
 #include "conveyor/worker.hpp"
 #include "core/lifecycle.hpp"
 #include "core/node.hpp"
@@ -63,6 +65,20 @@ struct Finished {
     detail::Outcome outcome;
 };
 
+/// The fields every log line about a task carries; `duration` (seconds) once it ran.
+inline Json task_fields(const Job& job, bool ran = false) {
+    Json f = {{"id", job.task.id},
+              {"task", job.task.name},
+              {"queue", job.delivery.queue},
+              {"attempt", job.task.retries + 1}};
+    if (ran)
+        f["duration"] =
+            std::round(std::chrono::duration<double>(steady_clock::now() - job.started_at).count() *
+                       1e6) /
+            1e6;
+    return f;
+}
+
 inline Json exception_result(const std::string& type, const std::string& module,
                              const std::string& message) {
     return Json{
@@ -75,6 +91,7 @@ using worker_detail::exception_result;
 using worker_detail::Finished;
 using worker_detail::Job;
 using worker_detail::Registration;
+using worker_detail::task_fields;
 
 /// A StorageBackoff that says, in one line each, when failing begins and when it ends.
 class StorageTrouble {
@@ -85,12 +102,13 @@ class StorageTrouble {
         bool began = !backoff_.failing();
         if (!backoff_.failed(e, steady_clock::now())) return false;
         if (began)
-            fmt::print(stderr, "conveyor: {} failed ({}); retrying with backoff\n", doing,
-                       e.message);
+            detail::log(LogLevel::warning, "broker.failing",
+                        fmt::format("{} failed ({}); retrying with backoff", doing, e.message));
         return true;
     }
     void succeeded() {
-        if (backoff_.failing()) fmt::print(stderr, "conveyor: the broker works again\n");
+        if (backoff_.failing())
+            detail::log(LogLevel::info, "broker.recovered", "the broker works again");
         backoff_.succeeded();
     }
 
@@ -198,6 +216,8 @@ struct Worker::Impl {
     std::optional<Settlement> retry(Job& job, const Outcome& o, const detail::Decision& decision);
 
     static std::string exc_repr(const Outcome& o);
+    /// One error line for a dead-lettered task: its fields and why.
+    void log_dead_letter(Json fields, const std::string& reason);
 
     canvas::Context context_for(const Job& job) const;
 

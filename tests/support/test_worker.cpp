@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "conveyor/config.hpp"
+#include "conveyor/log.hpp"
 #include "conveyor/worker.hpp"
 
 namespace {
@@ -34,6 +35,11 @@ void log_line(const std::string& line) {
 
 int main(int argc, char** argv) {
     using namespace conveyor;
+    // What the library has to say, on stderr as the command does.
+    set_log_sink([](const LogRecord& r) {
+        auto line = format_log_text(r) + "\n";
+        (void)!write(2, line.data(), line.size());
+    });
     if (argc < 7) {
         fmt::print(
             stderr,

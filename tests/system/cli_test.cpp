@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
 #include <regex>
+#include <sstream>
 
 #include "conveyor/task.hpp"
 #include "support/process.hpp"
@@ -187,4 +189,85 @@ TEST(Cli, ScheduleAddListPauseResumeRemove) {
     EXPECT_EQ(rc, 0) << out;
     std::tie(rc, out) = cli(dir, {"--json", "schedule", "list"});
     EXPECT_EQ(Json::parse(out).size(), 1u) << out;
+}
+
+TEST(Cli, AWorkerLogsOneJsonObjectPerLineWithTheTasksFields) {
+    TempDir dir;
+    testsupport::write_file(dir.file("conveyor.toml"), R"(
+[[task]]
+name = "fine"
+exec = "true"
+[[task]]
+name = "flaky"
+exec = ["/bin/false"]
+max_retries = 1
+retry_backoff = 0.01
+[[task]]
+name = "slow"
+exec = "sleep 10"
+timeout = 0.3
+max_retries = 0
+)");
+    for (auto* t : {"fine", "flaky", "slow"})
+        ASSERT_EQ(cli(dir, {"enqueue", t, "--id", std::string(t) + "-1"}).first, 0);
+    testsupport::Process worker({CONVEYOR_CLI, "--log-format", "json", "--log-level", "debug",
+                                 "worker", "--concurrency", "3"},
+                                dir.file("worker.out"),
+                                {"CONVEYOR_BROKER=sqlite://" + dir.file("c.db")},
+                                dir.path().string());
+    for (auto* t : {"fine-1", "flaky-1", "slow-1"})
+        ASSERT_EQ(cli(dir, {"result", t, "--wait", "20"}).first, 0) << t;
+    worker.signal(SIGTERM);
+    EXPECT_EQ(worker.wait(10s), 0);
+    std::string out = testsupport::read_file(dir.file("worker.out"));
+    std::map<std::string, std::vector<Json>> by_event;
+    std::istringstream lines(out);
+    for (std::string line; std::getline(lines, line);) {
+        auto j = Json::parse(line, nullptr, false);
+        ASSERT_TRUE(j.is_object()) << "not a JSON object: " << line;
+        for (auto* key : {"time", "level", "event", "message"})
+            EXPECT_TRUE(j.contains(key)) << key << " missing: " << line;
+        by_event[j.value("event", "")].push_back(j);
+    }
+    ASSERT_EQ(by_event["worker.started"].size(), 1u) << out;
+    ASSERT_EQ(by_event["worker.stopped"].size(), 1u) << out;
+    EXPECT_EQ(by_event["worker.stopped"][0]["dead_lettered"], 2) << out;
+    ASSERT_EQ(by_event["task.succeeded"].size(), 1u) << out;
+    auto& ok = by_event["task.succeeded"][0];
+    EXPECT_EQ(ok["level"], "debug");
+    EXPECT_EQ(ok["id"], "fine-1");
+    EXPECT_EQ(ok["task"], "fine");
+    EXPECT_EQ(ok["queue"], "celery");
+    EXPECT_EQ(ok["attempt"], 1);
+    EXPECT_TRUE(ok["duration"].is_number());
+    ASSERT_EQ(by_event["task.retried"].size(), 1u) << out;
+    EXPECT_EQ(by_event["task.retried"][0]["id"], "flaky-1");
+    EXPECT_TRUE(by_event["task.retried"][0]["delay"].is_number());
+    ASSERT_EQ(by_event["task.time_limit"].size(), 1u) << out;
+    EXPECT_EQ(by_event["task.time_limit"][0]["id"], "slow-1");
+    ASSERT_EQ(by_event["task.dead_lettered"].size(), 2u) << out;
+    for (auto& d : by_event["task.dead_lettered"]) {
+        EXPECT_EQ(d["level"], "error");
+        EXPECT_TRUE(d["reason"].is_string());
+        EXPECT_TRUE(d["duration"].is_number());
+    }
+
+    // The default: text at info; successes are not logged, failures are.
+    auto [rc, id] = cli(dir, {"enqueue", "fine"});
+    ASSERT_EQ(rc, 0);
+    ASSERT_EQ(cli(dir, {"enqueue", "flaky", "--id", "flaky-2"}).first, 0);
+    testsupport::Process quiet({CONVEYOR_CLI, "worker"}, dir.file("quiet.out"),
+                               {"CONVEYOR_BROKER=sqlite://" + dir.file("c.db")},
+                               dir.path().string());
+    ASSERT_EQ(cli(dir, {"result", "flaky-2", "--wait", "20"}).first, 0);
+    ASSERT_EQ(cli(dir, {"result", trim(id), "--wait", "20"}).first, 0);
+    quiet.signal(SIGTERM);
+    EXPECT_EQ(quiet.wait(10s), 0);
+    std::string text = testsupport::read_file(dir.file("quiet.out"));
+    EXPECT_EQ(text.find(" (fine) succeeded"), std::string::npos) << text;
+    EXPECT_EQ(text.find(" DEBUG "), std::string::npos) << text;
+    EXPECT_NE(text.find(" WARNING task flaky-2 (flaky) failed: "), std::string::npos) << text;
+    EXPECT_NE(text.find(" ERROR task flaky-2 (flaky) dead-lettered: failed after 1 retries"),
+              std::string::npos)
+        << text;
 }

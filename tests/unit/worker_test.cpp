@@ -3,9 +3,11 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <mutex>
 #include <thread>
 
 #include "conveyor/client.hpp"
+#include "conveyor/log.hpp"
 #include "core/codec.hpp"
 
 using namespace conveyor;
@@ -222,4 +224,127 @@ TEST(Worker, StopHandsBackTasksThatHaveNotStarted) {
     auto st = h.broker->stats();
     EXPECT_EQ((*st)[0].ready, 4);
     EXPECT_EQ((*st)[0].in_flight, 0);
+}
+
+namespace {
+
+/// Records what reaches the sink; the sink is taken away again at the end.
+struct Recorded {
+    std::mutex mu;
+    std::vector<LogRecord> records;
+    explicit Recorded(LogLevel level) {
+        set_log_sink(
+            [this](const LogRecord& r) {
+                std::lock_guard lk(mu);
+                records.push_back(r);
+            },
+            level);
+    }
+    ~Recorded() { set_log_sink({}); }
+    std::vector<LogRecord> of(const std::string& event) {
+        std::lock_guard lk(mu);
+        std::vector<LogRecord> out;
+        for (auto& r : records)
+            if (r.event == event) out.push_back(r);
+        return out;
+    }
+};
+
+}  // namespace
+
+TEST(Worker, LogsEachNotableEventWithTheTasksFields) {
+    Recorded log(LogLevel::debug);
+    auto o = opts();
+    Harness h("w-logs", o);
+    std::atomic<int> calls{0};
+    TaskOptions once;
+    once.retry.max_retries = 1;
+    once.retry.backoff_base = 0.01;
+    h.worker.handle("flaky", once, [&](TaskContext&) -> Json {
+        throw std::runtime_error("bad " + std::to_string(++calls));
+    });
+    h.worker.handle("fine", [](TaskContext&) -> Json { return 1; });
+    h.start();
+    auto flaky = h.client.enqueue("flaky", Json::array(), Json::object(), to_q());
+    auto fine = h.client.enqueue("fine", Json::array(), Json::object(), to_q());
+    auto stray = h.client.enqueue("nobody.handles.this", Json::array(), Json::object(), to_q());
+    ASSERT_TRUE(flaky && fine && stray);
+    ASSERT_TRUE(h.client.wait(*flaky, 5s));
+    ASSERT_TRUE(h.client.wait(*fine, 5s));
+    ASSERT_TRUE(h.client.wait(*stray, 5s));
+
+    auto ok = log.of("task.succeeded");
+    ASSERT_EQ(ok.size(), 1u);
+    EXPECT_EQ(ok[0].level, LogLevel::debug);
+    EXPECT_EQ(ok[0].fields["id"], *fine);
+    EXPECT_EQ(ok[0].fields["task"], "fine");
+    EXPECT_EQ(ok[0].fields["queue"], "q");
+    EXPECT_EQ(ok[0].fields["attempt"], 1);
+    EXPECT_TRUE(ok[0].fields["duration"].is_number());
+
+    auto retried = log.of("task.retried");
+    ASSERT_EQ(retried.size(), 1u);
+    EXPECT_EQ(retried[0].level, LogLevel::warning);
+    EXPECT_EQ(retried[0].fields["id"], *flaky);
+    EXPECT_EQ(retried[0].fields["attempt"], 1);
+    EXPECT_TRUE(retried[0].fields["delay"].is_number());
+    EXPECT_NE(retried[0].message.find("bad 1"), std::string::npos) << retried[0].message;
+
+    auto dead = log.of("task.dead_lettered");
+    ASSERT_EQ(dead.size(), 2u);
+    for (auto& d : dead) {
+        EXPECT_EQ(d.level, LogLevel::error);
+        EXPECT_TRUE(d.fields["reason"].is_string());
+    }
+    bool flaky_dead = false, stray_dead = false;
+    for (auto& d : dead) {
+        if (d.fields["id"] == *flaky) {
+            flaky_dead = true;
+            EXPECT_EQ(d.fields["attempt"], 2);
+            EXPECT_NE(d.fields["reason"].get<std::string>().find("failed after 1 retries"),
+                      std::string::npos);
+        }
+        if (d.fields["id"] == *stray) {
+            stray_dead = true;
+            EXPECT_NE(d.fields["reason"].get<std::string>().find("no handler registered"),
+                      std::string::npos);
+        }
+    }
+    EXPECT_TRUE(flaky_dead && stray_dead);
+}
+
+TEST(Worker, WithoutASinkTheLibraryWritesNothingToStderr) {
+    set_log_sink({});
+    testing::internal::CaptureStderr();
+    {
+        Harness h("w-quiet", opts());
+        TaskOptions never;
+        never.retry.max_retries = 0;
+        h.worker.handle("fails", never,
+                        [](TaskContext&) -> Json { throw std::runtime_error("no"); });
+        h.start();
+        auto id = h.client.enqueue("fails", Json::array(), Json::object(), to_q());
+        auto stray = h.client.enqueue("nobody", Json::array(), Json::object(), to_q());
+        ASSERT_TRUE(id && stray);
+        ASSERT_TRUE(h.client.wait(*id, 5s));
+        ASSERT_TRUE(h.client.wait(*stray, 5s));
+    }
+    EXPECT_EQ(testing::internal::GetCapturedStderr(), "");
+}
+
+TEST(Log, TextAndJsonLinesAreOneLineWithTheirFields) {
+    LogRecord r{LogLevel::warning, "task.retried", "task 1 failed:\nbad",
+                Json{{"id", "1"}, {"task", "a b"}, {"attempt", 2}}};
+    auto text = format_log_text(r);
+    EXPECT_EQ(text.find('\n'), std::string::npos);
+    EXPECT_NE(text.find(" WARNING task 1 failed: bad attempt=2 id=1 task=\"a b\""),
+              std::string::npos)
+        << text;
+    auto j = Json::parse(format_log_json(r));
+    EXPECT_EQ(j["level"], "warning");
+    EXPECT_EQ(j["event"], "task.retried");
+    EXPECT_EQ(j["message"], "task 1 failed:\nbad");
+    EXPECT_EQ(j["task"], "a b");
+    EXPECT_EQ(j["attempt"], 2);
+    EXPECT_TRUE(j["time"].is_string());
 }

@@ -13,6 +13,7 @@
 #include "broker/amqp/ack_batcher.hpp"
 #include "broker/amqp/amqp_names.hpp"
 #include "broker/amqp/amqp_publish.hpp"
+#include "conveyor/log.hpp"
 #include "core/codec.hpp"
 #include "core/time.hpp"
 #include "core/try.hpp"
@@ -58,8 +59,9 @@ class AmqpConsumer final : public Consumer {
             if (ok) continue;
             if (ok.error().code != Errc::conflict && ok.error().code != Errc::not_found) return ok;
             if (!reported_.contains(q))
-                fmt::print(stderr, "conveyor: not consuming from queue '{}': {}\n", q,
-                           ok.error().message);
+                detail::log(LogLevel::error, "queue.unusable",
+                            fmt::format("not consuming from queue '{}': {}", q, ok.error().message),
+                            Json{{"queue", q}});
             reported_.insert(q);
             unusable.insert(q);
         }
@@ -81,6 +83,8 @@ class AmqpConsumer final : public Consumer {
             CONVEYOR_TRY(start_consuming(conn, physical, source));
         }
         conn_ = std::move(*c);
+        if (generation_ > 0)
+            detail::log(LogLevel::info, "broker.reconnected", "RabbitMQ connection restored");
         ++generation_;
         unsettled_.clear();
         acks_.clear();
@@ -90,7 +94,8 @@ class AmqpConsumer final : public Consumer {
 
     void drop(std::string_view why) {
         if (conn_)
-            fmt::print(stderr, "conveyor: RabbitMQ connection lost ({}); reconnecting\n", why);
+            detail::log(LogLevel::warning, "broker.disconnected",
+                        fmt::format("RabbitMQ connection lost ({}); reconnecting", why));
         conn_.reset();
         unsettled_.clear();
         acks_.clear();
@@ -270,8 +275,9 @@ class AmqpConsumer final : public Consumer {
                     tags.push_back(*tag);
                 }
             if (auto ok = e_->redis->store(rs); !ok) {
-                fmt::print(stderr, "conveyor: {}; {} task(s) go back to their queue\n",
-                           ok.error().message, tags.size());
+                detail::log(LogLevel::warning, "results.not_stored",
+                            fmt::format("{}; {} task(s) go back to their queue", ok.error().message,
+                                        tags.size()));
                 unstored.insert(tags.begin(), tags.end());
             }
         }
@@ -345,10 +351,10 @@ class AmqpConsumer final : public Consumer {
             if (auto ok = e_->publish_wires(wires); ok) {
                 acks.insert(acks.end(), wire_tags.begin(), wire_tags.end());
             } else {
-                fmt::print(stderr,
-                           "conveyor: could not move {} message(s) ({}); they go back "
-                           "to their queue\n",
-                           wires.size(), ok.error().message);
+                detail::log(LogLevel::warning, "broker.publish_failed",
+                            fmt::format("could not move {} message(s) ({}); they go back to "
+                                        "their queue",
+                                        wires.size(), ok.error().message));
                 requeue.insert(requeue.end(), wire_tags.begin(), wire_tags.end());
                 std::erase_if(acks, [&](std::uint64_t t) {
                     return std::find(wire_tags.begin(), wire_tags.end(), t) != wire_tags.end();

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "conveyor/log.hpp"
 #include "core/json_bounds.hpp"
 #include "core/try.hpp"
 
@@ -119,8 +120,9 @@ class AmqpControl final : public ControlChannel {
             // ignored (with a line), never trusted.
             auto req = request_of(e, node_);
             if (!req) {
-                fmt::print(stderr, "conveyor: ignored a remote-control message: {}\n",
-                           req.error().message);
+                detail::log(
+                    LogLevel::warning, "control.ignored",
+                    fmt::format("ignored a remote-control message: {}", req.error().message));
             } else if (*req) {
                 return req;
             }

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "conveyor/log.hpp"
 #include "core/codec.hpp"
 #include "core/time.hpp"
 #include "core/try.hpp"
@@ -198,9 +199,9 @@ Result<void> keep_wal(Db& db, Statements& st) {
     auto fresh = Statements::prepare(db);
     CONVEYOR_TRY(fresh);
     st = std::move(*fresh);
-    fmt::print(stderr,
-               "conveyor: the write-ahead log beside the sqlite database was deleted by another "
-               "process; what it held is now in the database and a new log is in use\n");
+    detail::log(LogLevel::warning, "sqlite.wal_replaced",
+                "the write-ahead log beside the sqlite database was deleted by another process; "
+                "what it held is now in the database and a new log is in use");
     return {};
 }
 
