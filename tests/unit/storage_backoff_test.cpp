@@ -10,21 +10,21 @@ using conveyor::Error;
 using conveyor::detail::StorageBackoff;
 using namespace std::chrono_literals;
 
-const StorageBackoff::Clock::time_point t0{std::chrono::seconds(1000)};
+const StorageBackoff::Clock::time_point start{std::chrono::seconds(1000)};
 const Error busy{Errc::unavailable, "database is locked"};
 
 TEST(StorageBackoff, OnlyWhatMayPassByItselfIsWaitedOut) {
     StorageBackoff b;
-    EXPECT_FALSE(b.failed(Error{Errc::io, "not a database"}, t0));
+    EXPECT_FALSE(b.failed(Error{Errc::io, "not a database"}, start));
     EXPECT_FALSE(b.failing());
-    EXPECT_TRUE(b.ready(t0));
-    EXPECT_TRUE(b.failed(busy, t0));
+    EXPECT_TRUE(b.ready(start));
+    EXPECT_TRUE(b.failed(busy, start));
     EXPECT_TRUE(b.failing());
 }
 
 TEST(StorageBackoff, WaitsDoubleEachTimeUpToFiveSeconds) {
     StorageBackoff b;
-    auto now = t0;
+    auto now = start;
     std::vector<std::chrono::milliseconds> waits;
     for (int i = 0; i < 8; ++i) {
         ASSERT_TRUE(b.failed(busy, now));
@@ -38,13 +38,13 @@ TEST(StorageBackoff, WaitsDoubleEachTimeUpToFiveSeconds) {
 
 TEST(StorageBackoff, ASuccessStartsOver) {
     StorageBackoff b;
-    ASSERT_TRUE(b.failed(busy, t0));
-    ASSERT_TRUE(b.failed(busy, t0 + 100ms));
+    ASSERT_TRUE(b.failed(busy, start));
+    ASSERT_TRUE(b.failed(busy, start + 100ms));
     b.succeeded();
     EXPECT_FALSE(b.failing());
-    ASSERT_TRUE(b.failed(busy, t0 + 1s));
-    EXPECT_FALSE(b.ready(t0 + 1s + 99ms));
-    EXPECT_TRUE(b.ready(t0 + 1s + 100ms));
+    ASSERT_TRUE(b.failed(busy, start + 1s));
+    EXPECT_FALSE(b.ready(start + 1s + 99ms));
+    EXPECT_TRUE(b.ready(start + 1s + 100ms));
 }
 
 }  // namespace
