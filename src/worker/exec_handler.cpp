@@ -189,6 +189,9 @@ Json run_exec(const std::vector<std::string>& argv, TaskContext& ctx, HandlerInp
     if (pipe2(err_pipe, O_CLOEXEC) != 0) throw TaskError("OSError", "pipe failed");
     Fd err_r{err_pipe[0]}, err_w{err_pipe[1]};
 
+    // The handler's input, made once (its content type goes into the environment).
+    std::optional<HandlerBody> body;
+    if (input_kind == HandlerInput::body) body = handler_body(ctx.task());
     std::vector<std::string> env_store;
     for (char** e = environ; *e; ++e) {
         if (std::strncmp(*e, "CONVEYOR_TASK_", 14) != 0 &&
@@ -199,8 +202,7 @@ Json run_exec(const std::vector<std::string>& argv, TaskContext& ctx, HandlerInp
     env_store.push_back("CONVEYOR_TASK_NAME=" + ctx.name());
     env_store.push_back("CONVEYOR_TASK_QUEUE=" + ctx.queue());
     env_store.push_back(fmt::format("CONVEYOR_ATTEMPT={}", ctx.attempt()));
-    if (input_kind == HandlerInput::body)
-        env_store.push_back("CONVEYOR_CONTENT_TYPE=" + handler_body(ctx.task()).content_type);
+    if (body) env_store.push_back("CONVEYOR_CONTENT_TYPE=" + body->content_type);
     std::vector<char*> envp;
     envp.reserve(env_store.size() + 1);
     for (auto& s : env_store) envp.push_back(s.data());
@@ -238,8 +240,8 @@ Json run_exec(const std::vector<std::string>& argv, TaskContext& ctx, HandlerInp
     err_w.close();
 
     std::string input;
-    if (input_kind == HandlerInput::body) {
-        input = std::move(handler_body(ctx.task()).bytes);
+    if (body) {
+        input = std::move(body->bytes);
     } else {
         input = dump_lossy(task_payload(ctx.task(), ctx.queue()));
         input.push_back('\n');

@@ -123,6 +123,15 @@ queue = "shipping"
         workers[i]->signal(SIGTERM);
         EXPECT_EQ(workers[i]->wait(15s), 0);
     }
+    // Each worker that lived through the restart said so: connection lost, then restored.
+    std::string said = read_file(dir.file("worker.out"));
+    auto count = [&](std::string_view what) {
+        int n = 0;
+        for (auto at = said.find(what); at != std::string::npos; at = said.find(what, at + 1)) ++n;
+        return n;
+    };
+    EXPECT_GE(count("WARNING RabbitMQ connection lost"), 3) << said;
+    EXPECT_GE(count("INFO RabbitMQ connection restored"), 3) << said;
     for (auto q : {"inventory", "billing", "shipping"}) {
         auto s = stats_of(*broker, q);
         EXPECT_EQ(s.ready, 0) << q;
