@@ -53,9 +53,11 @@ struct ChordParts {
 /// Counts for one queue.
 struct QueueStats {
     std::string queue;
-    std::int64_t ready = 0;      ///< can be delivered now
-    std::int64_t delayed = 0;    ///< waiting for their time (countdown, ETA, retry backoff)
-    std::int64_t in_flight = 0;  ///< delivered and not yet settled
+    std::int64_t ready = 0;  ///< can be delivered now
+    /// Waiting for their time (countdown, ETA, retry backoff); -1 where the engine cannot
+    /// tell per queue (RabbitMQ: delayed messages wait in shared delay queues).
+    std::int64_t delayed = 0;
+    std::int64_t in_flight = 0;  ///< delivered and not yet settled; -1 where not visible
     std::int64_t dead = 0;       ///< in the dead-letter store
 };
 

@@ -49,6 +49,7 @@ struct WorkerConfig {
     double shutdown_grace = 30.0;  ///< seconds in-flight tasks get on SIGTERM
     int delivery_limit = 5;        ///< deliveries without a settlement before a dead letter
     bool track_started = false;    ///< STARTED for every task
+    std::string http;              ///< "HOST:PORT" for /metrics, /healthz and /readyz; empty: none
 };
 
 /// The whole configuration. Value type; `load_config` fills it.

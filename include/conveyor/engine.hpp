@@ -28,6 +28,9 @@ struct Delivery {
     /// From an ordered queue: the key whose order this delivery keeps. A worker runs one
     /// delivery per key at a time and retries a failing one in place.
     std::string ordering_key;
+    /// When it became deliverable (published, or its delay ended), where the engine knows:
+    /// what a worker's wait-time metric measures from.
+    std::optional<TimePoint> due;
 };
 
 /// What a consumer does with a delivery once it is done with it.
@@ -73,6 +76,10 @@ class Consumer {
     [[nodiscard]] virtual Result<std::vector<std::uint64_t>> renew() = 0;
     /// Starts (`consume`) or stops taking deliveries from `queue` while running (`celery
     /// control add_consumer / cancel_consumer`). Deliveries already taken stay settleable.
+    /// Why the consumer cannot reach its broker now (RabbitMQ: the connection is lost and being
+    /// re-established); nullopt while it can. Engines whose failures show as errors of fetch
+    /// and settle keep the default.
+    virtual std::optional<std::string> trouble() const { return std::nullopt; }
     [[nodiscard]] virtual Result<void> set_consuming(const std::string& queue, bool consume) {
         (void)queue;
         (void)consume;

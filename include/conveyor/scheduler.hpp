@@ -22,6 +22,9 @@ struct SchedulerOptions {
     std::chrono::milliseconds tick{200};    ///< how often the leader looks
     std::string name;                       ///< this instance; default host:pid
     std::function<std::string(const std::string& task)> queue_for;  ///< default queue of a task
+    /// "HOST:PORT" to serve /metrics, /healthz and /readyz on while running (they say whether
+    /// this instance leads); empty: none. A bare port binds 127.0.0.1.
+    std::string http;
 };
 
 /// What one schedule looks like now (for `conveyor schedule list`).
@@ -56,6 +59,10 @@ class Scheduler {
     /// Waits until the run has ended, at most `timeout` (Errc::timeout when it still runs).
     [[nodiscard]] Result<void> wait(std::optional<std::chrono::milliseconds> timeout = {});
     bool leading() const noexcept { return leading_; }
+    /// Its metrics in the Prometheus text format, as /metrics serves them.
+    std::string metrics() const;
+    /// The port /metrics is served on while running with SchedulerOptions::http; 0 otherwise.
+    int http_port() const noexcept;
 
     /// The configured and CLI-added schedules with their pause flags and last fires.
     static Result<std::vector<ScheduleStatus>> status(ScheduleStore& store,
@@ -64,12 +71,16 @@ class Scheduler {
   private:
     Result<void> tick(ScheduleStore& store);
     Result<void> loop();
+    Result<void> start_http();
+    void stop_http();
 
     std::shared_ptr<Broker> broker_;
     SchedulerOptions opts_;
     std::atomic<bool> stop_{false};
     std::atomic<bool> leading_{false};
     std::unique_ptr<detail::Lifecycle> life_;
+    struct Monitoring;  // metrics, health, the HTTP listener
+    std::unique_ptr<Monitoring> mon_;
 };
 
 }  // namespace conveyor

@@ -123,6 +123,9 @@ struct WorkerOptions {
     bool log_success = false;
     bool remote_control = true;  ///< answer `celery inspect` / `celery control` (amqp)
     bool track_started = false;  ///< STARTED for every task (TaskOptions::track_started)
+    /// "HOST:PORT" to serve /metrics (Prometheus), /healthz and /readyz on while running
+    /// (port 0 picks one: http_port() says which); empty: none. A bare port binds 127.0.0.1.
+    std::string http;
 };
 
 /// Counters since start; each only grows.
@@ -172,6 +175,10 @@ class Worker {
     /// Whether a run is under way.
     bool running() const noexcept;
     WorkerStats stats() const noexcept;
+    /// Its metrics in the Prometheus text format, as /metrics serves them.
+    std::string metrics() const;
+    /// The port /metrics is served on while running with WorkerOptions::http; 0 otherwise.
+    int http_port() const noexcept;
 
   private:
     void end() noexcept;  // stops the run and waits for its end

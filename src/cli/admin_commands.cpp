@@ -45,16 +45,16 @@ int run_queues(const Global& g) {
         for (auto& [name, s] : all)
             arr.push_back({{"queue", name},
                            {"ready", s.ready},
-                           {"delayed", s.delayed},
+                           {"delayed", s.delayed < 0 ? Json() : Json(s.delayed)},
                            {"in_flight", s.in_flight < 0 ? Json() : Json(s.in_flight)},
                            {"dead", s.dead}});
         fmt::print("{}\n", detail::dump_lossy(arr));
     } else {
         std::vector<std::vector<std::string>> rows;
         for (auto& [name, s] : all)
-            rows.push_back({name, std::to_string(s.ready), std::to_string(s.delayed),
-                            s.in_flight < 0 ? "-" : std::to_string(s.in_flight),
-                            std::to_string(s.dead)});
+            rows.push_back(
+                {name, std::to_string(s.ready), s.delayed < 0 ? "-" : std::to_string(s.delayed),
+                 s.in_flight < 0 ? "-" : std::to_string(s.in_flight), std::to_string(s.dead)});
         print_table({"QUEUE", "READY", "DELAYED", "IN FLIGHT", "DEAD"}, rows);
     }
     return 0;

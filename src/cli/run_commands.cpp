@@ -10,6 +10,7 @@
 #include "cli/commands.hpp"
 #include "conveyor/scheduler.hpp"
 #include "conveyor/worker.hpp"
+#include "core/url.hpp"
 
 namespace conveyor::cli {
 
@@ -24,6 +25,7 @@ struct WorkerFlags {
     bool events = false;
     bool log_success = false;
     int delivery_limit = -1;
+    std::string http;
 };
 
 int run_worker(const Global& g, const WorkerFlags& f) {
@@ -55,6 +57,9 @@ int run_worker(const Global& g, const WorkerFlags& f) {
     o.log_success = f.log_success;
     o.delivery_limit = f.delivery_limit >= 0 ? f.delivery_limit : cfg.worker.delivery_limit;
     o.track_started = cfg.worker.track_started;
+    o.http = !f.http.empty() ? f.http : cfg.worker.http;
+    if (!o.http.empty())
+        if (auto a = detail::parse_listen_address(o.http); !a) die(a.error().message, 2);
     Worker worker(broker, o);
     worker.configure(cfg);
     stop_on_signals(&worker, nullptr);
@@ -77,8 +82,17 @@ int run_worker(const Global& g, const WorkerFlags& f) {
     return 0;
 }
 
-int run_scheduler(const Global& g, double lease) {
+/// `conveyor scheduler` flags.
+struct SchedulerFlags {
+    double lease = 3.0;
+    std::string http;
+};
+
+int run_scheduler(const Global& g, const SchedulerFlags& f) {
+    double lease = f.lease;
     Config cfg = load(g);
+    if (!f.http.empty())
+        if (auto a = detail::parse_listen_address(f.http); !a) die(a.error().message, 2);
     stop_on_signals(nullptr, nullptr);
     auto broker = open_broker(broker_url(g, cfg), cfg, /*wait=*/true);
     SchedulerOptions o;
@@ -86,6 +100,7 @@ int run_scheduler(const Global& g, double lease) {
     o.lease = std::chrono::milliseconds(static_cast<long long>(lease * 1000));
     o.tick = std::min(std::chrono::milliseconds(200), o.lease / 4);
     o.queue_for = [cfg](const std::string& task) { return cfg.queue_for(task); };
+    o.http = f.http;
     Scheduler scheduler(broker, o);
     stop_on_signals(nullptr, &scheduler);
     detail::log(LogLevel::info, "scheduler.started",
@@ -121,6 +136,9 @@ Command add_worker(CLI::App& app, const Global& g) {
                      "Dead-letter a message delivered this many times without being settled "
                      "(0: no limit; default 5)")
         ->check(CLI::Range(0, 1000));
+    worker->add_option("--http", wf->http,
+                       "Serve /metrics, /healthz and /readyz on HOST:PORT (default: [worker] http; "
+                       "a bare port binds 127.0.0.1)");
 
     return {worker, [&g, wf] { return run_worker(g, *wf); }};
 }
@@ -128,11 +146,14 @@ Command add_worker(CLI::App& app, const Global& g) {
 Command add_scheduler(CLI::App& app, const Global& g) {
     auto* scheduler = app.add_subcommand(
         "scheduler", "Fire the schedules on time; run several for availability (one leads)");
-    auto s_lease = std::make_shared<double>(3.0);
-    scheduler->add_option("--lease", *s_lease, "Seconds a leader holds leadership unrenewed")
+    auto sf = std::make_shared<SchedulerFlags>();
+    scheduler->add_option("--lease", sf->lease, "Seconds a leader holds leadership unrenewed")
         ->check(seconds_within(0.5, 3600.0));
+    scheduler->add_option("--http", sf->http,
+                          "Serve /metrics, /healthz and /readyz (with whether it leads) on "
+                          "HOST:PORT");
 
-    return {scheduler, [&g, s_lease] { return run_scheduler(g, *s_lease); }};
+    return {scheduler, [&g, sf] { return run_scheduler(g, *sf); }};
 }
 
 }  // namespace conveyor::cli

@@ -9,6 +9,7 @@
 
 #include "core/codec.hpp"
 #include "core/try.hpp"
+#include "core/url.hpp"
 
 namespace conveyor {
 
@@ -493,7 +494,7 @@ Result<Config> parse_config_text(std::string_view text, std::string_view source)
         if (!t) return bad(c, wn, "'worker' must be a table");
         CONVEYOR_TRY(check_keys(c, *t, "[worker]",
                                 {"queues", "concurrency", "prefetch", "lease", "shutdown_grace",
-                                 "delivery_limit", "track_started"}));
+                                 "delivery_limit", "track_started", "http"}));
         if (auto* q = t->get("queues")) {
             auto list = string_list(c, q, "queues");
             CONVEYOR_TRY(list);
@@ -532,6 +533,13 @@ Result<Config> parse_config_text(std::string_view text, std::string_view source)
             cfg.worker.delivery_limit = int(**limit);
         }
         CONVEYOR_TRY(get_bool(c, *t, "track_started", cfg.worker.track_started));
+        auto http = get_string(c, *t, "http");
+        CONVEYOR_TRY(http);
+        if (!http->empty()) {
+            if (auto a = detail::parse_listen_address(*http); !a)
+                return bad(c, t->get("http"), a.error().message);
+            cfg.worker.http = std::move(*http);
+        }
     }
     for (auto& t : cfg.tasks) {
         if (!t.queue.empty() && !cfg.find_queue(t.queue)) {

@@ -150,4 +150,33 @@ Result<BrokerUrl> parse_broker_url(std::string_view url) {
     return out;
 }
 
+Result<ListenAddress> parse_listen_address(std::string_view text) {
+    auto bad = [&](std::string_view why) {
+        return fail(
+            Errc::invalid_argument,
+            fmt::format("listen address '{}' {}: give HOST:PORT, like 127.0.0.1:9808", text, why));
+    };
+    ListenAddress a;
+    std::string_view port = text;
+    if (auto colon = text.rfind(':'); colon != std::string_view::npos) {
+        std::string_view host = text.substr(0, colon);
+        port = text.substr(colon + 1);
+        if (host.starts_with('[')) {
+            if (!host.ends_with(']') || host.size() < 3) return bad("has a broken [IPv6] host");
+            host = host.substr(1, host.size() - 2);
+        } else if (host.find(':') != std::string_view::npos) {
+            return bad("has an IPv6 host without brackets");
+        }
+        if (!host.empty()) a.host = std::string(host);
+    }
+    int p = -1;
+    auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), p);
+    if (port.empty() || ec != std::errc() || end != port.data() + port.size() || p < 0 || p > 65535)
+        return bad("has no port from 0 to 65535");
+    for (char c : a.host)
+        if (c == '/' || c == ' ' || c == '@') return bad("has a host that is not an address");
+    a.port = p;
+    return a;
+}
+
 }  // namespace conveyor::detail

@@ -39,6 +39,14 @@ Result<Authority> parse_authority(std::string_view text, std::string_view what);
 /// list (`;`). Nothing else changes.
 std::string redact_url(std::string_view url);
 
+/// Where an HTTP listener binds: "HOST:PORT", "[V6]:PORT", ":PORT" or "PORT" (host
+/// 127.0.0.1); port 0 picks a free one.
+struct ListenAddress {
+    std::string host = "127.0.0.1";
+    int port = 0;
+};
+[[nodiscard]] Result<ListenAddress> parse_listen_address(std::string_view text);
+
 /// A number of seconds given as a URL option (`engine` option `key`=`value`), within
 /// [min, max]; one sentence naming the option and the range otherwise (NaN is refused).
 Result<std::chrono::milliseconds> seconds_option(std::string_view engine, std::string_view key,

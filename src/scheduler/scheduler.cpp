@@ -15,6 +15,7 @@
 #include "core/node.hpp"
 #include "core/time.hpp"
 #include "core/try.hpp"
+#include "scheduler/scheduler_monitoring.hpp"
 
 namespace conveyor {
 
@@ -55,7 +56,8 @@ std::vector<TimePoint> due_fires(const ScheduleSpec& s, TimePoint after, TimePoi
 Scheduler::Scheduler(std::shared_ptr<Broker> broker, SchedulerOptions options)
     : broker_(std::move(broker)),
       opts_(std::move(options)),
-      life_(std::make_unique<detail::Lifecycle>()) {
+      life_(std::make_unique<detail::Lifecycle>()),
+      mon_(std::make_unique<Monitoring>()) {
     if (opts_.name.empty()) opts_.name = detail::process_name();
 }
 
@@ -184,7 +186,13 @@ Result<void> Scheduler::tick(ScheduleStore& store) {
     if (fires.empty()) return {};
     auto ok = store.fire(opts_.name, fires);
     CONVEYOR_TRY(ok);
-    if (!*ok) leading_ = false;
+    if (!*ok) {
+        leading_ = false;
+        return {};
+    }
+    std::lock_guard lk(mon_->mu);
+    for (auto& f : fires)
+        if (f.message) mon_->fired[f.schedule]++;
     return {};
 }
 
@@ -192,6 +200,7 @@ Result<void> Scheduler::loop() {
     auto store = broker_->schedule_store();
     CONVEYOR_TRY(store);
     for (auto& s : opts_.schedules) CONVEYOR_TRY(s.validate());
+    CONVEYOR_TRY(start_http());
     std::string last_error;
     while (!stop_) {
         auto started = steady_clock::now();
@@ -202,14 +211,19 @@ Result<void> Scheduler::loop() {
                     fmt::format("scheduler {}: {}; retrying", opts_.name, ok.error().message));
             last_error = ok.error().message;
             leading_ = false;
+            std::lock_guard lk(mon_->mu);
+            mon_->trouble = ok.error().message;
         } else {
             last_error.clear();
+            std::lock_guard lk(mon_->mu);
+            mon_->trouble.reset();
         }
         auto until = started + opts_.tick;
         while (!stop_ && steady_clock::now() < until) std::this_thread::sleep_for(milliseconds(10));
     }
     if (leading_) (void)(*store)->resign(opts_.name);
     leading_ = false;
+    stop_http();
     return {};
 }
 

@@ -95,7 +95,7 @@ void Worker::Impl::admit(Delivery&& d, std::vector<Settlement>& settle_now,
         Json fields = {
             {"id", s.result->id}, {"queue", d.queue}, {"attempt", s.result->retries + 1}};
         if (s.kind == Settlement::Kind::dead_letter)
-            log_dead_letter(std::move(fields), s.reason);
+            report_dead_letter(std::move(fields), s.reason);
         else if (s.result->state == TaskState::revoked)
             detail::log(
                 LogLevel::info, "task.revoked",
@@ -169,6 +169,8 @@ void Worker::Impl::admit_unguarded(Delivery& d, std::vector<Settlement>& settle_
     Job& job = jobs.back();
     job_index[&job] = std::prev(jobs.end());
     job.key = std::move(key);
+    job.due = job.delivery.due;
+    if (job.task.eta && (!job.due || *job.task.eta > *job.due)) job.due = job.task.eta;
     if (!key_order.admit(job.key, &job)) return;  // behind an earlier task with its key
     arm_deadline(job);
     ready.push_back(&job);

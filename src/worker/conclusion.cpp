@@ -15,7 +15,8 @@
 
 namespace conveyor {
 
-void Worker::Impl::log_dead_letter(Json fields, const std::string& reason) {
+void Worker::Impl::report_dead_letter(Json fields, const std::string& reason) {
+    metrics.dead_lettered(fields.value("queue", ""), fields.value("task", ""));
     if (!detail::log_enabled(LogLevel::error)) return;
     std::string what = fmt::format(
         "task {}{} dead-lettered: {}", fields.value("id", ""),
@@ -32,7 +33,7 @@ std::optional<Settlement> Worker::Impl::conclude(Finished& f) {
         const Job& job = *f.job;
         if (monitor) monitor->released(job.task.id);
         std::string reason = fmt::format("could not be concluded: {}", e.what());
-        log_dead_letter(task_fields(job, true), reason);
+        report_dead_letter(task_fields(job, true), reason);
         return dead_letter(job.delivery, job.task.id, job.task.retries, reason, "InternalError",
                            "conveyor");
     }
@@ -114,7 +115,7 @@ std::optional<Settlement> Worker::Impl::succeed(Job& job, Outcome& o) {
                 if (monitor) monitor->released(job.task.id);
                 return Settlement{Settlement::Kind::release, d.tag};
             }
-            log_dead_letter(task_fields(job, true), "workflow: " + ok.error().message);
+            report_dead_letter(task_fields(job, true), "workflow: " + ok.error().message);
             return dead_letter(d, job.task.id, job.task.retries, "workflow: " + ok.error().message,
                                "ChordError", "celery.exceptions", ok.error().message);
         }
@@ -123,15 +124,13 @@ std::optional<Settlement> Worker::Impl::succeed(Job& job, Outcome& o) {
     s.kind = Settlement::Kind::ack;
     s.tag = d.tag;
     succeeded++;
+    metrics.succeeded(d.queue, job.task.name, run_seconds(job));
     if (auto level = opts.log_success ? LogLevel::info : LogLevel::debug;
         detail::log_enabled(level))
         detail::log(level, "task.succeeded",
                     fmt::format("task {} ({}) succeeded", job.task.id, job.task.name),
                     task_fields(job, true));
-    if (monitor)
-        monitor->succeeded(
-            job.task.id, o.result,
-            std::chrono::duration<double>(steady_clock::now() - job.started_at).count());
+    if (monitor) monitor->succeeded(job.task.id, o.result, run_seconds(job));
     if (!job.task.ignore_result) {
         TaskResult r;
         r.id = job.task.id;
@@ -146,7 +145,8 @@ std::optional<Settlement> Worker::Impl::succeed(Job& job, Outcome& o) {
 }
 
 Settlement Worker::Impl::fail(Job& job, const Outcome& o, const detail::Decision& decision) {
-    log_dead_letter(task_fields(job, true), decision.reason);
+    metrics.failed(job.delivery.queue, job.task.name, run_seconds(job));
+    report_dead_letter(task_fields(job, true), decision.reason);
     Settlement s = dead_letter(job.delivery, job.task.id, job.task.retries, decision.reason,
                                o.exc_type, o.exc_module, o.message);
     if (canvas::has_followers(job.task) && s.result) {
@@ -168,6 +168,8 @@ Settlement Worker::Impl::fail(Job& job, const Outcome& o, const detail::Decision
 std::optional<Settlement> Worker::Impl::retry(Job& job, const Outcome& o,
                                               const detail::Decision& decision) {
     retried++;
+    metrics.failed(job.delivery.queue, job.task.name, run_seconds(job));
+    metrics.retried(job.delivery.queue, job.task.name);
     if (detail::log_enabled(LogLevel::warning)) {
         Json fields = task_fields(job, true);
         fields["delay"] = double(decision.delay.count()) / 1000.0;
@@ -181,6 +183,7 @@ std::optional<Settlement> Worker::Impl::retry(Job& job, const Outcome& o,
     if (monitor) monitor->retried(job.task.id, exc_repr(o), decision.failure);
     if (decision.action == detail::Decision::Action::retry_in_place) {
         job.task.retries++;
+        job.due = SystemClock::now() + decision.delay;
         job.started = false;
         job.stop = std::stop_source();
         sleeping.emplace(steady_clock::now() + decision.delay, &job);

@@ -131,6 +131,7 @@ void Worker::Impl::collect_outcomes(Round& r) {
 void Worker::Impl::drain(Round& r) {
     if (!r.draining) {
         r.draining = true;
+        ready = false;
         r.grace_deadline = steady_clock::now() + opts.shutdown_grace;
         std::deque<Job*> not_started;
         {
@@ -196,6 +197,7 @@ Result<void> Worker::Impl::settle_and_renew(Consumer& consumer, Round& r,
     bool storage_up = r.storage.ready(now);
     if (storage_up && !r.pending.empty() &&
         (!more_coming || r.pending.size() >= batch_max || now - r.pending_since >= kSettleWindow)) {
+        beat("settling tasks");
         if (auto ok = consumer.settle(r.pending); !ok) {
             if (!r.storage.failed(ok.error(), "settling tasks")) return ok;
         } else {
@@ -208,10 +210,12 @@ Result<void> Worker::Impl::settle_and_renew(Consumer& consumer, Round& r,
         // Nothing to settle: lets the consumer send what it holds back (RabbitMQ acks
         // waiting behind a long task) even while no fetch or outcome comes.
         r.last_settle = now;
+        beat("sending acknowledgements");
         CONVEYOR_TRY(consumer.settle(std::span<Settlement>()));
     }
     if (r.storage.ready(now) && now - r.last_renew >= r.renew_every) {
         r.last_renew = now;
+        beat("renewing leases");
         auto lost = consumer.renew();
         if (!lost) {
             if (!r.storage.failed(lost.error(), "renewing leases"))
@@ -233,6 +237,7 @@ Result<bool> Worker::Impl::fetch_more(Consumer& consumer, Round& r, steady_clock
                         : idle_threads ? milliseconds(2)
                                        : milliseconds(0);
     if (!r.storage.ready(now)) return false;
+    beat("fetching tasks");
     auto got = consumer.fetch(opts.prefetch - held, wait);
     if (!got) {
         if (r.storage.failed(got.error(), "fetching tasks")) return false;
@@ -282,6 +287,11 @@ Result<void> Worker::Impl::run() {
     auto consumer_r = broker->consume(co);
     CONVEYOR_TRY(consumer_r);
     auto& consumer = **consumer_r;
+    std::vector<std::string> names;
+    for (auto& [name, _] : handlers) names.push_back(name);
+    metrics.set_tasks(names);
+    beat("starting");
+    CONVEYOR_TRY(start_http());
     {
         std::lock_guard lk(mu);
         executors_exit = false;
@@ -290,11 +300,13 @@ Result<void> Worker::Impl::run() {
     std::vector<std::jthread> threads;
     for (int i = 0; i < opts.concurrency; ++i) threads.emplace_back([this] { executor_loop(); });
 
+    ready = true;
     Round r;
     r.last_renew = steady_clock::now();
     r.renew_every = std::max(milliseconds(50), opts.lease / 3);
     Result<void> failure;
     for (;;) {
+        beat("waiting for outcomes");
         collect_outcomes(r);
         if (stopping.load()) drain(r);
         apply_consumer_changes(consumer);
@@ -312,13 +324,21 @@ Result<void> Worker::Impl::run() {
             failure = std::unexpected(fetched.error());
             break;
         }
+        auto why = r.storage.failing();
+        set_trouble(why ? std::move(why) : consumer.trouble());
         if (*fetched) continue;
         std::unique_lock lk(mu);
         outcome_cv.wait_for(
             lk, r.pending.empty() || !r.storage.ready(now) ? milliseconds(20) : kSettleWindow,
             [&] { return !outcomes.empty(); });
     }
+    ready = false;
     finish(consumer, threads);
+    if (http) {
+        http->stop();
+        http.reset();
+        http_port = 0;
+    }
     return failure;
 }
 

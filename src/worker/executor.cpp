@@ -33,9 +33,14 @@ void Worker::Impl::executor_loop() {
             if (monitor) monitor->started(job->task.id);
             if ((opts.track_started || job->reg->options.track_started) && !job->task.ignore_result)
                 store_started(*job);
+            if (job->due)
+                metrics.waited(
+                    job->delivery.queue, job->task.name,
+                    std::chrono::duration<double>(SystemClock::now() - *job->due).count());
             running++;
             out.outcome = execute(*job);
             running--;
+            job->finished_at = steady_clock::now();
         }
         bool first;
         {

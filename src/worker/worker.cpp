@@ -96,4 +96,7 @@ WorkerStats Worker::stats() const noexcept {
                        impl_->released.load(), impl_->running.load()};
 }
 
+std::string Worker::metrics() const { return impl_->metrics_text(); }
+int Worker::http_port() const noexcept { return impl_->http_port.load(); }
+
 }  // namespace conveyor

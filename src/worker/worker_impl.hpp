@@ -27,7 +27,9 @@
 #include "core/lifecycle.hpp"
 #include "core/node.hpp"
 #include "core/try.hpp"
+#include "server/listener.hpp"
 #include "worker/key_order.hpp"
+#include "worker/metrics.hpp"
 #include "worker/monitor.hpp"
 #include "worker/outcome.hpp"
 #include "worker/storage_backoff.hpp"
@@ -56,6 +58,8 @@ struct Job {
     bool revoked = false;     ///< `revoke --terminate` stopped it
     bool lease_lost = false;  ///< another worker may run it now: stopped, its outcome dropped
     steady_clock::time_point started_at{};
+    steady_clock::time_point finished_at{};  ///< when its handler returned
+    std::optional<TimePoint> due;  ///< when it could have started (for the wait-time metric)
     std::string key;  ///< ordering key: jobs with the same key run one at a time, in order
 };
 
@@ -65,17 +69,19 @@ struct Finished {
     detail::Outcome outcome;
 };
 
+/// How long its handler ran (so far, while it runs).
+inline double run_seconds(const Job& job) {
+    auto end = job.finished_at > job.started_at ? job.finished_at : steady_clock::now();
+    return std::chrono::duration<double>(end - job.started_at).count();
+}
+
 /// The fields every log line about a task carries; `duration` (seconds) once it ran.
 inline Json task_fields(const Job& job, bool ran = false) {
     Json f = {{"id", job.task.id},
               {"task", job.task.name},
               {"queue", job.delivery.queue},
               {"attempt", job.task.retries + 1}};
-    if (ran)
-        f["duration"] =
-            std::round(std::chrono::duration<double>(steady_clock::now() - job.started_at).count() *
-                       1e6) /
-            1e6;
+    if (ran) f["duration"] = std::round(run_seconds(job) * 1e6) / 1e6;
     return f;
 }
 
@@ -91,6 +97,7 @@ using worker_detail::exception_result;
 using worker_detail::Finished;
 using worker_detail::Job;
 using worker_detail::Registration;
+using worker_detail::run_seconds;
 using worker_detail::task_fields;
 
 /// A StorageBackoff that says, in one line each, when failing begins and when it ends.
@@ -101,6 +108,7 @@ class StorageTrouble {
     bool failed(const Error& e, const char* doing) {
         bool began = !backoff_.failing();
         if (!backoff_.failed(e, steady_clock::now())) return false;
+        reason_ = fmt::format("{} failed: {}", doing, e.message);
         if (began)
             detail::log(LogLevel::warning, "broker.failing",
                         fmt::format("{} failed ({}); retrying with backoff", doing, e.message));
@@ -111,9 +119,14 @@ class StorageTrouble {
             detail::log(LogLevel::info, "broker.recovered", "the broker works again");
         backoff_.succeeded();
     }
+    /// Why it fails now; nullopt while it works.
+    std::optional<std::string> failing() const {
+        return backoff_.failing() ? std::optional(reason_) : std::nullopt;
+    }
 
   private:
     detail::StorageBackoff backoff_;
+    std::string reason_;
 };
 
 /// Group commit of settlements: how long and how many outcomes wait for others.
@@ -149,7 +162,31 @@ struct Worker::Impl {
     std::mt19937_64 rng;
     std::unique_ptr<detail::Monitor> monitor;  // amqp: Celery events and remote control
 
-    Impl(std::shared_ptr<Broker> b, WorkerOptions o) : broker(std::move(b)), opts(std::move(o)) {
+    // Monitoring: metrics, and what /healthz and /readyz say.
+    detail::WorkerMetrics metrics;
+    std::atomic<bool> ready{false};  // consuming, not shutting down
+    mutable std::mutex health_mu;
+    std::optional<std::string> trouble;  // why the broker cannot be reached now
+    // The dispatcher's pulse: when its loop last turned, and what it waits on. A loop stuck
+    // in one call (a broker that stopped answering) is unhealthy though no error came yet.
+    std::atomic<std::int64_t> pulse{0};  // steady_clock nanoseconds
+    std::atomic<const char*> doing{"starting"};
+    void beat(const char* what) {
+        doing = what;
+        pulse = steady_clock::now().time_since_epoch().count();
+    }
+    /// Why /healthz says 503 now; nullopt while healthy.
+    std::optional<std::string> unhealthy() const;
+    struct DepthCache {
+        std::mutex mu;
+        steady_clock::time_point at{};
+        std::optional<std::vector<QueueStats>> depths;
+    } depth_cache;
+    std::unique_ptr<detail::HttpListener> http;
+    std::atomic<int> http_port{0};
+
+    Impl(std::shared_ptr<Broker> b, WorkerOptions o)
+        : broker(std::move(b)), opts(std::move(o)), metrics(opts.queues) {
         if (opts.name.empty()) opts.name = detail::process_name();
         opts.node_name = detail::node_name(opts.node_name);
         if (opts.prefetch == 0) opts.prefetch = std::size_t(std::max(1, opts.concurrency)) * 4;
@@ -216,8 +253,8 @@ struct Worker::Impl {
     std::optional<Settlement> retry(Job& job, const Outcome& o, const detail::Decision& decision);
 
     static std::string exc_repr(const Outcome& o);
-    /// One error line for a dead-lettered task: its fields and why.
-    void log_dead_letter(Json fields, const std::string& reason);
+    /// One error line for a dead-lettered task (its fields and why), and its count.
+    void report_dead_letter(Json fields, const std::string& reason);
 
     canvas::Context context_for(const Job& job) const;
 
@@ -286,6 +323,14 @@ struct Worker::Impl {
     /// After the loop: running handlers are stopped and joined, what is still held is handed
     /// back (best effort), the monitor says the worker is offline.
     void finish(Consumer& consumer, std::vector<std::jthread>& threads);
+
+    // ---- monitoring (status.cpp) -----------------------------------------------------------
+    /// The /metrics exposition now.
+    std::string metrics_text();
+    /// Serves /metrics, /healthz and /readyz on opts.http; a bind failure is the run's error.
+    Result<void> start_http();
+    /// What the dispatcher learnt of its broker this round (nullopt: reachable).
+    void set_trouble(std::optional<std::string> why);
 
     Result<void> run();
 };

@@ -78,6 +78,7 @@ int main(int argc, char** argv) {
     o.shutdown_grace = std::chrono::milliseconds(std::atoi(argv[5]));
     if (argc > 7) o.prefetch = std::size_t(std::atoi(argv[7]));
     o.name = fmt::format("test-worker-{}", getpid());
+    if (const char* http = std::getenv("CONVEYOR_TEST_HTTP"); http && *http) o.http = http;
     Worker worker(*broker, o);
     auto pid = getpid();
     // "noop": returns its first argument. "sleep": sleeps args[0] ms (honouring stop).

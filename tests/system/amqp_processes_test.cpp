@@ -8,6 +8,7 @@
 
 #include "conveyor/broker.hpp"
 #include "conveyor/client.hpp"
+#include "support/http.hpp"
 #include "support/process.hpp"
 #include "support/queue_stats.hpp"
 #include "support/rabbitmq.hpp"
@@ -26,13 +27,16 @@ namespace {
 
 std::unique_ptr<Process> start_worker(const TempDir& dir, const std::string& url,
                                       const std::string& queues, int concurrency,
-                                      const std::string& config = {}) {
+                                      const std::string& config = {},
+                                      const std::string& out = "worker.out",
+                                      const std::string& http = {}) {
     std::vector<std::string> argv = {
         CONVEYOR_TEST_WORKER, url, queues, std::to_string(concurrency), "30000", "5000",
         dir.file("log")};
     std::vector<std::string> env;
     if (!config.empty()) env.push_back("CONVEYOR_CONFIG=" + config);
-    return std::make_unique<Process>(argv, dir.file("worker.out"), env);
+    if (!http.empty()) env.push_back("CONVEYOR_TEST_HTTP=" + http);
+    return std::make_unique<Process>(argv, dir.file(out), env);
 }
 
 std::vector<std::string> fields(const std::string& line) {
@@ -94,7 +98,12 @@ queue = "shipping"
     workers.push_back(start_worker(dir, node.url(), "billing", 2, cfg_path));
     workers.push_back(start_worker(dir, node.url(), "inventory", 2, cfg_path));
     workers.push_back(start_worker(dir, node.url(), "billing", 2, cfg_path));
-    workers.push_back(start_worker(dir, node.url(), "shipping", 2, cfg_path));
+    // The shipping worker serves its health check: it follows the broker's restart.
+    workers.push_back(
+        start_worker(dir, node.url(), "shipping", 2, cfg_path, "shipping.out", "127.0.0.1:0"));
+    std::string health_url = testsupport::served_url(dir.file("shipping.out"), 20s);
+    ASSERT_FALSE(health_url.empty()) << read_file(dir.file("shipping.out"));
+    EXPECT_EQ(testsupport::http_request(health_url, "/healthz").status, 200);
     ASSERT_TRUE(
         eventually([&] { return lines_with(dir.file("log"), "done").size() >= 3000; }, 60s));
     workers[0]->signal(SIGKILL);
@@ -102,8 +111,22 @@ queue = "shipping"
 
     // Restart the broker mid-run: confirmed tasks survive, workers and the client reconnect.
     node.stop();
+    testsupport::HttpReply down;
+    EXPECT_TRUE(eventually(
+        [&] {
+            down = testsupport::http_request(health_url, "/healthz");
+            return down.status == 503;
+        },
+        20s))
+        << down.body << read_file(dir.file("shipping.out"));
+    // Why: the connection is lost, or a call to the broker has not returned for seconds.
+    EXPECT_TRUE(down.body.find("RabbitMQ") != std::string::npos ||
+                down.body.find("has not returned") != std::string::npos)
+        << down.body;
     ASSERT_TRUE(node.start());
     publish(n / 2, n);
+    EXPECT_TRUE(eventually(
+        [&] { return testsupport::http_request(health_url, "/healthz").status == 200; }, 60s));
 
     std::map<std::string, std::set<std::string>> done;  // queue -> task ids
     ASSERT_TRUE(eventually(
@@ -124,7 +147,7 @@ queue = "shipping"
         EXPECT_EQ(workers[i]->wait(15s), 0);
     }
     // Each worker that lived through the restart said so: connection lost, then restored.
-    std::string said = read_file(dir.file("worker.out"));
+    std::string said = read_file(dir.file("worker.out")) + read_file(dir.file("shipping.out"));
     auto count = [&](std::string_view what) {
         int n = 0;
         for (auto at = said.find(what); at != std::string::npos; at = said.find(what, at + 1)) ++n;

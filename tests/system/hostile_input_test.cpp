@@ -14,6 +14,7 @@
 
 #include "conveyor/client.hpp"
 #include "conveyor/worker.hpp"
+#include "support/http.hpp"
 #include "support/process.hpp"
 
 using namespace conveyor;
@@ -284,20 +285,39 @@ TEST(SqliteStorage, AWriteLockHeldPastTheBusyTimeoutIsWaitedOut) {
                     "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
                     "c.execute('BEGIN EXCLUSIVE')\n"
                     "open(sys.argv[2], 'w').write('locked')\n"
-                    "time.sleep(2)\n"
+                    "time.sleep(4)\n"
                     "c.execute('COMMIT')\n",
                     dir.file("c.db"), dir.file("locked")},
                    dir.file("locker.out"));
     ASSERT_TRUE(eventually([&] { return std::filesystem::exists(dir.file("locked")); }, 10s))
         << read_file(dir.file("locker.out"));
-    Process worker({CONVEYOR_CLI, "--broker", url, "worker"}, dir.file("worker.out"), {},
-                   dir.path().string());
+    Process worker({CONVEYOR_CLI, "--broker", url, "worker", "--http", "127.0.0.1:0"},
+                   dir.file("worker.out"), {}, dir.path().string());
+    // Its health check says the broker fails, and why, while the lock is held.
+    std::string url_http = testsupport::served_url(dir.file("worker.out"), 10s);
+    ASSERT_FALSE(url_http.empty()) << read_file(dir.file("worker.out"));
+    testsupport::HttpReply health;
+    ASSERT_TRUE(eventually(
+        [&] {
+            health = testsupport::http_request(url_http, "/healthz");
+            return health.status == 503;
+        },
+        10s))
+        << health.body;
+    auto why = Json::parse(health.body, nullptr, false);
+    EXPECT_EQ(why.value("status", ""), "failing") << health.body;
+    EXPECT_NE(why.value("reason", "").find("write lock"), std::string::npos) << health.body;
+    EXPECT_EQ(testsupport::sample(testsupport::http_request(url_http, "/metrics").body,
+                                  "conveyor_broker_up"),
+              0);
+    EXPECT_EQ(testsupport::http_request(url_http, "/readyz").status, 503);
     ASSERT_TRUE(eventually([&] { return count_lines(dir.file("ran")) == 20; }, 30s))
         << read_file(dir.file("worker.out"));
     std::string log = read_file(dir.file("worker.out"));
     EXPECT_NE(log.find("another process holds the write lock"), std::string::npos) << log;
     EXPECT_NE(log.find("retrying with backoff"), std::string::npos) << log;
     EXPECT_NE(log.find("the broker works again"), std::string::npos) << log;
+    EXPECT_EQ(testsupport::http_request(url_http, "/healthz").status, 200);
     EXPECT_FALSE(worker.wait(0ms));  // still running
     worker.signal(SIGTERM);
     EXPECT_EQ(worker.wait(20s), 0);

@@ -49,6 +49,7 @@ class AmqpBroker final : public Broker {
                     QueueStats s;
                     s.queue = n;
                     s.in_flight = -1;  // not visible over AMQP 0-9-1
+                    s.delayed = -1;    // in the shared delay levels (the row below)
                     auto spec = e_->spec_of(n);
                     bool found = false;
                     if (spec && spec->partitions > 0) {

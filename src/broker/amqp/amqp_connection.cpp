@@ -21,6 +21,7 @@
 #include <cstring>
 #include <vector>
 
+#include "broker/amqp/amqp_names.hpp"
 #include "core/try.hpp"
 
 namespace conveyor::amqp {
@@ -237,7 +238,7 @@ Error translate(const amqp_rpc_reply_t& r, std::string_view what) {
     return Error{Errc::internal, std::string(what)};
 }
 
-amqp_basic_properties_t properties(Pool& pool, const Envelope& e) {
+amqp_basic_properties_t properties(Pool& pool, const Envelope& e, std::int64_t sent_at_ms) {
     amqp_basic_properties_t p{};
     p._flags = AMQP_BASIC_DELIVERY_MODE_FLAG;
     p.delivery_mode = 2;  // persistent
@@ -263,7 +264,8 @@ amqp_basic_properties_t properties(Pool& pool, const Envelope& e) {
     }
     if (e.headers.is_object() && !e.headers.empty()) {
         p._flags |= AMQP_BASIC_HEADERS_FLAG;
-        p.headers = pool.table(e.headers);
+        p.headers = sent_at_ms > 0 ? pool.table(e.headers, kSentAtHeader, sent_at_ms)
+                                   : pool.table(e.headers);
     }
     return p;
 }
@@ -567,6 +569,8 @@ Result<void> Connection::publish(std::span<const Wire> messages,
         next_seq_ = 1;
     }
     constexpr std::size_t kWindow = 2048;
+    const std::int64_t sent_at =
+        duration_cast<milliseconds>(system_clock::now().time_since_epoch()).count();
     const std::size_t n = messages.size();
     const std::uint64_t base = next_seq_;
     std::vector<char> acked(n, 0);
@@ -602,7 +606,7 @@ Result<void> Connection::publish(std::span<const Wire> messages,
         while (sent < n && sent - done < kWindow) {
             const Wire& w = messages[sent];
             if (sent % 256 == 0) pool.clear();
-            auto props = properties(pool, *w.envelope);
+            auto props = properties(pool, *w.envelope, sent_at);
             amqp_bytes_t body{w.envelope->body.size(), const_cast<char*>(w.envelope->body.data())};
             int rc =
                 amqp_basic_publish(conn_, ch, pool.bytes(w.exchange), pool.bytes(w.routing_key),

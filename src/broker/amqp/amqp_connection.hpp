@@ -67,7 +67,10 @@ struct Wire {
 };
 
 /// Properties of an envelope (persistent), allocated in `pool`.
-amqp_basic_properties_t properties(Pool& pool, const Envelope& envelope);
+/// `sent_at_ms` > 0: a message with headers (a task's, not a raw one) carries it as
+/// kSentAtHeader, for the consumer's wait-time measure.
+amqp_basic_properties_t properties(Pool& pool, const Envelope& envelope,
+                                   std::int64_t sent_at_ms = 0);
 /// The envelope of a received message.
 Envelope envelope_of(const amqp_basic_properties_t& props, amqp_bytes_t body);
 

@@ -92,7 +92,13 @@ class AmqpConsumer final : public Consumer {
         return {};
     }
 
+    std::optional<std::string> trouble() const override {
+        if (conn_ && conn_->healthy()) return std::nullopt;
+        return trouble_.empty() ? std::string("not connected to RabbitMQ") : trouble_;
+    }
+
     void drop(std::string_view why) {
+        trouble_ = fmt::format("RabbitMQ connection lost ({})", why);
         if (conn_)
             detail::log(LogLevel::warning, "broker.disconnected",
                         fmt::format("RabbitMQ connection lost ({}); reconnecting", why));
@@ -115,7 +121,11 @@ class AmqpConsumer final : public Consumer {
                 std::this_thread::sleep_until(next_attempt_);
             }
             auto ok = connect();
-            if (ok) return true;
+            if (ok) {
+                trouble_.clear();
+                return true;
+            }
+            trouble_ = ok.error().message;
             if (last) *last = ok.error();
             next_attempt_ = steady_clock::now() + backoff_;
             backoff_ = std::min(backoff_ * 2, milliseconds(5000));
@@ -145,6 +155,9 @@ class AmqpConsumer final : public Consumer {
         }
         d.message_id = codec::envelope_id(d.envelope);
         if (d.message_id.empty()) d.message_id = env.message_id;
+        if (auto sent = d.envelope.headers.find(kSentAtHeader);
+            sent != d.envelope.headers.end() && sent->is_number_integer())
+            d.due = detail::from_epoch_ms(sent->get<std::int64_t>());
         d.deliveries = env.redelivered ? 2 : 1;
         if (auto dc = d.envelope.headers.find(kDeliveryCountHeader);
             dc != d.envelope.headers.end() && dc->is_number_integer())
@@ -485,6 +498,7 @@ class AmqpConsumer final : public Consumer {
     int next_ctag_ = 0;                             // consumer tags are NAME.N
     std::unique_ptr<Connection> conn_;
     std::uint64_t generation_ = 0;
+    std::string trouble_;  // why the connection is down (see trouble())
     struct InFlight {
         std::string queue;     // logical queue
         std::string reply_to;  // rpc results go there

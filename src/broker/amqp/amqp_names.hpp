@@ -19,6 +19,9 @@ inline constexpr std::string_view kKeyHeader = "x-conveyor-ordering-key";
 /// queues count them as x-delivery-count): a redelivered message is published again with it.
 inline constexpr std::string_view kDeliveriesHeader = "x-conveyor-deliveries";
 inline constexpr std::string_view kDeliveryCountHeader = "x-delivery-count";
+/// When a task message was published (milliseconds since the epoch): where a consumer
+/// measures its wait from (or from its ETA, when later).
+inline constexpr std::string_view kSentAtHeader = "x-conveyor-sent-at";
 
 /// A message published anew starts its count again.
 inline void forget_deliveries(Envelope& env) {

@@ -89,6 +89,25 @@ amqp_table_t Pool::table(const Json& object) {
     return t;
 }
 
+amqp_table_t Pool::table(const Json& object, std::string_view key, std::int64_t value) {
+    amqp_table_t t{0, nullptr};
+    std::size_t n = object.is_object() ? object.size() : 0;
+    t.entries = static_cast<amqp_table_entry_t*>(
+        amqp_pool_alloc(&pool_, sizeof(amqp_table_entry_t) * (n + 1)));
+    if (n)
+        for (auto& [k, v] : object.items()) {
+            if (k == key) continue;
+            t.entries[t.num_entries].key = bytes(k);
+            t.entries[t.num_entries].value = this->value(v);
+            t.num_entries++;
+        }
+    auto& e = t.entries[t.num_entries++];
+    e.key = bytes(key);
+    e.value.kind = AMQP_FIELD_KIND_I64;
+    e.value.value.i64 = value;
+    return t;
+}
+
 Json to_json(const amqp_field_value_t& f, std::size_t depth) {
     switch (f.kind) {
         case AMQP_FIELD_KIND_BOOLEAN:

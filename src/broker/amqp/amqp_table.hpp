@@ -21,6 +21,8 @@ class Pool {
     amqp_bytes_t bytes(std::string_view s);
     /// A JSON object as a field table; other JSON kinds give an empty table.
     amqp_table_t table(const Json& object);
+    /// The same, with one more 64-bit integer entry (replacing one of that name).
+    amqp_table_t table(const Json& object, std::string_view key, std::int64_t value);
     amqp_field_value_t value(const Json& v);
     void clear() { recycle_amqp_pool(&pool_); }
 

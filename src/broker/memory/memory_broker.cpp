@@ -1,5 +1,6 @@
 #include "broker/memory/memory_broker.hpp"
 
+#include <algorithm>
 #include <condition_variable>
 #include <map>
 #include <mutex>
@@ -25,6 +26,7 @@ struct Item {
     std::uint64_t owner = 0;  // consumer id while in flight
     std::string reason;
     TimePoint dead_at{};
+    TimePoint due{};  // published, or its delay ended
 };
 
 struct QueueState {
@@ -100,8 +102,8 @@ class MemoryConsumer final : public Consumer {
                     item.deliveries++;
                     q.in_flight++;
                     held_.insert(seq);
-                    out.push_back(
-                        Delivery{seq, item.queue, item.id, item.envelope, item.deliveries});
+                    out.push_back(Delivery{
+                        seq, item.queue, item.id, item.envelope, item.deliveries, {}, item.due});
                 }
                 if (!q.delayed.empty() && (!next_due || q.delayed.begin()->first < *next_due))
                     next_due = q.delayed.begin()->first;
@@ -139,6 +141,7 @@ class MemoryConsumer final : public Consumer {
                     break;
                 case Settlement::Kind::retry: {
                     item.envelope = std::move(st.envelope);
+                    item.due = std::max(st.not_before, SystemClock::now());
                     auto& r = s_->results[item.id];
                     r.id = item.id;
                     r.state = TaskState::retry;
@@ -224,10 +227,13 @@ class MemoryBroker final : public Broker, public detail::MovePublisher {
                 q = &s_->queues[m.queue];
                 q_name = &m.queue;
             }
-            if (m.not_before && *m.not_before > now)
+            if (m.not_before && *m.not_before > now) {
                 q->delayed.emplace(*m.not_before, seq);
-            else
+                item.due = *m.not_before;
+            } else {
                 q->ready.emplace(-item.priority, seq);
+                item.due = now;
+            }
             s_->items.emplace(seq, std::move(item));
         }
         s_->cv.notify_all();

@@ -218,6 +218,7 @@ class SqliteConsumer final : public Consumer {
                     int prio = int(st_.claim.i64(4));
                     d.envelope =
                         make_envelope(st_.claim.text(5), st_.claim.text(6), st_.claim.text(7));
+                    d.due = detail::from_epoch_ms(st_.claim.i64(8));
                     // (Braces here would pick pair's copying constructor: a copy of the body.)
                     rows.emplace_back(std::pair{-prio, st_.claim.i64(0)}, std::move(d));
                 }

@@ -139,7 +139,7 @@ Result<Statements> Statements::prepare(Db& db) {
          "UPDATE tasks SET state=1, lease_owner=?1, lease_until=?2, deliveries=deliveries+1 "
          "WHERE seq IN (SELECT seq FROM tasks WHERE state=0 AND queue=?3 "
          "ORDER BY priority DESC, seq LIMIT ?4) "
-         "RETURNING seq, id, queue, deliveries, priority, props, headers, body"},
+         "RETURNING seq, id, queue, deliveries, priority, props, headers, body, available_at"},
         {&s.ack, "DELETE FROM tasks WHERE seq=?1 AND lease_owner=?2 AND state=1"},
         {&s.retry,
          "UPDATE tasks SET state=?3, available_at=?4, props=?5, headers=?6, body=?7, "
