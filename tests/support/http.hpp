@@ -18,7 +18,26 @@ struct HttpReply {
     int status = 0;  ///< 0: no answer
     std::string content_type;
     std::string body;
+    httplib::Headers headers;
+    std::string header(const std::string& name) const {
+        auto it = headers.find(name);
+        return it == headers.end() ? std::string() : it->second;
+    }
 };
+
+/// Any request: `method` GET or POST, extra headers, a body (POST).
+inline HttpReply http_call(const std::string& base, const std::string& method,
+                           const std::string& path, const httplib::Headers& headers = {},
+                           const std::string& body = {},
+                           const std::string& content_type = "application/json") {
+    httplib::Client c(base);
+    c.set_connection_timeout(5, 0);
+    c.set_read_timeout(10, 0);
+    auto r = method == "POST" ? c.Post(path.c_str(), headers, body, content_type.c_str())
+                              : c.Get(path.c_str(), headers);
+    if (!r) return {};
+    return {r->status, r->get_header_value("Content-Type"), r->body, r->headers};
+}
 
 /// GET `base` + `path` ("http://127.0.0.1:PORT", "/metrics"), with other methods by `method`.
 inline HttpReply http_request(const std::string& base, const std::string& path,
@@ -28,14 +47,14 @@ inline HttpReply http_request(const std::string& base, const std::string& path,
     c.set_read_timeout(10, 0);
     auto r = method == "POST" ? c.Post(path.c_str()) : c.Get(path.c_str());
     if (!r) return {};
-    return {r->status, r->get_header_value("Content-Type"), r->body};
+    return {r->status, r->get_header_value("Content-Type"), r->body, r->headers};
 }
 
 /// The "http://HOST:PORT" a process logged it serves on (the listener's "serving ... on URL"
 /// line); empty when it did not within `timeout`.
 inline std::string served_url(const std::string& log, std::chrono::milliseconds timeout) {
     std::string url;
-    static const std::regex re(R"(serving [^\n]* on (http://[0-9.]+:[0-9]+))");
+    static const std::regex re(R"((?:serving [^\n]* on|dashboard on) (http://[0-9.]+:[0-9]+))");
     eventually(
         [&] {
             std::smatch m;

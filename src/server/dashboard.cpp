@@ -1,0 +1,126 @@
+#include "server/dashboard.hpp"
+
+#include <fmt/format.h>
+#include <openssl/rand.h>
+
+#include "conveyor/log.hpp"
+#include "core/try.hpp"
+#include "server/dashboard_impl.hpp"
+
+namespace conveyor::server {
+
+void reply_json(httplib::Response& res, int status, const Json& body) {
+    res.status = status;
+    res.set_content(body.dump(-1, ' ', false, Json::error_handler_t::replace) + "\n",
+                    "application/json");
+}
+
+void reply_error(httplib::Response& res, int status, std::string message) {
+    reply_json(res, status, Json{{"error", std::move(message)}});
+}
+
+std::string cookie(const httplib::Request& req, std::string_view name) {
+    std::string all = req.get_header_value("Cookie");
+    std::string_view rest = all;
+    while (!rest.empty()) {
+        auto end = rest.find(';');
+        std::string_view part = rest.substr(0, end);
+        while (!part.empty() && part.front() == ' ') part.remove_prefix(1);
+        if (part.size() > name.size() && part.substr(0, name.size()) == name &&
+            part[name.size()] == '=')
+            return std::string(part.substr(name.size() + 1));
+        if (end == std::string_view::npos) break;
+        rest.remove_prefix(end + 1);
+    }
+    return {};
+}
+
+std::string random_token() {
+    unsigned char bytes[32];
+    if (RAND_bytes(bytes, sizeof bytes) != 1) throw std::runtime_error("no random bytes");
+    std::string out;
+    for (unsigned char b : bytes) out += fmt::format("{:02x}", b);
+    return out;
+}
+
+namespace {
+
+bool loopback(const std::string& host) {
+    return host == "127.0.0.1" || host == "::1" || host == "localhost" || host.starts_with("127.");
+}
+
+}  // namespace
+
+Dashboard::Dashboard(std::shared_ptr<Broker> broker, Config config, DashboardOptions options)
+    : impl_(std::make_unique<Impl>()) {
+    impl_->broker = std::move(broker);
+    impl_->config = std::move(config);
+    impl_->opts = std::move(options);
+}
+
+Dashboard::~Dashboard() { stop(); }
+
+Result<int> Dashboard::start() {
+    auto& o = impl_->opts;
+    if (!loopback(o.listen.host) && o.token.empty() && o.user.empty())
+        return fail(Errc::invalid_argument,
+                    fmt::format("the dashboard would listen on {} without authentication: set a "
+                                "token or basic-auth credentials, or listen on 127.0.0.1",
+                                o.listen.host));
+    auto& srv = impl_->http.server();
+    srv.set_payload_max_length(1 << 20);
+    // Every answer: no framing, no sniffing, scripts and styles from here only.
+    srv.set_post_routing_handler([](const httplib::Request&, httplib::Response& res) {
+        res.set_header("Content-Security-Policy",
+                       "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
+                       "form-action 'self'; base-uri 'none'");
+        res.set_header("X-Content-Type-Options", "nosniff");
+        res.set_header("X-Frame-Options", "DENY");
+        res.set_header("Referrer-Policy", "no-referrer");
+        res.set_header("Cache-Control", "no-store");
+    });
+    impl_->install_auth(srv);
+    impl_->install_api(srv);
+    srv.Get("/", [this](const httplib::Request&, httplib::Response& res) {
+        const Asset* index = find_asset("/index.html");
+        res.set_content(std::string(index->body), std::string(index->content_type));
+        // The CSRF cookie the page's script sends back in X-Conveyor-CSRF.
+        res.set_header("Set-Cookie",
+                       fmt::format("conveyor_csrf={}; Path=/; SameSite=Strict", random_token()));
+    });
+    srv.Get(R"(/assets/[a-z0-9._-]+)", [](const httplib::Request& req, httplib::Response& res) {
+        const Asset* a = find_asset(req.path);
+        if (!a) return reply_error(res, 404, fmt::format("no such asset: {}", req.path));
+        res.set_content(std::string(a->body), std::string(a->content_type));
+    });
+    srv.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+        if (!res.body.empty()) return;
+        reply_error(res, res.status,
+                    res.status == 404 ? fmt::format("no such path: {}", req.path)
+                                      : fmt::format("HTTP {}", res.status));
+    });
+    srv.set_exception_handler(
+        [](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+            std::string what = "internal error";
+            try {
+                if (ep) std::rethrow_exception(ep);
+            } catch (const std::exception& e) {
+                what = e.what();
+            } catch (...) {
+            }
+            reply_error(res, 500, what);
+        });
+    auto port = impl_->http.start(o.listen, 4);
+    CONVEYOR_TRY(port);
+    detail::log(
+        LogLevel::info, "http.listening",
+        fmt::format("dashboard on {}{}", impl_->http.url(), o.read_only ? " (read-only)" : ""),
+        Json{{"url", impl_->http.url()}});
+    return *port;
+}
+
+void Dashboard::stop() { impl_->http.stop(); }
+
+std::string Dashboard::url() const { return impl_->http.url(); }
+
+}  // namespace conveyor::server

@@ -1,0 +1,198 @@
+// The dashboard's JSON API, /api/v1: the overview, queues, dead letters (list, replay, purge),
+// a task's result, schedules (list, pause, resume). Bad input is a 4xx JSON error.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <charconv>
+#include <map>
+
+#include "conveyor/engine.hpp"
+#include "conveyor/scheduler.hpp"
+#include "core/codec.hpp"
+#include "core/json_bounds.hpp"
+#include "core/time.hpp"
+#include "server/dashboard_impl.hpp"
+
+namespace conveyor::server {
+
+namespace {
+
+Json count_or_null(std::int64_t n) { return n < 0 ? Json() : Json(n); }
+
+Json queue_json(const QueueStats& s, bool configured) {
+    return Json{{"queue", s.queue},
+                {"ready", s.ready},
+                {"delayed", count_or_null(s.delayed)},
+                {"in_flight", count_or_null(s.in_flight)},
+                {"dead", s.dead},
+                {"configured", configured}};
+}
+
+std::string iso(TimePoint t) {
+    return detail::format_iso8601(std::chrono::floor<std::chrono::milliseconds>(t));
+}
+
+Json dead_json(const DeadLetter& d, const Config& cfg) {
+    Json j = {{"id", d.message_id},
+              {"queue", d.queue},
+              {"reason", d.reason},
+              {"dead_at", iso(d.dead_at)}};
+    const QueueConfig* q = cfg.find_queue(d.queue);
+    Result<TaskMessage> t = q && q->format == QueueFormat::raw
+                                ? codec::decode_raw(d.envelope, q->task, d.message_id)
+                                : codec::decode(d.envelope);
+    if (t) {
+        j["task"] = t->name;
+        j["args"] = t->args;
+        j["kwargs"] = t->kwargs;
+        j["retries"] = t->retries;
+        if (t->body) j["body"] = *t->body;
+    } else {
+        j["task"] = nullptr;
+        j["body"] = d.envelope.body.substr(0, 4096);
+        j["decode_error"] = t.error().message;
+    }
+    j["headers"] = d.envelope.headers;
+    return j;
+}
+
+/// A query parameter as an integer in [lo, hi]; `def` when absent; nullopt (and a 400 sent)
+/// when it is not one.
+std::optional<std::int64_t> int_param(const httplib::Request& req, httplib::Response& res,
+                                      const char* name, std::int64_t def, std::int64_t lo,
+                                      std::int64_t hi) {
+    if (!req.has_param(name)) return def;
+    std::string v = req.get_param_value(name);
+    std::int64_t n = 0;
+    auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+    if (v.empty() || ec != std::errc() || end != v.data() + v.size() || n < lo || n > hi) {
+        reply_error(res, 400, fmt::format("'{}' must be an integer from {} to {}", name, lo, hi));
+        return std::nullopt;
+    }
+    return n;
+}
+
+/// A request body as a JSON object (empty body: {}); nullopt (and a 400 sent) otherwise.
+std::optional<Json> body_object(const httplib::Request& req, httplib::Response& res) {
+    if (req.body.empty()) return Json::object();
+    auto j = detail::parse_untrusted(req.body, "the body");
+    if (!j || !j->is_object()) {
+        reply_error(res, 400, j ? "the body must be a JSON object" : j.error().message);
+        return std::nullopt;
+    }
+    return *j;
+}
+
+/// Errors of the broker: not found -> 404, bad input -> 400, the rest -> 503.
+void reply_failure(httplib::Response& res, const Error& e) {
+    int status = e.code == Errc::not_found ? 404 : e.code == Errc::invalid_argument ? 400 : 503;
+    reply_error(res, status, e.message);
+}
+
+}  // namespace
+
+void Dashboard::Impl::install_api(httplib::Server& srv) {
+    // All queues: the configured ones and those the broker knows.
+    auto queues = [this]() -> Result<std::vector<Json>> {
+        auto st = broker->stats();
+        if (!st) return std::unexpected(st.error());
+        std::map<std::string, std::pair<QueueStats, bool>> all;
+        for (auto& q : config.queues) all[q.name] = {QueueStats{q.name, 0, 0, 0, 0}, true};
+        for (auto& s : *st) {
+            bool configured = all.contains(s.queue);
+            all[s.queue] = {s, configured};
+        }
+        std::vector<Json> out;
+        for (auto& [_, v] : all) out.push_back(queue_json(v.first, v.second));
+        return out;
+    };
+    srv.Get("/api/v1/overview", [this, queues](const httplib::Request&, httplib::Response& res) {
+        auto qs = queues();
+        if (!qs) return reply_failure(res, qs.error());
+        Json totals = {{"ready", 0}, {"delayed", 0}, {"in_flight", 0}, {"dead", 0}};
+        for (auto& q : *qs)
+            for (auto* k : {"ready", "delayed", "in_flight", "dead"})
+                if (q[k].is_number())
+                    totals[k] = totals[k].get<std::int64_t>() + q[k].get<std::int64_t>();
+        reply_json(res, 200,
+                   Json{{"broker", broker->url()},
+                        {"read_only", opts.read_only},
+                        {"queues", *qs},
+                        {"totals", totals},
+                        {"time", iso(SystemClock::now())}});
+    });
+    srv.Get("/api/v1/queues", [queues](const httplib::Request&, httplib::Response& res) {
+        auto qs = queues();
+        if (!qs) return reply_failure(res, qs.error());
+        reply_json(res, 200, Json(*qs));
+    });
+    srv.Get(R"(/api/v1/queues/([^/]+)/dead)",
+            [this](const httplib::Request& req, httplib::Response& res) {
+                auto limit = int_param(req, res, "limit", 100, 1, 10000);
+                if (!limit) return;
+                auto dead = broker->dead_letters(req.matches[1].str(), std::size_t(*limit));
+                if (!dead) return reply_failure(res, dead.error());
+                Json arr = Json::array();
+                for (auto& d : *dead) arr.push_back(dead_json(d, config));
+                reply_json(res, 200, arr);
+            });
+    srv.Post(R"(/api/v1/queues/([^/]+)/dead/replay)", [this](const httplib::Request& req,
+                                                             httplib::Response& res) {
+        auto body = body_object(req, res);
+        if (!body) return;
+        std::vector<std::string> ids;
+        if (auto it = body->find("ids"); it != body->end()) {
+            if (!it->is_array() || it->empty() || it->size() > 10000 ||
+                !std::all_of(it->begin(), it->end(), [](const Json& v) { return v.is_string(); }))
+                return reply_error(res, 400, "'ids' must be a non-empty array of task ids");
+            for (auto& v : *it) ids.push_back(v.get<std::string>());
+        }
+        auto n = broker->replay_dead(req.matches[1].str(), ids);
+        if (!n) return reply_failure(res, n.error());
+        reply_json(res, 200, Json{{"replayed", *n}});
+    });
+    srv.Post(R"(/api/v1/queues/([^/]+)/dead/purge)",
+             [this](const httplib::Request& req, httplib::Response& res) {
+                 auto n = broker->purge_dead(req.matches[1].str());
+                 if (!n) return reply_failure(res, n.error());
+                 reply_json(res, 200, Json{{"purged", *n}});
+             });
+    srv.Get(R"(/api/v1/tasks/([^/]+))",
+            [this](const httplib::Request& req, httplib::Response& res) {
+                auto r = broker->result(req.matches[1].str());
+                if (!r) return reply_failure(res, r.error());
+                reply_json(res, 200, to_json(*r));
+            });
+    srv.Get("/api/v1/schedules", [this](const httplib::Request&, httplib::Response& res) {
+        auto store = broker->schedule_store();
+        if (!store) return reply_failure(res, store.error());
+        auto all = Scheduler::status(**store, config.schedules);
+        if (!all) return reply_failure(res, all.error());
+        Json arr = Json::array();
+        for (auto& st : *all) {
+            Json j = st.spec.to_json();
+            j["source"] = st.source;
+            j["last_run"] = st.last_run ? Json(iso(*st.last_run)) : Json();
+            j["next_fire"] = st.next_fire && !st.spec.paused ? Json(iso(*st.next_fire)) : Json();
+            arr.push_back(std::move(j));
+        }
+        reply_json(res, 200, arr);
+    });
+    srv.Post(R"(/api/v1/schedules/([^/]+)/(pause|resume))",
+             [this](const httplib::Request& req, httplib::Response& res) {
+                 auto store = broker->schedule_store();
+                 if (!store) return reply_failure(res, store.error());
+                 std::string name = req.matches[1].str();
+                 auto all = Scheduler::status(**store, config.schedules);
+                 if (!all) return reply_failure(res, all.error());
+                 if (std::none_of(all->begin(), all->end(),
+                                  [&](const ScheduleStatus& s) { return s.spec.name == name; }))
+                     return reply_error(res, 404, fmt::format("no schedule named '{}'", name));
+                 bool pause = req.matches[2].str() == "pause";
+                 if (auto ok = (*store)->set_paused(name, pause); !ok)
+                     return reply_failure(res, ok.error());
+                 reply_json(res, 200, Json{{"schedule", name}, {"paused", pause}});
+             });
+}
+
+}  // namespace conveyor::server

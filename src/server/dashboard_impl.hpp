@@ -1,0 +1,57 @@
+#pragma once
+// The dashboard's insides: the listener, who may do what (dashboard_auth.cpp), the API
+// (dashboard_api.cpp) and the embedded assets (generated at build time).
+
+#include <httplib.h>
+
+#include <mutex>
+#include <set>
+#include <string>
+#include <string_view>
+
+#include "server/dashboard.hpp"
+#include "server/listener.hpp"
+
+namespace conveyor::server {
+
+/// An asset compiled into the binary (src/server/assets/).
+struct Asset {
+    std::string_view path;  ///< "/assets/app.js"
+    std::string_view content_type;
+    std::string_view body;
+};
+const Asset* find_asset(std::string_view path);
+
+struct Dashboard::Impl {
+    std::shared_ptr<Broker> broker;
+    Config config;
+    DashboardOptions opts;
+    detail::HttpListener http;
+    std::mutex mu;
+    std::set<std::string> sessions;  // signed-in browsers (token mode)
+
+    // ---- dashboard_auth.cpp
+    enum class Access { denied, browser, bearer };
+    /// Who sent the request: a browser with ambient credentials (a session cookie, basic auth
+    /// or nothing when no authentication is set), an API client with a bearer token, or nobody
+    /// allowed.
+    Access access(const httplib::Request& req);
+    /// A POST from a browser must carry the CSRF cookie's value in X-Conveyor-CSRF, and come
+    /// from this origin.
+    static bool csrf_ok(const httplib::Request& req);
+    std::string new_session();
+    void install_auth(httplib::Server& srv);
+
+    // ---- dashboard_api.cpp
+    void install_api(httplib::Server& srv);
+};
+
+/// Sets `status` and a JSON body.
+void reply_json(httplib::Response& res, int status, const Json& body);
+void reply_error(httplib::Response& res, int status, std::string message);
+/// A cookie of the request; empty when it has none.
+std::string cookie(const httplib::Request& req, std::string_view name);
+/// 32 random bytes as hex.
+std::string random_token();
+
+}  // namespace conveyor::server
