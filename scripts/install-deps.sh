@@ -12,7 +12,8 @@ build_pkgs=(g++ cmake ninja-build pkg-config
   libhowardhinnant-date-dev tzdata)
 test_pkgs=(libgtest-dev libgmock-dev libbenchmark-dev sqlite3 python3 procps clang-format
   rabbitmq-server erlang-base openssl redis-server redis-tools
-  python3-celery python3-redis python3-prometheus-client php-cli php-amqplib afl++ clang-tidy-14)
+  python3-celery python3-redis python3-prometheus-client php-cli php-amqplib afl++ clang-tidy-14
+  chromium chromium-driver python3-selenium)
 
 bench_pkgs=(gnuplot-nox)
 

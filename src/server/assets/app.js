@@ -55,6 +55,9 @@ function table(headers, rows) {
 
 function json(v) { return el("code", {}, JSON.stringify(v)); }
 
+// "2026-12-03T15:15:04.078000+00:00" -> "2026-12-03 15:15:04" (UTC, as the API gives it).
+function when(iso) { return iso ? iso.replace("T", " ").slice(0, 19) : "–"; }
+
 // ---- views --------------------------------------------------------------------------------
 
 const views = {
@@ -97,11 +100,11 @@ const views = {
       el("button", { class: "primary", id: "replay-all", onclick: () => act("replay", {}), ...(readOnly || !dead.length ? { disabled: "" } : {}) }, "Replay all"),
       el("button", { class: "danger", id: "purge-all", onclick: () => act("purge", {}, `Delete every dead letter of ${current}?`), ...(readOnly || !dead.length ? { disabled: "" } : {}) }, "Purge all")));
     const rows = dead.map(d => [
-      el("td", {}, el("code", {}, d.id)),
+      el("td", { class: "id" }, el("code", {}, d.id)),
       el("td", {}, d.task === null ? el("span", { class: "muted" }, "(undecodable)") : d.task),
       el("td", {}, d.body !== undefined && d.task === null ? el("code", {}, d.body) : json({ args: d.args, kwargs: d.kwargs })),
       el("td", { class: "error" }, d.reason),
-      el("td", {}, d.dead_at),
+      el("td", { class: "when" }, when(d.dead_at)),
       el("td", {}, el("button", { class: "replay", "data-id": d.id, onclick: () => act("replay", { ids: [d.id] }), ...(readOnly ? { disabled: "" } : {}) }, "Replay"))]
       .map(x => x.tagName === "TD" ? x : el("td", {}, x)));
     parts.push(dead.length ? table([{ label: "id" }, { label: "task" }, { label: "arguments" }, { label: "reason" }, { label: "dead at" }, { label: "" }], rows)
@@ -117,7 +120,7 @@ const views = {
     };
     const rows = all.map(s => [
       el("td", {}, s.name), el("td", {}, s.task), el("td", {}, s.cron || (s.every ? `every ${s.every} s` : "")),
-      el("td", {}, s.paused ? "paused" : "active"), el("td", {}, s.last_run || "–"), el("td", {}, s.next_fire || "–"),
+      el("td", {}, s.paused ? "paused" : "active"), el("td", { class: "when" }, when(s.last_run)), el("td", { class: "when" }, when(s.next_fire)),
       el("td", {}, s.source),
       el("td", {}, el("button", { onclick: () => act(s.name, s.paused ? "resume" : "pause"), ...(readOnly ? { disabled: "" } : {}) }, s.paused ? "Resume" : "Pause"))]);
     root.replaceChildren(el("h2", {}, "Schedules"),
