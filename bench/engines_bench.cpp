@@ -9,11 +9,13 @@
 //                      [AMQP_URL N_amqp RAW_ENQUEUE RAW_END_TO_END [RAW_ENQ_CPU RAW_RUN_CPU]]
 //        (internal) bench_engines --produce URL N | --work URL
 
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -22,6 +24,7 @@
 #include <thread>
 
 #include "conveyor/client.hpp"
+#include "conveyor/log.hpp"
 #include "conveyor/worker.hpp"
 
 using namespace conveyor;
@@ -58,7 +61,12 @@ void produce(Client& client, int n) {
     }
 }
 
-Figures measure(const std::string& url, int n, int concurrency, std::size_t prefetch) {
+/// How the worker is watched while it runs: not at all, or with what it has by default (metrics
+/// collected, the /metrics listener up, a log sink at info writing text lines, to /dev/null).
+enum class Watch { none, defaults };
+
+Figures measure(const std::string& url, int n, int concurrency, std::size_t prefetch,
+                Watch watch = Watch::defaults) {
     auto broker = *Broker::open(url);
     Client client(broker);
     auto c0 = cpu_us();
@@ -66,11 +74,24 @@ Figures measure(const std::string& url, int n, int concurrency, std::size_t pref
     produce(client, n);
     auto t1 = Clock::now();
     auto c1 = cpu_us();
-    Worker worker(broker,
-                  WorkerOptions{.queues = {"bench"},
-                                .concurrency = concurrency,
-                                .prefetch = prefetch,
-                                .remote_control = std::getenv("BENCH_NO_MONITOR") == nullptr});
+    WorkerOptions wo{.queues = {"bench"},
+                     .concurrency = concurrency,
+                     .prefetch = prefetch,
+                     .remote_control = std::getenv("BENCH_NO_MONITOR") == nullptr};
+    wo.metrics = watch == Watch::defaults;
+    if (watch == Watch::defaults) {
+        wo.http = "127.0.0.1:0";
+        static int devnull = open("/dev/null", O_WRONLY);
+        set_log_sink(
+            [](const LogRecord& r) {
+                auto line = format_log_text(r) + "\n";
+                (void)!write(devnull, line.data(), line.size());
+            },
+            LogLevel::info);
+    } else {
+        set_log_sink(nullptr);
+    }
+    Worker worker(broker, wo);
     worker.handle("noop", [](TaskContext&) -> Json { return nullptr; });
     auto t2 = Clock::now();
     auto c2 = cpu_us();
@@ -303,6 +324,36 @@ int main(int argc, char** argv) {
                                                      n_sql, 2, 2);
                         }),
                         n_sql});
+    }
+    // What watching costs: metrics and logs at their defaults against neither, runs interleaved
+    // (none, defaults, none, ...), median of three each.
+    if (n_mem > 0 && !std::getenv("BENCH_NO_WATCH_COST")) {
+        auto cost = [&](const std::string& key, const std::string& url, int n) {
+            std::vector<double> none, defaults, none_cpu, defaults_cpu;
+            for (int i = 0; i < 3; ++i) {
+                auto off = measure(url, n, 2, 512, Watch::none);
+                auto on = measure(url, n, 2, 512, Watch::defaults);
+                none.push_back(off.end_to_end_per_s);
+                none_cpu.push_back(off.run_cpu_us);
+                defaults.push_back(on.end_to_end_per_s);
+                defaults_cpu.push_back(on.run_cpu_us);
+            }
+            for (auto* v : {&none, &defaults, &none_cpu, &defaults_cpu})
+                std::sort(v->begin(), v->end());
+            extra[key + "_unwatched_tasks_per_s"] = std::round(none[1]);
+            extra[key + "_watched_tasks_per_s"] = std::round(defaults[1]);
+            extra[key + "_unwatched_worker_cpu_us"] = std::round(none_cpu[1] * 100) / 100;
+            extra[key + "_watched_worker_cpu_us"] = std::round(defaults_cpu[1] * 100) / 100;
+            fmt::print(
+                "{}: metrics and logs on {:.0f} tasks/s ({:.2f} us CPU each), off {:.0f} tasks/s "
+                "({:.2f} us) ({:+.1f}%)\n",
+                key, defaults[1], defaults_cpu[1], none[1], none_cpu[1],
+                (defaults[1] / none[1] - 1) * 100);
+        };
+        cost("conveyor_memory", "memory://watch", n_mem);
+        if (n_sql > 0)
+            cost("conveyor_sqlite_normal",
+                 "sqlite://" + (dir / "watch.db").string() + "?sync=normal", n_sql);
     }
     std::filesystem::remove_all(dir);
 

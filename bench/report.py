@@ -52,6 +52,16 @@ for label, key in (('raw rabbitmq-c', 'raw_amqp'), ('Conveyor on RabbitMQ', 'con
         cpu.append('%s %s + %s' % (label, fig[key + '_enqueue_cpu_us'], fig[key + '_worker_cpu_us']))
 if cpu:
     lines.append('Client CPU per task, enqueue + worker (us): ' + '; '.join(cpu))
+watch = []
+for label, key in (('memory', 'conveyor_memory'), ('sqlite sync=normal', 'conveyor_sqlite_normal')):
+    on, off = fig.get(key + '_watched_tasks_per_s'), fig.get(key + '_unwatched_tasks_per_s')
+    if on and off:
+        watch.append('%s %s vs %s tasks/s (%+.1f%%), worker CPU %s vs %s us per task' % (
+            label, num(on), num(off), (on / off - 1) * 100, fig.get(key + '_watched_worker_cpu_us'),
+            fig.get(key + '_unwatched_worker_cpu_us')))
+if watch:
+    lines.append('Metrics, /metrics listener and logs at their defaults, against none of them: ' +
+                 '; '.join(watch))
 lines.append('Enqueue-to-handler-start latency on RabbitMQ: p50 %s us, p99 %s us' % (
     num(fig.get('conveyor_amqp_latency_p50_us')), num(fig.get('conveyor_amqp_latency_p99_us'))))
 lines.append('Worker resident memory, idle: Conveyor %s MiB, Celery %s MiB (main + 2 pool '

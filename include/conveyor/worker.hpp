@@ -126,6 +126,9 @@ struct WorkerOptions {
     /// "HOST:PORT" to serve /metrics (Prometheus), /healthz and /readyz on while running
     /// (port 0 picks one: http_port() says which); empty: none. A bare port binds 127.0.0.1.
     std::string http;
+    /// Collect metrics (Worker::metrics(), /metrics). Off, the counters and histograms stay
+    /// empty; the gauges are still read when asked.
+    bool metrics = true;
 };
 
 /// Counters since start; each only grows.

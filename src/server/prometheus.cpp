@@ -78,6 +78,12 @@ void Histogram::observe(double v) {
     sum_ += v;
 }
 
+void Histogram::add(double v, std::uint64_t n) {
+    auto it = std::lower_bound(kSeconds.begin(), kSeconds.end(), std::max(v, 0.0));
+    if (it != kSeconds.end()) buckets_[std::size_t(it - kSeconds.begin())] += n;
+    count_ += n;
+}
+
 void Histogram::write(PromText& out, std::string_view name, Labels labels) const {
     std::vector<std::pair<std::string_view, std::string_view>> with_le(labels.begin(),
                                                                        labels.end());

@@ -40,6 +40,9 @@ class Histogram {
     static constexpr std::array<double, 16> kSeconds = {
         0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300};
     void observe(double v);
+    /// Adds `n` observations of `v` without their sum (set_sum gives it).
+    void add(double v, std::uint64_t n);
+    void set_sum(double sum) { sum_ = sum; }
     std::uint64_t count() const { return count_; }
     double sum() const { return sum_; }
     /// `name`_bucket (cumulative, with le), `name`_sum and `name`_count.

@@ -170,6 +170,7 @@ void Worker::Impl::admit_unguarded(Delivery& d, std::vector<Settlement>& settle_
     job_index[&job] = std::prev(jobs.end());
     job.key = std::move(key);
     job.due = job.delivery.due;
+    if (opts.metrics) job.series = series_of(job.delivery.queue, job.task.name);
     if (job.task.eta && (!job.due || *job.task.eta > *job.due)) job.due = job.task.eta;
     if (!key_order.admit(job.key, &job)) return;  // behind an earlier task with its key
     arm_deadline(job);

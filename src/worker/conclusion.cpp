@@ -16,7 +16,9 @@
 namespace conveyor {
 
 void Worker::Impl::report_dead_letter(Json fields, const std::string& reason) {
-    metrics.dead_lettered(fields.value("queue", ""), fields.value("task", ""));
+    if (opts.metrics)
+        detail::WorkerMetrics::dead_lettered(
+            metrics.series(fields.value("queue", ""), fields.value("task", "")));
     if (!detail::log_enabled(LogLevel::error)) return;
     std::string what = fmt::format(
         "task {}{} dead-lettered: {}", fields.value("id", ""),
@@ -53,6 +55,10 @@ detail::JobState Worker::Impl::state_of(const Job& job) const {
 
 std::optional<Settlement> Worker::Impl::conclude_unguarded(Job& job, Outcome& o) {
     using Action = detail::Decision::Action;
+    if (job.series && job.waited >= 0) {  // counted here, on the dispatcher's thread
+        detail::WorkerMetrics::waited(*job.series, job.waited);
+        job.waited = -1;
+    }
     std::uniform_real_distribution<double> u(0.0, 1.0);
     auto decision = detail::decide(o, state_of(job), u(rng));
     const Delivery& d = job.delivery;
@@ -124,7 +130,7 @@ std::optional<Settlement> Worker::Impl::succeed(Job& job, Outcome& o) {
     s.kind = Settlement::Kind::ack;
     s.tag = d.tag;
     succeeded++;
-    metrics.succeeded(d.queue, job.task.name, run_seconds(job));
+    if (job.series) detail::WorkerMetrics::succeeded(*job.series, run_seconds(job));
     if (auto level = opts.log_success ? LogLevel::info : LogLevel::debug;
         detail::log_enabled(level))
         detail::log(level, "task.succeeded",
@@ -145,7 +151,7 @@ std::optional<Settlement> Worker::Impl::succeed(Job& job, Outcome& o) {
 }
 
 Settlement Worker::Impl::fail(Job& job, const Outcome& o, const detail::Decision& decision) {
-    metrics.failed(job.delivery.queue, job.task.name, run_seconds(job));
+    if (job.series) detail::WorkerMetrics::failed(*job.series, run_seconds(job));
     report_dead_letter(task_fields(job, true), decision.reason);
     Settlement s = dead_letter(job.delivery, job.task.id, job.task.retries, decision.reason,
                                o.exc_type, o.exc_module, o.message);
@@ -168,8 +174,10 @@ Settlement Worker::Impl::fail(Job& job, const Outcome& o, const detail::Decision
 std::optional<Settlement> Worker::Impl::retry(Job& job, const Outcome& o,
                                               const detail::Decision& decision) {
     retried++;
-    metrics.failed(job.delivery.queue, job.task.name, run_seconds(job));
-    metrics.retried(job.delivery.queue, job.task.name);
+    if (job.series) {
+        detail::WorkerMetrics::failed(*job.series, run_seconds(job));
+        detail::WorkerMetrics::retried(*job.series);
+    }
     if (detail::log_enabled(LogLevel::warning)) {
         Json fields = task_fields(job, true);
         fields["delay"] = double(decision.delay.count()) / 1000.0;

@@ -33,10 +33,8 @@ void Worker::Impl::executor_loop() {
             if (monitor) monitor->started(job->task.id);
             if ((opts.track_started || job->reg->options.track_started) && !job->task.ignore_result)
                 store_started(*job);
-            if (job->due)
-                metrics.waited(
-                    job->delivery.queue, job->task.name,
-                    std::chrono::duration<double>(SystemClock::now() - *job->due).count());
+            if (job->due && job->series)
+                job->waited = std::chrono::duration<double>(SystemClock::now() - *job->due).count();
             running++;
             out.outcome = execute(*job);
             running--;

@@ -1,11 +1,32 @@
 #include "worker/metrics.hpp"
 
-#include <array>
+#include <algorithm>
+#include <cmath>
 
 namespace conveyor::detail {
 
 namespace {
 constexpr std::string_view kOther = "other";
+}
+
+void AtomicHistogram::observe(double v) {
+    if (std::isnan(v)) return;
+    v = std::max(v, 0.0);
+    auto it = std::lower_bound(Histogram::kSeconds.begin(), Histogram::kSeconds.end(), v);
+    buckets_[std::size_t(it - Histogram::kSeconds.begin())].fetch_add(1, std::memory_order_relaxed);
+    sum_.fetch_add(v, std::memory_order_relaxed);
+}
+
+Histogram AtomicHistogram::snapshot() const {
+    Histogram h;
+    for (std::size_t i = 0; i < buckets_.size(); ++i) {
+        auto n = buckets_[i].load(std::memory_order_relaxed);
+        double at = i < Histogram::kSeconds.size() ? Histogram::kSeconds[i]
+                                                   : Histogram::kSeconds.back() * 2;
+        h.add(at, n);
+    }
+    h.set_sum(sum_.load(std::memory_order_relaxed));
+    return h;
 }
 
 WorkerMetrics::WorkerMetrics(const std::vector<std::string>& queues)
@@ -16,52 +37,47 @@ void WorkerMetrics::set_tasks(const std::vector<std::string>& tasks) {
     tasks_ = {tasks.begin(), tasks.end()};
 }
 
-WorkerMetrics::Series& WorkerMetrics::series(const std::string& queue, const std::string& task) {
-    auto q = queues_.contains(queue) ? std::string_view(queue) : kOther;
-    auto t = tasks_.contains(task) ? std::string_view(task) : kOther;
-    auto key = std::pair{std::string(q), std::string(t)};
-    return series_[std::move(key)];
+WorkerMetrics::Series& WorkerMetrics::series(std::string_view queue, std::string_view task) {
+    std::lock_guard lk(mu_);
+    auto q = queues_.contains(queue) ? queue : kOther;
+    auto t = tasks_.contains(task) ? task : kOther;
+    auto qi = series_.find(q);
+    if (qi == series_.end()) qi = series_.emplace(std::string(q), decltype(qi->second){}).first;
+    auto ti = qi->second.find(t);
+    if (ti == qi->second.end())
+        ti = qi->second
+                 .emplace(std::piecewise_construct, std::forward_as_tuple(t),
+                          std::forward_as_tuple())
+                 .first;
+    return ti->second;
 }
 
-void WorkerMetrics::succeeded(const std::string& queue, const std::string& task, double run) {
-    std::lock_guard lk(mu_);
-    auto& s = series(queue, task);
-    s.succeeded++;
+void WorkerMetrics::succeeded(Series& s, double run) {
+    s.succeeded.fetch_add(1, std::memory_order_relaxed);
     s.duration.observe(run);
 }
 
-void WorkerMetrics::failed(const std::string& queue, const std::string& task, double run) {
-    std::lock_guard lk(mu_);
-    auto& s = series(queue, task);
-    s.failed++;
+void WorkerMetrics::failed(Series& s, double run) {
+    s.failed.fetch_add(1, std::memory_order_relaxed);
     s.duration.observe(run);
-}
-
-void WorkerMetrics::retried(const std::string& queue, const std::string& task) {
-    std::lock_guard lk(mu_);
-    series(queue, task).retried++;
-}
-
-void WorkerMetrics::dead_lettered(const std::string& queue, const std::string& task) {
-    std::lock_guard lk(mu_);
-    series(queue, task).dead_lettered++;
-}
-
-void WorkerMetrics::waited(const std::string& queue, const std::string& task, double seconds) {
-    std::lock_guard lk(mu_);
-    series(queue, task).wait.observe(seconds);
 }
 
 std::string WorkerMetrics::render(const Gauges& g) const {
     PromText out;
     std::lock_guard lk(mu_);
     using Pair = std::pair<std::string_view, std::string_view>;
+    auto each = [&](auto&& fn) {
+        for (auto& [queue, tasks] : series_)
+            for (auto& [task, s] : tasks) {
+                std::array<Pair, 2> labels = {Pair{"queue", queue}, Pair{"task", task}};
+                fn(labels, s);
+            }
+    };
     auto counter = [&](std::string_view name, std::string_view help, auto field) {
         out.family(name, "counter", help);
-        for (auto& [key, s] : series_) {
-            std::array<Pair, 2> labels = {Pair{"queue", key.first}, Pair{"task", key.second}};
-            out.sample(name, labels, s.*field);
-        }
+        each([&](auto& labels, const Series& s) {
+            out.sample(name, labels, (s.*field).load(std::memory_order_relaxed));
+        });
     };
     counter("conveyor_tasks_succeeded_total", "Tasks whose handler succeeded.", &Series::succeeded);
     counter("conveyor_tasks_failed_total",
@@ -75,10 +91,8 @@ std::string WorkerMetrics::render(const Gauges& g) const {
             &Series::dead_lettered);
     auto histogram = [&](std::string_view name, std::string_view help, auto field) {
         out.family(name, "histogram", help);
-        for (auto& [key, s] : series_) {
-            std::array<Pair, 2> labels = {Pair{"queue", key.first}, Pair{"task", key.second}};
-            (s.*field).write(out, name, labels);
-        }
+        each(
+            [&](auto& labels, const Series& s) { (s.*field).snapshot().write(out, name, labels); });
     };
     histogram("conveyor_task_duration_seconds", "Handler run time of each attempt.",
               &Series::duration);

@@ -2,14 +2,17 @@
 // A worker's Prometheus metrics: task counters and run/wait histograms per (queue, task), and
 // the gauges read when scraped. Label values are bounded: a queue the worker does not consume
 // and a task it has not registered count as "other" (never an id, never a name from the wire).
+// A job looks its series up once (series()); counting on it is then lock-free.
 
+#include <array>
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <set>
 #include <string>
-#include <utility>
+#include <string_view>
 #include <vector>
 
 #include "conveyor/broker.hpp"
@@ -17,20 +20,42 @@
 
 namespace conveyor::detail {
 
+/// Histogram counts updated from several threads without a lock.
+class AtomicHistogram {
+  public:
+    void observe(double v);
+    /// A consistent-enough copy for one scrape.
+    Histogram snapshot() const;
+
+  private:
+    std::array<std::atomic<std::uint64_t>, Histogram::kSeconds.size() + 1> buckets_{};
+    std::atomic<double> sum_{0};
+};
+
 class WorkerMetrics {
   public:
+    /// The counts of one (queue, task): stable for the WorkerMetrics' lifetime.
+    struct Series {
+        std::atomic<std::uint64_t> succeeded{0}, failed{0}, retried{0}, dead_lettered{0};
+        AtomicHistogram duration, wait;
+    };
+
     explicit WorkerMetrics(const std::vector<std::string>& queues);
     /// The task names counted by name (the worker's registered tasks).
     void set_tasks(const std::vector<std::string>& tasks);
+    /// The series of `queue` and `task` (or "other" for either).
+    Series& series(std::string_view queue, std::string_view task);
 
-    void succeeded(const std::string& queue, const std::string& task, double run_seconds);
+    static void succeeded(Series& s, double run_seconds);
     /// An attempt that ended in an error (raised, timed out, rejected); retried or not.
-    void failed(const std::string& queue, const std::string& task, double run_seconds);
-    void retried(const std::string& queue, const std::string& task);
+    static void failed(Series& s, double run_seconds);
+    static void retried(Series& s) { s.retried.fetch_add(1, std::memory_order_relaxed); }
     /// Every task that goes to the dead-letter store, malformed and unknown ones included.
-    void dead_lettered(const std::string& queue, const std::string& task);
+    static void dead_lettered(Series& s) {
+        s.dead_lettered.fetch_add(1, std::memory_order_relaxed);
+    }
     /// From the time it was due (sent, or its ETA or retry time) to the start of its run.
-    void waited(const std::string& queue, const std::string& task, double seconds);
+    static void waited(Series& s, double seconds) { s.wait.observe(seconds); }
 
     /// What a scrape adds to the counters.
     struct Gauges {
@@ -42,15 +67,10 @@ class WorkerMetrics {
     std::string render(const Gauges& g) const;
 
   private:
-    struct Series {
-        std::uint64_t succeeded = 0, failed = 0, retried = 0, dead_lettered = 0;
-        Histogram duration, wait;
-    };
-    Series& series(const std::string& queue, const std::string& task);  // mu_ held
-
     std::set<std::string, std::less<>> queues_, tasks_;
     mutable std::mutex mu_;
-    std::map<std::pair<std::string, std::string>, Series> series_;
+    // queue -> task -> series; nodes never move, so references stay valid.
+    std::map<std::string, std::map<std::string, Series, std::less<>>, std::less<>> series_;
 };
 
 }  // namespace conveyor::detail

@@ -60,7 +60,9 @@ struct Job {
     steady_clock::time_point started_at{};
     steady_clock::time_point finished_at{};  ///< when its handler returned
     std::optional<TimePoint> due;  ///< when it could have started (for the wait-time metric)
-    std::string key;  ///< ordering key: jobs with the same key run one at a time, in order
+    detail::WorkerMetrics::Series* series = nullptr;  ///< its metrics (none: not collected)
+    double waited = -1;  ///< seconds from `due` to its start; counted when it is concluded
+    std::string key;     ///< ordering key: jobs with the same key run one at a time, in order
 };
 
 /// A job's run and what it came to, on its way from an executor to the dispatcher.
@@ -164,6 +166,17 @@ struct Worker::Impl {
 
     // Monitoring: metrics, and what /healthz and /readyz say.
     detail::WorkerMetrics metrics;
+    detail::WorkerMetrics::Series* last_series = nullptr;  // the dispatcher's last lookup
+    std::string last_series_queue, last_series_task;
+    /// The series of a job's queue and task; the previous job's when they are the same.
+    detail::WorkerMetrics::Series* series_of(const std::string& queue, const std::string& task) {
+        if (!last_series || queue != last_series_queue || task != last_series_task) {
+            last_series = &metrics.series(queue, task);
+            last_series_queue = queue;
+            last_series_task = task;
+        }
+        return last_series;
+    }
     std::atomic<bool> ready{false};  // consuming, not shutting down
     mutable std::mutex health_mu;
     std::optional<std::string> trouble;  // why the broker cannot be reached now

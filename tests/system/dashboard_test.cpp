@@ -22,8 +22,8 @@ using testsupport::write_file;
 
 namespace {
 
-std::pair<int, std::string> run_cli(const TempDir& dir, std::vector<std::string> args,
-                                    std::vector<std::string> env = {}) {
+std::pair<int, std::string> dashboard_cli(const TempDir& dir, std::vector<std::string> args,
+                                          std::vector<std::string> env = {}) {
     args.insert(args.begin(), CONVEYOR_CLI);
     env.push_back("CONVEYOR_BROKER=sqlite://" + dir.file("c.db"));
     return run(args, env, dir.path().string());
@@ -43,16 +43,16 @@ name = "nightly"
 task = "bill"
 cron = "0 3 * * *"
 )");
-    ASSERT_EQ(run_cli(dir, {"enqueue", "bill", "--id", "evil-1", "--kwargs",
-                            R"({"note": "<script>alert(1)</script>"})"})
+    ASSERT_EQ(dashboard_cli(dir, {"enqueue", "bill", "--id", "evil-1", "--kwargs",
+                                  R"({"note": "<script>alert(1)</script>"})"})
                   .first,
               0);
     Process worker({CONVEYOR_CLI, "worker"}, dir.file("worker.out"),
                    {"CONVEYOR_BROKER=sqlite://" + dir.file("c.db")}, dir.path().string());
     ASSERT_TRUE(testsupport::eventually(
         [&] {
-            return run_cli(dir, {"dlq", "list", "--queue", "billing"}).second.find("evil-1") !=
-                   std::string::npos;
+            return dashboard_cli(dir, {"dlq", "list", "--queue", "billing"})
+                       .second.find("evil-1") != std::string::npos;
         },
         20s));
     worker.signal(SIGTERM);
@@ -251,13 +251,13 @@ TEST(Dashboard, TokenBasicAuthAndReadOnlyGuardIt) {
 TEST(Dashboard, RefusesToListenBeyondLoopbackWithoutAuthentication) {
     TempDir dir;
     write_file(dir.file("conveyor.toml"), "");
-    auto [rc, out] = run_cli(dir, {"dashboard", "--listen", "0.0.0.0:0"});
+    auto [rc, out] = dashboard_cli(dir, {"dashboard", "--listen", "0.0.0.0:0"});
     EXPECT_EQ(rc, 2) << out;
     EXPECT_NE(out.find("without authentication"), std::string::npos) << out;
-    std::tie(rc, out) = run_cli(dir, {"dashboard", "--token-file", dir.file("missing")});
+    std::tie(rc, out) = dashboard_cli(dir, {"dashboard", "--token-file", dir.file("missing")});
     EXPECT_EQ(rc, 2) << out;
     EXPECT_NE(out.find("cannot read the token file"), std::string::npos) << out;
-    std::tie(rc, out) = run_cli(dir, {"dashboard"}, {"CONVEYOR_DASHBOARD_TOKEN=short"});
+    std::tie(rc, out) = dashboard_cli(dir, {"dashboard"}, {"CONVEYOR_DASHBOARD_TOKEN=short"});
     EXPECT_EQ(rc, 2) << out;
     EXPECT_NE(out.find("at least 16 characters"), std::string::npos) << out;
 }

@@ -25,7 +25,7 @@ using testsupport::write_file;
 
 namespace {
 
-std::pair<int, std::string> run_cli(const TempDir& dir, std::vector<std::string> args) {
+std::pair<int, std::string> monitoring_cli(const TempDir& dir, std::vector<std::string> args) {
     args.insert(args.begin(), CONVEYOR_CLI);
     return run(args, {"CONVEYOR_BROKER=sqlite://" + dir.file("c.db")}, dir.path().string());
 }
@@ -65,9 +65,10 @@ http = "127.0.0.1:0"
 concurrency = 3
 )");
     for (int i = 1; i <= 3; ++i)
-        ASSERT_EQ(run_cli(dir, {"enqueue", "fine", "--id", "fine-" + std::to_string(i)}).first, 0);
-    ASSERT_EQ(run_cli(dir, {"enqueue", "flaky", "--id", "flaky-1"}).first, 0);
-    ASSERT_EQ(run_cli(dir, {"enqueue", "nobody.runs.this", "--id", "stray-1"}).first, 0);
+        ASSERT_EQ(
+            monitoring_cli(dir, {"enqueue", "fine", "--id", "fine-" + std::to_string(i)}).first, 0);
+    ASSERT_EQ(monitoring_cli(dir, {"enqueue", "flaky", "--id", "flaky-1"}).first, 0);
+    ASSERT_EQ(monitoring_cli(dir, {"enqueue", "nobody.runs.this", "--id", "stray-1"}).first, 0);
     Process worker({CONVEYOR_CLI, "worker"}, dir.file("worker.out"),
                    {"CONVEYOR_BROKER=sqlite://" + dir.file("c.db")}, dir.path().string());
     std::string url = served_url(dir.file("worker.out"), 20s);
@@ -139,7 +140,7 @@ concurrency = 3
 TEST(Monitoring, HealthAndReadinessFollowTheWorkersLife) {
     TempDir dir;
     write_file(dir.file("conveyor.toml"), "[[task]]\nname = \"slow\"\nexec = \"sleep 3\"\n");
-    ASSERT_EQ(run_cli(dir, {"enqueue", "slow", "--id", "slow-1"}).first, 0);
+    ASSERT_EQ(monitoring_cli(dir, {"enqueue", "slow", "--id", "slow-1"}).first, 0);
     Process worker({CONVEYOR_CLI, "worker", "--http", "127.0.0.1:0", "--grace", "20"},
                    dir.file("worker.out"), {"CONVEYOR_BROKER=sqlite://" + dir.file("c.db")},
                    dir.path().string());
@@ -171,8 +172,9 @@ TEST(Monitoring, HealthAndReadinessFollowTheWorkersLife) {
     EXPECT_EQ(missing.status, 404);
     EXPECT_TRUE(Json::parse(missing.body, nullptr, false).contains("error")) << missing.body;
     EXPECT_EQ(worker.wait(20s), 0);
-    EXPECT_EQ(run_cli(dir, {"result", "slow-1"}).first, 0);  // it finished in the grace period
-    EXPECT_EQ(http_request(url, "/healthz").status, 0);      // and the listener is gone
+    EXPECT_EQ(monitoring_cli(dir, {"result", "slow-1"}).first,
+              0);                                        // it finished in the grace period
+    EXPECT_EQ(http_request(url, "/healthz").status, 0);  // and the listener is gone
 }
 
 TEST(Monitoring, ASchedulerSaysWhetherItLeadsAndCountsItsFires) {
@@ -203,7 +205,7 @@ every = 1
     EXPECT_EQ(j.value("leading", false), true) << health.body;
     EXPECT_EQ(http_request(url, "/readyz").status, 200);
     // What it counted was published.
-    auto [rc, queues] = run_cli(dir, {"--json", "queues"});
+    auto [rc, queues] = monitoring_cli(dir, {"--json", "queues"});
     ASSERT_EQ(rc, 0) << queues;
     auto q = Json::parse(queues, nullptr, false);
     ASSERT_TRUE(q.is_array() && !q.empty()) << queues;
@@ -215,12 +217,12 @@ every = 1
 TEST(Monitoring, ABadListenAddressIsOneSentence) {
     TempDir dir;
     write_file(dir.file("conveyor.toml"), "[[task]]\nname = \"t\"\nexec = \"true\"\n");
-    auto [rc, out] = run_cli(dir, {"worker", "--http", "localhost:http"});
+    auto [rc, out] = monitoring_cli(dir, {"worker", "--http", "localhost:http"});
     EXPECT_EQ(rc, 2) << out;
     EXPECT_NE(out.find("listen address 'localhost:http' has no port"), std::string::npos) << out;
     write_file(dir.file("conveyor.toml"),
                "[[task]]\nname = \"t\"\nexec = \"true\"\n[worker]\nhttp = \"127.0.0.1:70000\"\n");
-    std::tie(rc, out) = run_cli(dir, {"worker"});
+    std::tie(rc, out) = monitoring_cli(dir, {"worker"});
     EXPECT_EQ(rc, 2) << out;
     EXPECT_NE(out.find("conveyor.toml"), std::string::npos) << out;
     EXPECT_NE(out.find("no port from 0 to 65535"), std::string::npos) << out;
@@ -231,7 +233,7 @@ TEST(Monitoring, ABadListenAddressIsOneSentence) {
     std::string url = served_url(dir.file("first.out"), 20s);
     ASSERT_FALSE(url.empty()) << read_file(dir.file("first.out"));
     std::string address = url.substr(std::string("http://").size());
-    std::tie(rc, out) = run_cli(dir, {"worker", "--http", address});
+    std::tie(rc, out) = monitoring_cli(dir, {"worker", "--http", address});
     EXPECT_NE(rc, 0) << out;
     EXPECT_NE(out.find("cannot listen on " + address), std::string::npos) << out;
     first.signal(SIGTERM);

@@ -56,11 +56,13 @@ TEST(Prometheus, HistogramBucketsAreCumulativeWithInfSumAndCount) {
 TEST(WorkerMetrics, LabelsAreBoundedToTheWorkersQueuesAndTasks) {
     WorkerMetrics m({"billing"});
     m.set_tasks({"orders.bill"});
-    m.succeeded("billing", "orders.bill", 0.01);
-    for (int i = 0; i < 1000; ++i) m.dead_lettered("billing", "junk-" + std::to_string(i));
-    m.failed("elsewhere", "orders.bill", 0.02);
-    m.retried("elsewhere", "orders.bill");
-    m.waited("billing", "orders.bill", 0.5);
+    WorkerMetrics::succeeded(m.series("billing", "orders.bill"), 0.01);
+    for (int i = 0; i < 1000; ++i)
+        WorkerMetrics::dead_lettered(m.series("billing", "junk-" + std::to_string(i)));
+    WorkerMetrics::failed(m.series("elsewhere", "orders.bill"), 0.02);
+    WorkerMetrics::retried(m.series("elsewhere", "orders.bill"));
+    WorkerMetrics::waited(m.series("billing", "orders.bill"), 0.5);
+    EXPECT_EQ(&m.series("billing", "orders.bill"), &m.series("billing", "orders.bill"));
     WorkerMetrics::Gauges g;
     g.concurrency = 8;
     g.busy = 3;
