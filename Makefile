@@ -35,7 +35,7 @@ test: test-deps build
 SAN_TARGETS = unit_tests system_tests test_worker conveyor_cli
 SAN_CMAKE = -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g1" \
 	-DCMAKE_UNITY_BUILD=ON -DCONVEYOR_BUILD_BENCH=OFF -DCONVEYOR_BUILD_EXAMPLES=OFF
-TSAN_TESTS = Lifecycle|Worker|Sqlite|ExecHandler|HttpHandler|Workflow|Scheduler\.
+TSAN_TESTS = Lifecycle|Worker|Sqlite|ExecHandler|HttpHandler|Workflow|Scheduler\.|Monitoring|Dashboard\.
 sanitize: asan tsan
 
 # clang-tidy with .clang-tidy's checks over src/ (bugprone, performance, naming): no finding.
