@@ -12,6 +12,8 @@
 #
 # Nodes of one cluster (scripts/rabbitmq-cluster.sh) share an Erlang port mapper and cookie:
 # RABBITMQ_NODE_EPMD_PORT and RABBITMQ_NODE_COOKIE, read when DIR is first set up.
+# RABBITMQ_NODE_MANAGEMENT=1 when DIR is first set up adds the management plugin on a free
+# loopback port (its URL in DIR/management_url; statistics every 500 ms).
 set -euo pipefail
 cmd="${1:?usage: rabbitmq-node.sh start|fresh|stop|kill|ctl DIR}"
 dir="${2:?usage: rabbitmq-node.sh start|fresh|stop|kill|ctl DIR}"
@@ -33,6 +35,7 @@ dir="$(cd "$dir" && pwd)"
 if [ ! -f "$dir/ports" ]; then
   echo "$(free_port) $(free_port) ${RABBITMQ_NODE_EPMD_PORT:-$(free_port)} conveyor-$$-$RANDOM $(free_port)" > "$dir/ports"
   if [ -n "${RABBITMQ_NODE_EPMD_PORT:-}" ]; then touch "$dir/shared_epmd"; fi
+  if [ "${RABBITMQ_NODE_MANAGEMENT:-}" = "1" ]; then free_port > "$dir/management_port"; fi
   if [ -n "${RABBITMQ_NODE_COOKIE:-}" ]; then
     printf '%s' "$RABBITMQ_NODE_COOKIE" > "$dir/.erlang.cookie"
     chmod 400 "$dir/.erlang.cookie"
@@ -53,7 +56,11 @@ ctl() { "$rmq/rabbitmqctl" -n "$node" "$@"; }
 
 case "$cmd" in
   start)
-    echo '[rabbitmq_consistent_hash_exchange].' > "$dir/enabled_plugins"
+    if [ -f "$dir/management_port" ]; then
+      echo '[rabbitmq_consistent_hash_exchange,rabbitmq_management].' > "$dir/enabled_plugins"
+    else
+      echo '[rabbitmq_consistent_hash_exchange].' > "$dir/enabled_plugins"
+    fi
     if [ ! -f "$dir/tls/server.pem" ]; then
       # A throwaway CA and a server certificate for 127.0.0.1, for the TLS listener.
       mkdir -p "$dir/tls"
@@ -79,6 +86,13 @@ loopback_users = none
 log.console = false
 log.file.level = warning
 EOF
+    if [ -f "$dir/management_port" ]; then
+      cat >> "$dir/rabbitmq.conf" <<EOF
+management.tcp.port = $(cat "$dir/management_port")
+management.tcp.ip = 127.0.0.1
+collect_statistics_interval = 500
+EOF
+    fi
     # From its own folder: a node that fails writes its crash dumps (MnesiaCore.*) there.
     (cd "$dir" && exec setsid "$rmq/rabbitmq-server" >> "$dir/server.log" 2>&1 < /dev/null) &
     deadline=$((SECONDS + 90))
@@ -92,6 +106,9 @@ EOF
     done
     echo "amqps://guest:guest@localhost:$tls_port/?cacert=$dir/tls/ca.pem" > "$dir/tls_url"
     echo "amqp://guest:guest@127.0.0.1:$amqp_port/" > "$dir/url"
+    if [ -f "$dir/management_port" ]; then
+      echo "http://127.0.0.1:$(cat "$dir/management_port")" > "$dir/management_url"
+    fi
     cat "$dir/url"
     ;;
   stop)

@@ -59,6 +59,7 @@ struct QueueStats {
     std::int64_t delayed = 0;
     std::int64_t in_flight = 0;  ///< delivered and not yet settled; -1 where not visible
     std::int64_t dead = 0;       ///< in the dead-letter store
+    bool paused = false;         ///< workers take nothing from it (pause_queue)
 };
 
 /// A dead-lettered message and why it died.
@@ -120,6 +121,9 @@ class BrokerAdmin {
                                                           std::span<const std::string> ids) = 0;
     /// Deletes dead messages of a queue. Returns how many.
     [[nodiscard]] virtual Result<std::size_t> purge_dead(std::string_view queue) = 0;
+    /// Pauses a queue (workers take nothing from it until it is resumed; what they hold runs
+    /// on; enqueueing goes on) or resumes it. Errc::invalid_argument where the engine cannot.
+    [[nodiscard]] virtual Result<void> pause_queue(std::string_view queue, bool paused);
     /// Records the topology; engines declare what they use of it when they first use it.
     /// The embedded engines have queues only: exchanges or bindings are an error there.
     [[nodiscard]] virtual Result<void> set_topology(const Topology& topology) = 0;

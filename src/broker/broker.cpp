@@ -11,6 +11,14 @@
 
 namespace conveyor {
 
+Result<void> BrokerAdmin::pause_queue(std::string_view queue, bool paused) {
+    (void)queue;
+    (void)paused;
+    return fail(Errc::invalid_argument,
+                "this engine cannot pause queues (the sqlite engine can; on RabbitMQ, `celery "
+                "control cancel_consumer QUEUE` stops the workers that consume it)");
+}
+
 Result<TaskResult> ResultStore::wait_result(std::string_view id,
                                             std::chrono::milliseconds timeout) {
     auto deadline = std::chrono::steady_clock::now() + timeout;

@@ -33,8 +33,21 @@ int run_topology_apply(const Global& g) {
     return 0;
 }
 
-int run_queues(const Global& g) {
+/// `conveyor queues pause|resume QUEUE` and which subcommand was given.
+struct QueueFlags {
+    std::string queue;
+    CLI::App *pause = nullptr, *resume = nullptr;
+};
+
+int run_queues(const Global& g, const QueueFlags& f) {
     Session s = open_session(g);
+    if (f.pause->parsed() || f.resume->parsed()) {
+        bool pause = f.pause->parsed();
+        if (auto ok = s.broker->pause_queue(f.queue, pause); !ok)
+            die(ok.error().message, ok.error().code == Errc::invalid_argument ? 2 : 1);
+        fmt::print("queue '{}' {}\n", f.queue, pause ? "paused" : "resumed");
+        return 0;
+    }
     auto st = s.broker->stats();
     if (!st) die(st.error().message);
     std::map<std::string, QueueStats> all;
@@ -47,15 +60,17 @@ int run_queues(const Global& g) {
                            {"ready", s.ready},
                            {"delayed", s.delayed < 0 ? Json() : Json(s.delayed)},
                            {"in_flight", s.in_flight < 0 ? Json() : Json(s.in_flight)},
-                           {"dead", s.dead}});
+                           {"dead", s.dead},
+                           {"paused", s.paused}});
         fmt::print("{}\n", detail::dump_lossy(arr));
     } else {
         std::vector<std::vector<std::string>> rows;
         for (auto& [name, s] : all)
-            rows.push_back(
-                {name, std::to_string(s.ready), s.delayed < 0 ? "-" : std::to_string(s.delayed),
-                 s.in_flight < 0 ? "-" : std::to_string(s.in_flight), std::to_string(s.dead)});
-        print_table({"QUEUE", "READY", "DELAYED", "IN FLIGHT", "DEAD"}, rows);
+            rows.push_back({name, std::to_string(s.ready),
+                            s.delayed < 0 ? "-" : std::to_string(s.delayed),
+                            s.in_flight < 0 ? "-" : std::to_string(s.in_flight),
+                            std::to_string(s.dead), s.paused ? "paused" : "active"});
+        print_table({"QUEUE", "READY", "DELAYED", "IN FLIGHT", "DEAD", "STATE"}, rows);
     }
     return 0;
 }
@@ -127,8 +142,13 @@ Command add_topology(CLI::App& app, const Global& g) {
 Command add_queues(CLI::App& app, const Global& g) {
     auto* queues =
         app.add_subcommand("queues", "Ready, delayed, in-flight and dead counts per queue");
+    auto f = std::make_shared<QueueFlags>();
+    f->pause = queues->add_subcommand("pause", "Workers take nothing from QUEUE until resumed");
+    f->pause->add_option("QUEUE", f->queue, "Queue")->required();
+    f->resume = queues->add_subcommand("resume", "Workers take from QUEUE again");
+    f->resume->add_option("QUEUE", f->queue, "Queue")->required();
 
-    return {queues, [&g] { return run_queues(g); }};
+    return {queues, [&g, f] { return run_queues(g, *f); }};
 }
 
 Command add_dlq(CLI::App& app, const Global& g) {

@@ -10,6 +10,7 @@
 #include "cli/commands.hpp"
 #include "conveyor/scheduler.hpp"
 #include "conveyor/worker.hpp"
+#include "core/node.hpp"
 #include "core/url.hpp"
 
 namespace conveyor::cli {
@@ -52,7 +53,7 @@ int run_worker(const Global& g, const WorkerFlags& f) {
     o.shutdown_grace = std::chrono::milliseconds(
         static_cast<long long>((grace >= 0 ? grace : cfg.worker.shutdown_grace) * 1000));
     o.default_retry = cfg.default_retry;
-    o.node_name = f.node;
+    o.node_name = detail::node_name(f.node);
     o.task_events = f.events;
     o.log_success = f.log_success;
     o.delivery_limit = f.delivery_limit >= 0 ? f.delivery_limit : cfg.worker.delivery_limit;

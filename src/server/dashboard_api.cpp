@@ -25,6 +25,7 @@ Json queue_json(const QueueStats& s, bool configured) {
                 {"delayed", count_or_null(s.delayed)},
                 {"in_flight", count_or_null(s.in_flight)},
                 {"dead", s.dead},
+                {"paused", s.paused},
                 {"configured", configured}};
 }
 
@@ -163,6 +164,14 @@ void Dashboard::Impl::install_api(httplib::Server& srv) {
                 if (!r) return reply_failure(res, r.error());
                 reply_json(res, 200, to_json(*r));
             });
+    srv.Post(R"(/api/v1/queues/([^/]+)/(pause|resume))",
+             [this](const httplib::Request& req, httplib::Response& res) {
+                 std::string queue = req.matches[1].str();
+                 bool pause = req.matches[2].str() == "pause";
+                 if (auto ok = broker->pause_queue(queue, pause); !ok)
+                     return reply_failure(res, ok.error());
+                 reply_json(res, 200, Json{{"queue", queue}, {"paused", pause}});
+             });
     srv.Get("/api/v1/schedules", [this](const httplib::Request&, httplib::Response& res) {
         auto store = broker->schedule_store();
         if (!store) return reply_failure(res, store.error());

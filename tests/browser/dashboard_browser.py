@@ -163,6 +163,12 @@ try:
           overview_shows_the_run)
     shot("dashboard-overview.png")
 
+    # Pause a queue by clicking: workers take nothing from it until it is resumed.
+    click("Pause", lambda: browser.find_element(By.CSS_SELECTOR, "button.pause[data-queue='reports']"))
+    until("the queue to show paused", lambda: browser.find_element(
+        By.CSS_SELECTOR, "button.pause[data-queue='reports']").text == "Resume")
+    assert [q for q in get(url, "/api/v1/queues") if q["queue"] == "reports"][0]["paused"]
+
     # Dead letters: the reasons; markup in an argument is text.
     browser.get(url + "/#dead?queue=billing")
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "button.replay")))

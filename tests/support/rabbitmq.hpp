@@ -13,6 +13,8 @@ namespace testsupport {
 class RabbitNode {
   public:
     RabbitNode() { start(); }
+    /// With the management plugin (management_url()) when `management`.
+    explicit RabbitNode(bool management) : management_(management) { start(); }
     ~RabbitNode() { stop(); }
     RabbitNode(const RabbitNode&) = delete;
     RabbitNode& operator=(const RabbitNode&) = delete;
@@ -21,6 +23,7 @@ class RabbitNode {
     bool start() {
         auto [rc, out] = script("start");
         if (rc != 0) return false;
+        if (management_) management_url_ = line_of(dir() + "/management_url");
         url_ = out.substr(0, out.find('\n'));
         return true;
     }
@@ -28,16 +31,26 @@ class RabbitNode {
     /// SIGKILL, as a crash would.
     void kill() { script("kill"); }
     const std::string& url() const { return url_; }
+    /// "http://127.0.0.1:PORT" of its management plugin (empty without one).
+    const std::string& management_url() const { return management_url_; }
     /// The node's state directory (url, tls_url, tls/ca.pem, ...).
     std::string dir() const { return dir_.file("node"); }
 
   private:
     std::pair<int, std::string> script(const std::string& cmd) {
-        return run({CONVEYOR_SOURCE_DIR "/scripts/rabbitmq-node.sh", cmd, dir_.file("node")}, {},
+        std::vector<std::string> env;
+        if (management_) env.push_back("RABBITMQ_NODE_MANAGEMENT=1");
+        return run({CONVEYOR_SOURCE_DIR "/scripts/rabbitmq-node.sh", cmd, dir_.file("node")}, env,
                    {}, std::chrono::seconds(120));
     }
+    static std::string line_of(const std::string& path) {
+        std::string u = read_file(path);
+        if (auto nl = u.find('\n'); nl != std::string::npos) u.resize(nl);
+        return u;
+    }
+    bool management_ = false;
     TempDir dir_;
-    std::string url_;
+    std::string url_, management_url_;
 };
 
 /// The state directory of the suite's shared node: the one the ctest fixture started

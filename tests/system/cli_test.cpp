@@ -1,10 +1,12 @@
 // The conveyor command, run as a user would.
 
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include <map>
 #include <regex>
 #include <sstream>
+#include <thread>
 
 #include "conveyor/task.hpp"
 #include "support/process.hpp"
@@ -270,4 +272,48 @@ max_retries = 0
     EXPECT_NE(text.find(" ERROR task flaky-2 (flaky) dead-lettered: failed after 1 retries"),
               std::string::npos)
         << text;
+}
+
+TEST(Cli, APausedQueueKeepsItsTasksUntilResumedWhileOtherQueuesRun) {
+    TempDir dir;
+    testsupport::write_file(
+        dir.file("conveyor.toml"),
+        "[[queue]]\nname = \"held\"\n[[queue]]\nname = \"free\"\n"
+        "[[task]]\nname = \"h\"\nqueue = \"held\"\nexec = \"echo h >> " +
+            dir.file("ran") + "\"\n[[task]]\nname = \"f\"\nqueue = \"free\"\nexec = \"echo f >> " +
+            dir.file("ran") + "\"\n");
+    auto [rc, said] = cli(dir, {"queues", "pause", "held"});
+    ASSERT_EQ(rc, 0) << said;
+    EXPECT_EQ(trim(said), "queue 'held' paused");
+    for (int i = 0; i < 5; ++i) ASSERT_EQ(cli(dir, {"enqueue", "h"}).first, 0);
+    testsupport::Process worker({CONVEYOR_CLI, "worker"}, dir.file("worker.out"),
+                                {"CONVEYOR_BROKER=sqlite://" + dir.file("c.db")},
+                                dir.path().string());
+    // The other queue runs; the paused one keeps its tasks.
+    ASSERT_EQ(cli(dir, {"enqueue", "f", "--id", "free-1"}).first, 0);
+    ASSERT_EQ(cli(dir, {"result", "free-1", "--wait", "20"}).first, 0);
+    std::this_thread::sleep_for(500ms);  // a window in which nothing of "held" may run
+    EXPECT_EQ(testsupport::read_file(dir.file("ran")), "f\n");
+    auto [rc2, js] = cli(dir, {"--json", "queues"});
+    ASSERT_EQ(rc2, 0) << js;
+    for (auto& q : Json::parse(js)) {
+        if (q["queue"] != "held") continue;
+        EXPECT_EQ(q["ready"], 5) << js;
+        EXPECT_EQ(q["paused"], true) << js;
+    }
+    // Resumed from another process: the worker takes them at once.
+    ASSERT_EQ(cli(dir, {"queues", "resume", "held"}).first, 0);
+    ASSERT_TRUE(testsupport::eventually(
+        [&] {
+            return testsupport::read_file(dir.file("ran")).size() == std::string("f\n").size() + 10;
+        },
+        20s))
+        << testsupport::read_file(dir.file("ran"));
+    worker.signal(SIGTERM);
+    EXPECT_EQ(worker.wait(20s), 0);
+    // An engine that cannot pause says so in one sentence.
+    auto [rc3, err] = testsupport::run(
+        {CONVEYOR_CLI, "--broker", "memory://", "queues", "pause", "q"}, {}, dir.path().string());
+    EXPECT_EQ(rc3, 2) << err;
+    EXPECT_NE(err.find("cannot pause queues"), std::string::npos) << err;
 }

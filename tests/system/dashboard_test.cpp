@@ -143,6 +143,13 @@ TEST(Dashboard, ServesItsPagesAndApiAndMutatesOnlyWithTheCsrfToken) {
         if (q["queue"] == "billing") billing = q;
     EXPECT_EQ(billing["dead"], 0) << queues.dump();
     EXPECT_EQ(billing["ready"], 1) << queues.dump();
+    auto paused_queue = http_call(d.url, "POST", "/api/v1/queues/billing/pause", with_csrf, "");
+    EXPECT_EQ(paused_queue.status, 200) << paused_queue.body;
+    for (auto& q : Json::parse(http_call(d.url, "GET", "/api/v1/queues").body))
+        if (q["queue"] == "billing") {
+            EXPECT_EQ(q["paused"], true) << q.dump();
+        }
+    EXPECT_EQ(http_call(d.url, "POST", "/api/v1/queues/billing/resume", with_csrf, "").status, 200);
     auto pause = http_call(d.url, "POST", "/api/v1/schedules/nightly/pause", with_csrf, "");
     EXPECT_EQ(pause.status, 200) << pause.body;
     auto schedules = Json::parse(http_call(d.url, "GET", "/api/v1/schedules").body);

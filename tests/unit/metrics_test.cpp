@@ -1,11 +1,14 @@
-// The Prometheus text format, a worker's metrics and their bounded labels, listen addresses.
+// The Prometheus text format, a worker's metrics and their bounded labels, listen addresses,
+// and the queue counts RabbitMQ's management API gives.
 
 #include "worker/metrics.hpp"
 
 #include <gtest/gtest.h>
 
+#include <map>
 #include <memory>
 
+#include "broker/amqp/amqp_management.hpp"
 #include "conveyor/worker.hpp"
 #include "core/url.hpp"
 #include "server/prometheus.hpp"
@@ -127,4 +130,36 @@ TEST(ListenAddress, HostAndPortOrPortAlone) {
             EXPECT_EQ(r.error().code, Errc::invalid_argument) << bad;
         }
     }
+}
+
+TEST(AmqpManagement, QueuesFoldIntoConveyorsViewOfThem) {
+    using conveyor::amqp::ManagedQueue;
+    std::vector<ManagedQueue> qs = {
+        {"billing", 5, 2, false, false},
+        {"billing.dead", 3, 0, false, false},
+        {"orders.p0", 1, 1, false, false},
+        {"orders.p1", 2, 0, false, false},
+        {"orders.dead", 1, 0, false, false},
+        {"report.p7", 4, 0, false, false},  // not an ordered queue: a queue of its own
+        {"conveyor.delay.3", 6, 0, false, false},
+        {"conveyor.delay.unroutable", 1, 0, false, false},
+        {"celery@host.celery.pidbox", 0, 0, false, true},
+        {"celeryev.1234", 9, 0, false, true},
+        {"amq.gen-xyz", 1, 0, true, false},
+        {"6f1c-reply", 1, 0, false, true},
+    };
+    auto out = conveyor::amqp::fold_queues(qs, [](const std::string& q) { return q == "orders"; });
+    std::map<std::string, QueueStats> by;
+    for (auto& s : out) by[s.queue] = s;
+    ASSERT_EQ(by.size(), 4u);
+    EXPECT_EQ(by["billing"].ready, 5);
+    EXPECT_EQ(by["billing"].in_flight, 2);
+    EXPECT_EQ(by["billing"].dead, 3);
+    EXPECT_EQ(by["billing"].delayed, -1);
+    EXPECT_EQ(by["orders"].ready, 3);
+    EXPECT_EQ(by["orders"].in_flight, 1);
+    EXPECT_EQ(by["orders"].dead, 1);
+    EXPECT_EQ(by["report.p7"].ready, 4);
+    EXPECT_EQ(by["(delayed, all queues)"].delayed, 6);
+    EXPECT_EQ(by["(delayed, all queues)"].dead, 1);
 }

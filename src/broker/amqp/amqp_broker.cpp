@@ -10,11 +10,13 @@
 #include "broker/amqp/amqp_consumer.hpp"
 #include "broker/amqp/amqp_control.hpp"
 #include "broker/amqp/amqp_engine.hpp"
+#include "broker/amqp/amqp_management.hpp"
 #include "broker/amqp/amqp_names.hpp"
 #include "broker/amqp/amqp_publish.hpp"
 #include "broker/amqp/amqp_schedule_store.hpp"
 #include "broker/amqp/delay.hpp"
 #include "broker/amqp/reply_inbox.hpp"
+#include "conveyor/log.hpp"
 #include "core/codec.hpp"
 #include "core/result_meta.hpp"
 #include "core/time.hpp"
@@ -41,6 +43,18 @@ class AmqpBroker final : public Broker {
     }
 
     Result<std::vector<QueueStats>> stats() override {
+        if (!e_->opts.management.empty()) {
+            // Every queue of the vhost, configured or not; passive declares when it fails.
+            auto managed = management_queues(e_->opts);
+            if (managed)
+                return fold_queues(*managed, [this](const std::string& q) {
+                    auto spec = e_->spec_of(q);
+                    return spec && spec->partitions > 0;
+                });
+            detail::log(LogLevel::warning, "broker.management_unavailable",
+                        fmt::format("queue counts without the management API: {}",
+                                    managed.error().message));
+        }
         auto names = e_->known_queues();
         return e_->with_connection(
             e_->publish_deadline(), [&](Connection& c) -> Result<std::vector<QueueStats>> {

@@ -167,6 +167,14 @@ Result<ConnectionOptions> parse_connection_options(const detail::BrokerUrl& url)
                     Errc::invalid_argument,
                     fmt::format("amqp option delay_queue_type={} must be quorum or classic", v));
             o.delay_queue_type = v;
+        } else if (k == "management") {
+            o.management = url_decode(v);
+            while (o.management.ends_with('/')) o.management.pop_back();
+            if (!o.management.starts_with("http://") || o.management.size() <= 7)
+                return fail(Errc::invalid_argument,
+                            fmt::format("amqp option management={} must be the management "
+                                        "plugin's http://HOST:PORT",
+                                        o.management));
         } else {
             return fail(Errc::invalid_argument, fmt::format("unknown amqp broker option '{}'", k));
         }

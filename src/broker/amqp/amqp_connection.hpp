@@ -47,6 +47,9 @@ struct ConnectionOptions : Endpoint {
     std::string results = "rpc";  ///< result backend: rpc, redis://HOST:PORT/DB or none
     std::chrono::seconds result_expires{86400};  ///< how long results are kept
     std::string delay_queue_type = "quorum";     ///< delay levels: quorum or classic
+    /// The management plugin's http:// URL: queue counts come from its API (every queue of
+    /// the vhost, in-flight counts included); empty: from passive declares of known queues.
+    std::string management;
 };
 
 /// Parses amqp://user:pass@host:port/vhost?heartbeat=S&connect_timeout=S&... .

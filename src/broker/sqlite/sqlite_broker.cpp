@@ -48,7 +48,7 @@ class SqliteBroker final : public Broker {
     Result<std::vector<QueueStats>> stats() override {
         std::lock_guard lk(mu_);
         std::map<std::string, QueueStats> by_queue;
-        auto names = db_.prepare("SELECT name FROM queues");
+        auto names = db_.prepare("SELECT name, paused FROM queues");
         CONVEYOR_TRY(names);
         for (;;) {
             auto r = names->step();
@@ -56,6 +56,7 @@ class SqliteBroker final : public Broker {
             if (!*r) break;
             auto n = names->text(0);
             by_queue[n].queue = n;
+            by_queue[n].paused = names->i64(1) != 0;
         }
         auto q = db_.prepare(
             "SELECT queue, state, (state=3 AND available_at<=?1) AS due, count(*) FROM tasks "
@@ -87,6 +88,18 @@ class SqliteBroker final : public Broker {
         std::vector<QueueStats> out;
         for (auto& [_, s] : by_queue) out.push_back(s);
         return out;
+    }
+
+    Result<void> pause_queue(std::string_view queue, bool paused) override {
+        std::lock_guard lk(mu_);
+        if (queue.empty()) return fail(Errc::invalid_argument, "a queue name is empty");
+        auto up = db_.prepare(
+            "INSERT INTO queues(name, paused) VALUES(?1, ?2) "
+            "ON CONFLICT(name) DO UPDATE SET paused=excluded.paused");
+        CONVEYOR_TRY(up);
+        up->bind(1, queue).bind(2, std::int64_t(paused ? 1 : 0));
+        CONVEYOR_TRY(up->run());
+        return {};
     }
 
     Result<TaskResult> result(std::string_view id) override {

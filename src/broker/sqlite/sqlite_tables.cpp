@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS results(
   id TEXT PRIMARY KEY, state INTEGER NOT NULL, result TEXT, traceback TEXT,
   retries INTEGER NOT NULL DEFAULT 0, done_at INTEGER NOT NULL, children TEXT) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS results_done ON results(done_at);
-CREATE TABLE IF NOT EXISTS queues(name TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS queues(name TEXT PRIMARY KEY, paused INTEGER NOT NULL DEFAULT 0)
+  WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS scheduler_lease(id INTEGER PRIMARY KEY CHECK(id=1), owner TEXT,
   until INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS schedule_state(name TEXT PRIMARY KEY, last_fire INTEGER,
@@ -61,6 +62,9 @@ Result<void> create_schema(Db& db) {
     // Files from before results had children get the column.
     if (!db.prepare("SELECT children FROM results LIMIT 0"))
         CONVEYOR_TRY(db.exec("ALTER TABLE results ADD COLUMN children TEXT"));
+    // ... and queues their pause flag.
+    if (!db.prepare("SELECT paused FROM queues LIMIT 0"))
+        CONVEYOR_TRY(db.exec("ALTER TABLE queues ADD COLUMN paused INTEGER NOT NULL DEFAULT 0"));
     return {};
 }
 
@@ -138,6 +142,7 @@ Result<Statements> Statements::prepare(Db& db) {
         {&s.claim,
          "UPDATE tasks SET state=1, lease_owner=?1, lease_until=?2, deliveries=deliveries+1 "
          "WHERE seq IN (SELECT seq FROM tasks WHERE state=0 AND queue=?3 "
+         "AND NOT EXISTS (SELECT 1 FROM queues WHERE name=?3 AND paused=1) "
          "ORDER BY priority DESC, seq LIMIT ?4) "
          "RETURNING seq, id, queue, deliveries, priority, props, headers, body, available_at"},
         {&s.ack, "DELETE FROM tasks WHERE seq=?1 AND lease_owner=?2 AND state=1"},
@@ -156,7 +161,9 @@ Result<Statements> Statements::prepare(Db& db) {
         {&s.store_result,
          "INSERT OR REPLACE INTO results(id,state,result,traceback,retries,done_at,children) "
          "VALUES(?1,?2,?3,?4,?5,?6,?7)"},
-        {&s.probe_ready, "SELECT 1 FROM tasks WHERE state=0 AND queue=?1 LIMIT 1"},
+        {&s.probe_ready,
+         "SELECT 1 FROM tasks WHERE state=0 AND queue=?1 AND NOT EXISTS (SELECT 1 FROM queues "
+         "WHERE name=?1 AND paused=1) LIMIT 1"},
         {&s.next_delayed, "SELECT min(available_at) FROM tasks WHERE state=3"},
         {&s.next_lease, "SELECT min(lease_until) FROM tasks WHERE state=1"},
         {&s.data_version, "PRAGMA data_version"},

@@ -143,12 +143,20 @@ const views = {
 };
 
 function queueTable(qs) {
+  const toggle = async q => {
+    const what = q.paused ? "resume" : "pause";
+    try { await api("/queues/" + encodeURIComponent(q.queue) + "/" + what, {}); status(`${q.queue}: ${what}d`); refresh(); }
+    catch (e) { status(e.message, true); }
+  };
   const rows = qs.map(q => [
     el("td", {}, el("a", { href: "#dead?queue=" + encodeURIComponent(q.queue) }, q.queue)),
     el("td", { class: "num" }, num(q.ready)), el("td", { class: "num" }, num(q.delayed)),
-    el("td", { class: "num" }, num(q.in_flight)), el("td", { class: "num" }, num(q.dead))]);
+    el("td", { class: "num" }, num(q.in_flight)), el("td", { class: "num" }, num(q.dead)),
+    el("td", {}, q.paused ? "paused" : "active"),
+    el("td", {}, el("button", { class: "pause", "data-queue": q.queue, onclick: () => toggle(q), ...(readOnly ? { disabled: "" } : {}) },
+      q.paused ? "Resume" : "Pause"))]);
   return el("div", { id: "queues" }, table([{ label: "queue" }, { label: "ready", num: 1 }, { label: "delayed", num: 1 },
-    { label: "in flight", num: 1 }, { label: "dead", num: 1 }], rows));
+    { label: "in flight", num: 1 }, { label: "dead", num: 1 }, { label: "state" }, { label: "" }], rows));
 }
 
 function currentView() {
