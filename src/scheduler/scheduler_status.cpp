@@ -18,13 +18,7 @@
 
 namespace conveyor {
 
-namespace {
-void reply_json(httplib::Response& res, int status, const Json& body) {
-    res.status = status;
-    res.set_content(body.dump(-1, ' ', false, Json::error_handler_t::replace) + "\n",
-                    "application/json");
-}
-}  // namespace
+namespace {}  // namespace
 
 std::string Scheduler::metrics() const {
     using Pair = std::pair<std::string_view, std::string_view>;
@@ -67,17 +61,12 @@ Result<void> Scheduler::start_http() {
             body["status"] =
                 why ? (readiness ? "not ready" : "failing") : (readiness ? "ready" : "ok");
             if (why) body["reason"] = *why;
-            reply_json(res, why ? 503 : 200, body);
+            detail::reply_json(res, why ? 503 : 200, body);
         };
     };
     srv.Get("/healthz", health(false));
     srv.Get("/readyz", health(true));
-    srv.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
-        if (!res.body.empty()) return;
-        reply_json(res, res.status,
-                   Json{{"error", res.status == 404 ? fmt::format("no such path: {}", req.path)
-                                                    : fmt::format("HTTP {}", res.status)}});
-    });
+    http->json_errors();
     auto port = http->start(*address);
     CONVEYOR_TRY(port);
     mon_->port = *port;

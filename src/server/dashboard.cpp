@@ -9,12 +9,6 @@
 
 namespace conveyor::server {
 
-void reply_json(httplib::Response& res, int status, const Json& body) {
-    res.status = status;
-    res.set_content(body.dump(-1, ' ', false, Json::error_handler_t::replace) + "\n",
-                    "application/json");
-}
-
 void reply_error(httplib::Response& res, int status, std::string message) {
     reply_json(res, status, Json{{"error", std::move(message)}});
 }
@@ -93,12 +87,7 @@ Result<int> Dashboard::start() {
         if (!a) return reply_error(res, 404, fmt::format("no such asset: {}", req.path));
         res.set_content(std::string(a->body), std::string(a->content_type));
     });
-    srv.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
-        if (!res.body.empty()) return;
-        reply_error(res, res.status,
-                    res.status == 404 ? fmt::format("no such path: {}", req.path)
-                                      : fmt::format("HTTP {}", res.status));
-    });
+    impl_->http.json_errors();
     srv.set_exception_handler(
         [](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
             std::string what = "internal error";

@@ -46,8 +46,7 @@ struct Dashboard::Impl {
     void install_api(httplib::Server& srv);
 };
 
-/// Sets `status` and a JSON body.
-void reply_json(httplib::Response& res, int status, const Json& body);
+using detail::reply_json;
 void reply_error(httplib::Response& res, int status, std::string message);
 /// A cookie of the request; empty when it has none.
 std::string cookie(const httplib::Request& req, std::string_view name);

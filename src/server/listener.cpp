@@ -7,6 +7,21 @@
 
 namespace conveyor::detail {
 
+void reply_json(httplib::Response& res, int status, const Json& body) {
+    res.status = status;
+    res.set_content(body.dump(-1, ' ', false, Json::error_handler_t::replace) + "\n",
+                    "application/json");
+}
+
+void HttpListener::json_errors() {
+    server_->set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+        if (!res.body.empty()) return;
+        reply_json(res, res.status,
+                   Json{{"error", res.status == 404 ? fmt::format("no such path: {}", req.path)
+                                                    : fmt::format("HTTP {}", res.status)}});
+    });
+}
+
 HttpListener::HttpListener() : server_(std::make_unique<httplib::Server>()) {}
 
 HttpListener::~HttpListener() { stop(); }

@@ -9,13 +9,18 @@
 #include <thread>
 
 #include "conveyor/error.hpp"
+#include "conveyor/task.hpp"
 #include "core/url.hpp"
 
 namespace httplib {
 class Server;
-}
+struct Response;
+}  // namespace httplib
 
 namespace conveyor::detail {
+
+/// Sets `status` and `body` as compact JSON (invalid UTF-8 replaced).
+void reply_json(httplib::Response& res, int status, const Json& body);
 
 class HttpListener {
   public:
@@ -26,6 +31,8 @@ class HttpListener {
 
     /// Routes go here before start().
     httplib::Server& server() { return *server_; }
+    /// Answers unknown paths and other errors without a body with {"error": "..."}.
+    void json_errors();
     /// Binds (Errc::invalid_argument naming the address when it cannot) and serves on a thread
     /// with `threads` request threads. Returns the port bound.
     [[nodiscard]] Result<int> start(const ListenAddress& address, int threads = 2);

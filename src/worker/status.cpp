@@ -16,12 +16,6 @@ constexpr milliseconds kDepthEvery{2000};
 /// A dispatcher call that has not returned for this long makes the worker unhealthy.
 constexpr milliseconds kStalledAfter{5000};
 
-void reply_json(httplib::Response& res, int status, const Json& body) {
-    res.status = status;
-    res.set_content(body.dump(-1, ' ', false, Json::error_handler_t::replace) + "\n",
-                    "application/json");
-}
-
 }  // namespace
 
 void Worker::Impl::set_trouble(std::optional<std::string> why) {
@@ -82,10 +76,10 @@ Result<void> Worker::Impl::start_http() {
         if (why) {
             body["status"] = "failing";
             body["reason"] = *why;
-            reply_json(res, 503, body);
+            detail::reply_json(res, 503, body);
         } else {
             body["status"] = "ok";
-            reply_json(res, 200, body);
+            detail::reply_json(res, 200, body);
         }
     });
     srv.Get("/readyz", [this](const httplib::Request&, httplib::Response& res) {
@@ -93,14 +87,9 @@ Result<void> Worker::Impl::start_http() {
         if (!why && !ready.load()) why = stopping.load() ? "shutting down" : "starting";
         Json body = {{"node", opts.node_name}, {"status", why ? "not ready" : "ready"}};
         if (why) body["reason"] = *why;
-        reply_json(res, why ? 503 : 200, body);
+        detail::reply_json(res, why ? 503 : 200, body);
     });
-    srv.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
-        if (!res.body.empty()) return;
-        reply_json(res, res.status,
-                   Json{{"error", res.status == 404 ? fmt::format("no such path: {}", req.path)
-                                                    : fmt::format("HTTP {}", res.status)}});
-    });
+    http->json_errors();
     auto port = http->start(*address);
     if (!port) {
         http.reset();

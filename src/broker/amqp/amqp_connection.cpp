@@ -174,7 +174,7 @@ Result<ConnectionOptions> parse_connection_options(const detail::BrokerUrl& url)
                 return fail(Errc::invalid_argument,
                             fmt::format("amqp option management={} must be the management "
                                         "plugin's http://HOST:PORT",
-                                        o.management));
+                                        detail::redact_url(o.management)));
         } else {
             return fail(Errc::invalid_argument, fmt::format("unknown amqp broker option '{}'", k));
         }

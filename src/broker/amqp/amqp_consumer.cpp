@@ -156,8 +156,11 @@ class AmqpConsumer final : public Consumer {
         d.message_id = codec::envelope_id(d.envelope);
         if (d.message_id.empty()) d.message_id = env.message_id;
         if (auto sent = d.envelope.headers.find(kSentAtHeader);
-            sent != d.envelope.headers.end() && sent->is_number_integer())
-            d.due = detail::from_epoch_ms(sent->get<std::int64_t>());
+            sent != d.envelope.headers.end() && sent->is_number_integer()) {
+            // From the wire: only a time between 1970 and 9999 counts.
+            auto ms = sent->get<std::int64_t>();
+            if (ms > 0 && ms < 253402300800000) d.due = detail::from_epoch_ms(ms);
+        }
         d.deliveries = env.redelivered ? 2 : 1;
         if (auto dc = d.envelope.headers.find(kDeliveryCountHeader);
             dc != d.envelope.headers.end() && dc->is_number_integer())

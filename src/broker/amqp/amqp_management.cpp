@@ -11,6 +11,7 @@
 #include "broker/amqp/delay.hpp"
 #include "core/json_bounds.hpp"
 #include "core/try.hpp"
+#include "core/url.hpp"
 
 namespace conveyor::amqp {
 
@@ -47,12 +48,13 @@ Result<std::vector<ManagedQueue>> management_queues(const ConnectionOptions& o) 
         encode_path_segment(o.vhost));
     auto r = c.Get(path.c_str());
     if (!r)
-        return fail(Errc::unavailable, fmt::format("the management API at {}: {}", o.management,
-                                                   httplib::to_string(r.error())));
+        return fail(Errc::unavailable,
+                    fmt::format("the management API at {}: {}", detail::redact_url(o.management),
+                                httplib::to_string(r.error())));
     if (r->status != 200)
-        return fail(
-            r->status == 401 ? Errc::invalid_argument : Errc::unavailable,
-            fmt::format("the management API at {} answered HTTP {}", o.management, r->status));
+        return fail(r->status == 401 ? Errc::invalid_argument : Errc::unavailable,
+                    fmt::format("the management API at {} answered HTTP {}",
+                                detail::redact_url(o.management), r->status));
     auto j = detail::parse_untrusted(r->body, "the management API's answer");
     CONVEYOR_TRY(j);
     if (!j->is_array()) return fail(Errc::malformed, "the management API's answer is not a list");
