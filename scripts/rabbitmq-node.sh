@@ -50,7 +50,11 @@ export HOME="$dir" RABBITMQ_NODENAME="$node" RABBITMQ_NODE_PORT="$amqp_port" \
   RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log" \
   RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" RABBITMQ_CONFIG_FILE="$dir/rabbitmq.conf" \
   RABBITMQ_PLUGINS_EXPAND_DIR="$dir/plugins" RABBITMQ_PID_FILE="$dir/pid" \
-  RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+  RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1} -rabbit dead_letter_worker_publisher_confirm_timeout 5000"
+# dead_letter_worker_publisher_confirm_timeout: a quorum queue's at-least-once dead-letter worker
+# sends again what its target did not confirm after this many ms (RabbitMQ's default, 180 s, is
+# checked on a timer of the same period: a delayed task that was on its way to a queue whose
+# leader died would wait up to 6 minutes). Not in rabbitmq.conf's schema, hence an Erlang flag.
 
 ctl() { "$rmq/rabbitmqctl" -n "$node" "$@"; }
 
