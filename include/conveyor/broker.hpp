@@ -135,6 +135,7 @@ class BrokerAdmin {
 class Consumer;
 class ControlChannel;
 class ScheduleStore;
+class TaskHistory;
 struct ConsumerOptions;
 
 /// One engine (memory, sqlite, amqp) behind all three faces, and the engine-facing calls
@@ -154,6 +155,9 @@ class Broker : public Publisher, public ResultStore, public BrokerAdmin {
     /// Schedules' leadership and bookkeeping (sqlite). Errc::invalid_argument where the engine
     /// has none.
     [[nodiscard]] virtual Result<std::unique_ptr<ScheduleStore>> schedule_store();
+    /// What the broker remembers of tasks after they ran (conveyor/history.hpp): sqlite.
+    /// Errc::invalid_argument where the engine keeps no history.
+    [[nodiscard]] virtual Result<std::unique_ptr<TaskHistory>> history();
     /// The broker's URL for people: passwords are masked ("amqp://user:***@host/").
     virtual std::string url() const = 0;
 };

@@ -47,6 +47,16 @@ struct Settlement {
     Envelope envelope;                 ///< retry: the updated message; dead_letter: the message
     TimePoint not_before{};            ///< retry: earliest redelivery
     std::string reason;                ///< dead_letter: why
+    /// How the run went, for engines that keep a task history (sqlite): ack, retry and
+    /// dead_letter of a task that ran. Absent: it did not run (revoked, undecodable, ...).
+    struct Attempt {
+        std::string task;      ///< its name (per-minute counts)
+        TimePoint started{};   ///< its handler's start
+        TimePoint finished{};  ///< and end
+        double waited = -1;    ///< seconds from due to start; -1: unknown
+        std::string error;     ///< retry, dead_letter: what it raised
+    };
+    std::optional<Attempt> attempt;
 };
 
 /// What a consumer takes from which queues.

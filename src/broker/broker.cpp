@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "conveyor/engine.hpp"
+#include "conveyor/history.hpp"
 
 namespace conveyor {
 
@@ -51,6 +52,24 @@ Result<ChordParts> ResultStore::chord_part_done(std::string_view, int, const Tas
 
 Result<std::unique_ptr<ControlChannel>> Broker::control(std::string_view) {
     return std::unique_ptr<ControlChannel>();
+}
+
+namespace {
+constexpr std::string_view kHistoryStates[] = {"waiting", "running",   "dead",
+                                               "delayed", "succeeded", "revoked"};
+}
+
+std::string_view to_string(HistoryState s) noexcept { return kHistoryStates[std::size_t(s)]; }
+
+std::optional<HistoryState> history_state_from_string(std::string_view s) noexcept {
+    for (std::size_t i = 0; i < std::size(kHistoryStates); ++i)
+        if (kHistoryStates[i] == s) return HistoryState(i);
+    return std::nullopt;
+}
+
+Result<std::unique_ptr<TaskHistory>> Broker::history() {
+    return fail(Errc::invalid_argument,
+                fmt::format("{} keeps no task history; the sqlite engine does", url()));
 }
 
 Result<std::unique_ptr<ScheduleStore>> Broker::schedule_store() {

@@ -2,6 +2,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <charconv>
 
 #include "broker/amqp/amqp_broker.hpp"
 #include "broker/memory/memory_broker.hpp"
@@ -38,6 +39,19 @@ Result<std::shared_ptr<Broker>> Broker::open(std::string_view url) {
                 auto s = detail::seconds_option("sqlite", k, v, 1, 10 * 365 * 86400.0);
                 CONVEYOR_TRY(s);
                 o.result_expires = std::chrono::duration_cast<std::chrono::seconds>(*s);
+            } else if (k == "history") {
+                auto s = detail::seconds_option("sqlite", k, v, 0, 10 * 365 * 86400.0);
+                CONVEYOR_TRY(s);
+                o.history = std::chrono::duration_cast<std::chrono::seconds>(*s);
+            } else if (k == "history_max") {
+                std::int64_t n = -1;
+                auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+                if (ec != std::errc() || end != v.data() + v.size() || n < 0)
+                    return fail(Errc::invalid_argument,
+                                fmt::format("sqlite option history_max={} must be a number of "
+                                            "tasks (0 or more)",
+                                            v));
+                o.history_max = n;
             } else if (k == "busy_timeout") {
                 auto s = detail::seconds_option("sqlite", k, v, 0, 3600);
                 CONVEYOR_TRY(s);

@@ -73,6 +73,7 @@ Result<int> Dashboard::start() {
         res.set_header("Referrer-Policy", "no-referrer");
         res.set_header("Cache-Control", "no-store");
     });
+    impl_->start_history();
     impl_->install_auth(srv);
     impl_->install_api(srv);
     srv.Get("/", [this](const httplib::Request&, httplib::Response& res) {
@@ -108,7 +109,38 @@ Result<int> Dashboard::start() {
     return *port;
 }
 
-void Dashboard::stop() { impl_->http.stop(); }
+void Dashboard::stop() {
+    impl_->http.stop();
+    if (impl_->indexer.joinable()) {
+        impl_->indexer.request_stop();
+        impl_->indexer_cv.notify_all();
+        impl_->indexer.join();
+    }
+}
+
+void Dashboard::Impl::start_history() {
+    auto h = broker->history();
+    if (!h) {
+        history_error = h.error().message;
+        return;
+    }
+    history = std::move(*h);
+    // The search index follows the writers: what was enqueued is searchable within seconds.
+    indexer = std::jthread([this](std::stop_token stop) {
+        bool warned = false;
+        while (!stop.stop_requested()) {
+            auto added = history->index(20000);
+            if (!added && !warned) {
+                detail::log(LogLevel::warning, "dashboard.search_index",
+                            fmt::format("the search index is behind: {}", added.error().message));
+                warned = true;
+            }
+            if (added && *added == 20000) continue;  // more to do
+            std::unique_lock lk(indexer_mu);
+            indexer_cv.wait_for(lk, stop, std::chrono::seconds(1), [] { return false; });
+        }
+    });
+}
 
 std::string Dashboard::url() const { return impl_->http.url(); }
 

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <limits>
 #include <map>
 
 #include "conveyor/engine.hpp"
@@ -54,6 +55,52 @@ Json dead_json(const DeadLetter& d, const Config& cfg) {
         j["decode_error"] = t.error().message;
     }
     j["headers"] = d.envelope.headers;
+    return j;
+}
+
+/// A task's message as JSON: task, args, kwargs, retries, headers; an undecodable body as text.
+void message_json(Json& j, const Envelope& e, const std::string& queue, const std::string& id,
+                  const Config& cfg) {
+    const QueueConfig* q = cfg.find_queue(queue);
+    Result<TaskMessage> t =
+        q && q->format == QueueFormat::raw ? codec::decode_raw(e, q->task, id) : codec::decode(e);
+    if (t) {
+        if (j.value("name", "").empty()) j["name"] = t->name;
+        j["args"] = t->args;
+        j["kwargs"] = t->kwargs;
+        if (t->eta) j["eta"] = iso(*t->eta);
+    } else {
+        j["body"] = e.body.substr(0, 4096);
+        j["decode_error"] = t.error().message;
+    }
+    j["headers"] = e.headers;
+}
+
+Json time_or_null(const std::optional<TimePoint>& t) { return t ? Json(iso(*t)) : Json(); }
+
+Json record_json(const TaskRecord& r, const Config& cfg) {
+    Json j = {{"id", r.id},
+              {"name", r.name},
+              {"queue", r.queue},
+              {"state", to_string(r.state)},
+              {"retries", r.retries},
+              {"deliveries", r.deliveries},
+              {"enqueued", time_or_null(r.enqueued)},
+              {"due", time_or_null(r.due)},
+              {"started", time_or_null(r.started)},
+              {"finished", time_or_null(r.finished)},
+              {"worker", r.worker.empty() ? Json() : Json(r.worker)},
+              {"error", r.error.empty() ? Json() : Json(r.error)},
+              {"reason", r.reason.empty() ? Json() : Json(r.reason)},
+              {"cursor", r.cursor}};
+    Json attempts = Json::array();
+    for (auto& a : r.attempts)
+        attempts.push_back({{"started", iso(a.started)},
+                            {"finished", iso(a.finished)},
+                            {"worker", a.worker},
+                            {"error", a.error}});
+    j["attempts"] = std::move(attempts);
+    message_json(j, r.envelope, r.queue, r.id, cfg);
     return j;
 }
 
@@ -158,12 +205,90 @@ void Dashboard::Impl::install_api(httplib::Server& srv) {
                  if (!n) return reply_failure(res, n.error());
                  reply_json(res, 200, Json{{"purged", *n}});
              });
+    srv.Get("/api/v1/tasks", [this](const httplib::Request& req, httplib::Response& res) {
+        if (!history) return reply_error(res, 501, history_error);
+        TaskQuery q;
+        if (req.has_param("state")) {
+            auto st = history_state_from_string(req.get_param_value("state"));
+            if (!st)
+                return reply_error(res, 400,
+                                   "'state' must be waiting, running, delayed, succeeded, dead "
+                                   "or revoked");
+            q.state = *st;
+        }
+        q.name = req.get_param_value("name");
+        q.queue = req.get_param_value("queue");
+        q.search = req.get_param_value("q");
+        if (q.search.size() > 200) return reply_error(res, 400, "'q' is longer than 200 bytes");
+        for (auto [key, field] : {std::pair{"since", &q.since}, std::pair{"until", &q.until}}) {
+            if (!req.has_param(key)) continue;
+            auto t = detail::parse_iso8601(req.get_param_value(key));
+            if (!t)
+                return reply_error(
+                    res, 400, fmt::format("'{}' must be a time like 2026-12-03T10:00:00Z", key));
+            *field = *t;
+        }
+        auto before = int_param(req, res, "before", 0, 0, std::numeric_limits<std::int64_t>::max());
+        if (!before) return;
+        auto limit = int_param(req, res, "limit", 50, 1, 1000);
+        if (!limit) return;
+        q.before = *before;
+        q.limit = std::size_t(*limit);
+        auto page = history->tasks(q);
+        if (!page) return reply_failure(res, page.error());
+        Json tasks = Json::array();
+        for (auto& r : page->tasks) tasks.push_back(record_json(r, config));
+        reply_json(
+            res, 200,
+            Json{{"tasks", std::move(tasks)}, {"next", page->next ? Json(page->next) : Json()}});
+    });
     srv.Get(R"(/api/v1/tasks/([^/]+))",
             [this](const httplib::Request& req, httplib::Response& res) {
-                auto r = broker->result(req.matches[1].str());
+                std::string id = req.matches[1].str();
+                auto r = broker->result(id);
                 if (!r) return reply_failure(res, r.error());
-                reply_json(res, 200, to_json(*r));
+                Json j = to_json(*r);
+                j["history"] = nullptr;
+                if (history) {
+                    auto rec = history->task(id);
+                    if (rec)
+                        j["history"] = record_json(*rec, config);
+                    else if (rec.error().code != Errc::not_found)
+                        return reply_failure(res, rec.error());
+                }
+                reply_json(res, 200, j);
             });
+    srv.Post(R"(/api/v1/tasks/([^/]+)/(retry|revoke|delete))", [this](const httplib::Request& req,
+                                                                      httplib::Response& res) {
+        if (!history) return reply_error(res, 501, history_error);
+        std::string id = req.matches[1].str(), what = req.matches[2].str();
+        auto ok = what == "retry"    ? history->retry(id)
+                  : what == "revoke" ? history->revoke(id)
+                                     : history->remove(id);
+        if (!ok)
+            return ok.error().code == Errc::conflict ? reply_error(res, 409, ok.error().message)
+                                                     : reply_failure(res, ok.error());
+        reply_json(res, 200, Json{{"id", id}, {"done", what}});
+    });
+    srv.Get("/api/v1/minutes", [this](const httplib::Request& req, httplib::Response& res) {
+        if (!history) return reply_error(res, 501, history_error);
+        auto span = int_param(req, res, "minutes", 60, 1, 7 * 24 * 60);
+        if (!span) return;
+        auto since = SystemClock::now() - std::chrono::minutes(*span);
+        auto m = history->minutes(since, req.get_param_value("queue"), req.get_param_value("name"));
+        if (!m) return reply_failure(res, m.error());
+        Json arr = Json::array();
+        for (auto& x : *m)
+            arr.push_back({{"minute", iso(x.minute)},
+                           {"succeeded", x.succeeded},
+                           {"failed", x.failed},
+                           {"retried", x.retried},
+                           {"dead", x.dead},
+                           {"run_seconds", x.run_seconds},
+                           {"wait_seconds_avg",
+                            x.waited > 0 ? Json(x.wait_seconds / double(x.waited)) : Json()}});
+        reply_json(res, 200, arr);
+    });
     srv.Post(R"(/api/v1/queues/([^/]+)/(pause|resume))",
              [this](const httplib::Request& req, httplib::Response& res) {
                  std::string queue = req.matches[1].str();

@@ -4,11 +4,14 @@
 
 #include <httplib.h>
 
+#include <condition_variable>
 #include <mutex>
 #include <set>
 #include <string>
 #include <string_view>
+#include <thread>
 
+#include "conveyor/history.hpp"
 #include "server/dashboard.hpp"
 #include "server/listener.hpp"
 
@@ -29,6 +32,14 @@ struct Dashboard::Impl {
     detail::HttpListener http;
     std::mutex mu;
     std::set<std::string> sessions;  // signed-in browsers (token mode)
+    /// The broker's task history (null where the engine keeps none: `history_error` says so),
+    /// and the thread that keeps its search index up to date.
+    std::unique_ptr<TaskHistory> history;
+    std::string history_error;
+    std::jthread indexer;
+    std::condition_variable_any indexer_cv;
+    std::mutex indexer_mu;
+    void start_history();
 
     // ---- dashboard_auth.cpp
     enum class Access { denied, browser, bearer };

@@ -28,6 +28,17 @@ void Worker::Impl::report_dead_letter(Json fields, const std::string& reason) {
     detail::log(LogLevel::error, "task.dead_lettered", std::move(what), std::move(fields));
 }
 
+Settlement::Attempt Worker::Impl::attempt_of(const Job& job, std::string error) {
+    Settlement::Attempt a;
+    a.task = job.task.name;
+    a.finished = SystemClock::now();
+    a.started = a.finished - std::chrono::duration_cast<SystemClock::duration>(
+                                 std::chrono::duration<double>(run_seconds(job)));
+    a.waited = job.waited;
+    a.error = std::move(error);
+    return a;
+}
+
 std::optional<Settlement> Worker::Impl::conclude(Finished& f) {
     try {
         return conclude_unguarded(*f.job, f.outcome);
@@ -55,10 +66,8 @@ detail::JobState Worker::Impl::state_of(const Job& job) const {
 
 std::optional<Settlement> Worker::Impl::conclude_unguarded(Job& job, Outcome& o) {
     using Action = detail::Decision::Action;
-    if (job.series && job.waited >= 0) {  // counted here, on the dispatcher's thread
+    if (job.series && job.waited >= 0)  // counted here, on the dispatcher's thread
         detail::WorkerMetrics::waited(*job.series, job.waited);
-        job.waited = -1;
-    }
     std::uniform_real_distribution<double> u(0.0, 1.0);
     auto decision = detail::decide(o, state_of(job), u(rng));
     const Delivery& d = job.delivery;
@@ -129,6 +138,7 @@ std::optional<Settlement> Worker::Impl::succeed(Job& job, Outcome& o) {
     Settlement s;
     s.kind = Settlement::Kind::ack;
     s.tag = d.tag;
+    s.attempt = attempt_of(job, {});
     succeeded++;
     if (job.series) detail::WorkerMetrics::succeeded(*job.series, run_seconds(job));
     if (auto level = opts.log_success ? LogLevel::info : LogLevel::debug;
@@ -155,6 +165,7 @@ Settlement Worker::Impl::fail(Job& job, const Outcome& o, const detail::Decision
     report_dead_letter(task_fields(job, true), decision.reason);
     Settlement s = dead_letter(job.delivery, job.task.id, job.task.retries, decision.reason,
                                o.exc_type, o.exc_module, o.message);
+    s.attempt = attempt_of(job, decision.failure.empty() ? exc_repr(o) : decision.failure);
     if (canvas::has_followers(job.task) && s.result) {
         if (auto ok = follow(job,
                              [&](auto& out, auto& extra) {
@@ -191,6 +202,7 @@ std::optional<Settlement> Worker::Impl::retry(Job& job, const Outcome& o,
     if (monitor) monitor->retried(job.task.id, exc_repr(o), decision.failure);
     if (decision.action == detail::Decision::Action::retry_in_place) {
         job.task.retries++;
+        job.waited = -1;
         job.due = SystemClock::now() + decision.delay;
         job.started = false;
         job.stop = std::stop_source();
@@ -199,6 +211,7 @@ std::optional<Settlement> Worker::Impl::retry(Job& job, const Outcome& o,
     }
     Settlement s =
         reschedule(job.delivery, job.task.retries + 1, SystemClock::now() + decision.delay);
+    s.attempt = attempt_of(job, decision.failure.empty() ? exc_repr(o) : decision.failure);
     if (!job.task.ignore_result) {
         // Stored (and sent to rpc senders) as Celery does: RETRY with the exception.
         TaskResult r;

@@ -33,7 +33,7 @@ void Worker::Impl::executor_loop() {
             if (monitor) monitor->started(job->task.id);
             if ((opts.track_started || job->reg->options.track_started) && !job->task.ignore_result)
                 store_started(*job);
-            if (job->due && job->series)
+            if (job->due)
                 job->waited = std::chrono::duration<double>(SystemClock::now() - *job->due).count();
             running++;
             out.outcome = execute(*job);

@@ -246,6 +246,8 @@ struct Worker::Impl {
 
     /// What an outcome becomes; nullopt while a keyed job sleeps before it runs again. Any
     /// failure on the way (a workflow field of the wrong type, say) dead-letters the task.
+    /// How a job's run went, for the engine's history.
+    static Settlement::Attempt attempt_of(const Job& job, std::string error);
     std::optional<Settlement> conclude(Finished& f);
 
     detail::JobState state_of(const Job& job) const;

@@ -5,6 +5,9 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <map>
+#include <set>
+
 #include "conveyor/task.hpp"
 #include "support/http.hpp"
 #include "support/process.hpp"
@@ -267,4 +270,187 @@ TEST(Dashboard, RefusesToListenBeyondLoopbackWithoutAuthentication) {
     std::tie(rc, out) = dashboard_cli(dir, {"dashboard"}, {"CONVEYOR_DASHBOARD_TOKEN=short"});
     EXPECT_EQ(rc, 2) << out;
     EXPECT_NE(out.find("at least 16 characters"), std::string::npos) << out;
+}
+
+namespace {
+
+/// The dashboard's /api/v1/tasks as JSON; `query` without the leading '?'.
+Json task_list(const std::string& url, const std::string& query) {
+    auto r = http_call(url, "GET", "/api/v1/tasks?" + query);
+    EXPECT_EQ(r.status, 200) << query << ": " << r.body;
+    return Json::parse(r.body, nullptr, false);
+}
+
+std::vector<std::string> ids_of(const Json& page) {
+    std::vector<std::string> ids;
+    if (page.is_object() && page.contains("tasks"))
+        for (auto& t : page["tasks"]) ids.push_back(t["id"]);
+    return ids;
+}
+
+}  // namespace
+
+TEST(Dashboard, KeepsTheHistoryOfTasksWithAttemptsCountsAndSearchAndActsOnThem) {
+    TempDir dir;
+    write_file(dir.file("conveyor.toml"), R"(
+[[queue]]
+name = "billing"
+[[task]]
+name = "bill"
+queue = "billing"
+exec = "true"
+[[task]]
+name = "flaky"
+queue = "billing"
+exec = "test $CONVEYOR_ATTEMPT -gt 1"
+max_retries = 2
+retry_backoff = 0.01
+[[task]]
+name = "broken"
+queue = "billing"
+exec = ["/bin/false"]
+max_retries = 0
+)");
+    auto enqueue = [&](std::vector<std::string> args) {
+        args.insert(args.begin(), "enqueue");
+        auto [rc, out] = dashboard_cli(dir, args);
+        ASSERT_EQ(rc, 0) << out;
+    };
+    enqueue({"bill", "--id", "b-1", "--kwargs", R"({"customer": "acme-42"})"});
+    for (int i = 0; i < 5; ++i)
+        enqueue({"bill", "--id", "b-other-" + std::to_string(i), "--kwargs",
+                 R"({"customer": "other-)" + std::to_string(i) + "\"}"});
+    enqueue({"flaky", "--id", "f-1"});
+    enqueue({"broken", "--id", "x-1"});
+    enqueue({"bill", "--id", "later-1", "--countdown", "3600"});
+    {
+        Process worker({CONVEYOR_CLI, "worker"}, dir.file("worker.out"),
+                       {"CONVEYOR_BROKER=sqlite://" + dir.file("c.db")}, dir.path().string());
+        ASSERT_TRUE(testsupport::eventually(
+            [&] {
+                auto out = dashboard_cli(dir, {"queues"}).second;
+                return out.find("billing") != std::string::npos &&
+                       dashboard_cli(dir, {"result", "f-1"}).second.find("SUCCESS") !=
+                           std::string::npos &&
+                       dashboard_cli(dir, {"dlq", "list", "--queue", "billing"})
+                               .second.find("x-1") != std::string::npos;
+            },
+            30s))
+            << read_file(dir.file("worker.out"));
+        worker.signal(SIGTERM);
+        ASSERT_EQ(worker.wait(20s), 0);
+    }
+    auto d = dashboard(dir, {});
+    ASSERT_FALSE(d.url.empty()) << read_file(dir.file("dashboard.out"));
+    // Queue counts leave the history out: one delayed task, one dead, nothing else.
+    for (auto& q : Json::parse(http_call(d.url, "GET", "/api/v1/queues").body))
+        if (q["queue"] == "billing") {
+            EXPECT_EQ(q["ready"], 0) << q.dump();
+            EXPECT_EQ(q["delayed"], 1) << q.dump();
+            EXPECT_EQ(q["in_flight"], 0) << q.dump();
+            EXPECT_EQ(q["dead"], 1) << q.dump();
+        }
+    // Newest first, every task with its state.
+    auto all = task_list(d.url, "");
+    ASSERT_EQ(all["tasks"].size(), 9u) << all.dump();
+    EXPECT_EQ(all["tasks"][0]["id"], "later-1");
+    EXPECT_EQ(all["tasks"][0]["state"], "delayed");
+    std::map<std::string, std::string> state;
+    for (auto& t : all["tasks"]) state[t["id"]] = t["state"];
+    EXPECT_EQ(state["b-1"], "succeeded");
+    EXPECT_EQ(state["f-1"], "succeeded");
+    EXPECT_EQ(state["x-1"], "dead");
+    EXPECT_EQ(all["next"], nullptr);
+
+    // Filters: state, name, queue; keyset paging walks them all once.
+    EXPECT_EQ(ids_of(task_list(d.url, "state=succeeded")).size(), 7u);
+    EXPECT_EQ(ids_of(task_list(d.url, "state=dead")), std::vector<std::string>{"x-1"});
+    EXPECT_EQ(ids_of(task_list(d.url, "name=flaky")), std::vector<std::string>{"f-1"});
+    EXPECT_EQ(ids_of(task_list(d.url, "queue=billing")).size(), 9u);
+    EXPECT_TRUE(ids_of(task_list(d.url, "queue=elsewhere")).empty());
+    std::set<std::string> paged;
+    std::string cursor;
+    for (int pages = 0; pages < 10; ++pages) {
+        auto page = task_list(d.url, "limit=4" + (cursor.empty() ? "" : "&before=" + cursor));
+        for (auto& id : ids_of(page)) EXPECT_TRUE(paged.insert(id).second) << id << " twice";
+        if (page["next"].is_null()) break;
+        cursor = std::to_string(page["next"].get<std::int64_t>());
+    }
+    EXPECT_EQ(paged.size(), 9u);
+
+    // The retried task: its first attempt's error, then its success.
+    auto f1 = Json::parse(http_call(d.url, "GET", "/api/v1/tasks/f-1").body);
+    EXPECT_EQ(f1["state"], "SUCCESS") << f1.dump();
+    auto& h = f1["history"];
+    ASSERT_TRUE(h.is_object()) << f1.dump();
+    EXPECT_EQ(h["name"], "flaky");
+    EXPECT_EQ(h["retries"], 1);
+    ASSERT_EQ(h["attempts"].size(), 1u) << h.dump();
+    EXPECT_NE(h["attempts"][0]["error"].get<std::string>().find("exit status 1"), std::string::npos)
+        << h.dump();
+    EXPECT_FALSE(h["started"].is_null());
+    EXPECT_FALSE(h["finished"].is_null());
+    EXPECT_FALSE(h["worker"].is_null());
+
+    // Search in the arguments, through the index the dashboard keeps.
+    EXPECT_TRUE(testsupport::eventually(
+        [&] { return ids_of(task_list(d.url, "q=acme-42")) == std::vector<std::string>{"b-1"}; },
+        10s))
+        << task_list(d.url, "q=acme-42").dump();
+    EXPECT_EQ(ids_of(task_list(d.url, "q=other-&state=succeeded")).size(), 5u);
+    EXPECT_TRUE(ids_of(task_list(d.url, "q=nowhere-to-be-found")).empty());
+
+    // Per-minute counts: 7 succeeded; flaky's first run and broken failed; one retry, one dead.
+    auto minutes = Json::parse(http_call(d.url, "GET", "/api/v1/minutes?minutes=60").body);
+    std::int64_t ok = 0, failed = 0, retried = 0, dead = 0;
+    for (auto& m : minutes) {
+        ok += m["succeeded"].get<std::int64_t>();
+        failed += m["failed"].get<std::int64_t>();
+        retried += m["retried"].get<std::int64_t>();
+        dead += m["dead"].get<std::int64_t>();
+    }
+    EXPECT_EQ(ok, 7) << minutes.dump();
+    EXPECT_EQ(failed, 2) << minutes.dump();
+    EXPECT_EQ(retried, 1);
+    EXPECT_EQ(dead, 1);
+
+    // Actions: revoke a delayed task (once), retry a dead one, delete a finished one.
+    auto csrf = csrf_cookie(http_call(d.url, "GET", "/"));
+    httplib::Headers with_csrf = {{"Cookie", "conveyor_csrf=" + csrf}, {"X-Conveyor-CSRF", csrf}};
+    auto post = [&](const std::string& path) {
+        return http_call(d.url, "POST", path, with_csrf, "").status;
+    };
+    EXPECT_EQ(post("/api/v1/tasks/later-1/revoke"), 200);
+    EXPECT_EQ(post("/api/v1/tasks/later-1/revoke"), 409);
+    auto later = Json::parse(http_call(d.url, "GET", "/api/v1/tasks/later-1").body);
+    EXPECT_EQ(later["state"], "REVOKED") << later.dump();
+    EXPECT_EQ(later["history"]["state"], "revoked");
+    EXPECT_EQ(post("/api/v1/tasks/x-1/retry"), 200);
+    EXPECT_EQ(post("/api/v1/tasks/x-1/retry"), 409);  // waiting already
+    EXPECT_EQ(ids_of(task_list(d.url, "state=waiting")), std::vector<std::string>{"x-1"});
+    EXPECT_EQ(post("/api/v1/tasks/b-1/delete"), 200);
+    EXPECT_TRUE(
+        Json::parse(http_call(d.url, "GET", "/api/v1/tasks/b-1").body)["history"].is_null());
+    EXPECT_EQ(post("/api/v1/tasks/nope/retry"), 404);
+    for (auto* bad : {"state=bogus", "since=yesterday", "limit=0", "before=-1"}) {
+        auto r = http_call(d.url, "GET", std::string("/api/v1/tasks?") + bad);
+        EXPECT_EQ(r.status, 400) << bad << ": " << r.body;
+    }
+    d.process->signal(SIGTERM);
+    EXPECT_EQ(d.process->wait(20s), 0);
+
+    // Pruning: a worker told to keep at most 2 finished tasks deletes the oldest at once.
+    {
+        Process worker({CONVEYOR_CLI, "worker"}, dir.file("worker2.out"),
+                       {"CONVEYOR_BROKER=sqlite://" + dir.file("c.db") + "?history_max=2"},
+                       dir.path().string());
+        auto d2 = dashboard(dir, {}, {}, "dashboard2.out");
+        EXPECT_TRUE(testsupport::eventually(
+            [&] { return ids_of(task_list(d2.url, "state=succeeded")).size() == 2; }, 20s))
+            << task_list(d2.url, "state=succeeded").dump();
+        worker.signal(SIGTERM);
+        EXPECT_EQ(worker.wait(20s), 0);
+        d2.process->signal(SIGTERM);
+        EXPECT_EQ(d2.process->wait(20s), 0);
+    }
 }

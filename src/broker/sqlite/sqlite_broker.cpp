@@ -11,6 +11,7 @@
 
 #include "broker/embedded.hpp"
 #include "broker/sqlite/sqlite_consumer.hpp"
+#include "broker/sqlite/sqlite_history.hpp"
 #include "broker/sqlite/sqlite_schedule_store.hpp"
 #include "broker/sqlite/sqlite_tables.hpp"
 #include "core/codec.hpp"
@@ -41,6 +42,8 @@ class SqliteBroker final : public Broker {
         return open_schedule_store(opts_);
     }
 
+    Result<std::unique_ptr<TaskHistory>> history() override { return open_history(opts_); }
+
     Result<std::unique_ptr<Consumer>> consume(const ConsumerOptions& o) override {
         return open_consumer(opts_, o);
     }
@@ -58,9 +61,14 @@ class SqliteBroker final : public Broker {
             by_queue[n].queue = n;
             by_queue[n].paused = names->i64(1) != 0;
         }
+        // State by state, each through its partial index: finished tasks kept as history are
+        // never read.
         auto q = db_.prepare(
-            "SELECT queue, state, (state=3 AND available_at<=?1) AS due, count(*) FROM tasks "
-            "GROUP BY queue, state, due");
+            "SELECT queue, 0, 0, count(*) FROM tasks WHERE state=0 GROUP BY queue "
+            "UNION ALL SELECT queue, 1, 0, count(*) FROM tasks WHERE state=1 GROUP BY queue "
+            "UNION ALL SELECT queue, 2, 0, count(*) FROM tasks WHERE state=2 GROUP BY queue "
+            "UNION ALL SELECT queue, 3, available_at<=?1 AS due, count(*) FROM tasks "
+            "WHERE state=3 GROUP BY queue, due");
         CONVEYOR_TRY(q);
         q->bind(1, now_ms());
         for (;;) {
@@ -139,6 +147,12 @@ class SqliteBroker final : public Broker {
                     break;
                 case kDead:
                     r.state = TaskState::failure;
+                    break;
+                case kSucceeded:
+                    r.state = TaskState::success;
+                    break;
+                case kRevoked:
+                    r.state = TaskState::revoked;
                     break;
                 default:
                     r.state = r.retries > 0 ? TaskState::retry : TaskState::pending;

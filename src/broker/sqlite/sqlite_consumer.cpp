@@ -5,7 +5,10 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <map>
 #include <thread>
+#include <tuple>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "broker/sqlite/sqlite_tables.hpp"
@@ -20,8 +23,12 @@ using detail::to_epoch_ms;
 
 class SqliteConsumer final : public Consumer {
   public:
-    SqliteConsumer(Db db, Statements st, ConsumerOptions o)
-        : db_(std::move(db)), st_(std::move(st)), opts_(std::move(o)) {
+    SqliteConsumer(Db db, Statements st, ConsumerOptions o, SqliteOptions sqlite)
+        : db_(std::move(db)),
+          st_(std::move(st)),
+          opts_(std::move(o)),
+          sqlite_(std::move(sqlite)),
+          opts_history_(sqlite_.history.count() > 0 && sqlite_.history_max > 0) {
         owner_ = fmt::format("{}#{}", opts_.name.empty() ? "consumer" : opts_.name,
                              make_task_id().substr(0, 8));
     }
@@ -42,6 +49,7 @@ class SqliteConsumer final : public Consumer {
     }
 
     Result<std::vector<Delivery>> fetch(std::size_t max, std::chrono::milliseconds wait) override {
+        CONVEYOR_TRY(housekeep());
         auto deadline = std::chrono::steady_clock::now() + wait;
         auto sleep = std::chrono::microseconds(500);
         for (;;) {
@@ -65,40 +73,62 @@ class SqliteConsumer final : public Consumer {
         auto ok = settle_batch(batch);
         // Settled, or already taken by another consumer (its lease was lost): not held either way.
         if (ok)
-            for (auto& s : batch) held_.erase(s.tag);
+            for (auto& s : batch) {
+                held_.erase(s.tag);
+                queue_of_.erase(s.tag);
+            }
         return ok;
     }
 
     Result<void> settle_batch(std::span<Settlement> batch) {
         return in_transaction(db_, st_, [&]() -> Result<void> {
             auto now = now_ms();
+            minutes_.clear();
             for (auto& s : batch) {
                 Result<int> r;
+                const Settlement::Attempt* a = s.attempt ? &*s.attempt : nullptr;
                 switch (s.kind) {
                     case Settlement::Kind::ack:
-                        st_.ack.reset();
-                        r = st_.ack.bind(1, std::int64_t(s.tag)).bind(2, owner_).run();
+                        if (opts_history_) {
+                            bool revoked = s.result && s.result->state == TaskState::revoked;
+                            st_.finish.reset();
+                            st_.finish.bind(1, std::int64_t(s.tag))
+                                .bind(2, owner_)
+                                .bind(3, revoked ? kRevoked : kSucceeded);
+                            if (a)
+                                st_.finish.bind(4, to_epoch_ms(a->started))
+                                    .bind(5, to_epoch_ms(a->finished));
+                            else
+                                st_.finish.bind_null(4).bind(5, now);
+                            r = st_.finish.run();
+                        } else {
+                            st_.ack.reset();
+                            r = st_.ack.bind(1, std::int64_t(s.tag)).bind(2, owner_).run();
+                        }
                         break;
                     case Settlement::Kind::retry: {
                         auto nb = to_epoch_ms(s.not_before);
                         st_.retry.reset();
-                        r = st_.retry.bind(1, std::int64_t(s.tag))
-                                .bind(2, owner_)
-                                .bind(3, nb > now ? int(kDelayed) : int(kReady))
-                                .bind(4, nb)
-                                .bind(5, props_json(s.envelope))
-                                .bind(6, headers_json(s.envelope))
-                                .bind_blob(7, s.envelope.body)
-                                .run();
+                        st_.retry.bind(1, std::int64_t(s.tag))
+                            .bind(2, owner_)
+                            .bind(3, nb > now ? int(kDelayed) : int(kReady))
+                            .bind(4, nb)
+                            .bind(5, props_json(s.envelope))
+                            .bind(6, headers_json(s.envelope))
+                            .bind_blob(7, s.envelope.body);
+                        if (a && opts_history_)
+                            st_.retry.bind(8, attempt_json(*a)).bind(9, a->error);
+                        r = st_.retry.run();
                         break;
                     }
                     case Settlement::Kind::dead_letter:
                         st_.dead.reset();
-                        r = st_.dead.bind(1, std::int64_t(s.tag))
-                                .bind(2, owner_)
-                                .bind(3, s.reason)
-                                .bind(4, now)
-                                .run();
+                        st_.dead.bind(1, std::int64_t(s.tag))
+                            .bind(2, owner_)
+                            .bind(3, s.reason)
+                            .bind(4, a ? to_epoch_ms(a->finished) : now);
+                        if (a) st_.dead.bind(5, to_epoch_ms(a->started)).bind(6, a->error);
+                        r = st_.dead.run();
                         break;
                     case Settlement::Kind::release:
                         st_.release.reset();
@@ -109,6 +139,111 @@ class SqliteConsumer final : public Consumer {
                 // A lost lease (r == 0) means another worker owns the task now; its result wins.
                 if (*r > 0 && s.result) {
                     CONVEYOR_TRY(store_result(st_, *s.result));
+                }
+                if (*r > 0 && a && opts_history_) count(s, *a);
+            }
+            return write_minutes();
+        });
+    }
+
+    /// One attempt in a task row's `attempts`: {"started","finished","worker","error"} (ms).
+    std::string attempt_json(const Settlement::Attempt& a) const {
+        return Json{{"started", to_epoch_ms(a.started)},
+                    {"finished", to_epoch_ms(a.finished)},
+                    {"worker", owner_},
+                    {"error", a.error}}
+            .dump(-1, ' ', false, Json::error_handler_t::replace);
+    }
+
+    /// Per-minute counts: this batch's, added up in memory and written with one upsert per
+    /// (minute, queue, task).
+    struct Counts {
+        std::int64_t succeeded = 0, failed = 0, retried = 0, dead = 0, run_ms = 0, waited = 0,
+                     wait_ms = 0;
+    };
+    void count(const Settlement& s, const Settlement::Attempt& a) {
+        auto it = queue_of_.find(s.tag);
+        if (it == queue_of_.end()) return;
+        auto finished = to_epoch_ms(a.finished);
+        Counts& c = minutes_[{finished / 60000 * 60000, it->second, a.task}];
+        switch (s.kind) {
+            case Settlement::Kind::ack:
+                c.succeeded++;
+                break;
+            case Settlement::Kind::retry:
+                c.failed++;
+                c.retried++;
+                break;
+            case Settlement::Kind::dead_letter:
+                c.failed++;
+                c.dead++;
+                break;
+            case Settlement::Kind::release:
+                return;
+        }
+        c.run_ms += finished - to_epoch_ms(a.started);
+        if (a.waited >= 0) {
+            c.waited++;
+            c.wait_ms += std::int64_t(a.waited * 1000.0);
+        }
+    }
+    Result<void> write_minutes() {
+        for (auto& [k, c] : minutes_) {
+            auto& [minute, queue, name] = k;
+            st_.count_minute.reset();
+            st_.count_minute.bind(1, minute)
+                .bind(2, queue)
+                .bind(3, name)
+                .bind(4, c.succeeded)
+                .bind(5, c.failed)
+                .bind(6, c.retried)
+                .bind(7, c.dead)
+                .bind(8, c.run_ms)
+                .bind(9, c.waited)
+                .bind(10, c.wait_ms);
+            CONVEYOR_TRY(st_.count_minute.run());
+        }
+        return {};
+    }
+
+    /// Once a minute: results past result_expires, and finished tasks and per-minute counts
+    /// past the history period (or beyond history_max) are deleted, a bounded number at a
+    /// time so that no transaction holds the lock for long.
+    Result<void> housekeep() {
+        auto now = std::chrono::steady_clock::now();
+        if (now < next_housekeeping_) return {};
+        next_housekeeping_ = now + std::chrono::seconds(60);
+        return in_transaction(db_, st_, [&]() -> Result<void> {
+            auto wall = now_ms();
+            st_.expire_results.reset();
+            CONVEYOR_TRY(st_.expire_results
+                             .bind(1, wall - std::int64_t(sqlite_.result_expires.count()) * 1000)
+                             .run());
+            auto cutoff = wall - std::int64_t(sqlite_.history.count()) * 1000;
+            st_.expire_minutes.reset();
+            CONVEYOR_TRY(st_.expire_minutes.bind(1, cutoff).run());
+            constexpr std::int64_t kBatch = 20000;
+            for (int state : {kSucceeded, kRevoked}) {
+                st_.count_finished.reset();
+                CONVEYOR_TRY(st_.count_finished.bind(1, state).step());
+                std::int64_t over = st_.count_finished.i64(0) - sqlite_.history_max;
+                st_.count_finished.reset();
+                st_.oldest_finished.reset();
+                st_.oldest_finished.bind(1, state).bind(2, kBatch);
+                std::vector<std::int64_t> doomed;
+                for (;;) {
+                    auto r = st_.oldest_finished.step();
+                    CONVEYOR_TRY(r);
+                    if (!*r) break;
+                    bool expired =
+                        !st_.oldest_finished.is_null(1) && st_.oldest_finished.i64(1) < cutoff;
+                    if (!expired && std::int64_t(doomed.size()) >= over) break;
+                    doomed.push_back(st_.oldest_finished.i64(0));
+                }
+                st_.oldest_finished.reset();
+                for (auto seq : doomed) {
+                    st_.delete_seq.reset();
+                    CONVEYOR_TRY(st_.delete_seq.bind(1, seq).run());
                 }
             }
             return {};
@@ -230,7 +365,10 @@ class SqliteConsumer final : public Consumer {
             return {};
         });
         CONVEYOR_TRY(ok);
-        for (auto& d : out) held_.insert(d.tag);
+        for (auto& d : out) {
+            held_.insert(d.tag);
+            if (opts_history_) queue_of_[d.tag] = d.queue;
+        }
         if (out.size() == max) next_check_ = {};  // more may be waiting
         return out;
     }
@@ -238,7 +376,12 @@ class SqliteConsumer final : public Consumer {
     Db db_;
     Statements st_;
     ConsumerOptions opts_;
+    SqliteOptions sqlite_;
+    bool opts_history_;  // finished tasks are kept
     std::string owner_;
+    std::unordered_map<std::uint64_t, std::string> queue_of_;  // held tags' queues (history)
+    std::map<std::tuple<std::int64_t, std::string, std::string>, Counts> minutes_;
+    std::chrono::steady_clock::time_point next_housekeeping_{};
     std::unordered_set<std::uint64_t> held_;  // claimed and not settled
     std::size_t rr_ = 0;
     std::int64_t last_version_ = -1;
@@ -256,7 +399,7 @@ Result<std::unique_ptr<Consumer>> open_consumer(const SqliteOptions& sqlite,
     auto st = Statements::prepare(*db);
     CONVEYOR_TRY(st);
     return std::unique_ptr<Consumer>(
-        std::make_unique<SqliteConsumer>(std::move(*db), std::move(*st), options));
+        std::make_unique<SqliteConsumer>(std::move(*db), std::move(*st), options, sqlite));
 }
 
 }  // namespace conveyor::sqlite

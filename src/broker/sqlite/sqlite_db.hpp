@@ -48,6 +48,8 @@ class Stmt {
         sqlite3_bind_null(s_, i);
         return *this;
     }
+    /// Text, or NULL when it is empty.
+    Stmt& bind_or_null(int i, std::string_view v) { return v.empty() ? bind_null(i) : bind(i, v); }
 
     /// true: a row is available; false: done.
     Result<bool> step();

@@ -32,7 +32,13 @@ CREATE TABLE IF NOT EXISTS tasks(
   headers TEXT NOT NULL,
   body BLOB NOT NULL,
   reason TEXT,
-  dead_at INTEGER);
+  dead_at INTEGER,
+  name TEXT,
+  created_at INTEGER,
+  started_at INTEGER,
+  finished_at INTEGER,
+  attempts TEXT,
+  error TEXT);
 CREATE INDEX IF NOT EXISTS tasks_ready ON tasks(queue, priority DESC, seq) WHERE state=0;
 CREATE INDEX IF NOT EXISTS tasks_delayed ON tasks(available_at) WHERE state=3;
 CREATE INDEX IF NOT EXISTS tasks_leased ON tasks(lease_until) WHERE state=1;
@@ -50,6 +56,13 @@ CREATE TABLE IF NOT EXISTS schedule_state(name TEXT PRIMARY KEY, last_fire INTEG
 CREATE TABLE IF NOT EXISTS schedules(name TEXT PRIMARY KEY, spec TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS chords(group_id TEXT PRIMARY KEY, size INTEGER NOT NULL,
   created_at INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS minutes(minute INTEGER NOT NULL, queue TEXT NOT NULL,
+  name TEXT NOT NULL, succeeded INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,
+  retried INTEGER NOT NULL DEFAULT 0, dead INTEGER NOT NULL DEFAULT 0,
+  run_ms INTEGER NOT NULL DEFAULT 0, waited INTEGER NOT NULL DEFAULT 0,
+  wait_ms INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(minute, queue, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS workers(name TEXT PRIMARY KEY, info TEXT NOT NULL,
+  seen_at INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS chord_parts(group_id TEXT NOT NULL, idx INTEGER NOT NULL,
   task_id TEXT NOT NULL, state INTEGER NOT NULL, result TEXT,
   PRIMARY KEY(group_id, idx)) WITHOUT ROWID;
@@ -65,6 +78,18 @@ Result<void> create_schema(Db& db) {
     // ... and queues their pause flag.
     if (!db.prepare("SELECT paused FROM queues LIMIT 0"))
         CONVEYOR_TRY(db.exec("ALTER TABLE queues ADD COLUMN paused INTEGER NOT NULL DEFAULT 0"));
+    // ... and tasks what the history keeps of them (NULL in rows from before).
+    if (!db.prepare("SELECT name FROM tasks LIMIT 0"))
+        CONVEYOR_TRY(
+            db.exec("ALTER TABLE tasks ADD COLUMN name TEXT; "
+                    "ALTER TABLE tasks ADD COLUMN created_at INTEGER; "
+                    "ALTER TABLE tasks ADD COLUMN started_at INTEGER; "
+                    "ALTER TABLE tasks ADD COLUMN finished_at INTEGER; "
+                    "ALTER TABLE tasks ADD COLUMN attempts TEXT; "
+                    "ALTER TABLE tasks ADD COLUMN error TEXT"));
+    CONVEYOR_TRY(
+        db.exec("CREATE INDEX IF NOT EXISTS tasks_name ON tasks(name, seq); "
+                "CREATE INDEX IF NOT EXISTS tasks_finished ON tasks(state, seq) WHERE state>=4"));
     return {};
 }
 
@@ -114,6 +139,14 @@ std::string headers_json(const Envelope& e) {
     return h.dump(-1, ' ', false, Json::error_handler_t::replace);
 }
 
+std::string_view task_name_of(const Envelope& e) {
+    if (e.headers.is_object()) {
+        auto it = e.headers.find("task");
+        if (it != e.headers.end() && it->is_string()) return it->get_ref<const std::string&>();
+    }
+    return {};
+}
+
 int retries_of(const Envelope& e) {
     if (e.headers.is_object()) {
         auto it = e.headers.find("retries");
@@ -131,9 +164,10 @@ Result<Statements> Statements::prepare(Db& db) {
     Def defs[] = {
         {&s.insert_task,
          "INSERT OR IGNORE INTO "
-         "tasks(id,queue,state,priority,available_at,retries,props,headers,body) "
-         "SELECT ?1,?2,?3,?4,?5,?6,?7,?8,?9 WHERE NOT EXISTS (SELECT 1 FROM results WHERE "
-         "id=?1)"},
+         "tasks(id,queue,state,priority,available_at,retries,props,headers,body,name,"
+         "created_at) "
+         "SELECT ?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11 WHERE NOT EXISTS (SELECT 1 FROM results "
+         "WHERE id=?1)"},
         {&s.insert_queue, "INSERT OR IGNORE INTO queues(name) VALUES(?1)"},
         {&s.promote, "UPDATE tasks SET state=0 WHERE state=3 AND available_at<=?1"},
         {&s.reclaim,
@@ -146,13 +180,25 @@ Result<Statements> Statements::prepare(Db& db) {
          "ORDER BY priority DESC, seq LIMIT ?4) "
          "RETURNING seq, id, queue, deliveries, priority, props, headers, body, available_at"},
         {&s.ack, "DELETE FROM tasks WHERE seq=?1 AND lease_owner=?2 AND state=1"},
+        // Kept as history: the last worker stays in lease_owner.
+        {&s.finish,
+         "UPDATE tasks SET state=?3, started_at=?4, finished_at=?5, lease_until=NULL "
+         "WHERE seq=?1 AND lease_owner=?2 AND state=1"},
         {&s.retry,
          "UPDATE tasks SET state=?3, available_at=?4, props=?5, headers=?6, body=?7, "
-         "retries=retries+1, lease_owner=NULL, lease_until=NULL "
+         "retries=retries+1, lease_owner=NULL, lease_until=NULL, error=coalesce(?9, error), "
+         "attempts=CASE WHEN ?8 IS NULL THEN attempts ELSE "
+         "json_insert(coalesce(attempts,'[]'),'$[#]',json(?8)) END "
          "WHERE seq=?1 AND lease_owner=?2 AND state=1"},
         {&s.dead,
-         "UPDATE tasks SET state=2, reason=?3, dead_at=?4, lease_owner=NULL, lease_until=NULL "
+         "UPDATE tasks SET state=2, reason=?3, dead_at=?4, lease_until=NULL, "
+         "started_at=?5, finished_at=?4, error=coalesce(?6, error) "
          "WHERE seq=?1 AND lease_owner=?2 AND state=1"},
+        {&s.count_minute,
+         "INSERT INTO minutes(minute,queue,name,succeeded,failed,retried,dead,run_ms,waited,"
+         "wait_ms) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10) ON CONFLICT(minute,queue,name) DO "
+         "UPDATE SET succeeded=succeeded+?4, failed=failed+?5, retried=retried+?6, "
+         "dead=dead+?7, run_ms=run_ms+?8, waited=waited+?9, wait_ms=wait_ms+?10"},
         {&s.release,
          "UPDATE tasks SET state=0, lease_owner=NULL, lease_until=NULL, "
          "deliveries=max(deliveries-1,0) WHERE seq=?1 AND lease_owner=?2 AND state=1"},
@@ -168,6 +214,11 @@ Result<Statements> Statements::prepare(Db& db) {
         {&s.next_lease, "SELECT min(lease_until) FROM tasks WHERE state=1"},
         {&s.data_version, "PRAGMA data_version"},
         {&s.expire_results, "DELETE FROM results WHERE done_at<?1"},
+        {&s.oldest_finished,
+         "SELECT seq, finished_at FROM tasks WHERE state=?1 ORDER BY seq LIMIT ?2"},
+        {&s.count_finished, "SELECT count(*) FROM tasks WHERE state=?1"},
+        {&s.delete_seq, "DELETE FROM tasks WHERE seq=?1"},
+        {&s.expire_minutes, "DELETE FROM minutes WHERE minute<?1"},
     };
     for (auto& d : defs) {
         auto st = db.prepare(d.sql);
@@ -234,7 +285,9 @@ Result<void> insert_messages(Statements& st, std::span<const OutgoingMessage> ms
             .bind(6, retries_of(m.envelope))
             .bind(7, props_json(m.envelope))
             .bind(8, headers_json(m.envelope))
-            .bind_blob(9, m.envelope.body);
+            .bind_blob(9, m.envelope.body)
+            .bind_or_null(10, task_name_of(m.envelope))
+            .bind(11, now);
         CONVEYOR_TRY(st.insert_task.run());
     }
     for (auto& m : msgs) known_queues.insert(m.queue);

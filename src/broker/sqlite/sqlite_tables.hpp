@@ -19,6 +19,9 @@ inline constexpr int kReady = 0;
 inline constexpr int kInFlight = 1;
 inline constexpr int kDead = 2;
 inline constexpr int kDelayed = 3;
+// Finished, kept as history until pruned (SqliteOptions::history).
+inline constexpr int kSucceeded = 4;
+inline constexpr int kRevoked = 5;
 
 /// Creates the tables of a new file, and moves an older file's tables forward.
 Result<void> create_schema(Db& db);
@@ -30,11 +33,14 @@ std::string props_json(const Envelope& e);
 Envelope make_envelope(const std::string& props, const std::string& headers, std::string body);
 std::string headers_json(const Envelope& e);
 int retries_of(const Envelope& e);
+/// The task name a Celery message's headers carry; empty when none.
+std::string_view task_name_of(const Envelope& e);
 
 /// Prepared statements of one connection.
 struct Statements {
-    Stmt insert_task, insert_queue, promote, reclaim, claim, ack, retry, dead, release, renew,
-        store_result, probe_ready, next_delayed, next_lease, data_version, expire_results;
+    Stmt insert_task, insert_queue, promote, reclaim, claim, ack, finish, retry, dead, release,
+        renew, store_result, probe_ready, next_delayed, next_lease, data_version, expire_results,
+        count_minute, oldest_finished, count_finished, delete_seq, expire_minutes;
 
     /// Prepares every statement on `db`.
     static Result<Statements> prepare(Db& db);

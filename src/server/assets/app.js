@@ -71,7 +71,52 @@ const views = {
         el("div", { class: "card", id: "total-" + k },
           el("div", { class: "n" }, num(o.totals[k])),
           el("div", { class: "l" }, k.replace("_", " ")))));
-    root.replaceChildren(el("h2", {}, "Overview"), cards, queueTable(o.queues));
+    const parts = [el("h2", {}, "Overview"), cards];
+    try { parts.push(await throughputChart()); } catch (e) { /* engines without a history */ }
+    root.replaceChildren(...parts, queueTable(o.queues));
+  },
+
+  async tasks(root) {
+    const params = new URLSearchParams(location.hash.split("?")[1] || "");
+    const before = params.get("before");
+    if (!root.querySelector("#task-filters")) {
+      const qs = await api("/queues");
+      const state = el("select", { id: "f-state" }, el("option", { value: "" }, "any state"),
+        ...["waiting", "delayed", "running", "succeeded", "dead", "revoked"].map(s => el("option", { value: s }, s)));
+      const queue = el("select", { id: "f-queue" }, el("option", { value: "" }, "any queue"), ...qs.map(q => el("option", { value: q.queue }, q.queue)));
+      const name = el("input", { id: "f-name", placeholder: "task name", size: "18" });
+      const search = el("input", { id: "f-search", placeholder: "search args, kwargs", size: "24" });
+      for (const [k, input] of [["state", state], ["queue", queue], ["name", name], ["q", search]]) input.value = params.get(k) || "";
+      const apply = () => {
+        const p = new URLSearchParams();
+        for (const [k, input] of [["state", state], ["queue", queue], ["name", name], ["q", search]]) if (input.value) p.set(k, input.value);
+        location.hash = "#tasks?" + p.toString();
+      };
+      search.addEventListener("keydown", e => { if (e.key === "Enter") apply(); });
+      root.replaceChildren(el("h2", {}, "Tasks"),
+        el("div", { class: "toolbar", id: "task-filters" }, state, queue, name, search, el("button", { class: "primary", id: "f-apply", onclick: apply }, "Filter")),
+        el("div", { id: "task-list" }));
+    }
+    const q = new URLSearchParams();
+    for (const k of ["state", "queue", "name", "q", "before"]) if (params.get(k)) q.set(k, params.get(k));
+    q.set("limit", "50");
+    const page = await api("/tasks?" + q.toString());
+    const rows = page.tasks.map(t => [
+      el("td", { class: "id" }, el("a", { href: "#task?id=" + encodeURIComponent(t.id) }, el("code", {}, t.id))),
+      el("td", {}, t.name), el("td", {}, t.queue), el("td", { class: "state-" + t.state }, t.state),
+      el("td", {}, t.decode_error ? el("code", {}, t.body) : json({ args: t.args, kwargs: t.kwargs })),
+      el("td", { class: "when" }, when(t.enqueued)), el("td", { class: "when" }, when(t.finished)),
+      el("td", { class: "error" }, t.error || t.reason || "")]);
+    const list = root.querySelector("#task-list");
+    const nav = el("div", { class: "toolbar" });
+    if (before) nav.append(el("button", { onclick: () => history.back() }, "← Newer"));
+    if (page.next) {
+      const p = new URLSearchParams(params); p.set("before", page.next);
+      nav.append(el("button", { id: "older", onclick: () => { location.hash = "#tasks?" + p.toString(); } }, "Older →"));
+    }
+    list.replaceChildren(page.tasks.length
+      ? table(["id", "task", "queue", "state", "arguments", "enqueued", "finished", "error"].map(l => ({ label: l })), rows)
+      : el("p", { class: "muted", id: "no-tasks" }, "No task matches."), nav);
   },
 
   async queues(root) {
@@ -129,18 +174,97 @@ const views = {
   },
 
   async task(root) {
+    const id = new URLSearchParams(location.hash.split("?")[1] || "").get("id");
+    if (id) return taskPage(root, id);
     if (!root.querySelector("#task-id")) {
       const input = el("input", { id: "task-id", placeholder: "task id", size: "40" });
       const out = el("div", { id: "task-result" });
       const go = async () => {
-        try { const r = await api("/tasks/" + encodeURIComponent(input.value.trim())); out.replaceChildren(el("pre", {}, JSON.stringify(r, null, 2))); status(""); }
-        catch (e) { out.replaceChildren(el("p", { class: "error" }, e.message)); }
+        location.hash = "#task?id=" + encodeURIComponent(input.value.trim());
       };
       root.replaceChildren(el("h2", {}, "Find a task"),
         el("div", { class: "toolbar" }, input, el("button", { class: "primary", onclick: go }, "Show")), out);
     }
   },
 };
+
+// A task: its fields, message, attempts, result and timeline, with retry / revoke / delete.
+async function taskPage(root, id) {
+  const r = await api("/tasks/" + encodeURIComponent(id));
+  const h = r.history;
+  const act = async what => {
+    if (what === "delete" && !confirm(`Forget task ${id}?`)) return;
+    try { await api("/tasks/" + encodeURIComponent(id) + "/" + what, {}); status(`${id}: ${what} done`); refresh(); }
+    catch (e) { status(e.message, true); }
+  };
+  const dis = readOnly || !h ? { disabled: "" } : {};
+  const parts = [el("h2", {}, "Task ", el("code", {}, id)),
+    el("div", { class: "toolbar" },
+      el("button", { class: "primary", id: "task-retry", onclick: () => act("retry"), ...dis }, "Retry"),
+      el("button", { id: "task-revoke", onclick: () => act("revoke"), ...dis }, "Revoke"),
+      el("button", { class: "danger", id: "task-delete", onclick: () => act("delete"), ...dis }, "Delete"))];
+  const field = (k, v) => [el("dt", {}, k), el("dd", {}, v === null || v === undefined || v === "" ? "–" : v)];
+  const fields = [];
+  if (h) {
+    fields.push(...field("task", h.name), ...field("queue", h.queue), ...field("state", el("span", { id: "task-state", class: "state-" + h.state }, h.state)),
+      ...field("retries", h.retries), ...field("worker", h.worker), ...field("enqueued", when(h.enqueued)),
+      ...field("started", when(h.started)), ...field("finished", when(h.finished)));
+  }
+  fields.push(...field("result state", r.state), ...field("result", r.result === null ? null : json(r.result)));
+  parts.push(el("dl", { class: "fields", id: "task-fields" }, ...fields));
+  if (h) {
+    parts.push(el("h3", {}, "Arguments"), h.decode_error ? el("pre", {}, h.body) : el("pre", { id: "task-args" }, JSON.stringify({ args: h.args, kwargs: h.kwargs }, null, 2)));
+    const events = [["enqueued", h.enqueued]];
+    h.attempts.forEach((a, i) => events.push([`attempt ${i + 1} started on ${a.worker}`, a.started], [`attempt ${i + 1} failed: ${a.error}`, a.finished]));
+    if (h.started) events.push([`attempt ${h.attempts.length + 1} started${h.worker ? " on " + h.worker : ""}`, h.started]);
+    if (h.state === "succeeded") events.push(["succeeded", h.finished]);
+    if (h.state === "dead") events.push([`dead-lettered: ${h.reason || h.error || ""}`, h.finished]);
+    if (h.state === "revoked") events.push(["revoked", h.finished]);
+    if (h.state === "delayed") events.push([`waits until ${when(h.due)}`, null]);
+    parts.push(el("h3", {}, "Timeline"), el("ol", { class: "timeline", id: "task-timeline" },
+      ...events.map(([what, t]) => el("li", {}, t ? when(t) + "  " : "", what))));
+    parts.push(el("h3", {}, "Headers"), el("pre", {}, JSON.stringify(h.headers, null, 2)));
+  } else {
+    parts.push(el("p", { class: "muted" }, "The history does not hold this task (this engine keeps none, or it was pruned)."));
+  }
+  if (r.traceback) parts.push(el("h3", {}, "Traceback"), el("pre", { class: "error" }, r.traceback));
+  root.replaceChildren(...parts);
+}
+
+// Tasks finished per minute over the last hour (bars: succeeded up, failed down), from the
+// history's per-minute counts, drawn as SVG.
+async function throughputChart() {
+  const mins = await api("/minutes?minutes=60");
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", "0 0 600 120");
+  svg.setAttribute("preserveAspectRatio", "none");
+  const start = Math.floor(Date.now() / 60000) * 60000 - 59 * 60000;
+  const by = new Map(mins.map(m => [Date.parse(m.minute), m]));
+  const max = Math.max(1, ...mins.map(m => Math.max(m.succeeded, m.failed)));
+  let ok = 0, bad = 0, waitSum = 0, waitN = 0;
+  for (let i = 0; i < 60; i++) {
+    const m = by.get(start + i * 60000);
+    if (!m) continue;
+    ok += m.succeeded; bad += m.failed;
+    if (m.wait_seconds_avg !== null) { waitSum += m.wait_seconds_avg; waitN++; }
+    for (const [v, cls, up] of [[m.succeeded, "ok", true], [m.failed, "bad", false]]) {
+      if (!v) continue;
+      const r = document.createElementNS(ns, "rect");
+      const hgt = 55 * v / max;
+      r.setAttribute("x", i * 10 + 1); r.setAttribute("width", 8);
+      r.setAttribute("y", up ? 60 - hgt : 60); r.setAttribute("height", hgt);
+      r.setAttribute("class", cls);
+      const title = document.createElementNS(ns, "title");
+      title.textContent = `${when(m.minute)}: ${m.succeeded} succeeded, ${m.failed} failed`;
+      r.append(title);
+      svg.append(r);
+    }
+  }
+  return el("div", { class: "chart", id: "throughput" },
+    el("div", { class: "legend" }, `Last hour: ${num(ok)} succeeded (green, per minute), ${num(bad)} failed (red)`,
+      waitN ? `, average wait ${(waitSum / waitN).toFixed(3)} s` : ""), svg);
+}
 
 function queueTable(qs) {
   const toggle = async q => {
@@ -176,7 +300,9 @@ async function refresh() {
   } catch (e) {
     status(e.message, true);
   }
-  if (name !== "task") timer = setTimeout(refresh, REFRESH_MS);
+  // Pages the user reads or pages through stay put; the rest follow the broker.
+  const still = name === "task" || (name === "tasks" && location.hash.includes("before="));
+  if (!still) timer = setTimeout(refresh, REFRESH_MS);
 }
 
 window.addEventListener("hashchange", () => { document.getElementById("view").replaceChildren(); refresh(); });
