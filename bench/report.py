@@ -68,6 +68,14 @@ lines.append('Worker resident memory, idle: Conveyor %s MiB, Celery %s MiB (main
              'processes); under load: Conveyor %s MiB, Celery %s MiB' % (
                  fig.get('conveyor_worker_rss_idle_mib', '-'), fig.get('celery_worker_rss_idle_mib', '-'),
                  fig.get('conveyor_worker_rss_load_mib', '-'), fig.get('celery_worker_rss_load_mib', '-')))
+if fig.get('history_tasks'):
+    lines.append('Dashboard task list over a sqlite history of %s tasks (ms, median of 7): newest page '
+                 '%.2f, page by cursor %.2f, by state %.2f, by name %.2f, by queue %.2f, search one '
+                 'id %.2f, search a common value %.2f, one task %.2f; search index built at %s tasks/s' % (
+                     num(fig['history_tasks']), fig['history_list_ms'], fig['history_list_deep_ms'],
+                     fig['history_state_ms'], fig['history_name_ms'], fig['history_queue_ms'],
+                     fig['history_search_one_ms'], fig['history_search_some_ms'],
+                     fig['history_task_ms'], num(fig['history_index_per_s'])))
 table = '\n'.join(lines) + '\n'
 print(table)
 open(out_dir + '/latest.md', 'w').write(table)

@@ -59,6 +59,9 @@ for _ in $(seq "${BENCH_REPEAT:-3}"); do php "$root/bench/peers/php_bench.php" "
   /usr/bin/python3 -c 'import json,sys; runs=sorted((json.loads(l) for l in sys.stdin), key=lambda d: d["tasks_per_s"]); d=runs[len(runs)//2]; print(json.dumps({"php_tasks_per_s": d["tasks_per_s"], "php_enqueue_per_s": d["enqueue_per_s"]}))' \
   > "$work/php.json"
 
+echo "dashboard task list over a big history ..." >&2
+"$root/$build/bench/bench_history" "${N_HISTORY:-1000000}" "$work/history.json" >&2
+
 /usr/bin/python3 "$root/bench/report.py" "$out" "$work/engines.json" "$work/rss.json" \
-  "$work/celery.json" "$work/php.json" "$work/bare.json"
+  "$work/celery.json" "$work/php.json" "$work/bare.json" "$work/history.json"
 rm -f "$out/latest.dat"
