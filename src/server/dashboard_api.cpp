@@ -272,7 +272,7 @@ void Dashboard::Impl::install_api(httplib::Server& srv) {
     });
     srv.Get("/api/v1/minutes", [this](const httplib::Request& req, httplib::Response& res) {
         if (!history) return reply_error(res, 501, history_error);
-        auto span = int_param(req, res, "minutes", 60, 1, 7 * 24 * 60);
+        auto span = int_param(req, res, "minutes", 60, 1, std::int64_t(7) * 24 * 60);
         if (!span) return;
         auto since = SystemClock::now() - std::chrono::minutes(*span);
         auto m = history->minutes(since, req.get_param_value("queue"), req.get_param_value("name"));

@@ -161,6 +161,7 @@ try:
                 and browser.find_element(By.CSS_SELECTOR, "#total-dead .n").text == "4")
     until("the overview to show the queues, 5 reports waiting and 4 dead letters",
           overview_shows_the_run)
+    until("the throughput chart", lambda: "succeeded" in browser.find_element(By.ID, "throughput").text)
     shot("dashboard-overview.png")
 
     # Pause a queue by clicking: workers take nothing from it until it is resumed.
@@ -200,13 +201,36 @@ try:
     assert [s for s in get(url, "/api/v1/schedules") if s["name"] == "nightly-report"][0]["paused"]
     shot("dashboard-schedules.png")
 
-    # A task by id.
+    # Tasks: the history, filtered by typing a search and choosing a state.
+    browser.get(url + "/#tasks")
+    wait.until(EC.presence_of_element_located((By.ID, "f-search")))
+    until("the tasks of the run to be listed", lambda: len(
+        browser.find_elements(By.CSS_SELECTOR, "#task-list tbody tr")) >= 8)
+    search = browser.find_element(By.ID, "f-search")
+    search.send_keys("decline")
+    browser.find_element(By.ID, "f-apply").click()
+
+    def only_declined():
+        rows = [r.text for r in browser.find_elements(By.CSS_SELECTOR, "#task-list tbody tr")]
+        return len(rows) == 4 and all("decline" in r for r in rows)
+    until("the search to keep the 4 declined charges", only_declined)
+    shot("dashboard-tasks.png")
+
+    # A task by id: its page, with the attempt's error and its timeline.
     browser.get(url + "/#task")
     box = wait.until(EC.presence_of_element_located((By.ID, "task-id")))
     box.send_keys("declined-1")
     browser.find_element(By.CSS_SELECTOR, "#view button.primary").click()
-    wait.until(EC.text_to_be_present_in_element((By.ID, "task-result"), "FAILURE"))
+    wait.until(EC.text_to_be_present_in_element((By.ID, "task-fields"), "FAILURE"))
+    wait.until(EC.text_to_be_present_in_element((By.ID, "task-timeline"), "dead-lettered"))
+    assert "card declined" in browser.find_element(By.ID, "view").text
     shot("dashboard-task.png")
+
+    # Retry it from its page: it waits in its queue again.
+    click("Retry", lambda: browser.find_element(By.ID, "task-retry"))
+    until("the retried task to wait", lambda: browser.find_element(By.ID, "task-state").text == "waiting")
+    assert get(url, "/api/v1/tasks/declined-1")["history"]["state"] == "waiting"
+    no_alert()
     print("dashboard_browser: every view checked; screenshots in", SHOTS)
 finally:
     if browser:

@@ -265,6 +265,7 @@ class SqliteBroker final : public Broker {
             CONVEYOR_TRY(clear);
             auto upd = db_.prepare(
                 "UPDATE tasks SET state=0, reason=NULL, dead_at=NULL, retries=0, deliveries=0, "
+                "finished_at=NULL, started_at=NULL, "
                 "available_at=?3, headers=CASE WHEN json_valid(headers) AND "
                 "json_type(headers,'$.retries') IS NOT NULL THEN json_set(headers,'$.retries',0) "
                 "ELSE headers END WHERE " +
