@@ -136,6 +136,7 @@ class Consumer;
 class ControlChannel;
 class ScheduleStore;
 class TaskHistory;
+class EventStream;
 struct ConsumerOptions;
 
 /// One engine (memory, sqlite, amqp) behind all three faces, and the engine-facing calls
@@ -155,6 +156,14 @@ class Broker : public Publisher, public ResultStore, public BrokerAdmin {
     /// Schedules' leadership and bookkeeping (sqlite). Errc::invalid_argument where the engine
     /// has none.
     [[nodiscard]] virtual Result<std::unique_ptr<ScheduleStore>> schedule_store();
+    /// A worker says it is alive and what it does (`info`: node, pid, queues, concurrency,
+    /// busy, counts; "offline": true as it stops), every few seconds, for the dashboard's
+    /// workers view: sqlite keeps it in the file. Engines with Celery events (amqp) ignore it:
+    /// there the worker-heartbeat events say the same.
+    [[nodiscard]] virtual Result<void> report_worker(std::string_view node, const Json& info);
+    /// Every worker's monitoring events (Celery events: amqp), for a monitor called `name`.
+    /// Errc::invalid_argument where the engine has none.
+    [[nodiscard]] virtual Result<std::unique_ptr<EventStream>> events(std::string_view name);
     /// What the broker remembers of tasks after they ran (conveyor/history.hpp): sqlite.
     /// Errc::invalid_argument where the engine keeps no history.
     [[nodiscard]] virtual Result<std::unique_ptr<TaskHistory>> history();

@@ -123,6 +123,19 @@ class ControlChannel {
                                              std::int64_t clock) = 0;
 };
 
+/// Monitoring events of every worker on the broker (Celery's task-* and worker-*), as a monitor
+/// such as the dashboard receives them. Used by one thread. Best effort, as in Celery: events
+/// sent while nobody listens are lost; a named stream's queue keeps them for a while (an hour,
+/// at most 1,000,000) across the receiver's restarts.
+class EventStream {
+  public:
+    virtual ~EventStream() = default;
+    /// The events that came within `wait` (none: an empty vector). Each is an object with
+    /// "type", "hostname", "timestamp" (seconds) and its fields. Errc::unavailable while the
+    /// broker cannot be reached (the next call tries again).
+    [[nodiscard]] virtual Result<std::vector<Json>> next(std::chrono::milliseconds wait) = 0;
+};
+
 /// One fire of a schedule: the task it publishes (none for a fire skipped by policy).
 struct ScheduleFire {
     std::string schedule;

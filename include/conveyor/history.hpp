@@ -69,6 +69,20 @@ struct MinuteCounts {
     double wait_seconds = 0;  ///< their wait from due to start, summed
 };
 
+/// A worker as its last report shows it.
+struct WorkerRecord {
+    std::string node;
+    Json info = Json::object();  ///< what it reported (Broker::report_worker)
+    TimePoint seen{};            ///< when
+    bool online = false;         ///< reported within the last 15 s and not gone offline
+    /// Tasks it runs now: id, name, queue, since when (started or claimed).
+    struct Running {
+        std::string id, name, queue;
+        std::optional<TimePoint> since;
+    };
+    std::vector<Running> running;
+};
+
 /// A broker's history. Thread-safe.
 class TaskHistory {
   public:
@@ -88,6 +102,8 @@ class TaskHistory {
     [[nodiscard]] virtual Result<void> revoke(std::string_view id) = 0;
     /// Forgets a task that is not running, with its result.
     [[nodiscard]] virtual Result<void> remove(std::string_view id) = 0;
+    /// The workers that reported in the last day, online first, with what each runs.
+    [[nodiscard]] virtual Result<std::vector<WorkerRecord>> workers() = 0;
     /// Brings the search index up to date by at most `max` tasks; returns how many it added.
     /// Searches find tasks only once indexed (the dashboard indexes in the background).
     [[nodiscard]] virtual Result<std::size_t> index(std::size_t max) = 0;

@@ -67,6 +67,13 @@ std::optional<HistoryState> history_state_from_string(std::string_view s) noexce
     return std::nullopt;
 }
 
+Result<void> Broker::report_worker(std::string_view, const Json&) { return {}; }
+
+Result<std::unique_ptr<EventStream>> Broker::events(std::string_view) {
+    return fail(Errc::invalid_argument,
+                fmt::format("{} has no monitoring events; RabbitMQ has Celery's", url()));
+}
+
 Result<std::unique_ptr<TaskHistory>> Broker::history() {
     return fail(Errc::invalid_argument,
                 fmt::format("{} keeps no task history; the sqlite engine does", url()));

@@ -1,6 +1,7 @@
 #include "cli/common.hpp"
 
 #include <fmt/format.h>
+#include <httplib.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -9,12 +10,15 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <memory>
+#include <mutex>
 #include <thread>
 
 #include "conveyor/scheduler.hpp"
 #include "conveyor/worker.hpp"
 #include "core/json_bounds.hpp"
 #include "core/url.hpp"
+#include "server/listener.hpp"
 
 namespace conveyor::cli {
 
@@ -57,11 +61,17 @@ std::string broker_url(const Global& g, const Config& cfg) {
     return "sqlite://conveyor.db";
 }
 
-std::shared_ptr<Broker> open_broker(const std::string& url, const Config& cfg, bool wait) {
+std::shared_ptr<Broker> open_broker(const std::string& url, const Config& cfg, bool wait,
+                                    const std::string& http) {
     auto backoff = std::chrono::milliseconds(500);
+    // While waiting: health checks that say so (the worker's own listener follows).
+    std::unique_ptr<detail::HttpListener> waiting;
+    auto why_waiting = std::make_shared<std::string>();
+    auto mu = std::make_shared<std::mutex>();
     for (;;) {
         auto b = Broker::open(url);
         if (b) {
+            if (waiting) waiting->stop();
             if (auto ok = (*b)->set_topology(cfg.topology()); !ok) die(ok.error().message, 2);
             return *b;
         }
@@ -70,6 +80,31 @@ std::shared_ptr<Broker> open_broker(const std::string& url, const Config& cfg, b
         bool passes = b.error().code == Errc::unavailable || b.error().code == Errc::timeout;
         if (!wait || !passes || g_signals)
             die(why, b.error().code == Errc::invalid_argument ? 2 : 1);
+        {
+            std::lock_guard lk(*mu);
+            *why_waiting = why;
+        }
+        if (!waiting && !http.empty()) {
+            auto address = detail::parse_listen_address(http);
+            if (!address) die(address.error().message, 2);
+            waiting = std::make_unique<detail::HttpListener>();
+            for (auto* path : {"/healthz", "/readyz"})
+                waiting->server().Get(
+                    path, [why_waiting, mu](const httplib::Request&, httplib::Response& res) {
+                        std::lock_guard lk(*mu);
+                        detail::reply_json(
+                            res, 503,
+                            Json{{"status", "waiting for the broker"}, {"reason", *why_waiting}});
+                    });
+            waiting->json_errors();
+            auto port = waiting->start(*address, 1);
+            if (!port) die(port.error().message, 2);
+            detail::log(LogLevel::info, "http.listening",
+                        fmt::format("serving /healthz and /readyz on {} while waiting for the "
+                                    "broker",
+                                    waiting->url()),
+                        Json{{"url", waiting->url()}});
+        }
         detail::log(LogLevel::warning, "broker.unreachable",
                     fmt::format("{}; retrying in {:.1f} s", why, backoff.count() / 1000.0));
         for (auto until = std::chrono::steady_clock::now() + backoff;

@@ -50,7 +50,11 @@ std::string broker_url(const Global& g, const Config& cfg);
 /// Opens the broker with the configuration's topology. A long-running command (`wait`) started
 /// while the broker cannot be reached for now waits for it with backoff, one line per attempt,
 /// until it opens or a stop signal comes; others fail at once.
-std::shared_ptr<Broker> open_broker(const std::string& url, const Config& cfg, bool wait = false);
+/// Opens the broker; with `wait`, waits for one that cannot be reached yet (a line per
+/// attempt), answering /healthz and /readyz on `http` (when set) with 503 and why meanwhile,
+/// so that an orchestrator's probes see a process that waits, not one that is gone.
+std::shared_ptr<Broker> open_broker(const std::string& url, const Config& cfg, bool wait = false,
+                                    const std::string& http = {});
 
 /// The configuration and its broker, for the short commands.
 struct Session {

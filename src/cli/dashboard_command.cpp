@@ -22,6 +22,7 @@ struct DashboardFlags {
     bool read_only = false;
     std::string token_file;
     std::string basic_auth_file;
+    std::string history = "conveyor-history.db";
 };
 
 /// A secret from a file (its first line) or else an environment variable; never from the
@@ -47,6 +48,7 @@ int run_dashboard(const Global& g, const DashboardFlags& f) {
     if (!address) die(address.error().message, 2);
     o.listen = *address;
     o.read_only = f.read_only;
+    o.history_file = f.history;
     o.token = secret(f.token_file, "CONVEYOR_DASHBOARD_TOKEN", "token");
     if (!o.token.empty() && o.token.size() < 16)
         die("the dashboard token must be at least 16 characters", 2);
@@ -78,6 +80,9 @@ Command add_dashboard(CLI::App& app, const Global& g) {
                     "File whose first line is the access token (or CONVEYOR_DASHBOARD_TOKEN)");
     cmd->add_option("--basic-auth-file", f->basic_auth_file,
                     "File whose first line is USER:PASSWORD (or CONVEYOR_DASHBOARD_BASIC_AUTH)");
+    cmd->add_option("--history", f->history,
+                    "RabbitMQ: the sqlite file that keeps the task history, fed by Celery events "
+                    "(default conveyor-history.db)");
     return {cmd, [&g, f] { return run_dashboard(g, *f); }};
 }
 

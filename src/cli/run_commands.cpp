@@ -38,8 +38,11 @@ int run_worker(const Global& g, const WorkerFlags& f) {
     for (auto& t : cfg.tasks) handlers += (!t.exec.empty() || !t.http.empty()) ? 1 : 0;
     if (handlers == 0)
         die("no task has a handler; add [[task]] tables with 'exec' or 'http' to conveyor.toml", 2);
+    std::string http = !f.http.empty() ? f.http : cfg.worker.http;
+    if (!http.empty())
+        if (auto a = detail::parse_listen_address(http); !a) die(a.error().message, 2);
     stop_on_signals(nullptr, nullptr);
-    auto broker = open_broker(broker_url(g, cfg), cfg, /*wait=*/true);
+    auto broker = open_broker(broker_url(g, cfg), cfg, /*wait=*/true, http);
     WorkerOptions o;
     o.queues = !queues_flag.empty() ? split_list(queues_flag) : cfg.worker.queues;
     if (o.queues.empty()) {
@@ -58,9 +61,7 @@ int run_worker(const Global& g, const WorkerFlags& f) {
     o.log_success = f.log_success;
     o.delivery_limit = f.delivery_limit >= 0 ? f.delivery_limit : cfg.worker.delivery_limit;
     o.track_started = cfg.worker.track_started;
-    o.http = !f.http.empty() ? f.http : cfg.worker.http;
-    if (!o.http.empty())
-        if (auto a = detail::parse_listen_address(o.http); !a) die(a.error().message, 2);
+    o.http = http;
     Worker worker(broker, o);
     worker.configure(cfg);
     stop_on_signals(&worker, nullptr);
@@ -95,7 +96,7 @@ int run_scheduler(const Global& g, const SchedulerFlags& f) {
     if (!f.http.empty())
         if (auto a = detail::parse_listen_address(f.http); !a) die(a.error().message, 2);
     stop_on_signals(nullptr, nullptr);
-    auto broker = open_broker(broker_url(g, cfg), cfg, /*wait=*/true);
+    auto broker = open_broker(broker_url(g, cfg), cfg, /*wait=*/true, f.http);
     SchedulerOptions o;
     o.schedules = cfg.schedules;
     o.lease = std::chrono::milliseconds(static_cast<long long>(lease * 1000));

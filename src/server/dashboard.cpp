@@ -3,7 +3,14 @@
 #include <fmt/format.h>
 #include <openssl/rand.h>
 
+#include <filesystem>
+#include <functional>
+
+#include "broker/sqlite/sqlite_events.hpp"
+#include "broker/sqlite/sqlite_history.hpp"
+#include "conveyor/engine.hpp"
 #include "conveyor/log.hpp"
+#include "core/node.hpp"
 #include "core/try.hpp"
 #include "server/dashboard_impl.hpp"
 
@@ -111,6 +118,10 @@ Result<int> Dashboard::start() {
 
 void Dashboard::stop() {
     impl_->http.stop();
+    if (impl_->event_feed.joinable()) {
+        impl_->event_feed.request_stop();
+        impl_->event_feed.join();
+    }
     if (impl_->indexer.joinable()) {
         impl_->indexer.request_stop();
         impl_->indexer_cv.notify_all();
@@ -120,11 +131,62 @@ void Dashboard::stop() {
 
 void Dashboard::Impl::start_history() {
     auto h = broker->history();
+    if (!h && !opts.history_file.empty()) {
+        // No history in the broker: Celery events into a file of our own, if it has events.
+        sqlite::SqliteOptions so;
+        so.path = opts.history_file;
+        so.synchronous = "NORMAL";
+        std::string name = fmt::format(
+            "dashboard-{:016x}",
+            std::hash<std::string>{}(detail::host_name() + "|" +
+                                     std::filesystem::absolute(opts.history_file).string()));
+        auto events = broker->events(name);
+        if (!events) {
+            history_error = h.error().message;
+            return;
+        }
+        auto folder = sqlite::open_event_folder(so);
+        if (!folder) {
+            history_error =
+                fmt::format("the history file '{}': {}", opts.history_file, folder.error().message);
+            return;
+        }
+        h = sqlite::open_history(so, /*from_events=*/true);
+        if (!h) {
+            history_error = h.error().message;
+            return;
+        }
+        history_source = "events";
+        event_feed = std::jthread([folder = std::move(*folder),
+                                   events = std::move(*events)](std::stop_token stop) mutable {
+            std::string trouble;
+            while (!stop.stop_requested()) {
+                auto batch = events->next(std::chrono::milliseconds(500));
+                Result<void> ok =
+                    batch ? folder->apply(*batch) : Result<void>(std::unexpected(batch.error()));
+                if (!ok && ok.error().message != trouble) {
+                    trouble = ok.error().message;
+                    detail::log(LogLevel::warning, "dashboard.events",
+                                fmt::format("task events: {}; trying again", trouble));
+                }
+                if (ok && !trouble.empty()) {
+                    trouble.clear();
+                    detail::log(LogLevel::info, "dashboard.events", "task events flow again");
+                }
+                if (!ok) std::this_thread::sleep_for(std::chrono::seconds(1));
+            }
+        });
+        detail::log(
+            LogLevel::info, "dashboard.history",
+            fmt::format("task history in {}, from the workers' task events", opts.history_file),
+            Json{{"file", opts.history_file}});
+    }
     if (!h) {
         history_error = h.error().message;
         return;
     }
     history = std::move(*h);
+    if (history_source.empty()) history_source = "broker";
     // The search index follows the writers: what was enqueued is searchable within seconds.
     indexer = std::jthread([this](std::stop_token stop) {
         bool warned = false;

@@ -19,6 +19,10 @@ struct DashboardOptions {
     std::string token;  ///< API and browser sign-in token; empty: none
     std::string user;   ///< basic-auth user; empty: none
     std::string password;
+    /// Where the task history lives when the broker keeps none (RabbitMQ): a local sqlite file
+    /// fed by the workers' Celery events (task events on: `conveyor worker -E`, `celery
+    /// worker -E`). Empty: no history there.
+    std::string history_file = "conveyor-history.db";
 };
 
 class Dashboard {

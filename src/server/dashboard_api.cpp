@@ -7,6 +7,7 @@
 #include <limits>
 #include <map>
 
+#include "conveyor/client.hpp"
 #include "conveyor/engine.hpp"
 #include "conveyor/scheduler.hpp"
 #include "core/codec.hpp"
@@ -69,6 +70,10 @@ void message_json(Json& j, const Envelope& e, const std::string& queue, const st
         j["args"] = t->args;
         j["kwargs"] = t->kwargs;
         if (t->eta) j["eta"] = iso(*t->eta);
+    } else if (e.headers.is_object() && e.headers.contains("argsrepr")) {
+        // From Celery events (RabbitMQ's history): the arguments as the worker showed them.
+        j["args"] = e.headers.value("argsrepr", "");
+        j["kwargs"] = e.headers.value("kwargsrepr", "");
     } else {
         j["body"] = e.body.substr(0, 4096);
         j["decode_error"] = t.error().message;
@@ -102,6 +107,39 @@ Json record_json(const TaskRecord& r, const Config& cfg) {
     j["attempts"] = std::move(attempts);
     message_json(j, r.envelope, r.queue, r.id, cfg);
     return j;
+}
+
+/// The filter of a task list from the request's parameters (state, name, queue, q, since,
+/// until); nullopt (and a 400 sent) when one is not valid.
+std::optional<TaskQuery> task_filter(const httplib::Request& req, httplib::Response& res) {
+    TaskQuery q;
+    if (req.has_param("state")) {
+        auto st = history_state_from_string(req.get_param_value("state"));
+        if (!st) {
+            reply_error(res, 400,
+                        "'state' must be waiting, running, delayed, succeeded, dead or revoked");
+            return std::nullopt;
+        }
+        q.state = *st;
+    }
+    q.name = req.get_param_value("name");
+    q.queue = req.get_param_value("queue");
+    q.search = req.get_param_value("q");
+    if (q.search.size() > 200) {
+        reply_error(res, 400, "'q' is longer than 200 bytes");
+        return std::nullopt;
+    }
+    for (auto [key, field] : {std::pair{"since", &q.since}, std::pair{"until", &q.until}}) {
+        if (!req.has_param(key)) continue;
+        auto t = detail::parse_iso8601(req.get_param_value(key));
+        if (!t) {
+            reply_error(res, 400,
+                        fmt::format("'{}' must be a time like 2026-12-03T10:00:00Z", key));
+            return std::nullopt;
+        }
+        *field = *t;
+    }
+    return q;
 }
 
 /// A query parameter as an integer in [lo, hi]; `def` when absent; nullopt (and a 400 sent)
@@ -165,6 +203,7 @@ void Dashboard::Impl::install_api(httplib::Server& srv) {
         reply_json(res, 200,
                    Json{{"broker", broker->url()},
                         {"read_only", opts.read_only},
+                        {"history", history_source.empty() ? Json() : Json(history_source)},
                         {"queues", *qs},
                         {"totals", totals},
                         {"time", iso(SystemClock::now())}});
@@ -207,27 +246,9 @@ void Dashboard::Impl::install_api(httplib::Server& srv) {
              });
     srv.Get("/api/v1/tasks", [this](const httplib::Request& req, httplib::Response& res) {
         if (!history) return reply_error(res, 501, history_error);
-        TaskQuery q;
-        if (req.has_param("state")) {
-            auto st = history_state_from_string(req.get_param_value("state"));
-            if (!st)
-                return reply_error(res, 400,
-                                   "'state' must be waiting, running, delayed, succeeded, dead "
-                                   "or revoked");
-            q.state = *st;
-        }
-        q.name = req.get_param_value("name");
-        q.queue = req.get_param_value("queue");
-        q.search = req.get_param_value("q");
-        if (q.search.size() > 200) return reply_error(res, 400, "'q' is longer than 200 bytes");
-        for (auto [key, field] : {std::pair{"since", &q.since}, std::pair{"until", &q.until}}) {
-            if (!req.has_param(key)) continue;
-            auto t = detail::parse_iso8601(req.get_param_value(key));
-            if (!t)
-                return reply_error(
-                    res, 400, fmt::format("'{}' must be a time like 2026-12-03T10:00:00Z", key));
-            *field = *t;
-        }
+        auto filter = task_filter(req, res);
+        if (!filter) return;
+        TaskQuery q = std::move(*filter);
         auto before = int_param(req, res, "before", 0, 0, std::numeric_limits<std::int64_t>::max());
         if (!before) return;
         auto limit = int_param(req, res, "limit", 50, 1, 1000);
@@ -245,9 +266,18 @@ void Dashboard::Impl::install_api(httplib::Server& srv) {
     srv.Get(R"(/api/v1/tasks/([^/]+))",
             [this](const httplib::Request& req, httplib::Response& res) {
                 std::string id = req.matches[1].str();
+                // The result store and the history answer apart: on RabbitMQ with rpc results
+                // only the sender can read a result, while the history still knows the task.
                 auto r = broker->result(id);
-                if (!r) return reply_failure(res, r.error());
-                Json j = to_json(*r);
+                Json j;
+                if (r) {
+                    j = to_json(*r);
+                } else {
+                    j = {{"id", id},
+                         {"state", nullptr},
+                         {"result", nullptr},
+                         {"result_error", r.error().message}};
+                }
                 j["history"] = nullptr;
                 if (history) {
                     auto rec = history->task(id);
@@ -256,8 +286,39 @@ void Dashboard::Impl::install_api(httplib::Server& srv) {
                     else if (rec.error().code != Errc::not_found)
                         return reply_failure(res, rec.error());
                 }
+                if (!r && j["history"].is_null()) return reply_failure(res, r.error());
                 reply_json(res, 200, j);
             });
+    // Bulk: every task matching the filter (the list's parameters), at most 100,000 at once.
+    srv.Post(R"(/api/v1/tasks/bulk/(retry|revoke|delete))",
+             [this](const httplib::Request& req, httplib::Response& res) {
+                 if (!history) return reply_error(res, 501, history_error);
+                 auto filter = task_filter(req, res);
+                 if (!filter) return;
+                 std::string what = req.matches[1].str();
+                 TaskQuery q = std::move(*filter);
+                 q.limit = 1000;
+                 std::int64_t done = 0, skipped = 0;
+                 for (int pages = 0; pages < 100; ++pages) {
+                     auto page = history->tasks(q);
+                     if (!page) return reply_failure(res, page.error());
+                     for (auto& t : page->tasks) {
+                         auto ok = what == "retry"    ? history->retry(t.id)
+                                   : what == "revoke" ? history->revoke(t.id)
+                                                      : history->remove(t.id);
+                         if (ok) {
+                             done++;
+                         } else if (ok.error().code == Errc::conflict) {
+                             skipped++;  // running, or already so
+                         } else {
+                             return reply_failure(res, ok.error());
+                         }
+                     }
+                     if (!page->next) break;
+                     q.before = page->next;
+                 }
+                 reply_json(res, 200, Json{{"done", done}, {"skipped", skipped}, {"action", what}});
+             });
     srv.Post(R"(/api/v1/tasks/([^/]+)/(retry|revoke|delete))", [this](const httplib::Request& req,
                                                                       httplib::Response& res) {
         if (!history) return reply_error(res, 501, history_error);
@@ -269,6 +330,26 @@ void Dashboard::Impl::install_api(httplib::Server& srv) {
             return ok.error().code == Errc::conflict ? reply_error(res, 409, ok.error().message)
                                                      : reply_failure(res, ok.error());
         reply_json(res, 200, Json{{"id", id}, {"done", what}});
+    });
+    srv.Get("/api/v1/workers", [this](const httplib::Request&, httplib::Response& res) {
+        if (!history) return reply_error(res, 501, history_error);
+        auto all = history->workers();
+        if (!all) return reply_failure(res, all.error());
+        Json arr = Json::array();
+        for (auto& w : *all) {
+            Json running = Json::array();
+            for (auto& t : w.running)
+                running.push_back({{"id", t.id},
+                                   {"name", t.name},
+                                   {"queue", t.queue},
+                                   {"since", time_or_null(t.since)}});
+            arr.push_back({{"node", w.node},
+                           {"online", w.online},
+                           {"last_heartbeat", iso(w.seen)},
+                           {"info", w.info},
+                           {"running", std::move(running)}});
+        }
+        reply_json(res, 200, arr);
     });
     srv.Get("/api/v1/minutes", [this](const httplib::Request& req, httplib::Response& res) {
         if (!history) return reply_error(res, 501, history_error);
@@ -312,6 +393,29 @@ void Dashboard::Impl::install_api(httplib::Server& srv) {
         }
         reply_json(res, 200, arr);
     });
+    srv.Post(R"(/api/v1/schedules/([^/]+)/fire)",
+             [this](const httplib::Request& req, httplib::Response& res) {
+                 auto store = broker->schedule_store();
+                 if (!store) return reply_failure(res, store.error());
+                 std::string name = req.matches[1].str();
+                 auto all = Scheduler::status(**store, config.schedules);
+                 if (!all) return reply_failure(res, all.error());
+                 auto it = std::find_if(all->begin(), all->end(), [&](const ScheduleStatus& s) {
+                     return s.spec.name == name;
+                 });
+                 if (it == all->end())
+                     return reply_error(res, 404, fmt::format("no schedule named '{}'", name));
+                 // One extra run now, as `conveyor enqueue` would send it; the schedule's own fires
+                 // go on as before.
+                 const ScheduleSpec& spec = it->spec;
+                 EnqueueOptions o;
+                 o.queue = spec.queue;
+                 o.priority = spec.priority;
+                 Client client(broker, config);
+                 auto id = client.enqueue(spec.task, spec.args, spec.kwargs, o);
+                 if (!id) return reply_failure(res, id.error());
+                 reply_json(res, 200, Json{{"schedule", name}, {"id", *id}});
+             });
     srv.Post(R"(/api/v1/schedules/([^/]+)/(pause|resume))",
              [this](const httplib::Request& req, httplib::Response& res) {
                  auto store = broker->schedule_store();

@@ -36,7 +36,9 @@ struct Dashboard::Impl {
     /// and the thread that keeps its search index up to date.
     std::unique_ptr<TaskHistory> history;
     std::string history_error;
+    std::string history_source;  // "broker", "events" (RabbitMQ), or empty: none
     std::jthread indexer;
+    std::jthread event_feed;  // RabbitMQ: Celery events into the history file
     std::condition_variable_any indexer_cv;
     std::mutex indexer_mu;
     void start_history();

@@ -250,6 +250,30 @@ Result<bool> Worker::Impl::fetch_more(Consumer& consumer, Round& r, steady_clock
     return !got->empty();
 }
 
+void Worker::Impl::report(Round& r, steady_clock::time_point now, bool offline) {
+    if (!offline && (now - r.last_report < std::chrono::seconds(5) || !r.storage.ready(now)))
+        return;
+    r.last_report = now;
+    Json info = {{"node", opts.node_name},
+                 {"consumer", opts.name},
+                 {"pid", ::getpid()},
+                 {"queues", opts.queues},
+                 {"concurrency", opts.concurrency},
+                 {"busy", running.load()},
+                 {"held", jobs.size()},
+                 {"succeeded", succeeded.load()},
+                 {"retried", retried.load()},
+                 {"dead_lettered", dead.load()},
+                 {"started", detail::format_iso8601(started_wall)},
+                 {"offline", offline}};
+    if (http_port.load() > 0) info["http_port"] = http_port.load();
+    beat("reporting");
+    // A report that fails is not worth stopping for: the next one comes in 5 s.
+    if (auto ok = broker->report_worker(opts.node_name, info); !ok)
+        detail::log(LogLevel::debug, "worker.report",
+                    fmt::format("could not report to the dashboard: {}", ok.error().message));
+}
+
 void Worker::Impl::finish(Consumer& consumer, std::vector<std::jthread>& threads) {
     for (auto& j : jobs) {
         j.release_on_finish = true;
@@ -326,6 +350,7 @@ Result<void> Worker::Impl::run() {
         }
         auto why = r.storage.failing();
         set_trouble(why ? std::move(why) : consumer.trouble());
+        report(r, now);
         if (*fetched) continue;
         std::unique_lock lk(mu);
         outcome_cv.wait_for(
@@ -334,6 +359,7 @@ Result<void> Worker::Impl::run() {
     }
     ready = false;
     finish(consumer, threads);
+    report(r, steady_clock::now(), true);
     if (http) {
         http->stop();
         http.reset();

@@ -125,6 +125,7 @@ void Monitor::received(const TaskMessage& t, const Delivery& d) {
               {"root_id", t.root_id.empty() ? Json() : Json(t.root_id)},
               {"parent_id", t.parent_id.empty() ? Json() : Json(t.parent_id)},
               {"retries", t.retries},
+              {"queue", d.queue},
               {"eta", t.eta ? Json(format_iso8601(*t.eta)) : Json()},
               {"expires", t.expires ? Json(format_iso8601(*t.expires)) : Json()}};
     emit(std::move(e));

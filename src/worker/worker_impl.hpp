@@ -303,12 +303,18 @@ struct Worker::Impl {
         steady_clock::time_point last_deadline_scan{};
         steady_clock::time_point last_settle{};
         steady_clock::time_point last_renew{};
+        steady_clock::time_point last_report{};
         milliseconds renew_every{};
         bool draining = false;   // shutting down: no more fetches
         bool stop_sent = false;  // the grace period is over: running handlers are told to stop
         steady_clock::time_point grace_deadline{};
         StorageTrouble storage;
     };
+
+    /// Every 5 s (and as it stops): what this worker is and does, for the dashboard
+    /// (Broker::report_worker).
+    void report(Round& r, steady_clock::time_point now, bool offline = false);
+    TimePoint started_wall = SystemClock::now();
 
     /// 1. Outcomes become settlements; keyed jobs whose retry delay passed run again.
     void collect_outcomes(Round& r);

@@ -201,6 +201,18 @@ try:
     assert [s for s in get(url, "/api/v1/schedules") if s["name"] == "nightly-report"][0]["paused"]
     shot("dashboard-schedules.png")
 
+    # Fire a schedule now by clicking: one more task waits in its queue.
+    before = [q for q in get(url, "/api/v1/queues") if q["queue"] == "shipping"][0]["ready"]
+    click("Fire now", lambda: browser.find_element(By.CSS_SELECTOR, "button.fire[data-schedule='heartbeat']"))
+    until("the fired task to wait", lambda: [q for q in get(url, "/api/v1/queues")
+                                             if q["queue"] == "shipping"][0]["ready"] == before + 1)
+
+    # Workers: the one that ran the tasks, with its counts, gone offline.
+    browser.get(url + "/#workers")
+    wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "#workers table")))
+    until("the worker with its counts", lambda: "offline" in browser.find_element(By.ID, "workers").text)
+    shot("dashboard-workers.png")
+
     # Tasks: the history, filtered by typing a search and choosing a state.
     browser.get(url + "/#tasks")
     wait.until(EC.presence_of_element_located((By.ID, "f-search")))

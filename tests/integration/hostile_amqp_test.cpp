@@ -184,6 +184,16 @@ TEST(HostileInput, MalformedMessagesAndBroadcastsNeverStopAWorker) {
         "", queue,
         task("expires-9999", "ok", "[[], {}, {}]", {{"expires", "9999-01-01T00:00:00+00:00"}}));
 
+    // The time a publisher stamps for the wait-time metric, as anyone might forge it: the task
+    // runs all the same (the time only counts between 1970 and 9999).
+    const std::vector<std::pair<std::string, Json>> sent_at = {
+        {"sent-at-huge", std::numeric_limits<std::int64_t>::max()},
+        {"sent-at-negative", -5},
+        {"sent-at-string", "soon"},
+        {"sent-at-float", 1.5e300}};
+    for (auto& [id, v] : sent_at)
+        raw.publish("", queue, task(id, "ok", "[[], {}, {}]", {{"x-conveyor-sent-at", v}}));
+
     // Remote-control broadcasts to every worker of the vhost, each once fatal or worse.
     for (const std::string& body : std::vector<std::string>{
              R"({"method": "revoke", "arguments": {"task_id": [1]}})",
@@ -228,6 +238,7 @@ TEST(HostileInput, MalformedMessagesAndBroadcastsNeverStopAWorker) {
     std::string ran_ids = testsupport::read_file(ran);
     EXPECT_NE(ran_ids.find("expires-9999"), std::string::npos) << ran_ids;
     EXPECT_EQ(ran_ids.find("eta-9999"), std::string::npos) << ran_ids;
+    for (auto& [id, _] : sent_at) EXPECT_NE(ran_ids.find(id), std::string::npos) << id;
     EXPECT_EQ(reason_of.count("eta-9999"), 0u);
     {
         std::string replies = testsupport::unique_name("hostile-replies");

@@ -3,11 +3,14 @@
 // stream that `celery events` and Flower read.
 
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include <atomic>
+#include <map>
 
 #include "conveyor/client.hpp"
 #include "interop/support.hpp"
+#include "support/http.hpp"
 
 using namespace conveyor;
 using namespace std::chrono_literals;
@@ -223,4 +226,115 @@ TEST(CeleryMonitor, AddAndCancelConsumerConfAndUnsupportedCommands) {
     EXPECT_EQ(out["pool_grow"][0][node]["error"],
               "'pool_grow' is not supported by Conveyor workers")
         << out.dump();
+}
+
+TEST(CeleryMonitor, TheDashboardKeepsAHistoryFromTheEventsOfConveyorAndPythonWorkers) {
+    auto q = unique_name("history");
+    auto pyq = q + "-py";
+    auto node = q + "@localhost";
+    testsupport::TempDir dir;
+    // The dashboard first: its event queue exists before the tasks run.
+    testsupport::Process dashboard(
+        {CONVEYOR_CLI, "dashboard", "--listen", "127.0.0.1:0", "--history", dir.file("h.db")},
+        dir.file("dashboard.out"), {"CONVEYOR_BROKER=" + testsupport::shared_rabbitmq_url()},
+        dir.path().string());
+    auto url = testsupport::served_url(dir.file("dashboard.out"), 30s);
+    ASSERT_FALSE(url.empty()) << testsupport::read_file(dir.file("dashboard.out"));
+    auto get = [&](const std::string& path) {
+        return Json::parse(testsupport::http_call(url, "GET", path).body, nullptr, false);
+    };
+
+    BackgroundWorker w(open_with(queues({q})), monitored(q, node, true));
+    w.worker.handle("interop.add", [](TaskContext& c) -> Json {
+        return c.args()[0].get<int>() + c.args()[1].get<int>();
+    });
+    w.worker.handle("interop.flaky", [](TaskContext& c) -> Json {
+        if (c.attempt() == 1) {
+            TaskError e("RuntimeError", "try 0");
+            e.retry_after = 200ms;
+            throw e;
+        }
+        return "ok";
+    });
+    w.start();
+    interop::CeleryWorker py(pyq, "rpc://", {"-E"});
+    ASSERT_TRUE(py.ready()) << py.log();
+
+    auto broker = open_with(queues({q, pyq}));
+    Client client(broker);
+    EnqueueOptions to_conveyor{.queue = q}, to_python{.queue = pyq};
+    to_conveyor.id = "h-add-" + q;
+    ASSERT_TRUE(client.enqueue("interop.add", {2, 3}, Json::object(), to_conveyor));
+    to_conveyor.id = "h-flaky-" + q;
+    ASSERT_TRUE(client.enqueue("interop.flaky", Json::array(), Json::object(), to_conveyor));
+    to_python.id = "h-py-" + q;
+    ASSERT_TRUE(client.enqueue("interop.py_add", {4, 5}, Json::object(), to_python));
+    to_python.id = "h-pyfail-" + q;
+    ASSERT_TRUE(client.enqueue("interop.py_fail", {"no"}, Json::object(), to_python));
+
+    // Every task in the history with its outcome, from either kind of worker.
+    std::map<std::string, std::string> want = {{"h-add-" + q, "succeeded"},
+                                               {"h-flaky-" + q, "succeeded"},
+                                               {"h-py-" + q, "succeeded"},
+                                               {"h-pyfail-" + q, "dead"}};
+    auto states = [&] {
+        std::map<std::string, std::string> got;
+        auto page = get("/api/v1/tasks?limit=1000");
+        if (page.is_object() && page.contains("tasks"))
+            for (auto& t : page["tasks"])
+                if (want.contains(t["id"])) got[t["id"]] = t["state"];
+        return got;
+    };
+    EXPECT_TRUE(eventually([&] { return states() == want; }, 60s))
+        << get("/api/v1/tasks?limit=1000").dump() << "\n"
+        << testsupport::read_file(dir.file("dashboard.out"));
+    auto flaky = get("/api/v1/tasks/h-flaky-" + q)["history"];
+    ASSERT_TRUE(flaky.is_object());
+    EXPECT_EQ(flaky["name"], "interop.flaky");
+    EXPECT_EQ(flaky["queue"], q);
+    ASSERT_EQ(flaky["attempts"].size(), 1u) << flaky.dump();
+    EXPECT_NE(flaky["attempts"][0]["error"].get<std::string>().find("try 0"), std::string::npos);
+    auto py_add = get("/api/v1/tasks/h-py-" + q)["history"];
+    EXPECT_EQ(py_add["name"], "interop.py_add") << py_add.dump();
+    EXPECT_EQ(py_add["args"], "(4, 5)") << py_add.dump();
+    EXPECT_EQ(py_add["worker"].get<std::string>().find(py.node()), 0u) << py_add.dump();
+    auto py_fail = get("/api/v1/tasks/h-pyfail-" + q)["history"];
+    EXPECT_NE(py_fail["error"].get<std::string>().find("ValueError"), std::string::npos)
+        << py_fail.dump();
+
+    // Retry and revoke belong to the broker here: refused with what to use instead.
+    auto page = testsupport::http_call(url, "GET", "/");
+    std::string set = page.header("Set-Cookie");
+    std::string csrf = set.substr(14, set.find(';') - 14);  // conveyor_csrf=...
+    httplib::Headers with_csrf = {{"Cookie", "conveyor_csrf=" + csrf}, {"X-Conveyor-CSRF", csrf}};
+    auto refused =
+        testsupport::http_call(url, "POST", "/api/v1/tasks/h-py-" + q + "/retry", with_csrf, "");
+    EXPECT_EQ(refused.status, 400) << refused.body;
+    EXPECT_NE(refused.body.find("conveyor dlq replay"), std::string::npos) << refused.body;
+    EXPECT_EQ(get("/api/v1/overview")["history"], "events");
+
+    // Both workers online, from their heartbeats.
+    EXPECT_TRUE(eventually(
+        [&] {
+            int online = 0;
+            for (auto& wk : get("/api/v1/workers"))
+                if ((wk["node"] == node || wk["node"] == py.node()) && wk["online"] == true)
+                    online++;
+            return online == 2;
+        },
+        30s))
+        << get("/api/v1/workers").dump();
+    // Per-minute counts: three successes and two failures (flaky's first run, py_fail).
+    std::int64_t ok = 0, failed = 0;
+    for (auto& m : get("/api/v1/minutes?minutes=60")) {
+        ok += m["succeeded"].get<std::int64_t>();
+        failed += m["failed"].get<std::int64_t>();
+    }
+    EXPECT_GE(ok, 3);
+    EXPECT_GE(failed, 2);
+
+    w.worker.stop();
+    w.thread.join();
+    dashboard.signal(SIGTERM);
+    EXPECT_EQ(dashboard.wait(20s), 0);
 }

@@ -160,6 +160,14 @@ TEST(Dashboard, ServesItsPagesAndApiAndMutatesOnlyWithTheCsrfToken) {
     EXPECT_EQ(schedules[0]["paused"], true) << schedules.dump();
     auto task = Json::parse(http_call(d.url, "GET", "/api/v1/tasks/evil-1").body);
     EXPECT_TRUE(task.contains("state")) << task.dump();
+    // Fire now: one extra run of a (paused) schedule's task, at once.
+    auto fired = http_call(d.url, "POST", "/api/v1/schedules/nightly/fire", with_csrf, "");
+    ASSERT_EQ(fired.status, 200) << fired.body;
+    std::string fired_id = Json::parse(fired.body)["id"];
+    auto fired_task = Json::parse(http_call(d.url, "GET", "/api/v1/tasks/" + fired_id).body);
+    EXPECT_EQ(fired_task["history"]["name"], "bill") << fired_task.dump();
+    EXPECT_EQ(fired_task["history"]["state"], "waiting") << fired_task.dump();
+    EXPECT_EQ(http_call(d.url, "POST", "/api/v1/schedules/nope/fire", with_csrf, "").status, 404);
 
     // Bad input: a 4xx JSON error each, and the dashboard carries on.
     struct Bad {
@@ -350,6 +358,15 @@ max_retries = 0
             EXPECT_EQ(q["in_flight"], 0) << q.dump();
             EXPECT_EQ(q["dead"], 1) << q.dump();
         }
+    // The worker that ran them reported what it did, and that it stopped.
+    auto workers = Json::parse(http_call(d.url, "GET", "/api/v1/workers").body);
+    ASSERT_EQ(workers.size(), 1u) << workers.dump();
+    EXPECT_EQ(workers[0]["online"], false) << workers.dump();
+    EXPECT_EQ(workers[0]["info"]["succeeded"], 7) << workers.dump();
+    EXPECT_EQ(workers[0]["info"]["retried"], 1) << workers.dump();
+    EXPECT_EQ(workers[0]["info"]["dead_lettered"], 1) << workers.dump();
+    EXPECT_EQ(workers[0]["info"]["queues"], Json::array({"billing"})) << workers.dump();
+
     // Newest first, every task with its state.
     auto all = task_list(d.url, "");
     ASSERT_EQ(all["tasks"].size(), 9u) << all.dump();
@@ -432,6 +449,7 @@ max_retries = 0
     EXPECT_TRUE(
         Json::parse(http_call(d.url, "GET", "/api/v1/tasks/b-1").body)["history"].is_null());
     EXPECT_EQ(post("/api/v1/tasks/nope/retry"), 404);
+
     for (auto* bad : {"state=bogus", "since=yesterday", "limit=0", "before=-1"}) {
         auto r = http_call(d.url, "GET", std::string("/api/v1/tasks?") + bad);
         EXPECT_EQ(r.status, 400) << bad << ": " << r.body;
@@ -448,6 +466,25 @@ max_retries = 0
         EXPECT_TRUE(testsupport::eventually(
             [&] { return ids_of(task_list(d2.url, "state=succeeded")).size() == 2; }, 20s))
             << task_list(d2.url, "state=succeeded").dump();
+        // A running worker shows online, beside the one that stopped.
+        EXPECT_TRUE(testsupport::eventually(
+            [&] {
+                auto w = Json::parse(http_call(d2.url, "GET", "/api/v1/workers").body);
+                return w.size() == 2 && w[0]["online"] == true && w[1]["online"] == false;
+            },
+            20s))
+            << http_call(d2.url, "GET", "/api/v1/workers").body;
+        // Bulk, on a filter: every succeeded task named bill (the newest two are left, one of
+        // them f-1).
+        auto csrf2 = csrf_cookie(http_call(d2.url, "GET", "/"));
+        httplib::Headers h2 = {{"Cookie", "conveyor_csrf=" + csrf2}, {"X-Conveyor-CSRF", csrf2}};
+        auto bulk = http_call(d2.url, "POST", "/api/v1/tasks/bulk/delete?state=succeeded&name=bill",
+                              h2, "");
+        ASSERT_EQ(bulk.status, 200) << bulk.body;
+        EXPECT_EQ(Json::parse(bulk.body)["done"], 1) << bulk.body;
+        EXPECT_EQ(ids_of(task_list(d2.url, "state=succeeded")), std::vector<std::string>{"f-1"});
+        EXPECT_EQ(http_call(d2.url, "POST", "/api/v1/tasks/bulk/delete?state=nope", h2, "").status,
+                  400);
         worker.signal(SIGTERM);
         EXPECT_EQ(worker.wait(20s), 0);
         d2.process->signal(SIGTERM);

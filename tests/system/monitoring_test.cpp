@@ -239,3 +239,25 @@ TEST(Monitoring, ABadListenAddressIsOneSentence) {
     first.signal(SIGTERM);
     EXPECT_EQ(first.wait(20s), 0);
 }
+
+TEST(Monitoring, AWorkerWaitingForItsBrokerAnswersItsHealthChecksWith503) {
+    TempDir dir;
+    write_file(dir.file("conveyor.toml"), "[[task]]\nname = \"t\"\nexec = \"true\"\n");
+    // A port nothing listens on: the worker waits, one line per attempt.
+    Process worker({CONVEYOR_CLI, "worker", "--http", "127.0.0.1:0"}, dir.file("worker.out"),
+                   {"CONVEYOR_BROKER=amqp://guest:guest@127.0.0.1:1/?connect_timeout=1"},
+                   dir.path().string());
+    auto url = testsupport::served_url(dir.file("worker.out"), 20s);
+    ASSERT_FALSE(url.empty()) << read_file(dir.file("worker.out"));
+    for (auto* path : {"/healthz", "/readyz"}) {
+        auto r = testsupport::http_call(url, "GET", path);
+        EXPECT_EQ(r.status, 503) << path << ": " << r.body;
+        auto j = Json::parse(r.body, nullptr, false);
+        EXPECT_EQ(j.value("status", ""), "waiting for the broker") << r.body;
+        EXPECT_NE(j.value("reason", "").find("cannot open broker amqp://guest:***@127.0.0.1:1/"),
+                  std::string::npos)
+            << r.body;
+    }
+    worker.signal(SIGTERM);
+    EXPECT_TRUE(worker.wait(20s));
+}

@@ -276,6 +276,11 @@ class AmqpBroker final : public Broker {
         return make_schedule_store(e_);
     }
 
+    Result<std::unique_ptr<EventStream>> events(std::string_view name) override {
+        if (name.empty()) return fail(Errc::invalid_argument, "an event stream needs a name");
+        return make_event_stream(e_->opts, std::string(name));
+    }
+
     Result<std::unique_ptr<ControlChannel>> control(std::string_view node) override {
         return make_control_channel(e_->opts, std::string(node));
     }

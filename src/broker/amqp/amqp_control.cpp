@@ -196,7 +196,86 @@ class AmqpControl final : public ControlChannel {
     bool reply_exchange_declared_ = false;
 };
 
+/// Celery events from every worker: a queue of the receiver's own bound to celeryev with '#'.
+class AmqpEvents final : public EventStream {
+  public:
+    AmqpEvents(ConnectionOptions o, std::string name)
+        : opts_(std::move(o)), queue_("conveyor.events." + std::move(name)) {}
+
+    Result<std::vector<Json>> next(milliseconds wait) override {
+        std::vector<Json> out;
+        CONVEYOR_TRY(ensure());
+        auto deadline = steady_clock::now() + wait;
+        constexpr std::size_t kMaxEvent = 1u << 20;
+        for (;;) {
+            auto left = duration_cast<microseconds>(deadline - steady_clock::now());
+            if (left.count() < 0 || out.size() >= 1000) left = microseconds(0);
+            timeval tv{time_t(left.count() / 1000000), suseconds_t(left.count() % 1000000)};
+            amqp_maybe_release_buffers(conn_->raw());
+            Received env;
+            auto r = consume_message(conn_->raw(), env, &tv);
+            if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+                r.library_error == AMQP_STATUS_TIMEOUT)
+                return out;
+            if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+                if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+                    r.library_error == AMQP_STATUS_UNEXPECTED_STATE && env.unexpected &&
+                    Connection::pass_unexpected_frame(*env.unexpected))
+                    continue;
+                conn_.reset();
+                if (!out.empty()) return out;
+                return fail(Errc::unavailable, "the events connection was lost");
+            }
+            // Anyone on the vhost may publish events: what is not an object (or a list of
+            // them, as Celery groups some) is dropped.
+            const std::string& body = env.envelope.body;
+            if (body.size() <= kMaxEvent)
+                if (auto j = detail::parse_untrusted(body, "an event")) {
+                    if (j->is_object()) {
+                        out.push_back(std::move(*j));
+                    } else if (j->is_array()) {
+                        for (auto& e : *j)
+                            if (e.is_object()) out.push_back(std::move(e));
+                    }
+                }
+            if (steady_clock::now() >= deadline && out.size() > 0) return out;
+        }
+    }
+
+  private:
+    Result<void> ensure() {
+        if (conn_ && conn_->healthy()) return {};
+        conn_.reset();
+        auto c = Connection::open(opts_, "conveyor-events " + queue_);
+        CONVEYOR_TRY(c);
+        auto& conn = **c;
+        CONVEYOR_TRY(
+            conn.declare_exchange(kEventExchange, "topic", {.durable = true}, Json::object()));
+        // Kept while the receiver restarts (an hour unused, then gone), bounded in size.
+        Json args = {{"x-message-ttl", 3600000}, {"x-expires", 3600000}, {"x-max-length", 1000000}};
+        CONVEYOR_TRY(conn.declare_queue(queue_, args, {.durable = false, .auto_delete = false}));
+        CONVEYOR_TRY(conn.bind_queue(queue_, kEventExchange, "#"));
+        CONVEYOR_TRY(conn.ensure_channel(kChannel));
+        Pool pool;
+        amqp_basic_qos(conn.raw(), kChannel, 0, 2000, 0);
+        amqp_basic_consume(conn.raw(), kChannel, pool.bytes(queue_), amqp_empty_bytes, 0, 1, 0,
+                           amqp_empty_table);
+        CONVEYOR_TRY(conn.check(amqp_get_rpc_reply(conn.raw()), kChannel,
+                                fmt::format("consuming from '{}'", queue_)));
+        conn_ = std::move(*c);
+        return {};
+    }
+
+    ConnectionOptions opts_;
+    std::string queue_;
+    std::unique_ptr<Connection> conn_;
+};
+
 }  // namespace
+
+std::unique_ptr<EventStream> make_event_stream(const ConnectionOptions& options, std::string name) {
+    return std::make_unique<AmqpEvents>(options, std::move(name));
+}
 
 std::unique_ptr<ControlChannel> make_control_channel(const ConnectionOptions& options,
                                                      std::string node) {

@@ -14,6 +14,9 @@
 namespace conveyor::amqp {
 
 /// A control channel with its own connection (reconnected on demand).
+/// Celery events of every worker, through a queue `conveyor.events.NAME` bound to celeryev.
+std::unique_ptr<EventStream> make_event_stream(const ConnectionOptions& options, std::string name);
+
 std::unique_ptr<ControlChannel> make_control_channel(const ConnectionOptions& options,
                                                      std::string node);
 

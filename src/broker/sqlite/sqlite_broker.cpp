@@ -44,6 +44,27 @@ class SqliteBroker final : public Broker {
 
     Result<std::unique_ptr<TaskHistory>> history() override { return open_history(opts_); }
 
+    Result<void> report_worker(std::string_view node, const Json& info) override {
+        std::lock_guard lk(mu_);
+        return in_transaction(db_, st_, [&]() -> Result<void> {
+            auto up = db_.prepare(
+                "INSERT INTO workers(name, info, seen_at) VALUES(?1, ?2, ?3) ON CONFLICT(name) "
+                "DO UPDATE SET info=excluded.info, seen_at=excluded.seen_at");
+            CONVEYOR_TRY(up);
+            auto now = now_ms();
+            up->bind(1, node)
+                .bind(2, info.dump(-1, ' ', false, Json::error_handler_t::replace))
+                .bind(3, now);
+            CONVEYOR_TRY(up->run());
+            // Workers gone for a day are forgotten.
+            auto old = db_.prepare("DELETE FROM workers WHERE seen_at < ?1");
+            CONVEYOR_TRY(old);
+            old->bind(1, now - 86400000);
+            CONVEYOR_TRY(old->run());
+            return {};
+        });
+    }
+
     Result<std::unique_ptr<Consumer>> consume(const ConsumerOptions& o) override {
         return open_consumer(opts_, o);
     }

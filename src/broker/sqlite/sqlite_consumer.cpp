@@ -213,41 +213,7 @@ class SqliteConsumer final : public Consumer {
         auto now = std::chrono::steady_clock::now();
         if (now < next_housekeeping_) return {};
         next_housekeeping_ = now + std::chrono::seconds(60);
-        return in_transaction(db_, st_, [&]() -> Result<void> {
-            auto wall = now_ms();
-            st_.expire_results.reset();
-            CONVEYOR_TRY(st_.expire_results
-                             .bind(1, wall - std::int64_t(sqlite_.result_expires.count()) * 1000)
-                             .run());
-            auto cutoff = wall - std::int64_t(sqlite_.history.count()) * 1000;
-            st_.expire_minutes.reset();
-            CONVEYOR_TRY(st_.expire_minutes.bind(1, cutoff).run());
-            constexpr std::int64_t kBatch = 20000;
-            for (int state : {kSucceeded, kRevoked}) {
-                st_.count_finished.reset();
-                CONVEYOR_TRY(st_.count_finished.bind(1, state).step());
-                std::int64_t over = st_.count_finished.i64(0) - sqlite_.history_max;
-                st_.count_finished.reset();
-                st_.oldest_finished.reset();
-                st_.oldest_finished.bind(1, state).bind(2, kBatch);
-                std::vector<std::int64_t> doomed;
-                for (;;) {
-                    auto r = st_.oldest_finished.step();
-                    CONVEYOR_TRY(r);
-                    if (!*r) break;
-                    bool expired =
-                        !st_.oldest_finished.is_null(1) && st_.oldest_finished.i64(1) < cutoff;
-                    if (!expired && std::int64_t(doomed.size()) >= over) break;
-                    doomed.push_back(st_.oldest_finished.i64(0));
-                }
-                st_.oldest_finished.reset();
-                for (auto seq : doomed) {
-                    st_.delete_seq.reset();
-                    CONVEYOR_TRY(st_.delete_seq.bind(1, seq).run());
-                }
-            }
-            return {};
-        });
+        return in_transaction(db_, st_, [&] { return prune_history(st_, sqlite_); });
     }
 
     Result<std::vector<std::uint64_t>> renew() override {
@@ -339,7 +305,8 @@ class SqliteConsumer final : public Consumer {
                 st_.claim.bind(1, owner_)
                     .bind(2, now + opts_.lease.count())
                     .bind(3, q)
-                    .bind(4, std::int64_t(max - out.size()));
+                    .bind(4, std::int64_t(max - out.size()))
+                    .bind(5, now);
                 std::vector<std::pair<std::pair<int, std::int64_t>, Delivery>> rows;
                 for (;;) {
                     auto r = st_.claim.step();

@@ -104,7 +104,8 @@ TaskRecord record(const Stmt& q) {
 
 class SqliteHistory final : public TaskHistory {
   public:
-    SqliteHistory(Db db, Statements st) : db_(std::move(db)), st_(std::move(st)) {}
+    SqliteHistory(Db db, Statements st, bool from_events)
+        : db_(std::move(db)), st_(std::move(st)), from_events_(from_events) {}
 
     Result<TaskPage> tasks(const TaskQuery& query) override {
         std::lock_guard lk(mu_);
@@ -215,6 +216,11 @@ class SqliteHistory final : public TaskHistory {
     }
 
     Result<void> retry(std::string_view id) override {
+        if (from_events_)
+            return fail(Errc::invalid_argument,
+                        "this history comes from RabbitMQ's task events: the task itself is not "
+                        "here to run again; replay a dead letter (conveyor dlq replay) or enqueue "
+                        "it anew");
         return change(id, [&](int state) -> Result<void> {
             if (state == kReady || state == kInFlight)
                 return fail(Errc::conflict, fmt::format("task '{}' is {} already", id,
@@ -233,6 +239,10 @@ class SqliteHistory final : public TaskHistory {
     }
 
     Result<void> revoke(std::string_view id) override {
+        if (from_events_)
+            return fail(Errc::invalid_argument,
+                        "this history comes from RabbitMQ's task events: revoke on the workers "
+                        "with `celery control revoke ID`");
         return change(id, [&](int state) -> Result<void> {
             if (state != kReady && state != kDelayed)
                 return fail(Errc::conflict,
@@ -267,6 +277,51 @@ class SqliteHistory final : public TaskHistory {
             CONVEYOR_TRY(del->run());
             return forget_result(id);
         });
+    }
+
+    Result<std::vector<WorkerRecord>> workers() override {
+        std::lock_guard lk(mu_);
+        auto q = db_.prepare("SELECT name, info, seen_at FROM workers ORDER BY name");
+        CONVEYOR_TRY(q);
+        std::vector<WorkerRecord> out;
+        auto now = now_ms();
+        for (;;) {
+            auto r = q->step();
+            CONVEYOR_TRY(r);
+            if (!*r) break;
+            WorkerRecord w;
+            w.node = q->text(0);
+            w.info = Json::parse(q->text(1), nullptr, false);
+            if (!w.info.is_object()) w.info = Json::object();
+            w.seen = from_epoch_ms(q->i64(2));
+            w.online = now - q->i64(2) < 15000 && !w.info.value("offline", false);
+            out.push_back(std::move(w));
+        }
+        q->reset();
+        // What each runs: the tasks leased by its consumer ("<consumer>#<suffix>").
+        auto running = db_.prepare(
+            "SELECT id, name, queue, started_at, headers, lease_owner FROM tasks WHERE state=1 "
+            "AND lease_owner >= ?1 AND lease_owner < ?2 ORDER BY seq LIMIT 1000");
+        CONVEYOR_TRY(running);
+        for (auto& w : out) {
+            std::string consumer = w.info.value("consumer", "");
+            if (consumer.empty() || !w.online) continue;
+            running->reset();
+            running->bind(1, consumer + "#").bind(2, consumer + "$");  // '$' follows '#'
+            for (;;) {
+                auto r = running->step();
+                CONVEYOR_TRY(r);
+                if (!*r) break;
+                WorkerRecord::Running t{running->text(0), running->text(1), running->text(2),
+                                        time_column(*running, 3)};
+                if (t.name.empty())
+                    t.name = std::string(task_name_of(make_envelope("{}", running->text(4), {})));
+                w.running.push_back(std::move(t));
+            }
+        }
+        std::stable_sort(out.begin(), out.end(),
+                         [](auto& a, auto& b) { return a.online && !b.online; });
+        return out;
     }
 
     Result<std::size_t> index(std::size_t max) override {
@@ -350,18 +405,19 @@ class SqliteHistory final : public TaskHistory {
     std::mutex mu_;
     Db db_;
     Statements st_;
+    bool from_events_;
     bool search_ready_ = false;  // index() ran: the search index exists
 };
 
 }  // namespace
 
-Result<std::unique_ptr<TaskHistory>> open_history(const SqliteOptions& sqlite) {
+Result<std::unique_ptr<TaskHistory>> open_history(const SqliteOptions& sqlite, bool from_events) {
     auto db = Db::open(sqlite.path, sqlite.synchronous, sqlite.busy_timeout);
     CONVEYOR_TRY(db);
     auto st = Statements::prepare(*db);
     CONVEYOR_TRY(st);
     return std::unique_ptr<TaskHistory>(
-        std::make_unique<SqliteHistory>(std::move(*db), std::move(*st)));
+        std::make_unique<SqliteHistory>(std::move(*db), std::move(*st), from_events));
 }
 
 }  // namespace conveyor::sqlite

@@ -8,7 +8,9 @@
 
 namespace conveyor::sqlite {
 
-/// A history with a connection of its own.
-Result<std::unique_ptr<TaskHistory>> open_history(const SqliteOptions& sqlite);
+/// A history with a connection of its own. `from_events`: a file fed by Celery events
+/// (RabbitMQ), whose tasks live in the broker: retry and revoke are refused there.
+Result<std::unique_ptr<TaskHistory>> open_history(const SqliteOptions& sqlite,
+                                                  bool from_events = false);
 
 }  // namespace conveyor::sqlite

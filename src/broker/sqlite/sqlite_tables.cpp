@@ -174,7 +174,8 @@ Result<Statements> Statements::prepare(Db& db) {
          "UPDATE tasks SET state=0, lease_owner=NULL, lease_until=NULL "
          "WHERE state=1 AND lease_until<?1"},
         {&s.claim,
-         "UPDATE tasks SET state=1, lease_owner=?1, lease_until=?2, deliveries=deliveries+1 "
+         "UPDATE tasks SET state=1, lease_owner=?1, lease_until=?2, deliveries=deliveries+1, "
+         "started_at=?5 "
          "WHERE seq IN (SELECT seq FROM tasks WHERE state=0 AND queue=?3 "
          "AND NOT EXISTS (SELECT 1 FROM queues WHERE name=?3 AND paused=1) "
          "ORDER BY priority DESC, seq LIMIT ?4) "
@@ -182,7 +183,8 @@ Result<Statements> Statements::prepare(Db& db) {
         {&s.ack, "DELETE FROM tasks WHERE seq=?1 AND lease_owner=?2 AND state=1"},
         // Kept as history: the last worker stays in lease_owner.
         {&s.finish,
-         "UPDATE tasks SET state=?3, started_at=?4, finished_at=?5, lease_until=NULL "
+         "UPDATE tasks SET state=?3, started_at=coalesce(?4, started_at), finished_at=?5, "
+         "lease_until=NULL "
          "WHERE seq=?1 AND lease_owner=?2 AND state=1"},
         {&s.retry,
          "UPDATE tasks SET state=?3, available_at=?4, props=?5, headers=?6, body=?7, "
@@ -192,7 +194,7 @@ Result<Statements> Statements::prepare(Db& db) {
          "WHERE seq=?1 AND lease_owner=?2 AND state=1"},
         {&s.dead,
          "UPDATE tasks SET state=2, reason=?3, dead_at=?4, lease_until=NULL, "
-         "started_at=?5, finished_at=?4, error=coalesce(?6, error) "
+         "started_at=coalesce(?5, started_at), finished_at=?4, error=coalesce(?6, error) "
          "WHERE seq=?1 AND lease_owner=?2 AND state=1"},
         {&s.count_minute,
          "INSERT INTO minutes(minute,queue,name,succeeded,failed,retried,dead,run_ms,waited,"
@@ -226,6 +228,40 @@ Result<Statements> Statements::prepare(Db& db) {
         *d.stmt = std::move(*st);
     }
     return s;
+}
+
+Result<void> prune_history(Statements& st, const SqliteOptions& sqlite) {
+    auto wall = now_ms();
+    st.expire_results.reset();
+    CONVEYOR_TRY(
+        st.expire_results.bind(1, wall - std::int64_t(sqlite.result_expires.count()) * 1000).run());
+    auto cutoff = wall - std::int64_t(sqlite.history.count()) * 1000;
+    st.expire_minutes.reset();
+    CONVEYOR_TRY(st.expire_minutes.bind(1, cutoff).run());
+    constexpr std::int64_t kBatch = 20000;
+    for (int state : {kSucceeded, kRevoked}) {
+        st.count_finished.reset();
+        CONVEYOR_TRY(st.count_finished.bind(1, state).step());
+        std::int64_t over = st.count_finished.i64(0) - sqlite.history_max;
+        st.count_finished.reset();
+        st.oldest_finished.reset();
+        st.oldest_finished.bind(1, state).bind(2, kBatch);
+        std::vector<std::int64_t> doomed;
+        for (;;) {
+            auto r = st.oldest_finished.step();
+            CONVEYOR_TRY(r);
+            if (!*r) break;
+            bool expired = !st.oldest_finished.is_null(1) && st.oldest_finished.i64(1) < cutoff;
+            if (!expired && std::int64_t(doomed.size()) >= over) break;
+            doomed.push_back(st.oldest_finished.i64(0));
+        }
+        st.oldest_finished.reset();
+        for (auto seq : doomed) {
+            st.delete_seq.reset();
+            CONVEYOR_TRY(st.delete_seq.bind(1, seq).run());
+        }
+    }
+    return {};
 }
 
 Result<void> store_result(Statements& s, const TaskResult& r) {

@@ -8,6 +8,7 @@
 #include <string>
 #include <string_view>
 
+#include "broker/sqlite/sqlite_broker.hpp"
 #include "broker/sqlite/sqlite_db.hpp"
 #include "conveyor/broker.hpp"
 #include "core/try.hpp"
@@ -45,6 +46,11 @@ struct Statements {
     /// Prepares every statement on `db`.
     static Result<Statements> prepare(Db& db);
 };
+
+/// Deletes (inside a transaction) results past result_expires, and finished tasks and
+/// per-minute counts past the history period or beyond history_max, a bounded number of tasks
+/// at a time.
+Result<void> prune_history(Statements& st, const SqliteOptions& sqlite);
 
 /// Stores a result (inside a transaction).
 Result<void> store_result(Statements& s, const TaskResult& r);

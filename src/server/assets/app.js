@@ -4,6 +4,7 @@
 
 const REFRESH_MS = 2000;
 let readOnly = false;
+let historySource = null;  // "broker", "events" (RabbitMQ: retry and revoke act on the workers)
 let timer = null;
 
 function el(tag, attrs, ...children) {
@@ -109,11 +110,24 @@ const views = {
       el("td", { class: "error" }, t.error || t.reason || "")]);
     const list = root.querySelector("#task-list");
     const nav = el("div", { class: "toolbar" });
+    const bulk = async what => {
+      const f = new URLSearchParams();
+      for (const k of ["state", "queue", "name", "q"]) if (params.get(k)) f.set(k, params.get(k));
+      if (!confirm(`${what} every task matching this filter?`)) return;
+      try { const r = await api(`/tasks/bulk/${what}?` + f.toString(), {}); status(`${what}: ${r.done} done, ${r.skipped} skipped`); refresh(); }
+      catch (e) { status(e.message, true); }
+    };
+    const off = readOnly || !page.tasks.length ? { disabled: "" } : {};
+    const onBroker = historySource === "events" ? { disabled: "" } : off;
     if (before) nav.append(el("button", { onclick: () => history.back() }, "← Newer"));
     if (page.next) {
       const p = new URLSearchParams(params); p.set("before", page.next);
       nav.append(el("button", { id: "older", onclick: () => { location.hash = "#tasks?" + p.toString(); } }, "Older →"));
     }
+    nav.append(el("span", { class: "muted" }, "All matching: "),
+      el("button", { id: "bulk-retry", onclick: () => bulk("retry"), ...onBroker }, "Retry"),
+      el("button", { id: "bulk-revoke", onclick: () => bulk("revoke"), ...onBroker }, "Revoke"),
+      el("button", { class: "danger", id: "bulk-delete", onclick: () => bulk("delete"), ...off }, "Delete"));
     list.replaceChildren(page.tasks.length
       ? table(["id", "task", "queue", "state", "arguments", "enqueued", "finished", "error"].map(l => ({ label: l })), rows)
       : el("p", { class: "muted", id: "no-tasks" }, "No task matches."), nav);
@@ -159,6 +173,10 @@ const views = {
 
   async schedules(root) {
     const all = await api("/schedules");
+    const fire = async name => {
+      try { const r = await api("/schedules/" + encodeURIComponent(name) + "/fire", {}); status(`${name}: fired task ${r.id}`); }
+      catch (e) { status(e.message, true); }
+    };
     const act = async (name, what) => {
       try { await api("/schedules/" + encodeURIComponent(name) + "/" + what, {}); status(`${name}: ${what}d`); refresh(); }
       catch (e) { status(e.message, true); }
@@ -167,10 +185,27 @@ const views = {
       el("td", {}, s.name), el("td", {}, s.task), el("td", {}, s.cron || (s.every ? `every ${s.every} s` : "")),
       el("td", {}, s.paused ? "paused" : "active"), el("td", { class: "when" }, when(s.last_run)), el("td", { class: "when" }, when(s.next_fire)),
       el("td", {}, s.source),
-      el("td", {}, el("button", { onclick: () => act(s.name, s.paused ? "resume" : "pause"), ...(readOnly ? { disabled: "" } : {}) }, s.paused ? "Resume" : "Pause"))]);
+      el("td", {}, el("button", { onclick: () => act(s.name, s.paused ? "resume" : "pause"), ...(readOnly ? { disabled: "" } : {}) }, s.paused ? "Resume" : "Pause"), " ",
+        el("button", { class: "fire", "data-schedule": s.name, onclick: () => fire(s.name), ...(readOnly ? { disabled: "" } : {}) }, "Fire now"))]);
     root.replaceChildren(el("h2", {}, "Schedules"),
       all.length ? table(["name", "task", "when", "state", "last run", "next fire", "from", ""].map(l => ({ label: l })), rows)
                  : el("p", { class: "muted" }, "No schedules."));
+  },
+
+  async workers(root) {
+    const all = await api("/workers");
+    const rows = all.map(w => [
+      el("td", {}, w.node), el("td", { class: w.online ? "state-succeeded" : "muted" }, w.online ? "online" : "offline"),
+      el("td", { class: "when" }, when(w.last_heartbeat)), el("td", { class: "num" }, w.info.pid),
+      el("td", {}, (w.info.queues || []).join(", ")),
+      el("td", { class: "num" }, `${num(w.info.busy)} / ${num(w.info.concurrency)}`),
+      el("td", { class: "num" }, num(w.info.succeeded)), el("td", { class: "num" }, num(w.info.retried)),
+      el("td", { class: "num" }, num(w.info.dead_lettered)),
+      el("td", {}, ...w.running.flatMap(t => [el("a", { href: "#task?id=" + encodeURIComponent(t.id) }, el("code", {}, t.id)), ` ${t.name} `]))]);
+    root.replaceChildren(el("h2", {}, "Workers"),
+      all.length ? el("div", { id: "workers" }, table(["node", "state", "last heartbeat", "pid", "queues", "busy", "succeeded", "retried", "dead", "running"]
+        .map(l => ({ label: l, num: ["pid", "busy", "succeeded", "retried", "dead"].includes(l) })), rows))
+                 : el("p", { class: "muted" }, "No worker reported in the last day."));
   },
 
   async task(root) {
@@ -198,10 +233,11 @@ async function taskPage(root, id) {
     catch (e) { status(e.message, true); }
   };
   const dis = readOnly || !h ? { disabled: "" } : {};
+  const onBroker = historySource === "events" ? { disabled: "", title: "the task lives on RabbitMQ: use conveyor dlq replay or celery control revoke" } : dis;
   const parts = [el("h2", {}, "Task ", el("code", {}, id)),
     el("div", { class: "toolbar" },
-      el("button", { class: "primary", id: "task-retry", onclick: () => act("retry"), ...dis }, "Retry"),
-      el("button", { id: "task-revoke", onclick: () => act("revoke"), ...dis }, "Revoke"),
+      el("button", { class: "primary", id: "task-retry", onclick: () => act("retry"), ...onBroker }, "Retry"),
+      el("button", { id: "task-revoke", onclick: () => act("revoke"), ...onBroker }, "Revoke"),
       el("button", { class: "danger", id: "task-delete", onclick: () => act("delete"), ...dis }, "Delete"))];
   const field = (k, v) => [el("dt", {}, k), el("dd", {}, v === null || v === undefined || v === "" ? "–" : v)];
   const fields = [];
@@ -261,9 +297,22 @@ async function throughputChart() {
       svg.append(r);
     }
   }
+  // The average wait per minute as a line over the bars (scaled to its own maximum).
+  const waits = [];
+  for (let i = 0; i < 60; i++) {
+    const m = by.get(start + i * 60000);
+    if (m && m.wait_seconds_avg !== null) waits.push([i, m.wait_seconds_avg]);
+  }
+  const maxWait = Math.max(0, ...waits.map(w => w[1]));
+  if (waits.length > 1 && maxWait > 0) {
+    const line = document.createElementNS(ns, "polyline");
+    line.setAttribute("points", waits.map(([i, w]) => `${i * 10 + 5},${115 - 110 * w / maxWait}`).join(" "));
+    line.setAttribute("class", "wait");
+    svg.append(line);
+  }
   return el("div", { class: "chart", id: "throughput" },
     el("div", { class: "legend" }, `Last hour: ${num(ok)} succeeded (green, per minute), ${num(bad)} failed (red)`,
-      waitN ? `, average wait ${(waitSum / waitN).toFixed(3)} s` : ""), svg);
+      waitN ? `; average wait ${(waitSum / waitN).toFixed(3)} s (blue line, peak ${maxWait.toFixed(3)} s)` : ""), svg);
 }
 
 function queueTable(qs) {
@@ -306,4 +355,4 @@ async function refresh() {
 }
 
 window.addEventListener("hashchange", () => { document.getElementById("view").replaceChildren(); refresh(); });
-api("/overview").then(o => { readOnly = o.read_only; document.getElementById("broker").textContent = o.broker; document.getElementById("mode").textContent = readOnly ? "read-only" : ""; }).catch(() => {}).finally(refresh);
+api("/overview").then(o => { readOnly = o.read_only; historySource = o.history; document.getElementById("broker").textContent = o.broker; document.getElementById("mode").textContent = readOnly ? "read-only" : ""; }).catch(() => {}).finally(refresh);
