@@ -355,6 +355,33 @@ int main(int argc, char** argv) {
             cost("conveyor_sqlite_normal",
                  "sqlite://" + (dir / "watch.db").string() + "?sync=normal", n_sql);
     }
+    // What the task history costs the sqlite engine: finished tasks kept (the default) against
+    // deleted at once (?history=0), sync=normal, interleaved, median of three each; a fresh
+    // file per run, so the kept tasks of one run do not weigh on the next.
+    if (n_sql > 0 && !std::getenv("BENCH_NO_HISTORY_COST")) {
+        std::vector<double> kept, gone, kept_cpu, gone_cpu;
+        for (int i = 0; i < 3; ++i) {
+            auto file = [&](const char* what) {
+                auto f = dir / fmt::format("history-{}-{}.db", what, i);
+                return "sqlite://" + f.string() + "?sync=normal";
+            };
+            auto off = measure(file("off") + "&history=0", n_sql, 2, 512, Watch::none);
+            auto on = measure(file("on"), n_sql, 2, 512, Watch::none);
+            gone.push_back(off.end_to_end_per_s);
+            gone_cpu.push_back(off.run_cpu_us);
+            kept.push_back(on.end_to_end_per_s);
+            kept_cpu.push_back(on.run_cpu_us);
+        }
+        for (auto* v : {&kept, &gone, &kept_cpu, &gone_cpu}) std::sort(v->begin(), v->end());
+        extra["conveyor_sqlite_history_tasks_per_s"] = std::round(kept[1]);
+        extra["conveyor_sqlite_no_history_tasks_per_s"] = std::round(gone[1]);
+        extra["conveyor_sqlite_history_worker_cpu_us"] = std::round(kept_cpu[1] * 100) / 100;
+        extra["conveyor_sqlite_no_history_worker_cpu_us"] = std::round(gone_cpu[1] * 100) / 100;
+        fmt::print(
+            "sqlite task history: kept {:.0f} tasks/s ({:.2f} us worker CPU each), off {:.0f} "
+            "tasks/s ({:.2f} us) ({:+.1f}%)\n",
+            kept[1], kept_cpu[1], gone[1], gone_cpu[1], (kept[1] / gone[1] - 1) * 100);
+    }
     std::filesystem::remove_all(dir);
 
     fmt::print("{:<42} {:>8} {:>11} {:>14} {:>12} {:>12}\n", "engine", "tasks", "enqueue/s",

@@ -68,6 +68,13 @@ lines.append('Worker resident memory, idle: Conveyor %s MiB, Celery %s MiB (main
              'processes); under load: Conveyor %s MiB, Celery %s MiB' % (
                  fig.get('conveyor_worker_rss_idle_mib', '-'), fig.get('celery_worker_rss_idle_mib', '-'),
                  fig.get('conveyor_worker_rss_load_mib', '-'), fig.get('celery_worker_rss_load_mib', '-')))
+if fig.get('conveyor_sqlite_history_tasks_per_s'):
+    lines.append('sqlite task history kept (the default) against ?history=0: %s against %s tasks/s, '
+                 'worker CPU %s against %s us per task' % (
+                     num(fig['conveyor_sqlite_history_tasks_per_s']),
+                     num(fig['conveyor_sqlite_no_history_tasks_per_s']),
+                     fig['conveyor_sqlite_history_worker_cpu_us'],
+                     fig['conveyor_sqlite_no_history_worker_cpu_us']))
 if fig.get('history_tasks'):
     lines.append('Dashboard task list over a sqlite history of %s tasks (ms, median of 7): newest page '
                  '%.2f, page by cursor %.2f, by state %.2f, by name %.2f, by queue %.2f, search one '
