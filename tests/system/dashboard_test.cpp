@@ -385,6 +385,14 @@ max_retries = 0
     EXPECT_EQ(ids_of(task_list(d.url, "name=flaky")), std::vector<std::string>{"f-1"});
     EXPECT_EQ(ids_of(task_list(d.url, "queue=billing")).size(), 9u);
     EXPECT_TRUE(ids_of(task_list(d.url, "queue=elsewhere")).empty());
+    // A time range of enqueue.
+    EXPECT_EQ(ids_of(task_list(d.url, "since=2000-01-01T00:00:00Z")).size(), 9u);
+    EXPECT_TRUE(ids_of(task_list(d.url, "since=2999-01-01T00:00:00Z")).empty());
+    EXPECT_TRUE(ids_of(task_list(d.url, "until=2000-01-01T00:00:00Z")).empty());
+    EXPECT_EQ(ids_of(task_list(d.url,
+                               "since=2000-01-01T00:00:00Z&until=2999-01-01T00:00:00Z"
+                               "&name=flaky")),
+              std::vector<std::string>{"f-1"});
     std::set<std::string> paged;
     std::string cursor;
     for (int pages = 0; pages < 10; ++pages) {

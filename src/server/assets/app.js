@@ -87,19 +87,29 @@ const views = {
       const queue = el("select", { id: "f-queue" }, el("option", { value: "" }, "any queue"), ...qs.map(q => el("option", { value: q.queue }, q.queue)));
       const name = el("input", { id: "f-name", placeholder: "task name", size: "18" });
       const search = el("input", { id: "f-search", placeholder: "search args, kwargs", size: "24" });
-      for (const [k, input] of [["state", state], ["queue", queue], ["name", name], ["q", search]]) input.value = params.get(k) || "";
+      // Enqueued within the last hour, day or week, or in any time range typed as ISO 8601.
+      const range = el("select", { id: "f-range" }, el("option", { value: "" }, "any time"),
+        ...[["1h", 3600], ["24h", 86400], ["7d", 604800]].map(([l, s]) => el("option", { value: String(s) }, "last " + l)));
+      const since = el("input", { id: "f-since", placeholder: "since (ISO 8601)", size: "20" });
+      const until = el("input", { id: "f-until", placeholder: "until (ISO 8601)", size: "20" });
+      const inputs = [["state", state], ["queue", queue], ["name", name], ["q", search], ["since", since], ["until", until]];
+      for (const [k, input] of inputs) input.value = params.get(k) || "";
+      range.addEventListener("change", () => {
+        since.value = range.value ? new Date(Date.now() - 1000 * Number(range.value)).toISOString().slice(0, 19) + "Z" : "";
+        until.value = "";
+      });
       const apply = () => {
         const p = new URLSearchParams();
-        for (const [k, input] of [["state", state], ["queue", queue], ["name", name], ["q", search]]) if (input.value) p.set(k, input.value);
+        for (const [k, input] of inputs) if (input.value) p.set(k, input.value);
         location.hash = "#tasks?" + p.toString();
       };
       search.addEventListener("keydown", e => { if (e.key === "Enter") apply(); });
       root.replaceChildren(el("h2", {}, "Tasks"),
-        el("div", { class: "toolbar", id: "task-filters" }, state, queue, name, search, el("button", { class: "primary", id: "f-apply", onclick: apply }, "Filter")),
+        el("div", { class: "toolbar", id: "task-filters" }, state, queue, name, search, range, since, until, el("button", { class: "primary", id: "f-apply", onclick: apply }, "Filter")),
         el("div", { id: "task-list" }));
     }
     const q = new URLSearchParams();
-    for (const k of ["state", "queue", "name", "q", "before"]) if (params.get(k)) q.set(k, params.get(k));
+    for (const k of ["state", "queue", "name", "q", "since", "until", "before"]) if (params.get(k)) q.set(k, params.get(k));
     q.set("limit", "50");
     const page = await api("/tasks?" + q.toString());
     const rows = page.tasks.map(t => [
@@ -112,7 +122,7 @@ const views = {
     const nav = el("div", { class: "toolbar" });
     const bulk = async what => {
       const f = new URLSearchParams();
-      for (const k of ["state", "queue", "name", "q"]) if (params.get(k)) f.set(k, params.get(k));
+      for (const k of ["state", "queue", "name", "q", "since", "until"]) if (params.get(k)) f.set(k, params.get(k));
       if (!confirm(`${what} every task matching this filter?`)) return;
       try { const r = await api(`/tasks/bulk/${what}?` + f.toString(), {}); status(`${what}: ${r.done} done, ${r.skipped} skipped`); refresh(); }
       catch (e) { status(e.message, true); }
