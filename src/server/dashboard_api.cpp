@@ -177,6 +177,24 @@ void reply_failure(httplib::Response& res, const Error& e) {
 
 }  // namespace
 
+std::optional<std::pair<std::unique_ptr<ScheduleStore>, ScheduleStatus>>
+Dashboard::Impl::find_schedule(const std::string& name, httplib::Response& res) {
+    auto store = broker->schedule_store();
+    if (!store) {
+        reply_failure(res, store.error());
+        return std::nullopt;
+    }
+    auto all = Scheduler::status(**store, config.schedules);
+    if (!all) {
+        reply_failure(res, all.error());
+        return std::nullopt;
+    }
+    for (auto& st : *all)
+        if (st.spec.name == name) return std::pair{std::move(*store), std::move(st)};
+    reply_error(res, 404, fmt::format("no schedule named '{}'", name));
+    return std::nullopt;
+}
+
 void Dashboard::Impl::install_api(httplib::Server& srv) {
     // All queues: the configured ones and those the broker knows.
     auto queues = [this]() -> Result<std::vector<Json>> {
@@ -395,19 +413,12 @@ void Dashboard::Impl::install_api(httplib::Server& srv) {
     });
     srv.Post(R"(/api/v1/schedules/([^/]+)/fire)",
              [this](const httplib::Request& req, httplib::Response& res) {
-                 auto store = broker->schedule_store();
-                 if (!store) return reply_failure(res, store.error());
                  std::string name = req.matches[1].str();
-                 auto all = Scheduler::status(**store, config.schedules);
-                 if (!all) return reply_failure(res, all.error());
-                 auto it = std::find_if(all->begin(), all->end(), [&](const ScheduleStatus& s) {
-                     return s.spec.name == name;
-                 });
-                 if (it == all->end())
-                     return reply_error(res, 404, fmt::format("no schedule named '{}'", name));
+                 auto found = find_schedule(name, res);
+                 if (!found) return;
                  // One extra run now, as `conveyor enqueue` would send it; the schedule's own fires
                  // go on as before.
-                 const ScheduleSpec& spec = it->spec;
+                 const ScheduleSpec& spec = found->second.spec;
                  EnqueueOptions o;
                  o.queue = spec.queue;
                  o.priority = spec.priority;
@@ -418,16 +429,11 @@ void Dashboard::Impl::install_api(httplib::Server& srv) {
              });
     srv.Post(R"(/api/v1/schedules/([^/]+)/(pause|resume))",
              [this](const httplib::Request& req, httplib::Response& res) {
-                 auto store = broker->schedule_store();
-                 if (!store) return reply_failure(res, store.error());
                  std::string name = req.matches[1].str();
-                 auto all = Scheduler::status(**store, config.schedules);
-                 if (!all) return reply_failure(res, all.error());
-                 if (std::none_of(all->begin(), all->end(),
-                                  [&](const ScheduleStatus& s) { return s.spec.name == name; }))
-                     return reply_error(res, 404, fmt::format("no schedule named '{}'", name));
+                 auto found = find_schedule(name, res);
+                 if (!found) return;
                  bool pause = req.matches[2].str() == "pause";
-                 if (auto ok = (*store)->set_paused(name, pause); !ok)
+                 if (auto ok = found->first->set_paused(name, pause); !ok)
                      return reply_failure(res, ok.error());
                  reply_json(res, 200, Json{{"schedule", name}, {"paused", pause}});
              });

@@ -6,12 +6,16 @@
 
 #include <condition_variable>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <string_view>
 #include <thread>
+#include <utility>
 
+#include "conveyor/engine.hpp"
 #include "conveyor/history.hpp"
+#include "conveyor/scheduler.hpp"
 #include "server/dashboard.hpp"
 #include "server/listener.hpp"
 
@@ -57,6 +61,10 @@ struct Dashboard::Impl {
 
     // ---- dashboard_api.cpp
     void install_api(httplib::Server& srv);
+    /// The schedule called `name` with the store that keeps it; nullopt (and a 404 or the
+    /// store's error sent) otherwise.
+    std::optional<std::pair<std::unique_ptr<ScheduleStore>, ScheduleStatus>> find_schedule(
+        const std::string& name, httplib::Response& res);
 };
 
 using detail::reply_json;

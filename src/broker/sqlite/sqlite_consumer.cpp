@@ -157,15 +157,11 @@ class SqliteConsumer final : public Consumer {
 
     /// Per-minute counts: this batch's, added up in memory and written with one upsert per
     /// (minute, queue, task).
-    struct Counts {
-        std::int64_t succeeded = 0, failed = 0, retried = 0, dead = 0, run_ms = 0, waited = 0,
-                     wait_ms = 0;
-    };
     void count(const Settlement& s, const Settlement::Attempt& a) {
         auto it = queue_of_.find(s.tag);
         if (it == queue_of_.end()) return;
         auto finished = to_epoch_ms(a.finished);
-        Counts& c = minutes_[{finished / 60000 * 60000, it->second, a.task}];
+        MinuteCount& c = minutes_[{finished / 60000 * 60000, it->second, a.task}];
         switch (s.kind) {
             case Settlement::Kind::ack:
                 c.succeeded++;
@@ -190,18 +186,7 @@ class SqliteConsumer final : public Consumer {
     Result<void> write_minutes() {
         for (auto& [k, c] : minutes_) {
             auto& [minute, queue, name] = k;
-            st_.count_minute.reset();
-            st_.count_minute.bind(1, minute)
-                .bind(2, queue)
-                .bind(3, name)
-                .bind(4, c.succeeded)
-                .bind(5, c.failed)
-                .bind(6, c.retried)
-                .bind(7, c.dead)
-                .bind(8, c.run_ms)
-                .bind(9, c.waited)
-                .bind(10, c.wait_ms);
-            CONVEYOR_TRY(st_.count_minute.run());
+            CONVEYOR_TRY(count_minute(st_, minute, queue, name, c));
         }
         return {};
     }
@@ -347,7 +332,7 @@ class SqliteConsumer final : public Consumer {
     bool opts_history_;  // finished tasks are kept
     std::string owner_;
     std::unordered_map<std::uint64_t, std::string> queue_of_;  // held tags' queues (history)
-    std::map<std::tuple<std::int64_t, std::string, std::string>, Counts> minutes_;
+    std::map<std::tuple<std::int64_t, std::string, std::string>, MinuteCount> minutes_;
     std::chrono::steady_clock::time_point next_housekeeping_{};
     std::unordered_set<std::uint64_t> held_;  // claimed and not settled
     std::size_t rr_ = 0;

@@ -137,7 +137,7 @@ class SqliteEventFolder final : public EventFolder {
             return {};
         }
         Stmt* st = nullptr;
-        Counts c;
+        MinuteCount c;
         if (type == "task-succeeded") {
             double runtime = std::clamp(number(e, "runtime", 0), 0.0, 1e9);
             st = &succeeded_;
@@ -173,19 +173,7 @@ class SqliteEventFolder final : public EventFolder {
         }
         st->reset();
         if (!*row || (c.succeeded + c.failed) == 0) return {};
-        st_.count_minute.reset();
-        st_.count_minute.bind(1, at / 60000 * 60000)
-            .bind(2, queue)
-            .bind(3, name)
-            .bind(4, c.succeeded)
-            .bind(5, c.failed)
-            .bind(6, c.retried)
-            .bind(7, c.dead)
-            .bind(8, c.run_ms)
-            .bind(9, std::int64_t(0))
-            .bind(10, std::int64_t(0));
-        CONVEYOR_TRY(st_.count_minute.run());
-        return {};
+        return count_minute(st_, at / 60000 * 60000, queue, name, c);
     }
 
     Result<void> worker(const Json& e, const std::string& type, const std::string& host,
@@ -209,10 +197,6 @@ class SqliteEventFolder final : public EventFolder {
         CONVEYOR_TRY(worker_.run());
         return {};
     }
-
-    struct Counts {
-        std::int64_t succeeded = 0, failed = 0, retried = 0, dead = 0, run_ms = 0;
-    };
 
     Db db_;
     Statements st_;

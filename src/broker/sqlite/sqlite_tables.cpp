@@ -264,6 +264,23 @@ Result<void> prune_history(Statements& st, const SqliteOptions& sqlite) {
     return {};
 }
 
+Result<void> count_minute(Statements& st, std::int64_t minute, std::string_view queue,
+                          std::string_view name, const MinuteCount& c) {
+    st.count_minute.reset();
+    st.count_minute.bind(1, minute)
+        .bind(2, queue)
+        .bind(3, name)
+        .bind(4, c.succeeded)
+        .bind(5, c.failed)
+        .bind(6, c.retried)
+        .bind(7, c.dead)
+        .bind(8, c.run_ms)
+        .bind(9, c.waited)
+        .bind(10, c.wait_ms);
+    CONVEYOR_TRY(st.count_minute.run());
+    return {};
+}
+
 Result<void> store_result(Statements& s, const TaskResult& r) {
     s.store_result.reset();
     s.store_result.bind(1, r.id).bind(2, int(r.state));

@@ -52,6 +52,15 @@ struct Statements {
 /// at a time.
 Result<void> prune_history(Statements& st, const SqliteOptions& sqlite);
 
+/// Tasks finished in one minute, for one queue and task name (the `minutes` table).
+struct MinuteCount {
+    std::int64_t succeeded = 0, failed = 0, retried = 0, dead = 0, run_ms = 0, waited = 0,
+                 wait_ms = 0;
+};
+/// Adds `c` to the row of (minute, queue, name) (inside a transaction).
+Result<void> count_minute(Statements& st, std::int64_t minute, std::string_view queue,
+                          std::string_view name, const MinuteCount& c);
+
 /// Stores a result (inside a transaction).
 Result<void> store_result(Statements& s, const TaskResult& r);
 /// A write-ahead log someone deleted is copied into the database and the connection reopened
