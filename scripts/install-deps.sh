@@ -9,7 +9,7 @@ profile="${1:-build}"
 build_pkgs=(g++ cmake ninja-build pkg-config
   libsqlite3-dev nlohmann-json3-dev libfmt-dev libcli11-dev libtomlplusplus-dev
   libcpp-httplib-dev libssl-dev librabbitmq-dev libhiredis-dev zlib1g-dev libmimalloc-dev
-  libhowardhinnant-date-dev tzdata)
+  libhowardhinnant-date-dev libsimdjson-dev tzdata)
 test_pkgs=(libgtest-dev libgmock-dev libbenchmark-dev sqlite3 python3 procps clang-format
   rabbitmq-server erlang-base openssl redis-server redis-tools
   python3-celery python3-redis python3-prometheus-client php-cli php-amqplib afl++ clang-tidy-14

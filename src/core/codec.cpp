@@ -404,7 +404,7 @@ Result<TaskMessage> decode_raw(const Envelope& env, std::string_view task_name,
         if (detail::json_text_depth(env.body) > detail::kMaxJsonDepth)
             return fail(Errc::malformed,
                         fmt::format("raw body nests deeper than {} levels", detail::kMaxJsonDepth));
-        payload = Json::parse(env.body, nullptr, false);
+        payload = detail::parse_json(env.body);
         parsed = !payload.is_discarded();
     }
     if (!parsed) payload = env.body;

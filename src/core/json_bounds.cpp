@@ -1,6 +1,7 @@
 #include "core/json_bounds.hpp"
 
 #include <fmt/format.h>
+#include <simdjson.h>
 
 #include <cstdint>
 #include <utility>
@@ -57,11 +58,102 @@ std::size_t json_depth(const Json& value, std::size_t limit) {
     return deepest;
 }
 
+namespace {
+
+/// A parsed document as Json, the way nlohmann's parser would have built it.
+Json to_json(simdjson::dom::element e, bool& zero) {
+    using Type = simdjson::dom::element_type;
+    switch (e.type()) {
+        case Type::OBJECT: {
+            Json out = Json::object();
+            auto& members = out.get_ref<Json::object_t&>();
+            simdjson::dom::object object = e.get_object().value_unsafe();
+            for (auto [key, value] : object)
+                members.insert_or_assign(std::string(key), to_json(value, zero));
+            return out;
+        }
+        case Type::ARRAY: {
+            Json out = Json::array();
+            auto& items = out.get_ref<Json::array_t&>();
+            simdjson::dom::array array = e.get_array().value_unsafe();
+            items.reserve(array.size());
+            for (auto item : array) items.push_back(to_json(item, zero));
+            return out;
+        }
+        case Type::STRING:
+            return Json(std::string(e.get_string().value_unsafe()));
+        case Type::INT64: {
+            auto v = e.get_int64().value_unsafe();
+            zero = zero || v == 0;
+            // nlohmann keeps a non-negative integer as unsigned.
+            return v >= 0 ? Json(std::uint64_t(v)) : Json(v);
+        }
+        case Type::UINT64:
+            return Json(e.get_uint64().value_unsafe());
+        case Type::DOUBLE:
+            return Json(e.get_double().value_unsafe());
+        case Type::BOOL:
+            return Json(e.get_bool().value_unsafe());
+        case Type::NULL_VALUE:
+            break;
+    }
+    return Json(nullptr);
+}
+
+/// Documents up to this size reuse one parser per thread; larger ones get a parser of their
+/// own, so that one big message does not leave a thread holding its buffers.
+constexpr std::size_t kReusedParserBytes = 64 * 1024;
+
+/// Whether `text` (valid JSON) may hold the number -0, which nlohmann keeps as a signed
+/// integer and simdjson as a plain zero: "-0" followed by what may end a number. Strings
+/// that happen to hold that only cost a slower parse.
+bool may_hold_negative_zero(std::string_view text) {
+    for (auto at = text.find("-0"); at != std::string_view::npos; at = text.find("-0", at + 2)) {
+        if (at + 2 == text.size()) return true;
+        switch (text[at + 2]) {
+            case ',':
+            case ']':
+            case '}':
+            case ' ':
+            case '\t':
+            case '\n':
+            case '\r':
+                return true;
+            default:
+                break;
+        }
+    }
+    return false;
+}
+
+Json from_document(simdjson::dom::element root, std::string_view text) {
+    bool zero = false;
+    Json out = to_json(root, zero);
+    if (zero && may_hold_negative_zero(text)) return Json::parse(text, nullptr, false);
+    return out;
+}
+
+}  // namespace
+
+Json parse_json(std::string_view text) {
+    simdjson::dom::element root;
+    if (text.size() <= kReusedParserBytes) {
+        thread_local simdjson::dom::parser parser;
+        if (!parser.parse(text.data(), text.size(), true).get(root))
+            return from_document(root, text);
+    } else {
+        simdjson::dom::parser parser;
+        if (!parser.parse(text.data(), text.size(), true).get(root))
+            return from_document(root, text);
+    }
+    return Json::parse(text, nullptr, false);
+}
+
 Result<Json> parse_untrusted(std::string_view text, std::string_view what) {
     if (json_text_depth(text) > kMaxJsonDepth)
         return fail(Errc::malformed,
                     fmt::format("{} nests deeper than {} levels", what, kMaxJsonDepth));
-    Json j = Json::parse(text, nullptr, false);
+    Json j = parse_json(text);
     if (j.is_discarded())
         return fail(Errc::malformed,
                     fmt::format("{} is not valid JSON (or not valid UTF-8)", what));

@@ -23,6 +23,13 @@ std::size_t json_text_depth(std::string_view text, std::size_t limit = kMaxJsonD
 /// past `limit`.
 std::size_t json_depth(const Json& value, std::size_t limit = kMaxJsonDepth);
 
+/// Parses JSON text as `Json::parse(text, nullptr, false)` does, with the same values (a
+/// non-negative integer is unsigned, the last of two equal keys wins) and a discarded value
+/// for text that is not JSON, about three times faster: simdjson first, nlohmann for what
+/// simdjson refuses (numbers beyond 64 bits, for one). Recurses once per level: bound the
+/// depth of untrusted text first (parse_untrusted does).
+Json parse_json(std::string_view text);
+
 /// Parses untrusted text. Errc::malformed "{what} nests deeper than 128 levels" or "{what} is
 /// not valid JSON (or not valid UTF-8)".
 Result<Json> parse_untrusted(std::string_view text, std::string_view what);

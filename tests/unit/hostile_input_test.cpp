@@ -66,6 +66,37 @@ TEST(JsonBounds, TooDeepTextIsRefusedBeforeItIsParsed) {
     EXPECT_EQ(detail::dump_lossy(Json("a\xff")), "\"a\xEF\xBF\xBD\"");
 }
 
+TEST(JsonBounds, TheFastParserBuildsWhatNlohmannBuildsAndRefusesWhatItRefuses) {
+    const char* texts[] = {
+        R"({"id":"x","retries":0,"eta":null,"ok":true,"f":1.5,"neg":-3,"arr":[1,[2,{}]]})",
+        R"({"a":1,"a":2})",                // the last of two equal keys wins
+        "18446744073709551615",            // the largest unsigned
+        "-9223372036854775808",            // the smallest signed
+        "123456789012345678901234567890",  // beyond 64 bits: a double
+        "-123456789012345678901234567890", "1e400", "-0", "[-0,0]", "{\"a\":-0}", R"(["a-0,"])",
+        "0.1", "1E-7", "  [1, 2]  ",
+        R"("\u00e9\ud83d\ude00\u0000\n")",  // escapes, a surrogate pair, NUL
+        "\"\xC3\xA9\"",                     // UTF-8
+        // Refused by both:
+        "\"\xff\"", R"("\ud800")", "[1,]", "{\"a\" 1}", "01", "1.", "[1] x", "", "nul", "\"a\tb\"",
+        "{\"a\":1", "[\"\\x\"]"};
+    for (std::string_view text : texts) {
+        SCOPED_TRACE(std::string(text));
+        Json fast = detail::parse_json(text);
+        Json slow = Json::parse(text, nullptr, false);
+        ASSERT_EQ(fast.is_discarded(), slow.is_discarded());
+        if (slow.is_discarded()) continue;
+        EXPECT_EQ(detail::dump_lossy(fast), detail::dump_lossy(slow));
+        EXPECT_EQ(fast.type(), slow.type());
+        if (slow.is_object())
+            for (auto& [k, v] : slow.items()) EXPECT_EQ(fast.at(k).type(), v.type()) << k;
+    }
+    // A document past the reused parser's size, and one after it on the same thread.
+    std::string big = "[" + std::string(100000, ' ') + "\"" + std::string(70000, 'x') + "\"]";
+    EXPECT_EQ(detail::parse_json(big)[0].get_ref<const std::string&>().size(), 70000u);
+    EXPECT_EQ(detail::parse_json(R"({"k":[true]})"), Json({{"k", {true}}}));
+}
+
 TEST(HostileMessages, EveryBadShapeIsMalformedNeverAThrow) {
     struct Case {
         const char* label;

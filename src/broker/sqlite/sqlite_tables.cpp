@@ -7,6 +7,7 @@
 
 #include "conveyor/log.hpp"
 #include "core/codec.hpp"
+#include "core/json_bounds.hpp"
 #include "core/time.hpp"
 #include "core/try.hpp"
 
@@ -107,7 +108,7 @@ std::string props_json(const Envelope& e) {
 
 Envelope make_envelope(const std::string& props, const std::string& headers, std::string body) {
     Envelope e;
-    Json p = Json::parse(props, nullptr, false);
+    Json p = detail::parse_json(props);
     if (p.is_object()) {
         e.content_type = p.value("content_type", "");
         e.content_encoding = p.value("content_encoding", "");
@@ -115,7 +116,7 @@ Envelope make_envelope(const std::string& props, const std::string& headers, std
         e.reply_to = p.value("reply_to", "");
         e.priority = p.value("priority", 0);
     }
-    e.headers = Json::parse(headers, nullptr, false);
+    e.headers = detail::parse_json(headers);
     if (e.headers.is_discarded()) e.headers = Json::object();
     e.body = std::move(body);
     return e;
