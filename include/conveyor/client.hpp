@@ -22,8 +22,8 @@ struct EnqueueOptions {
     std::optional<TimePoint> eta;                        ///< or at this time
     std::optional<TimePoint> expires;                    ///< do not run after this time
     std::optional<int> priority;                         ///< 0..255, higher first
-    std::string id;                                      ///< default: a new uuid4
-    std::optional<int> max_retries;                      ///< overrides the task's retry budget
+    std::string id;                  ///< default: a new UUID (version 7: time-ordered)
+    std::optional<int> max_retries;  ///< overrides the task's retry budget
     std::string exchange;      ///< amqp: publish to this exchange (fan-out) instead of a queue
     std::string routing_key;   ///< amqp: routing key with `exchange`
     std::string ordering_key;  ///< ordered queues: same key, same order, one at a time
@@ -43,7 +43,7 @@ struct Signature {
     Json args = Json::array();
     Json kwargs = Json::object();
     std::string queue;       ///< default: the task's queue, else "celery"
-    std::string id;          ///< default: a new uuid4
+    std::string id;          ///< default: a new UUID (version 7: time-ordered)
     bool immutable = false;  ///< true: does not receive the previous task's result
 };
 

@@ -21,20 +21,20 @@ inline constexpr std::string_view kDefaultQueue = "celery";
 /// A task as Conveyor and Celery (protocol v2) understand it.
 /// Value type; `id` and `name` are required, everything else has a sensible default.
 struct TaskMessage {
-    std::string id;                    ///< unique task id (uuid4 unless the caller chooses one)
-    std::string name;                  ///< registered task name, e.g. "orders.bill"
-    Json args = Json::array();         ///< positional arguments (JSON array)
-    Json kwargs = Json::object();      ///< keyword arguments (JSON object)
-    Json embed = Json::object();       ///< Celery's {callbacks, errbacks, chain, chord}
-    int retries = 0;                   ///< how many times this task has been retried so far
-    std::optional<TimePoint> eta;      ///< do not run before this time
-    std::optional<TimePoint> expires;  ///< do not run after this time
-    int priority = 0;                  ///< 0..255, higher runs first
-    std::string root_id;               ///< first task of the workflow (own id when empty)
-    std::string parent_id;             ///< task that sent this one
-    std::string group;                 ///< group id, for group and chord members
-    std::optional<int> group_index;    ///< place in a chord's header (results keep this order)
-    std::optional<double> time_limit;  ///< hard limit in seconds
+    std::string id;             ///< unique task id (a version 7 UUID unless the caller chooses one)
+    std::string name;           ///< registered task name, e.g. "orders.bill"
+    Json args = Json::array();  ///< positional arguments (JSON array)
+    Json kwargs = Json::object();           ///< keyword arguments (JSON object)
+    Json embed = Json::object();            ///< Celery's {callbacks, errbacks, chain, chord}
+    int retries = 0;                        ///< how many times this task has been retried so far
+    std::optional<TimePoint> eta;           ///< do not run before this time
+    std::optional<TimePoint> expires;       ///< do not run after this time
+    int priority = 0;                       ///< 0..255, higher runs first
+    std::string root_id;                    ///< first task of the workflow (own id when empty)
+    std::string parent_id;                  ///< task that sent this one
+    std::string group;                      ///< group id, for group and chord members
+    std::optional<int> group_index;         ///< place in a chord's header (results keep this order)
+    std::optional<double> time_limit;       ///< hard limit in seconds
     std::optional<double> soft_time_limit;  ///< soft limit in seconds
     std::optional<int> max_retries;         ///< overrides the task's configured retry budget
     std::string reply_to;                   ///< rpc result queue of the sender
@@ -91,7 +91,8 @@ struct TaskResult {
 /// "children"}.
 Json to_json(const TaskResult& result);
 
-/// A fresh uuid4 string.
+/// A fresh UUID string, version 7 (RFC 9562): time-ordered, so that ids made one after
+/// another sort one after another (an index on them grows at its end), with 62 random bits.
 std::string make_task_id();
 
 }  // namespace conveyor

@@ -109,7 +109,7 @@ Command add_enqueue(CLI::App& app, const Global& g) {
     cd->excludes(eta);
     enqueue->add_option("--priority", f->priority, "0..255, higher first")
         ->check(CLI::Range(0, 255));
-    enqueue->add_option("--id", f->id, "Task id (default: a new uuid4)");
+    enqueue->add_option("--id", f->id, "Task id (default: a new time-ordered UUID, version 7)");
     enqueue->add_option("--max-retries", f->max_retries, "Retry budget for this task")
         ->check(CLI::Range(0, 1000000));
     enqueue->add_option("--expires", f->expires, "Discard if not started within this many seconds");

@@ -3,8 +3,10 @@
 #include <gtest/gtest.h>
 #include <zlib.h>
 
+#include <chrono>
 #include <cstdio>
 #include <random>
+#include <set>
 
 #include "core/json_bounds.hpp"
 #include "core/time.hpp"
@@ -378,4 +380,25 @@ TEST(Codec, MutatedInputNeverCrashesTheDecoder) {
         ASSERT_NO_THROW((void)codec::decode_raw(e, "raw", "fallback"));
     }
     EXPECT_GT(decoded, 0);  // the mutations do not all break the message
+}
+
+TEST(TaskId, IsATimeOrderedVersion7UuidThatIncreasesWithinAThread) {
+    std::set<std::string> seen;
+    std::string previous;
+    auto before = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::system_clock::now().time_since_epoch())
+                      .count();
+    for (int i = 0; i < 100000; ++i) {
+        auto id = make_task_id();
+        ASSERT_EQ(id.size(), 36u);
+        ASSERT_EQ(id[14], '7') << id;                                                    // version
+        ASSERT_NE(std::string_view("89ab").find(id[19]), std::string_view::npos) << id;  // variant
+        ASSERT_GT(id, previous);  // sorts after the one before: an index grows at its end
+        ASSERT_TRUE(seen.insert(id).second);
+        previous = id;
+    }
+    // The first 48 bits are the time in milliseconds.
+    auto ms = std::stoll(previous.substr(0, 8) + previous.substr(9, 4), nullptr, 16);
+    EXPECT_GE(ms, before);
+    EXPECT_LT(ms, before + 60000);
 }

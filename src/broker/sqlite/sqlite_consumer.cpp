@@ -30,7 +30,7 @@ class SqliteConsumer final : public Consumer {
           sqlite_(std::move(sqlite)),
           opts_history_(sqlite_.history.count() > 0 && sqlite_.history_max > 0) {
         owner_ = fmt::format("{}#{}", opts_.name.empty() ? "consumer" : opts_.name,
-                             make_task_id().substr(0, 8));
+                             make_task_id().substr(24));  // random bits (the first are the time)
     }
 
     ~SqliteConsumer() override {
