@@ -47,14 +47,18 @@ double cpu_us() {
            ru.ru_stime.tv_usec;
 }
 
-/// Enqueues n no-op tasks to queue "bench" in batches of 1,000 (one commit each).
-void produce(Client& client, int n) {
+/// Enqueues n no-op tasks to `queue` ("bench" by default) in batches of 1,000 (one commit
+/// each), due at once or after `countdown`.
+void produce(Client& client, int n, const std::string& queue = "bench",
+             std::chrono::milliseconds countdown = {}) {
     const int batch = 1000;
     for (int first = 0; first < n; first += batch) {
         std::vector<TaskMessage> tasks;
         for (int i = first; i < std::min(n, first + batch); ++i)
             tasks.push_back(TaskMessage{.name = "noop", .args = {i}, .ignore_result = true});
-        if (auto ids = client.enqueue_many(std::move(tasks), {.queue = "bench"}); !ids) {
+        EnqueueOptions o{.queue = queue};
+        if (countdown.count() > 0) o.countdown = countdown;
+        if (auto ids = client.enqueue_many(std::move(tasks), o); !ids) {
             fmt::print(stderr, "enqueue failed: {}\n", ids.error().message);
             std::exit(1);
         }
@@ -182,7 +186,8 @@ Figures measure_processes(const std::string& url, int n, int producers, int work
         for (auto& q : *stats)
             if (q.queue == "bench" && (q.ready > 0 || q.in_flight > 0)) done = false;
         if (done) break;
-        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        // Not more often: counting is the measuring process's work, not the engine's.
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     auto t2 = Clock::now();
     for (auto fd : pipes) close(fd);
@@ -324,6 +329,35 @@ int main(int argc, char** argv) {
                                                      n_sql, 2, 2);
                         }),
                         n_sql});
+    }
+    // How the rates grow with work already in the file: N tasks enqueued and run (queue
+    // "bench", sync=normal) with none, 10,000 or 1,000,000 other tasks waiting in another
+    // queue, or 100,000 delayed for an hour; a fresh file each, filled first, median of three.
+    if (n_sql > 0 && !std::getenv("BENCH_NO_BACKLOG")) {
+        int big = std::getenv("N_BACKLOG") ? std::atoi(std::getenv("N_BACKLOG")) : 1000000;
+        struct Backlog {
+            const char* key;
+            int waiting, delayed;
+        };
+        for (auto [key, waiting, delayed] :
+             {Backlog{"backlog_none", 0, 0}, Backlog{"backlog_10k", 10000, 0},
+              Backlog{"backlog_1m", big, 0}, Backlog{"delayed_100k", 0, 100000}}) {
+            auto url = "sqlite://" + (dir / fmt::format("{}.db", key)).string() + "?sync=normal";
+            {
+                auto broker = *Broker::open(url);
+                Client client(broker);
+                if (waiting > 0) produce(client, waiting, "waiting");
+                if (delayed > 0) produce(client, delayed, "later", std::chrono::hours(1));
+            }
+            auto f = median_of([&] { return measure(url, n_sql, 2, 512, Watch::none); });
+            extra[fmt::format("conveyor_sqlite_{}_enqueue_per_s", key)] =
+                std::round(f.enqueue_per_s);
+            extra[fmt::format("conveyor_sqlite_{}_tasks_per_s", key)] =
+                std::round(f.end_to_end_per_s);
+            fmt::print("sqlite with {} waiting and {} delayed: enqueue {:.0f}/s, run {:.0f}/s\n",
+                       waiting, delayed, f.enqueue_per_s, f.end_to_end_per_s);
+            std::filesystem::remove(dir / fmt::format("{}.db", key));
+        }
     }
     // What watching costs: metrics and logs at their defaults against neither, runs interleaved
     // (none, defaults, none, ...), median of three each.

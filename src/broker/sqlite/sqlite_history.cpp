@@ -127,7 +127,9 @@ class SqliteHistory final : public TaskHistory {
             if (!query.search.empty()) where.push_back("instr(t.body, ?2) > 0");
             if (query.before > 0) where.push_back("t.seq < ?3");
         }
-        if (query.state) where.push_back("t.state = ?4");
+        // The state as a literal: the planner uses a partial index (WHERE state=2, ...) only
+        // for a state it can see.
+        if (query.state) where.push_back(fmt::format("t.state = {}", state_column(*query.state)));
         if (!query.name.empty()) where.push_back("t.name = ?5");
         if (!query.queue.empty()) where.push_back("t.queue = ?6");
         if (query.since) where.push_back("t.created_at >= ?7");
@@ -152,7 +154,6 @@ class SqliteHistory final : public TaskHistory {
         }
         if (!query.search.empty()) q->bind(2, query.search);
         if (query.before > 0) q->bind(3, query.before);
-        if (query.state) q->bind(4, state_column(*query.state));
         if (!query.name.empty()) q->bind(5, query.name);
         if (!query.queue.empty()) q->bind(6, query.queue);
         if (query.since) q->bind(7, to_epoch_ms(*query.since));
