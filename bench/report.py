@@ -75,6 +75,14 @@ if fig.get('conveyor_sqlite_history_tasks_per_s'):
                      num(fig['conveyor_sqlite_no_history_tasks_per_s']),
                      fig['conveyor_sqlite_history_worker_cpu_us'],
                      fig['conveyor_sqlite_no_history_worker_cpu_us']))
+if fig.get('conveyor_sqlite_backlog_none_tasks_per_s'):
+    parts = []
+    for label, key in (('empty', 'backlog_none'), ('10,000 waiting', 'backlog_10k'),
+                       ('1,000,000 waiting', 'backlog_1m'), ('100,000 delayed', 'delayed_100k')):
+        parts.append('%s %s/%s' % (label, num(fig.get('conveyor_sqlite_%s_enqueue_per_s' % key)),
+                                   num(fig.get('conveyor_sqlite_%s_tasks_per_s' % key))))
+    lines.append('sqlite (sync=normal) with other tasks in the file, enqueue/s and end-to-end '
+                 'tasks/s: ' + '; '.join(parts))
 if fig.get('history_tasks'):
     lines.append('Dashboard task list over a sqlite history of %s tasks (ms, median of 7): newest page '
                  '%.2f, page by cursor %.2f, by state %.2f, by name %.2f, by queue %.2f, search one '
