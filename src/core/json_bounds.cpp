@@ -102,7 +102,7 @@ Json to_json(simdjson::dom::element e, bool& zero) {
 
 /// Documents up to this size reuse one parser per thread; larger ones get a parser of their
 /// own, so that one big message does not leave a thread holding its buffers.
-constexpr std::size_t kReusedParserBytes = 64 * 1024;
+constexpr std::size_t kReusedParserBytes = std::size_t{64} * 1024;
 
 /// Whether `text` (valid JSON) may hold the number -0, which nlohmann keeps as a signed
 /// integer and simdjson as a plain zero: "-0" followed by what may end a number. Strings
