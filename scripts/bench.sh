@@ -9,6 +9,7 @@ work=$(mktemp -d /tmp/conveyor-bench-XXXXXX)
 cleanup() {
   [ -n "${worker_pid:-}" ] && kill "$worker_pid" 2> /dev/null || true
   "$root/scripts/rabbitmq-node.sh" stop "$work/node" > /dev/null 2>&1 || true
+  "$root/scripts/redis-server.sh" stop "$work/redis" > /dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -59,9 +60,30 @@ for _ in $(seq "${BENCH_REPEAT:-3}"); do php "$root/bench/peers/php_bench.php" "
   /usr/bin/python3 -c 'import json,sys; runs=sorted((json.loads(l) for l in sys.stdin), key=lambda d: d["tasks_per_s"]); d=runs[len(runs)//2]; print(json.dumps({"php_tasks_per_s": d["tasks_per_s"], "php_enqueue_per_s": d["enqueue_per_s"]}))' \
   > "$work/php.json"
 
+# The Redis-based peers, same N as the sqlite engine, no-op jobs, Redis without persistence:
+# the median run (by N over enqueue + drain time) of BENCH_REPEAT.
+echo "Sidekiq and BullMQ on a private redis-server ..." >&2
+redis_url=$("$root/scripts/redis-server.sh" start "$work/redis")
+redis_port=$(cat "$work/redis/port")
+n_redis=${N_SQLITE:-50000}
+median_peer() {
+  /usr/bin/python3 -c 'import json,sys
+runs = sorted((json.loads(l) for l in sys.stdin if l.startswith("{")), key=lambda d: d["total_per_s"])
+d, p = runs[len(runs) // 2], sys.argv[1]
+print(json.dumps({p + "_" + k: d[k] for k in ("enqueue_per_s", "drain_per_s", "total_per_s")}))' "$1"
+}
+for _ in $(seq "${BENCH_REPEAT:-3}"); do
+  ruby "$root/bench/peers/sidekiq_bench.rb" "$redis_url" "$n_redis" 2> /dev/null | tail -1
+done | median_peer sidekiq > "$work/sidekiq.json"
+for _ in $(seq "${BENCH_REPEAT:-3}"); do
+  node "$root/bench/peers/bullmq/bullmq_bench.mjs" "$redis_port" "$n_redis" 2> /dev/null | tail -1
+done | median_peer bullmq > "$work/bullmq.json"
+"$root/scripts/redis-server.sh" stop "$work/redis" > /dev/null
+
 echo "dashboard task list over a big history ..." >&2
 "$root/$build/bench/bench_history" "${N_HISTORY:-1000000}" "$work/history.json" >&2
 
 /usr/bin/python3 "$root/bench/report.py" "$out" "$work/engines.json" "$work/rss.json" \
-  "$work/celery.json" "$work/php.json" "$work/bare.json" "$work/history.json"
+  "$work/celery.json" "$work/php.json" "$work/bare.json" "$work/history.json" \
+  "$work/sidekiq.json" "$work/bullmq.json"
 rm -f "$out/latest.dat"

@@ -15,7 +15,9 @@ test_pkgs=(libgtest-dev libgmock-dev libbenchmark-dev sqlite3 python3 procps cla
   python3-celery python3-redis python3-prometheus-client php-cli php-amqplib afl++ clang-tidy-14
   chromium chromium-driver python3-selenium)
 
-bench_pkgs=(gnuplot-nox)
+# Peers the benchmark runs beside Conveyor: Sidekiq (Debian's), BullMQ (npm, on Node.js).
+bench_pkgs=(gnuplot-nox ruby-sidekiq nodejs)
+command -v npm > /dev/null 2>&1 || bench_pkgs+=(npm)
 
 pkgs=("${build_pkgs[@]}")
 if [ "$profile" = "test" ] || [ "$profile" = "bench" ]; then
@@ -31,7 +33,21 @@ for p in "${pkgs[@]}"; do
     missing+=("$p")
   fi
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+# BullMQ and ioredis at the versions bench/peers/bullmq/package-lock.json names, from the npm
+# registry, once.
+install_bullmq() {
+  [ "$profile" = "bench" ] || return 0
+  local dir
+  dir="$(cd "$(dirname "$0")/.." && pwd)/bench/peers/bullmq"
+  [ -d "$dir/node_modules/bullmq" ] && return 0
+  echo "install-deps: installing BullMQ (npm ci in bench/peers/bullmq)"
+  (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+}
+
+if [ ${#missing[@]} -eq 0 ]; then
+  install_bullmq
+  exit 0
+fi
 
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
@@ -43,3 +59,4 @@ fi
 echo "install-deps: installing ${missing[*]}"
 $sudo apt-get update -q
 DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+install_bullmq

@@ -65,6 +65,11 @@ struct ConsumerOptions {
     std::size_t prefetch = 16;               ///< most unsettled deliveries at once
     std::chrono::milliseconds lease{30000};  ///< sqlite: claim lifetime without renewal
     std::string name;                        ///< for diagnostics; unique per consumer
+    /// sqlite: once a fetch returned tasks, a thread of the consumer claims the next batch (as
+    /// many again) while the caller works on these, so that claiming and reading rows overlap
+    /// the caller's work. Those tasks are leased to this consumer meanwhile (renewed and
+    /// handed back with its others). The worker sets it; other engines ignore it.
+    bool read_ahead = false;
 };
 
 /// One consumer's session. Not thread-safe: the thread that created it uses it alone.

@@ -15,11 +15,15 @@
 
 namespace conveyor {
 
-void Worker::Impl::release_key(Job* job, std::vector<Job*>& ready) {
-    if (auto next = key_order.done(job->key)) {
-        arm_deadline(**next);
-        ready.push_back(*next);
-    }
+void Worker::Impl::release_keys(Round& r) {
+    std::vector<Job*> ready;
+    for (auto& key : r.settling_keys)
+        if (auto next = key_order.done(key)) {
+            arm_deadline(**next);
+            ready.push_back(*next);
+        }
+    r.settling_keys.clear();
+    enqueue_ready(ready);
 }
 
 void Worker::Impl::enqueue_ready(const std::vector<Job*>& ready) {
@@ -115,7 +119,7 @@ void Worker::Impl::collect_outcomes(Round& r) {
         auto s = conclude(o);
         if (!s) continue;  // sleeping before it runs again
         r.pending.push_back(std::move(*s));
-        release_key(o.job, unblocked);
+        if (!o.job->key.empty()) r.settling_keys.push_back(o.job->key);
         forget(o.job);
     }
     for (auto now = steady_clock::now();
@@ -195,8 +199,10 @@ Result<void> Worker::Impl::settle_and_renew(Consumer& consumer, Round& r,
     // Unsettled deliveries count against the broker's prefetch window: a quarter at most.
     std::size_t batch_max = std::min(kSettleBatch, std::max<std::size_t>(1, opts.prefetch / 4));
     bool storage_up = r.storage.ready(now);
+    // A task waiting for its key's predecessor to be settled is not kept waiting for a group.
     if (storage_up && !r.pending.empty() &&
-        (!more_coming || r.pending.size() >= batch_max || now - r.pending_since >= kSettleWindow)) {
+        (!more_coming || r.pending.size() >= batch_max || now - r.pending_since >= kSettleWindow ||
+         !r.settling_keys.empty())) {
         beat("settling tasks");
         if (auto ok = consumer.settle(r.pending); !ok) {
             if (!r.storage.failed(ok.error(), "settling tasks")) return ok;
@@ -205,6 +211,7 @@ Result<void> Worker::Impl::settle_and_renew(Consumer& consumer, Round& r,
             r.pending.clear();
             r.pending_since = now;
             r.last_settle = now;
+            release_keys(r);
         }
     } else if (storage_up && r.pending.empty() && now - r.last_settle >= milliseconds(50)) {
         // Nothing to settle: lets the consumer send what it holds back (RabbitMQ acks
@@ -306,6 +313,7 @@ Result<void> Worker::Impl::run() {
     ConsumerOptions co;
     co.queues = opts.queues;
     co.prefetch = opts.prefetch;
+    co.read_ahead = true;
     co.lease = opts.lease;
     co.name = opts.name;
     auto consumer_r = broker->consume(co);

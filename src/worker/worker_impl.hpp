@@ -239,9 +239,6 @@ struct Worker::Impl {
 
     void arm_deadline(Job& job);
 
-    /// A keyed job is settled: the next job with its key may run.
-    void release_key(Job* job, std::vector<Job*>& ready);
-
     void enqueue_ready(const std::vector<Job*>& ready);
 
     /// What an outcome becomes; nullopt while a keyed job sleeps before it runs again. Any
@@ -298,6 +295,10 @@ struct Worker::Impl {
     /// The dispatcher's state from one round of its loop to the next.
     struct Round {
         std::vector<Settlement> pending;  // settlements waiting for a group commit
+        // Ordering keys of pending settlements: the next task with the key starts once its
+        // predecessor's settlement is sent, so a worker killed in between leaves at most one
+        // unsettled task per key to run again (never two out of order).
+        std::vector<std::string> settling_keys;
         // The last time nothing was pending: the oldest pending settlement is younger.
         steady_clock::time_point pending_since{};
         steady_clock::time_point last_deadline_scan{};
@@ -336,6 +337,8 @@ struct Worker::Impl {
     /// wait here, running tasks go on, and the worker looks again later. An error only when
     /// the broker fails for good.
     Result<void> settle_and_renew(Consumer& consumer, Round& r, steady_clock::time_point now);
+    /// After a settle: the next job of each settled key may run.
+    void release_keys(Round& r);
 
     /// 5. Fetches more when a quarter of the window is free (fewer, larger batches), or when
     /// handler threads would otherwise idle. True when deliveries came.

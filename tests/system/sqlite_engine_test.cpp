@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <thread>
+
 #include "conveyor/broker.hpp"
 #include "conveyor/client.hpp"
 #include "conveyor/engine.hpp"
@@ -82,6 +84,56 @@ TEST(SqliteEngine, ExpiredLeaseGoesToAnotherConsumerAndTheOldOwnerCannotSettle) 
     Settlement stale{.kind = Settlement::Kind::ack, .tag = (*first)[0].tag};
     ASSERT_TRUE(a->settle(std::span(&stale, 1)));
     EXPECT_EQ(stats_of(*f.broker, "q").in_flight, 1);  // still b's
+}
+
+TEST(SqliteEngine, AReadAheadConsumerClaimsTheNextBatchWhileItsCallerWorksAndHandsItBack) {
+    Fixture f;
+    std::vector<std::string> ids;
+    for (int i = 0; i < 10; ++i) ids.push_back(f.enqueue("q"));
+    std::unique_ptr<Consumer> other;
+    {
+        auto b = *Broker::open(f.url);
+        auto c = *b->consume({.queues = {"q"}, .name = "ahead", .read_ahead = true});
+        auto first = c->fetch(4, 0ms);
+        ASSERT_TRUE(first);
+        ASSERT_EQ(first->size(), 4u);
+        // Meanwhile the next 4 are claimed for it, and no other consumer gets them.
+        auto until = std::chrono::steady_clock::now() + 5s;
+        while (stats_of(*f.broker, "q").in_flight < 8 && std::chrono::steady_clock::now() < until)
+            std::this_thread::sleep_for(5ms);
+        EXPECT_EQ(stats_of(*f.broker, "q").in_flight, 8);
+        EXPECT_EQ(stats_of(*f.broker, "q").ready, 2);
+        other = f.consumer({"q"});
+        auto rest = other->fetch(10, 0ms);
+        ASSERT_TRUE(rest);
+        ASSERT_EQ(rest->size(), 2u);
+        EXPECT_EQ((*rest)[0].message_id, ids[8]);
+        // ... and they come next, in order, without waiting.
+        auto second = c->fetch(4, 0ms);
+        ASSERT_TRUE(second);
+        ASSERT_EQ(second->size(), 4u);
+        for (int i = 0; i < 4; ++i) {
+            EXPECT_EQ((*first)[std::size_t(i)].message_id, ids[std::size_t(i)]);
+            EXPECT_EQ((*second)[std::size_t(i)].message_id, ids[std::size_t(i) + 4]);
+        }
+        // Renewing keeps every one of them.
+        auto lost = c->renew();
+        ASSERT_TRUE(lost);
+        EXPECT_TRUE(lost->empty());
+        std::vector<Settlement> done;
+        for (auto& d : *first) done.push_back({.kind = Settlement::Kind::ack, .tag = d.tag});
+        ASSERT_TRUE(c->settle(done));
+    }
+    // Gone with 4 unsettled: they are back at once, not delivered in the count.
+    auto s = stats_of(*f.broker, "q");
+    EXPECT_EQ(s.ready, 4);
+    EXPECT_EQ(s.in_flight, 2);  // the other consumer's
+    auto again = f.consumer({"q"});
+    auto back = again->fetch(10, 0ms);
+    ASSERT_TRUE(back);
+    ASSERT_EQ(back->size(), 4u);
+    EXPECT_EQ((*back)[0].message_id, ids[4]);
+    EXPECT_EQ((*back)[0].deliveries, 1);
 }
 
 TEST(SqliteEngine, RenewedLeaseIsNotTakenOver) {

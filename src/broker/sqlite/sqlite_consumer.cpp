@@ -1,11 +1,16 @@
 // Consuming from the sqlite engine: a cheap read-only probe while idle, claims in BEGIN
-// IMMEDIATE with a lease, lease renewal, settlements grouped into one commit.
+// IMMEDIATE with a lease, lease renewal, settlements grouped into one commit, and the next
+// batch claimed ahead on a thread of the consumer (ConsumerOptions::read_ahead).
 #include "broker/sqlite/sqlite_consumer.hpp"
 
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <condition_variable>
+#include <deque>
 #include <map>
+#include <mutex>
+#include <optional>
 #include <thread>
 #include <tuple>
 #include <unordered_map>
@@ -34,7 +39,15 @@ class SqliteConsumer final : public Consumer {
     }
 
     ~SqliteConsumer() override {
-        // Hand back whatever is still held so that others need not wait for the lease.
+        {
+            std::lock_guard lk(ahead_mu_);
+            ahead_stop_ = true;
+        }
+        ahead_cv_.notify_all();
+        if (claimer_.joinable()) claimer_.join();
+        std::lock_guard db(db_mu_);
+        // Hand back whatever is still held (claimed ahead too) so that others need not wait
+        // for the lease.
         if (held_.empty()) return;
         (void)in_transaction(db_, st_, [&]() -> Result<void> {
             auto st = db_.prepare(
@@ -49,16 +62,31 @@ class SqliteConsumer final : public Consumer {
     }
 
     Result<std::vector<Delivery>> fetch(std::size_t max, std::chrono::milliseconds wait) override {
-        CONVEYOR_TRY(housekeep());
+        {
+            std::lock_guard db(db_mu_);
+            CONVEYOR_TRY(housekeep());
+        }
         auto deadline = std::chrono::steady_clock::now() + wait;
         auto sleep = std::chrono::microseconds(500);
         for (;;) {
-            auto probe = claimable();
-            CONVEYOR_TRY(probe);
-            if (*probe) {
-                auto got = claim(max);
-                if (!got) return got;
-                if (!got->empty()) return got;
+            // What was claimed ahead first; else a claim of its own.
+            auto ahead = take_ahead(max);
+            CONVEYOR_TRY(ahead);
+            if (!ahead->empty()) {
+                ask_ahead(max);
+                return ahead;
+            }
+            Result<std::vector<Row>> rows = std::vector<Row>{};
+            {
+                std::lock_guard db(db_mu_);
+                auto probe = claimable();
+                CONVEYOR_TRY(probe);
+                if (*probe) rows = claim_rows(max);
+            }
+            CONVEYOR_TRY(rows);
+            if (!rows->empty()) {
+                ask_ahead(max);
+                return to_deliveries(std::move(*rows));
             }
             auto now = std::chrono::steady_clock::now();
             if (now >= deadline) return std::vector<Delivery>{};
@@ -70,6 +98,7 @@ class SqliteConsumer final : public Consumer {
 
     Result<void> settle(std::span<Settlement> batch) override {
         if (batch.empty()) return {};
+        std::lock_guard db(db_mu_);
         auto ok = settle_batch(batch);
         // Settled, or already taken by another consumer (its lease was lost): not held either way.
         if (ok)
@@ -202,6 +231,7 @@ class SqliteConsumer final : public Consumer {
     }
 
     Result<std::vector<std::uint64_t>> renew() override {
+        std::lock_guard db(db_mu_);
         std::vector<std::uint64_t> lost;
         if (held_.empty()) return lost;
         st_.renew.reset();
@@ -219,13 +249,21 @@ class SqliteConsumer final : public Consumer {
                 ++it;
             } else {
                 lost.push_back(*it);
+                queue_of_.erase(*it);
                 it = held_.erase(it);
             }
+        }
+        // Claimed ahead and lost before they were handed out: never handed out.
+        if (!lost.empty()) {
+            std::unordered_set<std::uint64_t> gone(lost.begin(), lost.end());
+            std::lock_guard lk(ahead_mu_);
+            std::erase_if(ahead_, [&](const Delivery& d) { return gone.contains(d.tag); });
         }
         return lost;
     }
 
     Result<void> set_consuming(const std::string& queue, bool consume) override {
+        std::lock_guard db(db_mu_);
         auto& qs = opts_.queues;
         bool has = std::find(qs.begin(), qs.end(), queue) != qs.end();
         if (consume && !has) qs.push_back(queue);
@@ -274,8 +312,17 @@ class SqliteConsumer final : public Consumer {
         return false;
     }
 
-    Result<std::vector<Delivery>> claim(std::size_t max) {
-        std::vector<Delivery> out;
+    /// A claimed row, read in the claim's transaction and turned into a delivery after it.
+    struct Row {
+        std::int64_t seq = 0, available_at = 0;
+        int priority = 0, deliveries = 0;
+        std::string id, queue, props, headers, body;
+    };
+
+    /// Claims up to `max` ready tasks, queue by queue from the one after last time's, each
+    /// queue's by priority then age (with db_mu_ held).
+    Result<std::vector<Row>> claim_rows(std::size_t max) {
+        std::vector<Row> out;
         auto ok = in_transaction(db_, st_, [&]() -> Result<void> {
             out.clear();
             auto now = now_ms();
@@ -292,37 +339,121 @@ class SqliteConsumer final : public Consumer {
                     .bind(3, q)
                     .bind(4, std::int64_t(max - out.size()))
                     .bind(5, now);
-                std::vector<std::pair<std::pair<int, std::int64_t>, Delivery>> rows;
+                auto first = out.size();
                 for (;;) {
                     auto r = st_.claim.step();
                     CONVEYOR_TRY(r);
                     if (!*r) break;
-                    Delivery d;
-                    d.tag = std::uint64_t(st_.claim.i64(0));
-                    d.message_id = st_.claim.text(1);
-                    d.queue = st_.claim.text(2);
-                    d.deliveries = int(st_.claim.i64(3));
-                    int prio = int(st_.claim.i64(4));
-                    d.envelope =
-                        make_envelope(st_.claim.text(5), st_.claim.text(6), st_.claim.text(7));
-                    d.due = detail::from_epoch_ms(st_.claim.i64(8));
-                    // (Braces here would pick pair's copying constructor: a copy of the body.)
-                    rows.emplace_back(std::pair{-prio, st_.claim.i64(0)}, std::move(d));
+                    Row row;
+                    row.seq = st_.claim.i64(0);
+                    row.id = st_.claim.text(1);
+                    row.queue = st_.claim.text(2);
+                    row.deliveries = int(st_.claim.i64(3));
+                    row.priority = int(st_.claim.i64(4));
+                    row.props = st_.claim.text(5);
+                    row.headers = st_.claim.text(6);
+                    row.body = st_.claim.text(7);
+                    row.available_at = st_.claim.i64(8);
+                    out.push_back(std::move(row));
                 }
-                std::sort(rows.begin(), rows.end(),
-                          [](auto& a, auto& b) { return a.first < b.first; });
-                for (auto& r : rows) out.push_back(std::move(r.second));
+                // RETURNING gives rows in no promised order.
+                std::sort(out.begin() + std::ptrdiff_t(first), out.end(),
+                          [](const Row& a, const Row& b) {
+                              return std::pair{-a.priority, a.seq} < std::pair{-b.priority, b.seq};
+                          });
             }
             rr_++;
             return {};
         });
         CONVEYOR_TRY(ok);
-        for (auto& d : out) {
-            held_.insert(d.tag);
-            if (opts_history_) queue_of_[d.tag] = d.queue;
+        for (auto& r : out) {
+            held_.insert(std::uint64_t(r.seq));
+            if (opts_history_) queue_of_[std::uint64_t(r.seq)] = r.queue;
         }
         if (out.size() == max) next_check_ = {};  // more may be waiting
         return out;
+    }
+
+    /// Rows into deliveries: the stored properties and headers parsed (no lock needed).
+    static std::vector<Delivery> to_deliveries(std::vector<Row>&& rows) {
+        std::vector<Delivery> out;
+        out.reserve(rows.size());
+        for (auto& r : rows) {
+            Delivery d;
+            d.tag = std::uint64_t(r.seq);
+            d.message_id = std::move(r.id);
+            d.queue = std::move(r.queue);
+            d.deliveries = r.deliveries;
+            d.envelope = make_envelope(r.props, r.headers, std::move(r.body));
+            d.due = detail::from_epoch_ms(r.available_at);
+            out.push_back(std::move(d));
+        }
+        return out;
+    }
+
+    /// Up to `max` of the deliveries claimed ahead; the claimer's failure, once.
+    Result<std::vector<Delivery>> take_ahead(std::size_t max) {
+        std::vector<Delivery> out;
+        if (!opts_.read_ahead) return out;
+        std::lock_guard lk(ahead_mu_);
+        if (ahead_error_) {
+            auto e = std::move(*ahead_error_);
+            ahead_error_.reset();
+            ahead_cv_.notify_all();
+            return std::unexpected(std::move(e));
+        }
+        while (!ahead_.empty() && out.size() < max) {
+            out.push_back(std::move(ahead_.front()));
+            ahead_.pop_front();
+        }
+        return out;
+    }
+
+    /// After tasks were handed out: the next `max` are claimed ahead, on the claimer thread.
+    void ask_ahead(std::size_t max) {
+        if (!opts_.read_ahead) return;
+        {
+            std::lock_guard lk(ahead_mu_);
+            ahead_want_ = max;
+        }
+        if (!claimer_.joinable()) claimer_ = std::thread([this] { claim_ahead(); });
+        ahead_cv_.notify_all();
+    }
+
+    /// The claimer thread: claims up to what was asked for while the caller works, and stops
+    /// asking once nothing is ready (then fetch's own probing takes over, and asks again when
+    /// it finds tasks).
+    void claim_ahead() {
+        for (;;) {
+            std::size_t room = 0;
+            {
+                std::unique_lock lk(ahead_mu_);
+                ahead_cv_.wait(lk, [&] {
+                    return ahead_stop_ || (!ahead_error_ && ahead_.size() < ahead_want_);
+                });
+                if (ahead_stop_) return;
+                room = ahead_want_ - ahead_.size();
+            }
+            Result<std::vector<Row>> rows = std::vector<Row>{};
+            {
+                std::lock_guard db(db_mu_);
+                auto probe = claimable();
+                if (!probe)
+                    rows = std::unexpected(probe.error());
+                else if (*probe)
+                    rows = claim_rows(room);
+            }
+            std::vector<Delivery> got;
+            if (rows && !rows->empty()) got = to_deliveries(std::move(*rows));
+            {
+                std::lock_guard lk(ahead_mu_);
+                if (!rows)
+                    ahead_error_ = rows.error();  // fetch returns it; the worker backs off
+                else if (got.empty())
+                    ahead_want_ = 0;
+                for (auto& d : got) ahead_.push_back(std::move(d));
+            }
+        }
     }
 
     Db db_;
@@ -338,6 +469,16 @@ class SqliteConsumer final : public Consumer {
     std::size_t rr_ = 0;
     std::int64_t last_version_ = -1;
     std::chrono::steady_clock::time_point next_check_{};
+    // The connection and everything above are the caller's and the claimer's in turn.
+    std::mutex db_mu_;
+    // Claimed ahead, not handed out yet (read_ahead).
+    std::mutex ahead_mu_;
+    std::condition_variable ahead_cv_;
+    std::deque<Delivery> ahead_;
+    std::size_t ahead_want_ = 0;
+    std::optional<Error> ahead_error_;
+    bool ahead_stop_ = false;
+    std::thread claimer_;  // declared last: it stops before anything above goes
 };
 
 }  // namespace
