@@ -150,7 +150,8 @@ TEST(Monitoring, HealthAndReadinessFollowTheWorkersLife) {
     EXPECT_EQ(health.status, 200);
     EXPECT_EQ(health.content_type, "application/json");
     EXPECT_EQ(Json::parse(health.body, nullptr, false).value("status", ""), "ok") << health.body;
-    EXPECT_EQ(http_request(url, "/readyz").status, 200);
+    // Ready once its handler threads are up (the listener answers a moment before).
+    EXPECT_TRUE(eventually([&] { return http_request(url, "/readyz").status == 200; }, 10s));
     ASSERT_TRUE(eventually(
         [&] { return sample(http_request(url, "/metrics").body, "conveyor_worker_busy") == 1; },
         10s));
