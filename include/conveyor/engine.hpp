@@ -95,6 +95,11 @@ class Consumer {
     /// re-established); nullopt while it can. Engines whose failures show as errors of fetch
     /// and settle keep the default.
     virtual std::optional<std::string> trouble() const { return std::nullopt; }
+    /// Fetches nothing ahead any more and hands back what was claimed ahead and not returned by
+    /// fetch yet (read_ahead), so that other consumers can take it at once; deliveries fetch
+    /// returned stay this consumer's to settle. The worker calls it as it begins to stop.
+    /// Engines that do not read ahead keep the default.
+    [[nodiscard]] virtual Result<void> stop_reading_ahead() { return {}; }
     [[nodiscard]] virtual Result<void> set_consuming(const std::string& queue, bool consume) {
         (void)queue;
         (void)consume;

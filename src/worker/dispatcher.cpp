@@ -340,7 +340,12 @@ Result<void> Worker::Impl::run() {
     for (;;) {
         beat("waiting for outcomes");
         collect_outcomes(r);
-        if (stopping.load()) drain(r);
+        if (stopping.load()) {
+            // What the consumer claimed ahead goes back at once, for other workers to take;
+            // a failure leaves it to the lease or to the consumer's end.
+            if (!r.draining) (void)consumer.stop_reading_ahead();
+            drain(r);
+        }
         apply_consumer_changes(consumer);
         auto now = steady_clock::now();
         stop_overdue(r, now);

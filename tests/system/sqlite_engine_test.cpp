@@ -7,6 +7,7 @@
 #include "conveyor/broker.hpp"
 #include "conveyor/client.hpp"
 #include "conveyor/engine.hpp"
+#include "conveyor/worker.hpp"
 #include "core/codec.hpp"
 #include "support/process.hpp"
 #include "support/queue_stats.hpp"
@@ -134,6 +135,80 @@ TEST(SqliteEngine, AReadAheadConsumerClaimsTheNextBatchWhileItsCallerWorksAndHan
     ASSERT_EQ(back->size(), 4u);
     EXPECT_EQ((*back)[0].message_id, ids[4]);
     EXPECT_EQ((*back)[0].deliveries, 1);
+}
+
+TEST(SqliteEngine, StoppingReadAheadHandsBackWhatWasClaimedAheadAtOnce) {
+    Fixture f;
+    std::vector<std::string> ids;
+    for (int i = 0; i < 8; ++i) ids.push_back(f.enqueue("q"));
+    auto b = *Broker::open(f.url);
+    auto c = *b->consume({.queues = {"q"}, .name = "ahead", .read_ahead = true});
+    auto first = c->fetch(4, 0ms);
+    ASSERT_TRUE(first);
+    ASSERT_EQ(first->size(), 4u);
+    auto until = std::chrono::steady_clock::now() + 5s;
+    while (stats_of(*f.broker, "q").in_flight < 8 && std::chrono::steady_clock::now() < until)
+        std::this_thread::sleep_for(5ms);
+    ASSERT_EQ(stats_of(*f.broker, "q").in_flight, 8);
+    ASSERT_TRUE(c->stop_reading_ahead());
+    // The 4 claimed ahead are ready again, never delivered in the count; the 4 handed out stay.
+    auto s = stats_of(*f.broker, "q");
+    EXPECT_EQ(s.ready, 4);
+    EXPECT_EQ(s.in_flight, 4);
+    auto other = f.consumer({"q"});
+    auto rest = other->fetch(10, 0ms);
+    ASSERT_TRUE(rest);
+    ASSERT_EQ(rest->size(), 4u);
+    EXPECT_EQ((*rest)[0].message_id, ids[4]);
+    EXPECT_EQ((*rest)[0].deliveries, 1);
+    // It claims nothing ahead any more, and still settles what it has.
+    f.enqueue("q");
+    auto own = c->fetch(4, 0ms);
+    ASSERT_TRUE(own);
+    EXPECT_EQ(own->size(), 1u);
+    std::this_thread::sleep_for(100ms);
+    EXPECT_EQ(stats_of(*f.broker, "q").in_flight, 9);  // 4 + 1 of c, 4 of the other
+    std::vector<Settlement> done;
+    for (auto& d : *first) done.push_back({.kind = Settlement::Kind::ack, .tag = d.tag});
+    ASSERT_TRUE(c->settle(done));
+    EXPECT_EQ(stats_of(*f.broker, "q").in_flight, 5);
+}
+
+TEST(SqliteEngine, AStoppingWorkerHandsBackWhatItClaimedAheadWhileItsTaskStillRuns) {
+    Fixture f;
+    for (int i = 0; i < 10; ++i) f.enqueue("q");
+    auto b = *Broker::open(f.url);
+    Worker w(b, WorkerOptions{.queues = {"q"},
+                              .concurrency = 1,
+                              .prefetch = 2,
+                              .shutdown_grace = 30s,
+                              .remote_control = false});
+    std::atomic<int> started{0};
+    std::atomic<bool> go{false};
+    w.handle("t", [&](TaskContext&) -> Json {
+        started++;
+        while (!go.load()) std::this_thread::sleep_for(1ms);
+        return nullptr;
+    });
+    std::jthread runner([&] { (void)w.run(); });
+    auto until = std::chrono::steady_clock::now() + 5s;
+    while ((started.load() == 0 || stats_of(*f.broker, "q").in_flight < 4) &&
+           std::chrono::steady_clock::now() < until)
+        std::this_thread::sleep_for(5ms);
+    ASSERT_EQ(stats_of(*f.broker, "q").in_flight, 4);  // running, queued, 2 claimed ahead
+    w.stop();
+    // Only the running one stays leased; the rest are back before it ends.
+    until = std::chrono::steady_clock::now() + 5s;
+    while (stats_of(*f.broker, "q").in_flight > 1 && std::chrono::steady_clock::now() < until)
+        std::this_thread::sleep_for(5ms);
+    auto s = stats_of(*f.broker, "q");
+    EXPECT_EQ(s.in_flight, 1);
+    EXPECT_EQ(s.ready, 9);
+    EXPECT_EQ(started.load(), 1);
+    go = true;
+    runner.join();
+    EXPECT_EQ(w.stats().succeeded, 1u);
+    EXPECT_EQ(stats_of(*f.broker, "q").in_flight, 0);
 }
 
 TEST(SqliteEngine, RenewedLeaseIsNotTakenOver) {

@@ -96,6 +96,23 @@ class SqliteConsumer final : public Consumer {
         }
     }
 
+    Result<void> stop_reading_ahead() override {
+        if (!opts_.read_ahead) return {};
+        {
+            std::lock_guard lk(ahead_mu_);
+            ahead_stop_ = true;
+        }
+        ahead_cv_.notify_all();
+        if (claimer_.joinable()) claimer_.join();
+        std::vector<Settlement> back;
+        {
+            std::lock_guard lk(ahead_mu_);
+            for (auto& d : ahead_) back.push_back(Settlement{Settlement::Kind::release, d.tag});
+            ahead_.clear();
+        }
+        return settle(back);
+    }
+
     Result<void> settle(std::span<Settlement> batch) override {
         if (batch.empty()) return {};
         std::lock_guard db(db_mu_);
@@ -414,6 +431,7 @@ class SqliteConsumer final : public Consumer {
         if (!opts_.read_ahead) return;
         {
             std::lock_guard lk(ahead_mu_);
+            if (ahead_stop_) return;  // stop_reading_ahead
             ahead_want_ = max;
         }
         if (!claimer_.joinable()) claimer_ = std::thread([this] { claim_ahead(); });
