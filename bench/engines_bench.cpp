@@ -23,12 +23,13 @@
 #include <mutex>
 #include <thread>
 
+#include "common.hpp"
 #include "conveyor/client.hpp"
 #include "conveyor/log.hpp"
 #include "conveyor/worker.hpp"
 
 using namespace conveyor;
-using Clock = std::chrono::steady_clock;
+using namespace conveyor::bench;
 
 namespace {
 
@@ -38,32 +39,6 @@ struct Figures {
     double enqueue_cpu_us = 0;  ///< this process's CPU time per task while enqueueing
     double run_cpu_us = 0;      ///< ... and while the worker ran them
 };
-
-/// CPU time (user + system) this process has used so far, in µs.
-double cpu_us() {
-    rusage ru{};
-    getrusage(RUSAGE_SELF, &ru);
-    return (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 + ru.ru_utime.tv_usec +
-           ru.ru_stime.tv_usec;
-}
-
-/// Enqueues n no-op tasks to `queue` ("bench" by default) in batches of 1,000 (one commit
-/// each), due at once or after `countdown`.
-void produce(Client& client, int n, const std::string& queue = "bench",
-             std::chrono::milliseconds countdown = {}) {
-    const int batch = 1000;
-    for (int first = 0; first < n; first += batch) {
-        std::vector<TaskMessage> tasks;
-        for (int i = first; i < std::min(n, first + batch); ++i)
-            tasks.push_back(TaskMessage{.name = "noop", .args = {i}, .ignore_result = true});
-        EnqueueOptions o{.queue = queue};
-        if (countdown.count() > 0) o.countdown = countdown;
-        if (auto ids = client.enqueue_many(std::move(tasks), o); !ids) {
-            fmt::print(stderr, "enqueue failed: {}\n", ids.error().message);
-            std::exit(1);
-        }
-    }
-}
 
 /// How the worker is watched while it runs: not at all, or with what it has by default (metrics
 /// collected, the /metrics listener up, a log sink at info writing text lines, to /dev/null).
@@ -111,28 +86,7 @@ Figures measure(const std::string& url, int n, int concurrency, std::size_t pref
     return Figures{n / enq, n / run, (c1 - c0) / n, (c3 - c2) / n};
 }
 
-/// A child process of this program: `--produce URL N` or `--work URL` (until stdin closes).
-pid_t spawn(const std::vector<std::string>& args, int* stdin_fd) {
-    int fds[2];
-    if (pipe(fds) != 0) std::exit(1);
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(fds[0], 0);
-        close(fds[0]);
-        close(fds[1]);
-        std::vector<char*> argv;
-        std::string self = "/proc/self/exe";
-        argv.push_back(self.data());
-        for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-        argv.push_back(nullptr);
-        execv("/proc/self/exe", argv.data());
-        _exit(127);
-    }
-    close(fds[0]);
-    *stdin_fd = fds[1];
-    return pid;
-}
-
+/// A child process: `--produce URL N` enqueues N tasks, `--work URL` works until stdin closes.
 int child_main(int argc, char** argv) {
     std::string mode = argv[1], url = argv[2];
     auto broker = Broker::open(url);
@@ -179,16 +133,7 @@ Figures measure_processes(const std::string& url, int n, int producers, int work
         if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) std::exit(1);
     }
     auto t1 = Clock::now();
-    for (;;) {
-        auto stats = broker->stats();
-        if (!stats) std::exit(1);
-        bool done = true;
-        for (auto& q : *stats)
-            if (q.queue == "bench" && (q.ready > 0 || q.in_flight > 0)) done = false;
-        if (done) break;
-        // Not more often: counting is the measuring process's work, not the engine's.
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
+    wait_until_done(*broker, {"bench"});
     auto t2 = Clock::now();
     for (auto fd : pipes) close(fd);
     for (auto pid : pids) waitpid(pid, nullptr, 0);
@@ -209,14 +154,6 @@ Figures median_of(Fn&& run) {
         return a.end_to_end_per_s < b.end_to_end_per_s;
     });
     return runs[runs.size() / 2];
-}
-
-double rss_mib() {
-    std::ifstream in("/proc/self/status");
-    std::string line;
-    while (std::getline(in, line))
-        if (line.rfind("VmRSS:", 0) == 0) return std::atof(line.c_str() + 6) / 1024.0;
-    return 0;
 }
 
 /// Enqueue-to-handler-start latency at `rate` tasks/s offered for `seconds`: p50 and p99 in µs.
@@ -329,35 +266,6 @@ int main(int argc, char** argv) {
                                                      n_sql, 2, 2);
                         }),
                         n_sql});
-    }
-    // How the rates grow with work already in the file: N tasks enqueued and run (queue
-    // "bench", sync=normal) with none, 10,000 or 1,000,000 other tasks waiting in another
-    // queue, or 100,000 delayed for an hour; a fresh file each, filled first, median of three.
-    if (n_sql > 0 && !std::getenv("BENCH_NO_BACKLOG")) {
-        int big = std::getenv("N_BACKLOG") ? std::atoi(std::getenv("N_BACKLOG")) : 1000000;
-        struct Backlog {
-            const char* key;
-            int waiting, delayed;
-        };
-        for (auto [key, waiting, delayed] :
-             {Backlog{"backlog_none", 0, 0}, Backlog{"backlog_10k", 10000, 0},
-              Backlog{"backlog_1m", big, 0}, Backlog{"delayed_100k", 0, 100000}}) {
-            auto url = "sqlite://" + (dir / fmt::format("{}.db", key)).string() + "?sync=normal";
-            {
-                auto broker = *Broker::open(url);
-                Client client(broker);
-                if (waiting > 0) produce(client, waiting, "waiting");
-                if (delayed > 0) produce(client, delayed, "later", std::chrono::hours(1));
-            }
-            auto f = median_of([&] { return measure(url, n_sql, 2, 512, Watch::none); });
-            extra[fmt::format("conveyor_sqlite_{}_enqueue_per_s", key)] =
-                std::round(f.enqueue_per_s);
-            extra[fmt::format("conveyor_sqlite_{}_tasks_per_s", key)] =
-                std::round(f.end_to_end_per_s);
-            fmt::print("sqlite with {} waiting and {} delayed: enqueue {:.0f}/s, run {:.0f}/s\n",
-                       waiting, delayed, f.enqueue_per_s, f.end_to_end_per_s);
-            std::filesystem::remove(dir / fmt::format("{}.db", key));
-        }
     }
     // What watching costs: metrics and logs at their defaults against neither, runs interleaved
     // (none, defaults, none, ...), median of three each.

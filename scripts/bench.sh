@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make bench`: the benchmark suite in one run, on one private RabbitMQ node: the raw rabbitmq-c
 # limit, Conveyor on RabbitMQ (throughput, latency, worker memory), Celery 5.2.6, php-amqplib,
-# and Conveyor's embedded engines. Prints one table and writes bench/results/latest.{md,json,png}.
+# Sidekiq and BullMQ, Conveyor's embedded engines and the sqlite engine's cost curves. Prints the
+# tables and writes bench/results/latest.{md,json,png}, curves.md and curves-*.png.
 set -euo pipefail
 build=${1:-build}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -83,7 +84,11 @@ done | median_peer bullmq > "$work/bullmq.json"
 echo "dashboard task list over a big history ..." >&2
 "$root/$build/bench/bench_history" "${N_HISTORY:-1000000}" "$work/history.json" >&2
 
+echo "sqlite cost curves ..." >&2
+"$root/$build/bench/bench_curves" "${N_SQLITE:-50000}" "$work/curves.json"
+
 /usr/bin/python3 "$root/bench/report.py" "$out" "$work/engines.json" "$work/rss.json" \
   "$work/celery.json" "$work/php.json" "$work/bare.json" "$work/history.json" \
-  "$work/sidekiq.json" "$work/bullmq.json"
+  "$work/sidekiq.json" "$work/bullmq.json" "$work/curves.json"
+/usr/bin/python3 "$root/bench/curves.py" "$out" "$work/curves.json"
 rm -f "$out/latest.dat"
