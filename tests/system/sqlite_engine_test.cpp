@@ -4,6 +4,7 @@
 
 #include <thread>
 
+#include "broker/sqlite/sqlite_db.hpp"
 #include "conveyor/broker.hpp"
 #include "conveyor/client.hpp"
 #include "conveyor/engine.hpp"
@@ -304,4 +305,109 @@ TEST(SqliteEngine, UnreachablePathIsAClearError) {
     auto bad = Broker::open("sqlite://x.db?sync=maybe");
     ASSERT_FALSE(bad);
     EXPECT_EQ(bad.error().code, Errc::invalid_argument);
+}
+
+namespace {
+
+/// Rows of `table` in the database at `path`, read through a connection of its own.
+std::int64_t rows_of(const std::string& path, const std::string& table) {
+    auto db = sqlite::Db::open(path, "normal");
+    EXPECT_TRUE(db);
+    auto q = db->prepare("SELECT count(*) FROM " + table);
+    EXPECT_TRUE(q);
+    EXPECT_TRUE(q->step());
+    return q->i64(0);
+}
+
+}  // namespace
+
+TEST(SqliteEngine, AMessageLivesApartFromItsTaskRowAndGoesWithIt) {
+    Fixture f;
+    std::string big(1 << 20, 'x');  // a 1 MB argument comes back whole
+    auto id = f.client.enqueue("t", Json::array({big}), Json::object(), {.queue = "q"});
+    ASSERT_TRUE(id);
+    f.enqueue("q");
+    auto path = f.dir.file("c.db");
+    EXPECT_EQ(rows_of(path, "messages"), 2);
+    auto c = f.consumer({"q"});
+    auto got = c->fetch(10, 0ms);
+    ASSERT_TRUE(got);
+    ASSERT_EQ(got->size(), 2u);
+    auto t = codec::decode((*got)[0].envelope);
+    ASSERT_TRUE(t);
+    EXPECT_EQ(t->id, *id);
+    EXPECT_EQ(t->args, Json::array({big}));
+    // A retry stores the message as it goes again; a dead letter keeps it; the acknowledged
+    // task's message goes with its row (history off here: ?history=0 is the default's opposite).
+    auto retried = (*got)[0].envelope;
+    retried.headers["retries"] = 1;
+    std::vector<Settlement> s = {
+        {.kind = Settlement::Kind::retry,
+         .tag = (*got)[0].tag,
+         .envelope = retried,
+         .not_before = SystemClock::now()},
+        {.kind = Settlement::Kind::dead_letter, .tag = (*got)[1].tag, .reason = "no"}};
+    ASSERT_TRUE(c->settle(s));
+    auto again = c->fetch(10, 2s);
+    ASSERT_TRUE(again);
+    ASSERT_EQ(again->size(), 1u);
+    auto t2 = codec::decode((*again)[0].envelope);
+    ASSERT_TRUE(t2);
+    EXPECT_EQ(t2->retries, 1);
+    EXPECT_EQ(t2->args, Json::array({big}));
+    auto dl = f.broker->dead_letters("q", 10);
+    ASSERT_TRUE(dl);
+    ASSERT_EQ(dl->size(), 1u);
+    EXPECT_EQ(codec::decode((*dl)[0].envelope)->id, (*got)[1].message_id);
+    EXPECT_EQ(*f.broker->purge_dead("q"), 1u);
+    EXPECT_EQ(rows_of(path, "messages"), 1);
+}
+
+TEST(SqliteEngine, AFileFromBeforeMessagesHadATableOfTheirOwnIsMovedForward) {
+    TempDir dir;
+    auto path = dir.file("old.db");
+    {
+        auto db = sqlite::Db::open(path, "normal");
+        ASSERT_TRUE(db);
+        // The layout of earlier releases: the message in the task's row.
+        ASSERT_TRUE(db->exec(R"sql(
+CREATE TABLE tasks(seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, queue TEXT NOT NULL,
+  state INTEGER NOT NULL, priority INTEGER NOT NULL DEFAULT 0,
+  available_at INTEGER NOT NULL DEFAULT 0, lease_owner TEXT, lease_until INTEGER,
+  deliveries INTEGER NOT NULL DEFAULT 0, retries INTEGER NOT NULL DEFAULT 0,
+  props TEXT NOT NULL, headers TEXT NOT NULL, body BLOB NOT NULL, reason TEXT,
+  dead_at INTEGER, name TEXT, created_at INTEGER, started_at INTEGER, finished_at INTEGER,
+  attempts TEXT, error TEXT);
+INSERT INTO tasks(id, queue, state, props, headers, body, name, reason) VALUES
+  ('old-1', 'q', 0, '{"content_type":"application/json","content_encoding":"utf-8"}',
+   '{"lang":"py","task":"t","id":"old-1","retries":0}', '[[1], {}, {}]', 't', NULL),
+  ('old-2', 'q', 2, '{"content_type":"application/json","content_encoding":"utf-8"}',
+   '{"lang":"py","task":"t","id":"old-2","retries":0}', '[[2], {}, {}]', 't', 'boom');
+)sql"));
+    }
+    auto broker = Broker::open("sqlite://" + path);
+    ASSERT_TRUE(broker) << broker.error().message;
+    EXPECT_EQ(rows_of(path, "messages"), 2);
+    auto dl = (*broker)->dead_letters("q", 10);
+    ASSERT_TRUE(dl) << dl.error().message;
+    ASSERT_EQ(dl->size(), 1u);
+    EXPECT_EQ((*dl)[0].reason, "boom");
+    EXPECT_EQ((*dl)[0].envelope.body, "[[2], {}, {}]");
+    Client client(*broker);
+    auto fresh = client.enqueue("t", Json::array({3}), Json::object(), {.queue = "q"});
+    ASSERT_TRUE(fresh);
+    auto c = (*broker)->consume({.queues = {"q"}, .name = "test"});
+    ASSERT_TRUE(c);
+    auto got = (*c)->fetch(10, 0ms);
+    ASSERT_TRUE(got);
+    ASSERT_EQ(got->size(), 2u);
+    auto old = codec::decode((*got)[0].envelope);
+    ASSERT_TRUE(old) << old.error().message;
+    EXPECT_EQ(old->id, "old-1");
+    EXPECT_EQ(old->args, Json::array({1}));
+    EXPECT_EQ(codec::decode((*got)[1].envelope)->id, *fresh);
+    // Opening it again finds nothing more to move.
+    auto again = Broker::open("sqlite://" + path);
+    ASSERT_TRUE(again) << again.error().message;
+    EXPECT_EQ(rows_of(path, "messages"), 3);
 }

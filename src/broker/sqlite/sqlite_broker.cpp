@@ -257,8 +257,9 @@ class SqliteBroker final : public Broker {
                                                  std::size_t limit) override {
         std::lock_guard lk(mu_);
         auto q = db_.prepare(
-            "SELECT id, queue, props, headers, body, reason, dead_at FROM tasks "
-            "WHERE state=2 AND queue=?1 ORDER BY seq LIMIT ?2");
+            "SELECT t.id, t.queue, m.props, m.headers, m.body, t.reason, t.dead_at FROM tasks t "
+            "CROSS JOIN messages m ON m.seq = t.seq "
+            "WHERE t.state=2 AND t.queue=?1 ORDER BY t.seq LIMIT ?2");
         CONVEYOR_TRY(q);
         q->bind(1, queue).bind(2, std::int64_t(limit));
         std::vector<DeadLetter> out;
@@ -284,12 +285,12 @@ class SqliteBroker final : public Broker {
             auto clear = db_.prepare(
                 "DELETE FROM results WHERE id IN (SELECT id FROM tasks WHERE " + where + ")");
             CONVEYOR_TRY(clear);
+            auto fresh = db_.prepare(std::string(kRetriesReset) +
+                                     " WHERE seq IN (SELECT seq FROM tasks WHERE " + where + ")");
+            CONVEYOR_TRY(fresh);
             auto upd = db_.prepare(
                 "UPDATE tasks SET state=0, reason=NULL, dead_at=NULL, retries=0, deliveries=0, "
-                "finished_at=NULL, started_at=NULL, "
-                "available_at=?3, headers=CASE WHEN json_valid(headers) AND "
-                "json_type(headers,'$.retries') IS NOT NULL THEN json_set(headers,'$.retries',0) "
-                "ELSE headers END WHERE " +
+                "finished_at=NULL, started_at=NULL, available_at=?3 WHERE " +
                 where);
             CONVEYOR_TRY(upd);
             auto one = [&](std::optional<std::string_view> id) -> Result<void> {
@@ -297,6 +298,10 @@ class SqliteBroker final : public Broker {
                 clear->bind(1, queue);
                 if (id) clear->bind(2, *id);
                 CONVEYOR_TRY(clear->run());
+                fresh->reset();
+                fresh->bind(1, queue);
+                if (id) fresh->bind(2, *id);
+                CONVEYOR_TRY(fresh->run());
                 upd->reset();
                 upd->bind(1, queue).bind(3, now_ms());
                 if (id) upd->bind(2, *id);

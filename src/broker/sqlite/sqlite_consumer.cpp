@@ -158,13 +158,18 @@ class SqliteConsumer final : public Consumer {
                         st_.retry.bind(1, std::int64_t(s.tag))
                             .bind(2, owner_)
                             .bind(3, nb > now ? int(kDelayed) : int(kReady))
-                            .bind(4, nb)
-                            .bind(5, props_json(s.envelope))
-                            .bind(6, headers_json(s.envelope))
-                            .bind_blob(7, s.envelope.body);
+                            .bind(4, nb);
                         if (a && opts_history_)
-                            st_.retry.bind(8, attempt_json(*a)).bind(9, a->error);
+                            st_.retry.bind(5, attempt_json(*a)).bind(6, a->error);
                         r = st_.retry.run();
+                        if (r && *r > 0) {  // the message as it goes again (its retry count)
+                            st_.update_message.reset();
+                            st_.update_message.bind(1, std::int64_t(s.tag))
+                                .bind(2, props_json(s.envelope))
+                                .bind(3, headers_json(s.envelope))
+                                .bind_blob(4, s.envelope.body);
+                            if (auto u = st_.update_message.run(); !u) r = u;
+                        }
                         break;
                     }
                     case Settlement::Kind::dead_letter:
@@ -367,10 +372,7 @@ class SqliteConsumer final : public Consumer {
                     row.queue = st_.claim.text(2);
                     row.deliveries = int(st_.claim.i64(3));
                     row.priority = int(st_.claim.i64(4));
-                    row.props = st_.claim.text(5);
-                    row.headers = st_.claim.text(6);
-                    row.body = st_.claim.text(7);
-                    row.available_at = st_.claim.i64(8);
+                    row.available_at = st_.claim.i64(5);
                     out.push_back(std::move(row));
                 }
                 // RETURNING gives rows in no promised order.
@@ -380,6 +382,18 @@ class SqliteConsumer final : public Consumer {
                           });
             }
             rr_++;
+            // The messages, from their own table (a row without one is delivered empty, and
+            // dead-lettered as malformed).
+            for (auto& row : out) {
+                st_.read_message.reset();
+                auto found = st_.read_message.bind(1, row.seq).step();
+                CONVEYOR_TRY(found);
+                if (!*found) continue;
+                row.props = st_.read_message.text(0);
+                row.headers = st_.read_message.text(1);
+                row.body = st_.read_message.text(2);
+            }
+            st_.read_message.reset();
             return {};
         });
         CONVEYOR_TRY(ok);

@@ -66,6 +66,8 @@ class Stmt {
         return p ? std::string(p, sqlite3_column_bytes(s_, col)) : std::string();
     }
     bool is_null(int col) const { return sqlite3_column_type(s_, col) == SQLITE_NULL; }
+    /// The rowid the connection's last successful INSERT gave.
+    std::int64_t last_rowid() const { return sqlite3_last_insert_rowid(db_); }
 
   private:
     sqlite3* db_ = nullptr;

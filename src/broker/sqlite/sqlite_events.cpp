@@ -47,15 +47,19 @@ class SqliteEventFolder final : public EventFolder {
         };
         Def defs[] = {
             {&received_,
-             "INSERT INTO tasks(id, queue, state, priority, available_at, props, headers, body, "
-             "name, created_at, retries) VALUES(?1, ?2, 0, 0, ?3, '{}', ?4, ?5, ?6, ?3, ?7) "
+             "INSERT INTO tasks(id, queue, state, priority, available_at, name, created_at, "
+             "retries) VALUES(?1, ?2, 0, 0, ?3, ?6, ?3, ?7) "
              "ON CONFLICT(id) DO UPDATE SET queue = CASE WHEN tasks.queue = '' THEN "
              "excluded.queue ELSE tasks.queue END, name = coalesce(excluded.name, tasks.name), "
-             "headers = excluded.headers, body = excluded.body, state = CASE WHEN tasks.state = "
-             "3 THEN 0 ELSE tasks.state END, retries = max(tasks.retries, excluded.retries)"},
+             "state = CASE WHEN tasks.state = 3 THEN 0 ELSE tasks.state END, "
+             "retries = max(tasks.retries, excluded.retries) RETURNING seq"},
+            {&message_,
+             "INSERT INTO messages(seq, props, headers, body) VALUES(?1, '{}', ?2, ?3) "
+             "ON CONFLICT(seq) DO UPDATE SET headers = excluded.headers, body = excluded.body"},
             {&ensure_,
-             "INSERT OR IGNORE INTO tasks(id, queue, state, props, headers, body, created_at) "
-             "VALUES(?1, '', 0, '{}', '{}', '', ?2)"},
+             "INSERT OR IGNORE INTO tasks(id, queue, state, created_at) VALUES(?1, '', 0, ?2)"},
+            {&ensure_message_,
+             "INSERT INTO messages(seq, props, headers, body) VALUES(?1, '{}', '{}', '')"},
             {&started_,
              "UPDATE tasks SET state=1, started_at=?2, lease_owner=?3 WHERE id=?1 AND state "
              "NOT IN (2, 4, 5)"},
@@ -119,18 +123,27 @@ class SqliteEventFolder final : public EventFolder {
             for (auto* k : {"eta", "expires", "root_id", "parent_id"})
                 if (auto v = str(e, k); !v.empty()) headers[k] = v;
             received_.reset();
-            received_.bind(1, id)
-                .bind(2, queue)
-                .bind(3, at)
-                .bind(4, headers.dump(-1, ' ', false, Json::error_handler_t::replace))
-                .bind(5, args + " " + kwargs)
-                .bind_or_null(6, name)
-                .bind(7, std::int64_t(std::clamp(number(e, "retries", 0), 0.0, 1e9)));
-            CONVEYOR_TRY(received_.run());
+            received_.bind(1, id).bind(2, queue).bind(3, at).bind_or_null(6, name).bind(
+                7, std::int64_t(std::clamp(number(e, "retries", 0), 0.0, 1e9)));
+            auto row = received_.step();
+            CONVEYOR_TRY(row);
+            auto seq = *row ? received_.i64(0) : 0;
+            received_.reset();
+            if (!*row) return {};
+            message_.reset();
+            message_.bind(1, seq)
+                .bind(2, headers.dump(-1, ' ', false, Json::error_handler_t::replace))
+                .bind(3, args + " " + kwargs);
+            CONVEYOR_TRY(message_.run());
             return {};
         }
         ensure_.reset();
-        CONVEYOR_TRY(ensure_.bind(1, id).bind(2, at).run());
+        auto added = ensure_.bind(1, id).bind(2, at).run();
+        CONVEYOR_TRY(added);
+        if (*added > 0) {
+            ensure_message_.reset();
+            CONVEYOR_TRY(ensure_message_.bind(1, ensure_.last_rowid()).run());
+        }
         if (type == "task-started") {
             started_.reset();
             CONVEYOR_TRY(started_.bind(1, id).bind(2, at).bind(3, owner).run());
@@ -201,8 +214,8 @@ class SqliteEventFolder final : public EventFolder {
     Db db_;
     Statements st_;
     SqliteOptions opts_;
-    Stmt received_, ensure_, started_, succeeded_, failed_, retried_, revoked_, worker_,
-        forget_workers_;
+    Stmt received_, message_, ensure_, ensure_message_, started_, succeeded_, failed_, retried_,
+        revoked_, worker_, forget_workers_;
     std::chrono::steady_clock::time_point next_prune_{};
 };
 

@@ -27,7 +27,7 @@ constexpr int kListedBytes = 2048;
 constexpr std::string_view kColumns =
     "t.seq, t.id, t.queue, t.state, t.name, t.retries, t.deliveries, t.created_at, "
     "t.available_at, t.started_at, t.finished_at, t.lease_owner, t.error, t.reason, t.attempts, "
-    "t.props, t.headers";
+    "m.props, m.headers";
 
 int state_column(HistoryState s) {
     switch (s) {
@@ -115,16 +115,18 @@ class SqliteHistory final : public TaskHistory {
         // or an index on the state or the name.
         bool indexed = query.search.size() >= 3 && search_ready_;
         std::string sql =
-            fmt::format("SELECT {}, substr(t.body, 1, {}) FROM ", kColumns, kListedBytes);
+            fmt::format("SELECT {}, substr(m.body, 1, {}) FROM ", kColumns, kListedBytes);
         std::vector<std::string> where;
         if (indexed) {
-            sql += "task_search f JOIN tasks t ON t.seq = f.rowid";
+            sql +=
+                "task_search f CROSS JOIN tasks t ON t.seq = f.rowid CROSS JOIN messages m ON "
+                "m.seq = t.seq";
             where.push_back("f.text GLOB ?1");
-            where.push_back("instr(t.body, ?2) > 0");
+            where.push_back("instr(m.body, ?2) > 0");
             if (query.before > 0) where.push_back("f.rowid < ?3");
         } else {
-            sql += "tasks t";
-            if (!query.search.empty()) where.push_back("instr(t.body, ?2) > 0");
+            sql += "tasks t CROSS JOIN messages m ON m.seq = t.seq";
+            if (!query.search.empty()) where.push_back("instr(m.body, ?2) > 0");
             if (query.before > 0) where.push_back("t.seq < ?3");
         }
         // The state as a literal: the planner uses a partial index (WHERE state=2, ...) only
@@ -176,7 +178,9 @@ class SqliteHistory final : public TaskHistory {
     Result<TaskRecord> task(std::string_view id) override {
         std::lock_guard lk(mu_);
         auto q =
-            db_.prepare(fmt::format("SELECT {}, t.body FROM tasks t WHERE t.id = ?1", kColumns));
+            db_.prepare(fmt::format("SELECT {}, m.body FROM tasks t CROSS JOIN messages m ON "
+                                    "m.seq = t.seq WHERE t.id = ?1",
+                                    kColumns));
         CONVEYOR_TRY(q);
         q->bind(1, id);
         auto r = q->step();
@@ -226,12 +230,14 @@ class SqliteHistory final : public TaskHistory {
             if (state == kReady || state == kInFlight)
                 return fail(Errc::conflict, fmt::format("task '{}' is {} already", id,
                                                         state == kReady ? "waiting" : "running"));
+            auto fresh = db_.prepare(std::string(kRetriesReset) +
+                                     " WHERE seq = (SELECT seq FROM tasks WHERE id=?1)");
+            CONVEYOR_TRY(fresh);
+            CONVEYOR_TRY(fresh->bind(1, id).run());
             auto up = db_.prepare(
                 "UPDATE tasks SET state=0, available_at=?2, lease_owner=NULL, lease_until=NULL, "
                 "reason=NULL, dead_at=NULL, finished_at=NULL, started_at=NULL, retries=0, "
-                "deliveries=0, headers=CASE WHEN json_valid(headers) AND "
-                "json_type(headers,'$.retries') IS NOT NULL THEN json_set(headers,'$.retries',0) "
-                "ELSE headers END WHERE id=?1");
+                "deliveries=0 WHERE id=?1");
             CONVEYOR_TRY(up);
             up->bind(1, id).bind(2, now_ms());
             CONVEYOR_TRY(up->run());
@@ -301,8 +307,9 @@ class SqliteHistory final : public TaskHistory {
         q->reset();
         // What each runs: the tasks leased by its consumer ("<consumer>#<suffix>").
         auto running = db_.prepare(
-            "SELECT id, name, queue, started_at, headers, lease_owner FROM tasks WHERE state=1 "
-            "AND lease_owner >= ?1 AND lease_owner < ?2 ORDER BY seq LIMIT 1000");
+            "SELECT t.id, t.name, t.queue, t.started_at, m.headers, t.lease_owner FROM tasks t "
+            "CROSS JOIN messages m ON m.seq = t.seq WHERE t.state=1 "
+            "AND t.lease_owner >= ?1 AND t.lease_owner < ?2 ORDER BY t.seq LIMIT 1000");
         CONVEYOR_TRY(running);
         for (auto& w : out) {
             std::string consumer = w.info.value("consumer", "");
@@ -342,7 +349,7 @@ class SqliteHistory final : public TaskHistory {
             std::int64_t from = last->i64(0), cleaned = last->i64(1);
             auto ins = db_.prepare(fmt::format(
                 "INSERT INTO task_search(rowid, text) SELECT seq, CAST(substr(body, 1, {}) AS "
-                "TEXT) FROM tasks WHERE seq > ?1 ORDER BY seq LIMIT ?2 RETURNING rowid",
+                "TEXT) FROM messages WHERE seq > ?1 ORDER BY seq LIMIT ?2 RETURNING rowid",
                 kIndexedBytes));
             CONVEYOR_TRY(ins);
             ins->bind(1, from).bind(2, std::int64_t(max));

@@ -29,9 +29,6 @@ CREATE TABLE IF NOT EXISTS tasks(
   lease_until INTEGER,
   deliveries INTEGER NOT NULL DEFAULT 0,
   retries INTEGER NOT NULL DEFAULT 0,
-  props TEXT NOT NULL,
-  headers TEXT NOT NULL,
-  body BLOB NOT NULL,
   reason TEXT,
   dead_at INTEGER,
   name TEXT,
@@ -40,6 +37,10 @@ CREATE TABLE IF NOT EXISTS tasks(
   finished_at INTEGER,
   attempts TEXT,
   error TEXT);
+-- The message itself (properties, headers, body) apart from the row a claim and a settlement
+-- rewrite: a claim then writes a few dozen bytes, whatever the message's size.
+CREATE TABLE IF NOT EXISTS messages(seq INTEGER PRIMARY KEY, props TEXT NOT NULL,
+  headers TEXT NOT NULL, body BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS tasks_ready ON tasks(queue, priority DESC, seq) WHERE state=0;
 CREATE INDEX IF NOT EXISTS tasks_delayed ON tasks(available_at) WHERE state=3;
 CREATE INDEX IF NOT EXISTS tasks_leased ON tasks(lease_until) WHERE state=1;
@@ -88,8 +89,28 @@ Result<void> create_schema(Db& db) {
                     "ALTER TABLE tasks ADD COLUMN finished_at INTEGER; "
                     "ALTER TABLE tasks ADD COLUMN attempts TEXT; "
                     "ALTER TABLE tasks ADD COLUMN error TEXT"));
+    // ... and the messages of tasks from before they had a table of their own move there (once,
+    // by whichever process opens the file first).
+    if (db.prepare("SELECT body FROM tasks LIMIT 0")) {
+        CONVEYOR_TRY(db.exec("BEGIN IMMEDIATE"));
+        auto moved = [&]() -> Result<void> {
+            if (!db.prepare("SELECT body FROM tasks LIMIT 0")) return {};  // another did it
+            return db.exec(
+                "INSERT OR IGNORE INTO messages(seq, props, headers, body) "
+                "SELECT seq, props, headers, body FROM tasks; "
+                "ALTER TABLE tasks DROP COLUMN props; ALTER TABLE tasks DROP COLUMN headers; "
+                "ALTER TABLE tasks DROP COLUMN body");
+        }();
+        if (!moved) {
+            (void)db.exec("ROLLBACK");
+            return std::unexpected(moved.error());
+        }
+        CONVEYOR_TRY(db.exec("COMMIT"));
+    }
     CONVEYOR_TRY(
-        db.exec("CREATE INDEX IF NOT EXISTS tasks_name ON tasks(name, seq); "
+        db.exec("CREATE TRIGGER IF NOT EXISTS tasks_message_gone AFTER DELETE ON tasks BEGIN "
+                "DELETE FROM messages WHERE seq=old.seq; END; "
+                "CREATE INDEX IF NOT EXISTS tasks_name ON tasks(name, seq); "
                 "CREATE INDEX IF NOT EXISTS tasks_finished ON tasks(state, seq) WHERE state>=4"));
     return {};
 }
@@ -165,10 +186,11 @@ Result<Statements> Statements::prepare(Db& db) {
     Def defs[] = {
         {&s.insert_task,
          "INSERT OR IGNORE INTO "
-         "tasks(id,queue,state,priority,available_at,retries,props,headers,body,name,"
-         "created_at) "
-         "SELECT ?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11 WHERE NOT EXISTS (SELECT 1 FROM results "
-         "WHERE id=?1)"},
+         "tasks(id,queue,state,priority,available_at,retries,name,created_at) "
+         "SELECT ?1,?2,?3,?4,?5,?6,?7,?8 WHERE NOT EXISTS (SELECT 1 FROM results WHERE id=?1)"},
+        {&s.insert_message, "INSERT INTO messages(seq,props,headers,body) VALUES(?1,?2,?3,?4)"},
+        {&s.read_message, "SELECT props, headers, body FROM messages WHERE seq=?1"},
+        {&s.update_message, "UPDATE messages SET props=?2, headers=?3, body=?4 WHERE seq=?1"},
         {&s.insert_queue, "INSERT OR IGNORE INTO queues(name) VALUES(?1)"},
         {&s.promote, "UPDATE tasks SET state=0 WHERE state=3 AND available_at<=?1"},
         {&s.reclaim,
@@ -180,7 +202,7 @@ Result<Statements> Statements::prepare(Db& db) {
          "WHERE seq IN (SELECT seq FROM tasks WHERE state=0 AND queue=?3 "
          "AND NOT EXISTS (SELECT 1 FROM queues WHERE name=?3 AND paused=1) "
          "ORDER BY priority DESC, seq LIMIT ?4) "
-         "RETURNING seq, id, queue, deliveries, priority, props, headers, body, available_at"},
+         "RETURNING seq, id, queue, deliveries, priority, available_at"},
         {&s.ack, "DELETE FROM tasks WHERE seq=?1 AND lease_owner=?2 AND state=1"},
         // Kept as history: the last worker stays in lease_owner.
         {&s.finish,
@@ -188,10 +210,10 @@ Result<Statements> Statements::prepare(Db& db) {
          "lease_until=NULL "
          "WHERE seq=?1 AND lease_owner=?2 AND state=1"},
         {&s.retry,
-         "UPDATE tasks SET state=?3, available_at=?4, props=?5, headers=?6, body=?7, "
-         "retries=retries+1, lease_owner=NULL, lease_until=NULL, error=coalesce(?9, error), "
-         "attempts=CASE WHEN ?8 IS NULL THEN attempts ELSE "
-         "json_insert(coalesce(attempts,'[]'),'$[#]',json(?8)) END "
+         "UPDATE tasks SET state=?3, available_at=?4, "
+         "retries=retries+1, lease_owner=NULL, lease_until=NULL, error=coalesce(?6, error), "
+         "attempts=CASE WHEN ?5 IS NULL THEN attempts ELSE "
+         "json_insert(coalesce(attempts,'[]'),'$[#]',json(?5)) END "
          "WHERE seq=?1 AND lease_owner=?2 AND state=1"},
         {&s.dead,
          "UPDATE tasks SET state=2, reason=?3, dead_at=?4, lease_until=NULL, "
@@ -339,12 +361,17 @@ Result<void> insert_messages(Statements& st, std::span<const OutgoingMessage> ms
             .bind(4, m.envelope.priority)
             .bind(5, at)
             .bind(6, retries_of(m.envelope))
-            .bind(7, props_json(m.envelope))
-            .bind(8, headers_json(m.envelope))
-            .bind_blob(9, m.envelope.body)
-            .bind_or_null(10, task_name_of(m.envelope))
-            .bind(11, now);
-        CONVEYOR_TRY(st.insert_task.run());
+            .bind_or_null(7, task_name_of(m.envelope))
+            .bind(8, now);
+        auto added = st.insert_task.run();
+        CONVEYOR_TRY(added);
+        if (*added == 0) continue;  // an id already known
+        st.insert_message.reset();
+        st.insert_message.bind(1, st.insert_task.last_rowid())
+            .bind(2, props_json(m.envelope))
+            .bind(3, headers_json(m.envelope))
+            .bind_blob(4, m.envelope.body);
+        CONVEYOR_TRY(st.insert_message.run());
     }
     for (auto& m : msgs) known_queues.insert(m.queue);
     return {};

@@ -37,11 +37,19 @@ int retries_of(const Envelope& e);
 /// The task name a Celery message's headers carry; empty when none.
 std::string_view task_name_of(const Envelope& e);
 
+/// Sets a message's retry count in its headers back to 0 (where it has one): an UPDATE of
+/// `messages` to which the caller adds its WHERE.
+inline constexpr std::string_view kRetriesReset =
+    "UPDATE messages SET headers=CASE WHEN json_valid(headers) AND "
+    "json_type(headers,'$.retries') IS NOT NULL THEN json_set(headers,'$.retries',0) "
+    "ELSE headers END";
+
 /// Prepared statements of one connection.
 struct Statements {
-    Stmt insert_task, insert_queue, promote, reclaim, claim, ack, finish, retry, dead, release,
-        renew, store_result, probe_ready, next_delayed, next_lease, data_version, expire_results,
-        count_minute, oldest_finished, count_finished, delete_seq, expire_minutes;
+    Stmt insert_task, insert_message, read_message, update_message, insert_queue, promote, reclaim,
+        claim, ack, finish, retry, dead, release, renew, store_result, probe_ready, next_delayed,
+        next_lease, data_version, expire_results, count_minute, oldest_finished, count_finished,
+        delete_seq, expire_minutes;
 
     /// Prepares every statement on `db`.
     static Result<Statements> prepare(Db& db);
