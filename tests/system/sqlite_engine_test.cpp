@@ -1,5 +1,6 @@
 // The sqlite engine against a real file: ordering, delays, leases, results, dead letters.
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <thread>
@@ -388,6 +389,9 @@ INSERT INTO tasks(id, queue, state, props, headers, body, name, reason) VALUES
     auto broker = Broker::open("sqlite://" + path);
     ASSERT_TRUE(broker) << broker.error().message;
     EXPECT_EQ(rows_of(path, "messages"), 2);
+    // ... and counted from its rows.
+    EXPECT_EQ(stats_of(**broker, "q").ready, 1);
+    EXPECT_EQ(stats_of(**broker, "q").dead, 1);
     auto dl = (*broker)->dead_letters("q", 10);
     ASSERT_TRUE(dl) << dl.error().message;
     ASSERT_EQ(dl->size(), 1u);
@@ -410,4 +414,51 @@ INSERT INTO tasks(id, queue, state, props, headers, body, name, reason) VALUES
     auto again = Broker::open("sqlite://" + path);
     ASSERT_TRUE(again) << again.error().message;
     EXPECT_EQ(rows_of(path, "messages"), 3);
+}
+
+TEST(SqliteEngine, QueueCountsFollowEveryChangeOfState) {
+    Fixture f;
+    auto path = f.dir.file("c.db");
+    // The counts the writers keep against the rows themselves.
+    auto truth = [&](int state) {
+        return rows_of(path, fmt::format("tasks WHERE queue='q' AND state={}", state));
+    };
+    auto same = [&](const char* when) {
+        auto s = stats_of(*f.broker, "q");
+        EXPECT_EQ(s.ready, truth(0)) << when;
+        EXPECT_EQ(s.in_flight, truth(1)) << when;
+        EXPECT_EQ(s.dead, truth(2)) << when;
+        EXPECT_EQ(s.delayed, truth(3)) << when;
+    };
+    for (int i = 0; i < 6; ++i) f.enqueue("q");
+    f.enqueue("q", {.countdown = std::chrono::hours(1)});
+    same("enqueued");
+    EXPECT_EQ(stats_of(*f.broker, "q").ready, 6);
+    EXPECT_EQ(stats_of(*f.broker, "q").delayed, 1);
+    auto c = f.consumer({"q"});
+    auto got = c->fetch(5, 0ms);
+    ASSERT_EQ(got->size(), 5u);
+    same("claimed");
+    EXPECT_EQ(stats_of(*f.broker, "q").in_flight, 5);
+    std::vector<Settlement> s = {
+        {.kind = Settlement::Kind::ack, .tag = (*got)[0].tag},
+        {.kind = Settlement::Kind::dead_letter, .tag = (*got)[1].tag, .reason = "x"},
+        {.kind = Settlement::Kind::dead_letter, .tag = (*got)[2].tag, .reason = "y"},
+        {.kind = Settlement::Kind::release, .tag = (*got)[3].tag},
+        {.kind = Settlement::Kind::retry,
+         .tag = (*got)[4].tag,
+         .envelope = (*got)[4].envelope,
+         .not_before = SystemClock::now() + std::chrono::hours(1)}};
+    ASSERT_TRUE(c->settle(s));
+    same("settled");
+    EXPECT_EQ(stats_of(*f.broker, "q").delayed, 2);
+    EXPECT_EQ(stats_of(*f.broker, "q").dead, 2);
+    std::vector<std::string> one = {(*got)[1].message_id};
+    EXPECT_EQ(*f.broker->replay_dead("q", one), 1u);
+    same("replayed");
+    EXPECT_EQ(*f.broker->purge_dead("q"), 1u);
+    same("purged");
+    auto all = stats_of(*f.broker, "q");
+    EXPECT_EQ(all.ready, 3);
+    EXPECT_EQ(all.dead, 0);
 }
