@@ -9,6 +9,7 @@
 #include "conveyor/broker.hpp"
 #include "conveyor/client.hpp"
 #include "conveyor/engine.hpp"
+#include "conveyor/history.hpp"
 #include "conveyor/worker.hpp"
 #include "core/codec.hpp"
 #include "support/process.hpp"
@@ -461,4 +462,35 @@ TEST(SqliteEngine, QueueCountsFollowEveryChangeOfState) {
     auto all = stats_of(*f.broker, "q");
     EXPECT_EQ(all.ready, 3);
     EXPECT_EQ(all.dead, 0);
+    {
+        // Claimed and handed back as the consumer closes; claimed and reclaimed once its lease
+        // runs out.
+        auto gone = f.consumer({"q"});
+        ASSERT_EQ(gone->fetch(1, 0ms)->size(), 1u);
+        same("claimed by a consumer that closes");
+    }
+    same("handed back as it closed");
+    auto lapsing = f.consumer({"q"}, 200ms);
+    ASSERT_EQ(lapsing->fetch(1, 0ms)->size(), 1u);
+    std::this_thread::sleep_for(300ms);
+    auto taker = f.consumer({"q"});
+    auto taken = taker->fetch(10, 0ms);
+    ASSERT_TRUE(taken);
+    EXPECT_EQ(taken->size(), 3u);
+    same("reclaimed");
+    EXPECT_EQ(stats_of(*f.broker, "q").in_flight, 3);
+    std::vector<Settlement> back;
+    for (auto& d : *taken) back.push_back({.kind = Settlement::Kind::release, .tag = d.tag});
+    ASSERT_TRUE(taker->settle(back));
+    // What the dashboard does to one task.
+    auto history = f.broker->history();
+    ASSERT_TRUE(history);
+    auto id = (*taken)[0].message_id;
+    ASSERT_TRUE((*history)->revoke(id));
+    same("revoked");
+    ASSERT_TRUE((*history)->retry(id));
+    same("retried");
+    ASSERT_TRUE((*history)->remove(id));
+    same("removed");
+    EXPECT_EQ(stats_of(*f.broker, "q").ready, 2);
 }

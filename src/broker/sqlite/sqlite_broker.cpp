@@ -82,14 +82,14 @@ class SqliteBroker final : public Broker {
             by_queue[n].queue = n;
             by_queue[n].paused = names->i64(1) != 0;
         }
-        // State by state, each through its partial index: finished tasks kept as history are
-        // never read.
+        // From the counts the writers keep (a row per queue and state, whatever the queues
+        // hold); tasks in flight, as many as the workers hold, from their index; delayed tasks
+        // already due and not yet made ready count as ready (only those are read).
         auto q = db_.prepare(
-            "SELECT queue, 0, 0, count(*) FROM tasks WHERE state=0 GROUP BY queue "
+            "SELECT queue, state, 0, n FROM counts WHERE n<>0 "
             "UNION ALL SELECT queue, 1, 0, count(*) FROM tasks WHERE state=1 GROUP BY queue "
-            "UNION ALL SELECT queue, 2, 0, count(*) FROM tasks WHERE state=2 GROUP BY queue "
-            "UNION ALL SELECT queue, 3, available_at<=?1 AS due, count(*) FROM tasks "
-            "WHERE state=3 GROUP BY queue, due");
+            "UNION ALL SELECT queue, 3, 1, count(*) FROM tasks "
+            "WHERE state=3 AND available_at<=?1 GROUP BY queue");
         CONVEYOR_TRY(q);
         q->bind(1, now_ms());
         for (;;) {
@@ -110,7 +110,12 @@ class SqliteBroker final : public Broker {
                     s.dead += count;
                     break;
                 case kDelayed:
-                    (q->i64(2) ? s.ready : s.delayed) += count;
+                    if (q->i64(2) != 0) {  // due: taken from the delayed ones
+                        s.ready += count;
+                        s.delayed -= count;
+                    } else {
+                        s.delayed += count;
+                    }
                     break;
             }
         }
@@ -310,11 +315,15 @@ class SqliteBroker final : public Broker {
                 moved += std::size_t(*r);
                 return {};
             };
-            if (ids.empty()) return one(std::nullopt);
-            for (auto& id : ids) {
-                CONVEYOR_TRY(one(id));
+            if (ids.empty()) {
+                CONVEYOR_TRY(one(std::nullopt));
+            } else {
+                for (auto& id : ids) CONVEYOR_TRY(one(id));
             }
-            return {};
+            CountDeltas counts;
+            counts.add(queue, kDead, -std::int64_t(moved));
+            counts.add(queue, kReady, std::int64_t(moved));
+            return counts.write(st_);
         });
         CONVEYOR_TRY(ok);
         return moved;
@@ -330,7 +339,9 @@ class SqliteBroker final : public Broker {
             auto r = del->run();
             CONVEYOR_TRY(r);
             n = std::size_t(*r);
-            return {};
+            CountDeltas counts;
+            counts.add(queue, kDead, -std::int64_t(n));
+            return counts.write(st_);
         });
         CONVEYOR_TRY(ok);
         return n;

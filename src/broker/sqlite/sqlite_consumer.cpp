@@ -52,12 +52,18 @@ class SqliteConsumer final : public Consumer {
         (void)in_transaction(db_, st_, [&]() -> Result<void> {
             auto st = db_.prepare(
                 "UPDATE tasks SET state=0, lease_owner=NULL, lease_until=NULL, "
-                "deliveries=max(deliveries-1,0) WHERE lease_owner=?1 AND state=1");
+                "deliveries=max(deliveries-1,0) WHERE lease_owner=?1 AND state=1 "
+                "RETURNING queue");
             CONVEYOR_TRY(st);
             st->bind(1, owner_);
-            auto r = st->run();
-            CONVEYOR_TRY(r);
-            return {};
+            CountDeltas counts;
+            for (;;) {
+                auto r = st->step();
+                CONVEYOR_TRY(r);
+                if (!*r) break;
+                counts.move(st->text(0), kInFlight, kReady);
+            }
+            return counts.write(st_);
         });
     }
 
@@ -130,8 +136,11 @@ class SqliteConsumer final : public Consumer {
         return in_transaction(db_, st_, [&]() -> Result<void> {
             auto now = now_ms();
             minutes_.clear();
+            CountDeltas counts;
+            std::string queue;
             for (auto& s : batch) {
                 Result<int> r;
+                int to = -1;  // the counted state it goes to (finished: none)
                 const Settlement::Attempt* a = s.attempt ? &*s.attempt : nullptr;
                 switch (s.kind) {
                     case Settlement::Kind::ack:
@@ -161,7 +170,8 @@ class SqliteConsumer final : public Consumer {
                             .bind(4, nb);
                         if (a && opts_history_)
                             st_.retry.bind(5, attempt_json(*a)).bind(6, a->error);
-                        r = st_.retry.run();
+                        to = nb > now ? kDelayed : kReady;
+                        r = run_returning_queue(st_.retry, queue);
                         if (r && *r > 0) {  // the message as it goes again (its retry count)
                             st_.update_message.reset();
                             st_.update_message.bind(1, std::int64_t(s.tag))
@@ -179,20 +189,25 @@ class SqliteConsumer final : public Consumer {
                             .bind(3, s.reason)
                             .bind(4, a ? to_epoch_ms(a->finished) : now);
                         if (a) st_.dead.bind(5, to_epoch_ms(a->started)).bind(6, a->error);
-                        r = st_.dead.run();
+                        to = kDead;
+                        r = run_returning_queue(st_.dead, queue);
                         break;
                     case Settlement::Kind::release:
                         st_.release.reset();
-                        r = st_.release.bind(1, std::int64_t(s.tag)).bind(2, owner_).run();
+                        st_.release.bind(1, std::int64_t(s.tag)).bind(2, owner_);
+                        to = kReady;
+                        r = run_returning_queue(st_.release, queue);
                         break;
                 }
                 CONVEYOR_TRY(r);
+                if (*r > 0 && to >= 0) counts.add(queue, to, 1);  // (in flight: not counted)
                 // A lost lease (r == 0) means another worker owns the task now; its result wins.
                 if (*r > 0 && s.result) {
                     CONVEYOR_TRY(store_result(st_, *s.result));
                 }
                 if (*r > 0 && a && opts_history_) count(s, *a);
             }
+            CONVEYOR_TRY(counts.write(st_));
             return write_minutes();
         });
     }
@@ -348,10 +363,18 @@ class SqliteConsumer final : public Consumer {
         auto ok = in_transaction(db_, st_, [&]() -> Result<void> {
             out.clear();
             auto now = now_ms();
-            st_.promote.reset();
-            CONVEYOR_TRY(st_.promote.bind(1, now).run());
-            st_.reclaim.reset();
-            CONVEYOR_TRY(st_.reclaim.bind(1, now).run());
+            CountDeltas counts;
+            // Due delayed tasks become ready; leases run out go back.
+            for (auto [st, from] : {std::pair{&st_.promote, kDelayed}, {&st_.reclaim, kInFlight}}) {
+                st->reset();
+                st->bind(1, now);
+                for (;;) {
+                    auto r = st->step();
+                    CONVEYOR_TRY(r);
+                    if (!*r) break;
+                    counts.move(st->text(0), from, kReady);
+                }
+            }
             std::size_t n = opts_.queues.size();
             for (std::size_t i = 0; i < n && out.size() < max; ++i) {
                 auto& q = opts_.queues[(rr_ + i) % n];
@@ -382,6 +405,8 @@ class SqliteConsumer final : public Consumer {
                           });
             }
             rr_++;
+            for (auto& row : out) counts.move(row.queue, kReady, kInFlight);
+            CONVEYOR_TRY(counts.write(st_));
             // The messages, from their own table (a row without one is delivered empty, and
             // dead-lettered as malformed).
             for (auto& row : out) {

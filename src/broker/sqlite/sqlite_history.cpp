@@ -387,7 +387,7 @@ class SqliteHistory final : public TaskHistory {
     Result<void> change(std::string_view id, Fn&& fn) {
         std::lock_guard lk(mu_);
         return in_transaction(db_, st_, [&]() -> Result<void> {
-            auto q = db_.prepare("SELECT state FROM tasks WHERE id=?1");
+            auto q = db_.prepare("SELECT state, queue FROM tasks WHERE id=?1");
             CONVEYOR_TRY(q);
             q->bind(1, id);
             auto r = q->step();
@@ -397,8 +397,18 @@ class SqliteHistory final : public TaskHistory {
                     Errc::not_found,
                     fmt::format("the history has no task '{}' (never seen, or pruned)", id));
             int state = int(q->i64(0));
+            std::string queue = q->text(1);
             q->reset();
-            return fn(state);
+            CONVEYOR_TRY(fn(state));
+            // The queue's counts: from the state it had to the one it has (or none).
+            r = q->bind(1, id).step();
+            CONVEYOR_TRY(r);
+            int now = *r ? int(q->i64(0)) : -1;
+            q->reset();
+            if (now == state) return {};
+            CountDeltas counts;
+            counts.move(queue, state, now);
+            return counts.write(st_);
         });
     }
 

@@ -70,6 +70,15 @@ CREATE TABLE IF NOT EXISTS chord_parts(group_id TEXT NOT NULL, idx INTEGER NOT N
   PRIMARY KEY(group_id, idx)) WITHOUT ROWID;
 )sql";
 
+/// The counts table of a file without one, from its rows (see CountDeltas).
+constexpr std::string_view kCounts = R"sql(
+CREATE TABLE counts(queue TEXT NOT NULL, state INTEGER NOT NULL, n INTEGER NOT NULL,
+  PRIMARY KEY(queue, state)) WITHOUT ROWID;
+INSERT INTO counts SELECT queue, 0, count(*) FROM tasks WHERE state=0 GROUP BY queue
+  UNION ALL SELECT queue, 2, count(*) FROM tasks WHERE state=2 GROUP BY queue
+  UNION ALL SELECT queue, 3, count(*) FROM tasks WHERE state=3 GROUP BY queue;
+)sql";
+
 }  // namespace
 
 Result<void> create_schema(Db& db) {
@@ -104,6 +113,24 @@ Result<void> create_schema(Db& db) {
         if (!moved) {
             (void)db.exec("ROLLBACK");
             return std::unexpected(moved.error());
+        }
+        CONVEYOR_TRY(db.exec("COMMIT"));
+    }
+    // Tasks counted by queue and state (see CountDeltas); a file without the counts gets them
+    // from its rows.
+    auto counted = [&] {
+        auto q = db.prepare("SELECT 1 FROM sqlite_master WHERE type='table' AND name='counts'");
+        return q && *q->step();
+    };
+    if (!counted()) {
+        CONVEYOR_TRY(db.exec("BEGIN IMMEDIATE"));
+        auto made = [&]() -> Result<void> {
+            if (counted()) return {};  // another process did it
+            return db.exec(kCounts);
+        }();
+        if (!made) {
+            (void)db.exec("ROLLBACK");
+            return std::unexpected(made.error());
         }
         CONVEYOR_TRY(db.exec("COMMIT"));
     }
@@ -192,10 +219,13 @@ Result<Statements> Statements::prepare(Db& db) {
         {&s.read_message, "SELECT props, headers, body FROM messages WHERE seq=?1"},
         {&s.update_message, "UPDATE messages SET props=?2, headers=?3, body=?4 WHERE seq=?1"},
         {&s.insert_queue, "INSERT OR IGNORE INTO queues(name) VALUES(?1)"},
-        {&s.promote, "UPDATE tasks SET state=0 WHERE state=3 AND available_at<=?1"},
+        {&s.promote, "UPDATE tasks SET state=0 WHERE state=3 AND available_at<=?1 RETURNING queue"},
         {&s.reclaim,
          "UPDATE tasks SET state=0, lease_owner=NULL, lease_until=NULL "
-         "WHERE state=1 AND lease_until<?1"},
+         "WHERE state=1 AND lease_until<?1 RETURNING queue"},
+        {&s.add_count,
+         "INSERT INTO counts(queue, state, n) VALUES(?1, ?2, ?3) "
+         "ON CONFLICT(queue, state) DO UPDATE SET n = n + excluded.n"},
         {&s.claim,
          "UPDATE tasks SET state=1, lease_owner=?1, lease_until=?2, deliveries=deliveries+1, "
          "started_at=?5 "
@@ -203,6 +233,7 @@ Result<Statements> Statements::prepare(Db& db) {
          "AND NOT EXISTS (SELECT 1 FROM queues WHERE name=?3 AND paused=1) "
          "ORDER BY priority DESC, seq LIMIT ?4) "
          "RETURNING seq, id, queue, deliveries, priority, available_at"},
+        // (No RETURNING where the queue is not needed: it costs a temporary table a run.)
         {&s.ack, "DELETE FROM tasks WHERE seq=?1 AND lease_owner=?2 AND state=1"},
         // Kept as history: the last worker stays in lease_owner.
         {&s.finish,
@@ -214,11 +245,11 @@ Result<Statements> Statements::prepare(Db& db) {
          "retries=retries+1, lease_owner=NULL, lease_until=NULL, error=coalesce(?6, error), "
          "attempts=CASE WHEN ?5 IS NULL THEN attempts ELSE "
          "json_insert(coalesce(attempts,'[]'),'$[#]',json(?5)) END "
-         "WHERE seq=?1 AND lease_owner=?2 AND state=1"},
+         "WHERE seq=?1 AND lease_owner=?2 AND state=1 RETURNING queue"},
         {&s.dead,
          "UPDATE tasks SET state=2, reason=?3, dead_at=?4, lease_until=NULL, "
          "started_at=coalesce(?5, started_at), finished_at=?4, error=coalesce(?6, error) "
-         "WHERE seq=?1 AND lease_owner=?2 AND state=1"},
+         "WHERE seq=?1 AND lease_owner=?2 AND state=1 RETURNING queue"},
         {&s.count_minute,
          "INSERT INTO minutes(minute,queue,name,succeeded,failed,retried,dead,run_ms,waited,"
          "wait_ms) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10) ON CONFLICT(minute,queue,name) DO "
@@ -226,7 +257,8 @@ Result<Statements> Statements::prepare(Db& db) {
          "dead=dead+?7, run_ms=run_ms+?8, waited=waited+?9, wait_ms=wait_ms+?10"},
         {&s.release,
          "UPDATE tasks SET state=0, lease_owner=NULL, lease_until=NULL, "
-         "deliveries=max(deliveries-1,0) WHERE seq=?1 AND lease_owner=?2 AND state=1"},
+         "deliveries=max(deliveries-1,0) WHERE seq=?1 AND lease_owner=?2 AND state=1 "
+         "RETURNING queue"},
         {&s.renew,
          "UPDATE tasks SET lease_until=?2 WHERE lease_owner=?1 AND state=1 RETURNING seq"},
         {&s.store_result,
@@ -253,6 +285,26 @@ Result<Statements> Statements::prepare(Db& db) {
         *d.stmt = std::move(*st);
     }
     return s;
+}
+
+Result<void> CountDeltas::write(Statements& st) {
+    for (auto& e : d_) {
+        if (e.n == 0) continue;
+        st.add_count.reset();
+        CONVEYOR_TRY(st.add_count.bind(1, e.queue).bind(2, e.state).bind(3, e.n).run());
+    }
+    d_.clear();
+    return {};
+}
+
+Result<int> run_returning_queue(Stmt& st, std::string& queue) {
+    int rows = 0;
+    for (;;) {
+        auto r = st.step();
+        CONVEYOR_TRY(r);
+        if (!*r) return rows;
+        if (rows++ == 0) queue = st.text(0);
+    }
 }
 
 Result<void> prune_history(Statements& st, const SqliteOptions& sqlite) {
@@ -345,6 +397,7 @@ Result<void> keep_wal(Db& db, Statements& st) {
 Result<void> insert_messages(Statements& st, std::span<const OutgoingMessage> msgs,
                              std::set<std::string>& known_queues) {
     auto now = now_ms();
+    CountDeltas counts;
     for (auto& m : msgs) {
         if (m.queue.empty()) return fail(Errc::invalid_argument, "message has no queue");
         if (!known_queues.contains(m.queue)) {
@@ -366,6 +419,7 @@ Result<void> insert_messages(Statements& st, std::span<const OutgoingMessage> ms
         auto added = st.insert_task.run();
         CONVEYOR_TRY(added);
         if (*added == 0) continue;  // an id already known
+        counts.add(m.queue, at > now ? kDelayed : kReady, 1);
         st.insert_message.reset();
         st.insert_message.bind(1, st.insert_task.last_rowid())
             .bind(2, props_json(m.envelope))
@@ -373,6 +427,7 @@ Result<void> insert_messages(Statements& st, std::span<const OutgoingMessage> ms
             .bind_blob(4, m.envelope.body);
         CONVEYOR_TRY(st.insert_message.run());
     }
+    CONVEYOR_TRY(counts.write(st));
     for (auto& m : msgs) known_queues.insert(m.queue);
     return {};
 }

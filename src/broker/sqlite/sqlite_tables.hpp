@@ -48,12 +48,48 @@ inline constexpr std::string_view kRetriesReset =
 struct Statements {
     Stmt insert_task, insert_message, read_message, update_message, insert_queue, promote, reclaim,
         claim, ack, finish, retry, dead, release, renew, store_result, probe_ready, next_delayed,
-        next_lease, data_version, expire_results, count_minute, oldest_finished, count_finished,
-        delete_seq, expire_minutes;
+        next_lease, data_version, expire_results, count_minute, add_count, oldest_finished,
+        count_finished, delete_seq, expire_minutes;
 
     /// Prepares every statement on `db`.
     static Result<Statements> prepare(Db& db);
 };
+
+/// What a transaction changes in the number of tasks by queue and state (ready, dead, delayed),
+/// written to the `counts` table before it commits: counting a queue then reads a row per
+/// state, whatever the queue holds. Tasks in flight are counted from their index (there are
+/// as many as the workers hold, and settling them then writes no count); finished tasks
+/// (history) are not counted.
+class CountDeltas {
+  public:
+    void add(std::string_view queue, int state, std::int64_t n) {
+        if ((state != kReady && state != kDead && state != kDelayed) || n == 0) return;
+        for (auto& e : d_)
+            if (e.state == state && e.queue == queue) {
+                e.n += n;
+                return;
+            }
+        d_.push_back({std::string(queue), state, n});
+    }
+    void move(std::string_view queue, int from, int to) {
+        add(queue, from, -1);
+        add(queue, to, 1);
+    }
+    /// Adds them to `counts` (inside the transaction) and forgets them.
+    Result<void> write(Statements& st);
+
+  private:
+    struct Entry {
+        std::string queue;
+        int state;
+        std::int64_t n;
+    };
+    std::vector<Entry> d_;  // a few queues at a time: a list beats a map
+};
+
+/// Runs a statement that changes at most one task row and returns its queue (RETURNING
+/// queue): 1 and the queue when it changed one, 0 when none.
+Result<int> run_returning_queue(Stmt& st, std::string& queue);
 
 /// Deletes (inside a transaction) results past result_expires, and finished tasks and
 /// per-minute counts past the history period or beyond history_max, a bounded number of tasks
