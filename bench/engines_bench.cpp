@@ -86,6 +86,30 @@ Figures measure(const std::string& url, int n, int concurrency, std::size_t pref
     return Figures{n / enq, n / run, (c1 - c0) / n, (c3 - c2) / n};
 }
 
+/// The steady state in one process, as the Redis-based peers are measured: a worker (concurrency
+/// 2, prefetch 512) runs while this thread enqueues n tasks in batches of 1,000; n over the time
+/// from the first enqueue to the last task's acknowledgement.
+double measure_steady(const std::string& url, int n) {
+    auto broker = *Broker::open(url);
+    Client client(broker);
+    set_log_sink(nullptr);
+    Worker worker(
+        broker,
+        WorkerOptions{
+            .queues = {"bench"}, .concurrency = 2, .prefetch = 512, .remote_control = false});
+    worker.handle("noop", [](TaskContext&) -> Json { return nullptr; });
+    std::jthread runner([&] { (void)worker.run(); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // up and waiting
+    auto t0 = Clock::now();
+    produce(client, n);
+    while (worker.stats().succeeded < std::uint64_t(n))
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    worker.stop();
+    runner.join();
+    return n / s;
+}
+
 /// A child process: `--produce URL N` enqueues N tasks, `--work URL` works until stdin closes.
 int child_main(int argc, char** argv) {
     std::string mode = argv[1], url = argv[2];
@@ -260,6 +284,15 @@ int main(int argc, char** argv) {
                                 2, 512);
              }),
              n_sql});
+        {
+            std::vector<double> runs;
+            for (int i = 0; i < 3; ++i)
+                runs.push_back(measure_steady(
+                    "sqlite://" + (dir / fmt::format("steady-{}.db", i)).string(), n_sql));
+            std::ranges::sort(runs);
+            extra["conveyor_sqlite_steady_per_s"] = std::round(runs[1]);
+            fmt::print("sqlite (sync=full) steady state, one process: {:.0f} tasks/s\n", runs[1]);
+        }
         rows.push_back({"sqlite, 2 producer + 2 worker processes",
                         "conveyor_sqlite_processes_tasks_per_s", median_of([&] {
                             return measure_processes("sqlite://" + (dir / "procs.db").string(),

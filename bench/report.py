@@ -42,16 +42,17 @@ for label, e2e, enq, _ in rows:
 sq_e, sq_d = fig.get('conveyor_sqlite_enqueue_per_s'), fig.get('conveyor_sqlite_tasks_per_s')
 if fig.get('sidekiq_total_per_s') or fig.get('bullmq_total_per_s'):
     lines += ['', '| system, same N, one worker process | enqueue/s | drain/s | '
-              'N / (enqueue + drain time) |', '|---|---:|---:|---:|']
+              'N / (enqueue + drain time) | steady state/s |', '|---|---:|---:|---:|---:|']
     if sq_e and sq_d:
-        lines.append('| Conveyor sqlite (sync=full, fsync per commit) | %s | %s | %s |' % (
-            num(sq_e), num(sq_d), num(1 / (1 / sq_e + 1 / sq_d))))
+        lines.append('| Conveyor sqlite (sync=full, fsync per commit) | %s | %s | %s | %s |' % (
+            num(sq_e), num(sq_d), num(1 / (1 / sq_e + 1 / sq_d)),
+            num(fig.get('conveyor_sqlite_steady_per_s'))))
     for label, key in (('Sidekiq 6.4.1 (push_bulk, -c 10)', 'sidekiq'),
                        ('BullMQ 6.7.6 (addBulk, concurrency 100)', 'bullmq')):
         if fig.get(key + '_total_per_s'):
-            lines.append('| %s | %s | %s | %s |' % (
+            lines.append('| %s | %s | %s | %s | %s |' % (
                 label, num(fig[key + '_enqueue_per_s']), num(fig[key + '_drain_per_s']),
-                num(fig[key + '_total_per_s'])))
+                num(fig[key + '_total_per_s']), num(fig.get(key + '_steady_per_s'))))
 raw = fig.get('raw_amqp_tasks_per_s')
 conv = fig.get('conveyor_amqp_tasks_per_s')
 cel = fig.get('celery_tasks_per_s')

@@ -71,7 +71,7 @@ median_peer() {
   /usr/bin/python3 -c 'import json,sys
 runs = sorted((json.loads(l) for l in sys.stdin if l.startswith("{")), key=lambda d: d["total_per_s"])
 d, p = runs[len(runs) // 2], sys.argv[1]
-print(json.dumps({p + "_" + k: d[k] for k in ("enqueue_per_s", "drain_per_s", "total_per_s")}))' "$1"
+print(json.dumps({p + "_" + k: d[k] for k in ("enqueue_per_s", "drain_per_s", "total_per_s", "steady_per_s")}))' "$1"
 }
 for _ in $(seq "${BENCH_REPEAT:-3}"); do
   ruby "$root/bench/peers/sidekiq_bench.rb" "$redis_url" "$n_redis" 2> /dev/null | tail -1
