@@ -114,19 +114,24 @@ class SqliteHistory final : public TaskHistory {
         // the index may hold more than it should); everything else through the table's order
         // or an index on the state or the name.
         bool indexed = query.search.size() >= 3 && search_ready_;
-        std::string sql =
-            fmt::format("SELECT {}, substr(m.body, 1, {}) FROM ", kColumns, kListedBytes);
+        // The page is chosen from the task rows first (their messages read only for a search)
+        // and the messages of that page joined after: a filter that sorts many rows then sorts
+        // narrow ones.
+        std::string sql = "SELECT t.* FROM ";
         std::vector<std::string> where;
         if (indexed) {
             sql +=
-                "task_search f CROSS JOIN tasks t ON t.seq = f.rowid CROSS JOIN messages m ON "
-                "m.seq = t.seq";
+                "task_search f CROSS JOIN tasks t ON t.seq = f.rowid CROSS JOIN messages b ON "
+                "b.seq = t.seq";
             where.push_back("f.text GLOB ?1");
-            where.push_back("instr(m.body, ?2) > 0");
+            where.push_back("instr(b.body, ?2) > 0");
             if (query.before > 0) where.push_back("f.rowid < ?3");
+        } else if (!query.search.empty()) {
+            sql += "tasks t CROSS JOIN messages b ON b.seq = t.seq";
+            where.push_back("instr(b.body, ?2) > 0");
+            if (query.before > 0) where.push_back("t.seq < ?3");
         } else {
-            sql += "tasks t CROSS JOIN messages m ON m.seq = t.seq";
-            if (!query.search.empty()) where.push_back("instr(m.body, ?2) > 0");
+            sql += "tasks t";
             if (query.before > 0) where.push_back("t.seq < ?3");
         }
         // The state as a literal: the planner uses a partial index (WHERE state=2, ...) only
@@ -140,6 +145,10 @@ class SqliteHistory final : public TaskHistory {
             sql += (i == 0 ? " WHERE " : " AND ") + where[i];
         sql += indexed ? " ORDER BY f.rowid DESC" : " ORDER BY t.seq DESC";
         sql += " LIMIT ?9";
+        sql = fmt::format(
+            "SELECT {}, substr(m.body, 1, {}) FROM ({}) t CROSS JOIN messages m ON m.seq = t.seq "
+            "ORDER BY t.seq DESC",
+            kColumns, kListedBytes, sql);
         auto q = db_.prepare(sql);
         CONVEYOR_TRY(q);
         if (indexed) {
