@@ -19,6 +19,18 @@ Json time_or_null(const std::optional<TimePoint>& t) {
 
 Json opt_or_null(const std::optional<double>& v) { return v ? Json(*v) : Json(); }
 
+/// A repr cut to Celery's argsrepr_maxsize and kwargsrepr_maxsize (1,024) with "..." at the
+/// end, at a UTF-8 character's start: the headers carry a glimpse of the arguments, not a second
+/// copy of a big payload.
+std::string bounded_repr(std::string s) {
+    constexpr std::size_t kMax = 1024;
+    if (s.size() <= kMax) return s;
+    std::size_t cut = kMax - 3;
+    while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) --cut;
+    s.resize(cut);
+    return s + "...";
+}
+
 std::string repr(const Json& v) {
     if (v.is_null()) return "None";
     if (v.is_boolean()) return v.get<bool>() ? "True" : "False";
@@ -220,8 +232,8 @@ Envelope encode(const TaskMessage& t) {
         h["timelimit"] = Json::array({opt_or_null(t.time_limit), opt_or_null(t.soft_time_limit)});
     h["root_id"] = t.root_id.empty() ? t.id : t.root_id;
     if (!t.parent_id.empty()) h["parent_id"] = t.parent_id;
-    h["argsrepr"] = args_repr(t.args);
-    h["kwargsrepr"] = kwargs_repr(t.kwargs);
+    h["argsrepr"] = bounded_repr(args_repr(t.args));
+    h["kwargsrepr"] = bounded_repr(kwargs_repr(t.kwargs));
     h["origin"] = t.origin.empty() ? Json("conveyor") : Json(t.origin);
     h["ignore_result"] = t.ignore_result;
     if (t.max_retries) h["max_retries"] = *t.max_retries;
