@@ -167,6 +167,17 @@ class Broker : public Publisher, public ResultStore, public BrokerAdmin {
     /// What the broker remembers of tasks after they ran (conveyor/history.hpp): sqlite.
     /// Errc::invalid_argument where the engine keeps no history.
     [[nodiscard]] virtual Result<std::unique_ptr<TaskHistory>> history();
+    /// Unique tasks: stores `message` unless a task published with `unique_key` is waiting,
+    /// delayed or running, or the key is held until `hold_until` by an earlier one; returns
+    /// the id of the task that holds the key (this message's when it was stored). Decided in
+    /// the transaction that stores it, so that of any number of concurrent publishers exactly
+    /// one stores a task. The key goes when its task succeeds, is dead-lettered or revoked
+    /// (and `hold_until` has passed); it stays through retries and a worker's crash (the task
+    /// is still waiting or running). Errc::invalid_argument where the engine cannot (all but
+    /// sqlite).
+    [[nodiscard]] virtual Result<std::string> publish_unique(const OutgoingMessage& message,
+                                                             std::string_view unique_key,
+                                                             std::optional<TimePoint> hold_until);
     /// The broker's URL for people: passwords are masked ("amqp://user:***@host/").
     virtual std::string url() const = 0;
 };

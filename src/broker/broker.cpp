@@ -79,6 +79,13 @@ Result<std::unique_ptr<TaskHistory>> Broker::history() {
                 fmt::format("{} keeps no task history; the sqlite engine does", url()));
 }
 
+Result<std::string> Broker::publish_unique(const OutgoingMessage&, std::string_view,
+                                           std::optional<TimePoint>) {
+    return fail(
+        Errc::invalid_argument,
+        fmt::format("unique tasks are kept by the sqlite engine only, not yet by {}", url()));
+}
+
 Result<std::unique_ptr<ScheduleStore>> Broker::schedule_store() {
     return fail(Errc::invalid_argument,
                 fmt::format("schedules are kept by the sqlite engine only, not by {}; run "

@@ -27,6 +27,8 @@ struct EnqueueFlags {
     bool raw = false;
     std::string body_file, content_type;
     std::optional<double> wait;
+    std::string unique_key;
+    std::optional<double> unique_for;
 };
 
 int run_enqueue(const Global& g, EnqueueFlags& f) {
@@ -58,6 +60,7 @@ int run_enqueue(const Global& g, EnqueueFlags& f) {
     o.routing_key = f.routing_key;
     o.ordering_key = f.key;
     o.raw = f.raw;
+    o.unique_key = f.unique_key;
     auto now = SystemClock::now();
     // A time the clock cannot hold is refused, not wrapped around into the past.
     auto in_future = [&](std::optional<double> seconds, const char* flag) {
@@ -83,6 +86,7 @@ int run_enqueue(const Global& g, EnqueueFlags& f) {
         o.eta = *t;
     }
     if (f.expires) o.expires = now + in_future(f.expires, "--expires");
+    if (f.unique_for) o.unique_for = in_future(f.unique_for, "--unique-for");
     Client client(s.broker, s.cfg);
     auto id = client.enqueue(f.task, std::move(args), std::move(kwargs), o);
     if (!id) die(fmt::format("enqueue failed: {}", id.error().message));
@@ -128,6 +132,15 @@ Command add_enqueue(CLI::App& app, const Global& g) {
                         "application/octet-stream for other bytes, application/json otherwise)");
     enqueue->add_option("--key", f->key,
                         "Ordering key: tasks with one key run in order (ordered queues)");
+    auto* unique = enqueue->add_option(
+        "--unique-key", f->unique_key,
+        "While a task enqueued with this key waits or runs, enqueue nothing and print its id "
+        "(sqlite)");
+    enqueue
+        ->add_option("--unique-for", f->unique_for,
+                     "Hold the unique key this many seconds from now, even once the task ended")
+        ->needs(unique)
+        ->check(seconds_within(0.0, 31536000.0 * 10));
     enqueue
         ->add_option("--wait", f->wait,
                      "Then wait up to this many seconds for the result and print it as JSON")

@@ -56,8 +56,19 @@ Result<std::string> Client::enqueue(std::string_view task, Json args, Json kwarg
     t.name = std::string(task);
     t.args = std::move(args);
     t.kwargs = std::move(kwargs);
+    if (o.unique_for && o.unique_key.empty())
+        return fail(Errc::invalid_argument, "unique_for needs a unique_key");
+    if (o.unique_key.size() > 1024)
+        return fail(Errc::invalid_argument, "a unique key is at most 1,024 bytes");
+    if (o.unique_for && o.unique_for->count() < 0)
+        return fail(Errc::invalid_argument, "unique_for cannot be negative");
     auto m = prepare(std::move(t), o);
     CONVEYOR_TRY(m);
+    if (!o.unique_key.empty()) {
+        std::optional<TimePoint> hold;
+        if (o.unique_for) hold = detail::add_clamped(SystemClock::now(), *o.unique_for);
+        return broker_->publish_unique(*m, o.unique_key, hold);
+    }
     std::string id = m->task_id;
     CONVEYOR_TRY(detail::publish_moved(*broker_, std::span(&*m, 1)));
     return id;
@@ -69,6 +80,9 @@ Result<std::vector<std::string>> Client::enqueue_many(std::vector<TaskMessage> t
     std::vector<std::string> ids;
     msgs.reserve(tasks.size());
     ids.reserve(tasks.size());
+    if (!o.unique_key.empty())
+        return fail(Errc::invalid_argument,
+                    "a unique key names one task: enqueue unique tasks one at a time");
     EnqueueOptions common = o;
     common.id.clear();
     for (auto& t : tasks) {

@@ -111,6 +111,8 @@ TEST(Cli, MistakesGetOneSentenceAndANonZeroExit) {
         {{"--config", "/nonexistent.toml", "queues"}, 2, "cannot read config file"},
         {{"result", "some-id", "--wait", "0.2"}, 3, "did not finish"},
         {{"worker"}, 2, "no task has a handler"},
+        {{"enqueue", "t", "--unique-for", "5"}, 2, "--unique-key"},
+        {{"enqueue", "t", "--unique-key", "k", "--unique-for", "-1"}, 2, "--unique-for"},
     };
     for (auto& c : cases) {
         auto [code, out] = cli(dir, c.args);
@@ -316,4 +318,21 @@ TEST(Cli, APausedQueueKeepsItsTasksUntilResumedWhileOtherQueuesRun) {
         {CONVEYOR_CLI, "--broker", "memory://", "queues", "pause", "q"}, {}, dir.path().string());
     EXPECT_EQ(rc3, 2) << err;
     EXPECT_NE(err.find("cannot pause queues"), std::string::npos) << err;
+}
+
+TEST(Cli, AUniqueKeyEnqueuesOnceAndPrintsTheHoldersId) {
+    TempDir dir;
+    auto [c1, first] = cli(dir, {"enqueue", "report.build", "--unique-key", "daily-report"});
+    ASSERT_EQ(c1, 0) << first;
+    auto [c2, second] =
+        cli(dir, {"enqueue", "report.build", "--unique-key", "daily-report", "--args", "[2]"});
+    ASSERT_EQ(c2, 0) << second;
+    EXPECT_EQ(trim(second), trim(first));
+    auto [c3, other] = cli(
+        dir, {"enqueue", "report.build", "--unique-key", "weekly-report", "--unique-for", "60"});
+    ASSERT_EQ(c3, 0) << other;
+    EXPECT_NE(trim(other), trim(first));
+    auto [c4, js] = cli(dir, {"--json", "queues"});
+    ASSERT_EQ(c4, 0) << js;
+    EXPECT_EQ(Json::parse(js)[0]["ready"], 2) << js;
 }

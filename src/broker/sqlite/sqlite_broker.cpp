@@ -38,6 +38,47 @@ class SqliteBroker final : public Broker {
             db_, st_, [&]() -> Result<void> { return insert_messages(st_, msgs, known_queues_); });
     }
 
+    Result<std::string> publish_unique(const OutgoingMessage& m, std::string_view key,
+                                       std::optional<TimePoint> hold_until) override {
+        CONVEYOR_TRY(detail::check_embedded_message(m, "sqlite"));
+        if (key.empty() || key.size() > 1024)
+            return fail(Errc::invalid_argument, "a unique key is 1 to 1,024 bytes");
+        std::string id = m.task_id.empty() ? codec::envelope_id(m.envelope) : m.task_id;
+        if (id.empty()) id = make_task_id();
+        OutgoingMessage one = m;
+        one.task_id = id;
+        std::lock_guard lk(mu_);
+        std::string holder;
+        auto ok = in_transaction(db_, st_, [&]() -> Result<void> {
+            // Writes are one at a time (the transaction holds the write lock), so what this
+            // finds cannot change before the insert; tasks_unique would refuse a second one.
+            auto now = now_ms();
+            auto held = db_.prepare(
+                "SELECT id FROM tasks WHERE unique_key=?1 AND state IN (0, 1, 3) "
+                "UNION ALL SELECT task_id FROM unique_keys WHERE key=?1 AND until>=?2 LIMIT 1");
+            CONVEYOR_TRY(held);
+            held->bind(1, key).bind(2, now);
+            auto found = held->step();
+            CONVEYOR_TRY(found);
+            if (*found) {
+                holder = held->text(0);
+                return {};
+            }
+            CONVEYOR_TRY(insert_messages(st_, std::span(&one, 1), known_queues_, key));
+            if (hold_until) {
+                auto keep = db_.prepare(
+                    "INSERT OR REPLACE INTO unique_keys(key, task_id, until) VALUES(?1, ?2, ?3)");
+                CONVEYOR_TRY(keep);
+                CONVEYOR_TRY(
+                    keep->bind(1, key).bind(2, id).bind(3, to_epoch_ms(*hold_until)).run());
+            }
+            holder = id;
+            return {};
+        });
+        CONVEYOR_TRY(ok);
+        return holder;
+    }
+
     Result<std::unique_ptr<ScheduleStore>> schedule_store() override {
         return open_schedule_store(opts_);
     }

@@ -9,6 +9,8 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <map>
+#include <mutex>
 #include <thread>
 
 #include "core/try.hpp"
@@ -84,17 +86,27 @@ std::string unwritable_reason(const std::string& path) {
 
 /// Waits for another process's write lock in short steps (SQLite's own handler sleeps 1 ms at
 /// first, then up to 100 ms, far longer than one of Conveyor's transactions holds the lock:
-/// with several processes on one file the writers mostly slept). `ctx` carries the timeout in
-/// ms; `count` is how often this wait was already retried.
+/// with several processes on one file the writers mostly slept). `ctx` points to the timeout
+/// (busy_limit); `count` is how often this wait was already retried.
 int busy_wait(void* ctx, int count) {
     using namespace std::chrono;
     thread_local steady_clock::time_point began;
     auto now = steady_clock::now();
     if (count == 0) began = now;
-    if (now - began >= milliseconds(reinterpret_cast<std::intptr_t>(ctx))) return 0;
+    if (now - began >= *static_cast<const milliseconds*>(ctx)) return 0;
     // 20 µs, doubling up to 1 ms: a waiter tries again soon after the lock is free.
     std::this_thread::sleep_for(microseconds(20 << std::min(count, 6)));
     return 1;
+}
+
+/// Where busy_wait finds a timeout: one place per distinct value for the life of the process
+/// (a connection closed with statements still open lives on until they go, so nothing a Db owns
+/// may be its handler's context).
+std::chrono::milliseconds* busy_limit(std::chrono::milliseconds limit) {
+    static std::mutex mu;
+    static std::map<std::int64_t, std::chrono::milliseconds> limits;
+    std::lock_guard lk(mu);
+    return &limits.try_emplace(limit.count(), limit).first->second;
 }
 
 }  // namespace
@@ -120,8 +132,7 @@ Result<Db> Db::open(const std::string& path, std::string_view synchronous,
                                           why.empty() ? "it opened read-only" : why));
     }
     sqlite3_busy_handler(raw, busy_wait,
-                         reinterpret_cast<void*>(std::intptr_t(
-                             std::clamp<std::int64_t>(busy_timeout.count(), 0, INT32_MAX))));
+                         busy_limit(std::max(busy_timeout, std::chrono::milliseconds(0))));
     // journal_mode=WAL needs a write lock once per file; retry briefly when several processes
     // open a new file at the same time.
     for (int attempt = 0;; ++attempt) {

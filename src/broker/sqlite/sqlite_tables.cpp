@@ -36,11 +36,15 @@ CREATE TABLE IF NOT EXISTS tasks(
   started_at INTEGER,
   finished_at INTEGER,
   attempts TEXT,
-  error TEXT);
+  error TEXT,
+  unique_key TEXT);
 -- The message itself (properties, headers, body) apart from the row a claim and a settlement
 -- rewrite: a claim then writes a few dozen bytes, whatever the message's size.
 CREATE TABLE IF NOT EXISTS messages(seq INTEGER PRIMARY KEY, props TEXT NOT NULL,
   headers TEXT NOT NULL, body BLOB NOT NULL);
+-- Unique tasks: a key held for a period after its task was enqueued (see publish_unique).
+CREATE TABLE IF NOT EXISTS unique_keys(key TEXT PRIMARY KEY, task_id TEXT NOT NULL,
+  until INTEGER NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tasks_ready ON tasks(queue, priority DESC, seq) WHERE state=0;
 CREATE INDEX IF NOT EXISTS tasks_delayed ON tasks(available_at) WHERE state=3;
 CREATE INDEX IF NOT EXISTS tasks_leased ON tasks(lease_until) WHERE state=1;
@@ -134,6 +138,13 @@ Result<void> create_schema(Db& db) {
         }
         CONVEYOR_TRY(db.exec("COMMIT"));
     }
+    // ... and the unique key of a task (NULL in rows from before, and for most tasks): held,
+    // uniquely, while its task waits, is delayed or runs.
+    if (!db.prepare("SELECT unique_key FROM tasks LIMIT 0"))
+        CONVEYOR_TRY(db.exec("ALTER TABLE tasks ADD COLUMN unique_key TEXT"));
+    CONVEYOR_TRY(
+        db.exec("CREATE UNIQUE INDEX IF NOT EXISTS tasks_unique ON tasks(unique_key) WHERE "
+                "unique_key IS NOT NULL AND state IN (0, 1, 3)"));
     CONVEYOR_TRY(
         db.exec("CREATE TRIGGER IF NOT EXISTS tasks_message_gone AFTER DELETE ON tasks BEGIN "
                 "DELETE FROM messages WHERE seq=old.seq; END; "
@@ -213,8 +224,9 @@ Result<Statements> Statements::prepare(Db& db) {
     Def defs[] = {
         {&s.insert_task,
          "INSERT OR IGNORE INTO "
-         "tasks(id,queue,state,priority,available_at,retries,name,created_at) "
-         "SELECT ?1,?2,?3,?4,?5,?6,?7,?8 WHERE NOT EXISTS (SELECT 1 FROM results WHERE id=?1)"},
+         "tasks(id,queue,state,priority,available_at,retries,name,created_at,unique_key) "
+         "SELECT ?1,?2,?3,?4,?5,?6,?7,?8,?9 WHERE NOT EXISTS (SELECT 1 FROM results WHERE "
+         "id=?1)"},
         {&s.insert_message, "INSERT INTO messages(seq,props,headers,body) VALUES(?1,?2,?3,?4)"},
         {&s.read_message, "SELECT props, headers, body FROM messages WHERE seq=?1"},
         {&s.update_message, "UPDATE messages SET props=?2, headers=?3, body=?4 WHERE seq=?1"},
@@ -278,6 +290,7 @@ Result<Statements> Statements::prepare(Db& db) {
         {&s.count_finished, "SELECT count(*) FROM tasks WHERE state>=4 AND state=?1"},
         {&s.delete_seq, "DELETE FROM tasks WHERE seq=?1"},
         {&s.expire_minutes, "DELETE FROM minutes WHERE minute<?1"},
+        {&s.expire_unique, "DELETE FROM unique_keys WHERE until<?1"},
     };
     for (auto& d : defs) {
         auto st = db.prepare(d.sql);
@@ -315,6 +328,8 @@ Result<void> prune_history(Statements& st, const SqliteOptions& sqlite) {
     auto cutoff = wall - std::int64_t(sqlite.history.count()) * 1000;
     st.expire_minutes.reset();
     CONVEYOR_TRY(st.expire_minutes.bind(1, cutoff).run());
+    st.expire_unique.reset();
+    CONVEYOR_TRY(st.expire_unique.bind(1, wall).run());
     constexpr std::int64_t kBatch = 20000;
     for (int state : {kSucceeded, kRevoked}) {
         st.count_finished.reset();
@@ -395,7 +410,7 @@ Result<void> keep_wal(Db& db, Statements& st) {
 
 /// Inserts messages (inside a transaction); an id already known is dropped.
 Result<void> insert_messages(Statements& st, std::span<const OutgoingMessage> msgs,
-                             std::set<std::string>& known_queues) {
+                             std::set<std::string>& known_queues, std::string_view unique_key) {
     auto now = now_ms();
     CountDeltas counts;
     for (auto& m : msgs) {
@@ -415,7 +430,8 @@ Result<void> insert_messages(Statements& st, std::span<const OutgoingMessage> ms
             .bind(5, at)
             .bind(6, retries_of(m.envelope))
             .bind_or_null(7, task_name_of(m.envelope))
-            .bind(8, now);
+            .bind(8, now)
+            .bind_or_null(9, unique_key);
         auto added = st.insert_task.run();
         CONVEYOR_TRY(added);
         if (*added == 0) continue;  // an id already known

@@ -49,7 +49,7 @@ struct Statements {
     Stmt insert_task, insert_message, read_message, update_message, insert_queue, promote, reclaim,
         claim, ack, finish, retry, dead, release, renew, store_result, probe_ready, next_delayed,
         next_lease, data_version, expire_results, count_minute, add_count, oldest_finished,
-        count_finished, delete_seq, expire_minutes;
+        count_finished, delete_seq, expire_minutes, expire_unique;
 
     /// Prepares every statement on `db`.
     static Result<Statements> prepare(Db& db);
@@ -132,8 +132,9 @@ auto in_transaction(Db& db, Statements& st, Fn&& fn) -> decltype(fn()) {
     }
 }
 
-/// Inserts messages (inside a transaction); an id already known is dropped.
+/// Inserts messages (inside a transaction); an id already known is dropped. With a
+/// `unique_key`, the tasks hold it (tasks_unique).
 Result<void> insert_messages(Statements& st, std::span<const OutgoingMessage> msgs,
-                             std::set<std::string>& known_queues);
+                             std::set<std::string>& known_queues, std::string_view unique_key = {});
 
 }  // namespace conveyor::sqlite
