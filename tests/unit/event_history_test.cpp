@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <map>
 
 #include "broker/sqlite/sqlite_events.hpp"
@@ -15,9 +16,20 @@ using namespace conveyor;
 
 namespace {
 
+/// The events' times: a whole second a minute ago (workers unseen for a day are forgotten, so
+/// the times must be recent whenever the test runs).
+std::int64_t base_s() {
+    static const std::int64_t b =
+        std::chrono::duration_cast<std::chrono::seconds>(SystemClock::now().time_since_epoch())
+            .count() -
+        60;
+    return b;
+}
+double at(double offset) { return double(base_s()) + offset; }
+
 Json ev(Json fields) {
     if (!fields.contains("hostname")) fields["hostname"] = "w1@host";
-    if (!fields.contains("timestamp")) fields["timestamp"] = 1796300000.5;
+    if (!fields.contains("timestamp")) fields["timestamp"] = at(0.5);
     return fields;
 }
 
@@ -39,22 +51,22 @@ TEST(EventHistory, EventsMakeATaskWithItsAttemptsAndAWorker) {
             {"kwargs", "{}"},
             {"retries", 0},
             {"queue", "billing"}}),
-        ev({{"type", "task-started"}, {"uuid", "t-1"}, {"timestamp", 1796300001.0}}),
+        ev({{"type", "task-started"}, {"uuid", "t-1"}, {"timestamp", at(1)}}),
         ev({{"type", "task-retried"},
             {"uuid", "t-1"},
             {"exception", "IOError('down')"},
-            {"timestamp", 1796300002.0}}),
+            {"timestamp", at(2)}}),
         ev({{"type", "task-received"},
             {"uuid", "t-1"},
             {"name", "orders.bill"},
             {"args", "(1, 'acme')"},
             {"kwargs", "{}"},
             {"retries", 1}}),
-        ev({{"type", "task-started"}, {"uuid", "t-1"}, {"timestamp", 1796300003.0}}),
+        ev({{"type", "task-started"}, {"uuid", "t-1"}, {"timestamp", at(3)}}),
         ev({{"type", "task-succeeded"},
             {"uuid", "t-1"},
             {"runtime", 0.25},
-            {"timestamp", 1796300003.25}}),
+            {"timestamp", at(3.25)}}),
         // Hostile or odd: skipped, or kept within bounds.
         Json::object(),
         Json{{"type", 7}},
@@ -83,9 +95,9 @@ TEST(EventHistory, EventsMakeATaskWithItsAttemptsAndAWorker) {
     ASSERT_EQ(t->attempts.size(), 1u);
     EXPECT_EQ(t->attempts[0].error, "IOError('down')");
     EXPECT_EQ(t->attempts[0].worker, "w1@host#events");
-    EXPECT_EQ(detail::to_epoch_ms(t->attempts[0].started), 1796300001000);
+    EXPECT_EQ(detail::to_epoch_ms(t->attempts[0].started), base_s() * 1000 + 1000);
     ASSERT_TRUE(t->finished);
-    EXPECT_EQ(detail::to_epoch_ms(*t->finished), 1796300003250);
+    EXPECT_EQ(detail::to_epoch_ms(*t->finished), base_s() * 1000 + 3250);
     EXPECT_EQ(t->envelope.headers.value("argsrepr", ""), "(1, 'acme')");
     // The failed one with a non-string exception and no time: there, now, without an error.
     auto t2 = (*history)->task("t-2");
