@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "conveyor/error.hpp"
+#include "conveyor/limits.hpp"
 #include "conveyor/task.hpp"
 #include "conveyor/topology.hpp"
 
@@ -59,7 +60,9 @@ struct QueueStats {
     std::int64_t delayed = 0;
     std::int64_t in_flight = 0;  ///< delivered and not yet settled; -1 where not visible
     std::int64_t dead = 0;       ///< in the dead-letter store
-    bool paused = false;         ///< workers take nothing from it (pause_queue)
+    /// Waiting in the broker for a task's rate or concurrency limit (TaskLimit) to let them run.
+    std::int64_t limited = 0;
+    bool paused = false;  ///< workers take nothing from it (pause_queue)
 };
 
 /// A dead-lettered message and why it died.
@@ -178,6 +181,15 @@ class Broker : public Publisher, public ResultStore, public BrokerAdmin {
     [[nodiscard]] virtual Result<std::string> publish_unique(const OutgoingMessage& message,
                                                              std::string_view unique_key,
                                                              std::optional<TimePoint> hold_until);
+    /// Sets a task's limits for every worker sharing the broker (a limit that limits nothing
+    /// removes the task's): tasks over a limit wait in the broker, not in a worker, and run as
+    /// soon as the limit lets them; tasks of other names are not held up behind them. Workers
+    /// set the limits of the tasks they handle as they start (TaskOptions); `conveyor limit`
+    /// and Celery's `control rate_limit` change them while they run. Errc::invalid_argument
+    /// where the engine cannot (all but sqlite) for a limit that limits something.
+    [[nodiscard]] virtual Result<void> set_limit(const TaskLimit& limit);
+    /// Every task's limits, with what waits on them and what runs under them.
+    [[nodiscard]] virtual Result<std::vector<LimitStats>> limits();
     /// The broker's URL for people: passwords are masked ("amqp://user:***@host/").
     virtual std::string url() const = 0;
 };

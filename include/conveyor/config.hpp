@@ -38,6 +38,12 @@ struct TaskConfig {
     RetryPolicy retry;
     bool track_started = false;  ///< store STARTED when a run starts (Celery's track_started)
     bool input_body = false;     ///< `input = "body"`: exec/http get the body as published
+    /// Flow control across the fleet (TaskLimit): starts a second ("20/s" read by parse_rate)
+    /// and most running at once; set (0 too), the worker writes them to the broker as it
+    /// starts; absent, it leaves what the broker has.
+    std::optional<double> rate_limit;
+    std::optional<int> max_concurrency;
+    std::string limit_key;  ///< "kwargs.NAME" or "args.N": limits per key
 };
 
 /// `[worker]`: defaults for `conveyor worker`.

@@ -95,6 +95,12 @@ struct TaskOptions {
     /// `track_started` does; a result backend's readers then see it.
     bool track_started = false;
     HandlerInput input = HandlerInput::task;  ///< for `exec` and `http` handlers
+    /// Limits across the fleet (TaskLimit: starts a second, most running at once, per key),
+    /// written to the broker as the worker starts when either is set (0 removes one); unset,
+    /// the worker leaves the broker's limits for the task as they are.
+    std::optional<double> rate_limit;
+    std::optional<int> max_concurrency;
+    std::string limit_key;
 };
 
 /// Worker settings. Value type.

@@ -69,6 +69,16 @@ std::optional<HistoryState> history_state_from_string(std::string_view s) noexce
 
 Result<void> Broker::report_worker(std::string_view, const Json&) { return {}; }
 
+Result<void> Broker::set_limit(const TaskLimit& limit) {
+    if (!limit.limited()) return {};  // nothing to remove
+    return fail(Errc::invalid_argument,
+                fmt::format("task '{}': rate and concurrency limits are kept by the sqlite engine "
+                            "only, not yet by {}",
+                            limit.task, url()));
+}
+
+Result<std::vector<LimitStats>> Broker::limits() { return std::vector<LimitStats>{}; }
+
 Result<std::unique_ptr<EventStream>> Broker::events(std::string_view) {
     return fail(Errc::invalid_argument,
                 fmt::format("{} has no monitoring events; RabbitMQ has Celery's", url()));

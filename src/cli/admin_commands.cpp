@@ -61,17 +61,79 @@ int run_queues(const Global& g, const QueueFlags& f) {
                            {"delayed", s.delayed < 0 ? Json() : Json(s.delayed)},
                            {"in_flight", s.in_flight < 0 ? Json() : Json(s.in_flight)},
                            {"dead", s.dead},
+                           {"limited", s.limited},
                            {"paused", s.paused}});
         fmt::print("{}\n", detail::dump_lossy(arr));
     } else {
         std::vector<std::vector<std::string>> rows;
         for (auto& [name, s] : all)
-            rows.push_back({name, std::to_string(s.ready),
-                            s.delayed < 0 ? "-" : std::to_string(s.delayed),
-                            s.in_flight < 0 ? "-" : std::to_string(s.in_flight),
-                            std::to_string(s.dead), s.paused ? "paused" : "active"});
-        print_table({"QUEUE", "READY", "DELAYED", "IN FLIGHT", "DEAD", "STATE"}, rows);
+            rows.push_back(
+                {name, std::to_string(s.ready), s.delayed < 0 ? "-" : std::to_string(s.delayed),
+                 s.in_flight < 0 ? "-" : std::to_string(s.in_flight), std::to_string(s.dead),
+                 std::to_string(s.limited), s.paused ? "paused" : "active"});
+        print_table({"QUEUE", "READY", "DELAYED", "IN FLIGHT", "DEAD", "LIMITED", "STATE"}, rows);
     }
+    return 0;
+}
+
+/// `conveyor limits [set|remove] TASK ...` and which subcommand was given.
+struct LimitFlags {
+    std::string task, rate, key;
+    int max_concurrency = 0;
+    CLI::App *set = nullptr, *remove = nullptr;
+};
+
+int run_limits(const Global& g, const LimitFlags& f) {
+    Session s = open_session(g);
+    if (f.set->parsed() || f.remove->parsed()) {
+        TaskLimit l;
+        l.task = f.task;
+        if (f.set->parsed()) {
+            auto rate = parse_rate(f.rate);
+            if (!rate) die(rate.error().message, 2);
+            l.rate = *rate;
+            l.max_concurrency = f.max_concurrency;
+            l.key = f.key;
+            if (!l.key.empty())
+                if (auto k = parse_limit_key(l.key); !k) die(k.error().message, 2);
+            if (!l.limited())
+                die("give --rate or --max-concurrency (or remove the limits: conveyor limits "
+                    "remove TASK)",
+                    2);
+        }
+        if (auto ok = s.broker->set_limit(l); !ok)
+            die(ok.error().message, ok.error().code == Errc::invalid_argument ? 2 : 1);
+        if (l.limited())
+            fmt::print("task '{}' limited: {}\n", l.task, describe_limit(l));
+        else
+            fmt::print("task '{}' has no limits\n", l.task);
+        return 0;
+    }
+    auto all = s.broker->limits();
+    if (!all) die(all.error().message);
+    if (g.json) {
+        Json arr = Json::array();
+        for (auto& x : *all)
+            arr.push_back({{"task", x.limit.task},
+                           {"rate", x.limit.rate > 0 ? Json(format_rate(x.limit.rate)) : Json()},
+                           {"max_concurrency",
+                            x.limit.max_concurrency > 0 ? Json(x.limit.max_concurrency) : Json()},
+                           {"key", x.limit.key.empty() ? Json() : Json(x.limit.key)},
+                           {"waiting", x.waiting},
+                           {"running", x.running}});
+        fmt::print("{}\n", detail::dump_lossy(arr));
+        return 0;
+    }
+    std::vector<std::vector<std::string>> rows;
+    for (auto& x : *all)
+        rows.push_back({x.limit.task, x.limit.rate > 0 ? format_rate(x.limit.rate) : "-",
+                        x.limit.max_concurrency > 0 ? std::to_string(x.limit.max_concurrency) : "-",
+                        x.limit.key.empty() ? "-" : x.limit.key, std::to_string(x.waiting),
+                        std::to_string(x.running)});
+    if (rows.empty())
+        fmt::print("no task has limits\n");
+    else
+        print_table({"TASK", "RATE", "MAX RUNNING", "KEY", "WAITING", "RUNNING"}, rows);
     return 0;
 }
 
@@ -149,6 +211,24 @@ Command add_queues(CLI::App& app, const Global& g) {
     f->resume->add_option("QUEUE", f->queue, "Queue")->required();
 
     return {queues, [&g, f] { return run_queues(g, *f); }};
+}
+
+Command add_limits(CLI::App& app, const Global& g) {
+    auto* limits = app.add_subcommand(
+        "limits", "Tasks' rate and concurrency limits across the fleet, and what waits on them");
+    auto f = std::make_shared<LimitFlags>();
+    f->set = limits->add_subcommand("set", "Set TASK's limits (replacing its earlier ones)");
+    f->set->add_option("TASK", f->task, "Task name")->required();
+    f->set->add_option("--rate", f->rate, "Starts across the fleet: N/s, N/m or N/h");
+    f->set
+        ->add_option("--max-concurrency", f->max_concurrency,
+                     "At most this many running at once across the fleet")
+        ->check(CLI::NonNegativeNumber);
+    f->set->add_option("--key", f->key, "Limits per key: kwargs.NAME or args.N");
+    f->remove = limits->add_subcommand("remove", "TASK has no limits from now on");
+    f->remove->add_option("TASK", f->task, "Task name")->required();
+
+    return {limits, [&g, f] { return run_limits(g, *f); }};
 }
 
 Command add_dlq(CLI::App& app, const Global& g) {

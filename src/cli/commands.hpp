@@ -14,6 +14,7 @@ Command add_schedule(CLI::App& app, const Global& g);   // schedule_commands.cpp
 Command add_topology(CLI::App& app, const Global& g);   // admin_commands.cpp
 Command add_queues(CLI::App& app, const Global& g);     // admin_commands.cpp
 Command add_dlq(CLI::App& app, const Global& g);        // admin_commands.cpp
+Command add_limits(CLI::App& app, const Global& g);     // admin_commands.cpp
 Command add_demo(CLI::App& app, const Global& g);       // demo.cpp
 Command add_dashboard(CLI::App& app, const Global& g);  // dashboard_command.cpp
 

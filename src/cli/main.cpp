@@ -32,9 +32,9 @@ int main(int argc, char** argv) {
 
     // In the order `conveyor --help` lists them.
     std::vector<Command> commands = {
-        add_worker(app, g), add_enqueue(app, g),   add_topology(app, g),  add_result(app, g),
-        add_queues(app, g), add_dlq(app, g),       add_scheduler(app, g), add_schedule(app, g),
-        add_demo(app, g),   add_dashboard(app, g),
+        add_worker(app, g),   add_enqueue(app, g), add_topology(app, g),  add_result(app, g),
+        add_queues(app, g),   add_dlq(app, g),     add_limits(app, g),    add_scheduler(app, g),
+        add_schedule(app, g), add_demo(app, g),    add_dashboard(app, g),
     };
 
     // Name an unknown command plainly (CLI11 would only say that one is required).

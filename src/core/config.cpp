@@ -7,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "conveyor/limits.hpp"
 #include "core/codec.hpp"
 #include "core/try.hpp"
 #include "core/url.hpp"
@@ -137,6 +138,54 @@ Json to_json(const toml::node& n) {
     if (auto v = n.value<bool>()) return *v;
     if (auto v = n.value<std::string>()) return *v;
     return nullptr;
+}
+
+/// A task's `rate_limit` ("N/s", "N/m", "N/h" or a number a second), `max_concurrency` and
+/// `limit_key` (or its other name, `rate_limit_key`).
+Result<void> parse_task_limits(const Ctx& c, const toml::table& t, TaskConfig& task) {
+    if (auto* n = t.get("rate_limit")) {
+        Result<double> rate = 0.0;
+        if (auto s = n->value<std::string>())
+            rate = parse_rate(*s);
+        else if (n->is_integer() || n->is_floating_point())
+            rate = parse_rate(fmt::format("{}", n->value<double>().value_or(0)));
+        else
+            return bad(c, n,
+                       fmt::format("task '{}': 'rate_limit' must be a string such as "
+                                   "\"100/s\"",
+                                   task.name));
+        if (!rate) return bad(c, n, fmt::format("task '{}': {}", task.name, rate.error().message));
+        task.rate_limit = *rate;
+    }
+    auto most = get_int(c, t, "max_concurrency");
+    CONVEYOR_TRY(most);
+    if (*most) {
+        if (**most < 0 || **most > 1000000)
+            return bad(
+                c, t.get("max_concurrency"),
+                fmt::format("task '{}': 'max_concurrency' must be from 0 to 1000000", task.name));
+        task.max_concurrency = int(**most);
+    }
+    if (t.get("limit_key") && t.get("rate_limit_key"))
+        return bad(c, t.get("rate_limit_key"),
+                   fmt::format("task '{}' sets both 'limit_key' and 'rate_limit_key' (one key "
+                               "serves both limits); keep one",
+                               task.name));
+    const char* key_name = t.get("rate_limit_key") ? "rate_limit_key" : "limit_key";
+    auto key = get_string(c, t, key_name);
+    CONVEYOR_TRY(key);
+    if (!key->empty()) {
+        if (auto ok = parse_limit_key(*key); !ok)
+            return bad(c, t.get(key_name),
+                       fmt::format("task '{}': {}", task.name, ok.error().message));
+        if (!task.rate_limit && !task.max_concurrency)
+            return bad(c, t.get(key_name),
+                       fmt::format("task '{}': '{}' keys a limit; set 'rate_limit' or "
+                                   "'max_concurrency' too",
+                                   task.name, key_name));
+        task.limit_key = *key;
+    }
+    return {};
 }
 
 Result<Json> get_arguments(const Ctx& c, const toml::table& t) {
@@ -423,7 +472,8 @@ Result<Config> parse_config_text(std::string_view text, std::string_view source)
             CONVEYOR_TRY(check_keys(
                 c, *t, "[[task]]",
                 {"name", "queue", "exec", "http", "timeout", "max_retries", "retry_backoff",
-                 "retry_backoff_max", "retry_jitter", "track_started", "input"}));
+                 "retry_backoff_max", "retry_jitter", "track_started", "input", "rate_limit",
+                 "max_concurrency", "limit_key", "rate_limit_key"}));
             TaskConfig task;
             task.retry = cfg.default_retry;
             auto name = get_string(c, *t, "name");
@@ -467,6 +517,7 @@ Result<Config> parse_config_text(std::string_view text, std::string_view source)
                            fmt::format("task '{}': 'input' must be \"task\" or \"body\", not '{}'",
                                        task.name, *input));
             task.input_body = *input == "body";
+            CONVEYOR_TRY(parse_task_limits(c, *t, task));
             if (cfg.find_task(task.name))
                 return bad(c, &e, fmt::format("task '{}' is defined twice", task.name));
             cfg.tasks.push_back(std::move(task));

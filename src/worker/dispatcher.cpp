@@ -97,6 +97,26 @@ void Worker::Impl::start_monitor() {
         std::lock_guard lk(mu);
         consumer_changes.emplace_back(queue, consume);
     };
+    // Celery's `control rate_limit`: the task's rate across the fleet (its other limits kept).
+    mo.on_rate_limit = [this](const std::string& task, const std::string& text) -> Json {
+        auto rate = parse_rate(text);
+        if (!rate)
+            return Json{
+                {"error", fmt::format("Invalid rate limit string: {}", rate.error().message)}};
+        if (!handlers.contains(task)) return Json{{"error", "unknown task"}};
+        TaskLimit l{.task = task};
+        if (auto all = broker->limits(); all)
+            for (auto& x : *all)
+                if (x.limit.task == task) l = x.limit;
+        l.rate = *rate;
+        if (auto ok = broker->set_limit(l); !ok) return Json{{"error", ok.error().message}};
+        detail::log(LogLevel::info, "worker.rate_limit",
+                    fmt::format("task '{}' rate limit across the fleet: {}", task,
+                                *rate > 0 ? format_rate(*rate) : "none"),
+                    {{"task", task}, {"rate", *rate}});
+        return Json{{"ok", *rate > 0 ? "new rate limit set successfully"
+                                     : "rate limit disabled successfully"}};
+    };
     mo.conf = Json{{"broker_url", broker->url()},
                    {"worker_concurrency", opts.concurrency},
                    {"worker_prefetch_count", opts.prefetch},
@@ -310,6 +330,24 @@ void Worker::Impl::finish(Consumer& consumer, std::vector<std::jthread>& threads
 }
 
 Result<void> Worker::Impl::run() {
+    // The limits of the tasks handled here hold for the whole fleet: the broker keeps them.
+    for (auto& [name, reg] : handlers) {
+        auto& o = reg.options;
+        if (!o.rate_limit && !o.max_concurrency) continue;
+        TaskLimit l{.task = name,
+                    .rate = o.rate_limit.value_or(0),
+                    .max_concurrency = o.max_concurrency.value_or(0),
+                    .key = o.limit_key};
+        CONVEYOR_TRY(broker->set_limit(l));
+        if (l.limited())
+            detail::log(
+                LogLevel::info, "worker.task_limited",
+                fmt::format("task '{}' limited across the fleet: {}", name, describe_limit(l)),
+                {{"task", name},
+                 {"rate", l.rate},
+                 {"max_concurrency", l.max_concurrency},
+                 {"key", l.key}});
+    }
     ConsumerOptions co;
     co.queues = opts.queues;
     co.prefetch = opts.prefetch;

@@ -353,6 +353,15 @@ std::optional<Json> Monitor::handle(const ControlRequest& r) {
         opts_.queues.erase(it);
         return Json{{"ok", fmt::format("no longer consuming from '{}'", queue)}};
     }
+    if (m == "rate_limit" && opts_.on_rate_limit) {
+        const Json& task = arg(a, "task_name");
+        const Json& rate = arg(a, "rate_limit");
+        if (!task.is_string()) return Json{{"error", "rate_limit needs a task_name"}};
+        std::string text = rate.is_string()   ? rate.get<std::string>()
+                           : rate.is_number() ? rate.dump()
+                                              : std::string();
+        return opts_.on_rate_limit(task.get<std::string>(), text);
+    }
     if (m == "conf") return opts_.conf;
     if (m == "report") return Json{{"ok", fmt::format("conveyor {} on {}", "0.1.0", opts_.node)}};
     // Celery's other commands, which Conveyor workers do not carry out: said so, as Celery says

@@ -35,6 +35,8 @@ struct MonitorOptions {
     /// `celery control add_consumer` (true) / `cancel_consumer` (false) for a queue.
     std::function<void(const std::string& queue, bool consume)> on_consumer_change;
     Json conf = Json::object();  ///< what `celery inspect conf` shows
+    /// `celery control rate_limit TASK RATE`: the reply (Celery's {"ok": ...} or {"error": ...}).
+    std::function<Json(const std::string& task, const std::string& rate)> on_rate_limit;
 };
 
 class Monitor {

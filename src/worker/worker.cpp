@@ -67,6 +67,9 @@ void Worker::configure(const Config& config) {
         o.retry = t.retry;
         o.track_started = t.track_started || config.worker.track_started;
         o.input = t.input_body ? HandlerInput::body : HandlerInput::task;
+        o.rate_limit = t.rate_limit;
+        o.max_concurrency = t.max_concurrency;
+        o.limit_key = t.limit_key;
         if (t.timeout) o.timeout = milliseconds(static_cast<long long>(*t.timeout * 1000));
         if (!t.exec.empty())
             handle_exec(t.name, t.exec, o);

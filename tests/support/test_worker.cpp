@@ -8,7 +8,9 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -51,13 +53,16 @@ int main(int argc, char** argv) {
         fmt::print(stderr, "test_worker: {}\n", broker.error().message);
         return 1;
     }
-    // CONVEYOR_CONFIG: a conveyor.toml whose topology (ordered queues, ...) the worker uses.
+    // CONVEYOR_CONFIG: a conveyor.toml whose topology (ordered queues, ...) and [[task]]
+    // tables the worker uses.
+    std::optional<Config> config;
     if (const char* path = std::getenv("CONVEYOR_CONFIG"); path && *path) {
         auto cfg = load_config(path);
         if (!cfg) {
             fmt::print(stderr, "test_worker: {}\n", cfg.error().message);
             return 2;
         }
+        config = *cfg;
         if (auto ok = (*broker)->set_topology(cfg->topology()); !ok) {
             fmt::print(stderr, "test_worker: {}\n", ok.error().message);
             return 2;
@@ -107,6 +112,24 @@ int main(int argc, char** argv) {
         log_line(fmt::format("done {} {}", c.id(), pid));
         return pid;
     });
+    // "timed": sleeps args[0] ms; logs "start|done ID PID MICROSECONDS KEY" (wall clock, the
+    // key being kwargs["key"] or "-"), for tests of limits across processes.
+    worker.handle("test.timed", [&](TaskContext& c) -> Json {
+        auto now_us = [] {
+            return std::chrono::duration_cast<std::chrono::microseconds>(
+                       std::chrono::system_clock::now().time_since_epoch())
+                .count();
+        };
+        std::string key = c.kwargs().is_object() && c.kwargs().contains("key")
+                              ? c.kwargs()["key"].get<std::string>()
+                              : "-";
+        log_line(fmt::format("start {} {} {} {}", c.id(), pid, now_us(), key));
+        std::this_thread::sleep_for(std::chrono::milliseconds(c.args()[0].get<int>()));
+        log_line(fmt::format("done {} {} {} {}", c.id(), pid, now_us(), key));
+        return pid;
+    });
+    // The config's [[task]] tables: limits across the fleet, retries, ...
+    if (config) worker.configure(*config);
     g_worker = &worker;
     struct sigaction sa {};
     sa.sa_handler = on_signal;

@@ -8,6 +8,7 @@
 #include <sstream>
 #include <thread>
 
+#include "conveyor/config.hpp"
 #include "conveyor/task.hpp"
 #include "support/process.hpp"
 
@@ -113,6 +114,13 @@ TEST(Cli, MistakesGetOneSentenceAndANonZeroExit) {
         {{"worker"}, 2, "no task has a handler"},
         {{"enqueue", "t", "--unique-for", "5"}, 2, "--unique-key"},
         {{"enqueue", "t", "--unique-key", "k", "--unique-for", "-1"}, 2, "--unique-for"},
+        {{"limits", "set", "t", "--rate", "fast"}, 2, "rate limit 'fast' is not N/s"},
+        {{"limits", "set", "t"}, 2, "give --rate or --max-concurrency"},
+        {{"limits", "set", "t", "--rate", "1/s", "--key", "body"}, 2, "limit key 'body'"},
+        {{"limits", "set", "t", "--max-concurrency", "-1"}, 2, "--max-concurrency"},
+        {{"--broker", "memory://", "limits", "set", "t", "--rate", "1/s"},
+         2,
+         "kept by the sqlite engine only"},
     };
     for (auto& c : cases) {
         auto [code, out] = cli(dir, c.args);
@@ -335,4 +343,56 @@ TEST(Cli, AUniqueKeyEnqueuesOnceAndPrintsTheHoldersId) {
     auto [c4, js] = cli(dir, {"--json", "queues"});
     ASSERT_EQ(c4, 0) << js;
     EXPECT_EQ(Json::parse(js)[0]["ready"], 2) << js;
+}
+
+TEST(Cli, LimitsAreSetListedWithWhatWaitsOnThemAndRemoved) {
+    TempDir dir;
+    auto [c1, set] = cli(dir, {"limits", "set", "report.build", "--rate", "6/m",
+                               "--max-concurrency", "2", "--key", "kwargs.customer"});
+    ASSERT_EQ(c1, 0) << set;
+    EXPECT_EQ(trim(set),
+              "task 'report.build' limited: 6/m, at most 2 running, per kwargs.customer");
+    for (int i = 0; i < 3; ++i) {
+        auto [c, out] =
+            cli(dir, {"enqueue", "report.build", "--kwargs", R"({"customer": "acme"})"});
+        ASSERT_EQ(c, 0) << out;
+    }
+    auto [c2, table] = cli(dir, {"limits"});
+    ASSERT_EQ(c2, 0) << table;
+    EXPECT_NE(table.find("MAX RUNNING"), std::string::npos) << table;
+    EXPECT_NE(table.find("kwargs.customer"), std::string::npos) << table;
+    auto [c3, js] = cli(dir, {"--json", "limits"});
+    ASSERT_EQ(c3, 0) << js;
+    auto l = Json::parse(js);
+    ASSERT_EQ(l.size(), 1u) << js;
+    EXPECT_EQ(l[0]["task"], "report.build");
+    EXPECT_EQ(l[0]["rate"], "6/m");
+    EXPECT_EQ(l[0]["max_concurrency"], 2);
+    EXPECT_EQ(l[0]["waiting"], 0);  // (no worker has taken any yet)
+    auto [c4, removed] = cli(dir, {"limits", "remove", "report.build"});
+    ASSERT_EQ(c4, 0) << removed;
+    EXPECT_EQ(trim(removed), "task 'report.build' has no limits");
+    auto [c5, none] = cli(dir, {"limits"});
+    EXPECT_EQ(trim(none), "no task has limits");
+    auto [c6, queues] = cli(dir, {"queues"});
+    EXPECT_NE(queues.find("LIMITED"), std::string::npos) << queues;
+}
+
+TEST(Cli, TheConfigurationReadmeShowsIsValid) {
+    // README's "Configuration" section shows every key in one conveyor.toml: it must load.
+    auto readme = testsupport::read_file(std::string(CONVEYOR_SOURCE_DIR) + "/README.md");
+    auto section = readme.find("## Configuration (`conveyor.toml`)");
+    ASSERT_NE(section, std::string::npos);
+    auto from = readme.find("```toml\n", section);
+    ASSERT_NE(from, std::string::npos);
+    from += 8;
+    auto to = readme.find("```", from);
+    auto toml = readme.substr(from, to - from);
+    auto cfg = conveyor::parse_config(toml, "README.md");
+    ASSERT_TRUE(cfg) << cfg.error().message;
+    auto* charge = cfg->find_task("payments.charge");
+    ASSERT_NE(charge, nullptr);
+    EXPECT_EQ(*charge->rate_limit, 100.0);
+    EXPECT_EQ(*charge->max_concurrency, 5);
+    EXPECT_EQ(charge->limit_key, "kwargs.customer");
 }

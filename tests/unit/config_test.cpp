@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include "conveyor/limits.hpp"
+
 using namespace conveyor;
 
 TEST(Config, ParsesTheDocumentedKeys) {
@@ -79,6 +81,21 @@ TEST(Config, MistakesGetOneSentenceWithTheLine) {
         {"[retry]\nretry_backoff_max = -1", "cfg:2: 'retry_backoff_max' must be a number from 0"},
         {"[retry]\nmax_retries = 99999999999999", "'max_retries' must be from 0 to 1000000"},
         {"[[schedule]]\nname = \"s\"\ntask = \"t\"\nevery = nan", "every must be from 1"},
+        // Limits across the fleet.
+        {"[[task]]\nname = \"t\"\nrate_limit = \"fast\"",
+         "cfg:3: task 't': rate limit 'fast' is not N/s, N/m or N/h"},
+        {"[[task]]\nname = \"t\"\nrate_limit = \"10/d\"", "rate limit '10/d' is not N/s"},
+        {"[[task]]\nname = \"t\"\nrate_limit = \"-1/s\"", "rate limit '-1/s' is not N/s"},
+        {"[[task]]\nname = \"t\"\nrate_limit = \"2000000/s\"", "above 1000000/s"},
+        {"[[task]]\nname = \"t\"\nrate_limit = true", "'rate_limit' must be a string"},
+        {"[[task]]\nname = \"t\"\nmax_concurrency = -2", "'max_concurrency' must be from 0"},
+        {"[[task]]\nname = \"t\"\nmax_concurrency = 2\nlimit_key = \"body\"",
+         "limit key 'body' is not kwargs.NAME or args.N"},
+        {"[[task]]\nname = \"t\"\nlimit_key = \"kwargs.x\"",
+         "'limit_key' keys a limit; set 'rate_limit' or 'max_concurrency' too"},
+        {"[[task]]\nname = \"t\"\nrate_limit = 5\nlimit_key = \"args.0\"\n"
+         "rate_limit_key = \"args.1\"",
+         "sets both 'limit_key' and 'rate_limit_key'"},
         {"[[schedule]]\nname = \"s\"\ntask = \"t\"\nevery = 5\ncatch_up_window = 1e300",
          "catch_up_window must be from 0"},
     };
@@ -248,4 +265,63 @@ queue = "task_queue"
         ASSERT_FALSE(r) << toml;
         EXPECT_NE(r.error().message.find(says), std::string::npos) << r.error().message;
     }
+}
+
+TEST(Config, TaskLimitsAcrossTheFleet) {
+    auto cfg = parse_config(
+        "[[task]]\nname = \"a\"\nrate_limit = \"100/m\"\nrate_limit_key = \"kwargs.customer\"\n"
+        "[[task]]\nname = \"b\"\nmax_concurrency = 5\nrate_limit = 2.5\n"
+        "[[task]]\nname = \"c\"\nrate_limit = \"0\"\n"
+        "[[task]]\nname = \"d\"\n",
+        "cfg");
+    ASSERT_TRUE(cfg) << cfg.error().message;
+    auto* a = cfg->find_task("a");
+    EXPECT_DOUBLE_EQ(*a->rate_limit, 100.0 / 60);
+    EXPECT_FALSE(a->max_concurrency);
+    EXPECT_EQ(a->limit_key, "kwargs.customer");
+    auto* b = cfg->find_task("b");
+    EXPECT_DOUBLE_EQ(*b->rate_limit, 2.5);
+    EXPECT_EQ(*b->max_concurrency, 5);
+    EXPECT_EQ(*cfg->find_task("c")->rate_limit, 0.0);  // set: removes the broker's
+    EXPECT_FALSE(cfg->find_task("d")->rate_limit);     // unset: leaves the broker's alone
+}
+
+TEST(Limits, RatesAreReadAndWrittenAsCeleryDoes) {
+    EXPECT_DOUBLE_EQ(*parse_rate("100/s"), 100);
+    EXPECT_DOUBLE_EQ(*parse_rate("100"), 100);
+    EXPECT_DOUBLE_EQ(*parse_rate("6/m"), 0.1);
+    EXPECT_DOUBLE_EQ(*parse_rate("3600/h"), 1);
+    EXPECT_DOUBLE_EQ(*parse_rate("0.5/s"), 0.5);
+    EXPECT_DOUBLE_EQ(*parse_rate(""), 0);
+    EXPECT_DOUBLE_EQ(*parse_rate("0"), 0);
+    for (auto bad : {"x", "/s", "1/", "1/sec", "1 /s", "-5", "nan/s", "inf", "1e7/s"})
+        EXPECT_FALSE(parse_rate(bad)) << bad;
+    EXPECT_EQ(format_rate(100), "100/s");
+    EXPECT_EQ(format_rate(0.1), "6/m");
+    EXPECT_EQ(format_rate(1.0 / 3600), "1/h");
+    EXPECT_EQ(format_rate(0), "0");
+    EXPECT_EQ(describe_limit({.task = "t", .rate = 20, .max_concurrency = 2, .key = "args.0"}),
+              "20/s, at most 2 running, per args.0");
+}
+
+TEST(Limits, AKeyComesFromTheArgumentsAndIsBounded) {
+    Json args = Json::array({"acme", 7, Json::object({{"a", 1}})});
+    Json kwargs = {{"customer", "c-1"}, {"n", 3}, {"none", nullptr}};
+    EXPECT_EQ(limit_key_of("args.0", args, kwargs), "acme");
+    EXPECT_EQ(limit_key_of("args.1", args, kwargs), "7");
+    EXPECT_EQ(limit_key_of("args.2", args, kwargs), "{\"a\":1}");
+    EXPECT_EQ(limit_key_of("args.9", args, kwargs), "");
+    EXPECT_EQ(limit_key_of("kwargs.customer", args, kwargs), "c-1");
+    EXPECT_EQ(limit_key_of("kwargs.n", args, kwargs), "3");
+    EXPECT_EQ(limit_key_of("kwargs.none", args, kwargs), "");
+    EXPECT_EQ(limit_key_of("kwargs.missing", args, kwargs), "");
+    EXPECT_EQ(limit_key_of("kwargs.customer", Json("not an array"), Json(5)), "");
+    // Long keys are cut at 200 bytes, at a character boundary.
+    std::string long_key(199, 'x');
+    long_key += "\xc3\xa9\xc3\xa9";
+    EXPECT_EQ(limit_key_of("args.0", Json::array({long_key}), Json::object()),
+              std::string(199, 'x'));
+    for (auto ok : {"kwargs.x", "args.0", "args.12"}) EXPECT_TRUE(parse_limit_key(ok)) << ok;
+    for (auto bad : {"kwargs.", "args.", "args.x", "args.-1", "body", ""})
+        EXPECT_FALSE(parse_limit_key(bad)) << bad;
 }

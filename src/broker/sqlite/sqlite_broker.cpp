@@ -12,6 +12,7 @@
 #include "broker/embedded.hpp"
 #include "broker/sqlite/sqlite_consumer.hpp"
 #include "broker/sqlite/sqlite_history.hpp"
+#include "broker/sqlite/sqlite_limits.hpp"
 #include "broker/sqlite/sqlite_schedule_store.hpp"
 #include "broker/sqlite/sqlite_tables.hpp"
 #include "core/codec.hpp"
@@ -54,7 +55,7 @@ class SqliteBroker final : public Broker {
             // finds cannot change before the insert; tasks_unique would refuse a second one.
             auto now = now_ms();
             auto held = db_.prepare(
-                "SELECT id FROM tasks WHERE unique_key=?1 AND state IN (0, 1, 3) "
+                "SELECT id FROM tasks WHERE unique_key=?1 AND state IN (0, 1, 3, 6) "
                 "UNION ALL SELECT task_id FROM unique_keys WHERE key=?1 AND until>=?2 LIMIT 1");
             CONVEYOR_TRY(held);
             held->bind(1, key).bind(2, now);
@@ -150,6 +151,9 @@ class SqliteBroker final : public Broker {
                 case kDead:
                     s.dead += count;
                     break;
+                case kLimited:
+                    s.limited += count;
+                    break;
                 case kDelayed:
                     if (q->i64(2) != 0) {  // due: taken from the delayed ones
                         s.ready += count;
@@ -163,6 +167,21 @@ class SqliteBroker final : public Broker {
         std::vector<QueueStats> out;
         for (auto& [_, s] : by_queue) out.push_back(s);
         return out;
+    }
+
+    Result<void> set_limit(const TaskLimit& limit) override {
+        if (limit.task.empty()) return fail(Errc::invalid_argument, "a limit needs a task name");
+        if (limit.rate < 0 || limit.max_concurrency < 0)
+            return fail(Errc::invalid_argument,
+                        fmt::format("task '{}': a limit is not below 0", limit.task));
+        if (!limit.key.empty()) CONVEYOR_TRY(parse_limit_key(limit.key));
+        std::lock_guard lk(mu_);
+        return in_transaction(db_, st_, [&] { return store_limit(db_, limit); });
+    }
+
+    Result<std::vector<LimitStats>> limits() override {
+        std::lock_guard lk(mu_);
+        return limit_stats(db_);
     }
 
     Result<void> pause_queue(std::string_view queue, bool paused) override {

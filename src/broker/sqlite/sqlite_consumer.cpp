@@ -16,6 +16,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "broker/sqlite/sqlite_limits.hpp"
 #include "broker/sqlite/sqlite_tables.hpp"
 #include "core/time.hpp"
 #include "core/try.hpp"
@@ -63,6 +64,7 @@ class SqliteConsumer final : public Consumer {
                 if (!*r) break;
                 counts.move(st->text(0), kInFlight, kReady);
             }
+            CONVEYOR_TRY(wake_buckets(st_, held_buckets(), now_ms()));
             return counts.write(st_);
         });
     }
@@ -128,6 +130,7 @@ class SqliteConsumer final : public Consumer {
             for (auto& s : batch) {
                 held_.erase(s.tag);
                 queue_of_.erase(s.tag);
+                bucket_of_.erase(s.tag);
             }
         return ok;
     }
@@ -138,6 +141,7 @@ class SqliteConsumer final : public Consumer {
             minutes_.clear();
             CountDeltas counts;
             std::string queue;
+            std::vector<std::string> woken;  // buckets with a task settled: room for another
             for (auto& s : batch) {
                 Result<int> r;
                 int to = -1;  // the counted state it goes to (finished: none)
@@ -201,12 +205,15 @@ class SqliteConsumer final : public Consumer {
                 }
                 CONVEYOR_TRY(r);
                 if (*r > 0 && to >= 0) counts.add(queue, to, 1);  // (in flight: not counted)
+                if (auto b = bucket_of_.find(s.tag); *r > 0 && b != bucket_of_.end())
+                    woken.push_back(b->second);
                 // A lost lease (r == 0) means another worker owns the task now; its result wins.
                 if (*r > 0 && s.result) {
                     CONVEYOR_TRY(store_result(st_, *s.result));
                 }
                 if (*r > 0 && a && opts_history_) count(s, *a);
             }
+            CONVEYOR_TRY(wake_buckets(st_, woken, now));
             CONVEYOR_TRY(counts.write(st_));
             return write_minutes();
         });
@@ -287,6 +294,7 @@ class SqliteConsumer final : public Consumer {
             } else {
                 lost.push_back(*it);
                 queue_of_.erase(*it);
+                bucket_of_.erase(*it);
                 it = held_.erase(it);
             }
         }
@@ -331,7 +339,7 @@ class SqliteConsumer final : public Consumer {
             st_.probe_ready.reset();
             if (*r) return true;
         }
-        for (Stmt* s : {&st_.next_delayed, &st_.next_lease}) {
+        for (Stmt* s : {&st_.next_delayed, &st_.next_lease, &st_.next_wake}) {
             s->reset();
             auto r = s->step();
             CONVEYOR_TRY(r);
@@ -353,17 +361,31 @@ class SqliteConsumer final : public Consumer {
     struct Row {
         std::int64_t seq = 0, available_at = 0;
         int priority = 0, deliveries = 0;
-        std::string id, queue, props, headers, body;
+        std::string id, queue, props, headers, body, name;
+        std::string bucket;  // admitted under a concurrency limit: its bucket
     };
+
+    /// The buckets of the tasks held under concurrency limits, once each.
+    std::vector<std::string> held_buckets() const {
+        std::vector<std::string> out;
+        for (auto& [_, b] : bucket_of_)
+            if (std::find(out.begin(), out.end(), b) == out.end()) out.push_back(b);
+        return out;
+    }
 
     /// Claims up to `max` ready tasks, queue by queue from the one after last time's, each
     /// queue's by priority then age (with db_mu_ held).
     Result<std::vector<Row>> claim_rows(std::size_t max) {
         std::vector<Row> out;
+        std::size_t claimed = 0;  // before those waiting on limits were put back
         auto ok = in_transaction(db_, st_, [&]() -> Result<void> {
             out.clear();
             auto now = now_ms();
             CountDeltas counts;
+            // Tasks' limits, and what waited on them and may run now back to ready.
+            auto limits = read_limits(st_);
+            CONVEYOR_TRY(limits);
+            CONVEYOR_TRY(wake_limited(st_, *limits, now, counts));
             // Due delayed tasks become ready; leases run out go back.
             for (auto [st, from] : {std::pair{&st_.promote, kDelayed}, {&st_.reclaim, kInFlight}}) {
                 st->reset();
@@ -396,6 +418,7 @@ class SqliteConsumer final : public Consumer {
                     row.deliveries = int(st_.claim.i64(3));
                     row.priority = int(st_.claim.i64(4));
                     row.available_at = st_.claim.i64(5);
+                    row.name = st_.claim.text(6);
                     out.push_back(std::move(row));
                 }
                 // RETURNING gives rows in no promised order.
@@ -406,7 +429,6 @@ class SqliteConsumer final : public Consumer {
             }
             rr_++;
             for (auto& row : out) counts.move(row.queue, kReady, kInFlight);
-            CONVEYOR_TRY(counts.write(st_));
             // The messages, from their own table (a row without one is delivered empty, and
             // dead-lettered as malformed).
             for (auto& row : out) {
@@ -419,14 +441,35 @@ class SqliteConsumer final : public Consumer {
                 row.body = st_.read_message.text(2);
             }
             st_.read_message.reset();
-            return {};
+            // Tasks under limits start if their limits let them, else wait in the broker.
+            claimed = out.size();
+            if (!limits->empty()) {
+                auto now_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                                  SystemClock::now().time_since_epoch())
+                                  .count();
+                std::vector<Row> admitted;
+                for (auto& row : out) {
+                    auto it = limits->find(row.name);
+                    if (it != limits->end()) {
+                        auto a =
+                            admit(st_, it->second, row.seq, row.queue, row.body, now_us, counts);
+                        CONVEYOR_TRY(a);
+                        if (!a->admitted) continue;
+                        if (it->second.max_concurrency > 0) row.bucket = std::move(a->bucket);
+                    }
+                    admitted.push_back(std::move(row));
+                }
+                out = std::move(admitted);
+            }
+            return counts.write(st_);
         });
         CONVEYOR_TRY(ok);
         for (auto& r : out) {
             held_.insert(std::uint64_t(r.seq));
             if (opts_history_) queue_of_[std::uint64_t(r.seq)] = r.queue;
+            if (!r.bucket.empty()) bucket_of_[std::uint64_t(r.seq)] = std::move(r.bucket);
         }
-        if (out.size() == max) next_check_ = {};  // more may be waiting
+        if (claimed == max) next_check_ = {};  // more may be waiting
         return out;
     }
 
@@ -520,6 +563,8 @@ class SqliteConsumer final : public Consumer {
     bool opts_history_;  // finished tasks are kept
     std::string owner_;
     std::unordered_map<std::uint64_t, std::string> queue_of_;  // held tags' queues (history)
+    // Held tags' buckets, under concurrency limits: settling one makes room in it.
+    std::unordered_map<std::uint64_t, std::string> bucket_of_;
     std::map<std::tuple<std::int64_t, std::string, std::string>, MinuteCount> minutes_;
     std::chrono::steady_clock::time_point next_housekeeping_{};
     std::unordered_set<std::uint64_t> held_;  // claimed and not settled

@@ -36,6 +36,10 @@ class Stmt {
         sqlite3_bind_int64(s_, i, v);
         return *this;
     }
+    Stmt& bind(int i, double v) {
+        sqlite3_bind_double(s_, i, v);
+        return *this;
+    }
     Stmt& bind(int i, std::string_view v) {
         sqlite3_bind_text(s_, i, v.data(), int(v.size()), SQLITE_TRANSIENT);
         return *this;
@@ -61,6 +65,7 @@ class Stmt {
     }
 
     std::int64_t i64(int col) const { return sqlite3_column_int64(s_, col); }
+    double f64(int col) const { return sqlite3_column_double(s_, col); }
     std::string text(int col) const {
         auto* p = reinterpret_cast<const char*>(sqlite3_column_blob(s_, col));
         return p ? std::string(p, sqlite3_column_bytes(s_, col)) : std::string();

@@ -236,9 +236,10 @@ class SqliteHistory final : public TaskHistory {
                         "here to run again; replay a dead letter (conveyor dlq replay) or enqueue "
                         "it anew");
         return change(id, [&](int state) -> Result<void> {
-            if (state == kReady || state == kInFlight)
-                return fail(Errc::conflict, fmt::format("task '{}' is {} already", id,
-                                                        state == kReady ? "waiting" : "running"));
+            if (state == kReady || state == kInFlight || state == kLimited)
+                return fail(Errc::conflict,
+                            fmt::format("task '{}' is {} already", id,
+                                        state == kInFlight ? "running" : "waiting"));
             auto fresh = db_.prepare(std::string(kRetriesReset) +
                                      " WHERE seq = (SELECT seq FROM tasks WHERE id=?1)");
             CONVEYOR_TRY(fresh);
@@ -260,7 +261,7 @@ class SqliteHistory final : public TaskHistory {
                         "this history comes from RabbitMQ's task events: revoke on the workers "
                         "with `celery control revoke ID`");
         return change(id, [&](int state) -> Result<void> {
-            if (state != kReady && state != kDelayed)
+            if (state != kReady && state != kDelayed && state != kLimited)
                 return fail(Errc::conflict,
                             fmt::format("task '{}' is not waiting: only a waiting or delayed "
                                         "task can be revoked here",

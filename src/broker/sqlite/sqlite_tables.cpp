@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS tasks(
   finished_at INTEGER,
   attempts TEXT,
   error TEXT,
-  unique_key TEXT);
+  unique_key TEXT,
+  bucket TEXT);
 -- The message itself (properties, headers, body) apart from the row a claim and a settlement
 -- rewrite: a claim then writes a few dozen bytes, whatever the message's size.
 CREATE TABLE IF NOT EXISTS messages(seq INTEGER PRIMARY KEY, props TEXT NOT NULL,
@@ -45,6 +46,14 @@ CREATE TABLE IF NOT EXISTS messages(seq INTEGER PRIMARY KEY, props TEXT NOT NULL
 -- Unique tasks: a key held for a period after its task was enqueued (see publish_unique).
 CREATE TABLE IF NOT EXISTS unique_keys(key TEXT PRIMARY KEY, task_id TEXT NOT NULL,
   until INTEGER NOT NULL) WITHOUT ROWID;
+-- Flow control: a task's limits (TaskLimit; rate in starts a second), and a bucket per task
+-- and key: when the next start may be (microseconds since the epoch) and when tasks waiting on
+-- it are to be looked at again (milliseconds).
+CREATE TABLE IF NOT EXISTS limits(task TEXT PRIMARY KEY, rate REAL NOT NULL DEFAULT 0,
+  max_running INTEGER NOT NULL DEFAULT 0, key TEXT NOT NULL DEFAULT '') WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS limit_buckets(bucket TEXT PRIMARY KEY, task TEXT NOT NULL,
+  next_at INTEGER NOT NULL DEFAULT 0, wake_at INTEGER) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS limit_buckets_wake ON limit_buckets(wake_at) WHERE wake_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_ready ON tasks(queue, priority DESC, seq) WHERE state=0;
 CREATE INDEX IF NOT EXISTS tasks_delayed ON tasks(available_at) WHERE state=3;
 CREATE INDEX IF NOT EXISTS tasks_leased ON tasks(lease_until) WHERE state=1;
@@ -142,9 +151,18 @@ Result<void> create_schema(Db& db) {
     // uniquely, while its task waits, is delayed or runs.
     if (!db.prepare("SELECT unique_key FROM tasks LIMIT 0"))
         CONVEYOR_TRY(db.exec("ALTER TABLE tasks ADD COLUMN unique_key TEXT"));
+    // ... and the bucket of its limits (TaskLimit), set when a worker takes it.
+    if (!db.prepare("SELECT bucket FROM tasks LIMIT 0"))
+        CONVEYOR_TRY(db.exec("ALTER TABLE tasks ADD COLUMN bucket TEXT"));
+    // (tasks_unique, of the release before limits, did not know tasks waiting on a limit.)
     CONVEYOR_TRY(
-        db.exec("CREATE UNIQUE INDEX IF NOT EXISTS tasks_unique ON tasks(unique_key) WHERE "
-                "unique_key IS NOT NULL AND state IN (0, 1, 3)"));
+        db.exec("DROP INDEX IF EXISTS tasks_unique; "
+                "CREATE UNIQUE INDEX IF NOT EXISTS tasks_unique_key ON tasks(unique_key) WHERE "
+                "unique_key IS NOT NULL AND state IN (0, 1, 3, 6); "
+                "CREATE INDEX IF NOT EXISTS tasks_limited ON tasks(bucket, priority DESC, seq) "
+                "WHERE state=6; "
+                "CREATE INDEX IF NOT EXISTS tasks_limit_running ON tasks(bucket) "
+                "WHERE state=1 AND bucket IS NOT NULL"));
     CONVEYOR_TRY(
         db.exec("CREATE TRIGGER IF NOT EXISTS tasks_message_gone AFTER DELETE ON tasks BEGIN "
                 "DELETE FROM messages WHERE seq=old.seq; END; "
@@ -244,7 +262,7 @@ Result<Statements> Statements::prepare(Db& db) {
          "WHERE seq IN (SELECT seq FROM tasks WHERE state=0 AND queue=?3 "
          "AND NOT EXISTS (SELECT 1 FROM queues WHERE name=?3 AND paused=1) "
          "ORDER BY priority DESC, seq LIMIT ?4) "
-         "RETURNING seq, id, queue, deliveries, priority, available_at"},
+         "RETURNING seq, id, queue, deliveries, priority, available_at, name"},
         // (No RETURNING where the queue is not needed: it costs a temporary table a run.)
         {&s.ack, "DELETE FROM tasks WHERE seq=?1 AND lease_owner=?2 AND state=1"},
         // Kept as history: the last worker stays in lease_owner.
@@ -291,6 +309,34 @@ Result<Statements> Statements::prepare(Db& db) {
         {&s.delete_seq, "DELETE FROM tasks WHERE seq=?1"},
         {&s.expire_minutes, "DELETE FROM minutes WHERE minute<?1"},
         {&s.expire_unique, "DELETE FROM unique_keys WHERE until<?1"},
+        {&s.read_limits, "SELECT task, rate, max_running, key FROM limits"},
+        {&s.wake_due,
+         "SELECT bucket, task FROM limit_buckets WHERE wake_at IS NOT NULL AND wake_at<=?1"},
+        {&s.next_wake, "SELECT min(wake_at) FROM limit_buckets WHERE wake_at IS NOT NULL"},
+        {&s.release_limited,
+         "UPDATE tasks SET state=0 WHERE seq IN (SELECT seq FROM tasks WHERE state=6 AND "
+         "bucket=?1 ORDER BY priority DESC, seq LIMIT ?2) RETURNING queue"},
+        {&s.clear_wake, "UPDATE limit_buckets SET wake_at=NULL WHERE bucket=?1"},
+        {&s.bucket_next, "SELECT next_at FROM limit_buckets WHERE bucket=?1"},
+        {&s.bucket_running, "SELECT count(*) FROM tasks WHERE state=1 AND bucket=?1 AND seq<>?2"},
+        {&s.bucket_waits, "SELECT 1 FROM tasks WHERE state=6 AND bucket=?1 LIMIT 1"},
+        {&s.set_bucket, "UPDATE tasks SET bucket=?2 WHERE seq=?1"},
+        {&s.park,
+         "UPDATE tasks SET state=6, bucket=?2, lease_owner=NULL, lease_until=NULL, "
+         "started_at=NULL, deliveries=max(deliveries-1,0) WHERE seq=?1"},
+        {&s.bucket_started,
+         "INSERT INTO limit_buckets(bucket, task, next_at, wake_at) VALUES(?1, ?2, ?3, ?4) "
+         "ON CONFLICT(bucket) DO UPDATE SET next_at=excluded.next_at, "
+         "wake_at=coalesce(excluded.wake_at, wake_at)"},
+        {&s.ensure_bucket,
+         "INSERT INTO limit_buckets(bucket, task) VALUES(?1, ?2) ON CONFLICT(bucket) DO NOTHING"},
+        {&s.wake_now,
+         "UPDATE limit_buckets SET wake_at=?2 WHERE bucket=?1 AND (wake_at IS NULL OR "
+         "wake_at>?2)"},
+        {&s.wake_bucket,
+         "INSERT INTO limit_buckets(bucket, task, wake_at) VALUES(?1, ?2, ?3) "
+         "ON CONFLICT(bucket) DO UPDATE SET wake_at=min(coalesce(wake_at, excluded.wake_at), "
+         "excluded.wake_at)"},
     };
     for (auto& d : defs) {
         auto st = db.prepare(d.sql);

@@ -23,6 +23,8 @@ inline constexpr int kDelayed = 3;
 // Finished, kept as history until pruned (SqliteOptions::history).
 inline constexpr int kSucceeded = 4;
 inline constexpr int kRevoked = 5;
+// Waiting in the broker for its task's limits (TaskLimit) to let it run.
+inline constexpr int kLimited = 6;
 
 /// Creates the tables of a new file, and moves an older file's tables forward.
 Result<void> create_schema(Db& db);
@@ -49,13 +51,16 @@ struct Statements {
     Stmt insert_task, insert_message, read_message, update_message, insert_queue, promote, reclaim,
         claim, ack, finish, retry, dead, release, renew, store_result, probe_ready, next_delayed,
         next_lease, data_version, expire_results, count_minute, add_count, oldest_finished,
-        count_finished, delete_seq, expire_minutes, expire_unique;
+        count_finished, delete_seq, expire_minutes, expire_unique, read_limits, wake_due, next_wake,
+        release_limited, clear_wake, bucket_next, bucket_running, bucket_waits, set_bucket, park,
+        bucket_started, ensure_bucket, wake_now, wake_bucket;
 
     /// Prepares every statement on `db`.
     static Result<Statements> prepare(Db& db);
 };
 
-/// What a transaction changes in the number of tasks by queue and state (ready, dead, delayed),
+/// What a transaction changes in the number of tasks by queue and state (ready, dead, delayed,
+/// limited),
 /// written to the `counts` table before it commits: counting a queue then reads a row per
 /// state, whatever the queue holds. Tasks in flight are counted from their index (there are
 /// as many as the workers hold, and settling them then writes no count); finished tasks
@@ -63,7 +68,8 @@ struct Statements {
 class CountDeltas {
   public:
     void add(std::string_view queue, int state, std::int64_t n) {
-        if ((state != kReady && state != kDead && state != kDelayed) || n == 0) return;
+        if ((state != kReady && state != kDead && state != kDelayed && state != kLimited) || n == 0)
+            return;
         for (auto& e : d_)
             if (e.state == state && e.queue == queue) {
                 e.n += n;

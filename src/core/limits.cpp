@@ -1,0 +1,110 @@
+#include "conveyor/limits.hpp"
+
+#include <fmt/format.h>
+
+#include <charconv>
+#include <cmath>
+
+namespace conveyor {
+
+namespace {
+
+constexpr double kMaxRate = 1e6;  // per second: one start a microsecond
+constexpr std::size_t kMaxKeyBytes = 200;
+
+}  // namespace
+
+Result<double> parse_rate(std::string_view text) {
+    auto bad = [&] {
+        return fail(
+            Errc::invalid_argument,
+            fmt::format("rate limit '{}' is not N/s, N/m or N/h (N a number from 0)", text));
+    };
+    if (text.empty()) return 0.0;
+    auto slash = text.find('/');
+    std::string_view n = text.substr(0, slash);
+    double per = 1;
+    if (slash != std::string_view::npos) {
+        auto unit = text.substr(slash + 1);
+        if (unit == "s")
+            per = 1;
+        else if (unit == "m")
+            per = 60;
+        else if (unit == "h")
+            per = 3600;
+        else
+            return bad();
+    }
+    double v = 0;
+    auto [end, ec] = std::from_chars(n.data(), n.data() + n.size(), v);
+    if (ec != std::errc{} || end != n.data() + n.size() || !std::isfinite(v) || v < 0) return bad();
+    double rate = v / per;
+    if (rate > kMaxRate)
+        return fail(Errc::invalid_argument,
+                    fmt::format("rate limit '{}' is above 1000000/s", text));
+    return rate;
+}
+
+std::string format_rate(double per_second) {
+    if (per_second <= 0) return "0";
+    auto whole = [](double v) { return std::abs(v - std::round(v)) < 1e-9 * std::max(1.0, v); };
+    if (whole(per_second)) return fmt::format("{}/s", std::llround(per_second));
+    if (whole(per_second * 60)) return fmt::format("{}/m", std::llround(per_second * 60));
+    if (whole(per_second * 3600)) return fmt::format("{}/h", std::llround(per_second * 3600));
+    return fmt::format("{:.6g}/s", per_second);
+}
+
+std::string describe_limit(const TaskLimit& l) {
+    std::string out;
+    if (l.rate > 0) out = format_rate(l.rate);
+    if (l.max_concurrency > 0)
+        out += fmt::format("{}at most {} running", out.empty() ? "" : ", ", l.max_concurrency);
+    if (out.empty()) return "no limit";
+    if (!l.key.empty()) out += fmt::format(", per {}", l.key);
+    return out;
+}
+
+Result<void> parse_limit_key(std::string_view key) {
+    auto bad = [&] {
+        return fail(Errc::invalid_argument,
+                    fmt::format("limit key '{}' is not kwargs.NAME or args.N", key));
+    };
+    if (key.starts_with("kwargs.")) {
+        if (key.size() == 7) return bad();
+        return {};
+    }
+    if (key.starts_with("args.")) {
+        auto n = key.substr(5);
+        unsigned i = 0;
+        auto [end, ec] = std::from_chars(n.data(), n.data() + n.size(), i);
+        if (n.empty() || ec != std::errc{} || end != n.data() + n.size()) return bad();
+        return {};
+    }
+    return bad();
+}
+
+std::string limit_key_of(std::string_view key, const Json& args, const Json& kwargs) {
+    const Json* v = nullptr;
+    if (key.starts_with("kwargs.")) {
+        if (kwargs.is_object()) {
+            auto it = kwargs.find(std::string(key.substr(7)));
+            if (it != kwargs.end()) v = &*it;
+        }
+    } else if (key.starts_with("args.")) {
+        auto n = key.substr(5);
+        std::size_t i = 0;
+        auto [end, ec] = std::from_chars(n.data(), n.data() + n.size(), i);
+        if (ec == std::errc{} && args.is_array() && i < args.size()) v = &args[i];
+    }
+    if (!v || v->is_null()) return {};
+    std::string s = v->is_string() ? v->get<std::string>()
+                                   : v->dump(-1, ' ', false, Json::error_handler_t::replace);
+    if (s.size() > kMaxKeyBytes) {
+        std::size_t cut = kMaxKeyBytes;
+        while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xC0) == 0x80) --cut;
+        s.resize(cut);
+    }
+    return s;
+}
+
+}  // namespace conveyor

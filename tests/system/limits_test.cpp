@@ -1,0 +1,282 @@
+// Rate and concurrency limits across the fleet on the sqlite engine: several real worker
+// processes sharing one file, a worker SIGKILLed while it holds slots, limits per key, limits
+// changed while tasks wait, and what the counts say.
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "conveyor/broker.hpp"
+#include "conveyor/client.hpp"
+#include "conveyor/engine.hpp"
+#include "support/process.hpp"
+#include "support/queue_stats.hpp"
+
+using namespace conveyor;
+using namespace std::chrono_literals;
+using testsupport::eventually;
+using testsupport::lines_with;
+using testsupport::Process;
+using testsupport::stats_of;
+using testsupport::TempDir;
+
+namespace {
+
+/// A line of test.timed's log: "start|done ID PID MICROSECONDS KEY".
+struct Mark {
+    std::string id;
+    long pid = 0;
+    std::int64_t us = 0;
+    std::string key;
+};
+
+std::vector<Mark> marks(const std::string& log, const std::string& what) {
+    std::vector<Mark> out;
+    for (auto& l : lines_with(log, what + " ")) {
+        std::istringstream in(l.substr(what.size() + 1));
+        Mark m;
+        in >> m.id >> m.pid >> m.us >> m.key;
+        if (in) out.push_back(m);
+    }
+    return out;
+}
+
+/// The most tasks running at once, from their start and done marks (per key when asked).
+int most_at_once(const std::vector<Mark>& starts, const std::vector<Mark>& dones,
+                 const std::string& key = {}) {
+    std::vector<std::pair<std::int64_t, int>> ev;  // (time, +1 start / -1 done); done first
+    for (auto& m : starts)
+        if (key.empty() || m.key == key) ev.emplace_back(m.us, +1);
+    for (auto& m : dones)
+        if (key.empty() || m.key == key) ev.emplace_back(m.us, -1);
+    std::sort(ev.begin(), ev.end());
+    int now = 0, most = 0;
+    for (auto& [_, d] : ev) most = std::max(most, now += d);
+    return most;
+}
+
+struct Fleet {
+    TempDir dir;
+    std::string url = "sqlite://" + dir.file("c.db");
+    std::string log = dir.file("log");
+    std::shared_ptr<Broker> broker = *Broker::open(url);
+    Client client{broker};
+    std::vector<std::unique_ptr<Process>> workers;
+
+    explicit Fleet(const std::string& task_table) {
+        testsupport::write_file(dir.file("conveyor.toml"), task_table);
+    }
+    Process& start(int concurrency, int lease_ms = 30000) {
+        workers.push_back(std::make_unique<Process>(
+            std::vector<std::string>{CONVEYOR_TEST_WORKER, url, "q", std::to_string(concurrency),
+                                     std::to_string(lease_ms), "5000", log},
+            dir.file("worker.out"),
+            std::vector<std::string>{"CONVEYOR_CONFIG=" + dir.file("conveyor.toml")}));
+        return *workers.back();
+    }
+    void timed(int n, int sleep_ms, const std::string& key = {}) {
+        std::vector<TaskMessage> tasks;
+        for (int i = 0; i < n; ++i)
+            tasks.push_back(
+                TaskMessage{.name = "test.timed",
+                            .args = {sleep_ms},
+                            .kwargs = key.empty() ? Json::object() : Json{{"key", key}}});
+        auto ids = client.enqueue_many(std::move(tasks), {.queue = "q"});
+        ASSERT_TRUE(ids) << ids.error().message;
+    }
+    std::size_t done() const { return marks(log, "done").size(); }
+    std::string out() const { return testsupport::read_file(dir.file("worker.out")); }
+};
+
+}  // namespace
+
+TEST(Limits, TwoHundredTasksAtTwentyASecondOverThreeWorkerProcessesTakeTenSeconds) {
+    Fleet f("[[task]]\nname = \"test.timed\"\nrate_limit = \"20/s\"\n");
+    for (int i = 0; i < 3; ++i) f.start(4);
+    f.timed(200, 0);
+    // A task of another name is not held up behind them.
+    ASSERT_TRUE(f.client.enqueue("test.noop", Json::array({1}), Json::object(), {.queue = "q"}));
+    ASSERT_TRUE(eventually([&] { return !lines_with(f.log, "done ").empty(); }, 10s));
+    ASSERT_TRUE(eventually(
+        [&] {
+            for (auto& l : lines_with(f.log, "done "))
+                if (std::count(l.begin(), l.end(), ' ') == 3) return true;  // test.noop's
+            return false;
+        },
+        3s))
+        << f.out();
+    EXPECT_LT(f.done(), 100u) << "the other task waited behind the limited ones";
+    ASSERT_TRUE(eventually([&] { return f.done() >= 200; }, 30s)) << f.out();
+    auto starts = marks(f.log, "start");
+    ASSERT_EQ(starts.size(), 200u);
+    std::vector<std::int64_t> t;
+    std::set<long> pids;
+    for (auto& m : starts) {
+        t.push_back(m.us);
+        pids.insert(m.pid);
+    }
+    std::sort(t.begin(), t.end());
+    // 199 gaps of 50 ms: 9.95 s, within 10%.
+    double span = double(t.back() - t.front()) / 1e6;
+    EXPECT_GT(span, 9.95 * 0.9);
+    EXPECT_LT(span, 9.95 * 1.1);
+    // Never more than 20 starts in any second.
+    int most = 0;
+    for (std::size_t i = 0; i < t.size(); ++i) {
+        auto end = std::lower_bound(t.begin(), t.end(), t[i] + 1000000);
+        most = std::max(most, int(end - (t.begin() + std::ptrdiff_t(i))));
+    }
+    std::printf("200 starts over %.3f s, at most %d in any second, %zu processes\n", span, most,
+                pids.size());
+    EXPECT_LE(most, 20);
+    EXPECT_GE(most, 18);  // and the limit is used, not undershot
+    EXPECT_GE(pids.size(), 2u) << "the limit holds across processes, so more than one ran them";
+    // Nothing waits any more.
+    auto st = stats_of(*f.broker, "q");
+    EXPECT_EQ(st.limited, 0);
+    EXPECT_EQ(st.ready, 0);
+}
+
+TEST(Limits, MaxConcurrencyTwoOverThreeWorkersOfFourNeverRunsThree) {
+    Fleet f("[[task]]\nname = \"test.timed\"\nmax_concurrency = 2\n");
+    for (int i = 0; i < 3; ++i) f.start(4);
+    f.timed(30, 100);
+    ASSERT_TRUE(eventually(
+        [&] {
+            auto l = f.broker->limits();
+            return l && l->size() == 1 && (*l)[0].waiting > 0;
+        },
+        10s));
+    auto limits = *f.broker->limits();
+    EXPECT_EQ(limits[0].limit.max_concurrency, 2);
+    EXPECT_LE(limits[0].running, 2);
+    EXPECT_GT(stats_of(*f.broker, "q").limited, 0);
+    ASSERT_TRUE(eventually([&] { return f.done() >= 30; }, 30s)) << f.out();
+    auto starts = marks(f.log, "start"), dones = marks(f.log, "done");
+    EXPECT_EQ(most_at_once(starts, dones), 2);
+    std::set<long> pids;
+    for (auto& m : starts) pids.insert(m.pid);
+    EXPECT_GE(pids.size(), 2u);
+    // 30 tasks of 100 ms two at a time: at least 1.5 s.
+    auto [lo, hi] = std::minmax_element(starts.begin(), starts.end(),
+                                        [](auto& a, auto& b) { return a.us < b.us; });
+    EXPECT_GE(hi->us - lo->us, 1400000);
+}
+
+TEST(Limits, AWorkerKilledWhileHoldingSlotsLowersCapacityOnlyForItsLease) {
+    Fleet f("[[task]]\nname = \"test.timed\"\nmax_concurrency = 2\n");
+    auto& first = f.start(4, 1000);
+    f.timed(2, 30000);  // both slots, for far longer than the test
+    ASSERT_TRUE(eventually([&] { return marks(f.log, "start").size() == 2; }, 10s)) << f.out();
+    first.signal(SIGKILL);
+    auto killed_at = std::chrono::duration_cast<std::chrono::microseconds>(
+                         std::chrono::system_clock::now().time_since_epoch())
+                         .count();
+    f.start(4, 1000);
+    // The killed worker's two tasks run again on the other worker once their leases end (the
+    // four short ones wait behind them: the slots are full again).
+    ASSERT_TRUE(eventually([&] { return marks(f.log, "start").size() >= 4; }, 10s)) << f.out();
+    auto starts = marks(f.log, "start");
+    std::sort(starts.begin(), starts.end(), [](auto& a, auto& b) { return a.us < b.us; });
+    // Capacity back to two within the lease (1 s) and a check period.
+    EXPECT_LT(starts[2].us - killed_at, 2500000);
+    EXPECT_LT(starts[3].us - killed_at, 2500000);
+    // ... and never more than two: the killed worker's slots counted until its lease ended.
+    auto dones = marks(f.log, "done");
+    std::vector<Mark> after;
+    for (auto& m : starts)
+        if (m.us > killed_at) after.push_back(m);
+    EXPECT_LE(most_at_once(after, dones), 2);
+}
+
+TEST(Limits, PerKeyEachKeyHasItsOwnLimit) {
+    Fleet f("[[task]]\nname = \"test.timed\"\nmax_concurrency = 1\nlimit_key = \"kwargs.key\"\n");
+    for (int i = 0; i < 3; ++i) f.start(4);
+    for (auto key : {"a", "b", "c"}) f.timed(5, 100, key);
+    ASSERT_TRUE(eventually([&] { return f.done() >= 15; }, 30s)) << f.out();
+    auto starts = marks(f.log, "start"), dones = marks(f.log, "done");
+    for (auto key : {"a", "b", "c"}) EXPECT_EQ(most_at_once(starts, dones, key), 1) << key;
+    EXPECT_GE(most_at_once(starts, dones), 2) << "different keys run side by side";
+}
+
+TEST(Limits, TasksWaitInTheBrokerAndALimitChangedWhileTheyWaitAppliesToThem) {
+    TempDir dir;
+    auto broker = *Broker::open("sqlite://" + dir.file("c.db"));
+    Client client(broker);
+    ASSERT_TRUE(broker->set_limit({.task = "t", .max_concurrency = 1}));
+    for (int i = 0; i < 4; ++i)
+        ASSERT_TRUE(client.enqueue("t", Json::array({i}), Json::object(), {.queue = "q"}));
+    ASSERT_TRUE(client.enqueue("other", Json::array(), Json::object(), {.queue = "q"}));
+    auto c = *broker->consume({.queues = {"q"}, .name = "test"});
+    auto got = *c->fetch(10, 100ms);
+    // One of t (the oldest) and the other task; three of t wait in the broker.
+    ASSERT_EQ(got.size(), 2u);
+    EXPECT_EQ(got[0].envelope.headers["argsrepr"], "(0,)");
+    EXPECT_EQ(got[1].envelope.headers["task"], "other");
+    auto st = stats_of(*broker, "q");
+    EXPECT_EQ(st.limited, 3);
+    EXPECT_EQ(st.ready, 0);
+    auto l = *broker->limits();
+    ASSERT_EQ(l.size(), 1u);
+    EXPECT_EQ(l[0].waiting, 3);
+    EXPECT_EQ(l[0].running, 1);
+    EXPECT_TRUE(c->fetch(10, 50ms)->empty());
+    // Settled: the next one, in order.
+    std::vector<Settlement> acks = {{Settlement::Kind::ack, got[0].tag},
+                                    {Settlement::Kind::ack, got[1].tag}};
+    ASSERT_TRUE(c->settle(acks));
+    auto next = *c->fetch(10, 500ms);
+    ASSERT_EQ(next.size(), 1u);
+    EXPECT_EQ(next[0].envelope.headers["argsrepr"], "(1,)");
+    // The limit removed: the rest go at once.
+    ASSERT_TRUE(broker->set_limit({.task = "t"}));
+    auto rest = *c->fetch(10, 500ms);
+    EXPECT_EQ(rest.size(), 2u);
+    st = stats_of(*broker, "q");
+    EXPECT_EQ(st.limited, 0);
+    EXPECT_EQ(st.in_flight, 3);
+    EXPECT_TRUE(broker->limits()->empty());
+}
+
+TEST(Limits, ARateLimitSpacesStartsAndWakesTheWaitingOnes) {
+    TempDir dir;
+    auto broker = *Broker::open("sqlite://" + dir.file("c.db"));
+    Client client(broker);
+    ASSERT_TRUE(broker->set_limit({.task = "t", .rate = 10}));  // one every 100 ms
+    for (int i = 0; i < 5; ++i)
+        ASSERT_TRUE(client.enqueue("t", Json::array({i}), Json::object(), {.queue = "q"}));
+    auto c = *broker->consume({.queues = {"q"}, .name = "test"});
+    std::vector<std::chrono::steady_clock::time_point> at;
+    std::vector<std::string> order;
+    auto deadline = std::chrono::steady_clock::now() + 5s;
+    while (order.size() < 5 && std::chrono::steady_clock::now() < deadline) {
+        auto got = *c->fetch(10, 200ms);
+        for (auto& d : got) {
+            at.push_back(std::chrono::steady_clock::now());
+            order.push_back(d.envelope.headers["argsrepr"]);
+            std::vector<Settlement> ack = {{Settlement::Kind::ack, d.tag}};
+            ASSERT_TRUE(c->settle(ack));
+        }
+    }
+    ASSERT_EQ(order, (std::vector<std::string>{"(0,)", "(1,)", "(2,)", "(3,)", "(4,)"}));
+    for (std::size_t i = 1; i < at.size(); ++i) EXPECT_GE(at[i] - at[i - 1], 95ms) << i;
+    EXPECT_LT(at.back() - at.front(), 1s);
+}
+
+TEST(Limits, WhatCannotBeLimitedSaysSo) {
+    auto memory = *Broker::open("memory://limits");
+    auto r = memory->set_limit({.task = "t", .rate = 5});
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code, Errc::invalid_argument);
+    EXPECT_NE(r.error().message.find("sqlite engine only"), std::string::npos);
+    EXPECT_TRUE(memory->set_limit({.task = "t"}));  // no limit: nothing to remove
+    TempDir dir;
+    auto sqlite = *Broker::open("sqlite://" + dir.file("c.db"));
+    EXPECT_FALSE(sqlite->set_limit({.task = "t", .rate = 5, .key = "body.x"}));
+    EXPECT_FALSE(sqlite->set_limit({.task = "", .rate = 5}));
+    EXPECT_FALSE(sqlite->set_limit({.task = "t", .max_concurrency = -1}));
+}
