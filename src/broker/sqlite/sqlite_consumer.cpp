@@ -85,11 +85,13 @@ class SqliteConsumer final : public Consumer {
                 return ahead;
             }
             Result<std::vector<Row>> rows = std::vector<Row>{};
+            std::chrono::steady_clock::time_point due;  // the next check the probe planned
             {
                 std::lock_guard db(db_mu_);
                 auto probe = claimable();
                 CONVEYOR_TRY(probe);
                 if (*probe) rows = claim_rows(max);
+                due = next_check_;
             }
             CONVEYOR_TRY(rows);
             if (!rows->empty()) {
@@ -98,8 +100,12 @@ class SqliteConsumer final : public Consumer {
             }
             auto now = std::chrono::steady_clock::now();
             if (now >= deadline) return std::vector<Delivery>{};
-            std::this_thread::sleep_for(
-                std::min<std::chrono::steady_clock::duration>(sleep, deadline - now));
+            // No later than a delayed task, a lease or a limit falls due (a rate limit's next
+            // start is taken on time).
+            std::chrono::steady_clock::duration nap =
+                std::min<std::chrono::steady_clock::duration>(sleep, deadline - now);
+            if (due > now) nap = std::min<std::chrono::steady_clock::duration>(nap, due - now);
+            std::this_thread::sleep_for(nap);
             sleep = std::min(sleep * 2, std::chrono::microseconds(4000));
         }
     }
