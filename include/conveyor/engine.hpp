@@ -31,6 +31,9 @@ struct Delivery {
     /// When it became deliverable (published, or its delay ended), where the engine knows:
     /// what a worker's wait-time metric measures from.
     std::optional<TimePoint> due;
+    /// When the broker handed it to this consumer, where the engine says (sqlite: the moment
+    /// of the claim, when the task's limits counted it).
+    std::optional<TimePoint> taken;
 };
 
 /// What a consumer does with a delivery once it is done with it.

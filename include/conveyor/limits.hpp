@@ -51,5 +51,8 @@ Result<void> parse_limit_key(std::string_view key);
 /// The key of one run: the value `key` names in the task's arguments, as text (a string as
 /// it is, anything else as JSON), at most 200 bytes; empty where the task has no such value.
 std::string limit_key_of(std::string_view key, const Json& args, const Json& kwargs);
+/// The same from a message body: Celery's [args, kwargs, embed] (protocol 2) or {"args",
+/// "kwargs", ...} (protocol 1); any other body is the one argument (a raw queue's payload).
+std::string limit_key_of_body(std::string_view key, std::string_view body);
 
 }  // namespace conveyor

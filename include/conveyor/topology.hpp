@@ -34,6 +34,10 @@ struct QueueSpec {
     /// spreads tasks over this many partition queues (NAME.p0...) by ordering key, each with a
     /// single active consumer, so tasks of one key run in order and different keys in parallel.
     int partitions = 0;
+    /// sqlite: a fair queue: tasks are taken round-robin across the keys this names in their
+    /// arguments ("kwargs.NAME" or "args.N"), so one key's burst does not hold up another key's
+    /// task by more than a turn. Empty: first in, first out (by priority).
+    std::string fair_key;
     Json arguments = Json::object();  ///< any other x- arguments
     bool durable = true;              ///< amqp: survives a broker restart
     bool auto_delete = false;         ///< amqp: deleted when its last consumer goes

@@ -27,8 +27,13 @@ namespace conveyor {
 class TaskContext {
   public:
     TaskContext(const TaskMessage& task, std::string queue, std::stop_token stop,
-                std::optional<std::chrono::steady_clock::time_point> deadline) noexcept
-        : task_(task), queue_(std::move(queue)), stop_(std::move(stop)), deadline_(deadline) {}
+                std::optional<std::chrono::steady_clock::time_point> deadline,
+                std::optional<TimePoint> taken = {}) noexcept
+        : task_(task),
+          queue_(std::move(queue)),
+          stop_(std::move(stop)),
+          deadline_(deadline),
+          taken_(taken) {}
 
     const TaskMessage& task() const noexcept { return task_; }
     const std::string& id() const noexcept { return task_.id; }
@@ -50,12 +55,16 @@ class TaskContext {
     std::optional<std::chrono::steady_clock::time_point> deadline() const noexcept {
         return deadline_;
     }
+    /// When the broker handed the task to this worker (sqlite: the moment its rate and
+    /// concurrency limits counted it); unset where the engine does not say.
+    std::optional<TimePoint> taken() const noexcept { return taken_; }
 
   private:
     const TaskMessage& task_;
     std::string queue_;
     std::stop_token stop_;
     std::optional<std::chrono::steady_clock::time_point> deadline_;
+    std::optional<TimePoint> taken_;
 };
 
 /// Thrown by a handler for a failure whose type Celery clients should see (`exc_type`).

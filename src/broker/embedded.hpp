@@ -23,6 +23,9 @@ inline Result<void> check_embedded_topology(const Topology& t, std::string_view 
             return fail(
                 Errc::invalid_argument,
                 fmt::format("ordered queue '{}' (partitions) needs the amqp engine", q.name));
+        else if (!q.fair_key.empty() && engine != "sqlite")
+            return fail(Errc::invalid_argument,
+                        fmt::format("fair queue '{}' (fair_key) needs the sqlite engine", q.name));
     return {};
 }
 

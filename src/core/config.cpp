@@ -299,10 +299,10 @@ Result<Config> parse_config_text(std::string_view text, std::string_view source)
         for (auto& e : *arr) {
             auto* t = e.as_table();
             if (!t) return bad(c, &e, "each [[queue]] must be a table");
-            CONVEYOR_TRY(check_keys(
-                c, *t, "[[queue]]",
-                {"name", "format", "task", "type", "max_priority", "max_length", "overflow",
-                 "partitions", "arguments", "durable", "auto_delete", "exclusive", "passive"}));
+            CONVEYOR_TRY(check_keys(c, *t, "[[queue]]",
+                                    {"name", "format", "task", "type", "max_priority", "max_length",
+                                     "overflow", "partitions", "arguments", "durable",
+                                     "auto_delete", "exclusive", "passive", "fair_key"}));
             QueueConfig q;
             auto name = get_string(c, *t, "name");
             CONVEYOR_TRY(name);
@@ -365,6 +365,14 @@ Result<Config> parse_config_text(std::string_view text, std::string_view source)
                 if (**parts < 1 || **parts > 1024)
                     return bad(c, t->get("partitions"), "'partitions' must be 1..1024");
                 q.declare.partitions = int(**parts);
+            }
+            auto fair = get_string(c, *t, "fair_key");
+            CONVEYOR_TRY(fair);
+            if (!fair->empty()) {
+                if (auto ok = parse_limit_key(*fair); !ok)
+                    return bad(c, t->get("fair_key"),
+                               fmt::format("queue '{}': fair {}", q.name, ok.error().message));
+                q.declare.fair_key = *fair;
             }
             auto args = get_arguments(c, *t);
             CONVEYOR_TRY(args);

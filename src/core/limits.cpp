@@ -5,6 +5,8 @@
 #include <charconv>
 #include <cmath>
 
+#include "core/json_bounds.hpp"
+
 namespace conveyor {
 
 namespace {
@@ -81,6 +83,24 @@ Result<void> parse_limit_key(std::string_view key) {
         return {};
     }
     return bad();
+}
+
+std::string limit_key_of_body(std::string_view key, std::string_view body) {
+    auto parsed = detail::parse_untrusted(body, "the body");
+    Json args = Json::array(), kwargs = Json::object();
+    if (!parsed) {
+        args.push_back(std::string(body));
+    } else if (parsed->is_array() && parsed->size() >= 2 && (*parsed)[0].is_array() &&
+               (*parsed)[1].is_object()) {
+        args = std::move((*parsed)[0]);
+        kwargs = std::move((*parsed)[1]);
+    } else if (parsed->is_object() && (parsed->contains("args") || parsed->contains("kwargs"))) {
+        if (auto a = parsed->find("args"); a != parsed->end() && a->is_array()) args = *a;
+        if (auto k = parsed->find("kwargs"); k != parsed->end() && k->is_object()) kwargs = *k;
+    } else {
+        args.push_back(std::move(*parsed));
+    }
+    return limit_key_of(key, args, kwargs);
 }
 
 std::string limit_key_of(std::string_view key, const Json& args, const Json& kwargs) {

@@ -65,7 +65,8 @@ void Worker::Impl::store_started(const Job& job) {
 
 Outcome Worker::Impl::execute(Job& job) {
     Outcome out;
-    TaskContext ctx(job.task, job.delivery.queue, job.stop.get_token(), job.deadline);
+    TaskContext ctx(job.task, job.delivery.queue, job.stop.get_token(), job.deadline,
+                    job.delivery.taken);
     try {
         out.result = job.reg->fn(ctx);
         if (job.deadline && steady_clock::now() > *job.deadline) {

@@ -112,8 +112,9 @@ int main(int argc, char** argv) {
         log_line(fmt::format("done {} {}", c.id(), pid));
         return pid;
     });
-    // "timed": sleeps args[0] ms; logs "start|done ID PID MICROSECONDS KEY" (wall clock, the
-    // key being kwargs["key"] or "-"), for tests of limits across processes.
+    // "timed": sleeps args[0] ms; logs "start|done ID PID MICROSECONDS KEY TAKEN" (wall clock,
+    // the key being kwargs["key"] or "-", TAKEN when the broker handed it over, in
+    // microseconds, 0 where the engine does not say), for tests of limits across processes.
     worker.handle("test.timed", [&](TaskContext& c) -> Json {
         auto now_us = [] {
             return std::chrono::duration_cast<std::chrono::microseconds>(
@@ -123,9 +124,13 @@ int main(int argc, char** argv) {
         std::string key = c.kwargs().is_object() && c.kwargs().contains("key")
                               ? c.kwargs()["key"].get<std::string>()
                               : "-";
-        log_line(fmt::format("start {} {} {} {}", c.id(), pid, now_us(), key));
+        auto taken = c.taken() ? std::chrono::duration_cast<std::chrono::microseconds>(
+                                     c.taken()->time_since_epoch())
+                                     .count()
+                               : 0;
+        log_line(fmt::format("start {} {} {} {} {}", c.id(), pid, now_us(), key, taken));
         std::this_thread::sleep_for(std::chrono::milliseconds(c.args()[0].get<int>()));
-        log_line(fmt::format("done {} {} {} {}", c.id(), pid, now_us(), key));
+        log_line(fmt::format("done {} {} {} {} {}", c.id(), pid, now_us(), key, taken));
         return pid;
     });
     // The config's [[task]] tables: limits across the fleet, retries, ...

@@ -81,6 +81,8 @@ TEST(Config, MistakesGetOneSentenceWithTheLine) {
         {"[retry]\nretry_backoff_max = -1", "cfg:2: 'retry_backoff_max' must be a number from 0"},
         {"[retry]\nmax_retries = 99999999999999", "'max_retries' must be from 0 to 1000000"},
         {"[[schedule]]\nname = \"s\"\ntask = \"t\"\nevery = nan", "every must be from 1"},
+        {"[[queue]]\nname = \"q\"\nfair_key = \"tenant\"",
+         "cfg:3: queue 'q': fair limit key 'tenant' is not kwargs.NAME or args.N"},
         // Limits across the fleet.
         {"[[task]]\nname = \"t\"\nrate_limit = \"fast\"",
          "cfg:3: task 't': rate limit 'fast' is not N/s, N/m or N/h"},

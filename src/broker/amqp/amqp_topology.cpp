@@ -71,6 +71,12 @@ Result<void> Engine::set_topology(const Topology& t) {
     topology_ = t;
     specs_.clear();
     for (auto& q : t.queues) {
+        if (!q.fair_key.empty())
+            return fail(Errc::invalid_argument,
+                        fmt::format("fair queue '{}' (fair_key) needs the sqlite engine; on "
+                                    "RabbitMQ an ordered queue (partitions) keeps keys apart, "
+                                    "without turns",
+                                    q.name));
         if (q.type != "classic" && q.type != "quorum")
             return fail(
                 Errc::invalid_argument,

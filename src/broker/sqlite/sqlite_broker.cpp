@@ -412,7 +412,16 @@ class SqliteBroker final : public Broker {
         std::lock_guard lk(mu_);
         topology_queues_.clear();
         for (auto& q : t.queues) topology_queues_.push_back(q.name);
-        return {};
+        // Fair queues are the file's, for every publisher and worker: recorded now (a write
+        // only when one changed).
+        bool fair = std::any_of(t.queues.begin(), t.queues.end(),
+                                [](const QueueSpec& q) { return !q.fair_key.empty(); });
+        auto known = db_.prepare("SELECT 1 FROM queues WHERE fair_key IS NOT NULL LIMIT 1");
+        CONVEYOR_TRY(known);
+        auto any = known->step();
+        CONVEYOR_TRY(any);
+        if (!fair && !*any) return {};
+        return in_transaction(db_, st_, [&] { return set_fair_keys(db_, t); });
     }
 
     Result<void> declare_topology() override {
@@ -421,7 +430,7 @@ class SqliteBroker final : public Broker {
             for (auto& q : topology_queues_) {
                 st_.insert_queue.reset();
                 CONVEYOR_TRY(st_.insert_queue.bind(1, q).run());
-                known_queues_.insert(q);
+                known_queues_.rows.insert(q);
             }
             return {};
         });
@@ -444,7 +453,7 @@ class SqliteBroker final : public Broker {
     std::mutex mu_;
     Db db_;
     Statements st_;
-    std::set<std::string> known_queues_;
+    KnownQueues known_queues_;
     std::vector<std::string> topology_queues_;
 };
 

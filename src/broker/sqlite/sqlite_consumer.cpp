@@ -365,7 +365,8 @@ class SqliteConsumer final : public Consumer {
 
     /// A claimed row, read in the claim's transaction and turned into a delivery after it.
     struct Row {
-        std::int64_t seq = 0, available_at = 0;
+        std::int64_t seq = 0, available_at = 0, fair = 0;
+        std::int64_t taken_us = 0;  // the claim's time (microseconds since the epoch)
         int priority = 0, deliveries = 0;
         std::string id, queue, props, headers, body, name;
         std::string bucket;  // admitted under a concurrency limit: its bucket
@@ -413,6 +414,7 @@ class SqliteConsumer final : public Consumer {
                     .bind(4, std::int64_t(max - out.size()))
                     .bind(5, now);
                 auto first = out.size();
+                std::int64_t turn = 0;  // the latest turn taken (fair queues)
                 for (;;) {
                     auto r = st_.claim.step();
                     CONVEYOR_TRY(r);
@@ -425,13 +427,20 @@ class SqliteConsumer final : public Consumer {
                     row.priority = int(st_.claim.i64(4));
                     row.available_at = st_.claim.i64(5);
                     row.name = st_.claim.text(6);
+                    row.fair = st_.claim.i64(7);
+                    turn = std::max(turn, row.fair);
                     out.push_back(std::move(row));
                 }
                 // RETURNING gives rows in no promised order.
                 std::sort(out.begin() + std::ptrdiff_t(first), out.end(),
                           [](const Row& a, const Row& b) {
-                              return std::pair{-a.priority, a.seq} < std::pair{-b.priority, b.seq};
+                              return std::tuple{a.fair, -a.priority, a.seq} <
+                                     std::tuple{b.fair, -b.priority, b.seq};
                           });
+                if (turn > 0) {  // a fair queue: the turn its workers have reached
+                    st_.fair_taken.reset();
+                    CONVEYOR_TRY(st_.fair_taken.bind(1, q).bind(2, turn).run());
+                }
             }
             rr_++;
             for (auto& row : out) counts.move(row.queue, kReady, kInFlight);
@@ -449,10 +458,11 @@ class SqliteConsumer final : public Consumer {
             st_.read_message.reset();
             // Tasks under limits start if their limits let them, else wait in the broker.
             claimed = out.size();
+            auto now_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                              SystemClock::now().time_since_epoch())
+                              .count();
+            for (auto& row : out) row.taken_us = now_us;
             if (!limits->empty()) {
-                auto now_us = std::chrono::duration_cast<std::chrono::microseconds>(
-                                  SystemClock::now().time_since_epoch())
-                                  .count();
                 std::vector<Row> admitted;
                 for (auto& row : out) {
                     auto it = limits->find(row.name);
@@ -491,6 +501,8 @@ class SqliteConsumer final : public Consumer {
             d.deliveries = r.deliveries;
             d.envelope = make_envelope(r.props, r.headers, std::move(r.body));
             d.due = detail::from_epoch_ms(r.available_at);
+            d.taken = TimePoint(std::chrono::duration_cast<TimePoint::duration>(
+                std::chrono::microseconds(r.taken_us)));
             out.push_back(std::move(d));
         }
         return out;

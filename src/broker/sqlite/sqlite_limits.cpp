@@ -6,7 +6,6 @@
 #include <utility>
 #include <vector>
 
-#include "core/json_bounds.hpp"
 #include "core/try.hpp"
 
 namespace conveyor::sqlite {
@@ -20,26 +19,6 @@ std::int64_t interval_us(double rate) {
 
 /// A wake time in milliseconds for a time in microseconds (not before it).
 std::int64_t wake_ms(std::int64_t at_us) { return (at_us + 999) / 1000; }
-
-/// The run's key: Celery's body is [args, kwargs, embed] (protocol 2) or {"args", "kwargs",
-/// ...} (protocol 1); any other body is the one argument.
-std::string key_of(std::string_view key, std::string_view body) {
-    auto parsed = detail::parse_untrusted(body, "the body");
-    Json args = Json::array(), kwargs = Json::object();
-    if (!parsed) {
-        args.push_back(std::string(body));
-    } else if (parsed->is_array() && parsed->size() >= 2 && (*parsed)[0].is_array() &&
-               (*parsed)[1].is_object()) {
-        args = std::move((*parsed)[0]);
-        kwargs = std::move((*parsed)[1]);
-    } else if (parsed->is_object() && (parsed->contains("args") || parsed->contains("kwargs"))) {
-        if (auto a = parsed->find("args"); a != parsed->end() && a->is_array()) args = *a;
-        if (auto k = parsed->find("kwargs"); k != parsed->end() && k->is_object()) kwargs = *k;
-    } else {
-        args.push_back(std::move(*parsed));
-    }
-    return limit_key_of(key, args, kwargs);
-}
 
 /// The first bucket name of a task and the first after its last (for a range scan).
 std::pair<std::string, std::string> bucket_range(std::string_view task) {
@@ -121,7 +100,8 @@ Result<Admission> admit(Statements& st, const TaskLimit& limit, std::int64_t seq
                         std::string_view queue, std::string_view body, std::int64_t now_us,
                         CountDeltas& counts) {
     Admission a;
-    a.bucket = limit.task + '\x1f' + (limit.key.empty() ? std::string() : key_of(limit.key, body));
+    a.bucket = limit.task + '\x1f' +
+               (limit.key.empty() ? std::string() : limit_key_of_body(limit.key, body));
     std::int64_t next_at = 0;  // the earliest start the rate limit allows
     if (limit.rate > 0) {
         st.bucket_next.reset();

@@ -159,7 +159,7 @@ class SqliteScheduleStore final : public ScheduleStore {
   private:
     Db db_;
     Statements st_;
-    std::set<std::string> known_queues_;
+    KnownQueues known_queues_;
 };
 
 }  // namespace

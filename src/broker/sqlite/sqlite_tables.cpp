@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "conveyor/limits.hpp"
 #include "conveyor/log.hpp"
 #include "core/codec.hpp"
 #include "core/json_bounds.hpp"
@@ -38,7 +39,8 @@ CREATE TABLE IF NOT EXISTS tasks(
   attempts TEXT,
   error TEXT,
   unique_key TEXT,
-  bucket TEXT);
+  bucket TEXT,
+  fair INTEGER NOT NULL DEFAULT 0);
 -- The message itself (properties, headers, body) apart from the row a claim and a settlement
 -- rewrite: a claim then writes a few dozen bytes, whatever the message's size.
 CREATE TABLE IF NOT EXISTS messages(seq INTEGER PRIMARY KEY, props TEXT NOT NULL,
@@ -54,7 +56,9 @@ CREATE TABLE IF NOT EXISTS limits(task TEXT PRIMARY KEY, rate REAL NOT NULL DEFA
 CREATE TABLE IF NOT EXISTS limit_buckets(bucket TEXT PRIMARY KEY, task TEXT NOT NULL,
   next_at INTEGER NOT NULL DEFAULT 0, wake_at INTEGER) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS limit_buckets_wake ON limit_buckets(wake_at) WHERE wake_at IS NOT NULL;
-CREATE INDEX IF NOT EXISTS tasks_ready ON tasks(queue, priority DESC, seq) WHERE state=0;
+-- Fair queues: the turn of each key's latest task (see insert_messages).
+CREATE TABLE IF NOT EXISTS fair_keys(queue TEXT NOT NULL, key TEXT NOT NULL,
+  last INTEGER NOT NULL, PRIMARY KEY(queue, key)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tasks_delayed ON tasks(available_at) WHERE state=3;
 CREATE INDEX IF NOT EXISTS tasks_leased ON tasks(lease_until) WHERE state=1;
 CREATE INDEX IF NOT EXISTS tasks_dead ON tasks(queue, seq) WHERE state=2;
@@ -62,8 +66,8 @@ CREATE TABLE IF NOT EXISTS results(
   id TEXT PRIMARY KEY, state INTEGER NOT NULL, result TEXT, traceback TEXT,
   retries INTEGER NOT NULL DEFAULT 0, done_at INTEGER NOT NULL, children TEXT) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS results_done ON results(done_at);
-CREATE TABLE IF NOT EXISTS queues(name TEXT PRIMARY KEY, paused INTEGER NOT NULL DEFAULT 0)
-  WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS queues(name TEXT PRIMARY KEY, paused INTEGER NOT NULL DEFAULT 0,
+  fair_key TEXT, fair_turn INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS scheduler_lease(id INTEGER PRIMARY KEY CHECK(id=1), owner TEXT,
   until INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS schedule_state(name TEXT PRIMARY KEY, last_fire INTEGER,
@@ -92,16 +96,28 @@ INSERT INTO counts SELECT queue, 0, count(*) FROM tasks WHERE state=0 GROUP BY q
   UNION ALL SELECT queue, 3, count(*) FROM tasks WHERE state=3 GROUP BY queue;
 )sql";
 
+/// Adds a column to a file from before it; another process opening the file at the same time
+/// may have added it first.
+Result<void> add_column(Db& db, std::string_view table, std::string_view column,
+                        std::string_view declaration) {
+    auto has = [&] {
+        return bool(db.prepare(fmt::format("SELECT {} FROM {} LIMIT 0", column, table)));
+    };
+    if (has()) return {};
+    auto added =
+        db.exec(fmt::format("ALTER TABLE {} ADD COLUMN {} {}", table, column, declaration));
+    if (!added && has()) return {};
+    return added;
+}
+
 }  // namespace
 
 Result<void> create_schema(Db& db) {
     CONVEYOR_TRY(db.exec(kSchema));
     // Files from before results had children get the column.
-    if (!db.prepare("SELECT children FROM results LIMIT 0"))
-        CONVEYOR_TRY(db.exec("ALTER TABLE results ADD COLUMN children TEXT"));
+    CONVEYOR_TRY(add_column(db, "results", "children", "TEXT"));
     // ... and queues their pause flag.
-    if (!db.prepare("SELECT paused FROM queues LIMIT 0"))
-        CONVEYOR_TRY(db.exec("ALTER TABLE queues ADD COLUMN paused INTEGER NOT NULL DEFAULT 0"));
+    CONVEYOR_TRY(add_column(db, "queues", "paused", "INTEGER NOT NULL DEFAULT 0"));
     // ... and tasks what the history keeps of them (NULL in rows from before).
     if (!db.prepare("SELECT name FROM tasks LIMIT 0"))
         CONVEYOR_TRY(
@@ -149,11 +165,18 @@ Result<void> create_schema(Db& db) {
     }
     // ... and the unique key of a task (NULL in rows from before, and for most tasks): held,
     // uniquely, while its task waits, is delayed or runs.
-    if (!db.prepare("SELECT unique_key FROM tasks LIMIT 0"))
-        CONVEYOR_TRY(db.exec("ALTER TABLE tasks ADD COLUMN unique_key TEXT"));
+    CONVEYOR_TRY(add_column(db, "tasks", "unique_key", "TEXT"));
     // ... and the bucket of its limits (TaskLimit), set when a worker takes it.
-    if (!db.prepare("SELECT bucket FROM tasks LIMIT 0"))
-        CONVEYOR_TRY(db.exec("ALTER TABLE tasks ADD COLUMN bucket TEXT"));
+    CONVEYOR_TRY(add_column(db, "tasks", "bucket", "TEXT"));
+    // ... and its turn in a fair queue (0 elsewhere, and in the rows from before: no rewrite),
+    // which orders ready tasks before their priority; queues get their fair key and turn.
+    CONVEYOR_TRY(add_column(db, "tasks", "fair", "INTEGER NOT NULL DEFAULT 0"));
+    CONVEYOR_TRY(add_column(db, "queues", "fair_key", "TEXT"));
+    CONVEYOR_TRY(add_column(db, "queues", "fair_turn", "INTEGER NOT NULL DEFAULT 0"));
+    CONVEYOR_TRY(
+        db.exec("DROP INDEX IF EXISTS tasks_ready; "
+                "CREATE INDEX IF NOT EXISTS tasks_ready_turn ON tasks(queue, fair, priority DESC, "
+                "seq) WHERE state=0"));
     // (tasks_unique, of the release before limits, did not know tasks waiting on a limit.)
     CONVEYOR_TRY(
         db.exec("DROP INDEX IF EXISTS tasks_unique; "
@@ -242,8 +265,8 @@ Result<Statements> Statements::prepare(Db& db) {
     Def defs[] = {
         {&s.insert_task,
          "INSERT OR IGNORE INTO "
-         "tasks(id,queue,state,priority,available_at,retries,name,created_at,unique_key) "
-         "SELECT ?1,?2,?3,?4,?5,?6,?7,?8,?9 WHERE NOT EXISTS (SELECT 1 FROM results WHERE "
+         "tasks(id,queue,state,priority,available_at,retries,name,created_at,unique_key,fair) "
+         "SELECT ?1,?2,?3,?4,?5,?6,?7,?8,?9,?10 WHERE NOT EXISTS (SELECT 1 FROM results WHERE "
          "id=?1)"},
         {&s.insert_message, "INSERT INTO messages(seq,props,headers,body) VALUES(?1,?2,?3,?4)"},
         {&s.read_message, "SELECT props, headers, body FROM messages WHERE seq=?1"},
@@ -261,8 +284,8 @@ Result<Statements> Statements::prepare(Db& db) {
          "started_at=?5 "
          "WHERE seq IN (SELECT seq FROM tasks WHERE state=0 AND queue=?3 "
          "AND NOT EXISTS (SELECT 1 FROM queues WHERE name=?3 AND paused=1) "
-         "ORDER BY priority DESC, seq LIMIT ?4) "
-         "RETURNING seq, id, queue, deliveries, priority, available_at, name"},
+         "ORDER BY fair, priority DESC, seq LIMIT ?4) "
+         "RETURNING seq, id, queue, deliveries, priority, available_at, name, fair"},
         // (No RETURNING where the queue is not needed: it costs a temporary table a run.)
         {&s.ack, "DELETE FROM tasks WHERE seq=?1 AND lease_owner=?2 AND state=1"},
         // Kept as history: the last worker stays in lease_owner.
@@ -309,6 +332,17 @@ Result<Statements> Statements::prepare(Db& db) {
         {&s.delete_seq, "DELETE FROM tasks WHERE seq=?1"},
         {&s.expire_minutes, "DELETE FROM minutes WHERE minute<?1"},
         {&s.expire_unique, "DELETE FROM unique_keys WHERE until<?1"},
+        {&s.user_version, "PRAGMA user_version"},
+        {&s.read_fair, "SELECT name, fair_key FROM queues WHERE fair_key IS NOT NULL"},
+        {&s.fair_turn, "SELECT fair_turn FROM queues WHERE name=?1"},
+        {&s.fair_last, "SELECT last FROM fair_keys WHERE queue=?1 AND key=?2"},
+        {&s.fair_keep,
+         "INSERT INTO fair_keys(queue, key, last) VALUES(?1, ?2, ?3) ON CONFLICT(queue, key) "
+         "DO UPDATE SET last=max(last, excluded.last)"},
+        {&s.fair_taken, "UPDATE queues SET fair_turn=?2 WHERE name=?1 AND fair_turn<?2"},
+        {&s.fair_forget,
+         "DELETE FROM fair_keys WHERE last <= (SELECT fair_turn FROM queues q WHERE "
+         "q.name=fair_keys.queue)"},
         {&s.read_limits, "SELECT task, rate, max_running, key FROM limits"},
         {&s.wake_due,
          "SELECT bucket, task FROM limit_buckets WHERE wake_at IS NOT NULL AND wake_at<=?1"},
@@ -376,6 +410,9 @@ Result<void> prune_history(Statements& st, const SqliteOptions& sqlite) {
     CONVEYOR_TRY(st.expire_minutes.bind(1, cutoff).run());
     st.expire_unique.reset();
     CONVEYOR_TRY(st.expire_unique.bind(1, wall).run());
+    // Keys of fair queues the workers' turn has passed: a new task of theirs takes that turn.
+    st.fair_forget.reset();
+    CONVEYOR_TRY(st.fair_forget.run());
     constexpr std::int64_t kBatch = 20000;
     for (int state : {kSucceeded, kRevoked}) {
         st.count_finished.reset();
@@ -455,15 +492,111 @@ Result<void> keep_wal(Db& db, Statements& st) {
 }
 
 /// Inserts messages (inside a transaction); an id already known is dropped.
+namespace {
+
+/// Turns given in one transaction: the queues' current turns and the keys' latest.
+struct Turns {
+    std::map<std::string, std::int64_t, std::less<>> queue;
+    std::map<std::pair<std::string, std::string>, std::int64_t> key;
+};
+
+Result<std::int64_t> one_i64(Stmt& s) {
+    auto r = s.step();
+    CONVEYOR_TRY(r);
+    std::int64_t v = *r ? s.i64(0) : 0;
+    s.reset();
+    return v;
+}
+
+/// The turn of a new task of `queue` with `key`.
+Result<std::int64_t> next_turn(Statements& st, Turns& turns, const std::string& queue,
+                               std::string key) {
+    auto q = turns.queue.find(queue);
+    if (q == turns.queue.end()) {
+        st.fair_turn.reset();
+        st.fair_turn.bind(1, queue);
+        auto t = one_i64(st.fair_turn);
+        CONVEYOR_TRY(t);
+        q = turns.queue.emplace(queue, *t).first;
+    }
+    auto k = turns.key.find({queue, key});
+    if (k == turns.key.end()) {
+        st.fair_last.reset();
+        st.fair_last.bind(1, queue).bind(2, key);
+        auto last = one_i64(st.fair_last);
+        CONVEYOR_TRY(last);
+        k = turns.key.emplace(std::pair{queue, std::move(key)}, *last).first;
+    }
+    k->second = std::max(k->second, q->second) + 1;
+    return k->second;
+}
+
+}  // namespace
+
+Result<void> set_fair_keys(Db& db, const Topology& topology) {
+    auto read = db.prepare("SELECT fair_key FROM queues WHERE name=?1");
+    CONVEYOR_TRY(read);
+    auto write = db.prepare(
+        "INSERT INTO queues(name, fair_key) VALUES(?1, ?2) "
+        "ON CONFLICT(name) DO UPDATE SET fair_key=excluded.fair_key");
+    CONVEYOR_TRY(write);
+    bool changed = false;
+    for (auto& q : topology.queues) {
+        read->reset();
+        read->bind(1, q.name);
+        auto r = read->step();
+        CONVEYOR_TRY(r);
+        std::string now = *r ? read->text(0) : std::string();
+        bool exists = *r;
+        read->reset();
+        if (now == q.fair_key && (exists || q.fair_key.empty())) continue;
+        write->reset();
+        write->bind(1, q.name).bind_or_null(2, q.fair_key);
+        CONVEYOR_TRY(write->run());
+        changed = changed || now != q.fair_key;
+    }
+    if (!changed) return {};
+    auto v = db.prepare("PRAGMA user_version");
+    CONVEYOR_TRY(v);
+    auto r = v->step();
+    CONVEYOR_TRY(r);
+    auto version = v->i64(0);
+    v->reset();
+    return db.exec(fmt::format("PRAGMA user_version={}", version + 1));
+}
+
 Result<void> insert_messages(Statements& st, std::span<const OutgoingMessage> msgs,
-                             std::set<std::string>& known_queues, std::string_view unique_key) {
+                             KnownQueues& known, std::string_view unique_key) {
     auto now = now_ms();
     CountDeltas counts;
+    // Which queues are fair, read again when their settings changed.
+    st.user_version.reset();
+    auto version = one_i64(st.user_version);
+    CONVEYOR_TRY(version);
+    if (*version != known.version) {
+        known.fair.clear();
+        st.read_fair.reset();
+        for (;;) {
+            auto r = st.read_fair.step();
+            CONVEYOR_TRY(r);
+            if (!*r) break;
+            known.fair[st.read_fair.text(0)] = st.read_fair.text(1);
+        }
+        st.read_fair.reset();
+        known.version = *version;
+    }
+    Turns turns;
     for (auto& m : msgs) {
         if (m.queue.empty()) return fail(Errc::invalid_argument, "message has no queue");
-        if (!known_queues.contains(m.queue)) {
+        if (!known.rows.contains(m.queue)) {
             st.insert_queue.reset();
             CONVEYOR_TRY(st.insert_queue.bind(1, m.queue).run());
+        }
+        std::int64_t turn = 0;
+        if (auto f = known.fair.find(m.queue); f != known.fair.end()) {
+            auto t = next_turn(st, turns, m.queue, limit_key_of_body(f->second, m.envelope.body));
+            CONVEYOR_TRY(t);
+            turn = *t;
         }
         std::string id = m.task_id.empty() ? codec::envelope_id(m.envelope) : m.task_id;
         if (id.empty()) id = make_task_id();
@@ -477,7 +610,8 @@ Result<void> insert_messages(Statements& st, std::span<const OutgoingMessage> ms
             .bind(6, retries_of(m.envelope))
             .bind_or_null(7, task_name_of(m.envelope))
             .bind(8, now)
-            .bind_or_null(9, unique_key);
+            .bind_or_null(9, unique_key)
+            .bind(10, turn);
         auto added = st.insert_task.run();
         CONVEYOR_TRY(added);
         if (*added == 0) continue;  // an id already known
@@ -489,8 +623,12 @@ Result<void> insert_messages(Statements& st, std::span<const OutgoingMessage> ms
             .bind_blob(4, m.envelope.body);
         CONVEYOR_TRY(st.insert_message.run());
     }
+    for (auto& [qk, last] : turns.key) {
+        st.fair_keep.reset();
+        CONVEYOR_TRY(st.fair_keep.bind(1, qk.first).bind(2, qk.second).bind(3, last).run());
+    }
     CONVEYOR_TRY(counts.write(st));
-    for (auto& m : msgs) known_queues.insert(m.queue);
+    for (auto& m : msgs) known.rows.insert(m.queue);
     return {};
 }
 

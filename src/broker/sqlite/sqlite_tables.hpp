@@ -3,6 +3,7 @@
 // prepared statements of a connection, transactions, and a write-ahead log someone deleted.
 
 #include <cstdint>
+#include <map>
 #include <set>
 #include <span>
 #include <string>
@@ -53,7 +54,8 @@ struct Statements {
         next_lease, data_version, expire_results, count_minute, add_count, oldest_finished,
         count_finished, delete_seq, expire_minutes, expire_unique, read_limits, wake_due, next_wake,
         release_limited, clear_wake, bucket_next, bucket_running, bucket_waits, set_bucket, park,
-        bucket_started, ensure_bucket, wake_now, wake_bucket;
+        bucket_started, ensure_bucket, wake_now, wake_bucket, user_version, read_fair, fair_turn,
+        fair_last, fair_keep, fair_taken, fair_forget;
 
     /// Prepares every statement on `db`.
     static Result<Statements> prepare(Db& db);
@@ -138,9 +140,24 @@ auto in_transaction(Db& db, Statements& st, Fn&& fn) -> decltype(fn()) {
     }
 }
 
+/// What a connection knows of the queues it publishes to: which have their row, and the fair
+/// queues with their keys, read again when the file says queue settings changed (its
+/// user_version, which set_fair_keys raises).
+struct KnownQueues {
+    std::set<std::string, std::less<>> rows;
+    std::map<std::string, std::string, std::less<>> fair;  // fair queue -> its fair_key
+    std::int64_t version = -1;                             // the user_version `fair` is from
+};
+
 /// Inserts messages (inside a transaction); an id already known is dropped. With a
-/// `unique_key`, the tasks hold it (tasks_unique).
+/// `unique_key`, the tasks hold it (tasks_unique). A task of a fair queue gets its turn: one
+/// after its key's latest task's, and not before the turn the queue's workers have reached,
+/// so that keys take turns (SFQ: a key that was idle joins at the current turn).
 Result<void> insert_messages(Statements& st, std::span<const OutgoingMessage> msgs,
-                             std::set<std::string>& known_queues, std::string_view unique_key = {});
+                             KnownQueues& known, std::string_view unique_key = {});
+
+/// Records the fair keys of the topology's queues (inside a transaction), raising the file's
+/// user_version when one changed so that every publisher reads them again.
+Result<void> set_fair_keys(Db& db, const Topology& topology);
 
 }  // namespace conveyor::sqlite
