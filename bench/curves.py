@@ -99,6 +99,21 @@ if kept and gone:
          [('round %d' % (i + 1), [a, b]) for i, (a, b) in enumerate(zip(kept, gone))],
          ['history kept (default)', 'history=0'])
 
+keys = (('no limit', 'limits_none'), ('rate limit (1,000,000/s: never holds back)', 'limits_rate'),
+        ('concurrency limit (1,000,000: never holds back)', 'limits_concurrency'),
+        ('rate limit per key, a key per task', 'limits_rate_per_key'),
+        ('fair queue, a tenant per task', 'limits_fair'))
+rows = [(label, [g(key + '_enqueue_per_s'), g(key + '_tasks_per_s')]) for label, key in keys]
+if rows[0][1][1]:
+    base = rows[0][1][1]
+    lines += ['', '| flow control, one worker process | enqueue/s | drain/s | drain vs no limit |',
+              '|---|---:|---:|---:|']
+    for label, (e, d) in rows:
+        lines.append('| %s | %s | %s | %s |' % (
+            label, num(e), num(d), '-' if not d else '%.2fx' % (d / base)))
+    plot('curves-limits', 'sqlite: the cost of deciding a limit', 'tasks/s',
+         [(label.split(' (')[0], v) for label, v in rows], ['enqueue', 'drain'])
+
 table = '\n'.join(lines) + '\n'
 print(table)
 open(os.path.join(out_dir, 'curves.md'), 'w').write(table)

@@ -8,7 +8,10 @@
 //  - enqueue and drain with 0, 10,000 and 1,000,000 (N_BACKLOG) other tasks waiting and with
 //    100,000 delayed, with the time `conveyor queues` takes to count them and the file's size;
 //  - a worker's resident memory working on an empty file and on 1,000,000 waiting tasks;
-//  - the file's size after rounds of N tasks enqueued and run, history kept and ?history=0.
+//  - the file's size after rounds of N tasks enqueued and run, history kept and ?history=0;
+//  - the cost of flow control: one worker's drain with no limit, a rate limit and a concurrency
+//    limit that never hold a task back (what deciding costs), a rate limit per key with a key
+//    per task (a bucket each), and a fair queue with a tenant per task.
 // usage: bench_curves N JSON_OUT
 //        (internal) bench_curves --work URL QUEUE[,QUEUE...] | --produce URL N
 
@@ -207,7 +210,7 @@ int child_main(int argc, char** argv) {
 }
 
 /// Whether a group of curves runs: all by default, or those CURVES names (workers, queues,
-/// payload, backlog, space; comma-separated).
+/// payload, backlog, space, limits; comma-separated).
 bool wanted(const std::string& group) {
     const char* only = std::getenv("CURVES");
     if (only == nullptr) return true;
@@ -300,6 +303,32 @@ int main(int argc, char** argv) {
         fs::remove(db.string() + "-shm");
     }
     j["conveyor_sqlite_backlog_tasks"] = big;
+
+    // The cost of a limit: limits that let every task through, so that only deciding costs.
+    struct Limited {
+        const char* key;
+        TaskLimit limit;
+        const char* fair_key;
+    };
+    for (auto& [key, limit, fair_key] :
+         {Limited{"limits_none", {}, ""}, Limited{"limits_rate", {.task = "noop", .rate = 1e6}, ""},
+          Limited{"limits_concurrency", {.task = "noop", .max_concurrency = 1000000}, ""},
+          Limited{"limits_rate_per_key", {.task = "noop", .rate = 1e6, .key = "args.0"}, ""},
+          Limited{"limits_fair", {}, "args.0"}}) {
+        if (!wanted("limits")) break;
+        put(key, median_of([&](int) {
+                auto url = fresh();
+                {
+                    auto broker = *Broker::open(url);
+                    if (limit.limited() && !broker->set_limit(limit)) std::exit(1);
+                    if (*fair_key &&
+                        !broker->set_topology(
+                            Topology{.queues = {QueueSpec{.name = "bench", .fair_key = fair_key}}}))
+                        std::exit(1);
+                }
+                return one_worker(url, n, {"bench"});
+            }));
+    }
 
     // Space: rounds of N enqueued and run on one file; its size after each.
     for (auto [key, query] : {std::pair{"history", ""}, std::pair{"no_history", "&history=0"}}) {

@@ -17,6 +17,11 @@ std::int64_t interval_us(double rate) {
     return std::max<std::int64_t>(1, std::llround(1e6 / rate));
 }
 
+/// How early a take may come before its turn: none up to 1,000 a second (each take 1/rate s
+/// after the one before, so never more than `rate` in any second); 1 ms above, so that a claim
+/// of a batch takes a millisecond's worth at once (at most rate + rate/1000 + 1 in a second).
+std::int64_t tolerance_us(double rate) { return interval_us(rate) < 1000 ? 1000 : 0; }
+
 /// A wake time in milliseconds for a time in microseconds (not before it).
 std::int64_t wake_ms(std::int64_t at_us) { return (at_us + 999) / 1000; }
 
@@ -70,10 +75,13 @@ Result<void> wake_limited(Statements& st, const Limits& limits, std::int64_t now
         if (auto it = limits.find(task); it != limits.end()) {
             const TaskLimit& l = it->second;
             n = std::numeric_limits<std::int64_t>::max();
-            if (l.rate > 0) n = 1;  // the one the next start is for
+            // Those the next takes are for: one, or a millisecond's worth above 1,000/s.
+            if (l.rate > 0) n = 1 + tolerance_us(l.rate) / interval_us(l.rate);
             if (l.max_concurrency > 0) {
                 st.bucket_running.reset();
-                st.bucket_running.bind(1, bucket).bind(2, std::int64_t(0));
+                st.bucket_running.bind(1, bucket)
+                    .bind(2, std::int64_t(0))
+                    .bind(3, l.max_concurrency);
                 auto running = count_one(st.bucket_running);
                 CONVEYOR_TRY(running);
                 n = std::min(n, std::max<std::int64_t>(0, l.max_concurrency - *running));
@@ -110,12 +118,12 @@ Result<Admission> admit(Statements& st, const TaskLimit& limit, std::int64_t seq
         CONVEYOR_TRY(n);
         next_at = *n;
     }
-    bool rate_ok = now_us >= next_at;
+    bool rate_ok = limit.rate <= 0 || now_us + tolerance_us(limit.rate) >= next_at;
     bool room = true;
     if (rate_ok && limit.max_concurrency > 0) {
         // The others (this task's row may have the bucket from an earlier wait).
         st.bucket_running.reset();
-        st.bucket_running.bind(1, a.bucket).bind(2, seq);
+        st.bucket_running.bind(1, a.bucket).bind(2, seq).bind(3, limit.max_concurrency);
         auto running = count_one(st.bucket_running);
         CONVEYOR_TRY(running);
         room = *running < limit.max_concurrency;
@@ -124,7 +132,7 @@ Result<Admission> admit(Statements& st, const TaskLimit& limit, std::int64_t seq
         st.set_bucket.reset();
         CONVEYOR_TRY(st.set_bucket.bind(1, seq).bind(2, a.bucket).run());
         if (limit.rate > 0) {
-            std::int64_t next = now_us + interval_us(limit.rate);
+            std::int64_t next = std::max(next_at, now_us) + interval_us(limit.rate);
             // Tasks waiting in the bucket are looked at again when the next start is allowed.
             st.bucket_waits.reset();
             st.bucket_waits.bind(1, a.bucket);
@@ -133,7 +141,7 @@ Result<Admission> admit(Statements& st, const TaskLimit& limit, std::int64_t seq
             st.bucket_started.reset();
             st.bucket_started.bind(1, a.bucket).bind(2, limit.task).bind(3, next);
             if (*waits)
-                st.bucket_started.bind(4, wake_ms(next));
+                st.bucket_started.bind(4, wake_ms(next - tolerance_us(limit.rate)));
             else
                 st.bucket_started.bind_null(4);
             CONVEYOR_TRY(st.bucket_started.run());
@@ -146,8 +154,10 @@ Result<Admission> admit(Statements& st, const TaskLimit& limit, std::int64_t seq
     counts.add(queue, kLimited, 1);  // (from in flight: not counted)
     if (!rate_ok) {
         st.wake_bucket.reset();
-        CONVEYOR_TRY(
-            st.wake_bucket.bind(1, a.bucket).bind(2, limit.task).bind(3, wake_ms(next_at)).run());
+        CONVEYOR_TRY(st.wake_bucket.bind(1, a.bucket)
+                         .bind(2, limit.task)
+                         .bind(3, wake_ms(next_at - tolerance_us(limit.rate)))
+                         .run());
     } else {
         // Full: woken when one of its tasks is settled (wake_buckets).
         st.ensure_bucket.reset();

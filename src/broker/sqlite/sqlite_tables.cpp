@@ -352,7 +352,10 @@ Result<Statements> Statements::prepare(Db& db) {
          "bucket=?1 ORDER BY priority DESC, seq LIMIT ?2) RETURNING queue"},
         {&s.clear_wake, "UPDATE limit_buckets SET wake_at=NULL WHERE bucket=?1"},
         {&s.bucket_next, "SELECT next_at FROM limit_buckets WHERE bucket=?1"},
-        {&s.bucket_running, "SELECT count(*) FROM tasks WHERE state=1 AND bucket=?1 AND seq<>?2"},
+        // (Counted up to the limit: what a limit of 5 reads is 5 rows, however many run.)
+        {&s.bucket_running,
+         "SELECT count(*) FROM (SELECT 1 FROM tasks WHERE state=1 AND bucket=?1 AND seq<>?2 "
+         "LIMIT ?3)"},
         {&s.bucket_waits, "SELECT 1 FROM tasks WHERE state=6 AND bucket=?1 LIMIT 1"},
         {&s.set_bucket, "UPDATE tasks SET bucket=?2 WHERE seq=?1"},
         {&s.park,
