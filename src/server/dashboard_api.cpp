@@ -27,6 +27,7 @@ Json queue_json(const QueueStats& s, bool configured) {
                 {"delayed", count_or_null(s.delayed)},
                 {"in_flight", count_or_null(s.in_flight)},
                 {"dead", s.dead},
+                {"limited", s.limited},
                 {"paused", s.paused},
                 {"configured", configured}};
 }
@@ -230,6 +231,21 @@ void Dashboard::Impl::install_api(httplib::Server& srv) {
         auto qs = queues();
         if (!qs) return reply_failure(res, qs.error());
         reply_json(res, 200, Json(*qs));
+    });
+    // Tasks' limits across the fleet, with what waits on them and runs under them.
+    srv.Get("/api/v1/limits", [this](const httplib::Request&, httplib::Response& res) {
+        auto all = broker->limits();
+        if (!all) return reply_failure(res, all.error());
+        Json arr = Json::array();
+        for (auto& x : *all)
+            arr.push_back({{"task", x.limit.task},
+                           {"rate", x.limit.rate > 0 ? Json(format_rate(x.limit.rate)) : Json()},
+                           {"max_concurrency",
+                            x.limit.max_concurrency > 0 ? Json(x.limit.max_concurrency) : Json()},
+                           {"key", x.limit.key.empty() ? Json() : Json(x.limit.key)},
+                           {"waiting", x.waiting},
+                           {"running", x.running}});
+        reply_json(res, 200, arr);
     });
     srv.Get(R"(/api/v1/queues/([^/]+)/dead)",
             [this](const httplib::Request& req, httplib::Response& res) {

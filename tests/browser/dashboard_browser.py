@@ -170,6 +170,14 @@ try:
         By.CSS_SELECTOR, "button.pause[data-queue='reports']").text == "Resume")
     assert [q for q in get(url, "/api/v1/queues") if q["queue"] == "reports"][0]["paused"]
 
+    # Queues with the tasks' limits across the fleet: set one, and the view lists it.
+    cli("limits", "set", "reports.build", "--rate", "6/m", "--max-concurrency", "2")
+    browser.get(url + "/#queues")
+    wait.until(EC.presence_of_element_located((By.ID, "limits")))
+    until("the limits table", lambda: "reports.build" in browser.find_element(By.ID, "limits").text
+          and "6/m" in browser.find_element(By.ID, "limits").text)
+    cli("limits", "remove", "reports.build")
+
     # Dead letters: the reasons; markup in an argument is text.
     browser.get(url + "/#dead?queue=billing")
     wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "button.replay")))

@@ -8,6 +8,9 @@
 #include <map>
 #include <set>
 
+#include "conveyor/broker.hpp"
+#include "conveyor/client.hpp"
+#include "conveyor/engine.hpp"
 #include "conveyor/task.hpp"
 #include "support/http.hpp"
 #include "support/process.hpp"
@@ -498,4 +501,30 @@ max_retries = 0
         d2.process->signal(SIGTERM);
         EXPECT_EQ(d2.process->wait(20s), 0);
     }
+}
+
+TEST(Dashboard, ShowsTasksLimitsAndWhatWaitsOnThem) {
+    using namespace conveyor;
+    TempDir dir;
+    auto broker = *Broker::open("sqlite://" + dir.file("c.db"));
+    ASSERT_TRUE(broker->set_limit({.task = "mail.send", .rate = 0.1, .max_concurrency = 1}));
+    Client client(broker);
+    for (int i = 0; i < 3; ++i)
+        ASSERT_TRUE(
+            client.enqueue("mail.send", Json::array({i}), Json::object(), {.queue = "mail"}));
+    // A worker takes one and holds it (its lease runs on); the others wait in the broker on the
+    // limits.
+    auto c = *broker->consume({.queues = {"mail"}, .name = "test"});
+    ASSERT_EQ(c->fetch(10, 200ms)->size(), 1u);
+    auto d = dashboard(dir, {});
+    ASSERT_FALSE(d.url.empty()) << read_file(dir.file("dashboard.out"));
+    auto limits = http_call(d.url, "GET", "/api/v1/limits");
+    ASSERT_EQ(limits.status, 200) << limits.body;
+    EXPECT_EQ(Json::parse(limits.body), Json::parse(R"([{"task": "mail.send", "rate": "6/m",
+        "max_concurrency": 1, "key": null, "waiting": 2, "running": 1}])"))
+        << limits.body;
+    auto queues = Json::parse(http_call(d.url, "GET", "/api/v1/queues").body);
+    ASSERT_EQ(queues.size(), 1u);
+    EXPECT_EQ(queues[0]["limited"], 2) << queues.dump();
+    EXPECT_EQ(queues[0]["in_flight"], 1) << queues.dump();
 }

@@ -144,8 +144,15 @@ const views = {
   },
 
   async queues(root) {
-    const qs = await api("/queues");
-    root.replaceChildren(el("h2", {}, "Queues"), queueTable(qs));
+    const [qs, limits] = await Promise.all([api("/queues"), api("/limits")]);
+    const rows = limits.map(l => [el("td", {}, l.task), el("td", {}, l.rate || "–"),
+      el("td", { class: "num" }, num(l.max_concurrency)), el("td", {}, l.key || "–"),
+      el("td", { class: "num" }, num(l.waiting)), el("td", { class: "num" }, num(l.running))]);
+    root.replaceChildren(el("h2", {}, "Queues"), queueTable(qs), el("h2", {}, "Limits across the fleet"),
+      limits.length
+        ? el("div", { id: "limits" }, table([{ label: "task" }, { label: "rate" }, { label: "max running", num: 1 },
+          { label: "key" }, { label: "waiting", num: 1 }, { label: "running", num: 1 }], rows))
+        : el("p", { class: "muted", id: "no-limits" }, "No task has limits (conveyor limits set TASK --rate 10/s)."));
   },
 
   async dead(root) {
@@ -335,11 +342,13 @@ function queueTable(qs) {
     el("td", {}, el("a", { href: "#dead?queue=" + encodeURIComponent(q.queue) }, q.queue)),
     el("td", { class: "num" }, num(q.ready)), el("td", { class: "num" }, num(q.delayed)),
     el("td", { class: "num" }, num(q.in_flight)), el("td", { class: "num" }, num(q.dead)),
+    el("td", { class: "num" }, num(q.limited)),
     el("td", {}, q.paused ? "paused" : "active"),
     el("td", {}, el("button", { class: "pause", "data-queue": q.queue, onclick: () => toggle(q), ...(readOnly ? { disabled: "" } : {}) },
       q.paused ? "Resume" : "Pause"))]);
   return el("div", { id: "queues" }, table([{ label: "queue" }, { label: "ready", num: 1 }, { label: "delayed", num: 1 },
-    { label: "in flight", num: 1 }, { label: "dead", num: 1 }, { label: "state" }, { label: "" }], rows));
+    { label: "in flight", num: 1 }, { label: "dead", num: 1 }, { label: "limited", num: 1 }, { label: "state" },
+    { label: "" }], rows));
 }
 
 function currentView() {
