@@ -36,6 +36,10 @@ struct LimitStats {
     std::int64_t running = 0;  ///< tasks running (or claimed) under it
 };
 
+/// A limit as the CLI's --json and the dashboard's API show it: {"task", "rate" ("100/s" or
+/// null), "max_concurrency" (or null), "key" (or null), "waiting", "running"}.
+Json limit_json(const LimitStats& stats);
+
 /// Celery's rate syntax, "N", "N/s", "N/m" or "N/h" (N may have a fraction), as starts per
 /// second; "0" (or empty) is no limit. Errc::invalid_argument with a sentence otherwise.
 Result<double> parse_rate(std::string_view text);

@@ -113,14 +113,7 @@ int run_limits(const Global& g, const LimitFlags& f) {
     if (!all) die(all.error().message);
     if (g.json) {
         Json arr = Json::array();
-        for (auto& x : *all)
-            arr.push_back({{"task", x.limit.task},
-                           {"rate", x.limit.rate > 0 ? Json(format_rate(x.limit.rate)) : Json()},
-                           {"max_concurrency",
-                            x.limit.max_concurrency > 0 ? Json(x.limit.max_concurrency) : Json()},
-                           {"key", x.limit.key.empty() ? Json() : Json(x.limit.key)},
-                           {"waiting", x.waiting},
-                           {"running", x.running}});
+        for (auto& x : *all) arr.push_back(limit_json(x));
         fmt::print("{}\n", detail::dump_lossy(arr));
         return 0;
     }

@@ -66,6 +66,16 @@ std::string describe_limit(const TaskLimit& l) {
     return out;
 }
 
+Json limit_json(const LimitStats& x) {
+    return Json{
+        {"task", x.limit.task},
+        {"rate", x.limit.rate > 0 ? Json(format_rate(x.limit.rate)) : Json()},
+        {"max_concurrency", x.limit.max_concurrency > 0 ? Json(x.limit.max_concurrency) : Json()},
+        {"key", x.limit.key.empty() ? Json() : Json(x.limit.key)},
+        {"waiting", x.waiting},
+        {"running", x.running}};
+}
+
 Result<void> parse_limit_key(std::string_view key) {
     auto bad = [&] {
         return fail(Errc::invalid_argument,

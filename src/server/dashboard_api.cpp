@@ -237,14 +237,7 @@ void Dashboard::Impl::install_api(httplib::Server& srv) {
         auto all = broker->limits();
         if (!all) return reply_failure(res, all.error());
         Json arr = Json::array();
-        for (auto& x : *all)
-            arr.push_back({{"task", x.limit.task},
-                           {"rate", x.limit.rate > 0 ? Json(format_rate(x.limit.rate)) : Json()},
-                           {"max_concurrency",
-                            x.limit.max_concurrency > 0 ? Json(x.limit.max_concurrency) : Json()},
-                           {"key", x.limit.key.empty() ? Json() : Json(x.limit.key)},
-                           {"waiting", x.waiting},
-                           {"running", x.running}});
+        for (auto& x : *all) arr.push_back(limit_json(x));
         reply_json(res, 200, arr);
     });
     srv.Get(R"(/api/v1/queues/([^/]+)/dead)",

@@ -30,14 +30,6 @@ std::pair<std::string, std::string> bucket_range(std::string_view task) {
     return {std::string(task) + '\x1f', std::string(task) + '\x20'};
 }
 
-Result<std::int64_t> count_one(Stmt& st) {
-    auto r = st.step();
-    CONVEYOR_TRY(r);
-    std::int64_t n = *r ? st.i64(0) : 0;
-    st.reset();
-    return n;
-}
-
 }  // namespace
 
 Result<Limits> read_limits(Statements& st) {
@@ -82,7 +74,7 @@ Result<void> wake_limited(Statements& st, const Limits& limits, std::int64_t now
                 st.bucket_running.bind(1, bucket)
                     .bind(2, std::int64_t(0))
                     .bind(3, l.max_concurrency);
-                auto running = count_one(st.bucket_running);
+                auto running = first_i64(st.bucket_running);
                 CONVEYOR_TRY(running);
                 n = std::min(n, std::max<std::int64_t>(0, l.max_concurrency - *running));
             }
@@ -114,7 +106,7 @@ Result<Admission> admit(Statements& st, const TaskLimit& limit, std::int64_t seq
     if (limit.rate > 0) {
         st.bucket_next.reset();
         st.bucket_next.bind(1, a.bucket);
-        auto n = count_one(st.bucket_next);
+        auto n = first_i64(st.bucket_next);
         CONVEYOR_TRY(n);
         next_at = *n;
     }
@@ -124,7 +116,7 @@ Result<Admission> admit(Statements& st, const TaskLimit& limit, std::int64_t seq
         // The others (this task's row may have the bucket from an earlier wait).
         st.bucket_running.reset();
         st.bucket_running.bind(1, a.bucket).bind(2, seq).bind(3, limit.max_concurrency);
-        auto running = count_one(st.bucket_running);
+        auto running = first_i64(st.bucket_running);
         CONVEYOR_TRY(running);
         room = *running < limit.max_concurrency;
     }
@@ -136,7 +128,7 @@ Result<Admission> admit(Statements& st, const TaskLimit& limit, std::int64_t seq
             // Tasks waiting in the bucket are looked at again when the next start is allowed.
             st.bucket_waits.reset();
             st.bucket_waits.bind(1, a.bucket);
-            auto waits = count_one(st.bucket_waits);
+            auto waits = first_i64(st.bucket_waits);
             CONVEYOR_TRY(waits);
             st.bucket_started.reset();
             st.bucket_started.bind(1, a.bucket).bind(2, limit.task).bind(3, next);
@@ -221,12 +213,12 @@ Result<std::vector<LimitStats>> limit_stats(Db& db) {
         auto [from, to] = bucket_range(s.limit.task);
         waiting->reset();
         waiting->bind(1, from).bind(2, to);
-        auto w = count_one(*waiting);
+        auto w = first_i64(*waiting);
         CONVEYOR_TRY(w);
         s.waiting = *w;
         running->reset();
         running->bind(1, from).bind(2, to);
-        auto n = count_one(*running);
+        auto n = first_i64(*running);
         CONVEYOR_TRY(n);
         s.running = *n;
         out.push_back(std::move(s));

@@ -393,6 +393,14 @@ Result<void> CountDeltas::write(Statements& st) {
     return {};
 }
 
+Result<std::int64_t> first_i64(Stmt& st) {
+    auto r = st.step();
+    CONVEYOR_TRY(r);
+    std::int64_t v = *r ? st.i64(0) : 0;
+    st.reset();
+    return v;
+}
+
 Result<int> run_returning_queue(Stmt& st, std::string& queue) {
     int rows = 0;
     for (;;) {
@@ -503,14 +511,6 @@ struct Turns {
     std::map<std::pair<std::string, std::string>, std::int64_t> key;
 };
 
-Result<std::int64_t> one_i64(Stmt& s) {
-    auto r = s.step();
-    CONVEYOR_TRY(r);
-    std::int64_t v = *r ? s.i64(0) : 0;
-    s.reset();
-    return v;
-}
-
 /// The turn of a new task of `queue` with `key`.
 Result<std::int64_t> next_turn(Statements& st, Turns& turns, const std::string& queue,
                                std::string key) {
@@ -518,7 +518,7 @@ Result<std::int64_t> next_turn(Statements& st, Turns& turns, const std::string& 
     if (q == turns.queue.end()) {
         st.fair_turn.reset();
         st.fair_turn.bind(1, queue);
-        auto t = one_i64(st.fair_turn);
+        auto t = first_i64(st.fair_turn);
         CONVEYOR_TRY(t);
         q = turns.queue.emplace(queue, *t).first;
     }
@@ -526,7 +526,7 @@ Result<std::int64_t> next_turn(Statements& st, Turns& turns, const std::string& 
     if (k == turns.key.end()) {
         st.fair_last.reset();
         st.fair_last.bind(1, queue).bind(2, key);
-        auto last = one_i64(st.fair_last);
+        auto last = first_i64(st.fair_last);
         CONVEYOR_TRY(last);
         k = turns.key.emplace(std::pair{queue, std::move(key)}, *last).first;
     }
@@ -574,7 +574,7 @@ Result<void> insert_messages(Statements& st, std::span<const OutgoingMessage> ms
     CountDeltas counts;
     // Which queues are fair, read again when their settings changed.
     st.user_version.reset();
-    auto version = one_i64(st.user_version);
+    auto version = first_i64(st.user_version);
     CONVEYOR_TRY(version);
     if (*version != known.version) {
         known.fair.clear();

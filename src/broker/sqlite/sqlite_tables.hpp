@@ -95,6 +95,10 @@ class CountDeltas {
     std::vector<Entry> d_;  // a few queues at a time: a list beats a map
 };
 
+/// Steps a statement once: its first row's first column as an integer (0 without a row); the
+/// statement is reset.
+Result<std::int64_t> first_i64(Stmt& st);
+
 /// Runs a statement that changes at most one task row and returns its queue (RETURNING
 /// queue): 1 and the queue when it changed one, 0 when none.
 Result<int> run_returning_queue(Stmt& st, std::string& queue);
