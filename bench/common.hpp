@@ -42,6 +42,7 @@ inline void produce(Client& client, int n, const std::vector<std::string>& queue
         int mine = n / int(queues.size()) + (int(q) < n % int(queues.size()) ? 1 : 0);
         for (int first = 0; first < mine; first += batch) {
             std::vector<TaskMessage> tasks;
+            tasks.reserve(std::size_t(std::min(batch, mine - first)));
             for (int i = first; i < std::min(mine, first + batch); ++i)
                 tasks.push_back(
                     TaskMessage{.name = "noop",

@@ -43,6 +43,11 @@ struct OutgoingMessage {
     std::string routing_key;  ///< amqp: the routing key with `exchange`
     std::string
         ordering_key;  ///< ordered queues: tasks with the same key run in order, one at a time
+    /// The task itself, for an engine that hands tasks published in this process to its workers
+    /// as they are (memory): the envelope is then left empty, and the engine encodes the task
+    /// only when something asks for the message (a dead letter's listing). Other engines
+    /// ignore it; publishers set it only where the engine says so (detail::passes_tasks).
+    std::shared_ptr<const TaskMessage> task;
 };
 
 /// A chord's header results once every part is in (chord_part_done).

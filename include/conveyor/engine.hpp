@@ -34,6 +34,10 @@ struct Delivery {
     /// When the broker handed it to this consumer, where the engine says (sqlite: the moment
     /// of the claim, when the task's limits counted it).
     std::optional<TimePoint> taken;
+    /// The task as it was published in this process, from an engine that passes tasks without
+    /// encoding them (memory; OutgoingMessage::task): the worker takes it instead of decoding
+    /// `envelope`, which is then empty.
+    std::shared_ptr<const TaskMessage> task;
 };
 
 /// What a consumer does with a delivery once it is done with it.

@@ -22,7 +22,10 @@ struct Destination {
 /// process as origin), refuses what no worker would take (args that are not an array,
 /// kwargs not an object, nesting deeper than workers accept, a priority outside 0..255),
 /// encodes it (Celery protocol v2, or raw) and addresses it: the message's `task_id`, its
-/// delay (`not_before` = the task's eta) and destination.
-Result<OutgoingMessage> make_outgoing(TaskMessage task, const Destination& to);
+/// delay (`not_before` = the task's eta) and destination. `as_object`: for an engine that passes
+/// tasks as they are (passes_tasks), a Celery task is not encoded but set as the message's
+/// `task`, as a worker would decode it.
+Result<OutgoingMessage> make_outgoing(TaskMessage task, const Destination& to,
+                                      bool as_object = false);
 
 }  // namespace conveyor::detail

@@ -283,6 +283,27 @@ Result<Envelope> encode_raw(const TaskMessage& t, std::string_view queue) {
     return env;
 }
 
+bool as_decoded(TaskMessage& t) {
+    auto counted = [](std::optional<int> v) { return !v || (*v >= 0 && *v <= kMaxRetries); };
+    auto limit = [](std::optional<double> v) { return !v || (*v >= 0 && *v <= kMaxTimeLimit); };
+    if (!counted(t.retries) || !counted(t.max_retries) || !counted(t.group_index) ||
+        !limit(t.time_limit) || !limit(t.soft_time_limit))
+        return false;
+    if (!t.extra_headers.is_object()) {
+        t.extra_headers = Json::object();
+    } else if (!t.extra_headers.empty()) {
+        if (detail::json_depth(t.extra_headers) > detail::kMaxJsonDepth) return false;
+        for (auto it = t.extra_headers.begin(); it != t.extra_headers.end();)
+            it = known_header(it.key()) ? t.extra_headers.erase(it) : std::next(it);
+    }
+    if (!t.embed.is_object()) t.embed = Json::object();
+    if (t.root_id.empty()) t.root_id = t.id;
+    if (t.correlation_id.empty()) t.correlation_id = t.id;
+    t.body.reset();
+    t.content_type.clear();
+    return true;
+}
+
 Result<TaskMessage> decode(const Envelope& env, std::size_t max_body) {
     CONVEYOR_TRY(check_envelope(env, max_body));
     auto plain = inflated(env, max_body);

@@ -27,6 +27,12 @@ Envelope encode(const TaskMessage& task);
 /// Errc::invalid_argument when the task has other than one argument, or kwargs.
 Result<Envelope> encode_raw(const TaskMessage& task, std::string_view queue);
 
+/// Makes `task` what decode(encode(task)) gives (root and correlation ids filled in, no raw body),
+/// for engines that pass tasks without encoding them. False when a worker's decode would refuse
+/// the encoded message (a retry count or time limit out of range, headers nested too deep): such
+/// a task is encoded after all, so that the worker dead-letters it as on every engine.
+bool as_decoded(TaskMessage& task);
+
 /// Decodes a Celery protocol v2 (or v1) message. Every way a message can be wrong is
 /// an Errc::malformed error whose message says what is wrong; it never throws.
 Result<TaskMessage> decode(const Envelope& env, std::size_t max_body = kDefaultMaxBody);

@@ -20,6 +20,10 @@ const QueueConfig* Worker::Impl::raw_queue(const std::string& name) const {
     return nullptr;
 }
 
+Envelope Worker::Impl::message_of(const Delivery& d) {
+    return d.task ? codec::encode(*d.task) : d.envelope;
+}
+
 Settlement Worker::Impl::dead_letter(const Delivery& d, const std::string& id, int retries,
                                      std::string reason, const std::string& type,
                                      const std::string& module,
@@ -27,7 +31,7 @@ Settlement Worker::Impl::dead_letter(const Delivery& d, const std::string& id, i
     Settlement s;
     s.kind = Settlement::Kind::dead_letter;
     s.tag = d.tag;
-    s.envelope = d.envelope;
+    s.envelope = message_of(d);
     s.reason = reason;
     TaskResult r;
     r.id = id;
@@ -45,7 +49,7 @@ Settlement Worker::Impl::reschedule(const Delivery& d, int retries, TimePoint wh
     Settlement s;
     s.kind = Settlement::Kind::retry;
     s.tag = d.tag;
-    s.envelope = d.envelope;
+    s.envelope = message_of(d);
     if (!s.envelope.headers.is_object()) s.envelope.headers = Json::object();
     s.envelope.headers["retries"] = retries;
     s.envelope.headers["eta"] = detail::format_iso8601(when);
@@ -107,19 +111,23 @@ void Worker::Impl::admit(Delivery&& d, std::vector<Settlement>& settle_now,
 
 void Worker::Impl::admit_unguarded(Delivery& d, std::vector<Settlement>& settle_now,
                                    std::vector<Job*>& ready) {
-    Result<TaskMessage> task;
-    if (auto* rq = raw_queue(d.queue)) {
-        // A plain publisher may set no id at all: the task gets one of its own.
-        if (d.message_id.empty()) d.message_id = make_task_id();
-        task = codec::decode_raw(d.envelope, rq->task, d.message_id, opts.max_body);
-    } else {
-        task = codec::decode(d.envelope, opts.max_body);
-    }
+    std::shared_ptr<const TaskMessage> task = d.task;  // passed as it is (memory)
     if (!task) {
-        settle_now.push_back(dead_letter(d, d.message_id, 0,
-                                         "malformed message: " + task.error().message,
-                                         "ContentDisallowed", "kombu.exceptions"));
-        return;
+        Result<TaskMessage> decoded;
+        if (auto* rq = raw_queue(d.queue)) {
+            // A plain publisher may set no id at all: the task gets one of its own.
+            if (d.message_id.empty()) d.message_id = make_task_id();
+            decoded = codec::decode_raw(d.envelope, rq->task, d.message_id, opts.max_body);
+        } else {
+            decoded = codec::decode(d.envelope, opts.max_body);
+        }
+        if (!decoded) {
+            settle_now.push_back(dead_letter(d, d.message_id, 0,
+                                             "malformed message: " + decoded.error().message,
+                                             "ContentDisallowed", "kombu.exceptions"));
+            return;
+        }
+        task = std::make_shared<const TaskMessage>(std::move(*decoded));
     }
     auto it = handlers.find(task->name);
     if (it == handlers.end()) {
@@ -158,20 +166,20 @@ void Worker::Impl::admit_unguarded(Delivery& d, std::vector<Settlement>& settle_
         Settlement s;
         s.kind = Settlement::Kind::retry;
         s.tag = d.tag;
-        s.envelope = std::move(d.envelope);
+        s.envelope = d.task ? codec::encode(*d.task) : std::move(d.envelope);
         s.not_before = *task->eta;
         settle_now.push_back(std::move(s));
         return;
     }
     if (monitor) monitor->received(*task, d);
     std::string key = std::move(d.ordering_key);
-    jobs.push_back(Job{std::move(d), std::move(*task), &it->second});
+    jobs.push_back(Job{std::move(d), std::move(task), &it->second});
     Job& job = jobs.back();
     job_index[&job] = std::prev(jobs.end());
     job.key = std::move(key);
     job.due = job.delivery.due;
-    if (opts.metrics) job.series = series_of(job.delivery.queue, job.task.name);
-    if (job.task.eta && (!job.due || *job.task.eta > *job.due)) job.due = job.task.eta;
+    if (opts.metrics) job.series = series_of(job.delivery.queue, job.task->name);
+    if (job.task->eta && (!job.due || *job.task->eta > *job.due)) job.due = job.task->eta;
     if (!key_order.admit(job.key, &job)) return;  // behind an earlier task with its key
     arm_deadline(job);
     ready.push_back(&job);
@@ -179,8 +187,8 @@ void Worker::Impl::admit_unguarded(Delivery& d, std::vector<Settlement>& settle_
 
 void Worker::Impl::arm_deadline(Job& job) {
     std::optional<milliseconds> limit = job.reg->options.timeout;
-    if (job.task.time_limit && *job.task.time_limit > 0)  // bounded by the codec
-        limit = detail::seconds_to_ms(*job.task.time_limit);
+    if (job.task->time_limit && *job.task->time_limit > 0)  // bounded by the codec
+        limit = detail::seconds_to_ms(*job.task->time_limit);
     job.deadline.reset();
     if (limit) job.deadline = steady_clock::now() + *limit;
 }

@@ -62,7 +62,7 @@ void Worker::Impl::lose_leases(const std::vector<std::uint64_t>& tags) {
     std::unordered_set<Job*> dropped(not_started.begin(), not_started.end());
     std::erase_if(promoted, [&](Job* j) { return dropped.contains(j); });
     for (Job* j : not_started) {
-        if (monitor) monitor->released(j->task.id);
+        if (monitor) monitor->released(j->task->id);
         forget(j);
     }
     // The next task of a dropped one's key moves up.
@@ -198,10 +198,10 @@ void Worker::Impl::stop_overdue(Round& r, steady_clock::time_point now) {
     if (monitor)
         for (auto& id : monitor->take_terminations())
             for (auto& j : jobs)
-                if (j.task.id == id && j.started) {
+                if (j.task->id == id && j.started) {
                     detail::log(LogLevel::info, "task.terminating",
                                 fmt::format("task {} ({}): revoke --terminate; stopping it",
-                                            j.task.id, j.task.name),
+                                            j.task->id, j.task->name),
                                 task_fields(j));
                     j.revoked = true;
                     j.stop.request_stop();

@@ -27,11 +27,12 @@ void Worker::Impl::executor_loop() {
             job->started_at = steady_clock::now();
         }
         Finished out{job, {}};
-        if (monitor && monitor->is_revoked(job->task.id)) {
+        if (monitor && monitor->is_revoked(job->task->id)) {
             out.outcome.kind = Outcome::Kind::revoked;  // revoked while it waited here
         } else {
-            if (monitor) monitor->started(job->task.id);
-            if ((opts.track_started || job->reg->options.track_started) && !job->task.ignore_result)
+            if (monitor) monitor->started(job->task->id);
+            if ((opts.track_started || job->reg->options.track_started) &&
+                !job->task->ignore_result)
                 store_started(*job);
             if (job->due)
                 job->waited = std::chrono::duration<double>(SystemClock::now() - *job->due).count();
@@ -53,19 +54,20 @@ void Worker::Impl::executor_loop() {
 
 void Worker::Impl::store_started(const Job& job) {
     TaskResult r;
-    r.id = job.task.id;
+    r.id = job.task->id;
     r.state = TaskState::started;
     r.result = Json{{"pid", getpid()}, {"hostname", opts.node_name}};
-    r.retries = job.task.retries;
-    if (auto ok = broker->store_results(std::span(&r, 1), job.task.reply_to); !ok)
-        detail::log(LogLevel::warning, "task.started_not_stored",
-                    fmt::format("task {}: STARTED not stored: {}", job.task.id, ok.error().message),
-                    task_fields(job));
+    r.retries = job.task->retries;
+    if (auto ok = broker->store_results(std::span(&r, 1), job.task->reply_to); !ok)
+        detail::log(
+            LogLevel::warning, "task.started_not_stored",
+            fmt::format("task {}: STARTED not stored: {}", job.task->id, ok.error().message),
+            task_fields(job));
 }
 
 Outcome Worker::Impl::execute(Job& job) {
     Outcome out;
-    TaskContext ctx(job.task, job.delivery.queue, job.stop.get_token(), job.deadline,
+    TaskContext ctx(*job.task, job.delivery.queue, job.stop.get_token(), job.deadline,
                     job.delivery.taken);
     try {
         out.result = job.reg->fn(ctx);

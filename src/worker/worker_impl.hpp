@@ -49,7 +49,8 @@ struct Registration {
 
 struct Job {
     Delivery delivery;
-    TaskMessage task;
+    /// Decoded from the delivery, or the engine's own (Delivery::task); replaced, not changed.
+    std::shared_ptr<const TaskMessage> task;
     const Registration* reg = nullptr;
     std::stop_source stop;
     std::optional<steady_clock::time_point> deadline;
@@ -79,10 +80,10 @@ inline double run_seconds(const Job& job) {
 
 /// The fields every log line about a task carries; `duration` (seconds) once it ran.
 inline Json task_fields(const Job& job, bool ran = false) {
-    Json f = {{"id", job.task.id},
-              {"task", job.task.name},
+    Json f = {{"id", job.task->id},
+              {"task", job.task->name},
               {"queue", job.delivery.queue},
-              {"attempt", job.task.retries + 1}};
+              {"attempt", job.task->retries + 1}};
     if (ran) f["duration"] = std::round(run_seconds(job) * 1e6) / 1e6;
     return f;
 }
@@ -218,6 +219,9 @@ struct Worker::Impl {
     Outcome execute(Job& job);
 
     // ---- dispatcher -------------------------------------------------------------------
+    /// The delivery's message: its envelope, or its task encoded when the engine passed the task
+    /// as it is (Delivery::task).
+    static Envelope message_of(const Delivery& d);
     /// `message` is the exception's message for results (default: the reason).
     Settlement dead_letter(const Delivery& d, const std::string& id, int retries,
                            std::string reason, const std::string& type, const std::string& module,
@@ -278,7 +282,7 @@ struct Worker::Impl {
         std::vector<TaskResult> extra;
         CONVEYOR_TRY(fn(out, extra));
         if (!out.empty()) CONVEYOR_TRY(broker->publish(out));
-        if (!extra.empty()) CONVEYOR_TRY(broker->store_results(extra, job.task.reply_to));
+        if (!extra.empty()) CONVEYOR_TRY(broker->store_results(extra, job.task->reply_to));
         return {};
     }
 

@@ -1,8 +1,12 @@
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <thread>
+
 #include "conveyor/broker.hpp"
 #include "conveyor/client.hpp"
 #include "conveyor/engine.hpp"
+#include "conveyor/worker.hpp"
 #include "core/codec.hpp"
 
 using namespace conveyor;
@@ -108,4 +112,130 @@ TEST(MemoryBroker, DeadLettersKeepTheReasonAndReplay) {
     EXPECT_EQ(*b->replay_dead("q", {}), 1u);
     EXPECT_EQ(b->dead_letters("q", 10)->size(), 0u);
     EXPECT_EQ((*cons)->fetch(1, 0ms)->size(), 1u);
+}
+
+TEST(MemoryBroker, TasksPublishedHereArePassedAsTheyAreAndEncodedOnlyWhenAsked) {
+    auto b = fresh("objects");
+    Client c(b);
+    EnqueueOptions o;
+    o.queue = "q";
+    o.priority = 3;
+    o.max_retries = 4;
+    auto id = c.enqueue("orders.bill", Json::array({42, "x"}), Json{{"k", 1}}, o);
+    ASSERT_TRUE(id);
+    auto cons = b->consume({.queues = {"q"}});
+    auto got = (*cons)->fetch(1, 0ms);
+    ASSERT_EQ(got->size(), 1u);
+    const Delivery& d = (*got)[0];
+    ASSERT_TRUE(d.task);
+    EXPECT_TRUE(d.envelope.body.empty());  // not encoded
+    EXPECT_EQ(d.message_id, *id);
+    EXPECT_EQ(d.task->id, *id);
+    EXPECT_EQ(d.task->name, "orders.bill");
+    EXPECT_EQ(d.task->args, Json::array({42, "x"}));
+    EXPECT_EQ(d.task->kwargs, (Json{{"k", 1}}));
+    EXPECT_EQ(d.task->priority, 3);
+    EXPECT_EQ(d.task->max_retries, 4);
+    // What a worker would have decoded from the message.
+    auto round = codec::decode(codec::encode(*d.task));
+    ASSERT_TRUE(round);
+    EXPECT_EQ(round->root_id, d.task->root_id);
+    EXPECT_EQ(round->correlation_id, d.task->correlation_id);
+    EXPECT_EQ(d.task->root_id, *id);
+    EXPECT_EQ(round->origin, d.task->origin);
+
+    // A dead letter's listing shows the message, encoded when asked; replayed, the task goes
+    // out as it is again.
+    Settlement s{.kind = Settlement::Kind::dead_letter, .tag = d.tag, .reason = "bad card"};
+    ASSERT_TRUE((*cons)->settle(std::span(&s, 1)));
+    auto dl = b->dead_letters("q", 10);
+    ASSERT_EQ(dl->size(), 1u);
+    auto listed = codec::decode((*dl)[0].envelope);
+    ASSERT_TRUE(listed);
+    EXPECT_EQ(listed->name, "orders.bill");
+    EXPECT_EQ(listed->args, Json::array({42, "x"}));
+    EXPECT_EQ(*b->replay_dead("q", {}), 1u);
+    auto again = (*cons)->fetch(1, 0ms);
+    ASSERT_EQ(again->size(), 1u);
+    ASSERT_TRUE((*again)[0].task);
+    EXPECT_EQ((*again)[0].task->retries, 0);
+
+    // A retry comes back as the worker's message (retries counted), and a dead letter of it
+    // replays with its count reset.
+    auto retried = *(*again)[0].task;
+    retried.retries = 2;
+    Settlement r{.kind = Settlement::Kind::retry,
+                 .tag = (*again)[0].tag,
+                 .envelope = codec::encode(retried)};
+    ASSERT_TRUE((*cons)->settle(std::span(&r, 1)));
+    auto third = (*cons)->fetch(1, 0ms);
+    ASSERT_EQ(third->size(), 1u);
+    EXPECT_FALSE((*third)[0].task);
+    EXPECT_EQ(codec::decode((*third)[0].envelope)->retries, 2);
+    Settlement dead{
+        .kind = Settlement::Kind::dead_letter, .tag = (*third)[0].tag, .reason = "still bad"};
+    ASSERT_TRUE((*cons)->settle(std::span(&dead, 1)));
+    EXPECT_EQ(*b->replay_dead("q", {}), 1u);
+    auto fourth = (*cons)->fetch(1, 0ms);
+    ASSERT_EQ(fourth->size(), 1u);
+    EXPECT_EQ(codec::decode((*fourth)[0].envelope)->retries, 0);
+}
+
+TEST(MemoryBroker, RawMessagesAndTasksAWorkerWouldRefuseAreEncoded) {
+    auto b = fresh("encoded");
+    Client c(b);
+    EnqueueOptions raw{.queue = "raw"};
+    raw.raw = true;
+    ASSERT_TRUE(c.enqueue("plain", Json::array({"hello"}), Json::object(), raw));
+    // A time limit outside what workers accept: the message is encoded, and a worker's decode
+    // dead-letters it, as on every engine.
+    TaskMessage bad{.name = "t"};
+    bad.time_limit = -5;
+    ASSERT_TRUE(c.enqueue_many({bad}, EnqueueOptions{.queue = "q"}));
+    auto cons = b->consume({.queues = {"raw", "q"}});
+    auto got = (*cons)->fetch(2, 0ms);
+    ASSERT_EQ(got->size(), 2u);
+    for (auto& d : *got) {
+        EXPECT_FALSE(d.task);
+        EXPECT_FALSE(d.envelope.body.empty());
+    }
+    auto refused = codec::decode((*got)[0].queue == "q" ? (*got)[0].envelope : (*got)[1].envelope);
+    ASSERT_FALSE(refused);
+    EXPECT_NE(refused.error().message.find("timelimit"), std::string::npos);
+}
+
+TEST(MemoryBroker, AWorkerRunsRetriesAndDeadLettersTasksPassedAsTheyAre) {
+    auto b = fresh("worker-objects");
+    Client c(b);
+    std::atomic<int> calls{0};
+    Worker w(b, WorkerOptions{.queues = {"q"}, .concurrency = 2, .remote_control = false});
+    w.handle("flaky", TaskOptions{.retry = RetryPolicy{.max_retries = 3}},
+             [&](TaskContext& ctx) -> Json {
+                 if (++calls == 1) {
+                     TaskError e("ValueError", "first time");
+                     e.retry_after = 0ms;
+                     throw e;
+                 }
+                 return ctx.args()[0].get<int>() + ctx.kwargs().value("add", 0);
+             });
+    w.handle("refused", [](TaskContext&) -> Json { throw Reject("no"); });
+    auto a = c.enqueue("flaky", Json::array({40}), Json{{"add", 2}}, EnqueueOptions{.queue = "q"});
+    auto r = c.enqueue("refused", Json::array(), Json::object(), EnqueueOptions{.queue = "q"});
+    ASSERT_TRUE(a && r);
+    std::jthread run([&] { (void)w.run(); });
+    auto done = c.wait(*a, 10s);
+    ASSERT_TRUE(done);
+    EXPECT_EQ(done->state, TaskState::success);
+    EXPECT_EQ(done->result, 42);
+    EXPECT_EQ(done->retries, 1);
+    auto failed = c.wait(*r, 10s);
+    ASSERT_TRUE(failed);
+    EXPECT_EQ(failed->state, TaskState::failure);
+    w.stop();
+    auto dl = b->dead_letters("q", 10);
+    ASSERT_EQ(dl->size(), 1u);
+    auto msg = codec::decode((*dl)[0].envelope);
+    ASSERT_TRUE(msg);
+    EXPECT_EQ(msg->name, "refused");
+    EXPECT_EQ(msg->id, *r);
 }

@@ -21,6 +21,7 @@ struct Item {
     std::string id;
     std::string queue;
     Envelope envelope;
+    std::shared_ptr<const TaskMessage> task;  // as published (then `envelope` is not made)
     int priority = 0;
     int deliveries = 0;
     std::uint64_t owner = 0;  // consumer id while in flight
@@ -102,8 +103,17 @@ class MemoryConsumer final : public Consumer {
                     item.deliveries++;
                     q.in_flight++;
                     held_.insert(seq);
-                    out.push_back(Delivery{
-                        seq, item.queue, item.id, item.envelope, item.deliveries, {}, item.due});
+                    // A task published in this process goes as it is; only a retried one (the
+                    // worker hands back its message) or one published as a message is copied.
+                    out.push_back(Delivery{seq,
+                                           item.queue,
+                                           item.id,
+                                           item.task ? Envelope{} : item.envelope,
+                                           item.deliveries,
+                                           {},
+                                           item.due,
+                                           {},
+                                           item.task});
                 }
                 if (!q.delayed.empty() && (!next_due || q.delayed.begin()->first < *next_due))
                     next_due = q.delayed.begin()->first;
@@ -141,6 +151,7 @@ class MemoryConsumer final : public Consumer {
                     break;
                 case Settlement::Kind::retry: {
                     item.envelope = std::move(st.envelope);
+                    item.task.reset();
                     item.due = std::max(st.not_before, SystemClock::now());
                     auto& r = s_->results[item.id];
                     r.id = item.id;
@@ -202,16 +213,21 @@ class MemoryBroker final : public Broker, public detail::MovePublisher {
         return publish_moved(copies);
     }
 
+    bool passes_tasks() const noexcept override { return true; }
+
     Result<void> publish_moved(std::span<OutgoingMessage> msgs) override {
         for (auto& m : msgs) CONVEYOR_TRY(detail::check_embedded_message(m, "memory"));
         // Items are made before the lock is taken: consumers wait only for the inserts.
         std::vector<Item> made;
         made.reserve(msgs.size());
         for (auto& m : msgs) {
-            std::string id = m.task_id.empty() ? codec::envelope_id(m.envelope) : m.task_id;
+            std::string id = !m.task_id.empty() ? m.task_id
+                             : m.task           ? m.task->id
+                                                : codec::envelope_id(m.envelope);
             if (id.empty()) id = make_task_id();
-            int priority = m.envelope.priority;
-            made.push_back(Item{std::move(id), m.queue, std::move(m.envelope), priority});
+            int priority = m.task ? m.task->priority : m.envelope.priority;
+            made.push_back(
+                Item{std::move(id), m.queue, std::move(m.envelope), std::move(m.task), priority});
         }
         std::lock_guard lk(s_->mu);
         auto now = SystemClock::now();
@@ -290,8 +306,9 @@ class MemoryBroker final : public Broker, public detail::MovePublisher {
         for (auto seq : it->second.dead) {
             if (out.size() >= limit) break;
             auto& item = s_->items.at(seq);
-            out.push_back(
-                DeadLetter{item.id, item.queue, item.envelope, item.reason, item.dead_at});
+            out.push_back(DeadLetter{item.id, item.queue,
+                                     item.task ? codec::encode(*item.task) : item.envelope,
+                                     item.reason, item.dead_at});
         }
         return out;
     }
@@ -309,8 +326,14 @@ class MemoryBroker final : public Broker, public detail::MovePublisher {
                 keep.push_back(seq);
                 continue;
             }
-            if (item.envelope.headers.is_object() && item.envelope.headers.contains("retries"))
+            if (item.task) {
+                auto t = *item.task;
+                t.retries = 0;
+                item.task = std::make_shared<const TaskMessage>(std::move(t));
+            } else if (item.envelope.headers.is_object() &&
+                       item.envelope.headers.contains("retries")) {
                 item.envelope.headers["retries"] = 0;
+            }
             item.reason.clear();
             s_->results.erase(item.id);
             s_->make_ready(seq);
