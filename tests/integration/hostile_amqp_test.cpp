@@ -195,14 +195,20 @@ TEST(HostileInput, MalformedMessagesAndBroadcastsNeverStopAWorker) {
         raw.publish("", queue, task(id, "ok", "[[], {}, {}]", {{"x-conveyor-sent-at", v}}));
 
     // Remote-control broadcasts to every worker of the vhost, each once fatal or worse.
-    for (const std::string& body : std::vector<std::string>{
-             R"({"method": "revoke", "arguments": {"task_id": [1]}})",
-             R"({"method": "revoke", "arguments": {"task_id": "x", "terminate": "yes"}})",
-             R"({"method": "hello", "arguments": {"from_node": 5, "revoked": [1]}})",
-             R"({"method": "ping", "reply_to": {"exchange": 5, "routing_key": []}})",
-             R"({"method": "query_task", "arguments": {"ids": {"a": 1}}})", R"({"method": 5})",
-             "not json at all", std::string(R"({"method": "ping", "x": )") + nested(50000) + "}",
-             std::string(2u << 20, '{')}) {
+    for (
+        const std::string& body : std::vector<std::string>{
+            R"({"method": "revoke", "arguments": {"task_id": [1]}})",
+            R"({"method": "revoke", "arguments": {"task_id": "x", "terminate": "yes"}})",
+            R"({"method": "hello", "arguments": {"from_node": 5, "revoked": [1]}})",
+            R"({"method": "ping", "reply_to": {"exchange": 5, "routing_key": []}})",
+            R"({"method": "query_task", "arguments": {"ids": {"a": 1}}})", R"({"method": 5})",
+            R"({"method": "rate_limit", "arguments": {"task_name": [1], "rate_limit": "1/s"}})",
+            R"({"method": "rate_limit", "arguments": {"task_name": "ok", "rate_limit": {}}})",
+            R"({"method": "rate_limit", "arguments": {"task_name": "ok", "rate_limit": "1e400/s"}})",
+            R"({"method": "rate_limit", "arguments": {"task_name": "ok", "rate_limit": "-5/m"}})",
+            R"({"method": "rate_limit", "arguments": "x"})", "not json at all",
+            std::string(R"({"method": "ping", "x": )") + nested(50000) + "}",
+            std::string(2u << 20, '{')}) {
         Envelope e;
         e.content_type = "application/json";
         e.body = body;

@@ -272,6 +272,74 @@ TEST(Limits, ARateLimitSpacesStartsAndWakesTheWaitingOnes) {
     EXPECT_LT(at.back() - at.front(), 1s);
 }
 
+TEST(Limits, HostileBodiesNeitherStopAWorkerNorSlipPastTheirLimit) {
+    // A limit's and a fair queue's keys come from each message's body: bodies that are not JSON,
+    // nest too deep, are not valid UTF-8, or hold keys of other types or of a megabyte. Each is
+    // dead-lettered or runs under its key's limit; the worker carries on.
+    Fleet f(
+        "[[queue]]\nname = \"q\"\nfair_key = \"kwargs.customer\"\n"
+        "[[task]]\nname = \"test.timed\"\nmax_concurrency = 1\nlimit_key = "
+        "\"kwargs.customer\"\n");
+    auto cfg = *load_config(f.dir.file("conveyor.toml"));
+    ASSERT_TRUE(f.broker->set_topology(cfg.topology()));
+    ASSERT_TRUE(f.broker->set_limit(
+        {.task = "test.timed", .max_concurrency = 1, .key = "kwargs.customer"}));
+    auto message = [](const std::string& id, std::string body) {
+        Envelope e;
+        e.content_type = "application/json";
+        e.content_encoding = "utf-8";
+        e.headers = Json{{"task", "test.timed"}, {"id", id}};
+        e.body = std::move(body);
+        return OutgoingMessage{.queue = "q", .task_id = id, .envelope = std::move(e)};
+    };
+    const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+    const std::vector<std::pair<std::string, std::string>> malformed = {
+        {"not-json", "{{{"},
+        {"deep", R"([[], {"customer": )" + deep + "}, {}]"},
+        {"kwargs-array", R"([[], [1, 2], {}])"},
+        {"bad-utf8", "[[1], {\"customer\": \"\xff\xfe\"}, {}]"},
+        {"null", "null"}};
+    const std::vector<std::pair<std::string, std::string>> odd_keys = {
+        {"key-object", R"([[1], {"customer": {"a": [1, 2]}}, {}])"},
+        {"key-number", R"([[1], {"customer": 12345678901234567890123}, {}])"},
+        {"key-megabyte", "[[1], {\"customer\": \"" + std::string(1u << 20, 'm') + "\"}, {}]"},
+        {"no-key", R"([[1], {}, {}])"}};
+    std::vector<OutgoingMessage> msgs;
+    for (auto& [id, body] : malformed) msgs.push_back(message(id, body));
+    for (auto& [id, body] : odd_keys) msgs.push_back(message(id, body));
+    ASSERT_TRUE(f.broker->publish(msgs));
+    // Well-formed tasks of one customer behind them: still one at a time.
+    for (int i = 0; i < 3; ++i)
+        ASSERT_TRUE(f.client.enqueue("test.timed", Json::array({50}),
+                                     Json{{"customer", "c1"}, {"key", "c1"}}, {.queue = "q"}));
+    auto& worker = f.start(4);
+    ASSERT_TRUE(eventually([&] { return f.done() >= odd_keys.size() + 3; }, 30s)) << f.out();
+    auto starts = marks(f.log, "start"), dones = marks(f.log, "done");
+    EXPECT_EQ(most_at_once(starts, dones, "c1"), 1);
+    std::set<std::string> ran;
+    for (auto& m : dones) ran.insert(m.id);
+    for (auto& [id, _] : odd_keys) EXPECT_TRUE(ran.contains(id)) << id;
+    std::vector<DeadLetter> dead;
+    ASSERT_TRUE(eventually(
+        [&] {
+            dead = *f.broker->dead_letters("q", 100);
+            return dead.size() >= malformed.size();
+        },
+        10s));
+    EXPECT_EQ(dead.size(), malformed.size());
+    for (auto& d : dead) {
+        EXPECT_FALSE(ran.contains(d.message_id)) << d.message_id;
+        EXPECT_NE(d.reason.find("malformed message"), std::string::npos) << d.reason;
+    }
+    ASSERT_TRUE(eventually(
+        [&] {
+            auto st = stats_of(*f.broker, "q");
+            return st.ready == 0 && st.limited == 0 && st.in_flight == 0;
+        },
+        10s));
+    EXPECT_FALSE(worker.wait(0ms)) << "the worker is still running: " << f.out();
+}
+
 TEST(Limits, WhatCannotBeLimitedSaysSo) {
     auto memory = *Broker::open("memory://limits");
     auto r = memory->set_limit({.task = "t", .rate = 5});

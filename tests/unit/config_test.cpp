@@ -296,7 +296,8 @@ TEST(Limits, RatesAreReadAndWrittenAsCeleryDoes) {
     EXPECT_DOUBLE_EQ(*parse_rate("0.5/s"), 0.5);
     EXPECT_DOUBLE_EQ(*parse_rate(""), 0);
     EXPECT_DOUBLE_EQ(*parse_rate("0"), 0);
-    for (auto bad : {"x", "/s", "1/", "1/sec", "1 /s", "-5", "nan/s", "inf", "1e7/s"})
+    for (auto bad : {"x", "/s", "1/", "1/sec", "1 /s", "-5", "nan/s", "inf", "1e7/s", "1e400/s",
+                     "-0.5/m", "5/s/s"})
         EXPECT_FALSE(parse_rate(bad)) << bad;
     EXPECT_EQ(format_rate(100), "100/s");
     EXPECT_EQ(format_rate(0.1), "6/m");
