@@ -177,12 +177,15 @@ class Broker : public Publisher, public ResultStore, public BrokerAdmin {
     [[nodiscard]] virtual Result<std::unique_ptr<TaskHistory>> history();
     /// Unique tasks: stores `message` unless a task published with `unique_key` is waiting,
     /// delayed or running, or the key is held until `hold_until` by an earlier one; returns
-    /// the id of the task that holds the key (this message's when it was stored). Decided in
-    /// the transaction that stores it, so that of any number of concurrent publishers exactly
-    /// one stores a task. The key goes when its task succeeds, is dead-lettered or revoked
-    /// (and `hold_until` has passed); it stays through retries and a worker's crash (the task
-    /// is still waiting or running). Errc::invalid_argument where the engine cannot (all but
-    /// sqlite).
+    /// the id of the task that holds the key (this message's when it was stored). sqlite decides
+    /// in the transaction that stores it; amqp in the Redis result backend (a script takes the
+    /// key before the publish, with a lease that a publisher dying in between holds no longer),
+    /// so that of any number of concurrent publishers exactly one stores a task. The key goes
+    /// when its task succeeds, is dead-lettered or revoked (and `hold_until` has passed); it
+    /// stays through retries and a worker's crash (the task is still waiting or running); on
+    /// amqp it also lapses a week after the task was due if the task never settles (a message
+    /// purged from its queue). Errc::invalid_argument where the engine cannot (memory; amqp
+    /// without the Redis result backend).
     [[nodiscard]] virtual Result<std::string> publish_unique(const OutgoingMessage& message,
                                                              std::string_view unique_key,
                                                              std::optional<TimePoint> hold_until);

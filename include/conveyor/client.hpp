@@ -35,9 +35,9 @@ struct EnqueueOptions {
     /// application/octet-stream for a string of other bytes, application/json otherwise.
     /// A string argument is sent as its bytes, exactly.
     std::string content_type;
-    /// Unique tasks (sqlite): while a task enqueued with this key is waiting, delayed or
-    /// running, enqueueing another with it stores nothing and returns that task's id (see
-    /// Broker::publish_unique). At most 1,024 bytes.
+    /// Unique tasks (sqlite; RabbitMQ with the Redis result backend): while a task enqueued with
+    /// this key is waiting, delayed or running, enqueueing another with it stores nothing and
+    /// returns that task's id (see Broker::publish_unique). At most 1,024 bytes.
     std::string unique_key;
     /// ... and the key stays taken this long after the enqueue that took it, even once its
     /// task has finished (whichever ends later).

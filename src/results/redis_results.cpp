@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "core/result_meta.hpp"
+#include "core/time.hpp"
 #include "core/try.hpp"
 #include "core/url.hpp"
 
@@ -247,6 +248,92 @@ Result<TaskResult> RedisResults::wait(std::string_view id, milliseconds timeout)
     }
     return fail(Errc::timeout,
                 fmt::format("task {} is still {} after the wait", id, to_string(now->state)));
+}
+
+std::string RedisResults::unique_key(std::string_view key) {
+    return fmt::format("conveyor-unique-{}", key);
+}
+
+namespace {
+
+// KEYS[1] the key; ARGV: the task id, the hold period's end (epoch ms, 0: none), the lease (ms).
+constexpr std::string_view kTakeUnique = R"(
+local holder = redis.call('HGET', KEYS[1], 'id')
+if holder then return holder end
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'until', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return ARGV[1])";
+// ARGV: the task id, when the key lapses (epoch ms). A task that finished before its publisher
+// got here left the key to its hold period ('done').
+constexpr std::string_view kKeepUnique = R"(
+if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'done') == 1 then return 0 end
+redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+return 1)";
+// ARGV: the task id, now (epoch ms).
+constexpr std::string_view kReleaseUnique = R"(
+if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then return 0 end
+local hold = tonumber(redis.call('HGET', KEYS[1], 'until') or '0') or 0
+if hold > tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'done', '1')
+  redis.call('PEXPIREAT', KEYS[1], hold)
+else
+  redis.call('DEL', KEYS[1])
+end
+return 1)";
+// ARGV: the task id.
+constexpr std::string_view kDropUnique = R"(
+if redis.call('HGET', KEYS[1], 'id') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1)";
+
+}  // namespace
+
+Result<std::string> RedisResults::take_unique(std::string_view key, std::string_view id,
+                                              std::optional<TimePoint> hold_until,
+                                              milliseconds lease) {
+    auto c = checkout();
+    CONVEYOR_TRY(c);
+    std::string hold = std::to_string(hold_until ? detail::to_epoch_ms(*hold_until) : 0);
+    std::string ms = std::to_string(std::max<std::int64_t>(lease.count(), 1));
+    auto r = (*c)->command({"EVAL", kTakeUnique, "1", unique_key(key), id, hold, ms},
+                           "taking a unique key");
+    CONVEYOR_TRY(r);
+    checkin(std::move(*c));
+    auto holder = text(r->get());
+    if (holder.empty())
+        return fail(Errc::unavailable, "Redis result backend: no holder for a unique key");
+    return std::string(holder);
+}
+
+Result<void> RedisResults::keep_unique(std::string_view key, std::string_view id,
+                                       TimePoint lapse_at) {
+    auto c = checkout();
+    CONVEYOR_TRY(c);
+    std::string at = std::to_string(detail::to_epoch_ms(lapse_at));
+    CONVEYOR_TRY(
+        (*c)->command({"EVAL", kKeepUnique, "1", unique_key(key), id, at}, "keeping a unique key"));
+    checkin(std::move(*c));
+    return {};
+}
+
+Result<void> RedisResults::release_unique(std::string_view key, std::string_view id) {
+    auto c = checkout();
+    CONVEYOR_TRY(c);
+    std::string now = std::to_string(detail::to_epoch_ms(SystemClock::now()));
+    CONVEYOR_TRY((*c)->command({"EVAL", kReleaseUnique, "1", unique_key(key), id, now},
+                               "releasing a unique key"));
+    checkin(std::move(*c));
+    return {};
+}
+
+Result<void> RedisResults::drop_unique(std::string_view key, std::string_view id) {
+    auto c = checkout();
+    CONVEYOR_TRY(c);
+    CONVEYOR_TRY(
+        (*c)->command({"EVAL", kDropUnique, "1", unique_key(key), id}, "dropping a unique key"));
+    checkin(std::move(*c));
+    return {};
 }
 
 Result<void> RedisResults::begin_chord(std::string_view group_id, std::size_t size) {

@@ -56,6 +56,21 @@ class RedisResults {
     Result<ChordParts> chord_part_done(std::string_view group_id, int index,
                                        const TaskResult& part);
 
+    /// Unique tasks on RabbitMQ: a key is a hash in Redis (conveyor-unique-KEY) of the task that
+    /// holds it and the end of its hold period. take_unique takes it for task `id` unless some
+    /// task holds it, and returns the holder (`id` when taken); a taken key lapses after `lease`
+    /// unless keep_unique, once the task is published, extends it to `lapse_at`.
+    /// release_unique: the task finished (succeeded, dead-lettered, revoked); the key goes, or
+    /// stays until its hold period ends. drop_unique: the publish failed; the key goes. Each is
+    /// one script, atomic in Redis, and changes the key only while `id` holds it.
+    Result<std::string> take_unique(std::string_view key, std::string_view id,
+                                    std::optional<TimePoint> hold_until,
+                                    std::chrono::milliseconds lease);
+    Result<void> keep_unique(std::string_view key, std::string_view id, TimePoint lapse_at);
+    Result<void> release_unique(std::string_view key, std::string_view id);
+    Result<void> drop_unique(std::string_view key, std::string_view id);
+    static std::string unique_key(std::string_view key);
+
     static std::string key(std::string_view id);
 
   private:

@@ -1,13 +1,17 @@
 // Results on RabbitMQ: Celery's rpc:// backend (replies to the sender's queue) and redis://
-// backend (celery-task-meta-<id> keys), against the suite's RabbitMQ node and redis-server.
+// backend (celery-task-meta-<id> keys), and unique tasks kept in Redis, against the suite's
+// RabbitMQ node and redis-server.
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <set>
+#include <thread>
 
 #include "conveyor/client.hpp"
 #include "integration/helpers.hpp"
+#include "results/redis_results.hpp"
 #include "support/process.hpp"
 #include "support/rabbitmq.hpp"
 #include "support/redis.hpp"
@@ -224,4 +228,149 @@ TEST(AmqpResults, CliEnqueueWaitPrintsTheResultOverRpc) {
     EXPECT_EQ(j["state"], "SUCCESS");
     EXPECT_EQ(j["result"], 42);
     EXPECT_EQ(j["id"], out.substr(0, nl));
+}
+
+// Unique tasks on RabbitMQ: the key is kept in the Redis result backend.
+
+TEST(AmqpUnique, AThousandConcurrentEnqueuesWithOneKeyYieldOneTask) {
+    auto q = unique_name("unique");
+    auto broker = open_with(queues({q}), redis_url());
+    const std::string key = unique_name("order-7");
+    std::vector<std::string> ids(1000);
+    std::atomic<int> failed{0};
+    {
+        std::vector<std::jthread> threads;
+        for (int t = 0; t < 8; ++t)
+            threads.emplace_back([&, t] {
+                Client c(broker);
+                for (int i = t; i < 1000; i += 8) {
+                    auto id =
+                        c.enqueue("r.add", {1, 2}, Json::object(), {.queue = q, .unique_key = key});
+                    if (id)
+                        ids[std::size_t(i)] = *id;
+                    else
+                        failed++;
+                }
+            });
+    }
+    ASSERT_EQ(failed.load(), 0);
+    std::set<std::string> distinct(ids.begin(), ids.end());
+    ASSERT_EQ(distinct.size(), 1u);
+    // One message in the queue, and its id is the one every enqueue returned.
+    auto consumer = *broker->consume({.queues = {q}, .prefetch = 100});
+    std::vector<Delivery> got;
+    eventually(
+        [&] {
+            auto r = consumer->fetch(100, 200ms);
+            if (r) std::move(r->begin(), r->end(), std::back_inserter(got));
+            return false;  // look for a second until the time is up
+        },
+        1500ms);
+    ASSERT_EQ(got.size(), 1u);
+    EXPECT_EQ(got[0].message_id, *distinct.begin());
+    // The key lapses a week after the task was due if it never settled, not before.
+    auto ttl = std::stoll(redis_cli("PTTL", "conveyor-unique-" + key));
+    EXPECT_GT(ttl, 6LL * 24 * 3600 * 1000);
+    // Run: the key goes with the task, and the next enqueue makes a new task.
+    Settlement ack{.kind = Settlement::Kind::ack, .tag = got[0].tag};
+    ASSERT_TRUE(consumer->settle(std::span(&ack, 1)));
+    EXPECT_EQ(redis_cli("EXISTS", "conveyor-unique-" + key), "0");
+    Client c(broker);
+    auto next = c.enqueue("r.add", {1, 2}, Json::object(), {.queue = q, .unique_key = key});
+    ASSERT_TRUE(next) << next.error().message;
+    EXPECT_NE(*next, *distinct.begin());
+}
+
+TEST(AmqpUnique, AKeyStaysThroughRetriesAndGoesWhenTheTaskSucceedsOrIsDeadLettered) {
+    auto q = unique_name("unique-run");
+    auto broker = open_with(queues({q}), redis_url());
+    BackgroundWorker w(open_with(queues({q}), redis_url()), options_for({q}, 2));
+    register_handlers(w.worker);
+    w.start();
+    Client client(broker);
+    const std::string key = unique_name("flaky");
+    EnqueueOptions o{.queue = q, .unique_key = key};
+    auto first = client.enqueue("r.flaky", Json::array(), Json::object(), o);
+    ASSERT_TRUE(first) << first.error().message;
+    // While it waits for its second attempt, the key is still its own.
+    ASSERT_TRUE(eventually(
+        [&] {
+            auto now = client.result(*first);
+            return now && now->state == TaskState::retry;
+        },
+        10s));
+    auto during = client.enqueue("r.flaky", Json::array(), Json::object(), o);
+    ASSERT_TRUE(during);
+    EXPECT_EQ(*during, *first);
+    auto r = client.wait(*first, 20s);
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_EQ(r->state, TaskState::success);
+    EXPECT_TRUE(
+        eventually([&] { return redis_cli("EXISTS", "conveyor-unique-" + key) == "0"; }, 5s));
+    auto after = client.enqueue("r.add", {1, 1}, Json::object(), o);
+    ASSERT_TRUE(after);
+    EXPECT_NE(*after, *first);
+    ASSERT_TRUE(client.wait(*after, 20s));
+
+    // Dead-lettered: the key goes too.
+    const std::string bad_key = unique_name("fails");
+    auto bad = client.enqueue("r.fail", Json::array(), Json::object(),
+                              {.queue = q, .unique_key = bad_key});
+    ASSERT_TRUE(bad);
+    r = client.wait(*bad, 20s);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->state, TaskState::failure);
+    EXPECT_TRUE(
+        eventually([&] { return redis_cli("EXISTS", "conveyor-unique-" + bad_key) == "0"; }, 5s));
+}
+
+TEST(AmqpUnique, UniqueForHoldsTheKeyAfterTheTaskEndsAndADeadPublishersKeyLapses) {
+    auto q = unique_name("unique-for");
+    auto broker = open_with(queues({q}), redis_url());
+    BackgroundWorker w(open_with(queues({q}), redis_url()), options_for({q}, 2));
+    register_handlers(w.worker);
+    w.start();
+    Client client(broker);
+    const std::string key = unique_name("daily");
+    EnqueueOptions o{.queue = q, .unique_key = key, .unique_for = 3s};
+    auto first = client.enqueue("r.add", {2, 2}, Json::object(), o);
+    ASSERT_TRUE(first) << first.error().message;
+    auto r = client.wait(*first, 20s);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->state, TaskState::success);
+    auto held = client.enqueue("r.add", {2, 2}, Json::object(), o);
+    ASSERT_TRUE(held);
+    EXPECT_EQ(*held, *first) << "held for its period after it ended";
+    std::this_thread::sleep_for(3500ms);
+    auto later = client.enqueue("r.add", {2, 2}, Json::object(), {.queue = q, .unique_key = key});
+    ASSERT_TRUE(later);
+    EXPECT_NE(*later, *first);
+    ASSERT_TRUE(client.wait(*later, 20s));
+
+    // A publisher that took a key and died before publishing holds it only for its lease.
+    const std::string ghost_key = unique_name("ghost");
+    results::RedisResults redis(*results::parse_redis_url(testsupport::shared_redis_url()));
+    auto taken = redis.take_unique(ghost_key, "ghost-id", std::nullopt, 500ms);
+    ASSERT_TRUE(taken);
+    EXPECT_EQ(*taken, "ghost-id");
+    auto blocked =
+        client.enqueue("r.add", {1, 1}, Json::object(), {.queue = q, .unique_key = ghost_key});
+    ASSERT_TRUE(blocked);
+    EXPECT_EQ(*blocked, "ghost-id");
+    std::this_thread::sleep_for(700ms);
+    auto free =
+        client.enqueue("r.add", {1, 1}, Json::object(), {.queue = q, .unique_key = ghost_key});
+    ASSERT_TRUE(free);
+    EXPECT_NE(*free, "ghost-id");
+}
+
+TEST(AmqpUnique, WithoutTheRedisBackendAUniqueKeyIsRefusedWithASentence) {
+    auto broker = open_with(queues({}));
+    Client client(broker);
+    auto r = client.enqueue("r.add", {1, 1}, Json::object(), {.queue = "x", .unique_key = "k"});
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message.find("unique tasks on RabbitMQ are kept in the Redis result "
+                                     "backend: add ?results=redis://"),
+              std::string::npos)
+        << r.error().message;
 }

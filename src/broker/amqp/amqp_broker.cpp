@@ -42,6 +42,47 @@ class AmqpBroker final : public Broker {
         return open_consumer(e_, o);
     }
 
+    /// The key lives in the Redis result backend: taken there (atomically: of any number of
+    /// publishers one takes it) with a lease that covers the publish, then kept until the task
+    /// settles (the worker's consumer releases it, kUniqueHeader) or, for a message that never
+    /// settles (purged, its queue deleted), until kUniqueLapse after it was due.
+    Result<std::string> publish_unique(const OutgoingMessage& m, std::string_view key,
+                                       std::optional<TimePoint> hold_until) override {
+        if (key.empty() || key.size() > 1024)
+            return fail(Errc::invalid_argument, "a unique key is 1 to 1,024 bytes");
+        if (e_->results_mode != ResultsMode::redis)
+            return fail(Errc::invalid_argument,
+                        fmt::format("unique tasks on RabbitMQ are kept in the Redis result "
+                                    "backend: add ?results=redis://HOST:PORT/DB to {}",
+                                    url()));
+        std::string id = m.task_id.empty() ? codec::envelope_id(m.envelope) : m.task_id;
+        if (id.empty()) id = make_task_id();
+        // Long enough for a publish that waits out a reconnect; a publisher that dies holding
+        // the key holds it no longer.
+        auto lease = std::max<milliseconds>(2 * e_->opts.publish_timeout, 60s);
+        auto holder = e_->redis->take_unique(key, id, hold_until, lease);
+        CONVEYOR_TRY(holder);
+        if (*holder != id) return *holder;
+        OutgoingMessage one = m;
+        one.task_id = id;
+        if (!one.envelope.headers.is_object()) one.envelope.headers = Json::object();
+        one.envelope.headers[std::string(kUniqueHeader)] = std::string(key);
+        if (auto ok = publish(std::span(&one, 1)); !ok) {
+            (void)e_->redis->drop_unique(key, id);
+            return std::unexpected(ok.error());
+        }
+        auto due = std::max(one.not_before.value_or(SystemClock::now()), SystemClock::now());
+        auto lapse = detail::add_clamped(due, kUniqueLapse);
+        if (hold_until) lapse = std::max(lapse, *hold_until);
+        if (auto ok = e_->redis->keep_unique(key, id, lapse); !ok)
+            detail::log(LogLevel::warning, "task.unique_not_kept",
+                        fmt::format("task {} was published, but its unique key lapses with its "
+                                    "lease in {} s: {}",
+                                    id, duration_cast<seconds>(lease).count(), ok.error().message),
+                        Json{{"id", id}});
+        return id;
+    }
+
     Result<std::vector<QueueStats>> stats() override {
         if (!e_->opts.management.empty()) {
             // Every queue of the vhost, configured or not; passive declares when it fails.

@@ -171,8 +171,14 @@ class AmqpConsumer final : public Consumer {
             d.deliveries = std::max<std::int64_t>(
                 d.deliveries, std::clamp<std::int64_t>(dc->get<std::int64_t>(), 0, 1 << 20));
         held_.insert(d.tag);
-        unsettled_[env.delivery_tag] = InFlight{d.queue, d.envelope.reply_to,
-                                                it != consumer_queue_.end() && it->second.ordered};
+        InFlight& in = unsettled_[env.delivery_tag];
+        in = InFlight{d.queue, d.envelope.reply_to,
+                      it != consumer_queue_.end() && it->second.ordered};
+        if (auto u = d.envelope.headers.find(kUniqueHeader);
+            u != d.envelope.headers.end() && u->is_string()) {
+            in.unique_key = u->get<std::string>();
+            in.task_id = d.message_id;
+        }
         return d;
     }
 
@@ -271,6 +277,7 @@ class AmqpConsumer final : public Consumer {
         std::deque<Envelope> envs;             // dead letters, rpc results (stable addresses)
         std::deque<OutgoingMessage> retries;   // retries on their way to the delay levels
         std::deque<std::string> keys;
+        std::vector<std::uint64_t> unique_done;  // unique tasks done for good, once acked
         auto now = SystemClock::now();
         auto local_tag = [&](const Settlement& s) -> std::optional<std::uint64_t> {
             if ((s.tag >> 40) != generation_ || !conn_) return std::nullopt;  // stale
@@ -319,6 +326,9 @@ class AmqpConsumer final : public Consumer {
                 wires.push_back(w);
                 wire_tags.push_back(tag);
             }
+            if (!from.unique_key.empty() &&
+                (s.kind == Settlement::Kind::ack || s.kind == Settlement::Kind::dead_letter))
+                unique_done.push_back(tag);
             switch (s.kind) {
                 case Settlement::Kind::ack:
                     acks.push_back(tag);
@@ -377,6 +387,7 @@ class AmqpConsumer final : public Consumer {
                 });
             }
         }
+        release_unique(unique_done, acks);
         if (!conn_) return {};
         auto raw = conn_->raw();
         std::sort(requeue.begin(), requeue.end());
@@ -400,6 +411,25 @@ class AmqpConsumer final : public Consumer {
         }
         flush_acks(ordered);
         return {};
+    }
+
+    /// Unique tasks that succeeded, were revoked or dead-lettered give their keys back (those
+    /// whose settlement went wrong are delivered again and keep them). A key that cannot be
+    /// released lapses by itself (kUniqueLapse).
+    void release_unique(const std::vector<std::uint64_t>& done,
+                        const std::vector<std::uint64_t>& acked) {
+        if (done.empty() || !e_->redis) return;
+        for (auto tag : done) {
+            if (std::find(acked.begin(), acked.end(), tag) == acked.end()) continue;
+            auto it = unsettled_.find(tag);
+            if (it == unsettled_.end()) continue;
+            if (auto ok = e_->redis->release_unique(it->second.unique_key, it->second.task_id); !ok)
+                detail::log(LogLevel::warning, "task.unique_not_released",
+                            fmt::format("task {}: its unique key was not released ({}); it "
+                                        "lapses by itself",
+                                        it->second.task_id, ok.error().message),
+                            Json{{"id", it->second.task_id}});
+        }
     }
 
     /// Sends the acks that are due (see AckBatcher).
@@ -503,9 +533,11 @@ class AmqpConsumer final : public Consumer {
     std::uint64_t generation_ = 0;
     std::string trouble_;  // why the connection is down (see trouble())
     struct InFlight {
-        std::string queue;     // logical queue
-        std::string reply_to;  // rpc results go there
-        bool ordered = false;  // from a partition of an ordered queue: acked without delay
+        std::string queue;       // logical queue
+        std::string reply_to;    // rpc results go there
+        bool ordered = false;    // from a partition of an ordered queue: acked without delay
+        std::string unique_key;  // a unique task's key (kUniqueHeader), released when it is done
+        std::string task_id;
     };
     std::map<std::uint64_t, InFlight> unsettled_;  // delivery tag -> where it came from
     AckBatcher acks_{opts_.prefetch};              // settled, ack not sent yet

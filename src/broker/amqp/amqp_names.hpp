@@ -5,6 +5,7 @@
 #include <amqp.h>
 #include <fmt/format.h>
 
+#include <chrono>
 #include <string>
 #include <string_view>
 
@@ -22,6 +23,12 @@ inline constexpr std::string_view kDeliveryCountHeader = "x-delivery-count";
 /// When a task message was published (milliseconds since the epoch): where a consumer
 /// measures its wait from (or from its ETA, when later).
 inline constexpr std::string_view kSentAtHeader = "x-conveyor-sent-at";
+/// A unique task's key (publish_unique): released in the Redis result backend when the task
+/// settles for good (acked or dead-lettered; kept through retries).
+inline constexpr std::string_view kUniqueHeader = "x-conveyor-unique";
+/// How long after it was due a unique task's key lapses if the task never settles (a message
+/// purged or deleted with its queue).
+inline constexpr std::chrono::hours kUniqueLapse{24 * 7};
 
 /// A message published anew starts its count again.
 inline void forget_deliveries(Envelope& env) {
