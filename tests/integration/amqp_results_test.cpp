@@ -374,3 +374,35 @@ TEST(AmqpUnique, WithoutTheRedisBackendAUniqueKeyIsRefusedWithASentence) {
               std::string::npos)
         << r.error().message;
 }
+
+TEST(AmqpUnique, CliEnqueueWithAUniqueKeyPrintsTheHoldersIdAndExitsZero) {
+    auto q = unique_name("cli-unique");
+    auto broker = open_with(queues({q}), redis_url());  // declares the queue
+    const std::string key = unique_name("report");
+    auto enqueue = [&] {
+        return testsupport::run({CONVEYOR_CLI, "--broker", redis_url(), "enqueue", "r.add",
+                                 "--args", "[1, 2]", "--queue", q, "--unique-key", key},
+                                {}, {}, 30s);
+    };
+    auto [rc1, first] = enqueue();
+    ASSERT_EQ(rc1, 0) << first;
+    auto [rc2, second] = enqueue();
+    ASSERT_EQ(rc2, 0) << second;
+    EXPECT_EQ(second, first);
+    EXPECT_FALSE(first.empty());
+    auto counts = broker->stats();
+    ASSERT_TRUE(counts) << counts.error().message;
+    bool seen = false;
+    for (auto& s : *counts)
+        if (s.queue == q) {
+            seen = true;
+            EXPECT_EQ(s.ready, 1) << "one message stored";
+        }
+    EXPECT_TRUE(seen);
+    // Without the Redis backend: one sentence and a non-zero exit.
+    auto [rc3, refused] = testsupport::run({CONVEYOR_CLI, "--broker", shared_rabbitmq_url(),
+                                            "enqueue", "r.add", "--queue", q, "--unique-key", key},
+                                           {}, {}, 30s);
+    EXPECT_NE(rc3, 0);
+    EXPECT_NE(refused.find("Redis result backend"), std::string::npos) << refused;
+}
