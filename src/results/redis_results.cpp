@@ -56,6 +56,9 @@ struct RedisResults::Conn {
         return read(what);
     }
     Result<void> append(std::initializer_list<std::string_view> args) {
+        return append_argv(std::span(args.begin(), args.size()));
+    }
+    Result<void> append_argv(std::span<const std::string_view> args) {
         std::vector<const char*> argv;
         std::vector<size_t> lens;
         for (auto a : args) {
@@ -289,50 +292,48 @@ return 1)";
 
 }  // namespace
 
+Result<std::string> RedisResults::eval(std::string_view script, std::string_view key,
+                                       std::initializer_list<std::string_view> args,
+                                       std::string_view what) {
+    auto c = checkout();
+    CONVEYOR_TRY(c);
+    std::string k = unique_key(key);
+    std::vector<std::string_view> argv = {"EVAL", script, "1", k};
+    argv.insert(argv.end(), args);
+    CONVEYOR_TRY((*c)->append_argv(argv));
+    auto r = (*c)->read(what);
+    CONVEYOR_TRY(r);
+    checkin(std::move(*c));
+    return std::string(text(r->get()));
+}
+
 Result<std::string> RedisResults::take_unique(std::string_view key, std::string_view id,
                                               std::optional<TimePoint> hold_until,
                                               milliseconds lease) {
-    auto c = checkout();
-    CONVEYOR_TRY(c);
     std::string hold = std::to_string(hold_until ? detail::to_epoch_ms(*hold_until) : 0);
     std::string ms = std::to_string(std::max<std::int64_t>(lease.count(), 1));
-    auto r = (*c)->command({"EVAL", kTakeUnique, "1", unique_key(key), id, hold, ms},
-                           "taking a unique key");
-    CONVEYOR_TRY(r);
-    checkin(std::move(*c));
-    auto holder = text(r->get());
-    if (holder.empty())
+    auto holder = eval(kTakeUnique, key, {id, hold, ms}, "taking a unique key");
+    CONVEYOR_TRY(holder);
+    if (holder->empty())
         return fail(Errc::unavailable, "Redis result backend: no holder for a unique key");
-    return std::string(holder);
+    return holder;
 }
 
 Result<void> RedisResults::keep_unique(std::string_view key, std::string_view id,
                                        TimePoint lapse_at) {
-    auto c = checkout();
-    CONVEYOR_TRY(c);
     std::string at = std::to_string(detail::to_epoch_ms(lapse_at));
-    CONVEYOR_TRY(
-        (*c)->command({"EVAL", kKeepUnique, "1", unique_key(key), id, at}, "keeping a unique key"));
-    checkin(std::move(*c));
+    CONVEYOR_TRY(eval(kKeepUnique, key, {id, at}, "keeping a unique key"));
     return {};
 }
 
 Result<void> RedisResults::release_unique(std::string_view key, std::string_view id) {
-    auto c = checkout();
-    CONVEYOR_TRY(c);
     std::string now = std::to_string(detail::to_epoch_ms(SystemClock::now()));
-    CONVEYOR_TRY((*c)->command({"EVAL", kReleaseUnique, "1", unique_key(key), id, now},
-                               "releasing a unique key"));
-    checkin(std::move(*c));
+    CONVEYOR_TRY(eval(kReleaseUnique, key, {id, now}, "releasing a unique key"));
     return {};
 }
 
 Result<void> RedisResults::drop_unique(std::string_view key, std::string_view id) {
-    auto c = checkout();
-    CONVEYOR_TRY(c);
-    CONVEYOR_TRY(
-        (*c)->command({"EVAL", kDropUnique, "1", unique_key(key), id}, "dropping a unique key"));
-    checkin(std::move(*c));
+    CONVEYOR_TRY(eval(kDropUnique, key, {id}, "dropping a unique key"));
     return {};
 }
 

@@ -4,6 +4,7 @@
 // Conveyor clients read each other's results.
 
 #include <chrono>
+#include <initializer_list>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -75,6 +76,9 @@ class RedisResults {
 
   private:
     struct Conn;
+    /// Runs a unique-key script (KEYS[1]: the key's hash) once; its reply as text.
+    Result<std::string> eval(std::string_view script, std::string_view key,
+                             std::initializer_list<std::string_view> args, std::string_view what);
     Result<std::unique_ptr<Conn>> checkout();
     void checkin(std::unique_ptr<Conn> c);
 

@@ -193,6 +193,14 @@ TEST(HostileInput, MalformedMessagesAndBroadcastsNeverStopAWorker) {
         {"sent-at-float", 1.5e300}};
     for (auto& [id, v] : sent_at)
         raw.publish("", queue, task(id, "ok", "[[], {}, {}]", {{"x-conveyor-sent-at", v}}));
+    // A unique key's header, forged by any publisher: not a string, or longer than any key a
+    // publisher may take. The task runs; the header is not taken for a key.
+    const std::vector<std::pair<std::string, Json>> unique_header = {
+        {"unique-number", 7},
+        {"unique-object", Json{{"k", Json::array({1})}}},
+        {"unique-long", std::string(4096, 'u')}};
+    for (auto& [id, v] : unique_header)
+        raw.publish("", queue, task(id, "ok", "[[], {}, {}]", {{"x-conveyor-unique", v}}));
 
     // Remote-control broadcasts to every worker of the vhost, each once fatal or worse.
     for (
@@ -245,6 +253,7 @@ TEST(HostileInput, MalformedMessagesAndBroadcastsNeverStopAWorker) {
     EXPECT_NE(ran_ids.find("expires-9999"), std::string::npos) << ran_ids;
     EXPECT_EQ(ran_ids.find("eta-9999"), std::string::npos) << ran_ids;
     for (auto& [id, _] : sent_at) EXPECT_NE(ran_ids.find(id), std::string::npos) << id;
+    for (auto& [id, _] : unique_header) EXPECT_NE(ran_ids.find(id), std::string::npos) << id;
     EXPECT_EQ(reason_of.count("eta-9999"), 0u);
     {
         std::string replies = testsupport::unique_name("hostile-replies");

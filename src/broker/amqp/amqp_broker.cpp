@@ -48,7 +48,7 @@ class AmqpBroker final : public Broker {
     /// settles (purged, its queue deleted), until kUniqueLapse after it was due.
     Result<std::string> publish_unique(const OutgoingMessage& m, std::string_view key,
                                        std::optional<TimePoint> hold_until) override {
-        if (key.empty() || key.size() > 1024)
+        if (key.empty() || key.size() > kMaxUniqueKey)
             return fail(Errc::invalid_argument, "a unique key is 1 to 1,024 bytes");
         if (e_->results_mode != ResultsMode::redis)
             return fail(Errc::invalid_argument,

@@ -174,8 +174,10 @@ class AmqpConsumer final : public Consumer {
         InFlight& in = unsettled_[env.delivery_tag];
         in = InFlight{d.queue, d.envelope.reply_to,
                       it != consumer_queue_.end() && it->second.ordered};
+        // Anyone may set the header: only a string a publisher could have taken counts.
         if (auto u = d.envelope.headers.find(kUniqueHeader);
-            u != d.envelope.headers.end() && u->is_string()) {
+            u != d.envelope.headers.end() && u->is_string() &&
+            u->get_ref<const std::string&>().size() <= kMaxUniqueKey) {
             in.unique_key = u->get<std::string>();
             in.task_id = d.message_id;
         }

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <cstddef>
 #include <string>
 #include <string_view>
 
@@ -26,6 +27,8 @@ inline constexpr std::string_view kSentAtHeader = "x-conveyor-sent-at";
 /// A unique task's key (publish_unique): released in the Redis result backend when the task
 /// settles for good (acked or dead-lettered; kept through retries).
 inline constexpr std::string_view kUniqueHeader = "x-conveyor-unique";
+/// The longest unique key (publish_unique refuses longer ones).
+inline constexpr std::size_t kMaxUniqueKey = 1024;
 /// How long after it was due a unique task's key lapses if the task never settles (a message
 /// purged or deleted with its queue).
 inline constexpr std::chrono::hours kUniqueLapse{24 * 7};
