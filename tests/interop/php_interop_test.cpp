@@ -18,15 +18,8 @@ using testsupport::unique_name;
 
 namespace {
 
-/// The shared node's AMQP port.
-std::string amqp_port() {
-    auto url = shared_rabbitmq_url();  // amqp://guest:guest@127.0.0.1:PORT/
-    auto p = url.substr(url.rfind(':') + 1);
-    return p.substr(0, p.find('/'));
-}
-
 Json php(const std::string& script, std::vector<std::string> args) {
-    std::vector<std::string> argv = {"php", interop::kPeers + "/" + script, amqp_port()};
+    std::vector<std::string> argv = {"php", interop::kPeers + "/" + script, interop::amqp_port()};
     argv.insert(argv.end(), args.begin(), args.end());
     auto [rc, out] = testsupport::run(argv, {}, {}, 120s);
     EXPECT_EQ(rc, 0) << out;

@@ -22,12 +22,6 @@ namespace {
 
 const std::string kRecipe = interop::kPeers + "/recipe/";
 
-std::string amqp_port() {
-    auto url = testsupport::shared_rabbitmq_url();  // amqp://guest:guest@127.0.0.1:PORT/
-    auto p = url.substr(url.rfind(':') + 1);
-    return p.substr(0, p.find('/'));
-}
-
 /// A vhost of the test's own, so the recipe's fixed names never meet another test's.
 struct Vhost {
     std::string name = testsupport::unique_name("recipe");
@@ -36,7 +30,9 @@ struct Vhost {
         ctl({"set_permissions", "-p", name, "guest", ".*", ".*", ".*"});
     }
     ~Vhost() { ctl({"delete_vhost", name}); }
-    std::string url() const { return "amqp://guest:guest@127.0.0.1:" + amqp_port() + "/" + name; }
+    std::string url() const {
+        return "amqp://guest:guest@127.0.0.1:" + interop::amqp_port() + "/" + name;
+    }
     static void ctl(std::vector<std::string> args) {
         args.insert(args.begin(), {CONVEYOR_SOURCE_DIR "/scripts/rabbitmq-node.sh", "ctl",
                                    testsupport::shared_rabbitmq_dir()});
@@ -48,8 +44,8 @@ struct Vhost {
 Json php(const Vhost& v, const std::string& script, std::vector<std::string> args = {}) {
     std::vector<std::string> argv = {"php", kRecipe + script};
     argv.insert(argv.end(), args.begin(), args.end());
-    auto [rc, out] =
-        testsupport::run(argv, {"AMQP_PORT=" + amqp_port(), "AMQP_VHOST=" + v.name}, {}, 60s);
+    auto [rc, out] = testsupport::run(
+        argv, {"AMQP_PORT=" + interop::amqp_port(), "AMQP_VHOST=" + v.name}, {}, 60s);
     EXPECT_EQ(rc, 0) << script << ": " << out;
     return interop::last_json(out);
 }
@@ -188,7 +184,7 @@ TEST(Recipe, APassiveQueueOwnedElsewhereIsUsedAsItIs) {
          "PhpAmqpLib\\Wire\\AMQPTable(['x-message-ttl' => 600000, 'x-max-length' => 1000, "
          "'x-team' => 'billing']));"
          "echo json_encode(['ok' => true]), \"\\n\";"},
-        {"AMQP_PORT=" + amqp_port(), "AMQP_VHOST=" + v.name});
+        {"AMQP_PORT=" + interop::amqp_port(), "AMQP_VHOST=" + v.name});
     ASSERT_EQ(rc0, 0) << out0;
     testsupport::write_file(dir.file("conveyor.toml"),
                             "broker = \"" + v.url() +
@@ -267,9 +263,10 @@ TEST(Recipe, BodiesTravelByteForByteBothWays) {
         dir.file("worker.out"), {}, dir.path().string());
 
     // php-amqplib -> a Conveyor worker's command.
-    auto [prc, pout] = testsupport::run({"php", interop::kPeers + "/php_bytes.php", amqp_port(),
-                                         "publish", "", "bytes_in", dir.file("in")},
-                                        {"AMQP_VHOST=" + v.name}, {}, 60s);
+    auto [prc, pout] =
+        testsupport::run({"php", interop::kPeers + "/php_bytes.php", interop::amqp_port(),
+                          "publish", "", "bytes_in", dir.file("in")},
+                         {"AMQP_VHOST=" + v.name}, {}, 60s);
     ASSERT_EQ(prc, 0) << pout;
     ASSERT_TRUE(eventually(
         [&] {
@@ -295,8 +292,8 @@ TEST(Recipe, BodiesTravelByteForByteBothWays) {
         ASSERT_EQ(erc, 0) << eout;
     }
     auto [crc, cout] =
-        testsupport::run({"php", interop::kPeers + "/php_bytes.php", amqp_port(), "consume",
-                          "bytes_out", std::to_string(bodies.size()), dir.file("php")},
+        testsupport::run({"php", interop::kPeers + "/php_bytes.php", interop::amqp_port(),
+                          "consume", "bytes_out", std::to_string(bodies.size()), dir.file("php")},
                          {"AMQP_VHOST=" + v.name}, {}, 90s);
     ASSERT_EQ(crc, 0) << cout;
     auto got = interop::last_json(cout)["messages"];

@@ -20,6 +20,13 @@ using namespace std::chrono_literals;
 inline const std::string kPeers = CONVEYOR_SOURCE_DIR "/tests/interop/peers";
 
 /// The last line of `out` that is a JSON object (peers print one; Python may warn before).
+/// The shared node's AMQP port.
+inline std::string amqp_port() {
+    auto url = testsupport::shared_rabbitmq_url();  // amqp://guest:guest@127.0.0.1:PORT/
+    auto p = url.substr(url.rfind(':') + 1);
+    return p.substr(0, p.find('/'));
+}
+
 inline conveyor::Json last_json(const std::string& out) {
     auto end = out.size();
     while (end > 0) {

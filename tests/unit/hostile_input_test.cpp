@@ -88,8 +88,9 @@ TEST(JsonBounds, TheFastParserBuildsWhatNlohmannBuildsAndRefusesWhatItRefuses) {
         if (slow.is_discarded()) continue;
         EXPECT_EQ(detail::dump_lossy(fast), detail::dump_lossy(slow));
         EXPECT_EQ(fast.type(), slow.type());
-        if (slow.is_object())
+        if (slow.is_object()) {
             for (auto& [k, v] : slow.items()) EXPECT_EQ(fast.at(k).type(), v.type()) << k;
+        }
     }
     // A document past the reused parser's size, and one after it on the same thread.
     std::string big = "[" + std::string(100000, ' ') + "\"" + std::string(70000, 'x') + "\"]";
