@@ -52,6 +52,11 @@ std::string describe_limit(const TaskLimit& limit);
 /// Checks a limit key: "kwargs.NAME" or "args.N". Errc::invalid_argument otherwise.
 Result<void> parse_limit_key(std::string_view key);
 
+/// Checks a limit as every engine that keeps limits does: a task name, a rate from 0 to
+/// 1,000,000/s, a concurrency limit not below 0, a key parse_limit_key takes.
+/// Errc::invalid_argument with a sentence otherwise.
+Result<void> check_limit(const TaskLimit& limit);
+
 /// The key of one run: the value `key` names in the task's arguments, as text (a string as
 /// it is, anything else as JSON), at most 200 bytes; empty where the task has no such value.
 std::string limit_key_of(std::string_view key, const Json& args, const Json& kwargs);

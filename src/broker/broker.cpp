@@ -73,7 +73,7 @@ Result<void> Broker::set_limit(const TaskLimit& limit) {
     if (!limit.limited()) return {};  // nothing to remove
     return fail(Errc::invalid_argument,
                 fmt::format("task '{}': rate and concurrency limits are kept by the sqlite engine "
-                            "only, not yet by {}",
+                            "and by RabbitMQ with the Redis result backend, not by {}",
                             limit.task, url()));
 }
 

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "core/json_bounds.hpp"
+#include "core/try.hpp"
 
 namespace conveyor {
 
@@ -74,6 +75,18 @@ Json limit_json(const LimitStats& x) {
         {"key", x.limit.key.empty() ? Json() : Json(x.limit.key)},
         {"waiting", x.waiting},
         {"running", x.running}};
+}
+
+Result<void> check_limit(const TaskLimit& limit) {
+    if (limit.task.empty()) return fail(Errc::invalid_argument, "a limit needs a task name");
+    if (!std::isfinite(limit.rate) || limit.rate < 0 || limit.max_concurrency < 0)
+        return fail(Errc::invalid_argument,
+                    fmt::format("task '{}': a limit is not below 0", limit.task));
+    if (limit.rate > kMaxRate)
+        return fail(Errc::invalid_argument,
+                    fmt::format("task '{}': a rate limit is at most 1000000/s", limit.task));
+    if (!limit.key.empty()) CONVEYOR_TRY(parse_limit_key(limit.key));
+    return {};
 }
 
 Result<void> parse_limit_key(std::string_view key) {

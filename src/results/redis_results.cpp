@@ -3,7 +3,9 @@
 #include <fmt/format.h>
 #include <hiredis/hiredis.h>
 
+#include <algorithm>
 #include <charconv>
+#include <cstdlib>
 #include <thread>
 
 #include "core/result_meta.hpp"
@@ -295,16 +297,239 @@ return 1)";
 Result<std::string> RedisResults::eval(std::string_view script, std::string_view key,
                                        std::initializer_list<std::string_view> args,
                                        std::string_view what) {
+    std::string k = unique_key(key);
+    std::string_view keys[] = {k};
+    auto r = eval_keys(script, keys, std::span(args.begin(), args.size()), what);
+    CONVEYOR_TRY(r);
+    return r->empty() ? std::string() : std::move(r->front());
+}
+
+Result<std::vector<std::string>> RedisResults::eval_keys(std::string_view script,
+                                                         std::span<const std::string_view> keys,
+                                                         std::span<const std::string_view> args,
+                                                         std::string_view what) {
     auto c = checkout();
     CONVEYOR_TRY(c);
-    std::string k = unique_key(key);
-    std::vector<std::string_view> argv = {"EVAL", script, "1", k};
-    argv.insert(argv.end(), args);
+    std::string n = std::to_string(keys.size());
+    std::vector<std::string_view> argv = {"EVAL", script, n};
+    argv.insert(argv.end(), keys.begin(), keys.end());
+    argv.insert(argv.end(), args.begin(), args.end());
     CONVEYOR_TRY((*c)->append_argv(argv));
     auto r = (*c)->read(what);
     CONVEYOR_TRY(r);
     checkin(std::move(*c));
-    return std::string(text(r->get()));
+    auto one = [](const redisReply* x) {
+        return x && x->type == REDIS_REPLY_INTEGER ? std::to_string(x->integer)
+                                                   : std::string(text(x));
+    };
+    std::vector<std::string> out;
+    if (r->get() && (*r)->type == REDIS_REPLY_ARRAY) {
+        for (std::size_t i = 0; i < (*r)->elements; ++i) out.push_back(one((*r)->element[i]));
+    } else {
+        out.push_back(one(r->get()));
+    }
+    return out;
+}
+
+namespace {
+
+constexpr std::string_view kLimitsKey = "conveyor-limits";
+
+// The scripts below build a task's other keys the same way (Lua: 'conveyor-held-'..task).
+std::string held_key(std::string_view task) { return fmt::format("conveyor-held-{}", task); }
+std::string slot_keys_key(std::string_view task) {
+    return fmt::format("conveyor-slotkeys-{}", task);
+}
+std::string rate_key(std::string_view task, std::string_view key) {
+    return fmt::format("conveyor-rate-{}:{}:{}", task.size(), task, key);
+}
+
+// KEYS: the rate's next start, the key's slots, the task's held-back ids, the task's slot sets.
+// ARGV: ms between starts (0: no rate), the most running (0: no limit), the slot's member,
+// its lease (ms), the task id, '1' when it comes back for a reserved start, how far ahead a
+// start may be and still run (ms), how long a task held back is away (ms). Times are Redis's.
+// A held-back id is scored by when it is due back and a minute (then it no longer counts as
+// waiting); a reserved start is its score less that minute.
+constexpr std::string_view kAdmit = R"(
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local interval = tonumber(ARGV[1])
+local most = tonumber(ARGV[2])
+local grace = 60000
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+local at = nil
+if interval > 0 and ARGV[6] == '1' then
+  local s = redis.call('ZSCORE', KEYS[3], ARGV[5])
+  if s then at = tonumber(s) - grace end
+end
+if most > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  if redis.call('ZCARD', KEYS[2]) >= most then
+    redis.call('ZADD', KEYS[3], string.format('%.3f', now + tonumber(ARGV[8]) + grace), ARGV[5])
+    return {'full', '0', string.format('%.3f', now)}
+  end
+end
+local wait = 0
+if interval > 0 then
+  if at == nil or now > at then
+    local nxt = tonumber(redis.call('GET', KEYS[1]) or '0')
+    at = math.max(nxt, now)
+    redis.call('SET', KEYS[1], string.format('%.3f', at + interval), 'PX',
+               math.floor(at + interval - now) + grace)
+  end
+  wait = at - now
+  if wait > tonumber(ARGV[7]) then
+    redis.call('ZADD', KEYS[3], string.format('%.3f', at + grace), ARGV[5])
+    return {'later', string.format('%.3f', wait), string.format('%.3f', at)}
+  end
+end
+if most > 0 then
+  redis.call('ZADD', KEYS[2], string.format('%.3f', now + tonumber(ARGV[4])), ARGV[3])
+  redis.call('SADD', KEYS[4], KEYS[2])
+end
+redis.call('ZREM', KEYS[3], ARGV[5])
+return {'run', string.format('%.3f', wait), string.format('%.3f', at or now)})";
+
+// KEYS: slot sets; ARGV: the member of each.
+constexpr std::string_view kReleaseSlots = R"(
+for i, k in ipairs(KEYS) do redis.call('ZREM', k, ARGV[i]) end
+return #KEYS)";
+
+// KEYS: slot sets; ARGV: the lease (ms), then the member of each.
+constexpr std::string_view kRenewSlots = R"(
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local score = string.format('%.3f', now + tonumber(ARGV[1]))
+for i, k in ipairs(KEYS) do redis.call('ZADD', k, score, ARGV[i + 1]) end
+return #KEYS)";
+
+// ARGV: task names. For each, the ids held back (waiting) and the slots held (running).
+constexpr std::string_view kLimitStats = R"(
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local out = {}
+for _, task in ipairs(ARGV) do
+  local held = 'conveyor-held-' .. task
+  redis.call('ZREMRANGEBYSCORE', held, '-inf', now)
+  local running = 0
+  local sets = 'conveyor-slotkeys-' .. task
+  for _, k in ipairs(redis.call('SMEMBERS', sets)) do
+    redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
+    local n = redis.call('ZCARD', k)
+    if n == 0 then redis.call('SREM', sets, k) end
+    running = running + n
+  end
+  table.insert(out, redis.call('ZCARD', held))
+  table.insert(out, running)
+end
+return out)";
+
+}  // namespace
+
+std::string RedisResults::slots_key(std::string_view task, std::string_view key) {
+    return fmt::format("conveyor-slots-{}:{}:{}", task.size(), task, key);
+}
+
+Result<void> RedisResults::set_limit(const TaskLimit& limit) {
+    auto c = checkout();
+    CONVEYOR_TRY(c);
+    std::string value;
+    if (limit.limited())
+        value = Json{{"rate", limit.rate},
+                     {"max_concurrency", limit.max_concurrency},
+                     {"key", limit.key}}
+                    .dump();
+    auto r = limit.limited()
+                 ? (*c)->command({"HSET", kLimitsKey, limit.task, value}, "storing a limit")
+                 : (*c)->command({"HDEL", kLimitsKey, limit.task}, "removing a limit");
+    CONVEYOR_TRY(r);
+    checkin(std::move(*c));
+    return {};
+}
+
+Result<std::vector<LimitStats>> RedisResults::limits(bool counts) {
+    auto c = checkout();
+    CONVEYOR_TRY(c);
+    auto r = (*c)->command({"HGETALL", kLimitsKey}, "reading the limits");
+    CONVEYOR_TRY(r);
+    checkin(std::move(*c));
+    std::vector<LimitStats> out;
+    const redisReply* all = r->get();
+    if (!all || all->type != REDIS_REPLY_ARRAY) return out;
+    for (std::size_t i = 0; i + 1 < all->elements; i += 2) {
+        // Written by set_limit; anything else in the hash is left out.
+        auto v = Json::parse(text(all->element[i + 1]), nullptr, false);
+        if (!v.is_object()) continue;
+        TaskLimit l{.task = std::string(text(all->element[i]))};
+        if (auto x = v.find("rate"); x != v.end() && x->is_number()) l.rate = x->get<double>();
+        if (auto x = v.find("max_concurrency"); x != v.end() && x->is_number_integer())
+            l.max_concurrency = int(std::clamp<std::int64_t>(x->get<std::int64_t>(), 0, 1000000));
+        if (auto x = v.find("key"); x != v.end() && x->is_string()) l.key = x->get<std::string>();
+        if (!check_limit(l) || !l.limited()) continue;
+        out.push_back(LimitStats{.limit = std::move(l)});
+    }
+    std::sort(out.begin(), out.end(), [](auto& a, auto& b) { return a.limit.task < b.limit.task; });
+    if (out.empty() || !counts) return out;
+    std::vector<std::string_view> tasks;
+    for (auto& x : out) tasks.push_back(x.limit.task);
+    auto n = eval_keys(kLimitStats, {}, tasks, "counting what limits hold");
+    CONVEYOR_TRY(n);
+    for (std::size_t i = 0; i < out.size() && 2 * i + 1 < n->size(); ++i) {
+        out[i].waiting = std::strtoll((*n)[2 * i].c_str(), nullptr, 10);
+        out[i].running = std::strtoll((*n)[2 * i + 1].c_str(), nullptr, 10);
+    }
+    return out;
+}
+
+Result<RedisResults::Admission> RedisResults::admit(const TaskLimit& limit, std::string_view key,
+                                                    std::string_view id, std::string_view slot,
+                                                    bool reserved, milliseconds lease,
+                                                    milliseconds hold, milliseconds back) {
+    std::string rate = rate_key(limit.task, key), slots = slots_key(limit.task, key),
+                held = held_key(limit.task), sets = slot_keys_key(limit.task);
+    std::string interval = limit.rate > 0 ? fmt::format("{:.6f}", 1000.0 / limit.rate) : "0";
+    std::string most = std::to_string(std::max(limit.max_concurrency, 0));
+    std::string lease_ms = std::to_string(std::max<std::int64_t>(lease.count(), 1));
+    std::string hold_ms = std::to_string(hold.count()), back_ms = std::to_string(back.count());
+    std::string_view keys[] = {rate, slots, held, sets};
+    std::string_view args[] = {interval, most,   slot, lease_ms, id, reserved ? "1" : "0",
+                               hold_ms,  back_ms};
+    auto r = eval_keys(kAdmit, keys, args, "admitting a limited task");
+    CONVEYOR_TRY(r);
+    if (r->size() != 3)
+        return fail(Errc::unavailable, "Redis result backend: a limit said nothing");
+    Admission a;
+    a.kind = (*r)[0] == "run"     ? Admission::Kind::run
+             : (*r)[0] == "later" ? Admission::Kind::later
+                                  : Admission::Kind::full;
+    a.wait_ms = std::strtod((*r)[1].c_str(), nullptr);
+    // Written to the microsecond: rounded back to it, so starts 1/rate apart stay that far.
+    a.start = TimePoint(
+        round<microseconds>(duration<double, std::milli>(std::strtod((*r)[2].c_str(), nullptr))));
+    return a;
+}
+
+Result<void> RedisResults::release_slots(std::span<const Slot> slots) {
+    if (slots.empty()) return {};
+    std::vector<std::string_view> keys, args;
+    for (auto& s : slots) {
+        keys.push_back(s.key);
+        args.push_back(s.member);
+    }
+    CONVEYOR_TRY(eval_keys(kReleaseSlots, keys, args, "releasing concurrency slots"));
+    return {};
+}
+
+Result<void> RedisResults::renew_slots(std::span<const Slot> slots, milliseconds lease) {
+    if (slots.empty()) return {};
+    std::string ms = std::to_string(std::max<std::int64_t>(lease.count(), 1));
+    std::vector<std::string_view> keys, args = {ms};
+    for (auto& s : slots) {
+        keys.push_back(s.key);
+        args.push_back(s.member);
+    }
+    CONVEYOR_TRY(eval_keys(kRenewSlots, keys, args, "renewing concurrency slots"));
+    return {};
 }
 
 Result<std::string> RedisResults::take_unique(std::string_view key, std::string_view id,

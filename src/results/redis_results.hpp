@@ -74,11 +74,59 @@ class RedisResults {
 
     static std::string key(std::string_view id);
 
+    /// Rate and concurrency limits on RabbitMQ (broker/amqp/amqp_limits.hpp says how a
+    /// consumer uses them). The limits are a hash, conveyor-limits: task -> {"rate",
+    /// "max_concurrency", "key"}; a limit that limits nothing is removed.
+    Result<void> set_limit(const TaskLimit& limit);
+    /// Every limit, with the tasks held back by it (until they are admitted, or a minute after
+    /// they were due back) and the concurrency slots held under it now (`counts` false: the
+    /// limits alone, in one round trip).
+    Result<std::vector<LimitStats>> limits(bool counts = true);
+
+    /// A concurrency slot: the sorted set of a task's key (slots_key) and the member that a
+    /// running delivery holds there, scored by the end of its lease.
+    struct Slot {
+        std::string key;
+        std::string member;
+    };
+    /// What admit decided for one delivery, by Redis's clock (every host agrees on it).
+    struct Admission {
+        enum class Kind {
+            run,    ///< start it `wait_ms` from now (a start reserved no further ahead than `hold`)
+            later,  ///< a start is reserved `wait_ms` from now: it waits in the broker till then
+            full,   ///< every slot is taken: it waits in the broker and asks again
+        };
+        Kind kind = Kind::run;
+        double wait_ms = 0;
+        TimePoint start;  ///< run, later: the start the limit counted, by Redis's clock
+    };
+    /// One delivery of a limited task, in one script: the concurrency slot first (taken as
+    /// `slot` for `lease`), then the next start of the rate (spaced 1/rate apart across the
+    /// fleet). `reserved`: the task comes back for a start reserved for it earlier (kept unless
+    /// it came back after it: then it takes the next free start, so that starts never come
+    /// closer than 1/rate). A task held back is counted as waiting until it is admitted, or
+    /// `back` and a minute later.
+    Result<Admission> admit(const TaskLimit& limit, std::string_view key, std::string_view id,
+                            std::string_view slot, bool reserved, std::chrono::milliseconds lease,
+                            std::chrono::milliseconds hold, std::chrono::milliseconds back);
+    /// Slots given back: their tasks settled (or were handed back).
+    Result<void> release_slots(std::span<const Slot> slots);
+    /// Slots kept for another lease (their tasks still run); one that lapsed is taken again,
+    /// since its task still runs.
+    Result<void> renew_slots(std::span<const Slot> slots, std::chrono::milliseconds lease);
+    static std::string slots_key(std::string_view task, std::string_view key);
+
   private:
     struct Conn;
     /// Runs a unique-key script (KEYS[1]: the key's hash) once; its reply as text.
     Result<std::string> eval(std::string_view script, std::string_view key,
                              std::initializer_list<std::string_view> args, std::string_view what);
+    /// Runs a script with its keys and arguments; its reply as text, an array's as its elements
+    /// (numbers in decimal).
+    Result<std::vector<std::string>> eval_keys(std::string_view script,
+                                               std::span<const std::string_view> keys,
+                                               std::span<const std::string_view> args,
+                                               std::string_view what);
     Result<std::unique_ptr<Conn>> checkout();
     void checkin(std::unique_ptr<Conn> c);
 

@@ -5,8 +5,12 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <map>
+#include <mutex>
+#include <thread>
+#include <vector>
 
 #include "conveyor/client.hpp"
 #include "interop/support.hpp"
@@ -220,9 +224,11 @@ TEST(CeleryMonitor, AddAndCancelConsumerConfAndUnsupportedCommands) {
     EXPECT_EQ(out["conf"][node]["broker_url"].get<std::string>().find(":guest@"), std::string::npos)
         << out.dump();
     // Celery's rate_limit sets the limit across the fleet where the broker keeps limits
-    // (sqlite); RabbitMQ does not yet, and the reply says so.
+    // (sqlite; RabbitMQ with the Redis result backend, which this worker has not), and the
+    // reply says so.
     EXPECT_TRUE(out["rate_limit"][0][node]["error"].get<std::string>().starts_with(
-        "task 'interop.add': rate and concurrency limits are kept by the sqlite engine only"))
+        "task 'interop.add': rate and concurrency limits on RabbitMQ are kept in the Redis "
+        "result backend"))
         << out.dump();
     EXPECT_EQ(out["pool_grow"][0][node]["error"],
               "'pool_grow' is not supported by Conveyor workers")
@@ -338,4 +344,49 @@ TEST(CeleryMonitor, TheDashboardKeepsAHistoryFromTheEventsOfConveyorAndPythonWor
     w.thread.join();
     dashboard.signal(SIGTERM);
     EXPECT_EQ(dashboard.wait(20s), 0);
+}
+
+TEST(CeleryMonitor, ControlRateLimitSetsTheFleetsRateOnRabbitMqWithRedis) {
+    // A Redis database of its own: a task's limit is the whole fleet's.
+    auto redis = testsupport::shared_redis_url();  // redis://127.0.0.1:PORT/0
+    auto port = redis.substr(redis.rfind(':') + 1, redis.rfind('/') - redis.rfind(':') - 1);
+    auto [frc, fout] =
+        testsupport::run({"redis-cli", "-p", port, "-n", "7", "FLUSHDB"}, {}, {}, 10s);
+    ASSERT_EQ(frc, 0) << fout;
+    auto url =
+        testsupport::shared_rabbitmq_url() + "?results=" + redis.substr(0, redis.rfind('/')) + "/7";
+    auto q = unique_name("rate");
+    auto node = q + "@localhost";
+    auto broker = open_with(queues({q}), url);
+    BackgroundWorker w(open_with(queues({q}), url), monitored(q, node, false));
+    std::mutex mu;
+    std::vector<TimePoint> taken;
+    w.worker.handle("interop.add", [&](TaskContext& c) -> Json {
+        std::lock_guard lk(mu);
+        taken.push_back(c.taken().value_or(TimePoint{}));
+        return c.args()[0].get<int>() + c.args()[1].get<int>();
+    });
+    w.start();
+    auto out = monitor("rate_limit", node, q);
+    EXPECT_EQ(out["set"], Json::array({{{node, {{"ok", "new rate limit set successfully"}}}}}))
+        << out.dump();
+    auto limits = broker->limits();
+    ASSERT_TRUE(limits) << limits.error().message;
+    ASSERT_EQ(limits->size(), 1u);
+    EXPECT_EQ((*limits)[0].limit.task, "interop.add");
+    EXPECT_EQ((*limits)[0].limit.rate, 5);
+    // Six tasks at 5/s: their starts 200 ms apart (the worker reads limits every second).
+    std::this_thread::sleep_for(1100ms);
+    Client client(broker);
+    for (int i = 0; i < 6; ++i)
+        ASSERT_TRUE(client.enqueue("interop.add", {i, 1}, Json::object(), {.queue = q}));
+    ASSERT_TRUE(eventually(
+        [&] {
+            std::lock_guard lk(mu);
+            return taken.size() == 6;
+        },
+        15s));
+    std::sort(taken.begin(), taken.end());
+    for (std::size_t i = 1; i < taken.size(); ++i) EXPECT_GE(taken[i] - taken[i - 1], 199ms) << i;
+    ASSERT_TRUE(broker->set_limit({.task = "interop.add"}));
 }

@@ -120,7 +120,7 @@ TEST(Cli, MistakesGetOneSentenceAndANonZeroExit) {
         {{"limits", "set", "t", "--max-concurrency", "-1"}, 2, "--max-concurrency"},
         {{"--broker", "memory://", "limits", "set", "t", "--rate", "1/s"},
          2,
-         "kept by the sqlite engine only"},
+         "kept by the sqlite engine and by RabbitMQ with the Redis result backend, not by"},
     };
     for (auto& c : cases) {
         auto [code, out] = cli(dir, c.args);

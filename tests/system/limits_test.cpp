@@ -14,6 +14,7 @@
 #include "conveyor/client.hpp"
 #include "conveyor/config.hpp"
 #include "conveyor/engine.hpp"
+#include "support/marks.hpp"
 #include "support/process.hpp"
 #include "support/queue_stats.hpp"
 
@@ -21,45 +22,14 @@ using namespace conveyor;
 using namespace std::chrono_literals;
 using testsupport::eventually;
 using testsupport::lines_with;
+using testsupport::Mark;
+using testsupport::marks;
+using testsupport::most_at_once;
 using testsupport::Process;
 using testsupport::stats_of;
 using testsupport::TempDir;
 
 namespace {
-
-/// A line of test.timed's log: "start|done ID PID MICROSECONDS KEY TAKEN".
-struct Mark {
-    std::string id;
-    long pid = 0;
-    std::int64_t us = 0;
-    std::string key;
-    std::int64_t taken = 0;  // when the broker handed it over
-};
-
-std::vector<Mark> marks(const std::string& log, const std::string& what) {
-    std::vector<Mark> out;
-    for (auto& l : lines_with(log, what + " ")) {
-        std::istringstream in(l.substr(what.size() + 1));
-        Mark m;
-        in >> m.id >> m.pid >> m.us >> m.key >> m.taken;
-        if (in) out.push_back(m);
-    }
-    return out;
-}
-
-/// The most tasks running at once, from their start and done marks (per key when asked).
-int most_at_once(const std::vector<Mark>& starts, const std::vector<Mark>& dones,
-                 const std::string& key = {}) {
-    std::vector<std::pair<std::int64_t, int>> ev;  // (time, +1 start / -1 done); done first
-    for (auto& m : starts)
-        if (key.empty() || m.key == key) ev.emplace_back(m.us, +1);
-    for (auto& m : dones)
-        if (key.empty() || m.key == key) ev.emplace_back(m.us, -1);
-    std::sort(ev.begin(), ev.end());
-    int now = 0, most = 0;
-    for (auto& [_, d] : ev) most = std::max(most, now += d);
-    return most;
-}
 
 struct Fleet {
     TempDir dir;
@@ -130,11 +100,7 @@ TEST(Limits, TwoHundredTasksAtTwentyASecondOverThreeWorkerProcessesTakeTenSecond
     EXPECT_GT(span, 9.95 * 0.9);
     EXPECT_LT(span, 9.95 * 1.1);
     // Never more than 20 taken in any second.
-    int most = 0;
-    for (std::size_t i = 0; i < t.size(); ++i) {
-        auto end = std::lower_bound(t.begin(), t.end(), t[i] + 1000000);
-        most = std::max(most, int(end - (t.begin() + std::ptrdiff_t(i))));
-    }
+    int most = testsupport::most_in_a_second(t);
     std::printf("200 takes over %.3f s, at most %d in any second, %zu processes\n", span, most,
                 pids.size());
     EXPECT_LE(most, 20);
@@ -345,7 +311,8 @@ TEST(Limits, WhatCannotBeLimitedSaysSo) {
     auto r = memory->set_limit({.task = "t", .rate = 5});
     ASSERT_FALSE(r);
     EXPECT_EQ(r.error().code, Errc::invalid_argument);
-    EXPECT_NE(r.error().message.find("sqlite engine only"), std::string::npos);
+    EXPECT_NE(r.error().message.find("by RabbitMQ with the Redis result backend, not by memory://"),
+              std::string::npos);
     EXPECT_TRUE(memory->set_limit({.task = "t"}));  // no limit: nothing to remove
     TempDir dir;
     auto sqlite = *Broker::open("sqlite://" + dir.file("c.db"));

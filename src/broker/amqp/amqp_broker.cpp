@@ -83,6 +83,27 @@ class AmqpBroker final : public Broker {
         return id;
     }
 
+    /// Limits live in the Redis result backend too, and each consumer admits the deliveries of
+    /// a limited task there (amqp_consumer.cpp, RedisResults::admit).
+    Result<void> set_limit(const TaskLimit& limit) override {
+        CONVEYOR_TRY(check_limit(limit));
+        if (e_->results_mode != ResultsMode::redis) {
+            if (!limit.limited()) return {};  // nothing to remove
+            return fail(
+                Errc::invalid_argument,
+                fmt::format("task '{}': rate and concurrency limits on RabbitMQ are kept "
+                            "in the Redis result backend: add ?results=redis://HOST:PORT/DB "
+                            "to {}",
+                            limit.task, url()));
+        }
+        return e_->redis->set_limit(limit);
+    }
+
+    Result<std::vector<LimitStats>> limits() override {
+        if (e_->results_mode != ResultsMode::redis) return std::vector<LimitStats>{};
+        return e_->redis->limits();
+    }
+
     Result<std::vector<QueueStats>> stats() override {
         if (!e_->opts.management.empty()) {
             // Every queue of the vhost, configured or not; passive declares when it fails.

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <deque>
 #include <map>
 #include <set>
@@ -23,6 +24,19 @@ namespace conveyor::amqp {
 namespace {
 
 using namespace std::chrono;
+using Slot = results::RedisResults::Slot;
+
+/// A start reserved no further ahead than this is held here until then (the delay levels count
+/// whole seconds); one further ahead waits in the broker until less than a second is left.
+constexpr milliseconds kLimitHold{1500};
+/// How much earlier than its reserved start a task held back for it comes back at least (a
+/// task that comes back after it takes a new start).
+constexpr milliseconds kLimitLead{300};
+static_assert(kLimitHold > kLimitLead + seconds(1));
+/// A task that found every concurrency slot taken asks again this much later.
+constexpr milliseconds kLimitRecheck{1000};
+/// How often a consumer reads the limits anew (`conveyor limit`, `control rate_limit`).
+constexpr milliseconds kLimitsRefresh{1000};
 
 class AmqpConsumer final : public Consumer {
     struct Source {
@@ -103,9 +117,16 @@ class AmqpConsumer final : public Consumer {
             detail::log(LogLevel::warning, "broker.disconnected",
                         fmt::format("RabbitMQ connection lost ({}); reconnecting", why));
         conn_.reset();
+        // RabbitMQ delivers them again, perhaps elsewhere: their slots go with them.
+        std::vector<Slot> slots;
+        for (auto& [_, in] : unsettled_)
+            if (!in.slot.key.empty()) slots.push_back(std::move(in.slot));
+        release_slots(slots);
         unsettled_.clear();
         acks_.clear();
         buffered_.clear();
+        for (auto& [_, d] : pending_) held_.erase(d.tag);
+        pending_.clear();
         next_attempt_ = steady_clock::now();
     }
 
@@ -155,6 +176,7 @@ class AmqpConsumer final : public Consumer {
         }
         d.message_id = codec::envelope_id(d.envelope);
         if (d.message_id.empty()) d.message_id = env.message_id;
+        d.taken = SystemClock::now();
         if (auto sent = d.envelope.headers.find(kSentAtHeader);
             sent != d.envelope.headers.end() && sent->is_number_integer()) {
             // From the wire: only a time between 1970 and 9999 counts.
@@ -187,20 +209,173 @@ class AmqpConsumer final : public Consumer {
     Result<std::vector<Delivery>> fetch(std::size_t max, milliseconds wait) override {
         auto deadline = steady_clock::now() + wait;
         flush_acks(false);
+        refresh_limits();
         std::vector<Delivery> out;
         while (!buffered_.empty() && out.size() < max) {
             out.push_back(std::move(buffered_.front()));
             buffered_.pop_front();
         }
-        while (out.size() < max) {
+        for (;;) {
+            take_due(out, max);
+            if (out.size() >= max) break;
             if (!ensure_connected(deadline, nullptr)) break;
-            auto left = duration_cast<milliseconds>(deadline - steady_clock::now());
+            // Wait for a delivery until the deadline, or until a held one is due.
+            auto now = steady_clock::now();
+            auto until = pending_.empty() ? deadline : std::min(deadline, pending_.begin()->first);
             timeval tv{0, 0};
-            if (out.empty() && left.count() > 0)
-                tv = timeval{time_t(left.count() / 1000), suseconds_t(left.count() % 1000 * 1000)};
-            if (!receive(tv, out)) break;
+            if (out.empty() && until > now) {
+                auto left = ceil<milliseconds>(until - now).count();
+                tv = timeval{time_t(left / 1000), suseconds_t(left % 1000 * 1000)};
+            }
+            if (!receive(tv, out)) {
+                if (!out.empty() || steady_clock::now() >= deadline) {
+                    take_due(out, max);
+                    break;
+                }
+            }
         }
         return out;
+    }
+
+    /// Held deliveries whose reserved start has come, into `out`.
+    void take_due(std::vector<Delivery>& out, std::size_t max) {
+        auto now = steady_clock::now();
+        while (!pending_.empty() && out.size() < max && pending_.begin()->first <= now) {
+            auto node = pending_.extract(pending_.begin());
+            out.push_back(std::move(node.mapped()));
+        }
+    }
+
+    /// The limits as the Redis result backend has them, read again every kLimitsRefresh.
+    void refresh_limits() {
+        if (!e_->redis) return;
+        auto now = steady_clock::now();
+        if (now < limits_read_) return;
+        limits_read_ = now + kLimitsRefresh;
+        auto all = e_->redis->limits(false);
+        if (!all) return;  // the last ones stay; a store that is down holds deliveries back
+        limits_.clear();
+        for (auto& x : *all) limits_[x.limit.task] = x.limit;
+    }
+
+    /// The limit of a delivery's task (Celery protocol 2's task header), if it has one; none
+    /// for ordered queues, whose order a task sent back to wait would break.
+    const TaskLimit* limit_of(const Received& env) const {
+        if (limits_.empty() || !env.envelope.headers.is_object()) return nullptr;
+        auto t = env.envelope.headers.find("task");
+        if (t == env.envelope.headers.end() || !t->is_string()) return nullptr;
+        auto l = limits_.find(t->get_ref<const std::string&>());
+        if (l == limits_.end()) return nullptr;
+        auto it = consumer_queue_.find(env.consumer_tag);
+        if (it == consumer_queue_.end() || it->second.ordered) return nullptr;
+        return &l->second;
+    }
+
+    /// A delivery into `out`, unless its task's limits hold it back (RedisResults::admit):
+    /// admitted, it runs now, or after a hold here when a start was reserved for it within
+    /// kLimitHold (it holds its concurrency slot from now). Held back, it is published again
+    /// through the delay levels (to its reserved start, or to ask again after kLimitRecheck
+    /// when every slot is taken) and this delivery acked once the copy is confirmed: it waits
+    /// in the broker, not here.
+    void deliver(Received& env, std::vector<Delivery>& out) {
+        const TaskLimit* limit = limit_of(env);
+        if (!limit) {
+            out.push_back(to_delivery(env));
+            return;
+        }
+        Envelope& m = env.envelope;
+        std::string id = codec::envelope_id(m);
+        if (id.empty()) id = env.message_id;
+        std::string key =
+            limit->key.empty() ? std::string() : limit_key_of_body(limit->key, m.body);
+        std::string member = fmt::format("{}:{}:{}", instance_, generation_, env.delivery_tag);
+        bool reserved = false;
+        if (auto r = m.headers.find(kLimitRateHeader); r != m.headers.end() && r->is_number())
+            reserved = limit->rate > 0 && r->get<double>() == limit->rate;
+        auto lease = opts_.lease.count() > 0 ? opts_.lease : milliseconds(30000);
+        auto a =
+            e_->redis->admit(*limit, key, id, member, reserved, lease, kLimitHold, kLimitRecheck);
+        if (!a) {
+            detail::log(LogLevel::warning, "task.limit_unavailable",
+                        fmt::format("task {}: its limits could not be asked ({}); it waits in "
+                                    "the broker",
+                                    id, a.error().message),
+                        Json{{"id", id}});
+        }
+        using Kind = results::RedisResults::Admission::Kind;
+        if (a && a->kind == Kind::run) {
+            Delivery d = to_delivery(env);
+            d.taken = a->start;  // when the limit counted it (as sqlite's claim does)
+            if (limit->max_concurrency > 0)
+                unsettled_[env.delivery_tag].slot =
+                    Slot{results::RedisResults::slots_key(limit->task, key), member};
+            if (a->wait_ms >= 1) {
+                pending_.emplace(
+                    steady_clock::now() + microseconds(std::llround(a->wait_ms * 1000)),
+                    std::move(d));
+            } else {
+                out.push_back(std::move(d));
+            }
+            return;
+        }
+        auto it = consumer_queue_.find(env.consumer_tag);
+        OutgoingMessage back;
+        back.queue = it != consumer_queue_.end() ? it->second.queue : opts_.queues.front();
+        back.envelope = std::move(m);
+        auto& h = back.envelope.headers;
+        if (!h.is_object()) h = Json::object();
+        // RabbitMQ's record of its trips through the delay levels: left in, the next trip would
+        // look like a dead-letter cycle, and RabbitMQ would hold the message back for good.
+        for (auto it = h.begin(); it != h.end();) {
+            const std::string& k = it.key();
+            if (k.starts_with("x-death") || k.starts_with("x-first-death") ||
+                k.starts_with("x-last-death"))
+                it = h.erase(it);
+            else
+                ++it;
+        }
+        if (a && a->kind == Kind::later) {
+            // Back before its start, by kLimitLead to a second and kLimitLead (the levels count
+            // whole seconds): then held here until it.
+            h[std::string(kLimitRateHeader)] = limit->rate;
+            back.not_before = SystemClock::now() +
+                              seconds(std::int64_t((a->wait_ms - kLimitLead.count()) / 1000));
+        } else {
+            h.erase(std::string(kLimitRateHeader));
+            std::int64_t waits = 0;
+            if (auto w = h.find(kLimitWaitsHeader); w != h.end() && w->is_number_integer())
+                waits = std::clamp<std::int64_t>(w->get<std::int64_t>(), 0, 1 << 30);
+            h[std::string(kLimitWaitsHeader)] = waits + 1;
+            back.not_before = SystemClock::now() + kLimitRecheck;
+        }
+        std::string route_key;
+        auto w = route(*e_, back, route_key);
+        bool moved = w && e_->publish_wires(std::span<const Wire>(&*w, 1));
+        if (!moved) {
+            // Not published: RabbitMQ keeps it and delivers it again.
+            detail::log(LogLevel::warning, "task.limit_not_held",
+                        fmt::format("task {}: could not send it back to wait for its limit; it "
+                                    "goes back to its queue",
+                                    id),
+                        Json{{"id", id}});
+            if (amqp_basic_nack(conn_->raw(), kConsumeChannel, env.delivery_tag, 0, 1) !=
+                AMQP_STATUS_OK)
+                drop("nack failed");
+            return;
+        }
+        if (amqp_basic_ack(conn_->raw(), kConsumeChannel, env.delivery_tag, 0) != AMQP_STATUS_OK)
+            drop("ack failed");
+    }
+
+    /// Concurrency slots given back (their tasks settled, or went with a lost connection); a
+    /// slot that cannot be given back lapses with its lease.
+    void release_slots(std::span<const Slot> slots) {
+        if (slots.empty() || !e_->redis) return;
+        if (auto ok = e_->redis->release_slots(slots); !ok)
+            detail::log(LogLevel::warning, "task.limit_slots_kept",
+                        fmt::format("{} concurrency slot(s) not given back ({}); they lapse with "
+                                    "their lease",
+                                    slots.size(), ok.error().message));
     }
 
     /// A message redelivered by a classic queue carries no count of its deliveries, only a
@@ -235,7 +410,7 @@ class AmqpConsumer final : public Consumer {
         Received env;
         auto r = consume_message(conn_->raw(), env, &tv);
         if (r.reply_type == AMQP_RESPONSE_NORMAL) {
-            if (!count_redelivery(env)) out.push_back(to_delivery(env));
+            if (!count_redelivery(env)) deliver(env, out);
             return true;
         }
         if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
@@ -306,12 +481,14 @@ class AmqpConsumer final : public Consumer {
                 unstored.insert(tags.begin(), tags.end());
             }
         }
+        std::vector<Slot> slots;  // given back once the settlements are sent
         for (auto& s : ss) {
             held_.erase(s.tag);
             auto local = local_tag(s);
             if (!local) continue;
             std::uint64_t tag = *local;
-            const InFlight& from = unsettled_[tag];
+            InFlight& from = unsettled_[tag];
+            if (!from.slot.key.empty()) slots.push_back(std::move(from.slot));
             if (unstored.contains(tag)) {
                 requeue.push_back(tag);
                 continue;
@@ -390,6 +567,7 @@ class AmqpConsumer final : public Consumer {
             }
         }
         release_unique(unique_done, acks);
+        release_slots(slots);
         if (!conn_) return {};
         auto raw = conn_->raw();
         std::sort(requeue.begin(), requeue.end());
@@ -514,7 +692,19 @@ class AmqpConsumer final : public Consumer {
                 ++it;
             }
         }
-        // No leases on RabbitMQ; keep the heartbeat going while every slot is busy.
+        // No leases on RabbitMQ, but concurrency slots have theirs (a worker that dies gives its
+        // slots back when they lapse).
+        if (e_->redis) {
+            std::vector<Slot> slots;
+            for (auto& [_, in] : unsettled_)
+                if (!in.slot.key.empty()) slots.push_back(in.slot);
+            auto lease = opts_.lease.count() > 0 ? opts_.lease : milliseconds(30000);
+            if (auto ok = e_->redis->renew_slots(slots, lease); !ok)
+                detail::log(LogLevel::warning, "task.limit_slots_not_renewed",
+                            fmt::format("{} concurrency slot(s) not renewed ({})", slots.size(),
+                                        ok.error().message));
+        }
+        // Keep the heartbeat going while every slot is busy.
         if (!conn_ || !conn_->healthy()) return lost;
         flush_acks(false);
         std::vector<Delivery> got;
@@ -540,11 +730,16 @@ class AmqpConsumer final : public Consumer {
         bool ordered = false;    // from a partition of an ordered queue: acked without delay
         std::string unique_key;  // a unique task's key (kUniqueHeader), released when it is done
         std::string task_id;
+        Slot slot;  // the concurrency slot it holds (RedisResults::admit), given back when settled
     };
     std::map<std::uint64_t, InFlight> unsettled_;  // delivery tag -> where it came from
     AckBatcher acks_{opts_.prefetch};              // settled, ack not sent yet
     std::deque<Delivery> buffered_;
-    std::set<std::uint64_t> held_;  // handed out (generation-tagged) and not settled
+    std::multimap<steady_clock::time_point, Delivery> pending_;  // admitted, held till then
+    std::set<std::uint64_t> held_;             // handed out (generation-tagged) and not settled
+    std::map<std::string, TaskLimit> limits_;  // task -> its limits (RedisResults::limits)
+    steady_clock::time_point limits_read_{};   // when to read them again
+    std::string instance_ = make_task_id();    // names this consumer's concurrency slots
     steady_clock::time_point next_attempt_{};
     milliseconds backoff_{100};
 };

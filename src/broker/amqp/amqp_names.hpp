@@ -33,6 +33,12 @@ inline constexpr std::size_t kMaxUniqueKey = 1024;
 /// purged or deleted with its queue).
 inline constexpr std::chrono::hours kUniqueLapse{24 * 7};
 
+/// A limited task that went back through the delay levels to a start reserved for it
+/// (RedisResults::admit): the rate it was reserved under. A changed rate reserves anew.
+inline constexpr std::string_view kLimitRateHeader = "x-conveyor-limit-rate";
+/// How often a limited task found every concurrency slot taken and went back to wait.
+inline constexpr std::string_view kLimitWaitsHeader = "x-conveyor-limit-waits";
+
 /// A message published anew starts its count again.
 inline void forget_deliveries(Envelope& env) {
     if (!env.headers.is_object()) return;

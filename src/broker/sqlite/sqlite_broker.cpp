@@ -170,11 +170,7 @@ class SqliteBroker final : public Broker {
     }
 
     Result<void> set_limit(const TaskLimit& limit) override {
-        if (limit.task.empty()) return fail(Errc::invalid_argument, "a limit needs a task name");
-        if (limit.rate < 0 || limit.max_concurrency < 0)
-            return fail(Errc::invalid_argument,
-                        fmt::format("task '{}': a limit is not below 0", limit.task));
-        if (!limit.key.empty()) CONVEYOR_TRY(parse_limit_key(limit.key));
+        CONVEYOR_TRY(check_limit(limit));
         std::lock_guard lk(mu_);
         return in_transaction(db_, st_, [&] { return store_limit(db_, limit); });
     }

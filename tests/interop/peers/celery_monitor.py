@@ -124,6 +124,13 @@ def consumers(node):
     print(json.dumps(out))
 
 
+def rate_limit(node):
+    """`celery control rate_limit` on a task of a Conveyor worker; prints the replies."""
+    out = {'set': app.control.rate_limit('interop.add', '5/s', destination=[node], reply=True,
+                                         timeout=2.0)}
+    print(json.dumps(out))
+
+
 if __name__ == '__main__':
     {'inspect': inspect, 'events': events,
-     'consumers': consumers}[sys.argv[1]](sys.argv[2])
+     'consumers': consumers, 'rate_limit': rate_limit}[sys.argv[1]](sys.argv[2])

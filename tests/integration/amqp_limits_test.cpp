@@ -1,0 +1,273 @@
+// Rate and concurrency limits across the fleet on RabbitMQ, kept in the Redis result backend:
+// several real worker processes on the shared node, a worker SIGKILLed while it holds slots,
+// limits per key, and what the counts say. Each test has a Redis database of its own (the
+// limits of a task name are the fleet's, and every test here limits test.timed).
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <csignal>
+#include <cstdio>
+#include <set>
+
+#include "conveyor/broker.hpp"
+#include "conveyor/client.hpp"
+#include "core/codec.hpp"
+#include "integration/helpers.hpp"
+#include "support/marks.hpp"
+#include "support/process.hpp"
+#include "support/rabbitmq.hpp"
+#include "support/redis.hpp"
+
+using namespace conveyor;
+using namespace std::chrono_literals;
+using namespace itest;
+using testsupport::eventually;
+using testsupport::lines_with;
+using testsupport::marks;
+using testsupport::most_at_once;
+using testsupport::Process;
+using testsupport::TempDir;
+using testsupport::unique_name;
+
+namespace {
+
+/// Worker processes sharing the shared node and Redis database `db`, on a queue of their own.
+struct Fleet {
+    TempDir dir;
+    std::string queue = unique_name("limits");
+    std::string redis_port;
+    std::string db;
+    std::string url;
+    std::string log = dir.file("log");
+    std::shared_ptr<Broker> broker;
+    std::unique_ptr<Client> client;
+    std::vector<std::unique_ptr<Process>> workers;
+
+    Fleet(int database, const std::string& task_table) : db(std::to_string(database)) {
+        auto redis = testsupport::shared_redis_url();  // redis://127.0.0.1:PORT/0
+        auto at = redis.rfind(':');
+        redis_port = redis.substr(at + 1, redis.rfind('/') - at - 1);
+        auto [rc, out] =
+            testsupport::run({"redis-cli", "-p", redis_port, "-n", db, "FLUSHDB"}, {}, {}, 10s);
+        EXPECT_EQ(rc, 0) << out;
+        url = testsupport::shared_rabbitmq_url() + "?results=" + redis.substr(0, redis.rfind('/')) +
+              "/" + db;
+        broker = open_with(queues({queue}), url);
+        client = std::make_unique<Client>(broker);
+        testsupport::write_file(dir.file("conveyor.toml"), task_table);
+    }
+    ~Fleet() {
+        for (auto& w : workers) w->signal(SIGKILL);  // what they hold goes back to the queue
+        for (auto& w : workers) (void)w->wait(20s);
+    }
+    Process& start(int concurrency, int lease_ms = 30000) {
+        workers.push_back(std::make_unique<Process>(
+            std::vector<std::string>{CONVEYOR_TEST_WORKER, url, queue, std::to_string(concurrency),
+                                     std::to_string(lease_ms), "5000", log},
+            dir.file("worker.out"),
+            std::vector<std::string>{"CONVEYOR_CONFIG=" + dir.file("conveyor.toml")}));
+        return *workers.back();
+    }
+    void timed(int n, int sleep_ms, const std::string& key = {}) {
+        std::vector<TaskMessage> tasks;
+        for (int i = 0; i < n; ++i)
+            tasks.push_back(
+                TaskMessage{.name = "test.timed",
+                            .args = {sleep_ms},
+                            .kwargs = key.empty() ? Json::object() : Json{{"key", key}}});
+        auto ids = client->enqueue_many(std::move(tasks), {.queue = queue});
+        ASSERT_TRUE(ids) << ids.error().message;
+    }
+    /// Waits until every worker has set its limits (it logs them as it starts).
+    void started() {
+        ASSERT_TRUE(eventually(
+            [&] {
+                auto l = broker->limits();
+                return l && !l->empty();
+            },
+            20s))
+            << out();
+    }
+    std::size_t done() const { return marks(log, "done").size(); }
+    std::string out() const { return testsupport::read_file(dir.file("worker.out")); }
+};
+
+}  // namespace
+
+TEST(AmqpLimits, TwoHundredTasksAtTwentyASecondOverThreeWorkerProcessesTakeTenSeconds) {
+    Fleet f(1, "[[task]]\nname = \"test.timed\"\nrate_limit = \"20/s\"\n");
+    for (int i = 0; i < 3; ++i) f.start(4);
+    f.started();
+    f.timed(200, 0);
+    // A task of another name is not held up behind them.
+    ASSERT_TRUE(
+        f.client->enqueue("test.noop", Json::array({1}), Json::object(), {.queue = f.queue}));
+    ASSERT_TRUE(eventually(
+        [&] {
+            for (auto& l : lines_with(f.log, "done "))
+                if (std::count(l.begin(), l.end(), ' ') == 3) return true;  // test.noop's
+            return false;                                                   // (5 fields: timed)
+        },
+        5s))
+        << f.out();
+    EXPECT_LT(f.done(), 100u) << "the other task waited behind the limited ones";
+    // While they wait, the limit counts them: in the broker, not in a worker.
+    auto limits = f.broker->limits();
+    ASSERT_TRUE(limits && limits->size() == 1);
+    EXPECT_EQ((*limits)[0].limit.rate, 20);
+    EXPECT_GT((*limits)[0].waiting, 50);
+    ASSERT_TRUE(eventually([&] { return f.done() >= 200; }, 40s)) << f.out();
+    auto starts = marks(f.log, "start");
+    ASSERT_EQ(starts.size(), 200u);
+    std::vector<std::int64_t> t;
+    std::set<long> pids;
+    for (auto& m : starts) {
+        t.push_back(m.taken);
+        pids.insert(m.pid);
+    }
+    std::sort(t.begin(), t.end());
+    // 199 gaps of 50 ms: 9.95 s, within 10%.
+    double span = double(t.back() - t.front()) / 1e6;
+    int most = testsupport::most_in_a_second(t);
+    std::printf("200 takes over %.3f s, at most %d in any second, %zu processes\n", span, most,
+                pids.size());
+    EXPECT_GT(span, 9.95 * 0.9);
+    EXPECT_LT(span, 9.95 * 1.1);
+    EXPECT_LE(most, 20);
+    EXPECT_GE(most, 18);  // and the limit is used, not undershot
+    EXPECT_GE(pids.size(), 2u) << "the limit holds across processes, so more than one ran them";
+    ASSERT_TRUE(eventually(
+        [&] {
+            auto l = f.broker->limits();
+            return l && l->size() == 1 && (*l)[0].waiting == 0;
+        },
+        5s));
+}
+
+TEST(AmqpLimits, MaxConcurrencyTwoOverThreeWorkersOfFourNeverRunsThree) {
+    Fleet f(2, "[[task]]\nname = \"test.timed\"\nmax_concurrency = 2\n");
+    for (int i = 0; i < 3; ++i) f.start(4);
+    f.started();
+    f.timed(16, 300);
+    ASSERT_TRUE(eventually(
+        [&] {
+            auto l = f.broker->limits();
+            return l && l->size() == 1 && (*l)[0].waiting > 0 && (*l)[0].running > 0;
+        },
+        10s));
+    auto limits = *f.broker->limits();
+    EXPECT_EQ(limits[0].limit.max_concurrency, 2);
+    EXPECT_LE(limits[0].running, 2);
+    ASSERT_TRUE(eventually([&] { return f.done() >= 16; }, 40s)) << f.out();
+    auto starts = marks(f.log, "start"), dones = marks(f.log, "done");
+    EXPECT_EQ(most_at_once(starts, dones), 2);
+    std::set<long> pids;
+    for (auto& m : starts) pids.insert(m.pid);
+    EXPECT_GE(pids.size(), 2u);
+    // Every slot given back: nothing runs or waits under the limit any more.
+    ASSERT_TRUE(eventually(
+        [&] {
+            auto l = f.broker->limits();
+            return l && l->size() == 1 && (*l)[0].running == 0 && (*l)[0].waiting == 0;
+        },
+        5s));
+}
+
+TEST(AmqpLimits, AWorkerKilledWhileHoldingSlotsLowersCapacityOnlyForItsLease) {
+    Fleet f(3, "[[task]]\nname = \"test.timed\"\nmax_concurrency = 2\n");
+    auto& first = f.start(4, 1000);
+    f.started();
+    f.timed(2, 30000);  // both slots, for far longer than the test
+    ASSERT_TRUE(eventually([&] { return marks(f.log, "start").size() == 2; }, 10s)) << f.out();
+    f.start(4, 1000);
+    first.signal(SIGKILL);
+    auto killed_at = std::chrono::duration_cast<std::chrono::microseconds>(
+                         std::chrono::system_clock::now().time_since_epoch())
+                         .count();
+    // RabbitMQ hands the killed worker's two tasks to the other worker at once; they run once
+    // the dead worker's slots lapse with its lease (1 s) and they ask again (each second).
+    ASSERT_TRUE(eventually([&] { return marks(f.log, "start").size() >= 4; }, 10s)) << f.out();
+    auto starts = marks(f.log, "start");
+    std::sort(starts.begin(), starts.end(), [](auto& a, auto& b) { return a.us < b.us; });
+    EXPECT_LT(starts[2].us - killed_at, 3500000);
+    EXPECT_LT(starts[3].us - killed_at, 3500000);
+    auto limits = *f.broker->limits();
+    EXPECT_EQ(limits[0].running, 2);  // the dead worker's slots are gone, the new runs hold two
+}
+
+TEST(AmqpLimits, PerKeyEachKeyHasItsOwnLimit) {
+    Fleet f(4,
+            "[[task]]\nname = \"test.timed\"\nmax_concurrency = 1\nlimit_key = \"kwargs.key\"\n");
+    for (int i = 0; i < 2; ++i) f.start(4);
+    f.started();
+    for (auto key : {"a", "b", "c"}) f.timed(3, 200, key);
+    ASSERT_TRUE(eventually([&] { return f.done() >= 9; }, 30s)) << f.out();
+    auto starts = marks(f.log, "start"), dones = marks(f.log, "done");
+    for (auto key : {"a", "b", "c"}) EXPECT_EQ(most_at_once(starts, dones, key), 1) << key;
+    EXPECT_GE(most_at_once(starts, dones), 2) << "different keys run side by side";
+}
+
+TEST(AmqpLimits, ALimitSetWhileTasksWaitAppliesAndWithoutRedisASentenceSaysWhatIsNeeded) {
+    Fleet f(5, "[[task]]\nname = \"test.timed\"\nrate_limit = \"10/s\"\n");
+    f.start(4);
+    f.started();
+    f.timed(30, 0);
+    ASSERT_TRUE(eventually([&] { return f.done() >= 5; }, 10s)) << f.out();
+    // `conveyor limits set` (the same call) slows the rate while the rest wait for the starts
+    // reserved for them: they come back, find another rate and take new starts under it.
+    ASSERT_TRUE(f.broker->set_limit({.task = "test.timed", .rate = 2}));
+    auto changed = std::chrono::duration_cast<std::chrono::microseconds>(
+                       std::chrono::system_clock::now().time_since_epoch())
+                       .count();
+    ASSERT_TRUE(eventually([&] { return f.done() >= 30; }, 30s))
+        << f.out() << f.done() << " done; " << limit_json(f.broker->limits()->at(0)).dump();
+    std::vector<std::int64_t> later;  // once the held ones (reserved within 1.5 s) have run
+    for (auto& m : marks(f.log, "start"))
+        if (m.taken > changed + 2500000) later.push_back(m.taken);
+    std::sort(later.begin(), later.end());
+    ASSERT_GE(later.size(), 5u);
+    for (std::size_t i = 1; i < later.size(); ++i)
+        EXPECT_GE(later[i] - later[i - 1], 450000) << "start " << i << " after the change";
+    // Removed, the limit is gone from the list.
+    ASSERT_TRUE(f.broker->set_limit({.task = "test.timed"}));
+    EXPECT_TRUE(f.broker->limits()->empty());
+    // Without the Redis backend: one sentence, and nothing to remove is no error.
+    auto plain = open_with(queues({f.queue}));
+    auto r = plain->set_limit({.task = "test.timed", .rate = 5});
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code, Errc::invalid_argument);
+    EXPECT_NE(r.error().message.find("kept in the Redis result backend"), std::string::npos)
+        << r.error().message;
+    EXPECT_EQ(r.error().message.find("guest:guest"), std::string::npos) << "no password shown";
+    EXPECT_TRUE(plain->set_limit({.task = "test.timed"}));
+    EXPECT_TRUE(plain->limits()->empty());
+}
+
+TEST(AmqpLimits, ForgedLimitHeadersNeitherStopAWorkerNorSkipTheWait) {
+    Fleet f(6, "[[task]]\nname = \"test.timed\"\nrate_limit = \"2/s\"\n");
+    auto& worker = f.start(4);
+    f.started();
+    // Anyone may write these headers: the rate a start was reserved under (right, of the
+    // wrong type, out of range) and the count of waits for a slot.
+    std::vector<Json> rates = {2, 2.0, "2", Json::object(), 1e300, -1, Json::array({2})};
+    std::vector<Json> waits = {"x", -5, 1e300, std::int64_t(1) << 62, Json::object(), 3, 0};
+    std::vector<OutgoingMessage> msgs;
+    for (std::size_t i = 0; i < rates.size(); ++i) {
+        OutgoingMessage m;
+        m.queue = f.queue;
+        m.envelope = codec::encode(
+            TaskMessage{.id = unique_name("forged"), .name = "test.timed", .args = {0}});
+        m.envelope.headers["x-conveyor-limit-rate"] = rates[i];
+        m.envelope.headers["x-conveyor-limit-waits"] = waits[i];
+        msgs.push_back(std::move(m));
+    }
+    ASSERT_TRUE(f.broker->publish(msgs));
+    ASSERT_TRUE(eventually([&] { return f.done() >= rates.size(); }, 20s)) << f.out();
+    // Every one ran, still 500 ms apart: a reserved start is looked up in Redis, not believed.
+    std::vector<std::int64_t> t;
+    for (auto& m : marks(f.log, "start")) t.push_back(m.taken);
+    std::sort(t.begin(), t.end());
+    for (std::size_t i = 1; i < t.size(); ++i) EXPECT_GE(t[i] - t[i - 1], 499000) << i;
+    EXPECT_FALSE(worker.wait(0ms)) << f.out();
+}
