@@ -190,6 +190,12 @@ TEST(AmqpLimits, AWorkerKilledWhileHoldingSlotsLowersCapacityOnlyForItsLease) {
     ASSERT_TRUE(eventually([&] { return marks(f.log, "start").size() >= 4; }, 10s)) << f.out();
     auto starts = marks(f.log, "start");
     std::sort(starts.begin(), starts.end(), [](auto& a, auto& b) { return a.us < b.us; });
+    for (auto& m : starts)
+        std::printf("start %s pid %ld at %+.3f s\n", m.id.c_str(), m.pid,
+                    double(m.us - killed_at) / 1e6);
+    // ... and not before: the dead worker's slots counted until their lease (renewed every
+    // third of it) ran out, so never more than two ran.
+    EXPECT_GT(starts[2].us - killed_at, 600000);
     EXPECT_LT(starts[2].us - killed_at, 3500000);
     EXPECT_LT(starts[3].us - killed_at, 3500000);
     auto limits = *f.broker->limits();

@@ -62,6 +62,11 @@ class AmqpConsumer final : public Consumer {
         // Settled deliveries whose ack waited are acked before the connection goes (otherwise
         // RabbitMQ would deliver them again).
         if (conn_ && conn_->healthy()) flush_acks(true);
+        // What is left goes back to RabbitMQ with the connection, and its slots with it.
+        std::vector<Slot> slots;
+        for (auto& [_, in] : unsettled_)
+            if (!in.slot.key.empty()) slots.push_back(std::move(in.slot));
+        release_slots(slots);
     }
 
     Result<void> connect() {
