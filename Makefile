@@ -23,11 +23,14 @@ build:
 demo: deps build
 	cd $(BUILD) && ./conveyor demo
 
+# clang-tidy runs meanwhile at the lowest priority: most tests wait on brokers and processes, and
+# tidy takes the cores they leave idle. Its findings (or its all clear) are printed at the end.
 test: test-deps build
-	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS) --timeout 600
-	$(MAKE) sanitize
-	$(MAKE) fuzz
-	$(MAKE) tidy
+	( nice -n 19 scripts/tidy.sh $(BUILD) > $(BUILD)/tidy.out 2>&1; echo $$? > $(BUILD)/tidy.rc ) & \
+	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS) --timeout 600 && \
+	  $(MAKE) sanitize && $(MAKE) fuzz; rc=$$?; \
+	wait; cat $(BUILD)/tidy.out; \
+	test $$rc -eq 0 && test "$$(cat $(BUILD)/tidy.rc)" -eq 0
 
 # The unit and system tiers again under AddressSanitizer + UndefinedBehaviorSanitizer, and under
 # ThreadSanitizer (the tests that run threads against the embedded engine); any finding fails.

@@ -7,6 +7,7 @@
 // Besides the rates, the client's CPU time per task (µs) while enqueueing and while working.
 // usage: bench_engines N_memory N_sqlite JSON_OUT
 //                      [AMQP_URL N_amqp RAW_ENQUEUE RAW_END_TO_END [RAW_ENQ_CPU RAW_RUN_CPU]]
+//        BENCH_REDIS_URL=redis://...: RabbitMQ also with the Redis result backend and limits
 //        (internal) bench_engines --produce URL N | --work URL
 
 #include <fcntl.h>
@@ -266,6 +267,28 @@ int main(int argc, char** argv) {
             extra["conveyor_amqp_latency_p50_us"] = std::round(p50);
             extra["conveyor_amqp_latency_p99_us"] = std::round(p99);
             fmt::print("latency at {:.0f} tasks/s: p50 {:.0f} us, p99 {:.0f} us\n", rate, p50, p99);
+        }
+        // What a limit costs on RabbitMQ (kept in the Redis result backend): the same drain
+        // with that backend, without a limit and with limits that never hold a task back.
+        if (const char* redis = std::getenv("BENCH_REDIS_URL"); redis && *redis) {
+            std::string with_redis = url + "?results=" + redis;
+            auto limited = [&](const TaskLimit& l) {
+                return median_of([&] {
+                    auto b = *Broker::open(with_redis);
+                    if (!b->set_limit(l)) std::exit(1);
+                    auto f = measure(with_redis, n_amqp, 2, 1000);
+                    (void)b->set_limit({.task = "noop"});
+                    return f;
+                });
+            };
+            rows.push_back({"RabbitMQ, Redis results, no limit", "conveyor_amqp_redis_tasks_per_s",
+                            limited({.task = "noop"}), n_amqp});
+            rows.push_back({"RabbitMQ, Redis, a rate limit that never holds back",
+                            "conveyor_amqp_rate_limited_tasks_per_s",
+                            limited({.task = "noop", .rate = 1e6}), n_amqp});
+            rows.push_back({"RabbitMQ, Redis, a concurrency limit that never holds back",
+                            "conveyor_amqp_concurrency_limited_tasks_per_s",
+                            limited({.task = "noop", .max_concurrency = 1000000}), n_amqp});
         }
     }
     if (n_mem > 0)

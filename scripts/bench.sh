@@ -32,8 +32,12 @@ bare=$(median_run 127.0.0.1 "$port" "$n_amqp" bare)
 echo "$bare" | awk '{printf "{\"raw_amqp_bare_enqueue_per_s\": %s, \"raw_amqp_bare_tasks_per_s\": %s, \"raw_amqp_bare_enqueue_cpu_us\": %s, \"raw_amqp_bare_worker_cpu_us\": %s}\n", $1, $2, $3, $4}' \
   > "$work/bare.json"
 
+# A private redis-server: the Redis result backend (RabbitMQ's limits), then Sidekiq and BullMQ.
+redis_url=$("$root/scripts/redis-server.sh" start "$work/redis")
+redis_port=$(cat "$work/redis/port")
+
 echo "Conveyor engines ..." >&2
-"$root/$build/bench/bench_engines" "${N_MEMORY:-200000}" "${N_SQLITE:-50000}" \
+BENCH_REDIS_URL="$redis_url" "$root/$build/bench/bench_engines" "${N_MEMORY:-200000}" "${N_SQLITE:-50000}" \
   "$work/engines.json" "$url" "$n_amqp" $raw >&2
 
 echo "Conveyor worker, idle ..." >&2
@@ -64,8 +68,7 @@ for _ in $(seq "${BENCH_REPEAT:-3}"); do php "$root/bench/peers/php_bench.php" "
 # The Redis-based peers, same N as the sqlite engine, no-op jobs, Redis without persistence:
 # the median run (by N over enqueue + drain time) of BENCH_REPEAT.
 echo "Sidekiq and BullMQ on a private redis-server ..." >&2
-redis_url=$("$root/scripts/redis-server.sh" start "$work/redis")
-redis_port=$(cat "$work/redis/port")
+redis-cli -p "$redis_port" FLUSHALL > /dev/null  # Conveyor's results and limits out of the way
 n_redis=${N_SQLITE:-50000}
 median_peer() {
   /usr/bin/python3 -c 'import json,sys

@@ -12,7 +12,8 @@ namespace conveyor {
 
 namespace {
 
-constexpr double kMaxRate = 1e6;  // per second: one start a microsecond
+constexpr double kMaxRate = 1e6;                // per second: one start a microsecond
+constexpr double kMinRate = 1.0 / (7 * 86400);  // per second: one start a week
 constexpr std::size_t kMaxKeyBytes = 200;
 
 }  // namespace
@@ -85,6 +86,11 @@ Result<void> check_limit(const TaskLimit& limit) {
     if (limit.rate > kMaxRate)
         return fail(Errc::invalid_argument,
                     fmt::format("task '{}': a rate limit is at most 1000000/s", limit.task));
+    if (limit.rate > 0 && limit.rate < kMinRate)
+        return fail(Errc::invalid_argument,
+                    fmt::format("task '{}': a rate limit is at least one start a week "
+                                "(0.006/h); 0 is no limit",
+                                limit.task));
     if (!limit.key.empty()) CONVEYOR_TRY(parse_limit_key(limit.key));
     return {};
 }

@@ -337,9 +337,6 @@ constexpr std::string_view kLimitsKey = "conveyor-limits";
 
 // The scripts below build a task's other keys the same way (Lua: 'conveyor-held-'..task).
 std::string held_key(std::string_view task) { return fmt::format("conveyor-held-{}", task); }
-std::string slot_keys_key(std::string_view task) {
-    return fmt::format("conveyor-slotkeys-{}", task);
-}
 std::string rate_key(std::string_view task, std::string_view key) {
     return fmt::format("conveyor-rate-{}:{}:{}", task.size(), task, key);
 }
@@ -372,7 +369,7 @@ end
 local wait = 0
 if interval > 0 then
   if at == nil or now > at then
-    local nxt = tonumber(redis.call('GET', KEYS[1]) or '0')
+    local nxt = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
     at = math.max(nxt, now)
     redis.call('SET', KEYS[1], string.format('%.3f', at + interval), 'PX',
                math.floor(at + interval - now) + grace)
@@ -390,18 +387,30 @@ end
 redis.call('ZREM', KEYS[3], ARGV[5])
 return {'run', string.format('%.3f', wait), string.format('%.3f', at or now)})";
 
-// KEYS: slot sets; ARGV: the member of each.
+// KEYS: each slot's set, then the set of its task's slot sets; ARGV: the member of each.
 constexpr std::string_view kReleaseSlots = R"(
-for i, k in ipairs(KEYS) do redis.call('ZREM', k, ARGV[i]) end
-return #KEYS)";
+for i = 1, #ARGV do
+  local k = KEYS[2 * i - 1]
+  redis.call('ZREM', k, ARGV[i])
+  if redis.call('ZCARD', k) == 0 then redis.call('SREM', KEYS[2 * i], k) end
+end
+return #ARGV)";
 
-// KEYS: slot sets; ARGV: the lease (ms), then the member of each.
+// KEYS: slot sets; ARGV: the lease (ms), then the member of each. Returns how many had lapsed.
 constexpr std::string_view kRenewSlots = R"(
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local score = string.format('%.3f', now + tonumber(ARGV[1]))
-for i, k in ipairs(KEYS) do redis.call('ZADD', k, score, ARGV[i + 1]) end
-return #KEYS)";
+local lapsed = 0
+for i, k in ipairs(KEYS) do
+  local s = redis.call('ZSCORE', k, ARGV[i + 1])
+  if s and tonumber(s) > now then
+    redis.call('ZADD', k, 'XX', score, ARGV[i + 1])
+  else
+    lapsed = lapsed + 1
+  end
+end
+return lapsed)";
 
 // ARGV: task names. For each, the ids held back (waiting) and the slots held (running).
 constexpr std::string_view kLimitStats = R"(
@@ -425,6 +434,10 @@ end
 return out)";
 
 }  // namespace
+
+std::string RedisResults::slot_sets_key(std::string_view task) {
+    return fmt::format("conveyor-slotkeys-{}", task);
+}
 
 std::string RedisResults::slots_key(std::string_view task, std::string_view key) {
     return fmt::format("conveyor-slots-{}:{}:{}", task.size(), task, key);
@@ -486,7 +499,7 @@ Result<RedisResults::Admission> RedisResults::admit(const TaskLimit& limit, std:
                                                     bool reserved, milliseconds lease,
                                                     milliseconds hold, milliseconds back) {
     std::string rate = rate_key(limit.task, key), slots = slots_key(limit.task, key),
-                held = held_key(limit.task), sets = slot_keys_key(limit.task);
+                held = held_key(limit.task), sets = slot_sets_key(limit.task);
     std::string interval = limit.rate > 0 ? fmt::format("{:.6f}", 1000.0 / limit.rate) : "0";
     std::string most = std::to_string(std::max(limit.max_concurrency, 0));
     std::string lease_ms = std::to_string(std::max<std::int64_t>(lease.count(), 1));
@@ -514,22 +527,24 @@ Result<void> RedisResults::release_slots(std::span<const Slot> slots) {
     std::vector<std::string_view> keys, args;
     for (auto& s : slots) {
         keys.push_back(s.key);
+        keys.push_back(s.sets);
         args.push_back(s.member);
     }
     CONVEYOR_TRY(eval_keys(kReleaseSlots, keys, args, "releasing concurrency slots"));
     return {};
 }
 
-Result<void> RedisResults::renew_slots(std::span<const Slot> slots, milliseconds lease) {
-    if (slots.empty()) return {};
+Result<std::int64_t> RedisResults::renew_slots(std::span<const Slot> slots, milliseconds lease) {
+    if (slots.empty()) return 0;
     std::string ms = std::to_string(std::max<std::int64_t>(lease.count(), 1));
     std::vector<std::string_view> keys, args = {ms};
     for (auto& s : slots) {
         keys.push_back(s.key);
         args.push_back(s.member);
     }
-    CONVEYOR_TRY(eval_keys(kRenewSlots, keys, args, "renewing concurrency slots"));
-    return {};
+    auto r = eval_keys(kRenewSlots, keys, args, "renewing concurrency slots");
+    CONVEYOR_TRY(r);
+    return r->empty() ? 0 : std::strtoll(r->front().c_str(), nullptr, 10);
 }
 
 Result<std::string> RedisResults::take_unique(std::string_view key, std::string_view id,

@@ -88,6 +88,7 @@ class RedisResults {
     struct Slot {
         std::string key;
         std::string member;
+        std::string sets;  ///< slot_sets_key of its task: the key leaves it once empty
     };
     /// What admit decided for one delivery, by Redis's clock (every host agrees on it).
     struct Admission {
@@ -111,10 +112,13 @@ class RedisResults {
                             std::chrono::milliseconds hold, std::chrono::milliseconds back);
     /// Slots given back: their tasks settled (or were handed back).
     Result<void> release_slots(std::span<const Slot> slots);
-    /// Slots kept for another lease (their tasks still run); one that lapsed is taken again,
-    /// since its task still runs.
-    Result<void> renew_slots(std::span<const Slot> slots, std::chrono::milliseconds lease);
+    /// Slots kept for another lease (their tasks still run). One that lapsed (its worker stalled
+    /// past the lease) is not taken again, since another task may hold it now: returns how
+    /// many had lapsed.
+    Result<std::int64_t> renew_slots(std::span<const Slot> slots, std::chrono::milliseconds lease);
     static std::string slots_key(std::string_view task, std::string_view key);
+    /// The set of a task's slots_key names (for the counts of `limits`).
+    static std::string slot_sets_key(std::string_view task);
 
   private:
     struct Conn;

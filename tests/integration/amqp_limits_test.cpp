@@ -137,6 +137,15 @@ TEST(AmqpLimits, TwoHundredTasksAtTwentyASecondOverThreeWorkerProcessesTakeTenSe
     EXPECT_LE(most, 20);
     EXPECT_GE(most, 18);  // and the limit is used, not undershot
     EXPECT_GE(pids.size(), 2u) << "the limit holds across processes, so more than one ran them";
+    // The handlers start when their tasks are handed over (here threads are free): a task
+    // whose start was reserved is held until then, not started at once.
+    std::vector<std::int64_t> began;
+    for (auto& m : starts) began.push_back(m.us);
+    std::sort(began.begin(), began.end());
+    int most_began = testsupport::most_in_a_second(began);
+    std::printf("handlers: at most %d started in any second\n", most_began);
+    EXPECT_LE(most_began, 22);  // (30 and more in the first second without the hold)
+    EXPECT_GT(double(began.back() - began.front()) / 1e6, 9.95 * 0.9);
     ASSERT_TRUE(eventually(
         [&] {
             auto l = f.broker->limits();
@@ -251,7 +260,7 @@ TEST(AmqpLimits, ALimitSetWhileTasksWaitAppliesAndWithoutRedisASentenceSaysWhatI
 }
 
 TEST(AmqpLimits, ForgedLimitHeadersNeitherStopAWorkerNorSkipTheWait) {
-    Fleet f(6, "[[task]]\nname = \"test.timed\"\nrate_limit = \"2/s\"\n");
+    Fleet f(6, "[[task]]\nname = \"test.timed\"\nrate_limit = \"2/s\"\nmax_concurrency = 1\n");
     auto& worker = f.start(4);
     f.started();
     // Anyone may write these headers: the rate a start was reserved under (right, of the
@@ -263,14 +272,16 @@ TEST(AmqpLimits, ForgedLimitHeadersNeitherStopAWorkerNorSkipTheWait) {
         OutgoingMessage m;
         m.queue = f.queue;
         m.envelope = codec::encode(
-            TaskMessage{.id = unique_name("forged"), .name = "test.timed", .args = {0}});
+            TaskMessage{.id = unique_name("forged"), .name = "test.timed", .args = {700}});
         m.envelope.headers["x-conveyor-limit-rate"] = rates[i];
         m.envelope.headers["x-conveyor-limit-waits"] = waits[i];
         msgs.push_back(std::move(m));
     }
     ASSERT_TRUE(f.broker->publish(msgs));
-    ASSERT_TRUE(eventually([&] { return f.done() >= rates.size(); }, 20s)) << f.out();
-    // Every one ran, still 500 ms apart: a reserved start is looked up in Redis, not believed.
+    ASSERT_TRUE(eventually([&] { return f.done() >= rates.size(); }, 40s)) << f.out();
+    // Every one ran, one at a time (the ones that found the slot taken read the count of
+    // waits), and still 500 ms apart: a reserved start is looked up in Redis, not believed.
+    EXPECT_EQ(most_at_once(marks(f.log, "start"), marks(f.log, "done")), 1);
     std::vector<std::int64_t> t;
     for (auto& m : marks(f.log, "start")) t.push_back(m.taken);
     std::sort(t.begin(), t.end());

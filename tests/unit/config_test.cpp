@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include "conveyor/limits.hpp"
 
 using namespace conveyor;
@@ -305,6 +307,27 @@ TEST(Limits, RatesAreReadAndWrittenAsCeleryDoes) {
     EXPECT_EQ(format_rate(0), "0");
     EXPECT_EQ(describe_limit({.task = "t", .rate = 20, .max_concurrency = 2, .key = "args.0"}),
               "20/s, at most 2 running, per args.0");
+}
+
+TEST(Limits, EveryEngineChecksALimitAlike) {
+    EXPECT_TRUE(check_limit({.task = "t", .rate = 20, .max_concurrency = 2, .key = "args.0"}));
+    EXPECT_TRUE(check_limit({.task = "t"}));  // no limit: removes one
+    EXPECT_TRUE(check_limit({.task = "t", .rate = 1.0 / (7 * 86400)}));
+    for (const TaskLimit& bad :
+         std::vector<TaskLimit>{{.task = "", .rate = 1},
+                                {.task = "t", .rate = -1},
+                                {.task = "t", .rate = std::numeric_limits<double>::quiet_NaN()},
+                                {.task = "t", .rate = std::numeric_limits<double>::infinity()},
+                                {.task = "t", .rate = 2e6},
+                                {.task = "t", .rate = 1e-300},  // a start every 10^292 years
+                                {.task = "t", .max_concurrency = -1},
+                                {.task = "t", .rate = 1, .key = "body"}}) {
+        auto r = check_limit(bad);
+        ASSERT_FALSE(r) << bad.task << " " << bad.rate;
+        EXPECT_EQ(r.error().code, Errc::invalid_argument);
+    }
+    EXPECT_NE(check_limit({.task = "t", .rate = 1e-9}).error().message.find("one start a week"),
+              std::string::npos);
 }
 
 TEST(Limits, AKeyComesFromTheArgumentsAndIsBounded) {

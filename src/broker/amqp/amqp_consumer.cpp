@@ -232,11 +232,12 @@ class AmqpConsumer final : public Consumer {
                 auto left = ceil<milliseconds>(until - now).count();
                 tv = timeval{time_t(left / 1000), suseconds_t(left % 1000 * 1000)};
             }
-            if (!receive(tv, out)) {
-                if (!out.empty() || steady_clock::now() >= deadline) {
-                    take_due(out, max);
-                    break;
-                }
+            bool got = receive(tv, out);
+            // A delivery sent back to wait for its limit adds nothing: the deadline bounds
+            // the loop, so that settling and renewing (on this thread) go on.
+            if ((!got && !out.empty()) || steady_clock::now() >= deadline) {
+                take_due(out, max);
+                break;
             }
         }
         return out;
@@ -313,7 +314,8 @@ class AmqpConsumer final : public Consumer {
             d.taken = a->start;  // when the limit counted it (as sqlite's claim does)
             if (limit->max_concurrency > 0)
                 unsettled_[env.delivery_tag].slot =
-                    Slot{results::RedisResults::slots_key(limit->task, key), member};
+                    Slot{results::RedisResults::slots_key(limit->task, key), member,
+                         results::RedisResults::slot_sets_key(limit->task)};
             if (a->wait_ms >= 1) {
                 pending_.emplace(
                     steady_clock::now() + microseconds(std::llround(a->wait_ms * 1000)),
@@ -704,16 +706,26 @@ class AmqpConsumer final : public Consumer {
             for (auto& [_, in] : unsettled_)
                 if (!in.slot.key.empty()) slots.push_back(in.slot);
             auto lease = opts_.lease.count() > 0 ? opts_.lease : milliseconds(30000);
-            if (auto ok = e_->redis->renew_slots(slots, lease); !ok)
+            auto ok = e_->redis->renew_slots(slots, lease);
+            if (!ok)
                 detail::log(LogLevel::warning, "task.limit_slots_not_renewed",
                             fmt::format("{} concurrency slot(s) not renewed ({})", slots.size(),
                                         ok.error().message));
+            else if (*ok > 0)
+                detail::log(LogLevel::warning, "task.limit_slots_lapsed",
+                            fmt::format("{} concurrency slot(s) lapsed while their tasks ran (the "
+                                        "worker did not renew them within its lease, {} ms); "
+                                        "other tasks may have taken them",
+                                        *ok, lease.count()));
         }
         // Keep the heartbeat going while every slot is busy.
         if (!conn_ || !conn_->healthy()) return lost;
         flush_acks(false);
         std::vector<Delivery> got;
-        while (receive(timeval{0, 0}, got)) {
+        // What has come in, but not longer than a moment (deliveries sent back to wait for
+        // their limits keep coming).
+        auto until = steady_clock::now() + milliseconds(50);
+        while (receive(timeval{0, 0}, got) && steady_clock::now() < until) {
         }
         for (auto& d : got) buffered_.push_back(std::move(d));
         return lost;
