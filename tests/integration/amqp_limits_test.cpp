@@ -62,21 +62,13 @@ struct Fleet {
         for (auto& w : workers) (void)w->wait(20s);
     }
     Process& start(int concurrency, int lease_ms = 30000) {
-        workers.push_back(std::make_unique<Process>(
-            std::vector<std::string>{CONVEYOR_TEST_WORKER, url, queue, std::to_string(concurrency),
-                                     std::to_string(lease_ms), "5000", log},
-            dir.file("worker.out"),
-            std::vector<std::string>{"CONVEYOR_CONFIG=" + dir.file("conveyor.toml")}));
+        workers.push_back(testsupport::timed_worker(CONVEYOR_TEST_WORKER, dir, url, queue,
+                                                    concurrency, lease_ms, log));
         return *workers.back();
     }
     void timed(int n, int sleep_ms, const std::string& key = {}) {
-        std::vector<TaskMessage> tasks;
-        for (int i = 0; i < n; ++i)
-            tasks.push_back(
-                TaskMessage{.name = "test.timed",
-                            .args = {sleep_ms},
-                            .kwargs = key.empty() ? Json::object() : Json{{"key", key}}});
-        auto ids = client->enqueue_many(std::move(tasks), {.queue = queue});
+        auto ids =
+            client->enqueue_many(testsupport::timed_tasks(n, sleep_ms, key), {.queue = queue});
         ASSERT_TRUE(ids) << ids.error().message;
     }
     /// Waits until every worker has set its limits (it logs them as it starts).
@@ -120,23 +112,7 @@ TEST(AmqpLimits, TwoHundredTasksAtTwentyASecondOverThreeWorkerProcessesTakeTenSe
     ASSERT_TRUE(eventually([&] { return f.done() >= 200; }, 40s)) << f.out();
     auto starts = marks(f.log, "start");
     ASSERT_EQ(starts.size(), 200u);
-    std::vector<std::int64_t> t;
-    std::set<long> pids;
-    for (auto& m : starts) {
-        t.push_back(m.taken);
-        pids.insert(m.pid);
-    }
-    std::sort(t.begin(), t.end());
-    // 199 gaps of 50 ms: 9.95 s, within 10%.
-    double span = double(t.back() - t.front()) / 1e6;
-    int most = testsupport::most_in_a_second(t);
-    std::printf("200 takes over %.3f s, at most %d in any second, %zu processes\n", span, most,
-                pids.size());
-    EXPECT_GT(span, 9.95 * 0.9);
-    EXPECT_LT(span, 9.95 * 1.1);
-    EXPECT_LE(most, 20);
-    EXPECT_GE(most, 18);  // and the limit is used, not undershot
-    EXPECT_GE(pids.size(), 2u) << "the limit holds across processes, so more than one ran them";
+    testsupport::expect_two_hundred_at_twenty(starts);
     // The handlers start when their tasks are handed over (here threads are free): a task
     // whose start was reserved is held until then, not started at once.
     std::vector<std::int64_t> began;

@@ -63,10 +63,7 @@ class AmqpConsumer final : public Consumer {
         // RabbitMQ would deliver them again).
         if (conn_ && conn_->healthy()) flush_acks(true);
         // What is left goes back to RabbitMQ with the connection, and its slots with it.
-        std::vector<Slot> slots;
-        for (auto& [_, in] : unsettled_)
-            if (!in.slot.key.empty()) slots.push_back(std::move(in.slot));
-        release_slots(slots);
+        release_slots(held_slots());
     }
 
     Result<void> connect() {
@@ -123,10 +120,7 @@ class AmqpConsumer final : public Consumer {
                         fmt::format("RabbitMQ connection lost ({}); reconnecting", why));
         conn_.reset();
         // RabbitMQ delivers them again, perhaps elsewhere: their slots go with them.
-        std::vector<Slot> slots;
-        for (auto& [_, in] : unsettled_)
-            if (!in.slot.key.empty()) slots.push_back(std::move(in.slot));
-        release_slots(slots);
+        release_slots(held_slots());
         unsettled_.clear();
         acks_.clear();
         buffered_.clear();
@@ -298,9 +292,8 @@ class AmqpConsumer final : public Consumer {
         bool reserved = false;
         if (auto r = m.headers.find(kLimitRateHeader); r != m.headers.end() && r->is_number())
             reserved = limit->rate > 0 && r->get<double>() == limit->rate;
-        auto lease = opts_.lease.count() > 0 ? opts_.lease : milliseconds(30000);
         auto a =
-            e_->redis->admit(*limit, key, id, member, reserved, lease, kLimitHold, kLimitRecheck);
+            e_->redis->admit(*limit, key, id, member, reserved, lease(), kLimitHold, kLimitRecheck);
         if (!a) {
             detail::log(LogLevel::warning, "task.limit_unavailable",
                         fmt::format("task {}: its limits could not be asked ({}); it waits in "
@@ -372,6 +365,19 @@ class AmqpConsumer final : public Consumer {
         }
         if (amqp_basic_ack(conn_->raw(), kConsumeChannel, env.delivery_tag, 0) != AMQP_STATUS_OK)
             drop("ack failed");
+    }
+
+    /// The concurrency slots of the deliveries held now (admitted and not settled).
+    std::vector<Slot> held_slots() const {
+        std::vector<Slot> out;
+        for (auto& [_, in] : unsettled_)
+            if (!in.slot.key.empty()) out.push_back(in.slot);
+        return out;
+    }
+
+    /// How long a slot lasts without renewal: the worker's lease.
+    milliseconds lease() const {
+        return opts_.lease.count() > 0 ? opts_.lease : milliseconds(30000);
     }
 
     /// Concurrency slots given back (their tasks settled, or went with a lost connection); a
@@ -702,11 +708,8 @@ class AmqpConsumer final : public Consumer {
         // No leases on RabbitMQ, but concurrency slots have theirs (a worker that dies gives its
         // slots back when they lapse).
         if (e_->redis) {
-            std::vector<Slot> slots;
-            for (auto& [_, in] : unsettled_)
-                if (!in.slot.key.empty()) slots.push_back(in.slot);
-            auto lease = opts_.lease.count() > 0 ? opts_.lease : milliseconds(30000);
-            auto ok = e_->redis->renew_slots(slots, lease);
+            auto slots = held_slots();
+            auto ok = e_->redis->renew_slots(slots, lease());
             if (!ok)
                 detail::log(LogLevel::warning, "task.limit_slots_not_renewed",
                             fmt::format("{} concurrency slot(s) not renewed ({})", slots.size(),
@@ -716,7 +719,7 @@ class AmqpConsumer final : public Consumer {
                             fmt::format("{} concurrency slot(s) lapsed while their tasks ran (the "
                                         "worker did not renew them within its lease, {} ms); "
                                         "other tasks may have taken them",
-                                        *ok, lease.count()));
+                                        *ok, lease().count()));
         }
         // Keep the heartbeat going while every slot is busy.
         if (!conn_ || !conn_->healthy()) return lost;
