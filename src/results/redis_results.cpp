@@ -336,7 +336,6 @@ namespace {
 constexpr std::string_view kLimitsKey = "conveyor-limits";
 
 // The scripts below build a task's other keys the same way (Lua: 'conveyor-held-'..task).
-std::string held_key(std::string_view task) { return fmt::format("conveyor-held-{}", task); }
 std::string rate_key(std::string_view task, std::string_view key) {
     return fmt::format("conveyor-rate-{}:{}:{}", task.size(), task, key);
 }
@@ -387,14 +386,46 @@ end
 redis.call('ZREM', KEYS[3], ARGV[5])
 return {'run', string.format('%.3f', wait), string.format('%.3f', at or now)})";
 
-// KEYS: each slot's set, then the set of its task's slot sets; ARGV: the member of each.
+// KEYS: for each slot its set, the set of its task's slot sets and its task's held-back ids;
+// ARGV: the member of each. Returns, for each, 1 when tasks of its task are held back.
 constexpr std::string_view kReleaseSlots = R"(
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local out = {}
 for i = 1, #ARGV do
-  local k = KEYS[2 * i - 1]
+  local k = KEYS[3 * i - 2]
   redis.call('ZREM', k, ARGV[i])
-  if redis.call('ZCARD', k) == 0 then redis.call('SREM', KEYS[2 * i], k) end
+  if redis.call('ZCARD', k) == 0 then redis.call('SREM', KEYS[3 * i - 1], k) end
+  local held = KEYS[3 * i]
+  redis.call('ZREMRANGEBYSCORE', held, '-inf', now)
+  table.insert(out, redis.call('ZCARD', held) > 0 and 1 or 0)
 end
-return #ARGV)";
+return out)";
+
+// ARGV: how long one caller has a task's wakes (ms), then for each task its name, its most
+// running and '1' when that is per key. Returns, for each, how many held-back tasks to wake.
+constexpr std::string_view kWakeable = R"(
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local out = {}
+for i = 2, #ARGV, 3 do
+  local task, most, keyed = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2] == '1'
+  local held = 'conveyor-held-' .. task
+  redis.call('ZREMRANGEBYSCORE', held, '-inf', now)
+  local waiting = redis.call('ZCARD', held)
+  local n = 0
+  if waiting > 0 and redis.call('SET', 'conveyor-wake-' .. task, '1', 'PX', ARGV[1], 'NX') then
+    if keyed then
+      n = 1
+    else
+      local k = 'conveyor-slots-' .. string.len(task) .. ':' .. task .. ':'
+      redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
+      n = math.max(0, math.min(waiting, most - redis.call('ZCARD', k)))
+    end
+  end
+  table.insert(out, n)
+end
+return out)";
 
 // KEYS: slot sets; ARGV: the lease (ms), then the member of each. Returns how many had lapsed.
 constexpr std::string_view kRenewSlots = R"(
@@ -434,6 +465,10 @@ end
 return out)";
 
 }  // namespace
+
+std::string RedisResults::held_key(std::string_view task) {
+    return fmt::format("conveyor-held-{}", task);
+}
 
 std::string RedisResults::slot_sets_key(std::string_view task) {
     return fmt::format("conveyor-slotkeys-{}", task);
@@ -499,7 +534,7 @@ Result<RedisResults::Admission> RedisResults::admit(const TaskLimit& limit, std:
                                                     bool reserved, milliseconds lease,
                                                     milliseconds hold, milliseconds back) {
     std::string rate = rate_key(limit.task, key), slots = slots_key(limit.task, key),
-                held = held_key(limit.task), sets = slot_sets_key(limit.task);
+                held = RedisResults::held_key(limit.task), sets = slot_sets_key(limit.task);
     std::string interval = limit.rate > 0 ? fmt::format("{:.6f}", 1000.0 / limit.rate) : "0";
     std::string most = std::to_string(std::max(limit.max_concurrency, 0));
     std::string lease_ms = std::to_string(std::max<std::int64_t>(lease.count(), 1));
@@ -522,16 +557,40 @@ Result<RedisResults::Admission> RedisResults::admit(const TaskLimit& limit, std:
     return a;
 }
 
-Result<void> RedisResults::release_slots(std::span<const Slot> slots) {
-    if (slots.empty()) return {};
+Result<std::vector<bool>> RedisResults::release_slots(std::span<const Slot> slots) {
+    std::vector<bool> out;
+    if (slots.empty()) return out;
     std::vector<std::string_view> keys, args;
     for (auto& s : slots) {
         keys.push_back(s.key);
         keys.push_back(s.sets);
+        keys.push_back(s.held);
         args.push_back(s.member);
     }
-    CONVEYOR_TRY(eval_keys(kReleaseSlots, keys, args, "releasing concurrency slots"));
-    return {};
+    auto r = eval_keys(kReleaseSlots, keys, args, "releasing concurrency slots");
+    CONVEYOR_TRY(r);
+    for (std::size_t i = 0; i < slots.size(); ++i) out.push_back(i < r->size() && (*r)[i] == "1");
+    return out;
+}
+
+Result<std::vector<std::int64_t>> RedisResults::wakeable(std::span<const TaskLimit> limits,
+                                                         milliseconds every) {
+    std::vector<std::int64_t> out;
+    std::vector<std::string> most;
+    for (auto& l : limits) most.push_back(std::to_string(std::max(l.max_concurrency, 0)));
+    std::string ms = std::to_string(std::max<std::int64_t>(every.count(), 1));
+    std::vector<std::string_view> args = {ms};
+    for (std::size_t i = 0; i < limits.size(); ++i) {
+        args.push_back(limits[i].task);
+        args.push_back(most[i]);
+        args.push_back(limits[i].key.empty() ? "0" : "1");
+    }
+    if (limits.empty()) return out;
+    auto r = eval_keys(kWakeable, {}, args, "counting the tasks to wake");
+    CONVEYOR_TRY(r);
+    for (std::size_t i = 0; i < limits.size(); ++i)
+        out.push_back(i < r->size() ? std::strtoll((*r)[i].c_str(), nullptr, 10) : 0);
+    return out;
 }
 
 Result<std::int64_t> RedisResults::renew_slots(std::span<const Slot> slots, milliseconds lease) {

@@ -74,7 +74,7 @@ class RedisResults {
 
     static std::string key(std::string_view id);
 
-    /// Rate and concurrency limits on RabbitMQ (broker/amqp/amqp_limits.hpp says how a
+    /// Rate and concurrency limits on RabbitMQ (broker/amqp/amqp_consumer.cpp says how a
     /// consumer uses them). The limits are a hash, conveyor-limits: task -> {"rate",
     /// "max_concurrency", "key"}; a limit that limits nothing is removed.
     Result<void> set_limit(const TaskLimit& limit);
@@ -89,6 +89,7 @@ class RedisResults {
         std::string key;
         std::string member;
         std::string sets;  ///< slot_sets_key of its task: the key leaves it once empty
+        std::string held;  ///< held_key of its task: whether tasks wait for a slot
     };
     /// What admit decided for one delivery, by Redis's clock (every host agrees on it).
     struct Admission {
@@ -110,8 +111,16 @@ class RedisResults {
     Result<Admission> admit(const TaskLimit& limit, std::string_view key, std::string_view id,
                             std::string_view slot, bool reserved, std::chrono::milliseconds lease,
                             std::chrono::milliseconds hold, std::chrono::milliseconds back);
-    /// Slots given back: their tasks settled (or were handed back).
-    Result<void> release_slots(std::span<const Slot> slots);
+    /// Slots given back: their tasks settled (or were handed back). For each, whether tasks of
+    /// its task are held back now (one of them may take the slot: the caller wakes one).
+    Result<std::vector<bool>> release_slots(std::span<const Slot> slots);
+    /// How many tasks held back for a slot should be woken now, for each of `limits` (those
+    /// with a concurrency limit): as many as there are free slots and waiting tasks (one at
+    /// most under a limit per key, whose free slots are per key). One caller a task in `every`
+    /// gets a count above zero; the others get zero, so that a fleet wakes a task's waiters
+    /// once, not once per worker.
+    Result<std::vector<std::int64_t>> wakeable(std::span<const TaskLimit> limits,
+                                               std::chrono::milliseconds every);
     /// Slots kept for another lease (their tasks still run). One that lapsed (its worker stalled
     /// past the lease) is not taken again, since another task may hold it now: returns how
     /// many had lapsed.
@@ -119,6 +128,9 @@ class RedisResults {
     static std::string slots_key(std::string_view task, std::string_view key);
     /// The set of a task's slots_key names (for the counts of `limits`).
     static std::string slot_sets_key(std::string_view task);
+    /// The ids of a task's tasks held back by its limits, each scored by when it no longer
+    /// counts as waiting.
+    static std::string held_key(std::string_view task);
 
   private:
     struct Conn;

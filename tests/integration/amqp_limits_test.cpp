@@ -16,6 +16,7 @@
 #include "integration/helpers.hpp"
 #include "support/marks.hpp"
 #include "support/process.hpp"
+#include "support/queue_stats.hpp"
 #include "support/rabbitmq.hpp"
 #include "support/redis.hpp"
 
@@ -144,12 +145,30 @@ TEST(AmqpLimits, MaxConcurrencyTwoOverThreeWorkersOfFourNeverRunsThree) {
     auto limits = *f.broker->limits();
     EXPECT_EQ(limits[0].limit.max_concurrency, 2);
     EXPECT_LE(limits[0].running, 2);
+    // They wait in the broker, in their queue's wait queue, which `conveyor queues` counts as
+    // LIMITED in the queue.
+    EXPECT_TRUE(
+        eventually([&] { return testsupport::stats_of(*f.broker, f.queue).limited > 0; }, 5s));
     ASSERT_TRUE(eventually([&] { return f.done() >= 16; }, 40s)) << f.out();
     auto starts = marks(f.log, "start"), dones = marks(f.log, "done");
     EXPECT_EQ(most_at_once(starts, dones), 2);
     std::set<long> pids;
     for (auto& m : starts) pids.insert(m.pid);
     EXPECT_GE(pids.size(), 2u);
+    // A freed slot wakes a waiting task at once: the i-th start comes soon after the
+    // (i-2)-th task is done, not after a poll (one a second, which would make the median gap
+    // about half a second).
+    auto by_time = [](auto& a, auto& b) { return a.us < b.us; };
+    std::sort(starts.begin(), starts.end(), by_time);
+    std::sort(dones.begin(), dones.end(), by_time);
+    std::vector<std::int64_t> gaps;
+    for (std::size_t i = 2; i < starts.size() && i - 2 < dones.size(); ++i)
+        gaps.push_back(starts[i].us - dones[i - 2].us);
+    ASSERT_EQ(gaps.size(), 14u);
+    std::sort(gaps.begin(), gaps.end());
+    std::printf("from a slot freed to the next start: median %.1f ms, most %.1f ms\n",
+                double(gaps[gaps.size() / 2]) / 1e3, double(gaps.back()) / 1e3);
+    EXPECT_LT(gaps[gaps.size() / 2], 200000);
     // Every slot given back: nothing runs or waits under the limit any more.
     ASSERT_TRUE(eventually(
         [&] {

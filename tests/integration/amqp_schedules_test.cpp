@@ -1,8 +1,13 @@
 // Schedules kept by RabbitMQ (the suite's shared node): CLI-added schedules, pausing, and
 // catch-up after downtime, through the broker's schedule store.
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/file.h>
+#include <unistd.h>
 
+#include <cstdlib>
+#include <string>
 #include <thread>
 
 #include "conveyor/scheduler.hpp"
@@ -15,6 +20,27 @@ using namespace itest;
 using testsupport::unique_name;
 
 namespace {
+
+/// One scheduler leads a broker at a time, and the suite's node is shared by tests run side
+/// by side: each test here holds this lock (a file next to the node) while it leads, so that
+/// the other waits instead of finding the leadership taken.
+class LeadershipLock {
+  public:
+    LeadershipLock() {
+        const char* d = std::getenv("CONVEYOR_TEST_SERVERS_DIR");
+        std::string path = std::string(d && *d ? d : "/tmp") + "/amqp-schedules.lock";
+        fd_ = ::open(path.c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0600);
+        if (fd_ >= 0) ::flock(fd_, LOCK_EX);
+    }
+    ~LeadershipLock() {
+        if (fd_ >= 0) ::close(fd_);
+    }
+    LeadershipLock(const LeadershipLock&) = delete;
+    LeadershipLock& operator=(const LeadershipLock&) = delete;
+
+  private:
+    int fd_ = -1;
+};
 
 void run_scheduler_for(std::vector<ScheduleSpec> specs, std::chrono::milliseconds d) {
     SchedulerOptions o;
@@ -33,6 +59,7 @@ std::int64_t ready(Broker& b, const std::string& q) { return testsupport::stats_
 }  // namespace
 
 TEST(AmqpSchedules, CliAddedAndPausedSchedulesAreKeptByTheBroker) {
+    LeadershipLock lock;
     auto q = unique_name("sched");
     auto broker = open_with(queues({q}));
     auto store = broker->schedule_store();
@@ -62,6 +89,7 @@ TEST(AmqpSchedules, CliAddedAndPausedSchedulesAreKeptByTheBroker) {
 }
 
 TEST(AmqpSchedules, AfterDowntimeCatchUpOnceFiresTheLatestMissedFireOnly) {
+    LeadershipLock lock;
     auto q = unique_name("catchup");
     auto broker = open_with(queues({q}));
     ScheduleSpec s{.name = q, .task = "t.report", .every = 3600, .queue = q, .catch_up_window = 0};

@@ -147,6 +147,10 @@ TEST(AmqpManagement, QueuesFoldIntoConveyorsViewOfThem) {
         {"celeryev.1234", 9, 0, false, true},
         {"amq.gen-xyz", 1, 0, true, false},
         {"6f1c-reply", 1, 0, false, true},
+        // Tasks waiting for concurrency slots, counted as limited where they go back to.
+        {"conveyor.wait.billing.pay", 7, 1, false, false, "billing"},
+        {"conveyor.wait.billing.refund", 2, 0, false, false, "billing"},
+        {"conveyor.wait.gone.x", 2, 0, false, false, ""},  // not Conveyor's: left out
     };
     auto out = conveyor::amqp::fold_queues(qs, [](const std::string& q) { return q == "orders"; });
     std::map<std::string, QueueStats> by;
@@ -156,6 +160,7 @@ TEST(AmqpManagement, QueuesFoldIntoConveyorsViewOfThem) {
     EXPECT_EQ(by["billing"].in_flight, 2);
     EXPECT_EQ(by["billing"].dead, 3);
     EXPECT_EQ(by["billing"].delayed, -1);
+    EXPECT_EQ(by["billing"].limited, 10);
     EXPECT_EQ(by["orders"].ready, 3);
     EXPECT_EQ(by["orders"].in_flight, 1);
     EXPECT_EQ(by["orders"].dead, 1);

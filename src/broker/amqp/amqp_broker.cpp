@@ -118,6 +118,12 @@ class AmqpBroker final : public Broker {
                                     managed.error().message));
         }
         auto names = e_->known_queues();
+        // Tasks waiting for a concurrency slot are in wait queues, one per queue and task.
+        std::vector<std::string> slotted;
+        if (e_->redis)
+            if (auto all = e_->redis->limits(false))
+                for (auto& x : *all)
+                    if (x.limit.max_concurrency > 0) slotted.push_back(x.limit.task);
         return e_->with_connection(
             e_->publish_deadline(), [&](Connection& c) -> Result<std::vector<QueueStats>> {
                 std::vector<QueueStats> out;
@@ -142,6 +148,11 @@ class AmqpBroker final : public Broker {
                     if (!c.healthy()) return fail(Errc::unavailable, "RabbitMQ connection lost");
                     if (auto d = c.declare_queue(dead_queue(n), Json::object(), {.passive = true}))
                         s.dead = d->messages;
+                    if (!spec || spec->partitions == 0)
+                        for (auto& task : slotted)
+                            if (auto w = c.declare_queue(wait_queue(n, task), Json::object(),
+                                                         {.passive = true}))
+                                s.limited += w->messages;
                     if (found) out.push_back(s);
                 }
                 // Delayed messages wait in the shared delay levels, not per queue.

@@ -556,6 +556,26 @@ Result<std::uint32_t> Connection::purge_queue(std::string_view name) {
     return r->message_count;
 }
 
+Result<bool> Connection::dead_letter_oldest(std::string_view name) {
+    CONVEYOR_TRY(ensure_channel(kAdminChannel));
+    pool_.clear();
+    auto r = amqp_basic_get(conn_, kAdminChannel, pool_.bytes(name), 0);
+    CONVEYOR_TRY(check(r, kAdminChannel, fmt::format("taking a message from queue '{}'", name)));
+    if (r.reply.id != AMQP_BASIC_GET_OK_METHOD) return false;  // get-empty
+    std::uint64_t tag = static_cast<amqp_basic_get_ok_t*>(r.reply.decoded)->delivery_tag;
+    // Its content follows on the channel; read, and let go.
+    amqp_message_t m{};
+    auto rr = amqp_read_message(conn_, kAdminChannel, &m, 0);
+    if (rr.reply_type == AMQP_RESPONSE_NORMAL) amqp_destroy_message(&m);
+    CONVEYOR_TRY(check(rr, kAdminChannel, fmt::format("reading a message of queue '{}'", name)));
+    if (amqp_basic_reject(conn_, kAdminChannel, tag, 0) != AMQP_STATUS_OK) {
+        healthy_ = false;
+        return fail(Errc::unavailable,
+                    fmt::format("RabbitMQ connection lost rejecting a message of '{}'", name));
+    }
+    return true;
+}
+
 Result<void> Connection::delete_queue(std::string_view name) {
     CONVEYOR_TRY(ensure_channel(kAdminChannel));
     pool_.clear();

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <deque>
 #include <map>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -33,10 +34,26 @@ constexpr milliseconds kLimitHold{1500};
 /// task that comes back after it takes a new start).
 constexpr milliseconds kLimitLead{300};
 static_assert(kLimitHold > kLimitLead + seconds(1));
-/// A task that found every concurrency slot taken asks again this much later.
+/// A task that found every concurrency slot taken and could not be put in its wait queue
+/// asks again this much later.
 constexpr milliseconds kLimitRecheck{1000};
-/// How often a consumer reads the limits anew (`conveyor limit`, `control rate_limit`).
+/// How often a consumer reads the limits anew (`conveyor limit`, `control rate_limit`), and
+/// wakes tasks that wait for slots that are free (RedisResults::wakeable).
 constexpr milliseconds kLimitsRefresh{1000};
+
+/// RabbitMQ's record of a message's trips through dead-letter exchanges (the delay levels, a
+/// wait queue): left in a message published again, its next trip would look like a
+/// dead-letter cycle, and RabbitMQ would hold the message back for good.
+void forget_deaths(Json& headers) {
+    for (auto it = headers.begin(); it != headers.end();) {
+        const std::string& k = it.key();
+        if (k.starts_with("x-death") || k.starts_with("x-first-death") ||
+            k.starts_with("x-last-death"))
+            it = headers.erase(it);
+        else
+            ++it;
+    }
+}
 
 class AmqpConsumer final : public Consumer {
     struct Source {
@@ -63,7 +80,7 @@ class AmqpConsumer final : public Consumer {
         // RabbitMQ would deliver them again).
         if (conn_ && conn_->healthy()) flush_acks(true);
         // What is left goes back to RabbitMQ with the connection, and its slots with it.
-        release_slots(held_slots());
+        release_slots(held_slots(), conn_ && conn_->healthy());
     }
 
     Result<void> connect() {
@@ -119,8 +136,9 @@ class AmqpConsumer final : public Consumer {
             detail::log(LogLevel::warning, "broker.disconnected",
                         fmt::format("RabbitMQ connection lost ({}); reconnecting", why));
         conn_.reset();
-        // RabbitMQ delivers them again, perhaps elsewhere: their slots go with them.
-        release_slots(held_slots());
+        // RabbitMQ delivers them again, perhaps elsewhere: their slots go with them (no task is
+        // woken for them now: RabbitMQ is likely away; the fleet wakes them when it is back).
+        release_slots(held_slots(), false);
         unsettled_.clear();
         acks_.clear();
         buffered_.clear();
@@ -246,7 +264,10 @@ class AmqpConsumer final : public Consumer {
         }
     }
 
-    /// The limits as the Redis result backend has them, read again every kLimitsRefresh.
+    /// The limits as the Redis result backend has them, read again every kLimitsRefresh; then
+    /// the tasks that wait for concurrency slots that are free now (their holders settled
+    /// elsewhere without waking them, or died and their leases ran out) are woken, by one
+    /// worker of the fleet a second.
     void refresh_limits() {
         if (!e_->redis) return;
         auto now = steady_clock::now();
@@ -255,7 +276,39 @@ class AmqpConsumer final : public Consumer {
         auto all = e_->redis->limits(false);
         if (!all) return;  // the last ones stay; a store that is down holds deliveries back
         limits_.clear();
-        for (auto& x : *all) limits_[x.limit.task] = x.limit;
+        std::vector<TaskLimit> slotted;
+        for (auto& x : *all) {
+            if (x.limit.max_concurrency > 0) slotted.push_back(x.limit);
+            limits_[x.limit.task] = x.limit;
+        }
+        if (slotted.empty()) return;
+        auto n = e_->redis->wakeable(slotted, kLimitsRefresh - milliseconds(100));
+        if (!n) return;
+        for (std::size_t i = 0; i < slotted.size() && i < n->size(); ++i) {
+            std::int64_t left = (*n)[i];
+            for (auto& q : opts_.queues) {
+                if (left <= 0) break;
+                if (auto spec = e_->spec_of(q); spec && spec->partitions > 0) continue;
+                while (left > 0 && wake(q, slotted[i].task)) --left;
+            }
+        }
+    }
+
+    /// Sends the oldest task named `task` that waits for a slot in `queue`'s wait queue back
+    /// to `queue`; false when none waited there (or RabbitMQ could not be asked).
+    bool wake(const std::string& queue, const std::string& task) {
+        auto name = e_->ensure_wait_queue(queue, task);
+        if (!name) return false;
+        auto woke = e_->wake_one(*name);
+        if (!woke) {
+            e_->forget_wait_queue(*name);
+            detail::log(LogLevel::warning, "task.limit_not_woken",
+                        fmt::format("could not wake a task waiting for a slot in '{}' ({}); it "
+                                    "comes back within {} s",
+                                    *name, woke.error().message, kWaitBackstop.count() / 1000));
+            return false;
+        }
+        return *woke;
     }
 
     /// The limit of a delivery's task (Celery protocol 2's task header), if it has one; none
@@ -274,9 +327,9 @@ class AmqpConsumer final : public Consumer {
     /// A delivery into `out`, unless its task's limits hold it back (RedisResults::admit):
     /// admitted, it runs now, or after a hold here when a start was reserved for it within
     /// kLimitHold (it holds its concurrency slot from now). Held back, it is published again
-    /// through the delay levels (to its reserved start, or to ask again after kLimitRecheck
-    /// when every slot is taken) and this delivery acked once the copy is confirmed: it waits
-    /// in the broker, not here.
+    /// and this delivery acked once the copy is confirmed, so that it waits in the broker, not
+    /// here: through the delay levels to its reserved start, or, when every slot is taken, to
+    /// its wait queue (wait_queue), whence a freed slot wakes it.
     void deliver(Received& env, std::vector<Delivery>& out) {
         const TaskLimit* limit = limit_of(env);
         if (!limit) {
@@ -293,7 +346,7 @@ class AmqpConsumer final : public Consumer {
         if (auto r = m.headers.find(kLimitRateHeader); r != m.headers.end() && r->is_number())
             reserved = limit->rate > 0 && r->get<double>() == limit->rate;
         auto a =
-            e_->redis->admit(*limit, key, id, member, reserved, lease(), kLimitHold, kLimitRecheck);
+            e_->redis->admit(*limit, key, id, member, reserved, lease(), kLimitHold, kWaitBackstop);
         if (!a) {
             detail::log(LogLevel::warning, "task.limit_unavailable",
                         fmt::format("task {}: its limits could not be asked ({}); it waits in "
@@ -305,10 +358,13 @@ class AmqpConsumer final : public Consumer {
         if (a && a->kind == Kind::run) {
             Delivery d = to_delivery(env);
             d.taken = a->start;  // when the limit counted it (as sqlite's claim does)
-            if (limit->max_concurrency > 0)
-                unsettled_[env.delivery_tag].slot =
-                    Slot{results::RedisResults::slots_key(limit->task, key), member,
-                         results::RedisResults::slot_sets_key(limit->task)};
+            if (limit->max_concurrency > 0) {
+                InFlight& in = unsettled_[env.delivery_tag];
+                in.slot = Slot{results::RedisResults::slots_key(limit->task, key), member,
+                               results::RedisResults::slot_sets_key(limit->task),
+                               results::RedisResults::held_key(limit->task)};
+                in.limited_task = limit->task;
+            }
             if (a->wait_ms >= 1) {
                 pending_.emplace(
                     steady_clock::now() + microseconds(std::llround(a->wait_ms * 1000)),
@@ -324,16 +380,8 @@ class AmqpConsumer final : public Consumer {
         back.envelope = std::move(m);
         auto& h = back.envelope.headers;
         if (!h.is_object()) h = Json::object();
-        // RabbitMQ's record of its trips through the delay levels: left in, the next trip would
-        // look like a dead-letter cycle, and RabbitMQ would hold the message back for good.
-        for (auto it = h.begin(); it != h.end();) {
-            const std::string& k = it.key();
-            if (k.starts_with("x-death") || k.starts_with("x-first-death") ||
-                k.starts_with("x-last-death"))
-                it = h.erase(it);
-            else
-                ++it;
-        }
+        forget_deaths(h);
+        std::optional<std::string> waits_in;  // every slot taken: its wait queue
         if (a && a->kind == Kind::later) {
             // Back before its start, by kLimitLead to a second and kLimitLead (the levels count
             // whole seconds): then held here until it.
@@ -346,11 +394,20 @@ class AmqpConsumer final : public Consumer {
             if (auto w = h.find(kLimitWaitsHeader); w != h.end() && w->is_number_integer())
                 waits = std::clamp<std::int64_t>(w->get<std::int64_t>(), 0, 1 << 30);
             h[std::string(kLimitWaitsHeader)] = waits + 1;
-            back.not_before = SystemClock::now() + kLimitRecheck;
+            if (a) {
+                if (auto q = e_->ensure_wait_queue(back.queue, limit->task)) waits_in = *q;
+            }
+            // Without its wait queue (or the limits), it asks again later.
+            if (!waits_in) back.not_before = SystemClock::now() + kLimitRecheck;
         }
         std::string route_key;
-        auto w = route(*e_, back, route_key);
+        std::optional<Wire> w;
+        if (waits_in)
+            w = Wire{"", *waits_in, &back.envelope, true};
+        else if (auto r = route(*e_, back, route_key))
+            w = *r;
         bool moved = w && e_->publish_wires(std::span<const Wire>(&*w, 1));
+        if (!moved && waits_in) e_->forget_wait_queue(*waits_in);  // declared again next time
         if (!moved) {
             // Not published: RabbitMQ keeps it and delivers it again.
             detail::log(LogLevel::warning, "task.limit_not_held",
@@ -367,11 +424,17 @@ class AmqpConsumer final : public Consumer {
             drop("ack failed");
     }
 
+    /// A concurrency slot held by a delivery, with where a task waiting for it would be.
+    struct HeldSlot {
+        Slot slot;
+        std::string queue;  // the logical queue the delivery came from
+        std::string task;   // its task's name
+    };
     /// The concurrency slots of the deliveries held now (admitted and not settled).
-    std::vector<Slot> held_slots() const {
-        std::vector<Slot> out;
+    std::vector<HeldSlot> held_slots() const {
+        std::vector<HeldSlot> out;
         for (auto& [_, in] : unsettled_)
-            if (!in.slot.key.empty()) out.push_back(in.slot);
+            if (!in.slot.key.empty()) out.push_back(HeldSlot{in.slot, in.queue, in.limited_task});
         return out;
     }
 
@@ -380,15 +443,24 @@ class AmqpConsumer final : public Consumer {
         return opts_.lease.count() > 0 ? opts_.lease : milliseconds(30000);
     }
 
-    /// Concurrency slots given back (their tasks settled, or went with a lost connection); a
-    /// slot that cannot be given back lapses with its lease.
-    void release_slots(std::span<const Slot> slots) {
-        if (slots.empty() || !e_->redis) return;
-        if (auto ok = e_->redis->release_slots(slots); !ok)
+    /// Concurrency slots given back (their tasks settled, or went with a lost connection), each
+    /// waking a task that waits for one of its task's slots, if any; a slot that cannot be
+    /// given back lapses with its lease.
+    void release_slots(std::span<const HeldSlot> held, bool wake_waiting = true) {
+        if (held.empty() || !e_->redis) return;
+        std::vector<Slot> slots;
+        for (auto& h : held) slots.push_back(h.slot);
+        auto waiting = e_->redis->release_slots(slots);
+        if (!waiting) {
             detail::log(LogLevel::warning, "task.limit_slots_kept",
                         fmt::format("{} concurrency slot(s) not given back ({}); they lapse with "
                                     "their lease",
-                                    slots.size(), ok.error().message));
+                                    slots.size(), waiting.error().message));
+            return;
+        }
+        if (!wake_waiting) return;
+        for (std::size_t i = 0; i < held.size() && i < waiting->size(); ++i)
+            if ((*waiting)[i]) wake(held[i].queue, held[i].task);
     }
 
     /// A message redelivered by a classic queue carries no count of its deliveries, only a
@@ -494,14 +566,15 @@ class AmqpConsumer final : public Consumer {
                 unstored.insert(tags.begin(), tags.end());
             }
         }
-        std::vector<Slot> slots;  // given back once the settlements are sent
+        std::vector<HeldSlot> slots;  // given back once the settlements are sent
         for (auto& s : ss) {
             held_.erase(s.tag);
             auto local = local_tag(s);
             if (!local) continue;
             std::uint64_t tag = *local;
             InFlight& from = unsettled_[tag];
-            if (!from.slot.key.empty()) slots.push_back(std::move(from.slot));
+            if (!from.slot.key.empty())
+                slots.push_back(HeldSlot{std::move(from.slot), from.queue, from.limited_task});
             if (unstored.contains(tag)) {
                 requeue.push_back(tag);
                 continue;
@@ -708,7 +781,8 @@ class AmqpConsumer final : public Consumer {
         // No leases on RabbitMQ, but concurrency slots have theirs (a worker that dies gives its
         // slots back when they lapse).
         if (e_->redis) {
-            auto slots = held_slots();
+            std::vector<Slot> slots;
+            for (auto& h : held_slots()) slots.push_back(std::move(h.slot));
             auto ok = e_->redis->renew_slots(slots, lease());
             if (!ok)
                 detail::log(LogLevel::warning, "task.limit_slots_not_renewed",
@@ -751,6 +825,7 @@ class AmqpConsumer final : public Consumer {
         std::string unique_key;  // a unique task's key (kUniqueHeader), released when it is done
         std::string task_id;
         Slot slot;  // the concurrency slot it holds (RedisResults::admit), given back when settled
+        std::string limited_task;  // the task whose limit that slot counts against
     };
     std::map<std::uint64_t, InFlight> unsettled_;  // delivery tag -> where it came from
     AckBatcher acks_{opts_.prefetch};              // settled, ack not sent yet

@@ -87,6 +87,14 @@ class Engine : public std::enable_shared_from_this<Engine> {
 
     Result<void> declare_topology();
 
+    /// The wait queue of tasks named `task` from `queue` (wait_queue), declared once: of the
+    /// delay levels' type, its messages dead-lettered back to `queue` after kWaitBackstop.
+    Result<std::string> ensure_wait_queue(std::string_view queue, std::string_view task);
+    /// A wait queue that could not be used (deleted by hand, say) is declared again next time.
+    void forget_wait_queue(const std::string& name);
+    /// Sends the oldest task of a wait queue back to its queue now; false when none waited.
+    Result<bool> wake_one(const std::string& wait_queue);
+
   private:
     std::atomic<bool> delay_ready_{false};  // the delay levels exist on the broker
     std::mutex pool_mu_;
@@ -95,6 +103,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
     Topology topology_;
     std::map<std::string, QueueSpec> specs_;
     std::set<std::string> ensured_;
+    std::set<std::string> waits_;  // wait queues declared
 };
 
 /// The arguments Conveyor declares a queue with.

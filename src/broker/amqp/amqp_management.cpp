@@ -44,7 +44,7 @@ Result<std::vector<ManagedQueue>> management_queues(const ConnectionOptions& o) 
     c.set_read_timeout(5, 0);
     std::string path = fmt::format(
         "/api/queues/{}?columns=name,messages_ready,messages_unacknowledged,exclusive,"
-        "auto_delete",
+        "auto_delete,arguments",
         encode_path_segment(o.vhost));
     auto r = c.Get(path.c_str());
     if (!r)
@@ -65,8 +65,15 @@ Result<std::vector<ManagedQueue>> management_queues(const ConnectionOptions& o) 
         m.name = q["name"].get<std::string>();
         m.ready = count(q, "messages_ready");
         m.unacked = count(q, "messages_unacknowledged");
-        m.exclusive = q.value("exclusive", false);
-        m.auto_delete = q.value("auto_delete", false);
+        auto flag = [&](const char* k) {
+            auto it = q.find(k);
+            return it != q.end() && it->is_boolean() && it->get<bool>();
+        };
+        m.exclusive = flag("exclusive");
+        m.auto_delete = flag("auto_delete");
+        if (auto a = q.find("arguments"); a != q.end() && a->is_object())
+            if (auto to = a->find("x-dead-letter-routing-key"); to != a->end() && to->is_string())
+                m.dead_letter_to = to->get<std::string>();
         out.push_back(std::move(m));
     }
     return out;
@@ -102,6 +109,12 @@ std::vector<QueueStats> fold_queues(const std::vector<ManagedQueue>& queues,
         if (q.exclusive || q.auto_delete || n.starts_with("amq.") || n.ends_with(".pidbox") ||
             n.starts_with("celeryev."))
             continue;
+        // Tasks waiting for a concurrency slot (wait_queue): limited, in the queue they go
+        // back to.
+        if (n.starts_with("conveyor.wait.")) {
+            if (!q.dead_letter_to.empty()) row(q.dead_letter_to).limited += q.ready + q.unacked;
+            continue;
+        }
         if (n.size() > 5 && n.ends_with(".dead")) {
             row(n.substr(0, n.size() - 5)).dead += q.ready + q.unacked;
             continue;

@@ -19,6 +19,7 @@ struct ManagedQueue {
     std::int64_t unacked = 0;  ///< messages_unacknowledged: delivered, not settled
     bool exclusive = false;    ///< a connection's own (reply queues)
     bool auto_delete = false;
+    std::string dead_letter_to;  ///< its x-dead-letter-routing-key argument, if any
 };
 
 /// GET /api/queues/VHOST from `o.management` with the broker's credentials (5 s deadline).

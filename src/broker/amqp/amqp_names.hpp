@@ -49,6 +49,16 @@ inline constexpr amqp_channel_t kConsumeChannel = 1;
 inline constexpr amqp_channel_t kBrowseChannel = 3;
 
 inline std::string dead_queue(std::string_view queue) { return std::string(queue) + ".dead"; }
+
+/// How long a task that found every concurrency slot of its limit taken waits in its wait
+/// queue at most: a freed slot wakes one at once, and a worker that finds free slots and
+/// waiting tasks (a dead worker's slots lapsed) wakes them within a second; this catches the
+/// rest (a slot of another key freed, a wake that came before the task reached the queue).
+inline constexpr std::chrono::milliseconds kWaitBackstop{5000};
+/// The queue where tasks named `task` taken from `queue` wait for a concurrency slot (they go
+/// back to `queue` when woken or after kWaitBackstop): conveyor.wait.QUEUE.TASK, the queue's
+/// dots escaped; a name longer than RabbitMQ takes ends in a hash of the whole instead.
+std::string wait_queue(std::string_view queue, std::string_view task);
 inline std::string partition_queue(std::string_view queue, int i) {
     return fmt::format("{}.p{}", queue, i);
 }

@@ -223,6 +223,43 @@ Result<void> Engine::ensure_queues(const std::vector<std::string>& names) {
     return {};
 }
 
+Result<std::string> Engine::ensure_wait_queue(std::string_view queue, std::string_view task) {
+    std::string name = wait_queue(queue, task);
+    {
+        std::lock_guard lk(topo_mu_);
+        if (waits_.contains(name)) return name;
+    }
+    Json args = Json::object();
+    if (opts.delay_queue_type == "quorum") {
+        args["x-queue-type"] = "quorum";
+        args["x-dead-letter-strategy"] = "at-least-once";
+        args["x-overflow"] = "reject-publish";
+    }
+    args["x-message-ttl"] = std::int64_t(kWaitBackstop.count());
+    args["x-dead-letter-exchange"] = "";
+    args["x-dead-letter-routing-key"] = std::string(queue);
+    auto r = with_connection(publish_deadline(), [&](Connection& c) -> Result<void> {
+        if (auto ok = c.declare_queue(name, args); !ok)
+            return std::unexpected(explain_conflict(ok.error(), "queue", name));
+        return {};
+    });
+    CONVEYOR_TRY(r);
+    std::lock_guard lk(topo_mu_);
+    waits_.insert(name);
+    return name;
+}
+
+void Engine::forget_wait_queue(const std::string& name) {
+    std::lock_guard lk(topo_mu_);
+    waits_.erase(name);
+}
+
+Result<bool> Engine::wake_one(const std::string& wait_queue) {
+    return with_connection(publish_deadline(), [&](Connection& c) -> Result<bool> {
+        return c.dead_letter_oldest(wait_queue);
+    });
+}
+
 Result<void> Engine::declare_topology() {
     Topology t;
     {

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <array>
 
+#include "broker/amqp/amqp_names.hpp"
+
 namespace conveyor::amqp {
 
 std::string_view delay_level_name(int level) {
@@ -39,6 +41,15 @@ std::string routing_word(std::string_view queue) {
         }
     }
     return out;
+}
+
+std::string wait_queue(std::string_view queue, std::string_view task) {
+    std::string name = fmt::format("conveyor.wait.{}.{}", routing_word(queue), task);
+    if (name.size() <= 255) return name;
+    std::uint64_t h = 14695981039346656037ULL;  // FNV-1a: the same name on every host
+    for (unsigned char c : name) h = (h ^ c) * 1099511628211ULL;
+    name.resize(200);
+    return fmt::format("{}.{:016x}", name, h);
 }
 
 std::int64_t delay_seconds(std::chrono::milliseconds delay) {

@@ -464,11 +464,12 @@ class SqliteConsumer final : public Consumer {
             for (auto& row : out) row.taken_us = now_us;
             if (!limits->empty()) {
                 std::vector<Row> admitted;
+                RunningCounts running;
                 for (auto& row : out) {
                     auto it = limits->find(row.name);
                     if (it != limits->end()) {
-                        auto a =
-                            admit(st_, it->second, row.seq, row.queue, row.body, now_us, counts);
+                        auto a = admit(st_, it->second, row.seq, row.queue, row.body, now_us,
+                                       running, counts);
                         CONVEYOR_TRY(a);
                         if (!a->admitted) continue;
                         if (it->second.max_concurrency > 0) row.bucket = std::move(a->bucket);

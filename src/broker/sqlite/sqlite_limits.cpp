@@ -71,9 +71,7 @@ Result<void> wake_limited(Statements& st, const Limits& limits, std::int64_t now
             if (l.rate > 0) n = 1 + tolerance_us(l.rate) / interval_us(l.rate);
             if (l.max_concurrency > 0) {
                 st.bucket_running.reset();
-                st.bucket_running.bind(1, bucket)
-                    .bind(2, std::int64_t(0))
-                    .bind(3, l.max_concurrency);
+                st.bucket_running.bind(1, bucket).bind(2, l.max_concurrency);
                 auto running = first_i64(st.bucket_running);
                 CONVEYOR_TRY(running);
                 n = std::min(n, std::max<std::int64_t>(0, l.max_concurrency - *running));
@@ -98,7 +96,7 @@ Result<void> wake_limited(Statements& st, const Limits& limits, std::int64_t now
 
 Result<Admission> admit(Statements& st, const TaskLimit& limit, std::int64_t seq,
                         std::string_view queue, std::string_view body, std::int64_t now_us,
-                        CountDeltas& counts) {
+                        RunningCounts& running, CountDeltas& counts) {
     Admission a;
     a.bucket = limit.task + '\x1f' +
                (limit.key.empty() ? std::string() : limit_key_of_body(limit.key, body));
@@ -112,17 +110,23 @@ Result<Admission> admit(Statements& st, const TaskLimit& limit, std::int64_t seq
     }
     bool rate_ok = limit.rate <= 0 || now_us + tolerance_us(limit.rate) >= next_at;
     bool room = true;
+    std::int64_t* counted = nullptr;  // the bucket's running tasks, as this claim counts them
     if (rate_ok && limit.max_concurrency > 0) {
-        // The others (this task's row may have the bucket from an earlier wait).
-        st.bucket_running.reset();
-        st.bucket_running.bind(1, a.bucket).bind(2, seq).bind(3, limit.max_concurrency);
-        auto running = first_i64(st.bucket_running);
-        CONVEYOR_TRY(running);
-        room = *running < limit.max_concurrency;
+        auto [it, first] = running.try_emplace(a.bucket, 0);
+        if (first) {
+            st.bucket_running.reset();
+            st.bucket_running.bind(1, a.bucket).bind(2, limit.max_concurrency);
+            auto n = first_i64(st.bucket_running);
+            CONVEYOR_TRY(n);
+            it->second = *n;
+        }
+        counted = &it->second;
+        room = *counted < limit.max_concurrency;
     }
     if (rate_ok && room) {
         st.set_bucket.reset();
         CONVEYOR_TRY(st.set_bucket.bind(1, seq).bind(2, a.bucket).run());
+        if (counted) ++*counted;
         if (limit.rate > 0) {
             std::int64_t next = std::max(next_at, now_us) + interval_us(limit.rate);
             // Tasks waiting in the bucket are looked at again when the next start is allowed.

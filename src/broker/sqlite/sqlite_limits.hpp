@@ -38,11 +38,16 @@ struct Admission {
     bool admitted = true;
     std::string bucket;  ///< its bucket (task and key)
 };
+/// The tasks running in each bucket, as one claim has counted them: counted once per bucket
+/// (up to its limit) and kept up as the claim admits more, so that admitting a batch reads
+/// the bucket's running tasks once, not once per task.
+using RunningCounts = std::unordered_map<std::string, std::int64_t>;
 /// Decides whether a claimed task (row `seq` of `queue`, with its message's body) may start
-/// now under `limit` (inside the claim's transaction).
+/// now under `limit` (inside the claim's transaction; `running` is that claim's own, and the
+/// claim has cleared its tasks' buckets, so none of them counts before it is admitted).
 Result<Admission> admit(Statements& st, const TaskLimit& limit, std::int64_t seq,
                         std::string_view queue, std::string_view body, std::int64_t now_us,
-                        CountDeltas& counts);
+                        RunningCounts& running, CountDeltas& counts);
 
 /// Tasks of these buckets were settled: the buckets are looked at again now.
 Result<void> wake_buckets(Statements& st, std::span<const std::string> buckets,

@@ -281,7 +281,7 @@ Result<Statements> Statements::prepare(Db& db) {
          "ON CONFLICT(queue, state) DO UPDATE SET n = n + excluded.n"},
         {&s.claim,
          "UPDATE tasks SET state=1, lease_owner=?1, lease_until=?2, deliveries=deliveries+1, "
-         "started_at=?5 "
+         "started_at=?5, bucket=NULL "
          "WHERE seq IN (SELECT seq FROM tasks WHERE state=0 AND queue=?3 "
          "AND NOT EXISTS (SELECT 1 FROM queues WHERE name=?3 AND paused=1) "
          "ORDER BY fair, priority DESC, seq LIMIT ?4) "
@@ -354,8 +354,7 @@ Result<Statements> Statements::prepare(Db& db) {
         {&s.bucket_next, "SELECT next_at FROM limit_buckets WHERE bucket=?1"},
         // (Counted up to the limit: what a limit of 5 reads is 5 rows, however many run.)
         {&s.bucket_running,
-         "SELECT count(*) FROM (SELECT 1 FROM tasks WHERE state=1 AND bucket=?1 AND seq<>?2 "
-         "LIMIT ?3)"},
+         "SELECT count(*) FROM (SELECT 1 FROM tasks WHERE state=1 AND bucket=?1 LIMIT ?2)"},
         {&s.bucket_waits, "SELECT 1 FROM tasks WHERE state=6 AND bucket=?1 LIMIT 1"},
         {&s.set_bucket, "UPDATE tasks SET bucket=?2 WHERE seq=?1"},
         {&s.park,
