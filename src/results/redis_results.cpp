@@ -2,10 +2,12 @@
 
 #include <fmt/format.h>
 #include <hiredis/hiredis.h>
+#include <openssl/sha.h>
 
 #include <algorithm>
 #include <charconv>
 #include <cstdlib>
+#include <optional>
 #include <thread>
 
 #include "core/result_meta.hpp"
@@ -529,32 +531,97 @@ Result<std::vector<LimitStats>> RedisResults::limits(bool counts) {
     return out;
 }
 
-Result<RedisResults::Admission> RedisResults::admit(const TaskLimit& limit, std::string_view key,
-                                                    std::string_view id, std::string_view slot,
-                                                    bool reserved, milliseconds lease,
-                                                    milliseconds hold, milliseconds back) {
-    std::string rate = rate_key(limit.task, key), slots = slots_key(limit.task, key),
-                held = RedisResults::held_key(limit.task), sets = slot_sets_key(limit.task);
-    std::string interval = limit.rate > 0 ? fmt::format("{:.6f}", 1000.0 / limit.rate) : "0";
-    std::string most = std::to_string(std::max(limit.max_concurrency, 0));
+namespace {
+
+/// kAdmit's SHA-1, as EVALSHA takes it.
+const std::string& admit_digest() {
+    static const std::string digest = [] {
+        unsigned char d[SHA_DIGEST_LENGTH];
+        SHA1(reinterpret_cast<const unsigned char*>(kAdmit.data()), kAdmit.size(), d);
+        std::string hex;
+        for (unsigned char b : d) hex += fmt::format("{:02x}", b);
+        return hex;
+    }();
+    return digest;
+}
+
+/// kAdmit's answer: {kind, wait (ms), start (ms since the epoch)}.
+std::optional<RedisResults::Admission> admission_of(const redisReply* x) {
+    if (!x || x->type != REDIS_REPLY_ARRAY || x->elements != 3) return std::nullopt;
+    using Kind = RedisResults::Admission::Kind;
+    RedisResults::Admission a;
+    std::string_view kind = text(x->element[0]);
+    a.kind = kind == "run" ? Kind::run : kind == "later" ? Kind::later : Kind::full;
+    a.wait_ms = std::strtod(std::string(text(x->element[1])).c_str(), nullptr);
+    // Written to the microsecond: rounded back to it, so starts 1/rate apart stay that far.
+    a.start = TimePoint(round<microseconds>(duration<double, std::milli>(
+        std::strtod(std::string(text(x->element[2])).c_str(), nullptr))));
+    return a;
+}
+
+}  // namespace
+
+Result<std::vector<RedisResults::Admission>> RedisResults::admit_many(std::span<const Ask> asks,
+                                                                      milliseconds lease,
+                                                                      milliseconds hold,
+                                                                      milliseconds back) {
+    std::vector<Admission> out(asks.size());
+    if (asks.empty()) return out;
+    auto c = checkout();
+    CONVEYOR_TRY(c);
     std::string lease_ms = std::to_string(std::max<std::int64_t>(lease.count(), 1));
     std::string hold_ms = std::to_string(hold.count()), back_ms = std::to_string(back.count());
-    std::string_view keys[] = {rate, slots, held, sets};
-    std::string_view args[] = {interval, most,   slot, lease_ms, id, reserved ? "1" : "0",
-                               hold_ms,  back_ms};
-    auto r = eval_keys(kAdmit, keys, args, "admitting a limited task");
-    CONVEYOR_TRY(r);
-    if (r->size() != 3)
-        return fail(Errc::unavailable, "Redis result backend: a limit said nothing");
-    Admission a;
-    a.kind = (*r)[0] == "run"     ? Admission::Kind::run
-             : (*r)[0] == "later" ? Admission::Kind::later
-                                  : Admission::Kind::full;
-    a.wait_ms = std::strtod((*r)[1].c_str(), nullptr);
-    // Written to the microsecond: rounded back to it, so starts 1/rate apart stay that far.
-    a.start = TimePoint(
-        round<microseconds>(duration<double, std::milli>(std::strtod((*r)[2].c_str(), nullptr))));
-    return a;
+    // By its digest (Redis keeps the scripts it ran), not its text: 40 bytes a delivery, not
+    // 1,500, and nothing for Redis to hash.
+    auto send = [&](const Ask& a, bool by_digest) {
+        const TaskLimit& limit = a.limit;
+        std::string rate = rate_key(limit.task, a.key), slots = slots_key(limit.task, a.key),
+                    held = held_key(limit.task), sets = slot_sets_key(limit.task);
+        std::string interval = limit.rate > 0 ? fmt::format("{:.6f}", 1000.0 / limit.rate) : "0";
+        std::string most = std::to_string(std::max(limit.max_concurrency, 0));
+        std::string_view argv[] = {by_digest ? "EVALSHA" : "EVAL",
+                                   by_digest ? std::string_view(admit_digest()) : kAdmit,
+                                   "4",
+                                   rate,
+                                   slots,
+                                   held,
+                                   sets,
+                                   interval,
+                                   most,
+                                   a.slot,
+                                   lease_ms,
+                                   a.id,
+                                   a.reserved ? "1" : "0",
+                                   hold_ms,
+                                   back_ms};
+        return (*c)->append_argv(argv);
+    };
+    // Every reply is read, so that the connection stays in step; the first failure fails all.
+    std::optional<Error> failed;
+    std::vector<std::size_t> unknown;  // NOSCRIPT: Redis restarted, or its scripts were flushed
+    auto receive = [&](std::size_t i, bool by_digest) -> Result<void> {
+        auto r = (*c)->read("admitting a limited task");
+        if (!r && !(*c)->healthy) return std::unexpected(r.error());
+        if (!r && by_digest && r.error().message.find("NOSCRIPT") != std::string::npos) {
+            unknown.push_back(i);  // not run: asked again by its text, after the others
+        } else if (!r) {
+            if (!failed) failed = r.error();
+        } else if (auto a = admission_of(r->get())) {
+            out[i] = *a;
+        } else if (!failed) {
+            failed = Error{Errc::unavailable, "Redis result backend: a limit said nothing"};
+        }
+        return {};
+    };
+    for (auto& a : asks) CONVEYOR_TRY(send(a, true));
+    for (std::size_t i = 0; i < asks.size(); ++i) CONVEYOR_TRY(receive(i, true));
+    if (!unknown.empty()) {
+        for (auto i : unknown) CONVEYOR_TRY(send(asks[i], false));
+        for (auto i : std::vector(unknown)) CONVEYOR_TRY(receive(i, false));
+    }
+    checkin(std::move(*c));
+    if (failed) return std::unexpected(*failed);
+    return out;
 }
 
 Result<std::vector<bool>> RedisResults::release_slots(std::span<const Slot> slots) {

@@ -102,15 +102,26 @@ class RedisResults {
         double wait_ms = 0;
         TimePoint start;  ///< run, later: the start the limit counted, by Redis's clock
     };
-    /// One delivery of a limited task, in one script: the concurrency slot first (taken as
-    /// `slot` for `lease`), then the next start of the rate (spaced 1/rate apart across the
-    /// fleet). `reserved`: the task comes back for a start reserved for it earlier (kept unless
-    /// it came back after it: then it takes the next free start, so that starts never come
-    /// closer than 1/rate). A task held back is counted as waiting until it is admitted, or
-    /// `back` and a minute later.
-    Result<Admission> admit(const TaskLimit& limit, std::string_view key, std::string_view id,
-                            std::string_view slot, bool reserved, std::chrono::milliseconds lease,
-                            std::chrono::milliseconds hold, std::chrono::milliseconds back);
+    /// One delivery of a limited task to admit.
+    struct Ask {
+        TaskLimit limit;
+        std::string key;   ///< its key under the limit ("" when the limit is not per key)
+        std::string id;    ///< the task's id
+        std::string slot;  ///< the member its concurrency slot would be
+        /// It comes back for a start reserved for it earlier (kept unless it came back after
+        /// it: then it takes the next free start, so that starts never come closer than
+        /// 1/rate).
+        bool reserved = false;
+    };
+    /// Admits deliveries of limited tasks, one script each: the concurrency slot first (taken
+    /// as `slot` for `lease`), then the next start of the rate (spaced 1/rate apart across the
+    /// fleet). A task held back is counted as waiting until it is admitted, or `back` and a
+    /// minute later. All in one round trip: the scripts run one after the other, in their
+    /// order, as if asked one by one.
+    Result<std::vector<Admission>> admit_many(std::span<const Ask> asks,
+                                              std::chrono::milliseconds lease,
+                                              std::chrono::milliseconds hold,
+                                              std::chrono::milliseconds back);
     /// Slots given back: their tasks settled (or were handed back). For each, whether tasks of
     /// its task are held back now (one of them may take the slot: the caller wakes one).
     Result<std::vector<bool>> release_slots(std::span<const Slot> slots);

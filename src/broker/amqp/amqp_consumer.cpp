@@ -40,6 +40,8 @@ constexpr milliseconds kLimitRecheck{1000};
 /// How often a consumer reads the limits anew (`conveyor limit`, `control rate_limit`), and
 /// wakes tasks that wait for slots that are free (RedisResults::wakeable).
 constexpr milliseconds kLimitsRefresh{1000};
+/// The most deliveries of limited tasks asked about in one round trip to Redis.
+constexpr std::size_t kAdmitBatch = 256;
 
 /// RabbitMQ's record of a message's trips through dead-letter exchanges (the delay levels, a
 /// wait queue): left in a message published again, its next trip would look like a
@@ -59,6 +61,10 @@ class AmqpConsumer final : public Consumer {
     struct Source {
         std::string queue;     // logical queue
         bool ordered = false;  // a partition of an ordered queue
+    };
+    struct Admitting {  // a delivery of a limited task, its limits not asked yet
+        Received env;
+        results::RedisResults::Ask ask;
     };
 
   public:
@@ -142,6 +148,7 @@ class AmqpConsumer final : public Consumer {
         unsettled_.clear();
         acks_.clear();
         buffered_.clear();
+        admitting_.clear();  // not admitted yet: they hold nothing, and come again
         for (auto& [_, d] : pending_) held_.erase(d.tag);
         pending_.clear();
         next_attempt_ = steady_clock::now();
@@ -245,12 +252,23 @@ class AmqpConsumer final : public Consumer {
                 tv = timeval{time_t(left / 1000), suseconds_t(left % 1000 * 1000)};
             }
             bool got = receive(tv, out);
+            if (!conn_) admitting_.clear();
             // A delivery sent back to wait for its limit adds nothing: the deadline bounds
             // the loop, so that settling and renewing (on this thread) go on.
             if ((!got && !out.empty()) || steady_clock::now() >= deadline) {
                 take_due(out, max);
                 break;
             }
+        }
+        // Deliveries read but not asked about yet (the batch was full, or more was read).
+        if (!admitting_.empty() && conn_) {
+            std::vector<Delivery> more;
+            admit_waiting(more);
+            for (auto& d : more)
+                if (out.size() < max)
+                    out.push_back(std::move(d));
+                else
+                    buffered_.push_back(std::move(d));
         }
         return out;
     }
@@ -330,23 +348,61 @@ class AmqpConsumer final : public Consumer {
     /// and this delivery acked once the copy is confirmed, so that it waits in the broker, not
     /// here: through the delay levels to its reserved start, or, when every slot is taken, to
     /// its wait queue (wait_queue), whence a freed slot wakes it.
+    /// Deliveries of limited tasks are asked about together: those that came in one read from
+    /// the socket (up to kAdmitBatch) in one round trip to Redis (RedisResults::admit_many).
     void deliver(Received& env, std::vector<Delivery>& out) {
         const TaskLimit* limit = limit_of(env);
         if (!limit) {
             out.push_back(to_delivery(env));
             return;
         }
-        Envelope& m = env.envelope;
-        std::string id = codec::envelope_id(m);
-        if (id.empty()) id = env.message_id;
-        std::string key =
-            limit->key.empty() ? std::string() : limit_key_of_body(limit->key, m.body);
-        std::string member = fmt::format("{}:{}:{}", instance_, generation_, env.delivery_tag);
-        bool reserved = false;
+        Admitting& w = admitting_.emplace_back();
+        w.env = std::move(env);
+        Envelope& m = w.env.envelope;
+        w.ask.limit = *limit;
+        w.ask.id = codec::envelope_id(m);
+        if (w.ask.id.empty()) w.ask.id = w.env.message_id;
+        if (!limit->key.empty()) w.ask.key = limit_key_of_body(limit->key, m.body);
+        w.ask.slot = fmt::format("{}:{}:{}", instance_, generation_, w.env.delivery_tag);
         if (auto r = m.headers.find(kLimitRateHeader); r != m.headers.end() && r->is_number())
-            reserved = limit->rate > 0 && r->get<double>() == limit->rate;
-        auto a =
-            e_->redis->admit(*limit, key, id, member, reserved, lease(), kLimitHold, kWaitBackstop);
+            w.ask.reserved = limit->rate > 0 && r->get<double>() == limit->rate;
+        if (admitting_.size() >= kAdmitBatch || !more_buffered()) admit_waiting(out);
+    }
+
+    /// Whether more frames are already read from (or waiting in) the connection's buffer.
+    bool more_buffered() const {
+        return amqp_data_in_buffer(conn_->raw()) || amqp_frames_enqueued(conn_->raw());
+    }
+
+    /// The deliveries waiting for their limits' answer, asked in one round trip.
+    void admit_waiting(std::vector<Delivery>& out) {
+        if (admitting_.empty()) return;
+        std::vector<results::RedisResults::Ask> asks;
+        asks.reserve(admitting_.size());
+        for (auto& w : admitting_) asks.push_back(std::move(w.ask));
+        auto as = e_->redis->admit_many(asks, lease(), kLimitHold, kWaitBackstop);
+        auto batch = std::move(admitting_);
+        admitting_.clear();
+        for (std::size_t i = 0; i < batch.size(); ++i) {
+            batch[i].ask = std::move(asks[i]);
+            if (!as) {
+                admitted(batch[i], std::unexpected(as.error()), out);
+            } else {
+                admitted(batch[i], (*as)[i], out);
+            }
+            if (!conn_) break;  // the connection failed sending one back: the rest go with it
+        }
+    }
+
+    /// One delivery of a limited task, as its limits decided.
+    void admitted(Admitting& asked, const Result<results::RedisResults::Admission>& a,
+                  std::vector<Delivery>& out) {
+        Received& env = asked.env;
+        Envelope& m = env.envelope;
+        const TaskLimit* limit = &asked.ask.limit;
+        const std::string& id = asked.ask.id;
+        const std::string& key = asked.ask.key;
+        const std::string& member = asked.ask.slot;
         if (!a) {
             detail::log(LogLevel::warning, "task.limit_unavailable",
                         fmt::format("task {}: its limits could not be asked ({}); it waits in "
@@ -804,6 +860,8 @@ class AmqpConsumer final : public Consumer {
         auto until = steady_clock::now() + milliseconds(50);
         while (receive(timeval{0, 0}, got) && steady_clock::now() < until) {
         }
+        if (conn_) admit_waiting(got);
+        admitting_.clear();
         for (auto& d : got) buffered_.push_back(std::move(d));
         return lost;
     }
@@ -831,6 +889,7 @@ class AmqpConsumer final : public Consumer {
     AckBatcher acks_{opts_.prefetch};              // settled, ack not sent yet
     std::deque<Delivery> buffered_;
     std::multimap<steady_clock::time_point, Delivery> pending_;  // admitted, held till then
+    std::vector<Admitting> admitting_;         // received, their limits not asked yet
     std::set<std::uint64_t> held_;             // handed out (generation-tagged) and not settled
     std::map<std::string, TaskLimit> limits_;  // task -> its limits (RedisResults::limits)
     steady_clock::time_point limits_read_{};   // when to read them again
