@@ -3,7 +3,7 @@
 BUILD ?= build
 JOBS ?= 2
 
-.PHONY: all deps test-deps bench-deps build demo test unit integration interop system cluster sanitize asan tsan fuzz tidy bench format clean
+.PHONY: all deps test-deps bench-deps build demo test unit integration interop system cluster sanitize asan asan-build asan-test tsan tsan-build tsan-test fuzz fuzz-build tidy bench format clean
 
 all: build
 
@@ -23,14 +23,11 @@ build:
 demo: deps build
 	cd $(BUILD) && ./conveyor demo
 
-# clang-tidy runs meanwhile at the lowest priority: most tests wait on brokers and processes, and
-# tidy takes the cores they leave idle. Its findings (or its all clear) are printed at the end.
+# The suite: the main tiers, then the sanitizer tiers and the fuzz runs. Most tests wait on
+# brokers and processes, so what needs only CPU (the sanitizer and fuzz builds, then clang-tidy)
+# runs meanwhile at the lowest priority and takes the cores they leave idle (scripts/test-all.sh).
 test: test-deps build
-	( nice -n 19 scripts/tidy.sh $(BUILD) > $(BUILD)/tidy.out 2>&1; echo $$? > $(BUILD)/tidy.rc ) & \
-	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS) --timeout 600 && \
-	  $(MAKE) sanitize && $(MAKE) fuzz; rc=$$?; \
-	wait; cat $(BUILD)/tidy.out; \
-	test $$rc -eq 0 && test "$$(cat $(BUILD)/tidy.rc)" -eq 0
+	MAKE="$(MAKE)" scripts/test-all.sh $(BUILD) $(JOBS)
 
 # The unit and system tiers again under AddressSanitizer + UndefinedBehaviorSanitizer, and under
 # ThreadSanitizer (the tests that run threads against the embedded engine); any finding fails.
@@ -53,16 +50,27 @@ FUZZ_SECONDS ?= 10
 fuzz: test-deps
 	fuzz/run.sh $(BUILD)-fuzz $(FUZZ_SECONDS)
 
-asan: test-deps
+fuzz-build: test-deps
+	fuzz/run.sh $(BUILD)-fuzz 0
+
+asan: asan-build asan-test
+
+asan-build: test-deps
 	cmake -S . -B $(BUILD)-asan $(SAN_CMAKE) -DCONVEYOR_SANITIZE=address,undefined
 	cmake --build $(BUILD)-asan -j $(JOBS) --target $(SAN_TARGETS)
+
+asan-test:
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  ctest --test-dir $(BUILD)-asan -L 'unit|system' -E clang_format --output-on-failure \
 	  -j $(JOBS) --timeout 600
 
-tsan: test-deps
+tsan: tsan-build tsan-test
+
+tsan-build: test-deps
 	cmake -S . -B $(BUILD)-tsan $(SAN_CMAKE) -DCONVEYOR_SANITIZE=thread
 	cmake --build $(BUILD)-tsan -j $(JOBS) --target $(SAN_TARGETS)
+
+tsan-test:
 	TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
 	  ctest --test-dir $(BUILD)-tsan -L 'unit|system' -R '$(TSAN_TESTS)' -E '$(TSAN_SKIP)' \
 	  --output-on-failure \

@@ -2,7 +2,7 @@
 # Builds the fuzz targets with afl++ (afl-g++; AddressSanitizer and UBSan in the targets) and
 # runs each for SECONDS from its committed seed corpus (fuzz/corpus/TARGET). Fails when a target
 # crashed or hung; the inputs that did are printed and kept in BUILD/findings/TARGET.
-#   fuzz/run.sh BUILD_DIR [SECONDS]
+#   fuzz/run.sh BUILD_DIR [SECONDS]   (SECONDS 0: build only)
 # Reproduce one: BUILD_DIR/fuzz/fuzz_TARGET FILE
 set -euo pipefail
 build="$(mkdir -p "$1" && cd "$1" && pwd)"
@@ -16,6 +16,7 @@ CXX=afl-g++ cmake -S "$src" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCONVEYOR_BUILD_BENCH=OFF -DCONVEYOR_BUILD_EXAMPLES=OFF -DCONVEYOR_INSTALL=OFF > /dev/null
 cmake --build "$build" -j 2 --target "${targets[@]/#/fuzz_}"
 unset AFL_USE_ASAN AFL_USE_UBSAN
+[ "$seconds" = 0 ] && exit 0
 
 # Unattended: no UI, no CPU-governor or core_pattern checks, one core each, stop on time.
 export AFL_NO_UI=1 AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_AFFINITY=1
