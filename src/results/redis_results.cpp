@@ -404,19 +404,22 @@ for i = 1, #ARGV do
 end
 return out)";
 
-// ARGV: how long one caller has a task's wakes (ms), then for each task its name, its most
-// running and '1' when that is per key. Returns, for each, how many held-back tasks to wake.
+// ARGV: how long one caller has a queue's wakes of a task (ms), then for each queue and task
+// the queue, the task, its most running and '1' when that is per key. Returns, for each, how
+// many held-back tasks to wake.
 constexpr std::string_view kWakeable = R"(
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local out = {}
-for i = 2, #ARGV, 3 do
-  local task, most, keyed = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2] == '1'
+for i = 2, #ARGV, 4 do
+  local queue, task = ARGV[i], ARGV[i + 1]
+  local most, keyed = tonumber(ARGV[i + 2]), ARGV[i + 3] == '1'
   local held = 'conveyor-held-' .. task
   redis.call('ZREMRANGEBYSCORE', held, '-inf', now)
   local waiting = redis.call('ZCARD', held)
   local n = 0
-  if waiting > 0 and redis.call('SET', 'conveyor-wake-' .. task, '1', 'PX', ARGV[1], 'NX') then
+  local token = 'conveyor-wake-' .. string.len(task) .. ':' .. task .. ':' .. queue
+  if waiting > 0 and redis.call('SET', token, '1', 'PX', ARGV[1], 'NX') then
     if keyed then
       n = 1
     else
@@ -561,11 +564,9 @@ std::optional<RedisResults::Admission> admission_of(const redisReply* x) {
 
 }  // namespace
 
-Result<std::vector<RedisResults::Admission>> RedisResults::admit_many(std::span<const Ask> asks,
-                                                                      milliseconds lease,
-                                                                      milliseconds hold,
-                                                                      milliseconds back) {
-    std::vector<Admission> out(asks.size());
+Result<std::vector<std::optional<RedisResults::Admission>>> RedisResults::admit_many(
+    std::span<const Ask> asks, milliseconds lease, milliseconds hold, milliseconds back) {
+    std::vector<std::optional<Admission>> out(asks.size());
     if (asks.empty()) return out;
     auto c = checkout();
     CONVEYOR_TRY(c);
@@ -596,20 +597,16 @@ Result<std::vector<RedisResults::Admission>> RedisResults::admit_many(std::span<
                                    back_ms};
         return (*c)->append_argv(argv);
     };
-    // Every reply is read, so that the connection stays in step; the first failure fails all.
-    std::optional<Error> failed;
+    // Every reply is read, so that the connection stays in step; one Redis answers with an
+    // error has no admission.
     std::vector<std::size_t> unknown;  // NOSCRIPT: Redis restarted, or its scripts were flushed
     auto receive = [&](std::size_t i, bool by_digest) -> Result<void> {
         auto r = (*c)->read("admitting a limited task");
         if (!r && !(*c)->healthy) return std::unexpected(r.error());
         if (!r && by_digest && r.error().message.find("NOSCRIPT") != std::string::npos) {
             unknown.push_back(i);  // not run: asked again by its text, after the others
-        } else if (!r) {
-            if (!failed) failed = r.error();
-        } else if (auto a = admission_of(r->get())) {
-            out[i] = *a;
-        } else if (!failed) {
-            failed = Error{Errc::unavailable, "Redis result backend: a limit said nothing"};
+        } else if (r) {
+            out[i] = admission_of(r->get());
         }
         return {};
     };
@@ -620,7 +617,6 @@ Result<std::vector<RedisResults::Admission>> RedisResults::admit_many(std::span<
         for (auto i : std::vector(unknown)) CONVEYOR_TRY(receive(i, false));
     }
     checkin(std::move(*c));
-    if (failed) return std::unexpected(*failed);
     return out;
 }
 
@@ -640,22 +636,23 @@ Result<std::vector<bool>> RedisResults::release_slots(std::span<const Slot> slot
     return out;
 }
 
-Result<std::vector<std::int64_t>> RedisResults::wakeable(std::span<const TaskLimit> limits,
+Result<std::vector<std::int64_t>> RedisResults::wakeable(std::span<const WaitingIn> where,
                                                          milliseconds every) {
     std::vector<std::int64_t> out;
+    if (where.empty()) return out;
     std::vector<std::string> most;
-    for (auto& l : limits) most.push_back(std::to_string(std::max(l.max_concurrency, 0)));
+    for (auto& w : where) most.push_back(std::to_string(std::max(w.limit.max_concurrency, 0)));
     std::string ms = std::to_string(std::max<std::int64_t>(every.count(), 1));
     std::vector<std::string_view> args = {ms};
-    for (std::size_t i = 0; i < limits.size(); ++i) {
-        args.push_back(limits[i].task);
+    for (std::size_t i = 0; i < where.size(); ++i) {
+        args.push_back(where[i].queue);
+        args.push_back(where[i].limit.task);
         args.push_back(most[i]);
-        args.push_back(limits[i].key.empty() ? "0" : "1");
+        args.push_back(where[i].limit.key.empty() ? "0" : "1");
     }
-    if (limits.empty()) return out;
     auto r = eval_keys(kWakeable, {}, args, "counting the tasks to wake");
     CONVEYOR_TRY(r);
-    for (std::size_t i = 0; i < limits.size(); ++i)
+    for (std::size_t i = 0; i < where.size(); ++i)
         out.push_back(i < r->size() ? std::strtoll((*r)[i].c_str(), nullptr, 10) : 0);
     return out;
 }

@@ -118,19 +118,25 @@ class RedisResults {
     /// fleet). A task held back is counted as waiting until it is admitted, or `back` and a
     /// minute later. All in one round trip: the scripts run one after the other, in their
     /// order, as if asked one by one.
-    Result<std::vector<Admission>> admit_many(std::span<const Ask> asks,
-                                              std::chrono::milliseconds lease,
-                                              std::chrono::milliseconds hold,
-                                              std::chrono::milliseconds back);
+    /// An ask that Redis answered with an error has no admission (nullopt); the call fails
+    /// only when the connection did (then some of them may have been admitted).
+    Result<std::vector<std::optional<Admission>>> admit_many(std::span<const Ask> asks,
+                                                             std::chrono::milliseconds lease,
+                                                             std::chrono::milliseconds hold,
+                                                             std::chrono::milliseconds back);
     /// Slots given back: their tasks settled (or were handed back). For each, whether tasks of
     /// its task are held back now (one of them may take the slot: the caller wakes one).
     Result<std::vector<bool>> release_slots(std::span<const Slot> slots);
-    /// How many tasks held back for a slot should be woken now, for each of `limits` (those
-    /// with a concurrency limit): as many as there are free slots and waiting tasks (one at
-    /// most under a limit per key, whose free slots are per key). One caller a task in `every`
-    /// gets a count above zero; the others get zero, so that a fleet wakes a task's waiters
-    /// once, not once per worker.
-    Result<std::vector<std::int64_t>> wakeable(std::span<const TaskLimit> limits,
+    /// A queue whose tasks under a concurrency limit may wait for a slot there.
+    struct WaitingIn {
+        std::string queue;
+        TaskLimit limit;
+    };
+    /// How many tasks held back for a slot should be woken now, for each of `where`: as many as
+    /// there are free slots and waiting tasks (one at most under a limit per key, whose free
+    /// slots are per key). One caller a queue and task in `every` gets a count above zero; the
+    /// others get zero, so that a fleet wakes the waiters of a queue once, not once per worker.
+    Result<std::vector<std::int64_t>> wakeable(std::span<const WaitingIn> where,
                                                std::chrono::milliseconds every);
     /// Slots kept for another lease (their tasks still run). One that lapsed (its worker stalled
     /// past the lease) is not taken again, since another task may hold it now: returns how

@@ -288,3 +288,26 @@ TEST(AmqpLimits, ForgedLimitHeadersNeitherStopAWorkerNorSkipTheWait) {
     for (std::size_t i = 1; i < t.size(); ++i) EXPECT_GE(t[i] - t[i - 1], 499000) << i;
     EXPECT_FALSE(worker.wait(0ms)) << f.out();
 }
+
+TEST(AmqpLimits, AFetchReturnsNoMoreThanItAskedForWhenLimitedTasksArriveTogether) {
+    Fleet f(8, "");
+    ASSERT_TRUE(f.broker->set_limit({.task = "test.timed", .max_concurrency = 100}));
+    f.timed(20, 0);
+    // They arrive in one read and are admitted in one round trip to Redis; each fetch still
+    // returns at most what it asked for, and the rest come with the next.
+    auto consumer = *f.broker->consume({.queues = {f.queue}, .prefetch = 50});
+    std::set<std::string> ids;
+    std::size_t most = 0;
+    EXPECT_TRUE(eventually(
+        [&] {
+            auto got = consumer->fetch(3, 200ms);
+            if (!got) return false;
+            most = std::max(most, got->size());
+            for (auto& d : *got) ids.insert(d.message_id);
+            return ids.size() >= 20;
+        },
+        15s));
+    EXPECT_EQ(ids.size(), 20u);
+    EXPECT_LE(most, 3u);
+    EXPECT_EQ(f.broker->limits()->at(0).running, 20);  // each holds its slot until settled
+}

@@ -558,9 +558,19 @@ Result<std::uint32_t> Connection::purge_queue(std::string_view name) {
 
 Result<bool> Connection::dead_letter_oldest(std::string_view name) {
     CONVEYOR_TRY(ensure_channel(kAdminChannel));
+    // What the channel decoded (the get's reply, the message's frames) is let go on the way
+    // out: a pooled connection lives long, and this runs once a freed slot.
+    struct Release {
+        amqp_connection_state_t c;
+        ~Release() { amqp_maybe_release_buffers_on_channel(c, kAdminChannel); }
+    } release{conn_};
     pool_.clear();
     auto r = amqp_basic_get(conn_, kAdminChannel, pool_.bytes(name), 0);
-    CONVEYOR_TRY(check(r, kAdminChannel, fmt::format("taking a message from queue '{}'", name)));
+    if (auto ok = check(r, kAdminChannel, fmt::format("taking a message from queue '{}'", name));
+        !ok) {
+        if (ok.error().code == Errc::not_found && healthy_) return false;  // none ever waited
+        return std::unexpected(ok.error());
+    }
     if (r.reply.id != AMQP_BASIC_GET_OK_METHOD) return false;  // get-empty
     std::uint64_t tag = static_cast<amqp_basic_get_ok_t*>(r.reply.decoded)->delivery_tag;
     // Its content follows on the channel; read, and let go.

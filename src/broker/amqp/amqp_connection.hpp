@@ -158,8 +158,8 @@ class Connection {
     Result<std::uint32_t> purge_queue(std::string_view name);
     /// Takes the oldest message of queue `name` and rejects it without requeueing, so that
     /// RabbitMQ dead-letters it (to where the queue's x-dead-letter-* arguments say) at once.
-    /// False when the queue was empty. A message taken and not rejected (the connection
-    /// failed) goes back to the queue with the connection.
+    /// False when the queue was empty or does not exist. A message taken and not rejected (the
+    /// connection failed) goes back to the queue with the connection.
     Result<bool> dead_letter_oldest(std::string_view name);
     Result<void> delete_queue(std::string_view name);
 

@@ -234,6 +234,7 @@ class AmqpConsumer final : public Consumer {
         auto deadline = steady_clock::now() + wait;
         flush_acks(false);
         refresh_limits();
+        room_ = max;
         std::vector<Delivery> out;
         while (!buffered_.empty() && out.size() < max) {
             out.push_back(std::move(buffered_.front()));
@@ -294,39 +295,36 @@ class AmqpConsumer final : public Consumer {
         auto all = e_->redis->limits(false);
         if (!all) return;  // the last ones stay; a store that is down holds deliveries back
         limits_.clear();
-        std::vector<TaskLimit> slotted;
+        std::vector<results::RedisResults::WaitingIn> where;  // this worker's queues' waits
         for (auto& x : *all) {
-            if (x.limit.max_concurrency > 0) slotted.push_back(x.limit);
             limits_[x.limit.task] = x.limit;
+            if (x.limit.max_concurrency <= 0) continue;
+            for (auto& q : opts_.queues)
+                if (auto spec = e_->spec_of(q); !spec || spec->partitions == 0)
+                    where.push_back({q, x.limit});
         }
-        if (slotted.empty()) return;
-        auto n = e_->redis->wakeable(slotted, kLimitsRefresh - milliseconds(100));
+        if (where.empty()) return;
+        auto n = e_->redis->wakeable(where, kLimitsRefresh - milliseconds(100));
         if (!n) return;
-        for (std::size_t i = 0; i < slotted.size() && i < n->size(); ++i) {
-            std::int64_t left = (*n)[i];
-            for (auto& q : opts_.queues) {
-                if (left <= 0) break;
-                if (auto spec = e_->spec_of(q); spec && spec->partitions > 0) continue;
-                while (left > 0 && wake(q, slotted[i].task)) --left;
-            }
-        }
+        for (std::size_t i = 0; i < where.size() && i < n->size(); ++i)
+            for (std::int64_t left = (*n)[i]; left > 0; --left)
+                if (wake(where[i].queue, where[i].limit.task) != Wake::woke) break;
     }
 
+    enum class Wake { woke, none, failed };
     /// Sends the oldest task named `task` that waits for a slot in `queue`'s wait queue back
-    /// to `queue`; false when none waited there (or RabbitMQ could not be asked).
-    bool wake(const std::string& queue, const std::string& task) {
-        auto name = e_->ensure_wait_queue(queue, task);
-        if (!name) return false;
-        auto woke = e_->wake_one(*name);
+    /// to `queue` (none when none waited there, or the wait queue does not exist).
+    Wake wake(const std::string& queue, const std::string& task) {
+        std::string name = wait_queue(queue, task);
+        auto woke = e_->wake_one(name);
         if (!woke) {
-            e_->forget_wait_queue(*name);
             detail::log(LogLevel::warning, "task.limit_not_woken",
                         fmt::format("could not wake a task waiting for a slot in '{}' ({}); it "
                                     "comes back within {} s",
-                                    *name, woke.error().message, kWaitBackstop.count() / 1000));
-            return false;
+                                    name, woke.error().message, kWaitBackstop.count() / 1000));
+            return Wake::failed;
         }
-        return *woke;
+        return *woke ? Wake::woke : Wake::none;
     }
 
     /// The limit of a delivery's task (Celery protocol 2's task header), if it has one; none
@@ -375,6 +373,8 @@ class AmqpConsumer final : public Consumer {
     }
 
     /// The deliveries waiting for their limits' answer, asked in one round trip.
+    /// Admitted deliveries beyond what the fetch() under way may return (`room_`) wait in
+    /// buffered_ for the next.
     void admit_waiting(std::vector<Delivery>& out) {
         if (admitting_.empty()) return;
         std::vector<results::RedisResults::Ask> asks;
@@ -383,14 +383,36 @@ class AmqpConsumer final : public Consumer {
         auto as = e_->redis->admit_many(asks, lease(), kLimitHold, kWaitBackstop);
         auto batch = std::move(admitting_);
         admitting_.clear();
+        std::size_t before = out.size();
+        using Kind = results::RedisResults::Admission::Kind;
         for (std::size_t i = 0; i < batch.size(); ++i) {
             batch[i].ask = std::move(asks[i]);
+            if (!conn_) {
+                // The connection failed sending one back: the rest go with it, and a slot
+                // taken for one is given back now, not when its lease lapses.
+                const auto& l = batch[i].ask.limit;
+                if (as && (*as)[i] && (*as)[i]->kind == Kind::run && l.max_concurrency > 0) {
+                    HeldSlot held{
+                        Slot{results::RedisResults::slots_key(l.task, batch[i].ask.key),
+                             batch[i].ask.slot, results::RedisResults::slot_sets_key(l.task),
+                             results::RedisResults::held_key(l.task)},
+                        std::string(), l.task};
+                    release_slots(std::span<const HeldSlot>(&held, 1), false);
+                }
+                continue;
+            }
             if (!as) {
                 admitted(batch[i], std::unexpected(as.error()), out);
+            } else if (!(*as)[i]) {
+                admitted(batch[i], fail(Errc::unavailable, "Redis answered with an error"), out);
             } else {
-                admitted(batch[i], (*as)[i], out);
+                admitted(batch[i], *(*as)[i], out);
             }
-            if (!conn_) break;  // the connection failed sending one back: the rest go with it
+        }
+        std::size_t keep = std::max(before, room_);
+        if (out.size() > keep) {
+            for (std::size_t i = keep; i < out.size(); ++i) buffered_.push_back(std::move(out[i]));
+            out.resize(keep);
         }
     }
 
@@ -516,7 +538,7 @@ class AmqpConsumer final : public Consumer {
         }
         if (!wake_waiting) return;
         for (std::size_t i = 0; i < held.size() && i < waiting->size(); ++i)
-            if ((*waiting)[i]) wake(held[i].queue, held[i].task);
+            if ((*waiting)[i] && wake(held[i].queue, held[i].task) == Wake::failed) break;
     }
 
     /// A message redelivered by a classic queue carries no count of its deliveries, only a
@@ -858,6 +880,7 @@ class AmqpConsumer final : public Consumer {
         // What has come in, but not longer than a moment (deliveries sent back to wait for
         // their limits keep coming).
         auto until = steady_clock::now() + milliseconds(50);
+        room_ = SIZE_MAX;
         while (receive(timeval{0, 0}, got) && steady_clock::now() < until) {
         }
         if (conn_) admit_waiting(got);
@@ -889,8 +912,9 @@ class AmqpConsumer final : public Consumer {
     AckBatcher acks_{opts_.prefetch};              // settled, ack not sent yet
     std::deque<Delivery> buffered_;
     std::multimap<steady_clock::time_point, Delivery> pending_;  // admitted, held till then
-    std::vector<Admitting> admitting_;         // received, their limits not asked yet
-    std::set<std::uint64_t> held_;             // handed out (generation-tagged) and not settled
+    std::vector<Admitting> admitting_;  // received, their limits not asked yet
+    std::size_t room_ = SIZE_MAX;       // how many deliveries the fetch() under way may return
+    std::set<std::uint64_t> held_;      // handed out (generation-tagged) and not settled
     std::map<std::string, TaskLimit> limits_;  // task -> its limits (RedisResults::limits)
     steady_clock::time_point limits_read_{};   // when to read them again
     std::string instance_ = make_task_id();    // names this consumer's concurrency slots

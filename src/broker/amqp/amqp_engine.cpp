@@ -22,6 +22,8 @@ Result<std::unique_ptr<Connection>> Engine::checkout() {
 
 void Engine::checkin(std::unique_ptr<Connection> c) {
     if (!c || !c->healthy()) return;
+    // What its channels decoded is not needed any more (it lives long, and is used by many).
+    amqp_maybe_release_buffers(c->raw());
     std::lock_guard lk(pool_mu_);
     if (idle_.size() < 8) idle_.push_back(std::move(c));
 }

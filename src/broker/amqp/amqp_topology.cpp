@@ -255,9 +255,11 @@ void Engine::forget_wait_queue(const std::string& name) {
 }
 
 Result<bool> Engine::wake_one(const std::string& wait_queue) {
-    return with_connection(publish_deadline(), [&](Connection& c) -> Result<bool> {
-        return c.dead_letter_oldest(wait_queue);
-    });
+    // Not for long: a task not woken comes back by itself (kWaitBackstop), and the caller is
+    // settling or fetching.
+    return with_connection(
+        steady_clock::now() + milliseconds(500),
+        [&](Connection& c) -> Result<bool> { return c.dead_letter_oldest(wait_queue); });
 }
 
 Result<void> Engine::declare_topology() {
