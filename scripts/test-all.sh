@@ -14,7 +14,9 @@ state="$build/test-all"
 rm -rf "$state"
 mkdir -p "$state"
 
-# Each background step leaves STEP.rc (its exit code) and STEP.log.
+# Each background step leaves STEP.rc (its exit code) and STEP.log. It runs in a process
+# group of its own (job control), so that a failed run stops it at once.
+set -m
 (
   step() {
     local name="$1"
@@ -28,6 +30,7 @@ mkdir -p "$state"
   step tidy scripts/tidy.sh "$build"
 ) &
 background=$!
+set +m
 
 # Waits for a background step; its log, and a failure, when it failed.
 await() {
@@ -55,6 +58,12 @@ fi
 if [ $rc -eq 0 ]; then
   phase "fuzz runs"
   { await fuzz-build && "$make" --no-print-directory fuzz BUILD="$build"; } || rc=1
+fi
+if [ $rc -ne 0 ]; then
+  kill -- "-$background" 2> /dev/null
+  wait "$background" 2> /dev/null
+  phase "failed, rc=$rc"
+  exit $rc
 fi
 phase "clang-tidy"
 wait "$background"

@@ -311,3 +311,17 @@ TEST(AmqpLimits, AFetchReturnsNoMoreThanItAskedForWhenLimitedTasksArriveTogether
     EXPECT_LE(most, 3u);
     EXPECT_EQ(f.broker->limits()->at(0).running, 20);  // each holds its slot until settled
 }
+
+TEST(AmqpLimits, AFairQueueIsRefusedOnRabbitMqWithASentenceSayingWhatIsPossible) {
+    auto b = Broker::open(testsupport::shared_rabbitmq_url());
+    ASSERT_TRUE(b) << b.error().message;
+    Topology t;
+    t.queues.push_back(QueueSpec{.name = unique_name("fair"), .fair_key = "kwargs.tenant"});
+    auto ok = (*b)->set_topology(t);
+    ASSERT_FALSE(ok);
+    EXPECT_EQ(ok.error().code, Errc::invalid_argument);
+    EXPECT_NE(ok.error().message.find("needs the sqlite engine"), std::string::npos)
+        << ok.error().message;
+    EXPECT_NE(ok.error().message.find("ordered queue (partitions)"), std::string::npos)
+        << ok.error().message;
+}
