@@ -15,26 +15,36 @@ rm -rf "$state"
 mkdir -p "$state"
 
 # Each background step leaves STEP.rc (its exit code) and STEP.log. It runs in a process
-# group of its own (job control), so that a failed run stops it at once.
+# group of its own (job control), so that a failed or interrupted run stops it at once.
 set -m
 (
   step() {
     local name="$1"
     shift
     nice -n 19 "$@" > "$state/$name.log" 2>&1
-    echo $? > "$state/$name.rc"
+    echo $? > "$state/$name.rc.tmp"
+    mv "$state/$name.rc.tmp" "$state/$name.rc"
   }
   step asan-build "$make" --no-print-directory asan-build BUILD="$build" JOBS="$jobs"
   step tsan-build "$make" --no-print-directory tsan-build BUILD="$build" JOBS="$jobs"
   step fuzz-build "$make" --no-print-directory fuzz-build BUILD="$build"
   step tidy scripts/tidy.sh "$build"
-) &
+) < /dev/null &
 background=$!
 set +m
+trap 'kill -- "-$background" 2> /dev/null' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # Waits for a background step; its log, and a failure, when it failed.
 await() {
-  while [ ! -f "$state/$1.rc" ]; do sleep 1; done
+  while [ ! -f "$state/$1.rc" ]; do
+    if ! kill -0 "$background" 2> /dev/null && [ ! -f "$state/$1.rc" ]; then
+      echo "test-all: the background builds stopped before $1" >&2
+      return 1
+    fi
+    sleep 1
+  done
   if [ "$(cat "$state/$1.rc")" -ne 0 ]; then
     cat "$state/$1.log"
     echo "test-all: $1 failed" >&2
@@ -60,10 +70,8 @@ if [ $rc -eq 0 ]; then
   { await fuzz-build && "$make" --no-print-directory fuzz BUILD="$build"; } || rc=1
 fi
 if [ $rc -ne 0 ]; then
-  kill -- "-$background" 2> /dev/null
-  wait "$background" 2> /dev/null
   phase "failed, rc=$rc"
-  exit $rc
+  exit $rc  # (the EXIT trap stops the background builds)
 fi
 phase "clang-tidy"
 wait "$background"

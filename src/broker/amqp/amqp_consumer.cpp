@@ -381,6 +381,19 @@ class AmqpConsumer final : public Consumer {
         asks.reserve(admitting_.size());
         for (auto& w : admitting_) asks.push_back(std::move(w.ask));
         auto as = e_->redis->admit_many(asks, lease(), kLimitHold, kWaitBackstop);
+        if (!as) {
+            // Redis failed part-way: slots the scripts that ran took are given back (giving back
+            // one never taken does nothing), not held until their leases lapse.
+            std::vector<HeldSlot> taken;
+            for (auto& a : asks)
+                if (a.limit.max_concurrency > 0)
+                    taken.push_back(
+                        HeldSlot{Slot{results::RedisResults::slots_key(a.limit.task, a.key), a.slot,
+                                      results::RedisResults::slot_sets_key(a.limit.task),
+                                      results::RedisResults::held_key(a.limit.task)},
+                                 std::string(), a.limit.task});
+            release_slots(taken, false);
+        }
         auto batch = std::move(admitting_);
         admitting_.clear();
         std::size_t before = out.size();
@@ -411,7 +424,11 @@ class AmqpConsumer final : public Consumer {
         }
         std::size_t keep = std::max(before, room_);
         if (out.size() > keep) {
-            for (std::size_t i = keep; i < out.size(); ++i) buffered_.push_back(std::move(out[i]));
+            // (Deliveries of a connection that failed meanwhile are not kept for later: RabbitMQ
+            // delivers them again.)
+            if (conn_)
+                for (std::size_t i = keep; i < out.size(); ++i)
+                    buffered_.push_back(std::move(out[i]));
             out.resize(keep);
         }
     }

@@ -93,7 +93,7 @@ class Engine : public std::enable_shared_from_this<Engine> {
     /// A wait queue that could not be used (deleted by hand, say) is declared again next time.
     void forget_wait_queue(const std::string& name);
     /// Sends the oldest task of a wait queue back to its queue now; false when none waited (or
-    /// the queue does not exist). Gives up after half a second without RabbitMQ.
+    /// the queue does not exist). Stops retrying after half a second without RabbitMQ.
     Result<bool> wake_one(const std::string& wait_queue);
 
   private:
