@@ -479,6 +479,11 @@ std::string RedisResults::slot_sets_key(std::string_view task) {
     return fmt::format("conveyor-slotkeys-{}", task);
 }
 
+RedisResults::Slot RedisResults::slot_of(std::string_view task, std::string_view key,
+                                         std::string member) {
+    return Slot{slots_key(task, key), std::move(member), slot_sets_key(task), held_key(task)};
+}
+
 std::string RedisResults::slots_key(std::string_view task, std::string_view key) {
     return fmt::format("conveyor-slots-{}:{}:{}", task.size(), task, key);
 }

@@ -143,6 +143,8 @@ class RedisResults {
     /// many had lapsed.
     Result<std::int64_t> renew_slots(std::span<const Slot> slots, std::chrono::milliseconds lease);
     static std::string slots_key(std::string_view task, std::string_view key);
+    /// The slot `member` holds under `task`'s limit for `key`.
+    static Slot slot_of(std::string_view task, std::string_view key, std::string member);
     /// The set of a task's slots_key names (for the counts of `limits`).
     static std::string slot_sets_key(std::string_view task);
     /// The ids of a task's tasks held back by its limits, each scored by when it no longer

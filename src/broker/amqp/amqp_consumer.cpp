@@ -388,9 +388,7 @@ class AmqpConsumer final : public Consumer {
             for (auto& a : asks)
                 if (a.limit.max_concurrency > 0)
                     taken.push_back(
-                        HeldSlot{Slot{results::RedisResults::slots_key(a.limit.task, a.key), a.slot,
-                                      results::RedisResults::slot_sets_key(a.limit.task),
-                                      results::RedisResults::held_key(a.limit.task)},
+                        HeldSlot{results::RedisResults::slot_of(a.limit.task, a.key, a.slot),
                                  std::string(), a.limit.task});
             release_slots(taken, false);
         }
@@ -406,9 +404,7 @@ class AmqpConsumer final : public Consumer {
                 const auto& l = batch[i].ask.limit;
                 if (as && (*as)[i] && (*as)[i]->kind == Kind::run && l.max_concurrency > 0) {
                     HeldSlot held{
-                        Slot{results::RedisResults::slots_key(l.task, batch[i].ask.key),
-                             batch[i].ask.slot, results::RedisResults::slot_sets_key(l.task),
-                             results::RedisResults::held_key(l.task)},
+                        results::RedisResults::slot_of(l.task, batch[i].ask.key, batch[i].ask.slot),
                         std::string(), l.task};
                     release_slots(std::span<const HeldSlot>(&held, 1), false);
                 }
@@ -455,9 +451,7 @@ class AmqpConsumer final : public Consumer {
             d.taken = a->start;  // when the limit counted it (as sqlite's claim does)
             if (limit->max_concurrency > 0) {
                 InFlight& in = unsettled_[env.delivery_tag];
-                in.slot = Slot{results::RedisResults::slots_key(limit->task, key), member,
-                               results::RedisResults::slot_sets_key(limit->task),
-                               results::RedisResults::held_key(limit->task)};
+                in.slot = results::RedisResults::slot_of(limit->task, key, member);
                 in.limited_task = limit->task;
             }
             if (a->wait_ms >= 1) {
