@@ -34,9 +34,10 @@ struct Delivery {
     /// When the broker handed it to this consumer, where the engine says (sqlite: the moment
     /// of the claim, when the task's limits counted it).
     std::optional<TimePoint> taken;
-    /// The task as it was published in this process, from an engine that passes tasks without
-    /// encoding them (memory; OutgoingMessage::task): the worker takes it instead of decoding
-    /// `envelope`, which is then empty.
+    /// The task itself, from an engine that passes tasks published in this process without
+    /// encoding them (memory; OutgoingMessage::task), or one that decoded the message as it
+    /// read it (RabbitMQ, with ConsumerOptions::decode): the worker takes it instead of
+    /// decoding `envelope`, which is then empty.
     std::shared_ptr<const TaskMessage> task;
 };
 
@@ -77,6 +78,15 @@ struct ConsumerOptions {
     /// the caller's work. Those tasks are leased to this consumer meanwhile (renewed and
     /// handed back with its others). The worker sets it; other engines ignore it.
     bool read_ahead = false;
+    /// RabbitMQ: each Celery message is decoded as it is read (Delivery::task), from its
+    /// header table as it came, without a JSON tree of the headers. A message that does not
+    /// decode comes as its envelope, for the worker to dead-letter with the reason; so do the
+    /// messages of `raw_queues`, and those of limited tasks. The worker sets it; other engines
+    /// ignore it.
+    bool decode = false;
+    std::vector<std::string> raw_queues;  ///< with `decode`: queues whose messages are not
+    /// With `decode`: a larger body is not decoded (the worker refuses it).
+    std::size_t max_body = std::size_t(16) << 20;
 };
 
 /// One consumer's session. Not thread-safe: the thread that created it uses it alone.

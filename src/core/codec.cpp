@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 #include <zlib.h>
 
+#include <algorithm>
+#include <array>
 #include <unordered_set>
 
 #include "core/json_bounds.hpp"
@@ -44,46 +46,50 @@ std::string repr(const Json& v) {
     return v.dump();
 }
 
-Result<std::optional<TimePoint>> header_time(const Json& headers, const char* key) {
-    auto it = headers.find(key);
-    if (it == headers.end() || it->is_null()) return std::optional<TimePoint>{};
-    if (!it->is_string())
+using Kind = HeaderValue::Kind;
+
+Result<std::optional<TimePoint>> header_time(const Headers& headers, const char* key) {
+    auto v = headers.find(key);
+    if (!v || v->kind == Kind::null) return std::optional<TimePoint>{};
+    if (v->kind != Kind::string)
         return fail(Errc::malformed, fmt::format("header '{}' is not a string", key));
-    auto t = detail::parse_iso8601(it->get_ref<const std::string&>());
+    auto t = detail::parse_iso8601(v->text);
     if (!t) {
         return fail(Errc::malformed, fmt::format("header '{}' is not an ISO-8601 time: '{}'", key,
-                                                 it->get<std::string>().substr(0, 64)));
+                                                 v->text.substr(0, 64)));
     }
     return std::optional<TimePoint>{*t};
 }
 
-Result<std::string> header_string(const Json& headers, const char* key) {
-    auto it = headers.find(key);
-    if (it == headers.end() || it->is_null()) return std::string{};
-    if (!it->is_string())
+Result<std::string> header_string(const Headers& headers, const char* key) {
+    auto v = headers.find(key);
+    if (!v || v->kind == Kind::null) return std::string{};
+    if (v->kind != Kind::string)
         return fail(Errc::malformed, fmt::format("header '{}' is not a string", key));
-    return it->get<std::string>();
+    return std::string(v->text);
 }
 
 /// A whole-number header within [lo, hi].
-Result<std::optional<std::int64_t>> header_int(const Json& headers, const char* key,
+Result<std::optional<std::int64_t>> header_int(const Headers& headers, const char* key,
                                                std::int64_t lo, std::int64_t hi) {
-    auto it = headers.find(key);
-    if (it == headers.end() || it->is_null()) return std::optional<std::int64_t>{};
-    if (!it->is_number_integer())
-        return fail(Errc::malformed, fmt::format("header '{}' is not an integer", key));
+    auto v = headers.find(key);
+    if (!v || v->kind == Kind::null) return std::optional<std::int64_t>{};
     bool in_range;
-    if (it->is_number_unsigned()) {  // non-negative numbers parse as unsigned
-        auto u = it->get<std::uint64_t>();
+    if (v->kind == Kind::unsigned_integer) {
+        auto u = v->unsigned_integer;
         in_range = hi >= 0 && u <= std::uint64_t(hi) && (lo <= 0 || u >= std::uint64_t(lo));
-    } else {
-        auto i = it->get<std::int64_t>();
-        in_range = i >= lo && i <= hi;
+        if (!in_range)
+            return fail(Errc::malformed,
+                        fmt::format("header '{}' is {}, outside {}..{}", key, u, lo, hi));
+        return std::optional<std::int64_t>{std::int64_t(u)};
     }
-    if (!in_range)
+    if (v->kind != Kind::integer)
+        return fail(Errc::malformed, fmt::format("header '{}' is not an integer", key));
+    auto i = v->integer;
+    if (i < lo || i > hi)
         return fail(Errc::malformed,
-                    fmt::format("header '{}' is {}, outside {}..{}", key, it->dump(), lo, hi));
-    return std::optional<std::int64_t>{it->get<std::int64_t>()};
+                    fmt::format("header '{}' is {}, outside {}..{}", key, i, lo, hi));
+    return std::optional<std::int64_t>{i};
 }
 
 Result<std::optional<double>> as_limit(const Json& v, const char* what) {
@@ -97,49 +103,36 @@ Result<std::optional<double>> as_limit(const Json& v, const char* what) {
     return std::optional<double>{s};
 }
 
-Result<void> check_envelope(const Envelope& env, std::size_t max_body) {
-    if (env.body.size() > max_body) {
+Result<void> check_message(const Headers& headers, std::size_t body_size, std::size_t max_body) {
+    if (body_size > max_body) {
         return fail(Errc::malformed, fmt::format("body of {} bytes exceeds the limit of {} bytes",
-                                                 env.body.size(), max_body));
+                                                 body_size, max_body));
     }
-    if (!env.headers.is_object() && !env.headers.is_null())
-        return fail(Errc::malformed, "headers are not a table");
-    if (detail::json_depth(env.headers) > detail::kMaxJsonDepth)
+    if (!headers.is_table()) return fail(Errc::malformed, "headers are not a table");
+    if (headers.too_deep())
         return fail(Errc::malformed,
                     fmt::format("headers nest deeper than {} levels", detail::kMaxJsonDepth));
     return {};
 }
 
-Result<std::optional<std::string>> inflated_body(const Envelope& env, std::size_t max_body);
-
-/// The message with its body inflated, when its `compression` header says zlib; nullopt when
-/// it is not compressed.
-Result<std::optional<Envelope>> inflated(const Envelope& env, std::size_t max_body) {
-    auto body = inflated_body(env, max_body);
-    CONVEYOR_TRY(body);
-    if (!*body) return std::optional<Envelope>();
-    Envelope plain = env;
-    plain.body = std::move(**body);
-    plain.headers.erase("compression");
-    return std::optional<Envelope>(std::move(plain));
-}
-
 /// The body of a message whose `compression` header says zlib (Celery's "gzip": kombu writes a
-/// zlib stream under application/x-gzip), inflated to at most `max_body` bytes.
-Result<std::optional<std::string>> inflated_body(const Envelope& env, std::size_t max_body) {
-    if (!env.headers.is_object()) return std::optional<std::string>();
-    auto comp = env.headers.find("compression");
-    if (comp == env.headers.end() || comp->is_null()) return std::optional<std::string>();
-    static const std::vector<std::string> zlib_names = {"application/x-gzip", "application/zlib",
-                                                        "gzip", "zlib"};
-    if (!comp->is_string() || std::find(zlib_names.begin(), zlib_names.end(),
-                                        comp->get<std::string>()) == zlib_names.end())
-        return fail(Errc::malformed, fmt::format("unsupported compression {}", comp->dump()));
+/// zlib stream under application/x-gzip), inflated to at most `max_body` bytes; nullopt when
+/// the message is not compressed.
+Result<std::optional<std::string>> inflated_body(const Headers& headers, std::string_view body,
+                                                 std::size_t max_body) {
+    auto comp = headers.find("compression");
+    if (!comp || comp->kind == Kind::null) return std::optional<std::string>();
+    static const std::vector<std::string_view> zlib_names = {"application/x-gzip",
+                                                             "application/zlib", "gzip", "zlib"};
+    if (comp->kind != Kind::string ||
+        std::find(zlib_names.begin(), zlib_names.end(), comp->text) == zlib_names.end())
+        return fail(Errc::malformed,
+                    fmt::format("unsupported compression {}", headers.json("compression").dump()));
     z_stream zs{};
     if (inflateInit2(&zs, 15 + 32) != Z_OK)  // zlib or gzip, detected from the header
         return fail(Errc::internal, "zlib could not start");
-    zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(env.body.data()));
-    zs.avail_in = uInt(env.body.size());
+    zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(body.data()));
+    zs.avail_in = uInt(body.size());
     std::string out;
     char buf[16384];
     int rc = Z_OK;
@@ -159,12 +152,6 @@ Result<std::optional<std::string>> inflated_body(const Envelope& env, std::size_
     if (rc != Z_STREAM_END)
         return fail(Errc::malformed, "compressed body is not a valid zlib stream");
     return std::optional<std::string>(std::move(out));
-}
-
-/// An empty object to refer to (a `cond ? headers : Json::object()` would copy the headers).
-const Json& empty_object() {
-    static const Json empty = Json::object();
-    return empty;
 }
 
 /// Celery's headers, read into TaskMessage fields; any other header is kept as an extra.
@@ -241,12 +228,31 @@ Envelope encode(const TaskMessage& t) {
         for (auto& [k, v] : t.extra_headers.items()) h.emplace(k, v);
     }
     env.headers = std::move(h);
-    Json embed = t.embed.is_object() ? t.embed : Json::object();
-    for (const char* k : {"callbacks", "errbacks", "chain", "chord"}) {
-        if (!embed.contains(k)) embed[k] = nullptr;
+    // [args, kwargs, embed], each written where it is (no copy of the arguments' trees).
+    auto write = [&](const Json& v) {
+        env.body += v.dump(-1, ' ', false, Json::error_handler_t::replace);
+    };
+    env.body = "[";
+    write(t.args);
+    env.body += ',';
+    write(t.kwargs);
+    env.body += ',';
+    static constexpr std::array<const char*, 4> kEmbedKeys = {"callbacks", "chain", "chord",
+                                                              "errbacks"};
+    const bool whole =
+        t.embed.is_object() && std::all_of(kEmbedKeys.begin(), kEmbedKeys.end(),
+                                           [&](const char* k) { return t.embed.contains(k); });
+    if (!t.embed.is_object() || t.embed.empty()) {
+        env.body += R"({"callbacks":null,"chain":null,"chord":null,"errbacks":null})";
+    } else if (whole) {
+        write(t.embed);
+    } else {
+        Json embed = t.embed;
+        for (const char* k : kEmbedKeys)
+            if (!embed.contains(k)) embed[k] = nullptr;
+        write(embed);
     }
-    env.body =
-        Json::array({t.args, t.kwargs, embed}).dump(-1, ' ', false, Json::error_handler_t::replace);
+    env.body += ']';
     return env;
 }
 
@@ -304,25 +310,35 @@ bool as_decoded(TaskMessage& t) {
     return true;
 }
 
-Result<TaskMessage> decode(const Envelope& env, std::size_t max_body) {
-    CONVEYOR_TRY(check_envelope(env, max_body));
-    auto plain = inflated(env, max_body);
-    CONVEYOR_TRY(plain);
-    if (*plain) return decode(**plain, max_body);
-    if (env.content_type.empty())
+namespace {
+
+/// decode(MessageView); `inflated`: the body was compressed, and is now as it was before, so
+/// the `compression` header is neither read again nor kept.
+Result<TaskMessage> decode_message(const MessageView& m, std::size_t max_body, bool inflated) {
+    const Headers& h = m.headers;
+    CONVEYOR_TRY(check_message(h, m.body.size(), max_body));
+    if (!inflated) {
+        auto plain = inflated_body(h, m.body, max_body);
+        CONVEYOR_TRY(plain);
+        if (*plain) {
+            MessageView again = m;
+            again.body = **plain;
+            return decode_message(again, max_body, true);
+        }
+    }
+    if (m.content_type.empty())
         return fail(Errc::malformed, "message has no content_type (expected application/json)");
-    if (env.content_type != kJson) {
+    if (m.content_type != kJson) {
         return fail(Errc::malformed,
                     fmt::format("unsupported content_type '{}' (expected application/json)",
-                                env.content_type.substr(0, 64)));
+                                m.content_type.substr(0, 64)));
     }
-    const Json& h = env.headers.is_object() ? env.headers : empty_object();
-    auto parsed = detail::parse_untrusted(env.body, "body");
+    auto parsed = detail::parse_untrusted(m.body, "body");
     CONVEYOR_TRY(parsed);
     Json& body = *parsed;
 
     TaskMessage t;
-    bool v1 = !h.contains("task") && body.is_object() && body.contains("task");
+    bool v1 = !h.find("task") && body.is_object() && body.contains("task");
     if (v1) {
         // Protocol v1: everything in the body.
         if (!body["task"].is_string() || !body.contains("id") || !body["id"].is_string())
@@ -334,27 +350,26 @@ Result<TaskMessage> decode(const Envelope& env, std::size_t max_body) {
         if (!t.args.is_array()) return fail(Errc::malformed, "protocol v1 'args' is not an array");
         if (!t.kwargs.is_object())
             return fail(Errc::malformed, "protocol v1 'kwargs' is not an object");
-        auto retries = header_int(body, "retries", 0, kMaxRetries);
+        const JsonHeaders fields(body);
+        auto retries = header_int(fields, "retries", 0, kMaxRetries);
         CONVEYOR_TRY(retries);
         t.retries = int(retries->value_or(0));
-        Json hv = Json::object();
-        for (const char* k : {"eta", "expires"}) hv[k] = body.value(k, Json());
-        auto eta = header_time(hv, "eta");
+        auto eta = header_time(fields, "eta");
         CONVEYOR_TRY(eta);
         t.eta = *eta;
-        auto exp = header_time(hv, "expires");
+        auto exp = header_time(fields, "expires");
         CONVEYOR_TRY(exp);
         t.expires = *exp;
     } else {
-        auto it = h.find("task");
-        if (it == h.end()) return fail(Errc::malformed, "header 'task' is missing");
-        if (!it->is_string() || it->get_ref<const std::string&>().empty())
+        auto task = h.find("task");
+        if (!task) return fail(Errc::malformed, "header 'task' is missing");
+        if (task->kind != Kind::string || task->text.empty())
             return fail(Errc::malformed, "header 'task' is not a non-empty string");
-        t.name = it->get<std::string>();
+        t.name = std::string(task->text);
         auto id = h.find("id");
-        if (id == h.end() || !id->is_string() || id->get_ref<const std::string&>().empty())
+        if (!id || id->kind != Kind::string || id->text.empty())
             return fail(Errc::malformed, "header 'id' is missing or not a non-empty string");
-        t.id = id->get<std::string>();
+        t.id = std::string(id->text);
         if (!body.is_array())
             return fail(Errc::malformed, "body is not a JSON array [args, kwargs, embed]");
         if (body.size() != 3) {
@@ -383,12 +398,13 @@ Result<TaskMessage> decode(const Envelope& env, std::size_t max_body) {
         auto exp = header_time(h, "expires");
         CONVEYOR_TRY(exp);
         t.expires = *exp;
-        if (auto tl = h.find("timelimit"); tl != h.end() && !tl->is_null()) {
-            if (!tl->is_array() || tl->size() != 2)
+        if (auto tl = h.find("timelimit"); tl && tl->kind != Kind::null) {
+            Json limits = h.json("timelimit");
+            if (!limits.is_array() || limits.size() != 2)
                 return fail(Errc::malformed, "header 'timelimit' is not [hard, soft]");
-            auto hard = as_limit((*tl)[0], "hard");
+            auto hard = as_limit(limits[0], "hard");
             CONVEYOR_TRY(hard);
-            auto soft = as_limit((*tl)[1], "soft");
+            auto soft = as_limit(limits[1], "soft");
             CONVEYOR_TRY(soft);
             t.time_limit = *hard;
             t.soft_time_limit = *soft;
@@ -403,25 +419,99 @@ Result<TaskMessage> decode(const Envelope& env, std::size_t max_body) {
         auto group_index = header_int(h, "group_index", 0, kMaxRetries);
         CONVEYOR_TRY(group_index);
         if (*group_index) t.group_index = int(**group_index);
-        if (auto ir = h.find("ignore_result"); ir != h.end() && ir->is_boolean())
-            t.ignore_result = ir->get<bool>();
-        for (auto& [k, v] : h.items()) {
-            if (!known_header(k)) t.extra_headers[k] = v;
-        }
+        if (auto ir = h.find("ignore_result"); ir && ir->kind == Kind::boolean)
+            t.ignore_result = ir->boolean;
+        h.names([&](std::string_view k) {
+            if (!known_header(k) && !(inflated && k == "compression"))
+                t.extra_headers[std::string(k)] = h.json(k);
+        });
     }
     if (t.root_id.empty()) t.root_id = t.id;
-    t.priority = env.priority;
-    t.reply_to = env.reply_to;
-    t.correlation_id = env.correlation_id.empty() ? t.id : env.correlation_id;
+    t.priority = m.priority;
+    t.reply_to = std::string(m.reply_to);
+    t.correlation_id = m.correlation_id.empty() ? t.id : std::string(m.correlation_id);
     return t;
+}
+
+}  // namespace
+
+std::optional<HeaderValue> JsonHeaders::find(std::string_view key) const {
+    if (!json_.is_object()) return std::nullopt;
+    auto it = json_.find(key);
+    if (it == json_.end()) return std::nullopt;
+    HeaderValue v;
+    switch (it->type()) {
+        case Json::value_t::null:
+            break;
+        case Json::value_t::boolean:
+            v.kind = Kind::boolean;
+            v.boolean = it->get<bool>();
+            break;
+        case Json::value_t::number_integer:
+            v.kind = Kind::integer;
+            v.integer = it->get<std::int64_t>();
+            break;
+        case Json::value_t::number_unsigned:
+            v.kind = Kind::unsigned_integer;
+            v.unsigned_integer = it->get<std::uint64_t>();
+            break;
+        case Json::value_t::number_float:
+            v.kind = Kind::real;
+            v.real = it->get<double>();
+            break;
+        case Json::value_t::string:
+            v.kind = Kind::string;
+            v.text = it->get_ref<const std::string&>();
+            break;
+        default:
+            v.kind = Kind::other;
+            break;
+    }
+    return v;
+}
+
+Json JsonHeaders::json(std::string_view key) const {
+    if (!json_.is_object()) return Json();
+    auto it = json_.find(key);
+    return it == json_.end() ? Json() : *it;
+}
+
+void JsonHeaders::names(const std::function<void(std::string_view)>& each) const {
+    if (!json_.is_object()) return;
+    for (auto& [k, _] : json_.items()) each(k);
+}
+
+bool JsonHeaders::is_table() const { return json_.is_object() || json_.is_null(); }
+
+bool JsonHeaders::too_deep() const { return detail::json_depth(json_) > detail::kMaxJsonDepth; }
+
+Result<TaskMessage> decode(const MessageView& message, std::size_t max_body) {
+    return decode_message(message, max_body, false);
+}
+
+Result<TaskMessage> decode(const Envelope& env, std::size_t max_body) {
+    const JsonHeaders headers(env.headers);
+    return decode(MessageView{.content_type = env.content_type,
+                              .correlation_id = env.correlation_id,
+                              .reply_to = env.reply_to,
+                              .priority = env.priority,
+                              .headers = headers,
+                              .body = env.body},
+                  max_body);
 }
 
 Result<TaskMessage> decode_raw(const Envelope& env, std::string_view task_name,
                                std::string_view fallback_id, std::size_t max_body) {
-    CONVEYOR_TRY(check_envelope(env, max_body));
-    auto plain = inflated(env, max_body);
+    const JsonHeaders h(env.headers);
+    CONVEYOR_TRY(check_message(h, env.body.size(), max_body));
+    auto plain = inflated_body(h, env.body, max_body);
     CONVEYOR_TRY(plain);
-    if (*plain) return decode_raw(**plain, task_name, fallback_id, max_body);
+    if (*plain) {
+        Envelope inflated = env;
+        inflated.body = std::move(**plain);
+        inflated.headers.erase("compression");
+        return decode_raw(inflated, task_name, fallback_id, max_body);
+    }
     if (task_name.empty()) return fail(Errc::malformed, "raw queue has no task name configured");
     TaskMessage t;
     t.name = std::string(task_name);
@@ -444,7 +534,6 @@ Result<TaskMessage> decode_raw(const Envelope& env, std::string_view task_name,
     t.body = env.body;
     t.content_type = env.content_type;
     t.args = Json::array({std::move(payload)});
-    const Json& h = env.headers.is_object() ? env.headers : empty_object();
     if (auto r = header_int(h, "retries", 0, kMaxRetries); r && *r) t.retries = int(**r);
     auto eta = header_time(h, "eta");
     if (eta) t.eta = *eta;

@@ -3,6 +3,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <optional>
 #include <string_view>
 
 #include "conveyor/error.hpp"
@@ -32,6 +34,64 @@ Result<Envelope> encode_raw(const TaskMessage& task, std::string_view queue);
 /// the encoded message (a retry count or time limit out of range, headers nested too deep): such
 /// a task is encoded after all, so that the worker dead-letters it as on every engine.
 bool as_decoded(TaskMessage& task);
+
+/// A header's value as the decoder reads it: a scalar in place, anything else as `other` (read
+/// through Headers::json).
+struct HeaderValue {
+    enum class Kind { null, boolean, integer, unsigned_integer, real, string, other };
+    Kind kind = Kind::null;
+    bool boolean = false;
+    std::int64_t integer = 0;
+    std::uint64_t unsigned_integer = 0;
+    double real = 0;
+    std::string_view text;  ///< a string's bytes, valid while the headers are
+};
+
+/// A message's headers as the decoder reads them, without building a JSON tree of them first:
+/// a JSON object (JsonHeaders), or an engine's own table (RabbitMQ's field table).
+class Headers {
+  public:
+    virtual ~Headers() = default;
+    /// The header named `key`; nullopt when there is none.
+    virtual std::optional<HeaderValue> find(std::string_view key) const = 0;
+    /// The header named `key` as JSON (null when there is none), for values that are not
+    /// scalars and for the headers a task keeps as they are (TaskMessage::extra_headers).
+    virtual Json json(std::string_view key) const = 0;
+    /// Calls `each` with every header's name, in the table's order.
+    virtual void names(const std::function<void(std::string_view)>& each) const = 0;
+    /// Whether they are a table at all (none counts as an empty one).
+    virtual bool is_table() const = 0;
+    /// Whether some header nests deeper than detail::kMaxJsonDepth.
+    virtual bool too_deep() const = 0;
+};
+
+/// Headers kept as a JSON object (Envelope::headers).
+class JsonHeaders final : public Headers {
+  public:
+    explicit JsonHeaders(const Json& object) : json_(object) {}
+    std::optional<HeaderValue> find(std::string_view key) const override;
+    Json json(std::string_view key) const override;
+    void names(const std::function<void(std::string_view)>& each) const override;
+    bool is_table() const override;
+    bool too_deep() const override;
+
+  private:
+    const Json& json_;
+};
+
+/// What decode reads of a message: its properties, its headers and its body.
+struct MessageView {
+    std::string_view content_type;
+    std::string_view correlation_id;
+    std::string_view reply_to;
+    int priority = 0;
+    const Headers& headers;
+    std::string_view body;
+};
+
+/// Decodes a Celery protocol v2 (or v1) message, as decode(Envelope) does, reading its headers
+/// where they are.
+Result<TaskMessage> decode(const MessageView& message, std::size_t max_body = kDefaultMaxBody);
 
 /// Decodes a Celery protocol v2 (or v1) message. Every way a message can be wrong is
 /// an Errc::malformed error whose message says what is wrong; it never throws.

@@ -1,5 +1,3 @@
-#include <fmt/format.h>
-
 #include <chrono>
 #include <cstdint>
 #include <random>
@@ -34,9 +32,23 @@ std::string make_task_id() {
     }
     std::uint64_t hi = (ms << 16) | 0x7000 | counter;                            // version 7
     std::uint64_t lo = (rng() & 0x3fffffffffffffffULL) | 0x8000000000000000ULL;  // variant
-    return fmt::format("{:08x}-{:04x}-{:04x}-{:04x}-{:012x}", std::uint32_t(hi >> 32),
-                       std::uint32_t((hi >> 16) & 0xffff), std::uint32_t(hi & 0xffff),
-                       std::uint32_t(lo >> 48), lo & 0xffffffffffffULL);
+    // 8-4-4-4-12 hex digits, written by hand (fmt took 6% of an enqueue in the profile).
+    static constexpr char kHex[] = "0123456789abcdef";
+    std::string id(36, '-');
+    std::size_t at = 0;
+    auto put = [&](std::uint64_t bits, int digits) {
+        for (int i = digits - 1; i >= 0; --i) id[at++] = kHex[(bits >> (4 * i)) & 0xf];
+    };
+    put(hi >> 32, 8);
+    ++at;
+    put(hi >> 16, 4);
+    ++at;
+    put(hi, 4);
+    ++at;
+    put(lo >> 48, 4);
+    ++at;
+    put(lo, 12);
+    return id;
 }
 
 }  // namespace conveyor

@@ -171,7 +171,7 @@ void Worker::Impl::admit_unguarded(Delivery& d, std::vector<Settlement>& settle_
         settle_now.push_back(std::move(s));
         return;
     }
-    if (monitor) monitor->received(*task, d);
+    if (monitor) monitor->received(task, d);
     std::string key = std::move(d.ordering_key);
     jobs.push_back(Job{std::move(d), std::move(task), &it->second});
     Job& job = jobs.back();

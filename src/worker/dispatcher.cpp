@@ -352,6 +352,10 @@ Result<void> Worker::Impl::run() {
     co.queues = opts.queues;
     co.prefetch = opts.prefetch;
     co.read_ahead = true;
+    co.decode = true;
+    co.max_body = opts.max_body;
+    for (auto& q : opts.queue_formats)
+        if (q.format == QueueFormat::raw) co.raw_queues.push_back(q.name);
     co.lease = opts.lease;
     co.name = opts.name;
     auto consumer_r = broker->consume(co);

@@ -98,10 +98,10 @@ void Monitor::emit(Json e) {
 
 Json Monitor::Row::info(const std::string& id, const std::string& node) const {
     return Json{{"id", id},
-                {"name", name},
-                {"args", args},
-                {"kwargs", kwargs},
-                {"type", name},
+                {"name", task->name},
+                {"args", task->args},
+                {"kwargs", task->kwargs},
+                {"type", task->name},
                 {"hostname", node},
                 {"time_start", time_start ? Json(*time_start) : Json()},
                 {"acknowledged", false},  // acks come after the outcome
@@ -113,9 +113,10 @@ Json Monitor::Row::info(const std::string& id, const std::string& node) const {
                 {"worker_pid", time_start ? Json(getpid()) : Json()}};
 }
 
-void Monitor::received(const TaskMessage& t, const Delivery& d) {
+void Monitor::received(std::shared_ptr<const TaskMessage> task, const Delivery& d) {
+    const TaskMessage& t = *task;
     std::lock_guard lk(mu_);
-    rows_[t.id] = Row{t.name, t.args, t.kwargs, d.queue, t.priority, d.deliveries > 1};
+    rows_[t.id] = Row{std::move(task), d.queue, t.priority, d.deliveries > 1};
     if (!task_events_) return;
     Json e = {{"type", "task-received"},
               {"uuid", t.id},
@@ -143,7 +144,7 @@ void Monitor::started(const std::string& id) {
 void Monitor::finish(const std::string& id) {
     auto it = rows_.find(id);
     if (it == rows_.end()) return;
-    total_[it->second.name]++;
+    total_[it->second.task->name]++;
     processed_++;
     rows_.erase(it);
 }

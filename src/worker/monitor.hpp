@@ -52,7 +52,7 @@ class Monitor {
     void stop();
 
     // Hooks, called by the worker.
-    void received(const TaskMessage& task, const Delivery& delivery);
+    void received(std::shared_ptr<const TaskMessage> task, const Delivery& delivery);
     void started(const std::string& id);
     void succeeded(const std::string& id, const Json& result, double runtime);
     void failed(const std::string& id, const std::string& exception, const std::string& traceback);
@@ -68,8 +68,7 @@ class Monitor {
   private:
     /// What `inspect active/reserved/query_task` tell of a task; made into JSON only then.
     struct Row {
-        std::string name;
-        Json args, kwargs;
+        std::shared_ptr<const TaskMessage> task;  // the job's own (not copied)
         std::string queue;
         int priority = 0;
         bool redelivered = false;

@@ -349,3 +349,56 @@ TEST(Codec, ArgumentReprsInTheHeadersAreCutAtCelerysSize) {
     EXPECT_EQ(codec::encode(TaskMessage{.name = "t", .args = {2, 3}}).headers["argsrepr"],
               "(2, 3)");
 }
+
+TEST(Codec, TheBodyIsTheCompactJsonOfArgsKwargsAndAWholeEmbed) {
+    auto old_body = [](const TaskMessage& t) {
+        Json embed = t.embed.is_object() ? t.embed : Json::object();
+        for (const char* k : {"callbacks", "errbacks", "chain", "chord"})
+            if (!embed.contains(k)) embed[k] = nullptr;
+        return Json::array({t.args, t.kwargs, embed})
+            .dump(-1, ' ', false, Json::error_handler_t::replace);
+    };
+    std::vector<TaskMessage> tasks(5);
+    tasks[1].args = {1, "two", 3.5, nullptr, {{"k", {true}}}};
+    tasks[1].kwargs = {{"z", 1}, {"a", "\xff not UTF-8"}};
+    tasks[2].embed = {{"chain", {{{"task", "next"}}}}};
+    tasks[3].embed = {
+        {"callbacks", nullptr}, {"errbacks", {1}}, {"chain", nullptr}, {"chord", nullptr}};
+    tasks[4].embed = Json::array();
+    for (auto& t : tasks) {
+        auto body = codec::encode(t).body;
+        EXPECT_EQ(body, old_body(t));
+        auto parsed = Json::parse(body);
+        ASSERT_EQ(parsed.size(), 3u);
+        for (const char* k : {"callbacks", "errbacks", "chain", "chord"})
+            EXPECT_TRUE(parsed[2].contains(k)) << body;
+    }
+}
+
+TEST(TaskId, IdsAreVersion7UuidsThatSortInTheOrderTheyWereMade) {
+    std::string last;
+    std::set<std::string> seen;
+    for (int i = 0; i < 20000; ++i) {
+        std::string id = make_task_id();
+        ASSERT_EQ(id.size(), 36u) << id;
+        for (std::size_t at : {8u, 13u, 18u, 23u}) ASSERT_EQ(id[at], '-') << id;
+        for (std::size_t k = 0; k < id.size(); ++k)
+            if (id[k] != '-')
+                ASSERT_TRUE(std::isxdigit(static_cast<unsigned char>(id[k])) &&
+                            !std::isupper(static_cast<unsigned char>(id[k])))
+                    << id;
+        EXPECT_EQ(id[14], '7') << id;                                          // version
+        EXPECT_NE(std::string("89ab").find(id[19]), std::string::npos) << id;  // variant
+        EXPECT_GT(id, last);
+        last = id;
+        seen.insert(id);
+    }
+    EXPECT_EQ(seen.size(), 20000u);
+    // The first 48 bits are the time in milliseconds.
+    auto ms = std::stoull(last.substr(0, 8) + last.substr(9, 4), nullptr, 16);
+    auto now = std::uint64_t(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                 std::chrono::system_clock::now().time_since_epoch())
+                                 .count());
+    EXPECT_LE(ms, now);
+    EXPECT_GT(ms + 60000, now);
+}

@@ -291,6 +291,14 @@ Envelope envelope_of(const amqp_basic_properties_t& p, amqp_bytes_t body) {
     return e;
 }
 
+Envelope& full_envelope(Received& received) {
+    if (!received.headers_in_envelope) {
+        received.envelope.headers = to_json(received.headers.table());
+        received.headers_in_envelope = true;
+    }
+    return received.envelope;
+}
+
 amqp_rpc_reply_t consume_message(amqp_connection_state_t state, Received& out,
                                  struct timeval* timeout) {
     amqp_rpc_reply_t reply{};
@@ -325,7 +333,15 @@ amqp_rpc_reply_t consume_message(amqp_connection_state_t state, Received& out,
         return failed(AMQP_STATUS_BAD_AMQP_DATA);
     auto* props = static_cast<amqp_basic_properties_t*>(frame.payload.properties.decoded);
     const std::uint64_t size = frame.payload.properties.body_size;
-    out.envelope = envelope_of(*props, amqp_empty_bytes);
+    {
+        // The headers stay a field table (copied out of the buffers recycled below).
+        amqp_basic_properties_t without = *props;
+        without._flags &= ~amqp_flags_t(AMQP_BASIC_HEADERS_FLAG);
+        out.envelope = envelope_of(without, amqp_empty_bytes);
+        out.headers =
+            (props->_flags & AMQP_BASIC_HEADERS_FLAG) ? OwnedTable(props->headers) : OwnedTable();
+        out.headers_in_envelope = false;
+    }
     out.message_id =
         (props->_flags & AMQP_BASIC_MESSAGE_ID_FLAG) ? to_string(props->message_id) : std::string();
     amqp_maybe_release_buffers_on_channel(state, out.channel);

@@ -86,7 +86,11 @@ struct Received {
     std::string exchange;
     std::string routing_key;
     std::string message_id;  ///< the message-id property
+    /// Its properties and body. Its headers are in `headers`, and here as JSON only once
+    /// full_envelope() was called: a worker decodes a task from the table itself.
     Envelope envelope;
+    OwnedTable headers;
+    bool headers_in_envelope = false;
     /// The frame that came instead of a delivery (AMQP_STATUS_UNEXPECTED_STATE): a
     /// channel.close, a basic.cancel, ... Valid until the connection's buffers are released.
     std::optional<amqp_frame_t> unexpected;
@@ -99,6 +103,9 @@ struct Received {
 /// `out.unexpected`).
 amqp_rpc_reply_t consume_message(amqp_connection_state_t state, Received& out,
                                  struct timeval* timeout);
+
+/// The received message's envelope with its headers as JSON (converted on the first call).
+Envelope& full_envelope(Received& received);
 
 /// How a queue is declared (AMQP's queue.declare bits). `passive`: only look it up.
 struct QueueFlags {

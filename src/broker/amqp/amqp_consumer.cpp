@@ -185,48 +185,84 @@ class AmqpConsumer final : public Consumer {
         return {};
     }
 
+    /// A header of the delivery as a string, or as a whole number; none when it is absent or
+    /// of another kind.
+    static std::optional<std::string_view> text_header(const Received& env, std::string_view key) {
+        const amqp_field_value_t* f = env.headers.find(key);
+        if (!f || (f->kind != AMQP_FIELD_KIND_UTF8 && f->kind != AMQP_FIELD_KIND_BYTES))
+            return std::nullopt;
+        return view(f->value.bytes);
+    }
+    static std::optional<std::int64_t> integer_header(const Received& env, std::string_view key) {
+        const TableHeaders h(env.headers.table());
+        auto v = h.find(key);
+        if (!v) return std::nullopt;
+        using Kind = codec::HeaderValue::Kind;
+        if (v->kind == Kind::integer) return v->integer;
+        if (v->kind == Kind::unsigned_integer)
+            return std::int64_t(std::min<std::uint64_t>(
+                v->unsigned_integer, std::uint64_t(std::numeric_limits<std::int64_t>::max())));
+        return std::nullopt;
+    }
+
+    /// The delivery's task, decoded from the header table as it came (ConsumerOptions::decode);
+    /// null where the worker decodes the envelope instead (a raw queue, or a message that does
+    /// not decode: the worker dead-letters it with the reason).
+    std::shared_ptr<const TaskMessage> decoded(const Received& env, const std::string& queue) {
+        if (!opts_.decode || env.headers_in_envelope ||
+            std::find(opts_.raw_queues.begin(), opts_.raw_queues.end(), queue) !=
+                opts_.raw_queues.end())
+            return nullptr;
+        const TableHeaders headers(env.headers.table());
+        const Envelope& m = env.envelope;
+        auto task = codec::decode(codec::MessageView{.content_type = m.content_type,
+                                                     .correlation_id = m.correlation_id,
+                                                     .reply_to = m.reply_to,
+                                                     .priority = m.priority,
+                                                     .headers = headers,
+                                                     .body = m.body},
+                                  opts_.max_body);
+        if (!task) return nullptr;
+        return std::make_shared<const TaskMessage>(std::move(*task));
+    }
+
     Delivery to_delivery(Received& env) {
         Delivery d;
         d.tag = (generation_ << 40) | env.delivery_tag;
-        d.envelope = std::move(env.envelope);
         auto it = consumer_queue_.find(env.consumer_tag);
         d.queue = it != consumer_queue_.end() ? it->second.queue : opts_.queues.front();
         if (it != consumer_queue_.end() && it->second.ordered) {
             // The consistent-hash exchange routed it by this key (the publisher's ordering key,
             // or the task id when it gave none).
-            auto k = d.envelope.headers.find(kKeyHeader);
-            d.ordering_key = k != d.envelope.headers.end() && k->is_string() ? k->get<std::string>()
-                                                                             : env.routing_key;
+            auto k = text_header(env, kKeyHeader);
+            d.ordering_key = k ? std::string(*k) : env.routing_key;
         }
-        d.message_id = codec::envelope_id(d.envelope);
+        auto id = text_header(env, "id");
+        d.message_id = id && !id->empty() ? std::string(*id) : env.envelope.correlation_id;
         if (d.message_id.empty()) d.message_id = env.message_id;
         d.taken = SystemClock::now();
-        if (auto sent = d.envelope.headers.find(kSentAtHeader);
-            sent != d.envelope.headers.end() && sent->is_number_integer()) {
+        if (auto ms = integer_header(env, kSentAtHeader)) {
             // From the wire: only a time between 1970 and 9999 counts.
-            auto ms = sent->get<std::int64_t>();
-            if (ms > 0 && ms < 253402300800000) d.due = detail::from_epoch_ms(ms);
+            if (*ms > 0 && *ms < 253402300800000) d.due = detail::from_epoch_ms(*ms);
         }
         d.deliveries = env.redelivered ? 2 : 1;
-        if (auto dc = d.envelope.headers.find(kDeliveryCountHeader);
-            dc != d.envelope.headers.end() && dc->is_number_integer())
-            d.deliveries = std::max<std::int64_t>(
-                d.deliveries, std::clamp<std::int64_t>(dc->get<std::int64_t>(), 0, 1 << 20) + 1);
-        if (auto dc = d.envelope.headers.find(kDeliveriesHeader);
-            dc != d.envelope.headers.end() && dc->is_number_integer())
-            d.deliveries = std::max<std::int64_t>(
-                d.deliveries, std::clamp<std::int64_t>(dc->get<std::int64_t>(), 0, 1 << 20));
+        if (auto dc = integer_header(env, kDeliveryCountHeader))
+            d.deliveries =
+                std::max<std::int64_t>(d.deliveries, std::clamp<std::int64_t>(*dc, 0, 1 << 20) + 1);
+        if (auto dc = integer_header(env, kDeliveriesHeader))
+            d.deliveries =
+                std::max<std::int64_t>(d.deliveries, std::clamp<std::int64_t>(*dc, 0, 1 << 20));
         held_.insert(d.tag);
         InFlight& in = unsettled_[env.delivery_tag];
-        in = InFlight{d.queue, d.envelope.reply_to,
+        in = InFlight{d.queue, env.envelope.reply_to,
                       it != consumer_queue_.end() && it->second.ordered};
         // Anyone may set the header: only a string a publisher could have taken counts.
-        if (auto u = d.envelope.headers.find(kUniqueHeader);
-            u != d.envelope.headers.end() && u->is_string() &&
-            u->get_ref<const std::string&>().size() <= kMaxUniqueKey) {
-            in.unique_key = u->get<std::string>();
+        if (auto u = text_header(env, kUniqueHeader); u && u->size() <= kMaxUniqueKey) {
+            in.unique_key = std::string(*u);
             in.task_id = d.message_id;
         }
+        d.task = decoded(env, d.queue);
+        if (!d.task) d.envelope = std::move(full_envelope(env));
         return d;
     }
 
@@ -330,10 +366,10 @@ class AmqpConsumer final : public Consumer {
     /// The limit of a delivery's task (Celery protocol 2's task header), if it has one; none
     /// for ordered queues, whose order a task sent back to wait would break.
     const TaskLimit* limit_of(const Received& env) const {
-        if (limits_.empty() || !env.envelope.headers.is_object()) return nullptr;
-        auto t = env.envelope.headers.find("task");
-        if (t == env.envelope.headers.end() || !t->is_string()) return nullptr;
-        auto l = limits_.find(t->get_ref<const std::string&>());
+        if (limits_.empty()) return nullptr;
+        auto t = text_header(env, "task");
+        if (!t) return nullptr;
+        auto l = limits_.find(std::string(*t));
         if (l == limits_.end()) return nullptr;
         auto it = consumer_queue_.find(env.consumer_tag);
         if (it == consumer_queue_.end() || it->second.ordered) return nullptr;
@@ -356,7 +392,8 @@ class AmqpConsumer final : public Consumer {
         }
         Admitting& w = admitting_.emplace_back();
         w.env = std::move(env);
-        Envelope& m = w.env.envelope;
+        // It may be sent back to wait in the broker: as the JSON envelope it is published as.
+        Envelope& m = full_envelope(w.env);
         w.ask.limit = *limit;
         w.ask.id = codec::envelope_id(m);
         if (w.ask.id.empty()) w.ask.id = w.env.message_id;
@@ -561,8 +598,8 @@ class AmqpConsumer final : public Consumer {
         if (!env.redelivered) return false;
         auto it = consumer_queue_.find(env.consumer_tag);
         if (it == consumer_queue_.end() || it->second.ordered) return false;
-        Envelope& copy = env.envelope;
-        if (!copy.headers.is_object() || copy.headers.contains(kDeliveryCountHeader)) return false;
+        if (env.headers.find(kDeliveryCountHeader)) return false;
+        Envelope& copy = full_envelope(env);
         std::int64_t seen = 1;
         if (auto dc = copy.headers.find(kDeliveriesHeader);
             dc != copy.headers.end() && dc->is_number_integer())

@@ -1,7 +1,9 @@
 #include "broker/amqp/amqp_table.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
+#include <new>
 
 #include "core/json_bounds.hpp"
 
@@ -162,6 +164,123 @@ Json to_json(const amqp_table_t& table, std::size_t depth) {
     for (int i = 0; i < table.num_entries; ++i)
         o[to_string(table.entries[i].key)] = to_json(table.entries[i].value, depth + 1);
     return o;
+}
+
+namespace {
+
+/// The last entry named `key`, as to_json keeps it.
+const amqp_field_value_t* find_entry(const amqp_table_t& table, std::string_view key) noexcept {
+    for (int i = table.num_entries - 1; i >= 0; --i)
+        if (view(table.entries[i].key) == key) return &table.entries[i].value;
+    return nullptr;
+}
+
+/// How deeply a value nests (a scalar 0, a table or array 1 more than its deepest value),
+/// counted no further than `limit` + 1.
+std::size_t depth_of(const amqp_field_value_t& f, std::size_t limit);
+
+std::size_t depth_of(const amqp_table_t& table, std::size_t limit) {
+    std::size_t deepest = 0;
+    for (int i = 0; i < table.num_entries && deepest <= limit; ++i)
+        deepest = std::max(deepest, depth_of(table.entries[i].value, limit - 1));
+    return deepest + 1;
+}
+
+std::size_t depth_of(const amqp_field_value_t& f, std::size_t limit) {
+    if (limit == 0) return f.kind == AMQP_FIELD_KIND_ARRAY || f.kind == AMQP_FIELD_KIND_TABLE;
+    if (f.kind == AMQP_FIELD_KIND_TABLE) return depth_of(f.value.table, limit);
+    if (f.kind != AMQP_FIELD_KIND_ARRAY) return 0;
+    std::size_t deepest = 0;
+    for (int i = 0; i < f.value.array.num_entries && deepest <= limit; ++i)
+        deepest = std::max(deepest, depth_of(f.value.array.entries[i], limit - 1));
+    return deepest + 1;
+}
+
+}  // namespace
+
+void OwnedTable::FreePool::operator()(amqp_pool_t* pool) const noexcept {
+    empty_amqp_pool(pool);
+    delete pool;
+}
+
+OwnedTable::OwnedTable(const amqp_table_t& table) {
+    if (table.num_entries <= 0) return;
+    pool_.reset(new amqp_pool_t);
+    init_amqp_pool(pool_.get(), 1024);
+    if (amqp_table_clone(&table, &table_, pool_.get()) != AMQP_STATUS_OK) throw std::bad_alloc();
+}
+
+const amqp_field_value_t* OwnedTable::find(std::string_view key) const noexcept {
+    return find_entry(table_, key);
+}
+
+const amqp_field_value_t* TableHeaders::entry(std::string_view key) const noexcept {
+    return find_entry(table_, key);
+}
+
+std::optional<codec::HeaderValue> TableHeaders::find(std::string_view key) const {
+    const amqp_field_value_t* f = entry(key);
+    if (!f) return std::nullopt;
+    using Kind = codec::HeaderValue::Kind;
+    codec::HeaderValue v;
+    switch (f->kind) {
+        case AMQP_FIELD_KIND_BOOLEAN:
+            v.kind = Kind::boolean;
+            v.boolean = f->value.boolean != 0;
+            break;
+        case AMQP_FIELD_KIND_I8:
+        case AMQP_FIELD_KIND_I16:
+        case AMQP_FIELD_KIND_I32:
+        case AMQP_FIELD_KIND_I64:
+            v.kind = Kind::integer;
+            v.integer = f->kind == AMQP_FIELD_KIND_I8    ? f->value.i8
+                        : f->kind == AMQP_FIELD_KIND_I16 ? f->value.i16
+                        : f->kind == AMQP_FIELD_KIND_I32 ? f->value.i32
+                                                         : f->value.i64;
+            break;
+        case AMQP_FIELD_KIND_U8:
+        case AMQP_FIELD_KIND_U16:
+        case AMQP_FIELD_KIND_U32:
+        case AMQP_FIELD_KIND_U64:
+        case AMQP_FIELD_KIND_TIMESTAMP:
+            v.kind = Kind::unsigned_integer;
+            v.unsigned_integer = f->kind == AMQP_FIELD_KIND_U8    ? f->value.u8
+                                 : f->kind == AMQP_FIELD_KIND_U16 ? f->value.u16
+                                 : f->kind == AMQP_FIELD_KIND_U32 ? f->value.u32
+                                                                  : f->value.u64;
+            break;
+        case AMQP_FIELD_KIND_F32:
+        case AMQP_FIELD_KIND_F64:
+        case AMQP_FIELD_KIND_DECIMAL:
+            v.kind = Kind::real;
+            v.real = to_json(*f).get<double>();
+            break;
+        case AMQP_FIELD_KIND_UTF8:
+        case AMQP_FIELD_KIND_BYTES:
+            v.kind = Kind::string;
+            v.text = view(f->value.bytes);
+            break;
+        case AMQP_FIELD_KIND_ARRAY:
+        case AMQP_FIELD_KIND_TABLE:
+            v.kind = Kind::other;
+            break;
+        default:  // void
+            break;
+    }
+    return v;
+}
+
+Json TableHeaders::json(std::string_view key) const {
+    const amqp_field_value_t* f = entry(key);
+    return f ? to_json(*f, 1) : Json();
+}
+
+void TableHeaders::names(const std::function<void(std::string_view)>& each) const {
+    for (int i = 0; i < table_.num_entries; ++i) each(view(table_.entries[i].key));
+}
+
+bool TableHeaders::too_deep() const {
+    return depth_of(table_, detail::kMaxJsonDepth) > detail::kMaxJsonDepth;
 }
 
 }  // namespace conveyor::amqp

@@ -3,10 +3,13 @@
 
 #include <amqp.h>
 
+#include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "conveyor/task.hpp"
+#include "core/codec.hpp"
 
 namespace conveyor::amqp {
 
@@ -39,5 +42,51 @@ inline std::string to_string(amqp_bytes_t b) {
 /// null), so a hostile table cannot exhaust the stack and the codec still sees it too deep.
 Json to_json(const amqp_table_t& table, std::size_t depth = 0);
 Json to_json(const amqp_field_value_t& value, std::size_t depth = 0);
+
+/// A field table copied out of the connection's buffers (which are recycled after each frame),
+/// in memory of its own: one allocation for a task's usual headers.
+class OwnedTable {
+  public:
+    OwnedTable() = default;
+    explicit OwnedTable(const amqp_table_t& table);
+    OwnedTable(OwnedTable&& other) noexcept
+        : pool_(std::move(other.pool_)), table_(std::exchange(other.table_, {0, nullptr})) {}
+    OwnedTable& operator=(OwnedTable&& other) noexcept {
+        pool_ = std::move(other.pool_);
+        table_ = std::exchange(other.table_, {0, nullptr});
+        return *this;
+    }
+    const amqp_table_t& table() const noexcept { return table_; }
+    /// The entry named `key`; null when there is none (the first of two with that name).
+    const amqp_field_value_t* find(std::string_view key) const noexcept;
+
+  private:
+    struct FreePool {
+        void operator()(amqp_pool_t* pool) const noexcept;
+    };
+    std::unique_ptr<amqp_pool_t, FreePool> pool_;
+    amqp_table_t table_{0, nullptr};
+};
+
+/// A field table as the codec reads headers (codec::Headers), read in place: no JSON tree of
+/// the whole table, only of the values a task keeps as they are. Reads what to_json reads: the
+/// same value for each header, the last of two with one name.
+class TableHeaders final : public codec::Headers {
+  public:
+    explicit TableHeaders(const amqp_table_t& table) : table_(table) {}
+    std::optional<codec::HeaderValue> find(std::string_view key) const override;
+    Json json(std::string_view key) const override;
+    void names(const std::function<void(std::string_view)>& each) const override;
+    bool is_table() const override { return true; }
+    bool too_deep() const override;
+
+  private:
+    const amqp_field_value_t* entry(std::string_view key) const noexcept;
+    const amqp_table_t& table_;
+};
+
+inline std::string_view view(amqp_bytes_t b) {
+    return b.len ? std::string_view(static_cast<const char*>(b.bytes), b.len) : std::string_view();
+}
 
 }  // namespace conveyor::amqp
