@@ -106,8 +106,13 @@ class Consumer {
     /// task; RabbitMQ: the connection they came on was lost, so they are delivered again):
     /// whoever runs them should stop. Errc::unavailable while the broker fails for a while.
     [[nodiscard]] virtual Result<std::vector<std::uint64_t>> renew() = 0;
-    /// Starts (`consume`) or stops taking deliveries from `queue` while running (`celery
-    /// control add_consumer / cancel_consumer`). Deliveries already taken stay settleable.
+    /// The message of an unsettled delivery whose task the engine decoded as it read it
+    /// (Delivery::task with ConsumerOptions::decode), as it came: what a retry or a dead letter
+    /// sends on. nullopt where the engine keeps none (memory passes tasks as they are).
+    [[nodiscard]] virtual std::optional<Envelope> message(std::uint64_t tag) const {
+        (void)tag;
+        return std::nullopt;
+    }
     /// Why the consumer cannot reach its broker now (RabbitMQ: the connection is lost and being
     /// re-established); nullopt while it can. Engines whose failures show as errors of fetch
     /// and settle keep the default.
@@ -117,6 +122,8 @@ class Consumer {
     /// returned stay this consumer's to settle. The worker calls it as it begins to stop.
     /// Engines that do not read ahead keep the default.
     [[nodiscard]] virtual Result<void> stop_reading_ahead() { return {}; }
+    /// Starts (`consume`) or stops taking deliveries from `queue` while running (`celery
+    /// control add_consumer / cancel_consumer`). Deliveries already taken stay settleable.
     [[nodiscard]] virtual Result<void> set_consuming(const std::string& queue, bool consume) {
         (void)queue;
         (void)consume;

@@ -126,8 +126,8 @@ Result<std::optional<std::string>> inflated_body(const Headers& headers, std::st
                                                              "application/zlib", "gzip", "zlib"};
     if (comp->kind != Kind::string ||
         std::find(zlib_names.begin(), zlib_names.end(), comp->text) == zlib_names.end())
-        return fail(Errc::malformed,
-                    fmt::format("unsupported compression {}", headers.json("compression").dump()));
+        return fail(Errc::malformed, fmt::format("unsupported compression {}",
+                                                 detail::dump_lossy(headers.json("compression"))));
     z_stream zs{};
     if (inflateInit2(&zs, 15 + 32) != Z_OK)  // zlib or gzip, detected from the header
         return fail(Errc::internal, "zlib could not start");

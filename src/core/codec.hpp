@@ -69,6 +69,7 @@ class Headers {
 class JsonHeaders final : public Headers {
   public:
     explicit JsonHeaders(const Json& object) : json_(object) {}
+    explicit JsonHeaders(Json&&) = delete;  // it reads the object where it is
     std::optional<HeaderValue> find(std::string_view key) const override;
     Json json(std::string_view key) const override;
     void names(const std::function<void(std::string_view)>& each) const override;

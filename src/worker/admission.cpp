@@ -20,8 +20,11 @@ const QueueConfig* Worker::Impl::raw_queue(const std::string& name) const {
     return nullptr;
 }
 
-Envelope Worker::Impl::message_of(const Delivery& d) {
-    return d.task ? codec::encode(*d.task) : d.envelope;
+Envelope Worker::Impl::message_of(const Delivery& d) const {
+    if (!d.task) return d.envelope;
+    if (current_consumer)
+        if (auto kept = current_consumer->message(d.tag)) return std::move(*kept);
+    return codec::encode(*d.task);
 }
 
 Settlement Worker::Impl::dead_letter(const Delivery& d, const std::string& id, int retries,
@@ -166,7 +169,7 @@ void Worker::Impl::admit_unguarded(Delivery& d, std::vector<Settlement>& settle_
         Settlement s;
         s.kind = Settlement::Kind::retry;
         s.tag = d.tag;
-        s.envelope = d.task ? codec::encode(*d.task) : std::move(d.envelope);
+        s.envelope = d.task ? message_of(d) : std::move(d.envelope);
         s.not_before = *task->eta;
         settle_now.push_back(std::move(s));
         return;

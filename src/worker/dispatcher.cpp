@@ -361,6 +361,11 @@ Result<void> Worker::Impl::run() {
     auto consumer_r = broker->consume(co);
     CONVEYOR_TRY(consumer_r);
     auto& consumer = **consumer_r;
+    current_consumer = &consumer;
+    struct ForgetConsumer {
+        Impl* impl;
+        ~ForgetConsumer() { impl->current_consumer = nullptr; }
+    } forget_consumer{this};
     std::vector<std::string> names;
     for (auto& [name, _] : handlers) names.push_back(name);
     metrics.set_tasks(names);

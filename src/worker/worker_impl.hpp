@@ -219,9 +219,12 @@ struct Worker::Impl {
     Outcome execute(Job& job);
 
     // ---- dispatcher -------------------------------------------------------------------
-    /// The delivery's message: its envelope, or its task encoded when the engine passed the task
-    /// as it is (Delivery::task).
-    static Envelope message_of(const Delivery& d);
+    /// The delivery's message: its envelope; or, when the engine passed or decoded the task
+    /// (Delivery::task), the message as the engine kept it (Consumer::message), else the task
+    /// encoded.
+    Envelope message_of(const Delivery& d) const;
+    /// The dispatcher's consumer while it runs (message_of asks it; that thread alone).
+    Consumer* current_consumer = nullptr;
     /// `message` is the exception's message for results (default: the reason).
     Settlement dead_letter(const Delivery& d, const std::string& id, int retries,
                            std::string reason, const std::string& type, const std::string& module,

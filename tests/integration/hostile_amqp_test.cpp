@@ -176,7 +176,22 @@ TEST(HostileInput, MalformedMessagesAndBroadcastsNeverStopAWorker) {
     cases.push_back({"bad-utf8-header",
                      task("bad-utf8-header", "ok", "nope", {{"x-bad", "\xff\xfe"}}),
                      "not valid JSON"});
+    cases.push_back({"compression-bad-utf8",
+                     task("compression-bad-utf8", "ok", "[[], {}, {}]", {{"compression", "\xff"}}),
+                     "unsupported compression"});
+    // A task that fails goes to the dead letters as it came: masked argument reprs, a shadow
+    // name, a number beyond 64 bits, and its body byte for byte.
+    const std::string masked_body = R"([[123456789012345678901234567890, "secret"], {}, {}])";
+    cases.push_back({"masked",
+                     task("masked", "fails", masked_body,
+                          {{"argsrepr", "('***', '***')"}, {"shadow", "alias"}}),
+                     "failed after 0 retries"});
     for (auto& c : cases) raw.publish("", queue, c.env);
+    // Header names rabbitmq-c's own table copy refuses (empty ones), at the top and nested: the
+    // tasks run.
+    const std::vector<std::pair<std::string, Json>> empty_names = {
+        {"empty-name", Json{{"", 1}}}, {"empty-name-nested", Json{{"x-e", {{"", "v"}}}}}};
+    for (auto& [id, h] : empty_names) raw.publish("", queue, task(id, "ok", "[[], {}, {}]", h));
 
     // Far-future times: an ETA in year 9999 waits in the broker; an expiry then never passes.
     raw.publish("", queue,
@@ -242,6 +257,12 @@ TEST(HostileInput, MalformedMessagesAndBroadcastsNeverStopAWorker) {
             << c.id << ": " << reason_of[c.id];
     }
     EXPECT_EQ(dead.size(), cases.size());
+    for (auto& d : dead)
+        if (d.message_id == "masked") {
+            EXPECT_EQ(d.envelope.body, masked_body);
+            EXPECT_EQ(d.envelope.headers.value("argsrepr", ""), "('***', '***')");
+            EXPECT_EQ(d.envelope.headers.value("shadow", ""), "alias");
+        }
     for (auto f : {"PWNED1", "PWNED2", "PWNED3"})
         EXPECT_FALSE(std::filesystem::exists(dir.file(f))) << f;
 
@@ -252,6 +273,7 @@ TEST(HostileInput, MalformedMessagesAndBroadcastsNeverStopAWorker) {
     std::vector<std::string> to_run = {"after", "expires-9999"};
     for (auto& [id, _] : sent_at) to_run.push_back(id);
     for (auto& [id, _] : unique_header) to_run.push_back(id);
+    for (auto& [id, _] : empty_names) to_run.push_back(id);
     ASSERT_TRUE(eventually(
         [&] {
             std::string ran_ids = testsupport::read_file(ran);

@@ -252,4 +252,12 @@ TEST(AmqpHeaders, AnOwnedTableOutlivesTheBuffersItWasCopiedFrom) {
     EXPECT_EQ(amqp::to_json(moved.table()),
               Json({{"task", "t"}, {"list", {1, "two", {{"k", 3}}}}}));
     EXPECT_EQ(amqp::OwnedTable().table().num_entries, 0);
+
+    // Names any publisher may send and rabbitmq-c's amqp_table_clone refuses: empty ones, at
+    // the top and nested in a table inside an array.
+    amqp::Pool pool;
+    const Json odd = {{"", 1}, {"task", "t"}, {"x", {{{"", "v"}}, {{"k", nullptr}}}}};
+    amqp::OwnedTable copy(pool.table(odd));
+    pool.clear();
+    EXPECT_EQ(amqp::to_json(copy.table()), odd);
 }

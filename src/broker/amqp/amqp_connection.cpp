@@ -300,7 +300,7 @@ Envelope& full_envelope(Received& received) {
 }
 
 amqp_rpc_reply_t consume_message(amqp_connection_state_t state, Received& out,
-                                 struct timeval* timeout) {
+                                 struct timeval* timeout, bool headers_as_table) {
     amqp_rpc_reply_t reply{};
     reply.reply_type = AMQP_RESPONSE_NORMAL;
     auto failed = [&](int status) {
@@ -333,7 +333,7 @@ amqp_rpc_reply_t consume_message(amqp_connection_state_t state, Received& out,
         return failed(AMQP_STATUS_BAD_AMQP_DATA);
     auto* props = static_cast<amqp_basic_properties_t*>(frame.payload.properties.decoded);
     const std::uint64_t size = frame.payload.properties.body_size;
-    {
+    if (headers_as_table) {
         // The headers stay a field table (copied out of the buffers recycled below).
         amqp_basic_properties_t without = *props;
         without._flags &= ~amqp_flags_t(AMQP_BASIC_HEADERS_FLAG);
@@ -341,6 +341,9 @@ amqp_rpc_reply_t consume_message(amqp_connection_state_t state, Received& out,
         out.headers =
             (props->_flags & AMQP_BASIC_HEADERS_FLAG) ? OwnedTable(props->headers) : OwnedTable();
         out.headers_in_envelope = false;
+    } else {
+        out.envelope = envelope_of(*props, amqp_empty_bytes);
+        out.headers_in_envelope = true;
     }
     out.message_id =
         (props->_flags & AMQP_BASIC_MESSAGE_ID_FLAG) ? to_string(props->message_id) : std::string();

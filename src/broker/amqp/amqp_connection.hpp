@@ -86,8 +86,8 @@ struct Received {
     std::string exchange;
     std::string routing_key;
     std::string message_id;  ///< the message-id property
-    /// Its properties and body. Its headers are in `headers`, and here as JSON only once
-    /// full_envelope() was called: a worker decodes a task from the table itself.
+    /// Its properties and body, and its headers as JSON unless they were left in `headers`
+    /// (consume_message's `headers_as_table`; then full_envelope() makes the JSON).
     Envelope envelope;
     OwnedTable headers;
     bool headers_in_envelope = false;
@@ -100,9 +100,10 @@ struct Received {
 /// copies the body out frame by frame and recycles the channel's buffers after each frame:
 /// rabbitmq-c otherwise keeps a message's frames, and after one 100 MB message the worker would
 /// keep 100 MB for good. AMQP_STATUS_UNEXPECTED_STATE when another frame came first (in
-/// `out.unexpected`).
+/// `out.unexpected`). The message's headers come as JSON in `out.envelope`, or, with
+/// `headers_as_table`, as the table they came in (`out.headers`; full_envelope() makes the JSON).
 amqp_rpc_reply_t consume_message(amqp_connection_state_t state, Received& out,
-                                 struct timeval* timeout);
+                                 struct timeval* timeout, bool headers_as_table = false);
 
 /// The received message's envelope with its headers as JSON (converted on the first call).
 Envelope& full_envelope(Received& received);

@@ -206,11 +206,12 @@ class AmqpConsumer final : public Consumer {
     }
 
     /// The delivery's task, decoded from the header table as it came (ConsumerOptions::decode);
-    /// null where the worker decodes the envelope instead (a raw queue, or a message that does
-    /// not decode: the worker dead-letters it with the reason).
-    std::shared_ptr<const TaskMessage> decoded(const Received& env, const std::string& queue) {
-        if (!opts_.decode || env.headers_in_envelope ||
-            std::find(opts_.raw_queues.begin(), opts_.raw_queues.end(), queue) !=
+    /// null where the worker decodes the envelope instead: a raw queue's message, one that does
+    /// not decode (the worker dead-letters it with the reason), and one delivered before (the
+    /// worker's delivery limit comes before decoding it again).
+    std::shared_ptr<const TaskMessage> decoded(const Received& env, const Delivery& d) try {
+        if (!opts_.decode || env.headers_in_envelope || d.deliveries > 1 ||
+            std::find(opts_.raw_queues.begin(), opts_.raw_queues.end(), d.queue) !=
                 opts_.raw_queues.end())
             return nullptr;
         const TableHeaders headers(env.headers.table());
@@ -224,6 +225,8 @@ class AmqpConsumer final : public Consumer {
                                   opts_.max_body);
         if (!task) return nullptr;
         return std::make_shared<const TaskMessage>(std::move(*task));
+    } catch (const std::exception&) {
+        return nullptr;  // the worker meets it again in the envelope, and dead-letters it
     }
 
     Delivery to_delivery(Received& env) {
@@ -261,8 +264,14 @@ class AmqpConsumer final : public Consumer {
             in.unique_key = std::string(*u);
             in.task_id = d.message_id;
         }
-        d.task = decoded(env, d.queue);
-        if (!d.task) d.envelope = std::move(full_envelope(env));
+        d.task = decoded(env, d);
+        if (!d.task) {
+            d.envelope = std::move(full_envelope(env));
+        } else {
+            // Kept as it came, for a retry or a dead letter to send on (message()).
+            in.message = std::move(env.envelope);
+            in.headers = std::move(env.headers);
+        }
         return d;
     }
 
@@ -619,7 +628,7 @@ class AmqpConsumer final : public Consumer {
     bool receive(timeval tv, std::vector<Delivery>& out) {
         amqp_maybe_release_buffers(conn_->raw());
         Received env;
-        auto r = consume_message(conn_->raw(), env, &tv);
+        auto r = consume_message(conn_->raw(), env, &tv, true);
         if (r.reply_type == AMQP_RESPONSE_NORMAL) {
             if (!count_redelivery(env)) deliver(env, out);
             return true;
@@ -652,6 +661,15 @@ class AmqpConsumer final : public Consumer {
         }
         drop(translate(r, "consuming").message);
         return false;
+    }
+
+    std::optional<Envelope> message(std::uint64_t tag) const override {
+        if ((tag >> 40) != generation_) return std::nullopt;  // of a connection lost since
+        auto it = unsettled_.find(tag & ((std::uint64_t(1) << 40) - 1));
+        if (it == unsettled_.end() || !it->second.message) return std::nullopt;
+        Envelope m = *it->second.message;
+        m.headers = to_json(it->second.headers.table());
+        return m;
     }
 
     Result<void> settle(std::span<Settlement> ss) override {
@@ -955,6 +973,10 @@ class AmqpConsumer final : public Consumer {
         std::string task_id;
         Slot slot;  // the concurrency slot it holds (RedisResults::admit), given back when settled
         std::string limited_task;  // the task whose limit that slot counts against
+        // A delivery whose task was decoded here (Delivery::task): its message as it came,
+        // properties and body, and its headers' table.
+        std::optional<Envelope> message;
+        OwnedTable headers;
     };
     std::map<std::uint64_t, InFlight> unsettled_;  // delivery tag -> where it came from
     AckBatcher acks_{opts_.prefetch};              // settled, ack not sent yet

@@ -203,11 +203,66 @@ void OwnedTable::FreePool::operator()(amqp_pool_t* pool) const noexcept {
     delete pool;
 }
 
+namespace {
+
+amqp_bytes_t copy_bytes(amqp_bytes_t b, amqp_pool_t* pool) {
+    amqp_bytes_t out{b.len, nullptr};
+    if (b.len == 0) return out;
+    out.bytes = amqp_pool_alloc(pool, b.len);
+    if (!out.bytes) throw std::bad_alloc();
+    std::memcpy(out.bytes, b.bytes, b.len);
+    return out;
+}
+
+template <typename T>
+T* pool_array(int n, amqp_pool_t* pool) {
+    if (n <= 0) return nullptr;
+    auto* p = static_cast<T*>(amqp_pool_alloc(pool, sizeof(T) * std::size_t(n)));
+    if (!p) throw std::bad_alloc();
+    return p;
+}
+
+amqp_table_t copy_table(const amqp_table_t& t, amqp_pool_t* pool);
+
+amqp_field_value_t copy_value(const amqp_field_value_t& v, amqp_pool_t* pool) {
+    amqp_field_value_t out = v;
+    switch (v.kind) {
+        case AMQP_FIELD_KIND_UTF8:
+        case AMQP_FIELD_KIND_BYTES:
+            out.value.bytes = copy_bytes(v.value.bytes, pool);
+            break;
+        case AMQP_FIELD_KIND_ARRAY:
+            out.value.array.entries =
+                pool_array<amqp_field_value_t>(v.value.array.num_entries, pool);
+            for (int i = 0; i < v.value.array.num_entries; ++i)
+                out.value.array.entries[i] = copy_value(v.value.array.entries[i], pool);
+            break;
+        case AMQP_FIELD_KIND_TABLE:
+            out.value.table = copy_table(v.value.table, pool);
+            break;
+        default:
+            break;
+    }
+    return out;
+}
+
+// Recurses once per level, as rabbitmq-c's decoding of the table did.
+amqp_table_t copy_table(const amqp_table_t& t, amqp_pool_t* pool) {
+    amqp_table_t out{t.num_entries, pool_array<amqp_table_entry_t>(t.num_entries, pool)};
+    for (int i = 0; i < t.num_entries; ++i) {
+        out.entries[i].key = copy_bytes(t.entries[i].key, pool);
+        out.entries[i].value = copy_value(t.entries[i].value, pool);
+    }
+    return out;
+}
+
+}  // namespace
+
 OwnedTable::OwnedTable(const amqp_table_t& table) {
     if (table.num_entries <= 0) return;
     pool_.reset(new amqp_pool_t);
     init_amqp_pool(pool_.get(), 1024);
-    if (amqp_table_clone(&table, &table_, pool_.get()) != AMQP_STATUS_OK) throw std::bad_alloc();
+    table_ = copy_table(table, pool_.get());
 }
 
 const amqp_field_value_t* OwnedTable::find(std::string_view key) const noexcept {

@@ -44,7 +44,8 @@ Json to_json(const amqp_table_t& table, std::size_t depth = 0);
 Json to_json(const amqp_field_value_t& value, std::size_t depth = 0);
 
 /// A field table copied out of the connection's buffers (which are recycled after each frame),
-/// in memory of its own: one allocation for a task's usual headers.
+/// in memory of its own: one allocation for a task's usual headers. Copies every table
+/// rabbitmq-c decodes (amqp_table_clone refuses empty names; a publisher may send them).
 class OwnedTable {
   public:
     OwnedTable() = default;
@@ -57,7 +58,8 @@ class OwnedTable {
         return *this;
     }
     const amqp_table_t& table() const noexcept { return table_; }
-    /// The entry named `key`; null when there is none (the first of two with that name).
+    /// The entry named `key`; null when there is none (the last of two with that name, as
+    /// to_json keeps).
     const amqp_field_value_t* find(std::string_view key) const noexcept;
 
   private:
@@ -74,6 +76,7 @@ class OwnedTable {
 class TableHeaders final : public codec::Headers {
   public:
     explicit TableHeaders(const amqp_table_t& table) : table_(table) {}
+    explicit TableHeaders(amqp_table_t&&) = delete;  // it reads the table where it is
     std::optional<codec::HeaderValue> find(std::string_view key) const override;
     Json json(std::string_view key) const override;
     void names(const std::function<void(std::string_view)>& each) const override;
