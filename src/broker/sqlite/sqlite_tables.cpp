@@ -197,13 +197,41 @@ Result<void> create_schema(Db& db) {
 std::int64_t now_ms() { return to_epoch_ms(SystemClock::now()); }
 
 std::string props_json(const Envelope& e) {
-    Json p = Json::object();
-    if (!e.content_type.empty()) p["content_type"] = e.content_type;
-    if (!e.content_encoding.empty()) p["content_encoding"] = e.content_encoding;
-    if (!e.correlation_id.empty()) p["correlation_id"] = e.correlation_id;
-    if (!e.reply_to.empty()) p["reply_to"] = e.reply_to;
-    if (e.priority) p["priority"] = e.priority;
-    return p.dump(-1, ' ', false, Json::error_handler_t::replace);
+    // Written as the JSON object {content_encoding, content_type, correlation_id, priority,
+    // reply_to} (the present ones, in nlohmann's key order) without building one: a tree per
+    // task was a tenth of an enqueue's profile.
+    std::string out = "{";
+    auto key = [&](std::string_view k) {
+        if (out.size() > 1) out += ',';
+        out += '"';
+        out += k;
+        out += "\":";
+    };
+    auto text = [&](std::string_view k, const std::string& v) {
+        if (v.empty()) return;
+        key(k);
+        const bool plain = std::all_of(v.begin(), v.end(), [](char c) {
+            auto u = static_cast<unsigned char>(c);
+            return u >= 0x20 && u < 0x7f && c != '"' && c != '\\';
+        });
+        if (plain) {
+            out += '"';
+            out += v;
+            out += '"';
+        } else {
+            out += Json(v).dump(-1, ' ', false, Json::error_handler_t::replace);
+        }
+    };
+    text("content_encoding", e.content_encoding);
+    text("content_type", e.content_type);
+    text("correlation_id", e.correlation_id);
+    if (e.priority) {
+        key("priority");
+        out += std::to_string(e.priority);
+    }
+    text("reply_to", e.reply_to);
+    out += '}';
+    return out;
 }
 
 Envelope make_envelope(const std::string& props, const std::string& headers, std::string body) {
