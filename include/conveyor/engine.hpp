@@ -84,7 +84,8 @@ struct ConsumerOptions {
     /// messages of `raw_queues`, and those of limited tasks. The worker sets it; other engines
     /// ignore it.
     bool decode = false;
-    std::vector<std::string> raw_queues;  ///< with `decode`: queues whose messages are not
+    /// With `decode`: the raw-format queues, whose messages are not Celery's.
+    std::vector<std::string> raw_queues;
     /// With `decode`: a larger body is not decoded (the worker refuses it).
     std::size_t max_body = std::size_t(16) << 20;
 };
