@@ -121,7 +121,14 @@ TEST(AmqpLimits, TwoHundredTasksAtTwentyASecondOverThreeWorkerProcessesTakeTenSe
     std::sort(began.begin(), began.end());
     int most_began = testsupport::most_in_a_second(began);
     std::printf("handlers: at most %d started in any second\n", most_began);
-    EXPECT_LE(most_began, 22);  // (30 and more in the first second without the hold)
+    // None starts before its reserved start (the limit's clock and the worker's are this
+    // host's; a few ms for reading them)...
+    for (auto& m : starts) EXPECT_GE(m.us, m.taken - 5000) << m.id;
+    // ...so a second holds about the rate: a worker delayed a few hundred ms on a loaded host
+    // hands its held tasks over together, one second's worth and that delay's (measured: 24
+    // once, in a clean-clone run with the sanitizer builds beside it; 30 and more in the first
+    // second without the hold).
+    EXPECT_LE(most_began, 28);
     EXPECT_GT(double(began.back() - began.front()) / 1e6, 9.95 * 0.9);
     ASSERT_TRUE(eventually(
         [&] {
