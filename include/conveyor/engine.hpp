@@ -36,7 +36,7 @@ struct Delivery {
     std::optional<TimePoint> taken;
     /// The task itself, from an engine that passes tasks published in this process without
     /// encoding them (memory; OutgoingMessage::task), or one that decoded the message as it
-    /// read it (RabbitMQ, with ConsumerOptions::decode): the worker takes it instead of
+    /// read it (RabbitMQ, sqlite, with ConsumerOptions::decode): the worker takes it instead of
     /// decoding `envelope`, which is then empty.
     std::shared_ptr<const TaskMessage> task;
 };
@@ -78,11 +78,12 @@ struct ConsumerOptions {
     /// the caller's work. Those tasks are leased to this consumer meanwhile (renewed and
     /// handed back with its others). The worker sets it; other engines ignore it.
     bool read_ahead = false;
-    /// RabbitMQ: each Celery message is decoded as it is read (Delivery::task), from its
-    /// header table as it came, without a JSON tree of the headers. A message that does not
-    /// decode comes as its envelope, for the worker to dead-letter with the reason; so do the
-    /// messages of `raw_queues`, and those of limited tasks. The worker sets it; other engines
-    /// ignore it.
+    /// RabbitMQ and sqlite: each Celery message is decoded as it is read (Delivery::task),
+    /// from its header table as it came (RabbitMQ) or its stored headers as text (sqlite, on
+    /// the thread that claims ahead), without a JSON tree of the headers. A message that does
+    /// not decode comes as its envelope, for the worker to dead-letter with the reason; so do
+    /// the messages of `raw_queues`, those delivered before, and (RabbitMQ) those of limited
+    /// tasks. The worker sets it; the memory engine ignores it.
     bool decode = false;
     /// With `decode`: the raw-format queues, whose messages are not Celery's.
     std::vector<std::string> raw_queues;

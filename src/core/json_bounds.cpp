@@ -7,6 +7,8 @@
 #include <utility>
 #include <vector>
 
+#include "core/simdjson_tree.hpp"
+
 namespace conveyor::detail {
 
 std::size_t json_text_depth(std::string_view text, std::size_t limit) noexcept {
@@ -58,9 +60,6 @@ std::size_t json_depth(const Json& value, std::size_t limit) {
     return deepest;
 }
 
-namespace {
-
-/// A parsed document as Json, the way nlohmann's parser would have built it.
 Json to_json(simdjson::dom::element e, bool& zero) {
     using Type = simdjson::dom::element_type;
     switch (e.type()) {
@@ -100,14 +99,7 @@ Json to_json(simdjson::dom::element e, bool& zero) {
     return Json(nullptr);
 }
 
-/// Documents up to this size reuse one parser per thread; larger ones get a parser of their
-/// own, so that one big message does not leave a thread holding its buffers.
-constexpr std::size_t kReusedParserBytes = std::size_t{64} * 1024;
-
-/// Whether `text` (valid JSON) may hold the number -0, which nlohmann keeps as a signed
-/// integer and simdjson as a plain zero: "-0" followed by what may end a number. Strings
-/// that happen to hold that only cost a slower parse.
-bool may_hold_negative_zero(std::string_view text) {
+bool may_hold_negative_zero(std::string_view text) noexcept {
     for (auto at = text.find("-0"); at != std::string_view::npos; at = text.find("-0", at + 2)) {
         if (at + 2 == text.size()) return true;
         switch (text[at + 2]) {
@@ -125,6 +117,8 @@ bool may_hold_negative_zero(std::string_view text) {
     }
     return false;
 }
+
+namespace {
 
 Json from_document(simdjson::dom::element root, std::string_view text) {
     bool zero = false;

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <map>
 #include <thread>
 
 #include "broker/sqlite/sqlite_db.hpp"
@@ -363,6 +364,71 @@ TEST(SqliteEngine, AMessageLivesApartFromItsTaskRowAndGoesWithIt) {
     EXPECT_EQ(codec::decode((*dl)[0].envelope)->id, (*got)[1].message_id);
     EXPECT_EQ(*f.broker->purge_dead("q"), 1u);
     EXPECT_EQ(rows_of(path, "messages"), 1);
+}
+
+TEST(SqliteEngine, AConsumerThatDecodesHandsOverTheTaskAndKeepsItsMessageAsStored) {
+    Fixture f;
+    // A message from another publisher: headers Conveyor does not know, a masked argsrepr,
+    // a shadow name; beside it one that does not decode and one of a raw queue.
+    Envelope foreign = codec::encode(TaskMessage{.id = "foreign-1", .name = "t", .args = {1}});
+    foreign.headers["argsrepr"] = "***";
+    foreign.headers["shadow"] = "renamed";
+    foreign.headers["x-custom"] = {{"a", {1, "two"}}, {"", nullptr}};
+    Envelope broken = codec::encode(TaskMessage{.id = "broken-1", .name = "t"});
+    broken.headers.erase("id");
+    Envelope raw;
+    raw.content_type = "text/plain";
+    raw.body = "hello";
+    ASSERT_TRUE(f.broker->publish(
+        std::vector<OutgoingMessage>{{.queue = "q", .task_id = "foreign-1", .envelope = foreign},
+                                     {.queue = "q", .task_id = "broken-1", .envelope = broken},
+                                     {.queue = "raw", .task_id = "raw-1", .envelope = raw}}));
+    auto b = Broker::open(f.url);
+    auto c = (*b)->consume(
+        {.queues = {"q", "raw"}, .name = "test", .decode = true, .raw_queues = {"raw"}});
+    ASSERT_TRUE(c);
+    std::map<std::string, Delivery> got;
+    for (int i = 0; i < 3 && got.size() < 3; ++i) {
+        auto batch = (*c)->fetch(10, 1s);
+        ASSERT_TRUE(batch);
+        for (auto& d : *batch) got[d.message_id] = std::move(d);
+    }
+    ASSERT_EQ(got.size(), 3u);
+    // The task, decoded as it was read; its message only on asking, as stored.
+    auto& good = got["foreign-1"];
+    ASSERT_TRUE(good.task);
+    EXPECT_EQ(good.task->name, "t");
+    EXPECT_EQ(good.task->args, Json({1}));
+    EXPECT_EQ(good.task->extra_headers.at("x-custom"), foreign.headers["x-custom"]);
+    EXPECT_TRUE(good.envelope.body.empty());
+    auto kept = (*c)->message(good.tag);
+    ASSERT_TRUE(kept);
+    EXPECT_EQ(kept->headers, foreign.headers);
+    EXPECT_EQ(kept->body, foreign.body);
+    EXPECT_EQ(kept->content_type, foreign.content_type);
+    // The others come as their envelopes, for the worker to decode (and refuse) itself.
+    EXPECT_FALSE(got["broken-1"].task);
+    EXPECT_FALSE(codec::decode(got["broken-1"].envelope));
+    EXPECT_FALSE(got["raw-1"].task);
+    EXPECT_EQ(got["raw-1"].envelope.body, "hello");
+    // A retry sends on the message as stored; delivered again, it comes as its envelope (the
+    // worker's delivery limit comes before decoding it again).
+    Envelope again = *kept;
+    again.headers["retries"] = 1;
+    std::vector<Settlement> s = {{.kind = Settlement::Kind::retry,
+                                  .tag = good.tag,
+                                  .envelope = again,
+                                  .not_before = SystemClock::now()},
+                                 {.kind = Settlement::Kind::ack, .tag = got["broken-1"].tag},
+                                 {.kind = Settlement::Kind::ack, .tag = got["raw-1"].tag}};
+    ASSERT_TRUE((*c)->settle(s));
+    EXPECT_FALSE((*c)->message(good.tag)) << "settled: no longer held";
+    auto second = (*c)->fetch(10, 2s);
+    ASSERT_TRUE(second);
+    ASSERT_EQ(second->size(), 1u);
+    EXPECT_FALSE((*second)[0].task);
+    EXPECT_EQ((*second)[0].deliveries, 2);
+    EXPECT_EQ((*second)[0].envelope.headers, again.headers);
 }
 
 TEST(SqliteEngine, AFileFromBeforeMessagesHadATableOfTheirOwnIsMovedForward) {

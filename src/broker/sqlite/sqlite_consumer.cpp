@@ -18,6 +18,7 @@
 
 #include "broker/sqlite/sqlite_limits.hpp"
 #include "broker/sqlite/sqlite_tables.hpp"
+#include "core/text_headers.hpp"
 #include "core/time.hpp"
 #include "core/try.hpp"
 
@@ -29,12 +30,13 @@ using detail::to_epoch_ms;
 
 class SqliteConsumer final : public Consumer {
   public:
-    SqliteConsumer(Db db, Statements st, ConsumerOptions o, SqliteOptions sqlite)
+    SqliteConsumer(Db db, Statements st, Stmt reread, ConsumerOptions o, SqliteOptions sqlite)
         : db_(std::move(db)),
           st_(std::move(st)),
           opts_(std::move(o)),
           sqlite_(std::move(sqlite)),
-          opts_history_(sqlite_.history.count() > 0 && sqlite_.history_max > 0) {
+          opts_history_(sqlite_.history.count() > 0 && sqlite_.history_max > 0),
+          reread_(std::move(reread)) {
         owner_ = fmt::format("{}#{}", opts_.name.empty() ? "consumer" : opts_.name,
                              make_task_id().substr(24));  // random bits (the first are the time)
     }
@@ -490,8 +492,10 @@ class SqliteConsumer final : public Consumer {
         return out;
     }
 
-    /// Rows into deliveries: the stored properties and headers parsed (no lock needed).
-    static std::vector<Delivery> to_deliveries(std::vector<Row>&& rows) {
+    /// Rows into deliveries (no lock needed): each task decoded from its stored text
+    /// (ConsumerOptions::decode), else the stored properties and headers parsed into its
+    /// envelope.
+    std::vector<Delivery> to_deliveries(std::vector<Row>&& rows) const {
         std::vector<Delivery> out;
         out.reserve(rows.size());
         for (auto& r : rows) {
@@ -500,13 +504,69 @@ class SqliteConsumer final : public Consumer {
             d.message_id = std::move(r.id);
             d.queue = std::move(r.queue);
             d.deliveries = r.deliveries;
-            d.envelope = make_envelope(r.props, r.headers, std::move(r.body));
+            d.task = decoded(r, d.queue);
+            if (!d.task) d.envelope = make_envelope(r.props, r.headers, std::move(r.body));
             d.due = detail::from_epoch_ms(r.available_at);
             d.taken = TimePoint(std::chrono::duration_cast<TimePoint::duration>(
                 std::chrono::microseconds(r.taken_us)));
             out.push_back(std::move(d));
         }
         return out;
+    }
+
+    /// A row's task, decoded from its stored properties and headers as text
+    /// (codec::TextHeaders), without JSON trees of them; null where the worker decodes the
+    /// envelope instead: a raw queue's message, one delivered before (the worker's delivery
+    /// limit comes before decoding it again), one that does not decode (the worker
+    /// dead-letters it with the reason), and stored text the flat reader leaves to the tree.
+    std::shared_ptr<const TaskMessage> decoded(const Row& r, const std::string& queue) const try {
+        if (!opts_.decode || r.deliveries > 1 ||
+            std::find(opts_.raw_queues.begin(), opts_.raw_queues.end(), queue) !=
+                opts_.raw_queues.end())
+            return nullptr;
+        // The properties as make_envelope reads them; anything else is left to it.
+        std::string_view content_type, correlation_id, reply_to;
+        int priority = 0;
+        const codec::TextHeaders props(r.props);
+        if (!props.is_object()) return nullptr;
+        using Kind = codec::HeaderValue::Kind;
+        for (auto [field, key] :
+             {std::pair{&content_type, "content_type"},
+              std::pair{&correlation_id, "correlation_id"}, std::pair{&reply_to, "reply_to"}}) {
+            auto v = props.find(key);
+            if (!v) continue;
+            if (v->kind != Kind::string) return nullptr;
+            *field = v->text;
+        }
+        if (auto v = props.find("priority")) {
+            if (v->kind != Kind::unsigned_integer || v->unsigned_integer > 255) return nullptr;
+            priority = int(v->unsigned_integer);
+        }
+        const codec::TextHeaders headers(r.headers);
+        if (!headers.readable()) return nullptr;
+        auto task = codec::decode(codec::MessageView{.content_type = content_type,
+                                                     .correlation_id = correlation_id,
+                                                     .reply_to = reply_to,
+                                                     .priority = priority,
+                                                     .headers = headers,
+                                                     .body = r.body},
+                                  opts_.max_body);
+        if (!task) return nullptr;
+        return std::make_shared<const TaskMessage>(std::move(*task));
+    } catch (const std::exception&) {
+        return nullptr;  // the worker meets it again in the envelope, and dead-letters it
+    }
+
+    std::optional<Envelope> message(std::uint64_t tag) const override {
+        // As stored: only this consumer, holding the task's lease, changes it.
+        std::lock_guard db(db_mu_);
+        if (!held_.contains(tag)) return std::nullopt;
+        reread_.reset();
+        auto found = reread_.bind(1, std::int64_t(tag)).step();
+        std::optional<Envelope> m;
+        if (found && *found) m = make_envelope(reread_.text(0), reread_.text(1), reread_.text(2));
+        reread_.reset();
+        return m;
     }
 
     /// Up to `max` of the deliveries claimed ahead; the claimer's failure, once.
@@ -591,7 +651,8 @@ class SqliteConsumer final : public Consumer {
     std::int64_t last_version_ = -1;
     std::chrono::steady_clock::time_point next_check_{};
     // The connection and everything above are the caller's and the claimer's in turn.
-    std::mutex db_mu_;
+    mutable std::mutex db_mu_;
+    mutable Stmt reread_;  // a held task's message (message())
     // Claimed ahead, not handed out yet (read_ahead).
     std::mutex ahead_mu_;
     std::condition_variable ahead_cv_;
@@ -612,8 +673,10 @@ Result<std::unique_ptr<Consumer>> open_consumer(const SqliteOptions& sqlite,
     CONVEYOR_TRY(db);
     auto st = Statements::prepare(*db);
     CONVEYOR_TRY(st);
-    return std::unique_ptr<Consumer>(
-        std::make_unique<SqliteConsumer>(std::move(*db), std::move(*st), options, sqlite));
+    auto reread = db->prepare("SELECT props, headers, body FROM messages WHERE seq=?1");
+    CONVEYOR_TRY(reread);
+    return std::unique_ptr<Consumer>(std::make_unique<SqliteConsumer>(
+        std::move(*db), std::move(*st), std::move(*reread), options, sqlite));
 }
 
 }  // namespace conveyor::sqlite

@@ -238,11 +238,15 @@ Envelope make_envelope(const std::string& props, const std::string& headers, std
     Envelope e;
     Json p = detail::parse_json(props);
     if (p.is_object()) {
-        e.content_type = p.value("content_type", "");
-        e.content_encoding = p.value("content_encoding", "");
-        e.correlation_id = p.value("correlation_id", "");
-        e.reply_to = p.value("reply_to", "");
-        e.priority = p.value("priority", 0);
+        // (What the engine wrote; a file edited by hand may hold anything.)
+        for (auto [field, key] :
+             {std::pair{&e.content_type, "content_type"},
+              std::pair{&e.content_encoding, "content_encoding"},
+              std::pair{&e.correlation_id, "correlation_id"}, std::pair{&e.reply_to, "reply_to"}})
+            if (auto it = p.find(key); it != p.end() && it->is_string())
+                *field = it->get<std::string>();
+        if (auto it = p.find("priority"); it != p.end() && it->is_number_integer())
+            e.priority = int(std::clamp<std::int64_t>(it->get<std::int64_t>(), -1000, 1000));
     }
     e.headers = detail::parse_json(headers);
     if (e.headers.is_discarded()) e.headers = Json::object();
