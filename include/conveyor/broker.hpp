@@ -43,10 +43,11 @@ struct OutgoingMessage {
     std::string routing_key;  ///< amqp: the routing key with `exchange`
     std::string
         ordering_key;  ///< ordered queues: tasks with the same key run in order, one at a time
-    /// The task itself, for an engine that hands tasks published in this process to its workers
-    /// as they are (memory): the envelope is then left empty, and the engine encodes the task
-    /// only when something asks for the message (a dead letter's listing). Other engines
-    /// ignore it; publishers set it only where the engine says so (detail::passes_tasks).
+    /// The task itself, for an engine that takes tasks published in this process as they are
+    /// (detail::task_form): the memory engine hands them to its workers, and encodes one only
+    /// when something asks for the message (a dead letter's listing); the sqlite engine writes
+    /// it as its stored text without building the Celery message first. The envelope is then
+    /// left empty. Other engines ignore it; publishers set it only where the engine says so.
     std::shared_ptr<const TaskMessage> task;
 };
 

@@ -1,6 +1,7 @@
 #pragma once
 // Publishing messages the caller is done with: an engine that keeps messages in memory may take
-// their envelopes instead of copying them. Not part of the public API.
+// their envelopes instead of copying them, and an engine may take tasks instead of Celery
+// messages. Not part of the public API.
 
 #include <span>
 
@@ -8,21 +9,29 @@
 
 namespace conveyor::detail {
 
-/// An engine that can take published messages' envelopes (the memory engine).
+/// How an engine takes a Celery task published in this process.
+enum class TaskForm {
+    message,  ///< encoded as a Celery message (OutgoingMessage::envelope)
+    decoded,  ///< as the task its workers run (memory: OutgoingMessage::task, codec::as_decoded)
+    task,     ///< as given (OutgoingMessage::task): the engine writes it in its own form
+              ///< (sqlite: the stored text, without the JSON tree of the headers)
+};
+
+/// An engine that can take published messages' envelopes (memory), or tasks (memory, sqlite).
 class MovePublisher {
   public:
     [[nodiscard]] virtual Result<void> publish_moved(std::span<OutgoingMessage> messages) = 0;
-    /// It hands tasks to its workers as they are (OutgoingMessage::task), without encoding.
-    virtual bool passes_tasks() const noexcept { return false; }
+    /// How it takes tasks published in this process.
+    virtual TaskForm task_form() const noexcept { return TaskForm::message; }
 
   protected:
     ~MovePublisher() = default;
 };
 
-/// Whether publishers to `to` give it task objects instead of encoded messages.
-inline bool passes_tasks(const Publisher& to) {
+/// How publishers to `to` give it tasks.
+inline TaskForm task_form(const Publisher& to) {
     auto* p = dynamic_cast<const MovePublisher*>(&to);
-    return p && p->passes_tasks();
+    return p ? p->task_form() : TaskForm::message;
 }
 
 /// Publishes `messages`; their envelopes may be moved out (left valid but unspecified).

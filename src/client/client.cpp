@@ -47,7 +47,7 @@ Result<OutgoingMessage> Client::prepare(TaskMessage t, const EnqueueOptions& o) 
     to.ordering_key = o.ordering_key;
     to.raw = o.raw || config_.publishes_raw(to.exchange, to.queue);
     if (to.raw && !o.content_type.empty()) t.content_type = o.content_type;
-    return detail::make_outgoing(std::move(t), to, detail::passes_tasks(*broker_));
+    return detail::make_outgoing(std::move(t), to, detail::task_form(*broker_));
 }
 
 Result<std::string> Client::enqueue(std::string_view task, Json args, Json kwargs,

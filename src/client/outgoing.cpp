@@ -12,7 +12,7 @@
 
 namespace conveyor::detail {
 
-Result<OutgoingMessage> make_outgoing(TaskMessage t, const Destination& to, bool as_object) {
+Result<OutgoingMessage> make_outgoing(TaskMessage t, const Destination& to, TaskForm form) {
     if (t.name.empty()) return fail(Errc::invalid_argument, "task name is empty");
     // `{}` in C++ makes a JSON null: no arguments.
     if (t.args.is_null()) t.args = Json::array();
@@ -42,7 +42,7 @@ Result<OutgoingMessage> make_outgoing(TaskMessage t, const Destination& to, bool
         auto env = codec::encode_raw(t, m.exchange.empty() ? m.queue : m.exchange);
         CONVEYOR_TRY(env);
         m.envelope = std::move(*env);
-    } else if (as_object && codec::as_decoded(t)) {
+    } else if ((form == TaskForm::decoded && codec::as_decoded(t)) || form == TaskForm::task) {
         m.task = std::make_shared<const TaskMessage>(std::move(t));
     } else {
         m.envelope = codec::encode(t);

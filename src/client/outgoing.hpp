@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "broker/publish_moved.hpp"
 #include "conveyor/broker.hpp"
 #include "conveyor/task.hpp"
 
@@ -22,10 +23,10 @@ struct Destination {
 /// process as origin), refuses what no worker would take (args that are not an array,
 /// kwargs not an object, nesting deeper than workers accept, a priority outside 0..255),
 /// encodes it (Celery protocol v2, or raw) and addresses it: the message's `task_id`, its
-/// delay (`not_before` = the task's eta) and destination. `as_object`: for an engine that passes
-/// tasks as they are (passes_tasks), a Celery task is not encoded but set as the message's
-/// `task`, as a worker would decode it.
+/// delay (`not_before` = the task's eta) and destination. `form`: how the engine takes tasks
+/// (task_form); for one that takes them as objects, a Celery task is not encoded but set as the
+/// message's `task` (TaskForm::decoded: as a worker would decode it).
 Result<OutgoingMessage> make_outgoing(TaskMessage task, const Destination& to,
-                                      bool as_object = false);
+                                      TaskForm form = TaskForm::message);
 
 }  // namespace conveyor::detail

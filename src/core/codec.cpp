@@ -228,22 +228,27 @@ Envelope encode(const TaskMessage& t) {
         for (auto& [k, v] : t.extra_headers.items()) h.emplace(k, v);
     }
     env.headers = std::move(h);
+    env.body = encode_body(t);
+    return env;
+}
+
+std::string encode_body(const TaskMessage& t) {
     // [args, kwargs, embed], each written where it is (no copy of the arguments' trees).
+    std::string body = "[";
     auto write = [&](const Json& v) {
-        env.body += v.dump(-1, ' ', false, Json::error_handler_t::replace);
+        body += v.dump(-1, ' ', false, Json::error_handler_t::replace);
     };
-    env.body = "[";
     write(t.args);
-    env.body += ',';
+    body += ',';
     write(t.kwargs);
-    env.body += ',';
+    body += ',';
     static constexpr std::array<const char*, 4> kEmbedKeys = {"callbacks", "chain", "chord",
                                                               "errbacks"};
     const bool whole =
         t.embed.is_object() && std::all_of(kEmbedKeys.begin(), kEmbedKeys.end(),
                                            [&](const char* k) { return t.embed.contains(k); });
     if (!t.embed.is_object() || t.embed.empty()) {
-        env.body += R"({"callbacks":null,"chain":null,"chord":null,"errbacks":null})";
+        body += R"({"callbacks":null,"chain":null,"chord":null,"errbacks":null})";
     } else if (whole) {
         write(t.embed);
     } else {
@@ -252,8 +257,75 @@ Envelope encode(const TaskMessage& t) {
             if (!embed.contains(k)) embed[k] = nullptr;
         write(embed);
     }
-    env.body += ']';
-    return env;
+    body += ']';
+    return body;
+}
+
+bool is_null_header(const Json& v) {
+    return v.is_null() ||
+           (v.is_array() && !v.empty() &&  // timelimit [null, null]
+            std::all_of(v.begin(), v.end(), [](const Json& x) { return x.is_null(); }));
+}
+
+std::string headers_text(const TaskMessage& t) {
+    // encode's header set written in its JSON object's key order (byte order), merged with the
+    // extra headers (a sorted map too; a name encode sets itself is not taken from them).
+    std::string out = "{";
+    const bool has_extras = t.extra_headers.is_object() && !t.extra_headers.empty();
+    auto extra = has_extras ? t.extra_headers.begin() : Json::const_iterator{};
+    auto extras_end = has_extras ? t.extra_headers.end() : Json::const_iterator{};
+    auto key = [&](std::string_view k) {
+        if (out.size() > 1) out += ',';
+        detail::append_json_string(out, k);
+        out += ':';
+    };
+    // The extra headers named before `next` (all of them for none).
+    auto extras_before = [&](std::optional<std::string_view> next) {
+        for (; has_extras && extra != extras_end && (!next || extra.key() < *next); ++extra) {
+            if (is_null_header(extra.value())) continue;
+            key(extra.key());
+            out += extra.value().dump(-1, ' ', false, Json::error_handler_t::replace);
+        }
+    };
+    // A header encode sets: the extra of the same name gives way.
+    auto known = [&](std::string_view k) {
+        extras_before(k);
+        if (has_extras && extra != extras_end && extra.key() == k) ++extra;
+        key(k);
+    };
+    auto text = [&](std::string_view k, std::string_view v) {
+        known(k);
+        detail::append_json_string(out, v);
+    };
+    auto number = [&](std::string_view k, std::int64_t v) {
+        known(k);
+        out += std::to_string(v);
+    };
+    // (In byte order: argsrepr, eta, expires, group, group_index, id, ignore_result,
+    // kwargsrepr, lang, max_retries, origin, parent_id, retries, root_id, task, timelimit.)
+    text("argsrepr", bounded_repr(args_repr(t.args)));
+    if (t.eta) text("eta", detail::format_iso8601(*t.eta));
+    if (t.expires) text("expires", detail::format_iso8601(*t.expires));
+    if (!t.group.empty()) text("group", t.group);
+    if (t.group_index) number("group_index", *t.group_index);
+    text("id", t.id);
+    known("ignore_result");
+    out += t.ignore_result ? "true" : "false";
+    text("kwargsrepr", bounded_repr(kwargs_repr(t.kwargs)));
+    text("lang", "py");
+    if (t.max_retries) number("max_retries", *t.max_retries);
+    text("origin", t.origin.empty() ? std::string_view("conveyor") : std::string_view(t.origin));
+    if (!t.parent_id.empty()) text("parent_id", t.parent_id);
+    number("retries", t.retries);
+    text("root_id", t.root_id.empty() ? t.id : t.root_id);
+    text("task", t.name);
+    if (t.time_limit || t.soft_time_limit) {
+        known("timelimit");
+        out += Json::array({opt_or_null(t.time_limit), opt_or_null(t.soft_time_limit)}).dump();
+    }
+    extras_before(std::nullopt);
+    out += '}';
+    return out;
 }
 
 Result<Envelope> encode_raw(const TaskMessage& t, std::string_view queue) {

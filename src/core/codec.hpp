@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <string>
 #include <string_view>
 
 #include "conveyor/error.hpp"
@@ -23,6 +24,18 @@ inline constexpr double kMaxTimeLimit = 365.0 * 86400.0;
 
 /// Encodes a task as Celery 5.2.6 does: full header set, body [args, kwargs, embed].
 Envelope encode(const TaskMessage& task);
+
+/// encode(task)'s body: [args, kwargs, embed] as compact JSON text.
+std::string encode_body(const TaskMessage& task);
+
+/// encode(task)'s headers as compact JSON text, in their JSON object's key order, without
+/// null ones (is_null_header; Celery reads a missing header as null): the text of that object
+/// with its nulls left out, written without building it (the sqlite engine stores it).
+std::string headers_text(const TaskMessage& task);
+
+/// Whether a header says no more than a missing one: null, or an array of nulls
+/// (`timelimit: [null, null]`).
+bool is_null_header(const Json& value);
 
 /// Encodes a task for a `format = "raw"` queue, as a plain publisher would: the body is the one
 /// argument (a string as text/plain, anything else as JSON); the id travels as correlation id.

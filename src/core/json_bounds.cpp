@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <simdjson.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <utility>
 #include <vector>
@@ -188,6 +189,20 @@ bool is_utf8(std::string_view text) noexcept {
 
 std::string dump_lossy(const Json& value) {
     return value.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
+void append_json_string(std::string& out, std::string_view text) {
+    const bool plain = std::all_of(text.begin(), text.end(), [](char c) {
+        auto u = static_cast<unsigned char>(c);
+        return u >= 0x20 && u < 0x7f && c != '"' && c != '\\';
+    });
+    if (!plain) {
+        out += dump_lossy(Json(text));
+        return;
+    }
+    out += '"';
+    out += text;
+    out += '"';
 }
 
 }  // namespace conveyor::detail

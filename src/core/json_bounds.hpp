@@ -41,4 +41,7 @@ bool is_utf8(std::string_view text) noexcept;
 /// `value` as compact JSON text; invalid UTF-8 in strings becomes U+FFFD instead of throwing.
 std::string dump_lossy(const Json& value);
 
+/// Appends `text` as a JSON string, as dump_lossy(Json(text)) writes it.
+void append_json_string(std::string& out, std::string_view text);
+
 }  // namespace conveyor::detail

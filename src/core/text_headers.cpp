@@ -33,7 +33,8 @@ TextHeaders::TextHeaders(std::string_view text) : text_(text) {
     }
     // (parse copies the text into the parser's padded buffer: `realloc_if_needed`.)
     readable_ = !parser->parse(text.data(), text.size(), true).get(root_) &&
-                !detail::may_hold_negative_zero(text);
+                !detail::may_hold_negative_zero(text) &&
+                (!root_.is_object() || root_.get_object().value_unsafe().size() <= kMaxNames);
 }
 
 TextHeaders::~TextHeaders() {

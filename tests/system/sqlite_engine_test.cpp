@@ -370,7 +370,12 @@ TEST(SqliteEngine, AConsumerThatDecodesHandsOverTheTaskAndKeepsItsMessageAsStore
     Fixture f;
     // A message from another publisher: headers Conveyor does not know, a masked argsrepr,
     // a shadow name; beside it one that does not decode and one of a raw queue.
-    Envelope foreign = codec::encode(TaskMessage{.id = "foreign-1", .name = "t", .args = {1}});
+    Envelope foreign = codec::encode(TaskMessage{.id = "foreign-1",
+                                                 .name = "t",
+                                                 .args = {1},
+                                                 .priority = 7,
+                                                 .reply_to = "replies",
+                                                 .correlation_id = "corr-1"});
     foreign.headers["argsrepr"] = "***";
     foreign.headers["shadow"] = "renamed";
     foreign.headers["x-custom"] = {{"a", {1, "two"}}, {"", nullptr}};
@@ -384,8 +389,11 @@ TEST(SqliteEngine, AConsumerThatDecodesHandsOverTheTaskAndKeepsItsMessageAsStore
                                      {.queue = "q", .task_id = "broken-1", .envelope = broken},
                                      {.queue = "raw", .task_id = "raw-1", .envelope = raw}}));
     auto b = Broker::open(f.url);
-    auto c = (*b)->consume(
-        {.queues = {"q", "raw"}, .name = "test", .decode = true, .raw_queues = {"raw"}});
+    auto c = (*b)->consume({.queues = {"q", "raw"},
+                            .name = "test",
+                            .read_ahead = true,
+                            .decode = true,
+                            .raw_queues = {"raw"}});
     ASSERT_TRUE(c);
     std::map<std::string, Delivery> got;
     for (int i = 0; i < 3 && got.size() < 3; ++i) {
@@ -400,6 +408,9 @@ TEST(SqliteEngine, AConsumerThatDecodesHandsOverTheTaskAndKeepsItsMessageAsStore
     EXPECT_EQ(good.task->name, "t");
     EXPECT_EQ(good.task->args, Json({1}));
     EXPECT_EQ(good.task->extra_headers.at("x-custom"), foreign.headers["x-custom"]);
+    EXPECT_EQ(good.task->priority, 7);
+    EXPECT_EQ(good.task->reply_to, "replies");
+    EXPECT_EQ(good.task->correlation_id, "corr-1");
     EXPECT_TRUE(good.envelope.body.empty());
     auto kept = (*c)->message(good.tag);
     ASSERT_TRUE(kept);

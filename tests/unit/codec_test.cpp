@@ -382,11 +382,13 @@ TEST(TaskId, IdsAreVersion7UuidsThatSortInTheOrderTheyWereMade) {
         std::string id = make_task_id();
         ASSERT_EQ(id.size(), 36u) << id;
         for (std::size_t at : {8u, 13u, 18u, 23u}) ASSERT_EQ(id[at], '-') << id;
-        for (std::size_t k = 0; k < id.size(); ++k)
-            if (id[k] != '-')
+        for (std::size_t k = 0; k < id.size(); ++k) {
+            if (id[k] != '-') {
                 ASSERT_TRUE(std::isxdigit(static_cast<unsigned char>(id[k])) &&
                             !std::isupper(static_cast<unsigned char>(id[k])))
                     << id;
+            }
+        }
         EXPECT_EQ(id[14], '7') << id;                                          // version
         EXPECT_NE(std::string("89ab").find(id[19]), std::string::npos) << id;  // variant
         EXPECT_GT(id, last);

@@ -4,6 +4,7 @@
 // refusal; text the flat reader cannot read the same way it must say so.
 #include "core/text_headers.hpp"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <string>
@@ -150,7 +151,8 @@ TEST(TextHeaders, ATaskDecodedFromStoredTextIsTheTaskDecodedFromItsJsonTree) {
                 R"({"task": "v1.task", "id": "v1", "args": [1], "retries": 2})");
     expect_same(bare, "body too big", std::string(5000, ' '));
     // A decoded task is a task, not only the same refusal twice.
-    const codec::TextHeaders flat(every.dump());
+    const std::string every_text = every.dump();
+    const codec::TextHeaders flat(every_text);
     auto t = codec::decode(view(flat, kBody), 4096);
     ASSERT_TRUE(t) << t.error().message;
     EXPECT_EQ(t->name, "orders.bill");
@@ -186,6 +188,17 @@ TEST(TextHeaders, TextNotReadTheTreesWayIsLeftToTheTree) {
         flat.names([&](std::string_view) { any = true; });
         EXPECT_FALSE(any);
     }
+    // Past kMaxNames names the tree's index looks them up (a walk over the names each would
+    // make decoding quadratic in them); up to it the text reads as the tree.
+    for (std::size_t n :
+         {codec::TextHeaders::kMaxNames, codec::TextHeaders::kMaxNames + 1, std::size_t(10000)}) {
+        std::string text = R"({"task": "t", "id": "i")";
+        for (std::size_t i = 2; i < n; ++i) text += fmt::format(R"(, "x-{}": {})", i, i);
+        text += "}";
+        const codec::TextHeaders flat(text);
+        EXPECT_EQ(flat.readable(), n <= codec::TextHeaders::kMaxNames) << n;
+        if (flat.readable()) expect_same(text, fmt::format("{} names", n));
+    }
     // "-0" inside a string only costs the slower path.
     EXPECT_FALSE(codec::TextHeaders(R"({"task": "-0,", "id": "i"})").readable());
     EXPECT_TRUE(codec::TextHeaders(R"({"task": "-01", "id": "i"})").readable());
@@ -196,8 +209,9 @@ TEST(TextHeaders, TwoAtOnceOnOneThreadEachKeepTheirOwnText) {
     const codec::TextHeaders a(R"({"task": "first", "id": "1"})");
     {
         const codec::TextHeaders b(R"({"task": "second", "id": "2"})");
-        const codec::TextHeaders big(R"({"task": "big", "pad": ")" + std::string(100000, 'x') +
-                                     R"("})");
+        const std::string big_text =
+            R"({"task": "big", "pad": ")" + std::string(100000, 'x') + R"("})";
+        const codec::TextHeaders big(big_text);
         ASSERT_TRUE(b.readable() && big.readable());
         EXPECT_EQ(b.find("task")->text, "second");
         EXPECT_EQ(big.find("task")->text, "big");

@@ -213,7 +213,7 @@ class MemoryBroker final : public Broker, public detail::MovePublisher {
         return publish_moved(copies);
     }
 
-    bool passes_tasks() const noexcept override { return true; }
+    detail::TaskForm task_form() const noexcept override { return detail::TaskForm::decoded; }
 
     Result<void> publish_moved(std::span<OutgoingMessage> msgs) override {
         for (auto& m : msgs) CONVEYOR_TRY(detail::check_embedded_message(m, "memory"));

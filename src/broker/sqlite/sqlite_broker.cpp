@@ -10,6 +10,7 @@
 #include <set>
 
 #include "broker/embedded.hpp"
+#include "broker/publish_moved.hpp"
 #include "broker/sqlite/sqlite_consumer.hpp"
 #include "broker/sqlite/sqlite_history.hpp"
 #include "broker/sqlite/sqlite_limits.hpp"
@@ -26,7 +27,7 @@ namespace {
 using detail::from_epoch_ms;
 using detail::to_epoch_ms;
 
-class SqliteBroker final : public Broker {
+class SqliteBroker final : public Broker, public detail::MovePublisher {
   public:
     SqliteBroker(SqliteOptions o, Db db, Statements st)
         : opts_(std::move(o)), db_(std::move(db)), st_(std::move(st)) {}
@@ -39,12 +40,21 @@ class SqliteBroker final : public Broker {
             db_, st_, [&]() -> Result<void> { return insert_messages(st_, msgs, known_queues_); });
     }
 
+    // Tasks published in this process come as they are, and are stored as text without the
+    // Celery message's JSON tree (insert_messages).
+    detail::TaskForm task_form() const noexcept override { return detail::TaskForm::task; }
+    Result<void> publish_moved(std::span<OutgoingMessage> msgs) override {
+        return publish(std::span<const OutgoingMessage>(msgs));
+    }
+
     Result<std::string> publish_unique(const OutgoingMessage& m, std::string_view key,
                                        std::optional<TimePoint> hold_until) override {
         CONVEYOR_TRY(detail::check_embedded_message(m, "sqlite"));
         if (key.empty() || key.size() > 1024)
             return fail(Errc::invalid_argument, "a unique key is 1 to 1,024 bytes");
-        std::string id = m.task_id.empty() ? codec::envelope_id(m.envelope) : m.task_id;
+        std::string id = !m.task_id.empty() ? m.task_id
+                         : m.task           ? m.task->id
+                                            : codec::envelope_id(m.envelope);
         if (id.empty()) id = make_task_id();
         OutgoingMessage one = m;
         one.task_id = id;

@@ -30,13 +30,12 @@ using detail::to_epoch_ms;
 
 class SqliteConsumer final : public Consumer {
   public:
-    SqliteConsumer(Db db, Statements st, Stmt reread, ConsumerOptions o, SqliteOptions sqlite)
+    SqliteConsumer(Db db, Statements st, ConsumerOptions o, SqliteOptions sqlite)
         : db_(std::move(db)),
           st_(std::move(st)),
           opts_(std::move(o)),
           sqlite_(std::move(sqlite)),
-          opts_history_(sqlite_.history.count() > 0 && sqlite_.history_max > 0),
-          reread_(std::move(reread)) {
+          opts_history_(sqlite_.history.count() > 0 && sqlite_.history_max > 0) {
         owner_ = fmt::format("{}#{}", opts_.name.empty() ? "consumer" : opts_.name,
                              make_task_id().substr(24));  // random bits (the first are the time)
     }
@@ -524,23 +523,26 @@ class SqliteConsumer final : public Consumer {
             std::find(opts_.raw_queues.begin(), opts_.raw_queues.end(), queue) !=
                 opts_.raw_queues.end())
             return nullptr;
-        // The properties as make_envelope reads them; anything else is left to it.
-        std::string_view content_type, correlation_id, reply_to;
+        // The properties as make_envelope reads them; anything else is left to it. (Copied:
+        // the thread's parser is then free for the headers.)
+        std::string content_type, correlation_id, reply_to;
         int priority = 0;
-        const codec::TextHeaders props(r.props);
-        if (!props.is_object()) return nullptr;
-        using Kind = codec::HeaderValue::Kind;
-        for (auto [field, key] :
-             {std::pair{&content_type, "content_type"},
-              std::pair{&correlation_id, "correlation_id"}, std::pair{&reply_to, "reply_to"}}) {
-            auto v = props.find(key);
-            if (!v) continue;
-            if (v->kind != Kind::string) return nullptr;
-            *field = v->text;
-        }
-        if (auto v = props.find("priority")) {
-            if (v->kind != Kind::unsigned_integer || v->unsigned_integer > 255) return nullptr;
-            priority = int(v->unsigned_integer);
+        {
+            const codec::TextHeaders props(r.props);
+            if (!props.is_object()) return nullptr;
+            using Kind = codec::HeaderValue::Kind;
+            for (auto [field, key] :
+                 {std::pair{&content_type, "content_type"},
+                  std::pair{&correlation_id, "correlation_id"}, std::pair{&reply_to, "reply_to"}}) {
+                auto v = props.find(key);
+                if (!v) continue;
+                if (v->kind != Kind::string) return nullptr;
+                *field = std::string(v->text);
+            }
+            if (auto v = props.find("priority")) {
+                if (v->kind != Kind::unsigned_integer || v->unsigned_integer > 255) return nullptr;
+                priority = int(v->unsigned_integer);
+            }
         }
         const codec::TextHeaders headers(r.headers);
         if (!headers.readable()) return nullptr;
@@ -558,14 +560,16 @@ class SqliteConsumer final : public Consumer {
     }
 
     std::optional<Envelope> message(std::uint64_t tag) const override {
-        // As stored: only this consumer, holding the task's lease, changes it.
+        // As stored: only this consumer, holding the task's lease, changes it. (Through the
+        // statement of the connection as it is now: keep_wal may have opened it anew.)
         std::lock_guard db(db_mu_);
         if (!held_.contains(tag)) return std::nullopt;
-        reread_.reset();
-        auto found = reread_.bind(1, std::int64_t(tag)).step();
+        auto& read = st_.read_message;
+        read.reset();
+        auto found = read.bind(1, std::int64_t(tag)).step();
         std::optional<Envelope> m;
-        if (found && *found) m = make_envelope(reread_.text(0), reread_.text(1), reread_.text(2));
-        reread_.reset();
+        if (found && *found) m = make_envelope(read.text(0), read.text(1), read.text(2));
+        read.reset();
         return m;
     }
 
@@ -636,7 +640,7 @@ class SqliteConsumer final : public Consumer {
     }
 
     Db db_;
-    Statements st_;
+    mutable Statements st_;  // (message() reads through it, under db_mu_)
     ConsumerOptions opts_;
     SqliteOptions sqlite_;
     bool opts_history_;  // finished tasks are kept
@@ -651,8 +655,7 @@ class SqliteConsumer final : public Consumer {
     std::int64_t last_version_ = -1;
     std::chrono::steady_clock::time_point next_check_{};
     // The connection and everything above are the caller's and the claimer's in turn.
-    mutable std::mutex db_mu_;
-    mutable Stmt reread_;  // a held task's message (message())
+    mutable std::mutex db_mu_;  // (message() reads the connection)
     // Claimed ahead, not handed out yet (read_ahead).
     std::mutex ahead_mu_;
     std::condition_variable ahead_cv_;
@@ -673,10 +676,8 @@ Result<std::unique_ptr<Consumer>> open_consumer(const SqliteOptions& sqlite,
     CONVEYOR_TRY(db);
     auto st = Statements::prepare(*db);
     CONVEYOR_TRY(st);
-    auto reread = db->prepare("SELECT props, headers, body FROM messages WHERE seq=?1");
-    CONVEYOR_TRY(reread);
-    return std::unique_ptr<Consumer>(std::make_unique<SqliteConsumer>(
-        std::move(*db), std::move(*st), std::move(*reread), options, sqlite));
+    return std::unique_ptr<Consumer>(
+        std::make_unique<SqliteConsumer>(std::move(*db), std::move(*st), options, sqlite));
 }
 
 }  // namespace conveyor::sqlite

@@ -110,16 +110,19 @@ std::chrono::milliseconds* busy_limit(std::chrono::milliseconds limit) {
 }
 
 /// SQLite counts the memory it holds under one process-wide mutex on every allocation and
-/// free, a tenth of the engine's time in SQLite; nothing here reads the count. sqlite3_config
-/// must come before SQLite starts and while no other thread calls it: here, before main (a
-/// program that started SQLite before that keeps its setting: SQLite refuses the call).
-[[maybe_unused]] const bool memory_not_counted =
-    sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0) == SQLITE_OK;
+/// free, a tenth of the engine's time in SQLite; nothing here reads the count. Turned off once,
+/// when the process first opens a file (README: "SQLite's memory statistics"); SQLite refuses
+/// once it has started (a program that used it first keeps its setting).
+void stop_counting_memory() {
+    static std::once_flag once;
+    std::call_once(once, [] { (void)sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0); });
+}
 
 }  // namespace
 
 Result<Db> Db::open(const std::string& path, std::string_view synchronous,
                     std::chrono::milliseconds busy_timeout) {
+    stop_counting_memory();
     sqlite3* raw = nullptr;
     int rc =
         sqlite3_open_v2(path.c_str(), &raw,

@@ -210,17 +210,7 @@ std::string props_json(const Envelope& e) {
     auto text = [&](std::string_view k, const std::string& v) {
         if (v.empty()) return;
         key(k);
-        const bool plain = std::all_of(v.begin(), v.end(), [](char c) {
-            auto u = static_cast<unsigned char>(c);
-            return u >= 0x20 && u < 0x7f && c != '"' && c != '\\';
-        });
-        if (plain) {
-            out += '"';
-            out += v;
-            out += '"';
-        } else {
-            out += Json(v).dump(-1, ' ', false, Json::error_handler_t::replace);
-        }
+        detail::append_json_string(out, v);
     };
     text("content_encoding", e.content_encoding);
     text("content_type", e.content_type);
@@ -259,17 +249,22 @@ std::string headers_json(const Envelope& e) {
     // Null headers mean the same as absent ones: they are not stored, which makes rows smaller
     // and reading them back cheaper. Conveyor's own messages have none (the codec leaves them
     // out); other publishers' may.
-    auto is_null = [](const Json& v) {
-        return v.is_null() ||
-               (v.is_array() && !v.empty() &&  // timelimit [null, null]
-                std::all_of(v.begin(), v.end(), [](const Json& x) { return x.is_null(); }));
-    };
-    if (std::none_of(e.headers.begin(), e.headers.end(), is_null))
+    if (std::none_of(e.headers.begin(), e.headers.end(), codec::is_null_header))
         return e.headers.dump(-1, ' ', false, Json::error_handler_t::replace);
     Json h = Json::object();
     for (auto& [k, v] : e.headers.items())
-        if (!is_null(v)) h.emplace(k, v);
+        if (!codec::is_null_header(v)) h.emplace(k, v);
     return h.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
+Envelope properties_of(const TaskMessage& t) {
+    Envelope e;  // as codec::encode sets them
+    e.content_type = std::string(codec::kJson);
+    e.content_encoding = "utf-8";
+    e.correlation_id = t.correlation_id.empty() ? t.id : t.correlation_id;
+    e.reply_to = t.reply_to;
+    e.priority = t.priority;
+    return e;
 }
 
 std::string_view task_name_of(const Envelope& e) {
@@ -626,23 +621,31 @@ Result<void> insert_messages(Statements& st, std::span<const OutgoingMessage> ms
             st.insert_queue.reset();
             CONVEYOR_TRY(st.insert_queue.bind(1, m.queue).run());
         }
+        // What is stored: a task passed as it is (TaskForm::task) written as text from its
+        // fields, without the Celery message's JSON tree; else the message's envelope.
+        const TaskMessage* task = m.task.get();
+        std::string task_body;
+        if (task) task_body = codec::encode_body(*task);
+        const std::string& body = task ? task_body : m.envelope.body;
         std::int64_t turn = 0;
         if (auto f = known.fair.find(m.queue); f != known.fair.end()) {
-            auto t = next_turn(st, turns, m.queue, limit_key_of_body(f->second, m.envelope.body));
+            auto t = next_turn(st, turns, m.queue, limit_key_of_body(f->second, body));
             CONVEYOR_TRY(t);
             turn = *t;
         }
-        std::string id = m.task_id.empty() ? codec::envelope_id(m.envelope) : m.task_id;
+        std::string id = !m.task_id.empty() ? m.task_id
+                         : task             ? task->id
+                                            : codec::envelope_id(m.envelope);
         if (id.empty()) id = make_task_id();
         auto at = m.not_before ? to_epoch_ms(*m.not_before) : now;
         st.insert_task.reset();
         st.insert_task.bind(1, id)
             .bind(2, m.queue)
             .bind(3, at > now ? int(kDelayed) : int(kReady))
-            .bind(4, m.envelope.priority)
+            .bind(4, task ? task->priority : m.envelope.priority)
             .bind(5, at)
-            .bind(6, retries_of(m.envelope))
-            .bind_or_null(7, task_name_of(m.envelope))
+            .bind(6, task ? task->retries : retries_of(m.envelope))
+            .bind_or_null(7, task ? std::string_view(task->name) : task_name_of(m.envelope))
             .bind(8, now)
             .bind_or_null(9, unique_key)
             .bind(10, turn);
@@ -652,9 +655,9 @@ Result<void> insert_messages(Statements& st, std::span<const OutgoingMessage> ms
         counts.add(m.queue, at > now ? kDelayed : kReady, 1);
         st.insert_message.reset();
         st.insert_message.bind(1, st.insert_task.last_rowid())
-            .bind(2, props_json(m.envelope))
-            .bind(3, headers_json(m.envelope))
-            .bind_blob(4, m.envelope.body);
+            .bind(2, task ? props_json(properties_of(*task)) : props_json(m.envelope))
+            .bind(3, task ? codec::headers_text(*task) : headers_json(m.envelope))
+            .bind_blob(4, body);
         CONVEYOR_TRY(st.insert_message.run());
     }
     for (auto& [qk, last] : turns.key) {
