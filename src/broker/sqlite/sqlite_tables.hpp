@@ -32,12 +32,13 @@ Result<void> create_schema(Db& db);
 
 /// Wall-clock time as stored: milliseconds since the epoch.
 std::int64_t now_ms();
+/// A message's properties as stored (JSON text).
 std::string props_json(const Envelope& e);
+/// The properties codec::encode gives a task's message, as stored.
+std::string props_json(const TaskMessage& t);
 /// A task row's columns back into an envelope.
 Envelope make_envelope(const std::string& props, const std::string& headers, std::string body);
 std::string headers_json(const Envelope& e);
-/// The properties codec::encode gives a task's message (for props_json).
-Envelope properties_of(const TaskMessage& t);
 int retries_of(const Envelope& e);
 /// The task name a Celery message's headers carry; empty when none.
 std::string_view task_name_of(const Envelope& e);
