@@ -46,8 +46,9 @@ struct OutgoingMessage {
     /// The task itself, for an engine that takes tasks published in this process as they are
     /// (detail::task_form): the memory engine hands them to its workers, and encodes one only
     /// when something asks for the message (a dead letter's listing); the sqlite engine writes
-    /// it as its stored text without building the Celery message first. The envelope is then
-    /// left empty. Other engines ignore it; publishers set it only where the engine says so.
+    /// it as its stored text, and RabbitMQ's as its header table, without building the Celery
+    /// message first. The envelope is then left empty. Publishers set it only where the engine
+    /// says so.
     std::shared_ptr<const TaskMessage> task;
 };
 

@@ -14,10 +14,12 @@ enum class TaskForm {
     message,  ///< encoded as a Celery message (OutgoingMessage::envelope)
     decoded,  ///< as the task its workers run (memory: OutgoingMessage::task, codec::as_decoded)
     task,     ///< as given (OutgoingMessage::task): the engine writes it in its own form
-              ///< (sqlite: the stored text, without the JSON tree of the headers)
+              ///< (sqlite: the stored text; RabbitMQ: the header table), without the JSON tree
+              ///< of the headers
 };
 
-/// An engine that can take published messages' envelopes (memory), or tasks (memory, sqlite).
+/// An engine that can take published messages' envelopes (memory), or tasks (memory, sqlite,
+/// RabbitMQ).
 class MovePublisher {
   public:
     [[nodiscard]] virtual Result<void> publish_moved(std::span<OutgoingMessage> messages) = 0;

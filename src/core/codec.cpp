@@ -267,65 +267,74 @@ bool is_null_header(const Json& v) {
             std::all_of(v.begin(), v.end(), [](const Json& x) { return x.is_null(); }));
 }
 
-std::string headers_text(const TaskMessage& t) {
-    // encode's header set written in its JSON object's key order (byte order), merged with the
-    // extra headers (a sorted map too; a name encode sets itself is not taken from them).
-    std::string out = "{";
+void write_headers(const TaskMessage& t, HeaderWriter& to, bool nulls) {
+    // encode's header set in its JSON object's key order (byte order), merged with the extra
+    // headers (a sorted map too; a name encode sets itself is not taken from them).
     const bool has_extras = t.extra_headers.is_object() && !t.extra_headers.empty();
     auto extra = has_extras ? t.extra_headers.begin() : Json::const_iterator{};
     auto extras_end = has_extras ? t.extra_headers.end() : Json::const_iterator{};
-    auto key = [&](std::string_view k) {
-        if (out.size() > 1) out += ',';
-        detail::append_json_string(out, k);
-        out += ':';
-    };
     // The extra headers named before `next` (all of them for none).
     auto extras_before = [&](std::optional<std::string_view> next) {
-        for (; has_extras && extra != extras_end && (!next || extra.key() < *next); ++extra) {
-            if (is_null_header(extra.value())) continue;
-            key(extra.key());
-            out += extra.value().dump(-1, ' ', false, Json::error_handler_t::replace);
-        }
+        for (; has_extras && extra != extras_end && (!next || extra.key() < *next); ++extra)
+            if (nulls || !is_null_header(extra.value())) to.json(extra.key(), extra.value());
     };
     // A header encode sets: the extra of the same name gives way.
     auto known = [&](std::string_view k) {
         extras_before(k);
         if (has_extras && extra != extras_end && extra.key() == k) ++extra;
-        key(k);
-    };
-    auto text = [&](std::string_view k, std::string_view v) {
-        known(k);
-        detail::append_json_string(out, v);
-    };
-    auto number = [&](std::string_view k, std::int64_t v) {
-        known(k);
-        out += std::to_string(v);
+        return k;
     };
     // (In byte order: argsrepr, eta, expires, group, group_index, id, ignore_result,
     // kwargsrepr, lang, max_retries, origin, parent_id, retries, root_id, task, timelimit.)
-    text("argsrepr", bounded_repr(args_repr(t.args)));
-    if (t.eta) text("eta", detail::format_iso8601(*t.eta));
-    if (t.expires) text("expires", detail::format_iso8601(*t.expires));
-    if (!t.group.empty()) text("group", t.group);
-    if (t.group_index) number("group_index", *t.group_index);
-    text("id", t.id);
-    known("ignore_result");
-    out += t.ignore_result ? "true" : "false";
-    text("kwargsrepr", bounded_repr(kwargs_repr(t.kwargs)));
-    text("lang", "py");
-    if (t.max_retries) number("max_retries", *t.max_retries);
-    text("origin", t.origin.empty() ? std::string_view("conveyor") : std::string_view(t.origin));
-    if (!t.parent_id.empty()) text("parent_id", t.parent_id);
-    number("retries", t.retries);
-    text("root_id", t.root_id.empty() ? t.id : t.root_id);
-    text("task", t.name);
-    if (t.time_limit || t.soft_time_limit) {
-        known("timelimit");
-        out += Json::array({opt_or_null(t.time_limit), opt_or_null(t.soft_time_limit)}).dump();
-    }
+    to.text(known("argsrepr"), bounded_repr(args_repr(t.args)));
+    if (t.eta) to.text(known("eta"), detail::format_iso8601(*t.eta));
+    if (t.expires) to.text(known("expires"), detail::format_iso8601(*t.expires));
+    if (!t.group.empty()) to.text(known("group"), t.group);
+    if (t.group_index) to.integer(known("group_index"), *t.group_index);
+    to.text(known("id"), t.id);
+    to.boolean(known("ignore_result"), t.ignore_result);
+    to.text(known("kwargsrepr"), bounded_repr(kwargs_repr(t.kwargs)));
+    to.text(known("lang"), "py");
+    if (t.max_retries) to.integer(known("max_retries"), *t.max_retries);
+    to.text(known("origin"), t.origin.empty() ? std::string_view("conveyor") : t.origin);
+    if (!t.parent_id.empty()) to.text(known("parent_id"), t.parent_id);
+    to.integer(known("retries"), t.retries);
+    to.text(known("root_id"), t.root_id.empty() ? t.id : t.root_id);
+    to.text(known("task"), t.name);
+    if (t.time_limit || t.soft_time_limit)
+        to.json(known("timelimit"),
+                Json::array({opt_or_null(t.time_limit), opt_or_null(t.soft_time_limit)}));
     extras_before(std::nullopt);
-    out += '}';
-    return out;
+}
+
+std::string headers_text(const TaskMessage& t) {
+    struct Text final : HeaderWriter {
+        std::string out = "{";
+        void key(std::string_view k) {
+            if (out.size() > 1) out += ',';
+            detail::append_json_string(out, k);
+            out += ':';
+        }
+        void text(std::string_view k, std::string_view v) override {
+            key(k);
+            detail::append_json_string(out, v);
+        }
+        void integer(std::string_view k, std::int64_t v) override {
+            key(k);
+            out += std::to_string(v);
+        }
+        void boolean(std::string_view k, bool v) override {
+            key(k);
+            out += v ? "true" : "false";
+        }
+        void json(std::string_view k, const Json& v) override {
+            key(k);
+            out += v.dump(-1, ' ', false, Json::error_handler_t::replace);
+        }
+    } text;
+    write_headers(t, text, false);
+    text.out += '}';
+    return std::move(text.out);
 }
 
 Result<Envelope> encode_raw(const TaskMessage& t, std::string_view queue) {

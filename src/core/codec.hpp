@@ -28,6 +28,23 @@ Envelope encode(const TaskMessage& task);
 /// encode(task)'s body: [args, kwargs, embed] as compact JSON text.
 std::string encode_body(const TaskMessage& task);
 
+/// Takes encode's headers one at a time (write_headers).
+class HeaderWriter {
+  public:
+    virtual ~HeaderWriter() = default;
+    virtual void text(std::string_view key, std::string_view value) = 0;
+    virtual void integer(std::string_view key, std::int64_t value) = 0;
+    virtual void boolean(std::string_view key, bool value) = 0;
+    /// Any other value: the time limits' pair, an extra header.
+    virtual void json(std::string_view key, const Json& value) = 0;
+};
+
+/// Writes encode(task)'s headers to `to` in their JSON object's key order, without building
+/// it: Celery's header set merged with the task's extra headers (a name encode sets itself is
+/// not taken from them). `nulls`: also the extra headers that say nothing (is_null_header),
+/// which encode keeps.
+void write_headers(const TaskMessage& task, HeaderWriter& to, bool nulls);
+
 /// encode(task)'s headers as compact JSON text, in their JSON object's key order, without
 /// null ones (is_null_header; Celery reads a missing header as null): the text of that object
 /// with its nulls left out, written without building it (the sqlite engine stores it).

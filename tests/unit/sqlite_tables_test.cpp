@@ -4,11 +4,11 @@
 
 #include <gtest/gtest.h>
 
-#include <chrono>
 #include <string>
 #include <vector>
 
 #include "core/codec.hpp"
+#include "support/encoding_cases.hpp"
 
 using namespace conveyor;
 
@@ -47,65 +47,7 @@ TEST(SqliteTables, PropertiesAreWrittenAsTheirJsonObjectWouldBe) {
 TEST(SqliteTables, ATaskPassedAsItIsIsStoredAsItsEncodedMessageWouldBe) {
     // A task published in this process reaches the engine as it is (TaskForm::task) and is
     // written as text from its fields; the stored text is the encoded message's, byte for byte.
-    auto at = [](std::int64_t s) { return TimePoint(std::chrono::seconds(s)); };
-    std::vector<TaskMessage> cases;
-    cases.push_back(TaskMessage{.id = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", .name = "a.b"});
-    cases.push_back(TaskMessage{
-        .id = "id-2",
-        .name = "orders.bill",
-        .args = {1, "two", "caf\xc3\xa9", "bad \xff utf-8", "quote \" back\\slash", nullptr},
-        .kwargs = {{"k", {{"nested", {1.5, true}}}}, {"\t", "tab"}},
-        .embed = {{"callbacks", {{{"task", "next"}}}}},
-        .retries = 3,
-        .eta = at(1900000000),
-        .expires = at(1900003600),
-        .priority = 200,
-        .root_id = "root",
-        .parent_id = "parent",
-        .group = "g",
-        .group_index = 4,
-        .time_limit = 30,
-        .soft_time_limit = 12.5,
-        .max_retries = 9,
-        .reply_to = "replies",
-        .correlation_id = "corr",
-        .ignore_result = true,
-        .origin = "gen1@host"});
-    cases.push_back(TaskMessage{.id = "id-3",
-                                .name = "t",
-                                .args = {std::string(5000, 'x')},  // argsrepr cut
-                                .soft_time_limit = 5});
-    // Extra headers: names before, between and after Celery's, names encode sets itself (the
-    // extra gives way), names it leaves out (the extra goes in), nulls (left out), odd names.
-    cases.push_back(TaskMessage{.id = "id-4",
-                                .name = "t",
-                                .extra_headers = {{"", 1},
-                                                  {"A", "upper"},
-                                                  {"_x", 2},
-                                                  {"a", {1, 2}},
-                                                  {"argsrepr", "***"},
-                                                  {"eta", "2030-01-01T00:00:00+00:00"},
-                                                  {"shadow", "renamed"},
-                                                  {"id2", {{"k", nullptr}}},
-                                                  {"task", "not this"},
-                                                  {"lang2", nullptr},
-                                                  {"nulls", {nullptr, nullptr}},
-                                                  {"empty", Json::array()},
-                                                  {"timelimit", {1, 2}},
-                                                  {"x-conveyor-key", "k"},
-                                                  {"zz", "last"},
-                                                  {"\xc3\xa9", "non-ascii name"},
-                                                  {"bad\xff", "invalid name"}}});
-    cases.push_back(TaskMessage{
-        .id = "id-5", .name = "t", .time_limit = 3, .extra_headers = {{"timelimit", {1, 2}}}});
-    // Extra headers that are not an object (left out, as encode leaves them), a null one under
-    // the name of a header encode sets, names with quotes, control characters and DEL.
-    for (Json odd : {Json("text"), Json::array({1}), Json(), Json(3)})
-        cases.push_back(TaskMessage{.id = "id-6", .name = "t", .extra_headers = odd});
-    cases.push_back(TaskMessage{
-        .id = "id-7",
-        .name = "t",
-        .extra_headers = {{"id", nullptr}, {"q\"uote", 1}, {"c\x01trl\n", 2}, {"del\x7f", 3}}});
+    auto cases = testsupport::encoding_cases();
     for (auto& t : cases) {
         auto e = codec::encode(t);
         EXPECT_EQ(codec::headers_text(t), sqlite::headers_json(e)) << t.id;

@@ -16,6 +16,7 @@
 #include "broker/amqp/amqp_schedule_store.hpp"
 #include "broker/amqp/delay.hpp"
 #include "broker/amqp/reply_inbox.hpp"
+#include "broker/publish_moved.hpp"
 #include "conveyor/log.hpp"
 #include "core/codec.hpp"
 #include "core/result_meta.hpp"
@@ -29,13 +30,20 @@ namespace {
 
 using namespace std::chrono;
 
-class AmqpBroker final : public Broker {
+class AmqpBroker final : public Broker, public detail::MovePublisher {
   public:
     explicit AmqpBroker(std::shared_ptr<Engine> e) : e_(std::move(e)), inbox_(e_) {}
 
     Result<void> publish(std::span<const OutgoingMessage> msgs) override {
         if (e_->results_mode == ResultsMode::rpc) inbox_.sent(msgs);
         return publish_messages(*e_, msgs);
+    }
+
+    // Tasks published in this process come as they are; their header tables are written from
+    // their fields, without the Celery message's JSON tree (publish_messages).
+    detail::TaskForm task_form() const noexcept override { return detail::TaskForm::task; }
+    Result<void> publish_moved(std::span<OutgoingMessage> msgs) override {
+        return publish(std::span<const OutgoingMessage>(msgs));
     }
 
     Result<std::unique_ptr<Consumer>> consume(const ConsumerOptions& o) override {
@@ -55,7 +63,9 @@ class AmqpBroker final : public Broker {
                         fmt::format("unique tasks on RabbitMQ are kept in the Redis result "
                                     "backend: add ?results=redis://HOST:PORT/DB to {}",
                                     url()));
-        std::string id = m.task_id.empty() ? codec::envelope_id(m.envelope) : m.task_id;
+        std::string id = !m.task_id.empty() ? m.task_id
+                         : m.task           ? m.task->id
+                                            : codec::envelope_id(m.envelope);
         if (id.empty()) id = make_task_id();
         // Long enough for a publish that waits out a reconnect; a publisher that dies holding
         // the key holds it no longer.
@@ -65,6 +75,10 @@ class AmqpBroker final : public Broker {
         if (*holder != id) return *holder;
         OutgoingMessage one = m;
         one.task_id = id;
+        if (one.task) {  // encoded after all, for the header
+            one.envelope = codec::encode(*one.task);
+            one.task.reset();
+        }
         if (!one.envelope.headers.is_object()) one.envelope.headers = Json::object();
         one.envelope.headers[std::string(kUniqueHeader)] = std::string(key);
         if (auto ok = publish(std::span(&one, 1)); !ok) {

@@ -278,6 +278,28 @@ amqp_basic_properties_t properties(Pool& pool, const Envelope& e, std::int64_t s
     return p;
 }
 
+amqp_basic_properties_t properties(Pool& pool, const TaskMessage& t, std::int64_t sent_at_ms) {
+    amqp_basic_properties_t p{};
+    p._flags = AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_CONTENT_TYPE_FLAG |
+               AMQP_BASIC_CONTENT_ENCODING_FLAG | AMQP_BASIC_CORRELATION_ID_FLAG |
+               AMQP_BASIC_HEADERS_FLAG;
+    p.delivery_mode = 2;  // persistent
+    p.content_type = pool.bytes(codec::kJson);
+    p.content_encoding = pool.bytes("utf-8");
+    p.correlation_id = pool.bytes(t.correlation_id.empty() ? t.id : t.correlation_id);
+    if (p.correlation_id.len == 0) p._flags &= ~AMQP_BASIC_CORRELATION_ID_FLAG;
+    if (!t.reply_to.empty()) {
+        p._flags |= AMQP_BASIC_REPLY_TO_FLAG;
+        p.reply_to = pool.bytes(t.reply_to);
+    }
+    if (t.priority > 0) {
+        p._flags |= AMQP_BASIC_PRIORITY_FLAG;
+        p.priority = std::uint8_t(std::clamp(t.priority, 0, 255));
+    }
+    p.headers = pool.table(t, kSentAtHeader, sent_at_ms);
+    return p;
+}
+
 Envelope envelope_of(const amqp_basic_properties_t& p, amqp_bytes_t body) {
     Envelope e;
     if (p._flags & AMQP_BASIC_CONTENT_TYPE_FLAG) e.content_type = to_string(p.content_type);
@@ -663,8 +685,10 @@ Result<void> Connection::publish(std::span<const Wire> messages,
         while (sent < n && sent - done < kWindow) {
             const Wire& w = messages[sent];
             if (sent % 256 == 0) pool.clear();
-            auto props = properties(pool, *w.envelope, sent_at);
-            amqp_bytes_t body{w.envelope->body.size(), const_cast<char*>(w.envelope->body.data())};
+            auto props = w.task ? properties(pool, *w.task, sent_at)
+                                : properties(pool, *w.envelope, sent_at);
+            std::string_view text = w.task ? w.body : std::string_view(w.envelope->body);
+            amqp_bytes_t body{text.size(), const_cast<char*>(text.data())};
             int rc =
                 amqp_basic_publish(conn_, ch, pool.bytes(w.exchange), pool.bytes(w.routing_key),
                                    w.mandatory ? 1 : 0, 0, &props, body);

@@ -67,6 +67,10 @@ struct Wire {
     std::string_view routing_key;
     const Envelope* envelope = nullptr;
     bool mandatory = true;
+    /// Instead of `envelope`: a task, sent as codec::encode would have it, with `body`
+    /// (codec::encode_body) and its headers written from its fields.
+    const TaskMessage* task = nullptr;
+    std::string_view body;
 };
 
 /// Properties of an envelope (persistent), allocated in `pool`.
@@ -74,6 +78,9 @@ struct Wire {
 /// kSentAtHeader, for the consumer's wait-time measure.
 amqp_basic_properties_t properties(Pool& pool, const Envelope& envelope,
                                    std::int64_t sent_at_ms = 0);
+/// Properties of codec::encode(task)'s message, as the overload above gives them, written from
+/// the task's fields.
+amqp_basic_properties_t properties(Pool& pool, const TaskMessage& task, std::int64_t sent_at_ms);
 /// The envelope of a received message.
 Envelope envelope_of(const amqp_basic_properties_t& props, amqp_bytes_t body);
 

@@ -27,6 +27,7 @@ Envelope rpc_reply(const TaskResult& r) {
 Result<Wire> route(Engine& e, const OutgoingMessage& m, std::string& key_storage) {
     Wire w;
     w.envelope = &m.envelope;
+    w.task = m.task.get();
     if (!m.exchange.empty()) {
         if (m.not_before && *m.not_before > SystemClock::now())
             return fail(Errc::invalid_argument,
@@ -53,6 +54,7 @@ Result<Wire> route(Engine& e, const OutgoingMessage& m, std::string& key_storage
         w.exchange = m.queue;
         key_storage = !m.ordering_key.empty() ? m.ordering_key
                       : !m.task_id.empty()    ? m.task_id
+                      : m.task                ? m.task->id
                                               : codec::envelope_id(m.envelope);
         if (key_storage.empty()) key_storage = make_task_id();
         w.routing_key = key_storage;
@@ -79,6 +81,7 @@ Result<void> publish_messages(Engine& e, std::span<const OutgoingMessage> msgs) 
     CONVEYOR_TRY(e.ensure_queues(queues));
 
     std::deque<std::string> keys;
+    std::deque<std::string> bodies;  // of tasks passed as they are (OutgoingMessage::task)
     std::vector<Wire> wires;
     wires.reserve(msgs.size());
     std::vector<OutgoingMessage> keyed;  // envelopes that need the ordering-key header
@@ -87,11 +90,17 @@ Result<void> publish_messages(Engine& e, std::span<const OutgoingMessage> msgs) 
         const OutgoingMessage* src = &m;
         if (!m.ordering_key.empty()) {
             keyed.push_back(m);
-            keyed.back().envelope.headers[std::string(kKeyHeader)] = m.ordering_key;
-            src = &keyed.back();
+            auto& k = keyed.back();
+            if (k.task) {  // encoded after all, for the header
+                k.envelope = codec::encode(*k.task);
+                k.task.reset();
+            }
+            k.envelope.headers[std::string(kKeyHeader)] = m.ordering_key;
+            src = &k;
         }
         auto w = route(e, *src, keys.emplace_back());
         CONVEYOR_TRY(w);
+        if (w->task) w->body = bodies.emplace_back(codec::encode_body(*w->task));
         wires.push_back(*w);
     }
     return e.publish_wires(wires);

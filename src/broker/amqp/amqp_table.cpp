@@ -4,6 +4,7 @@
 #include <cstring>
 #include <limits>
 #include <new>
+#include <vector>
 
 #include "core/json_bounds.hpp"
 
@@ -107,6 +108,47 @@ amqp_table_t Pool::table(const Json& object, std::string_view key, std::int64_t 
     e.key = bytes(key);
     e.value.kind = AMQP_FIELD_KIND_I64;
     e.value.value.i64 = value;
+    return t;
+}
+
+amqp_table_t Pool::table(const TaskMessage& task, std::string_view key, std::int64_t value) {
+    // The entries as codec::write_headers gives them (table(encode(task).headers) without the
+    // JSON tree), then `key`.
+    struct Entries final : codec::HeaderWriter {
+        Pool& pool;
+        std::string_view skip;
+        std::vector<amqp_table_entry_t> out;
+        explicit Entries(Pool& p, std::string_view k) : pool(p), skip(k) { out.reserve(24); }
+        void add(std::string_view k, amqp_field_value_t v) {
+            if (k != skip) out.push_back(amqp_table_entry_t{pool.bytes(k), v});
+        }
+        void text(std::string_view k, std::string_view v) override {
+            amqp_field_value_t f{};
+            f.kind = AMQP_FIELD_KIND_UTF8;
+            f.value.bytes = pool.bytes(v);
+            add(k, f);
+        }
+        void integer(std::string_view k, std::int64_t v) override {
+            add(k, pool.value(Json(v)));  // (32 bits where it fits, as value() writes numbers)
+        }
+        void boolean(std::string_view k, bool v) override {
+            amqp_field_value_t f{};
+            f.kind = AMQP_FIELD_KIND_BOOLEAN;
+            f.value.boolean = v ? 1 : 0;
+            add(k, f);
+        }
+        void json(std::string_view k, const Json& v) override { add(k, pool.value(v)); }
+    } entries(*this, key);
+    codec::write_headers(task, entries, true);
+    auto& e = entries.out;
+    amqp_field_value_t sent{};
+    sent.kind = AMQP_FIELD_KIND_I64;
+    sent.value.i64 = value;
+    e.push_back(amqp_table_entry_t{bytes(key), sent});
+    amqp_table_t t{int(e.size()), nullptr};
+    t.entries = static_cast<amqp_table_entry_t*>(
+        amqp_pool_alloc(&pool_, sizeof(amqp_table_entry_t) * e.size()));
+    std::copy(e.begin(), e.end(), t.entries);
     return t;
 }
 

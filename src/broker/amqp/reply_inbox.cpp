@@ -20,8 +20,11 @@ Result<std::string> ReplyInbox::address() {
 void ReplyInbox::sent(std::span<const OutgoingMessage> msgs) {
     std::lock_guard lk(mu_);
     for (auto& m : msgs) {
-        if (m.envelope.reply_to != queue_ || queue_.empty()) continue;
-        auto id = m.task_id.empty() ? codec::envelope_id(m.envelope) : m.task_id;
+        const std::string& reply_to = m.task ? m.task->reply_to : m.envelope.reply_to;
+        if (reply_to != queue_ || queue_.empty()) continue;
+        auto id = !m.task_id.empty() ? m.task_id
+                  : m.task           ? m.task->id
+                                     : codec::envelope_id(m.envelope);
         if (id.empty() || known_.contains(id)) continue;
         TaskResult r;
         r.id = id;
