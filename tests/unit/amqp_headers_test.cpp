@@ -292,5 +292,11 @@ TEST(AmqpHeaders, ATaskPassedAsItIsIsPublishedAsItsEncodedMessageWouldBe) {
         }
         EXPECT_EQ(amqp::view(b.headers.entries[b.headers.num_entries - 1].key),
                   amqp::kSentAtHeader);
+        // Without a time of sending, as the envelope's: no entry for it.
+        auto c = amqp::properties(pool, codec::encode(t), 0);
+        auto d = amqp::properties(pool, t, 0);
+        ASSERT_EQ(c.headers.num_entries, d.headers.num_entries) << t.id;
+        for (int i = 0; i < c.headers.num_entries; ++i)
+            EXPECT_EQ(amqp::view(c.headers.entries[i].key), amqp::view(d.headers.entries[i].key));
     }
 }

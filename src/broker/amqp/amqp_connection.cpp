@@ -296,7 +296,7 @@ amqp_basic_properties_t properties(Pool& pool, const TaskMessage& t, std::int64_
         p._flags |= AMQP_BASIC_PRIORITY_FLAG;
         p.priority = std::uint8_t(std::clamp(t.priority, 0, 255));
     }
-    p.headers = pool.table(t, kSentAtHeader, sent_at_ms);
+    p.headers = pool.table(t, sent_at_ms > 0 ? kSentAtHeader : std::string_view(), sent_at_ms);
     return p;
 }
 

@@ -113,14 +113,14 @@ amqp_table_t Pool::table(const Json& object, std::string_view key, std::int64_t 
 
 amqp_table_t Pool::table(const TaskMessage& task, std::string_view key, std::int64_t value) {
     // The entries as codec::write_headers gives them (table(encode(task).headers) without the
-    // JSON tree), then `key`.
+    // JSON tree), then `key` (none when empty).
     struct Entries final : codec::HeaderWriter {
         Pool& pool;
         std::string_view skip;
         std::vector<amqp_table_entry_t> out;
         explicit Entries(Pool& p, std::string_view k) : pool(p), skip(k) { out.reserve(24); }
         void add(std::string_view k, amqp_field_value_t v) {
-            if (k != skip) out.push_back(amqp_table_entry_t{pool.bytes(k), v});
+            if (skip.empty() || k != skip) out.push_back(amqp_table_entry_t{pool.bytes(k), v});
         }
         void text(std::string_view k, std::string_view v) override {
             amqp_field_value_t f{};
@@ -141,10 +141,12 @@ amqp_table_t Pool::table(const TaskMessage& task, std::string_view key, std::int
     } entries(*this, key);
     codec::write_headers(task, entries, true);
     auto& e = entries.out;
-    amqp_field_value_t sent{};
-    sent.kind = AMQP_FIELD_KIND_I64;
-    sent.value.i64 = value;
-    e.push_back(amqp_table_entry_t{bytes(key), sent});
+    if (!key.empty()) {
+        amqp_field_value_t added{};
+        added.kind = AMQP_FIELD_KIND_I64;
+        added.value.i64 = value;
+        e.push_back(amqp_table_entry_t{bytes(key), added});
+    }
     amqp_table_t t{int(e.size()), nullptr};
     t.entries = static_cast<amqp_table_entry_t*>(
         amqp_pool_alloc(&pool_, sizeof(amqp_table_entry_t) * e.size()));

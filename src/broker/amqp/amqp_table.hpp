@@ -27,7 +27,7 @@ class Pool {
     /// The same, with one more 64-bit integer entry (replacing one of that name).
     amqp_table_t table(const Json& object, std::string_view key, std::int64_t value);
     /// codec::encode(task)'s headers as that table, written from the task's fields without
-    /// their JSON tree.
+    /// their JSON tree (with no more entry when `key` is empty).
     amqp_table_t table(const TaskMessage& task, std::string_view key, std::int64_t value);
     amqp_field_value_t value(const Json& v);
     void clear() { recycle_amqp_pool(&pool_); }
