@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <map>
 #include <thread>
 
@@ -45,6 +46,124 @@ struct Fixture {
 };
 
 }  // namespace
+
+namespace {
+
+/// Counts the syncs SQLite asks of the file system (xSync): a VFS over the default one,
+/// registered as the default while it lives (before any connection of the test opens).
+class SyncCounter {
+  public:
+    SyncCounter() {
+        real_ = sqlite3_vfs_find(nullptr);
+        vfs_ = *real_;
+        vfs_.zName = "conveyor-sync-counter";
+        vfs_.szOsFile = int(sizeof(File)) + real_->szOsFile;
+        vfs_.pAppData = this;
+        vfs_.xOpen = [](sqlite3_vfs* v, const char* name, sqlite3_file* f, int flags,
+                        int* out) -> int {
+            auto* self = static_cast<SyncCounter*>(v->pAppData);
+            auto* file = reinterpret_cast<File*>(f);
+            file->real = reinterpret_cast<sqlite3_file*>(file + 1);
+            file->counter = self;
+            int rc = self->real_->xOpen(self->real_, name, file->real, flags, out);
+            file->base.pMethods = rc == SQLITE_OK && file->real->pMethods ? &methods() : nullptr;
+            return rc;
+        };
+        sqlite3_vfs_register(&vfs_, 1);
+    }
+    ~SyncCounter() {
+        sqlite3_vfs_register(real_, 1);
+        sqlite3_vfs_unregister(&vfs_);
+    }
+    SyncCounter(const SyncCounter&) = delete;
+    SyncCounter& operator=(const SyncCounter&) = delete;
+    int syncs() const { return syncs_.load(); }
+    void reset() { syncs_ = 0; }
+
+  private:
+    struct File {
+        sqlite3_file base;
+        sqlite3_file* real;
+        SyncCounter* counter;
+    };
+    static sqlite3_file* real(sqlite3_file* f) { return reinterpret_cast<File*>(f)->real; }
+    static const sqlite3_io_methods& methods() {
+        static const sqlite3_io_methods m = {
+            3,
+            [](sqlite3_file* f) { return real(f)->pMethods->xClose(real(f)); },
+            [](sqlite3_file* f, void* b, int n, sqlite3_int64 o) {
+                return real(f)->pMethods->xRead(real(f), b, n, o);
+            },
+            [](sqlite3_file* f, const void* b, int n, sqlite3_int64 o) {
+                return real(f)->pMethods->xWrite(real(f), b, n, o);
+            },
+            [](sqlite3_file* f, sqlite3_int64 n) {
+                return real(f)->pMethods->xTruncate(real(f), n);
+            },
+            [](sqlite3_file* f, int flags) {
+                reinterpret_cast<File*>(f)->counter->syncs_++;
+                return real(f)->pMethods->xSync(real(f), flags);
+            },
+            [](sqlite3_file* f, sqlite3_int64* n) {
+                return real(f)->pMethods->xFileSize(real(f), n);
+            },
+            [](sqlite3_file* f, int l) { return real(f)->pMethods->xLock(real(f), l); },
+            [](sqlite3_file* f, int l) { return real(f)->pMethods->xUnlock(real(f), l); },
+            [](sqlite3_file* f, int* r) {
+                return real(f)->pMethods->xCheckReservedLock(real(f), r);
+            },
+            [](sqlite3_file* f, int op, void* a) {
+                return real(f)->pMethods->xFileControl(real(f), op, a);
+            },
+            [](sqlite3_file* f) { return real(f)->pMethods->xSectorSize(real(f)); },
+            [](sqlite3_file* f) { return real(f)->pMethods->xDeviceCharacteristics(real(f)); },
+            [](sqlite3_file* f, int i, int n, int w, void volatile** p) {
+                return real(f)->pMethods->xShmMap(real(f), i, n, w, p);
+            },
+            [](sqlite3_file* f, int o, int n, int fl) {
+                return real(f)->pMethods->xShmLock(real(f), o, n, fl);
+            },
+            [](sqlite3_file* f) { real(f)->pMethods->xShmBarrier(real(f)); },
+            [](sqlite3_file* f, int d) { return real(f)->pMethods->xShmUnmap(real(f), d); },
+            [](sqlite3_file* f, sqlite3_int64 o, int n, void** p) {
+                return real(f)->pMethods->xFetch(real(f), o, n, p);
+            },
+            [](sqlite3_file* f, sqlite3_int64 o, void* p) {
+                return real(f)->pMethods->xUnfetch(real(f), o, p);
+            },
+        };
+        return m;
+    }
+    sqlite3_vfs* real_ = nullptr;
+    sqlite3_vfs vfs_{};
+    std::atomic<int> syncs_{0};
+};
+
+}  // namespace
+
+TEST(SqliteEngine, WithSyncFullAClaimDoesNotWaitForTheDiskAndASettlementDoes) {
+    // A claim lost to a power cut is a task delivered again, so its commit does not wait for
+    // the disk; the settlement's commit does, and takes the claim along (the write-ahead log is
+    // written in order). An enqueue waits too.
+    SyncCounter disk;
+    Fixture f;
+    for (int i = 0; i < 5; ++i) f.enqueue("q");
+    EXPECT_GE(disk.syncs(), 5);  // one commit each
+    auto c = f.consumer({"q"});
+    for (int round = 0; round < 2; ++round) {
+        disk.reset();
+        auto got = c->fetch(10, 0ms);
+        ASSERT_TRUE(got);
+        ASSERT_EQ(got->size(), round == 0 ? 5u : 1u);
+        EXPECT_EQ(disk.syncs(), 0) << "round " << round;
+        std::vector<Settlement> acks;
+        for (auto& d : *got) acks.push_back(Settlement{Settlement::Kind::ack, d.tag});
+        ASSERT_TRUE(c->settle(acks));
+        EXPECT_EQ(disk.syncs(), 1) << "round " << round;  // the connection's mode is back
+        f.enqueue("q");
+    }
+    EXPECT_EQ(stats_of(*f.broker, "q").ready, 1);
+}
 
 TEST(SqliteEngine, PriorityFirstThenFifo) {
     Fixture f;

@@ -278,7 +278,9 @@ class SqliteConsumer final : public Consumer {
         auto now = std::chrono::steady_clock::now();
         if (now < next_housekeeping_) return {};
         next_housekeeping_ = now + std::chrono::seconds(60);
-        return in_transaction(db_, st_, [&] { return prune_history(st_, sqlite_); });
+        // (Rows deleted again after a power cut, at the next round.)
+        return in_transaction(
+            db_, st_, [&] { return prune_history(st_, sqlite_); }, Commit::unsynced);
     }
 
     Result<std::vector<std::uint64_t>> renew() override {
@@ -386,7 +388,7 @@ class SqliteConsumer final : public Consumer {
     Result<std::vector<Row>> claim_rows(std::size_t max) {
         std::vector<Row> out;
         std::size_t claimed = 0;  // before those waiting on limits were put back
-        auto ok = in_transaction(db_, st_, [&]() -> Result<void> {
+        auto claim = [&]() -> Result<void> {
             out.clear();
             auto now = now_ms();
             CountDeltas counts;
@@ -480,7 +482,10 @@ class SqliteConsumer final : public Consumer {
                 out = std::move(admitted);
             }
             return counts.write(st_);
-        });
+        };
+        // (A claim lost to a power cut is a task delivered again; the settlement's commit,
+        // which waits for the disk, takes it along.)
+        auto ok = in_transaction(db_, st_, claim, Commit::unsynced);
         CONVEYOR_TRY(ok);
         for (auto& r : out) {
             held_.insert(std::uint64_t(r.seq));

@@ -166,6 +166,18 @@ Result<Db> Db::open(const std::string& path, std::string_view synchronous,
     // A first read opens the write-ahead log, which is then the one this connection uses.
     CONVEYOR_TRY(db.exec("PRAGMA schema_version"));
     db.note_wal();
+    auto prepare = [&](Stmt& to, std::string_view sql) -> Result<void> {
+        auto s = db.prepare(sql);
+        CONVEYOR_TRY(s);
+        to = std::move(*s);
+        return {};
+    };
+    CONVEYOR_TRY(prepare(db.begin_, "BEGIN IMMEDIATE"));
+    CONVEYOR_TRY(prepare(db.commit_, "COMMIT"));
+    if (synchronous == "FULL" || synchronous == "EXTRA") {
+        CONVEYOR_TRY(prepare(db.relax_, "PRAGMA synchronous=NORMAL"));
+        CONVEYOR_TRY(prepare(db.restore_, fmt::format("PRAGMA synchronous={}", synchronous)));
+    }
     return db;
 }
 
@@ -211,15 +223,19 @@ Result<Stmt> Db::prepare(std::string_view sql) {
     return Stmt(db_, s);
 }
 
-Result<Transaction> Transaction::begin(Db& db) {
-    CONVEYOR_TRY(db.exec("BEGIN IMMEDIATE"));
+Result<Transaction> Transaction::begin(Db& db, Commit how) {
+    // (A transaction that must wait puts the mode back first, should that have failed before.)
+    CONVEYOR_TRY(db.unsynced(how == Commit::unsynced));
+    CONVEYOR_TRY(db.begin_immediate());
     return Transaction(&db);
 }
 
 Result<void> Transaction::commit() {
-    auto ok = db_->exec("COMMIT");
-    if (ok) db_ = nullptr;
-    return ok;
+    CONVEYOR_TRY(db_->commit());
+    // (Should putting the mode back fail, the next transaction that must wait does it.)
+    (void)db_->unsynced(false);
+    db_ = nullptr;
+    return {};
 }
 
 }  // namespace conveyor::sqlite

@@ -129,10 +129,11 @@ Result<void> keep_wal(Db& db, Statements& st);
 /// Runs `fn` inside BEGIN IMMEDIATE, retrying when another process holds the lock past the
 /// busy timeout.
 template <class Fn>
-auto in_transaction(Db& db, Statements& st, Fn&& fn) -> decltype(fn()) {
+auto in_transaction(Db& db, Statements& st, Fn&& fn, Commit how = Commit::durable)
+    -> decltype(fn()) {
     CONVEYOR_TRY(keep_wal(db, st));
     for (int attempt = 0;; ++attempt) {
-        auto tx = Transaction::begin(db);
+        auto tx = Transaction::begin(db, how);
         if (!tx) {
             if (tx.error().code == Errc::unavailable && attempt < 5) continue;
             return std::unexpected(tx.error());
