@@ -65,8 +65,10 @@ class SyncCounter {
             auto* file = reinterpret_cast<File*>(f);
             file->real = reinterpret_cast<sqlite3_file*>(file + 1);
             file->counter = self;
+            file->real->pMethods = nullptr;
             int rc = self->real_->xOpen(self->real_, name, file->real, flags, out);
-            file->base.pMethods = rc == SQLITE_OK && file->real->pMethods ? &methods() : nullptr;
+            // (Where the real file has methods, SQLite closes it, even after a failed open.)
+            file->base.pMethods = file->real->pMethods ? &methods() : nullptr;
             return rc;
         };
         sqlite3_vfs_register(&vfs_, 1);

@@ -174,10 +174,6 @@ Result<Db> Db::open(const std::string& path, std::string_view synchronous,
     };
     CONVEYOR_TRY(prepare(db.begin_, "BEGIN IMMEDIATE"));
     CONVEYOR_TRY(prepare(db.commit_, "COMMIT"));
-    if (synchronous == "FULL" || synchronous == "EXTRA") {
-        CONVEYOR_TRY(prepare(db.relax_, "PRAGMA synchronous=NORMAL"));
-        CONVEYOR_TRY(prepare(db.restore_, fmt::format("PRAGMA synchronous={}", synchronous)));
-    }
     return db;
 }
 
@@ -223,10 +219,22 @@ Result<Stmt> Db::prepare(std::string_view sql) {
     return Stmt(db_, s);
 }
 
+Result<void> Db::unsynced(bool yes) {
+    if (yes == unsynced_ || (synchronous_ != "FULL" && synchronous_ != "EXTRA")) return {};
+    // (Through exec: SQLite applies a synchronous pragma when it compiles the statement, so a
+    // prepared one would not change the mode when run again.)
+    CONVEYOR_TRY(exec(fmt::format("PRAGMA synchronous={}", yes ? "NORMAL" : synchronous_)));
+    unsynced_ = yes;
+    return {};
+}
+
 Result<Transaction> Transaction::begin(Db& db, Commit how) {
     // (A transaction that must wait puts the mode back first, should that have failed before.)
     CONVEYOR_TRY(db.unsynced(how == Commit::unsynced));
-    CONVEYOR_TRY(db.begin_immediate());
+    if (auto begun = db.begin_immediate(); !begun) {
+        (void)db.unsynced(false);
+        return std::unexpected(begun.error());
+    }
     return Transaction(&db);
 }
 

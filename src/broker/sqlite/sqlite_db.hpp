@@ -93,8 +93,6 @@ class Db {
           wal_(o.wal_),
           begin_(std::move(o.begin_)),
           commit_(std::move(o.commit_)),
-          relax_(std::move(o.relax_)),
-          restore_(std::move(o.restore_)),
           unsynced_(o.unsynced_) {
         o.db_ = nullptr;
     }
@@ -106,8 +104,6 @@ class Db {
         std::swap(wal_, o.wal_);
         std::swap(begin_, o.begin_);
         std::swap(commit_, o.commit_);
-        std::swap(relax_, o.relax_);
-        std::swap(restore_, o.restore_);
         std::swap(unsynced_, o.unsynced_);
         return *this;
     }
@@ -115,8 +111,6 @@ class Db {
         // (The statements go first: a connection closed with statements open lives on.)
         begin_ = Stmt{};
         commit_ = Stmt{};
-        relax_ = Stmt{};
-        restore_ = Stmt{};
         sqlite3_close_v2(db_);
     }
 
@@ -149,12 +143,7 @@ class Db {
     /// For the next transaction: whether its commit may skip waiting for the disk (see
     /// Commit::unsynced; synchronous NORMAL where the connection's mode is FULL or EXTRA, put
     /// back before any transaction that must wait).
-    Result<void> unsynced(bool yes) {
-        if (yes == unsynced_ || !relax_) return {};
-        CONVEYOR_TRY(once(yes ? relax_ : restore_));
-        unsynced_ = yes;
-        return {};
-    }
+    Result<void> unsynced(bool yes);
 
   private:
     struct FileId {
@@ -175,8 +164,8 @@ class Db {
     std::string path_, synchronous_;
     std::chrono::milliseconds busy_timeout_{0};
     FileId wal_;
-    Stmt begin_, commit_, relax_, restore_;
-    bool unsynced_ = false;  // relax_ ran last
+    Stmt begin_, commit_;
+    bool unsynced_ = false;  // synchronous NORMAL set for the next transaction
 };
 
 /// How a transaction's commit meets the disk: as the connection's synchronous mode says, or,
