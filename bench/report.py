@@ -44,7 +44,7 @@ if fig.get('sidekiq_total_per_s') or fig.get('bullmq_total_per_s'):
     lines += ['', '| system, same N, one worker process | enqueue/s | drain/s | '
               'N / (enqueue + drain time) | steady state/s |', '|---|---:|---:|---:|---:|']
     if sq_e and sq_d:
-        lines.append('| Conveyor sqlite (sync=full, fsync per commit) | %s | %s | %s | %s |' % (
+        lines.append('| Conveyor sqlite (sync=full, fsync per enqueue and settlement) | %s | %s | %s | %s |' % (
             num(sq_e), num(sq_d), num(1 / (1 / sq_e + 1 / sq_d)),
             num(fig.get('conveyor_sqlite_steady_per_s'))))
     for label, key in (('Sidekiq 6.4.1 (push_bulk, -c 10)', 'sidekiq'),

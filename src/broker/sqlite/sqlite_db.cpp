@@ -145,9 +145,14 @@ Result<Db> Db::open(const std::string& path, std::string_view synchronous,
                          busy_limit(std::max(busy_timeout, std::chrono::milliseconds(0))));
     // journal_mode=WAL needs a write lock once per file; retry briefly when several processes
     // open a new file at the same time.
+    bool wal = false;
     for (int attempt = 0;; ++attempt) {
-        auto ok = db.exec("PRAGMA journal_mode=WAL");
-        if (ok) break;
+        auto mode = db.prepare("PRAGMA journal_mode=WAL");
+        Result<bool> ok = mode ? mode->step() : Result<bool>(std::unexpected(mode.error()));
+        if (ok) {
+            wal = *ok && mode->text(0) == "wal";
+            break;
+        }
         if (ok.error().code != Errc::unavailable || attempt > 50) {
             std::string why = unwritable_reason(path);
             if (!why.empty())
@@ -174,6 +179,8 @@ Result<Db> Db::open(const std::string& path, std::string_view synchronous,
     };
     CONVEYOR_TRY(prepare(db.begin_, "BEGIN IMMEDIATE"));
     CONVEYOR_TRY(prepare(db.commit_, "COMMIT"));
+    // Only where the log is written in order may a commit leave the disk to the next one.
+    db.may_unsync_ = wal && (synchronous == "FULL" || synchronous == "EXTRA");
     return db;
 }
 
@@ -220,9 +227,11 @@ Result<Stmt> Db::prepare(std::string_view sql) {
 }
 
 Result<void> Db::unsynced(bool yes) {
-    if (yes == unsynced_ || (synchronous_ != "FULL" && synchronous_ != "EXTRA")) return {};
+    if (yes == unsynced_ || !may_unsync_) return {};
     // (Through exec: SQLite applies a synchronous pragma when it compiles the statement, so a
-    // prepared one would not change the mode when run again.)
+    // prepared one would not change the mode when run again. Counted as NORMAL from the
+    // attempt on: a failure after the change must not pass for FULL.)
+    if (yes) unsynced_ = true;
     CONVEYOR_TRY(exec(fmt::format("PRAGMA synchronous={}", yes ? "NORMAL" : synchronous_)));
     unsynced_ = yes;
     return {};

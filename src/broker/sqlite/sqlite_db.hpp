@@ -9,7 +9,6 @@
 #include <string_view>
 
 #include "conveyor/error.hpp"
-#include "core/try.hpp"
 
 namespace conveyor::sqlite {
 
@@ -28,7 +27,6 @@ class Stmt {
         return *this;
     }
     ~Stmt() { sqlite3_finalize(s_); }
-    explicit operator bool() const noexcept { return s_ != nullptr; }
 
     Stmt& bind(int i, std::int64_t v) {
         sqlite3_bind_int64(s_, i, v);
@@ -93,7 +91,8 @@ class Db {
           wal_(o.wal_),
           begin_(std::move(o.begin_)),
           commit_(std::move(o.commit_)),
-          unsynced_(o.unsynced_) {
+          unsynced_(o.unsynced_),
+          may_unsync_(o.may_unsync_) {
         o.db_ = nullptr;
     }
     Db& operator=(Db&& o) noexcept {
@@ -105,6 +104,7 @@ class Db {
         std::swap(begin_, o.begin_);
         std::swap(commit_, o.commit_);
         std::swap(unsynced_, o.unsynced_);
+        std::swap(may_unsync_, o.may_unsync_);
         return *this;
     }
     ~Db() {
@@ -166,6 +166,7 @@ class Db {
     FileId wal_;
     Stmt begin_, commit_;
     bool unsynced_ = false;  // synchronous NORMAL set for the next transaction
+    bool may_unsync_ = false;  // FULL or EXTRA, in write-ahead-log mode
 };
 
 /// How a transaction's commit meets the disk: as the connection's synchronous mode says, or,
