@@ -167,6 +167,95 @@ TEST(SqliteEngine, WithSyncFullAClaimDoesNotWaitForTheDiskAndASettlementDoes) {
     EXPECT_EQ(stats_of(*f.broker, "q").ready, 1);
 }
 
+TEST(SqliteEngine, ManyAcknowledgementsInOneSettlementSettleTheTasksTheConsumerHoldsAsTheySay) {
+    // 70 acknowledgements in one settlement. Ten of the tasks are another consumer's (as after
+    // a lease ran out) and stay its own: no result, no count, no history for them. Some were
+    // revoked, some never ran (no attempt: the claim's start is kept, finished now).
+    for (bool history : {true, false}) {
+        TempDir dir;
+        std::string url = "sqlite://" + dir.file("c.db") + (history ? "" : "?history=0");
+        auto broker = *Broker::open(url);
+        Client client(broker);
+        std::vector<std::string> ids;
+        for (int i = 0; i < 70; ++i)
+            ids.push_back(*client.enqueue("t", Json::array({i}), {}, {.queue = "q"}));
+        auto consumer = [&](const char* name, std::size_t max) {
+            auto c = *broker->consume({.queues = {"q"}, .lease = 30s, .name = name});
+            auto got = c->fetch(max, 0ms);
+            EXPECT_TRUE(got && got->size() == max);
+            return std::pair{std::move(c), *got};
+        };
+        auto [first, mine] = consumer("first", 60);
+        auto [second, theirs] = consumer("second", 10);
+        auto t0 = std::chrono::time_point_cast<std::chrono::milliseconds>(SystemClock::now()) -
+                  std::chrono::minutes(1);
+        std::vector<Settlement> acks;
+        std::map<std::string, std::size_t> of_id;  // mine: index in acks
+        for (std::size_t i = 0; i < 70; ++i) {
+            bool other = i % 7 == 3;  // theirs, spread over both statements and the rest
+            auto& d = other ? theirs[i / 7] : mine[i - (i + 3) / 7];
+            Settlement s{Settlement::Kind::ack, d.tag};
+            if (i % 5 != 0)
+                s.attempt =
+                    Settlement::Attempt{.task = "t",
+                                        .started = t0 + std::chrono::milliseconds(10 * i),
+                                        .finished = t0 + std::chrono::milliseconds(10 * i + 3)};
+            if (i % 4 == 3) s.result = TaskResult{.id = d.message_id, .state = TaskState::revoked};
+            if (!other) of_id[d.message_id] = acks.size();
+            acks.push_back(std::move(s));
+        }
+        ASSERT_EQ(of_id.size(), 60u);
+        ASSERT_TRUE(first->settle(acks));
+        auto stats = stats_of(*broker, "q");
+        EXPECT_EQ(stats.in_flight, 10) << history;
+        EXPECT_EQ(stats.ready, 0) << history;
+        auto h = *broker->history();
+        if (history) {
+            for (auto& [id, i] : of_id) {
+                auto r = h->task(id);
+                ASSERT_TRUE(r) << id;
+                auto& s = acks[i];
+                EXPECT_EQ(r->state, s.result ? HistoryState::revoked : HistoryState::succeeded)
+                    << i;
+                EXPECT_TRUE(r->worker.starts_with("first#")) << r->worker;
+                ASSERT_TRUE(r->started && r->finished) << i;
+                if (s.attempt) {
+                    EXPECT_EQ(*r->started, s.attempt->started) << i;
+                    EXPECT_EQ(*r->finished, s.attempt->finished) << i;
+                } else {
+                    EXPECT_GT(*r->finished, t0 + std::chrono::seconds(30)) << i;  // now
+                }
+            }
+            for (auto& d : theirs) EXPECT_EQ(h->task(d.message_id)->state, HistoryState::running);
+            std::int64_t succeeded = 0;
+            for (auto& m : *h->minutes(t0 - std::chrono::minutes(1))) succeeded += m.succeeded;
+            std::int64_t ran = 0;
+            for (auto& [id, i] : of_id) ran += acks[i].attempt ? 1 : 0;
+            EXPECT_EQ(succeeded, ran);
+        } else {
+            for (auto& [id, i] : of_id) EXPECT_FALSE(h->task(id)) << i;
+        }
+        // A result only for the tasks settled (a revoked one of the other consumer's is not).
+        for (std::size_t i = 3; i < 70; i += 4) {
+            auto r = broker->result(i % 7 == 3 ? theirs[i / 7].message_id
+                                               : mine[i - (i + 3) / 7].message_id);
+            ASSERT_TRUE(r);
+            if (i % 7 == 3)
+                EXPECT_EQ(r->state, TaskState::started) << i;  // running, as the task is
+            else
+                EXPECT_EQ(r->state, TaskState::revoked) << i;
+        }
+        // The other consumer's tasks are still its own to settle.
+        std::vector<Settlement> rest;
+        for (auto& d : theirs) rest.push_back(Settlement{Settlement::Kind::ack, d.tag});
+        ASSERT_TRUE(second->settle(rest));
+        EXPECT_EQ(stats_of(*broker, "q").in_flight, 0) << history;
+        // (No result was stored for the first consumer's acknowledgements of them.)
+        for (std::size_t i = 3; i < 70; i += 28)
+            EXPECT_NE(broker->result(theirs[i / 7].message_id)->state, TaskState::revoked) << i;
+    }
+}
+
 TEST(SqliteEngine, PriorityFirstThenFifo) {
     Fixture f;
     std::vector<std::string> ids;
