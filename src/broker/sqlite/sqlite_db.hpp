@@ -165,7 +165,7 @@ class Db {
     std::chrono::milliseconds busy_timeout_{0};
     FileId wal_;
     Stmt begin_, commit_;
-    bool unsynced_ = false;  // synchronous NORMAL set for the next transaction
+    bool unsynced_ = false;    // synchronous NORMAL set for the next transaction
     bool may_unsync_ = false;  // FULL or EXTRA, in write-ahead-log mode
 };
 
