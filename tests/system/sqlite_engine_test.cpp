@@ -228,7 +228,9 @@ TEST(SqliteEngine, ManyAcknowledgementsInOneSettlementSettleTheTasksTheConsumerH
             }
             for (auto& d : theirs) EXPECT_EQ(h->task(d.message_id)->state, HistoryState::running);
             std::int64_t succeeded = 0;
-            for (auto& m : *h->minutes(t0 - std::chrono::minutes(1))) succeeded += m.succeeded;
+            auto minutes = h->minutes(t0 - std::chrono::minutes(1));
+            ASSERT_TRUE(minutes);
+            for (auto& m : *minutes) succeeded += m.succeeded;
             std::int64_t ran = 0;
             for (auto& [id, i] : of_id) ran += acks[i].attempt ? 1 : 0;
             EXPECT_EQ(succeeded, ran);
