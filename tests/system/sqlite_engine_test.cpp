@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <map>
+#include <set>
 #include <thread>
 
 #include "broker/sqlite/sqlite_db.hpp"
@@ -704,6 +705,66 @@ INSERT INTO tasks(id, queue, state, props, headers, body, name, reason) VALUES
     auto again = Broker::open("sqlite://" + path);
     ASSERT_TRUE(again) << again.error().message;
     EXPECT_EQ(rows_of(path, "messages"), 3);
+}
+
+TEST(SqliteEngine, ABatchGoesInByChunksAndEachNewIdGetsItsOwnMessageOnce) {
+    // 150 tasks in one enqueue (two chunks of 64, two of 8, six of one), among them ids the
+    // file already holds (waiting, or with a stored result), an id twice in one chunk and an
+    // id twice across chunks: the first of each new id is stored, with its own message.
+    Fixture f;
+    auto path = f.dir.file("c.db");
+    for (int i = 0; i < 3; ++i)
+        ASSERT_TRUE(f.client.enqueue("t", Json::array({-1}), {},
+                                     {.queue = "q", .id = fmt::format("old-{}", i)}));
+    ASSERT_TRUE(f.broker->store_results(
+        std::vector<TaskResult>{{.id = "done-0", .state = TaskState::success, .result = 1}}, ""));
+    std::vector<TaskMessage> batch;
+    std::map<std::string, int> first;  // id -> its argument, where the batch stores it
+    int delayed = 0;
+    for (int i = 0; i < 150; ++i) {
+        std::string id = fmt::format("new-{}", i);
+        if (i == 10) id = "new-3";   // twice in the first chunk
+        if (i == 140) id = "new-5";  // and across chunks
+        if (i == 70) id = "old-0";   // waiting already
+        if (i == 145) id = "old-1";  // in a chunk of one
+        if (i == 30) id = "done-0";  // has a result
+        TaskMessage t{.id = id, .name = "t", .args = Json::array({i})};
+        if (i % 9 == 4) t.eta = SystemClock::now() + std::chrono::hours(1);
+        if (!id.starts_with("new-") || first.contains(id)) {
+            batch.push_back(std::move(t));
+            continue;
+        }
+        delayed += t.eta ? 1 : 0;
+        first[id] = i;
+        batch.push_back(std::move(t));
+    }
+    ASSERT_EQ(first.size(), 145u);
+    auto ids = f.client.enqueue_many(std::move(batch), {.queue = "q"});
+    ASSERT_TRUE(ids) << ids.error().message;
+    auto stats = stats_of(*f.broker, "q");
+    EXPECT_EQ(stats.ready, 3 + 145 - delayed);
+    EXPECT_EQ(stats.delayed, delayed);
+    EXPECT_EQ(rows_of(path, "tasks"), 3 + 145);
+    EXPECT_EQ(rows_of(path, "messages"), 3 + 145);
+    EXPECT_EQ(rows_of(path, "tasks JOIN messages USING(seq)"), 3 + 145);
+    // Each waiting task's message is its own: its id, and the argument of its first enqueue.
+    auto c = f.consumer({"q"});
+    auto got = c->fetch(200, 0ms);
+    ASSERT_TRUE(got);
+    ASSERT_EQ(got->size(), std::size_t(3 + 145 - delayed));
+    std::set<std::string> seen;
+    for (auto& d : *got) {
+        auto t = codec::decode(d.envelope);
+        ASSERT_TRUE(t) << t.error().message;
+        EXPECT_EQ(t->id, d.message_id);
+        EXPECT_TRUE(seen.insert(t->id).second) << t->id << " twice";
+        if (t->id.starts_with("old-")) {
+            EXPECT_EQ(t->args, Json::array({-1})) << t->id;
+            continue;
+        }
+        ASSERT_TRUE(first.contains(t->id)) << t->id;
+        EXPECT_EQ(t->args, Json::array({first[t->id]})) << t->id;
+    }
 }
 
 TEST(SqliteEngine, QueueCountsFollowEveryChangeOfState) {

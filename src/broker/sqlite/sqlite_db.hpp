@@ -48,6 +48,15 @@ class Stmt {
         sqlite3_bind_blob(s_, i, v.data(), int(v.size()), SQLITE_TRANSIENT);
         return *this;
     }
+    /// Text and a blob that stay as they are until the statement is reset: not copied.
+    Stmt& bind_unchanged(int i, std::string_view v) {
+        sqlite3_bind_text(s_, i, v.data(), int(v.size()), SQLITE_STATIC);
+        return *this;
+    }
+    Stmt& bind_blob_unchanged(int i, std::string_view v) {
+        sqlite3_bind_blob(s_, i, v.data(), int(v.size()), SQLITE_STATIC);
+        return *this;
+    }
     Stmt& bind_null(int i) {
         sqlite3_bind_null(s_, i);
         return *this;

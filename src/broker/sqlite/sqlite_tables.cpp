@@ -295,12 +295,11 @@ Result<Statements> Statements::prepare(Db& db) {
         std::string_view sql;
     };
     Def defs[] = {
-        {&s.insert_task,
-         "INSERT OR IGNORE INTO "
-         "tasks(id,queue,state,priority,available_at,retries,name,created_at,unique_key,fair) "
-         "SELECT ?1,?2,?3,?4,?5,?6,?7,?8,?9,?10 WHERE NOT EXISTS (SELECT 1 FROM results WHERE "
-         "id=?1)"},
-        {&s.insert_message, "INSERT INTO messages(seq,props,headers,body) VALUES(?1,?2,?3,?4)"},
+        // (The next seq: past every task and message, as SQLite's own rowid would be.)
+        {&s.task_at, "SELECT count(*) FROM tasks WHERE seq=?1"},
+        {&s.top_seq,
+         "SELECT max(coalesce((SELECT max(seq) FROM tasks), 0), "
+         "coalesce((SELECT max(seq) FROM messages), 0))"},
         {&s.read_message, "SELECT props, headers, body FROM messages WHERE seq=?1"},
         {&s.update_message, "UPDATE messages SET props=?2, headers=?3, body=?4 WHERE seq=?1"},
         {&s.insert_queue, "INSERT OR IGNORE INTO queues(name) VALUES(?1)"},
@@ -410,6 +409,24 @@ Result<Statements> Statements::prepare(Db& db) {
         auto st = db.prepare(d.sql);
         CONVEYOR_TRY(st);
         *d.stmt = std::move(*st);
+    }
+    for (std::size_t c = 0; c < std::size(kChunks); ++c) {
+        // A task whose id has a stored result is not enqueued again (see insert_messages).
+        std::string tasks =
+            "INSERT OR IGNORE INTO tasks(seq,id,queue,state,priority,available_at,retries,name,"
+            "created_at,unique_key,fair) SELECT * FROM (VALUES ";
+        std::string messages = "INSERT INTO messages(seq,props,headers,body) VALUES ";
+        for (std::size_t i = 0; i < kChunks[c]; ++i) {
+            tasks += i ? ",(?,?,?,?,?,?,?,?,?,?,?)" : "(?,?,?,?,?,?,?,?,?,?,?)";
+            messages += i ? ",(?,?,?,?)" : "(?,?,?,?)";
+        }
+        tasks += ") AS v WHERE NOT EXISTS (SELECT 1 FROM results WHERE id=v.column2)";
+        auto t = db.prepare(tasks);
+        CONVEYOR_TRY(t);
+        s.insert_tasks[c] = std::move(*t);
+        auto m = db.prepare(messages);
+        CONVEYOR_TRY(m);
+        s.insert_messages[c] = std::move(*m);
     }
     return s;
 }
@@ -619,54 +636,111 @@ Result<void> insert_messages(Statements& st, std::span<const OutgoingMessage> ms
         st.read_fair.reset();
         known.version = *version;
     }
-    Turns turns;
-    for (auto& m : msgs) {
+    for (auto& m : msgs)
         if (m.queue.empty()) return fail(Errc::invalid_argument, "message has no queue");
-        if (!known.rows.contains(m.queue)) {
-            st.insert_queue.reset();
-            CONVEYOR_TRY(st.insert_queue.bind(1, m.queue).run());
+    // Each row's seq is given (the tasks and their messages then go in a chunk per statement):
+    // the next past every row, as SQLite's own rowid would be; the write lock is held.
+    auto top = first_i64(st.top_seq);
+    CONVEYOR_TRY(top);
+    std::int64_t seq = *top + 1;
+    Turns turns;
+    // A chunk's messages as stored, kept until its tasks are in (a task already known gets
+    // none).
+    struct Stored {
+        std::string props, headers, task_body;
+        const std::string* body;  // &task_body, or the envelope's
+        std::string_view queue;
+        int state;
+    };
+    std::vector<Stored> chunk;
+    chunk.reserve(Statements::kChunks[0]);
+    for (std::size_t first = 0; first < msgs.size();) {
+        std::size_t c = 0;
+        while (Statements::kChunks[c] > msgs.size() - first) ++c;
+        const std::size_t size = Statements::kChunks[c];
+        Stmt& tasks = st.insert_tasks[c];
+        tasks.reset();
+        chunk.clear();
+        for (std::size_t i = 0; i < size; ++i) {
+            const OutgoingMessage& m = msgs[first + i];
+            if (!known.rows.contains(m.queue)) {
+                st.insert_queue.reset();
+                CONVEYOR_TRY(st.insert_queue.bind(1, m.queue).run());
+            }
+            // What is stored: a task passed as it is (TaskForm::task) written as text from its
+            // fields, without the Celery message's JSON tree; else the message's envelope.
+            const TaskMessage* task = m.task.get();
+            Stored& row = chunk.emplace_back();
+            row.body = &m.envelope.body;
+            if (task) {
+                row.task_body = codec::encode_body(*task);
+                row.body = &row.task_body;
+            }
+            std::int64_t turn = 0;
+            if (auto f = known.fair.find(m.queue); f != known.fair.end()) {
+                auto t = next_turn(st, turns, m.queue, limit_key_of_body(f->second, *row.body));
+                CONVEYOR_TRY(t);
+                turn = *t;
+            }
+            std::string id = !m.task_id.empty() ? m.task_id
+                             : task             ? task->id
+                                                : codec::envelope_id(m.envelope);
+            if (id.empty()) id = make_task_id();
+            auto at = m.not_before ? to_epoch_ms(*m.not_before) : now;
+            row.queue = m.queue;
+            row.state = at > now ? kDelayed : kReady;
+            int p = int(i) * 11;
+            tasks.bind(p + 1, seq + std::int64_t(i))
+                .bind(p + 2, id)
+                .bind(p + 3, m.queue)
+                .bind(p + 4, row.state)
+                .bind(p + 5, task ? task->priority : m.envelope.priority)
+                .bind(p + 6, at)
+                .bind(p + 7, task ? task->retries : retries_of(m.envelope))
+                .bind_or_null(p + 8, task ? std::string_view(task->name) : task_name_of(m.envelope))
+                .bind(p + 9, now)
+                .bind_or_null(p + 10, unique_key)
+                .bind(p + 11, turn);
+            row.props = task ? props_json(*task) : props_json(m.envelope);
+            row.headers = task ? codec::headers_text(*task) : headers_json(m.envelope);
         }
-        // What is stored: a task passed as it is (TaskForm::task) written as text from its
-        // fields, without the Celery message's JSON tree; else the message's envelope.
-        const TaskMessage* task = m.task.get();
-        std::string task_body;  // (written once needed: a fair queue's key, or a new id's row)
-        auto body = [&]() -> const std::string& {
-            if (!task) return m.envelope.body;
-            if (task_body.empty()) task_body = codec::encode_body(*task);
-            return task_body;
-        };
-        std::int64_t turn = 0;
-        if (auto f = known.fair.find(m.queue); f != known.fair.end()) {
-            auto t = next_turn(st, turns, m.queue, limit_key_of_body(f->second, body()));
-            CONVEYOR_TRY(t);
-            turn = *t;
-        }
-        std::string id = !m.task_id.empty() ? m.task_id
-                         : task             ? task->id
-                                            : codec::envelope_id(m.envelope);
-        if (id.empty()) id = make_task_id();
-        auto at = m.not_before ? to_epoch_ms(*m.not_before) : now;
-        st.insert_task.reset();
-        st.insert_task.bind(1, id)
-            .bind(2, m.queue)
-            .bind(3, at > now ? int(kDelayed) : int(kReady))
-            .bind(4, task ? task->priority : m.envelope.priority)
-            .bind(5, at)
-            .bind(6, task ? task->retries : retries_of(m.envelope))
-            .bind_or_null(7, task ? std::string_view(task->name) : task_name_of(m.envelope))
-            .bind(8, now)
-            .bind_or_null(9, unique_key)
-            .bind(10, turn);
-        auto added = st.insert_task.run();
+        auto added = tasks.run();
         CONVEYOR_TRY(added);
-        if (*added == 0) continue;  // an id already known
-        counts.add(m.queue, at > now ? kDelayed : kReady, 1);
-        st.insert_message.reset();
-        st.insert_message.bind(1, st.insert_task.last_rowid())
-            .bind(2, task ? props_json(*task) : props_json(m.envelope))
-            .bind(3, task ? codec::headers_text(*task) : headers_json(m.envelope))
-            .bind_blob(4, body());
-        CONVEYOR_TRY(st.insert_message.run());
+        // Which rows went in: all, or (an id already known, or twice in the chunk) those whose
+        // seq is now taken; a message each. (The chunk's text is bound as it is, not copied:
+        // a chunk of large messages is then not held twice; reset before the chunk goes.)
+        auto put = [&](Stmt& messages, int p, std::size_t i) {
+            messages.bind(p + 1, seq + std::int64_t(i))
+                .bind_unchanged(p + 2, chunk[i].props)
+                .bind_unchanged(p + 3, chunk[i].headers)
+                .bind_blob_unchanged(p + 4, *chunk[i].body);
+            counts.add(chunk[i].queue, chunk[i].state, 1);
+        };
+        auto run = [](Stmt& messages) -> Result<void> {
+            auto done = messages.run();
+            messages.reset();
+            CONVEYOR_TRY(done);
+            return {};
+        };
+        if (std::size_t(*added) == size) {
+            Stmt& messages = st.insert_messages[c];
+            messages.reset();
+            for (std::size_t i = 0; i < size; ++i) put(messages, int(i) * 4, i);
+            CONVEYOR_TRY(run(messages));
+        } else if (*added > 0) {
+            for (std::size_t i = 0; i < size; ++i) {
+                st.task_at.reset();
+                auto taken = first_i64(st.task_at.bind(1, seq + std::int64_t(i)));
+                CONVEYOR_TRY(taken);
+                if (*taken == 0) continue;
+                Stmt& one = st.insert_messages[std::size(Statements::kChunks) - 1];
+                one.reset();
+                put(one, 0, i);
+                CONVEYOR_TRY(run(one));
+            }
+        }
+        seq += std::int64_t(size);
+        first += size;
     }
     for (auto& [qk, last] : turns.key) {
         st.fair_keep.reset();
