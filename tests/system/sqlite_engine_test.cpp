@@ -708,9 +708,10 @@ INSERT INTO tasks(id, queue, state, props, headers, body, name, reason) VALUES
 }
 
 TEST(SqliteEngine, ABatchGoesInByChunksAndEachNewIdGetsItsOwnMessageOnce) {
-    // 150 tasks in one enqueue (two chunks of 64, two of 8, six of one), among them ids the
-    // file already holds (waiting, or with a stored result), an id twice in one chunk and an
-    // id twice across chunks: the first of each new id is stored, with its own message.
+    // 214 tasks in one enqueue (chunks of 64, 64, 64, 8, 8, then six of one) and 9 messages
+    // published as they came (8 and 1), among them ids the file already holds (waiting, or
+    // with a stored result), an id twice in one chunk and twice across chunks, and a chunk of
+    // only known ids: the first of each new id is stored, with its own message.
     Fixture f;
     auto path = f.dir.file("c.db");
     for (int i = 0; i < 3; ++i)
@@ -718,53 +719,95 @@ TEST(SqliteEngine, ABatchGoesInByChunksAndEachNewIdGetsItsOwnMessageOnce) {
                                      {.queue = "q", .id = fmt::format("old-{}", i)}));
     ASSERT_TRUE(f.broker->store_results(
         std::vector<TaskResult>{{.id = "done-0", .state = TaskState::success, .result = 1}}, ""));
+    const std::map<int, std::string> known = {
+        {70, "old-0"},  {80, "new-3"},   {100, "new-90"}, {192, "old-0"}, {193, "old-1"},
+        {194, "old-2"}, {195, "done-0"}, {196, "new-5"},  {197, "new-6"}, {198, "new-7"},
+        {199, "new-8"}, {203, "done-0"}, {210, "old-1"}};
     std::vector<TaskMessage> batch;
-    std::map<std::string, int> first;  // id -> its argument, where the batch stores it
+    std::map<std::string, int> first;  // new id -> the argument it was first enqueued with
     int delayed = 0;
-    for (int i = 0; i < 150; ++i) {
-        std::string id = fmt::format("new-{}", i);
-        if (i == 10) id = "new-3";   // twice in the first chunk
-        if (i == 140) id = "new-5";  // and across chunks
-        if (i == 70) id = "old-0";   // waiting already
-        if (i == 145) id = "old-1";  // in a chunk of one
-        if (i == 30) id = "done-0";  // has a result
+    for (int i = 0; i < 214; ++i) {
+        auto k = known.find(i);
+        std::string id = k != known.end() ? k->second : fmt::format("new-{}", i);
         TaskMessage t{.id = id, .name = "t", .args = Json::array({i})};
         if (i % 9 == 4) t.eta = SystemClock::now() + std::chrono::hours(1);
-        if (!id.starts_with("new-") || first.contains(id)) {
-            batch.push_back(std::move(t));
-            continue;
+        if (k == known.end()) {
+            delayed += t.eta ? 1 : 0;
+            first[id] = i;
         }
-        delayed += t.eta ? 1 : 0;
-        first[id] = i;
         batch.push_back(std::move(t));
     }
-    ASSERT_EQ(first.size(), 145u);
-    auto ids = f.client.enqueue_many(std::move(batch), {.queue = "q"});
-    ASSERT_TRUE(ids) << ids.error().message;
+    ASSERT_EQ(first.size(), 214u - known.size());
+    ASSERT_TRUE(f.client.enqueue_many(std::move(batch), {.queue = "q"}));
+    // Messages as they came (their envelope stored as it is).
+    std::vector<OutgoingMessage> envelopes;
+    for (int i = 0; i < 9; ++i) {
+        std::string id = i == 4 ? "new-0" : fmt::format("env-{}", i);
+        envelopes.push_back({.queue = "q",
+                             .task_id = id,
+                             .envelope = codec::encode(TaskMessage{
+                                 .id = id, .name = "t", .args = Json::array({1000 + i})})});
+        if (i != 4) first[id] = 1000 + i;
+    }
+    ASSERT_TRUE(f.broker->publish(envelopes));
+    const auto stored = std::int64_t(3 + first.size());
     auto stats = stats_of(*f.broker, "q");
-    EXPECT_EQ(stats.ready, 3 + 145 - delayed);
+    EXPECT_EQ(stats.ready, stored - delayed);
     EXPECT_EQ(stats.delayed, delayed);
-    EXPECT_EQ(rows_of(path, "tasks"), 3 + 145);
-    EXPECT_EQ(rows_of(path, "messages"), 3 + 145);
-    EXPECT_EQ(rows_of(path, "tasks JOIN messages USING(seq)"), 3 + 145);
-    // Each waiting task's message is its own: its id, and the argument of its first enqueue.
-    auto c = f.consumer({"q"});
-    auto got = c->fetch(200, 0ms);
-    ASSERT_TRUE(got);
-    ASSERT_EQ(got->size(), std::size_t(3 + 145 - delayed));
+    EXPECT_EQ(rows_of(path, "tasks"), stored);
+    EXPECT_EQ(rows_of(path, "messages"), stored);
+    // Each task's message is its own (delayed ones too): its id, and the argument of its
+    // first enqueue.
+    auto db = sqlite::Db::open(path, "normal");
+    ASSERT_TRUE(db);
+    auto rows = db->prepare(
+        "SELECT tasks.id, json_extract(headers, '$.id'), json_extract(CAST(body AS TEXT), "
+        "'$[0][0]') FROM tasks JOIN messages USING(seq)");
+    ASSERT_TRUE(rows);
     std::set<std::string> seen;
-    for (auto& d : *got) {
-        auto t = codec::decode(d.envelope);
-        ASSERT_TRUE(t) << t.error().message;
-        EXPECT_EQ(t->id, d.message_id);
-        EXPECT_TRUE(seen.insert(t->id).second) << t->id << " twice";
-        if (t->id.starts_with("old-")) {
-            EXPECT_EQ(t->args, Json::array({-1})) << t->id;
+    while (*rows->step()) {
+        std::string id = rows->text(0);
+        EXPECT_EQ(rows->text(1), id);
+        EXPECT_TRUE(seen.insert(id).second) << id << " twice";
+        if (id.starts_with("old-")) {
+            EXPECT_EQ(rows->i64(2), -1) << id;
             continue;
         }
-        ASSERT_TRUE(first.contains(t->id)) << t->id;
-        EXPECT_EQ(t->args, Json::array({first[t->id]})) << t->id;
+        ASSERT_TRUE(first.contains(id)) << id;
+        EXPECT_EQ(rows->i64(2), first[id]) << id;
     }
+    EXPECT_EQ(std::int64_t(seen.size()), stored);
+    // And the consumer gets them.
+    auto c = f.consumer({"q"});
+    auto got = c->fetch(300, 0ms);
+    ASSERT_TRUE(got);
+    EXPECT_EQ(std::int64_t(got->size()), stored - delayed);
+}
+
+TEST(SqliteEngine, ANewTaskNeverTakesTheNumberOfOneTheSearchIndexHasRead) {
+    // The newest task deleted as it finishes (?history=0), then another enqueued: the search
+    // finds the new one by its own arguments, not by the gone one's.
+    TempDir dir;
+    auto broker = *Broker::open("sqlite://" + dir.file("c.db") + "?history=0");
+    Client client(broker);
+    ASSERT_TRUE(client.enqueue("t", Json::array({"alphabet"}), {}, {.queue = "q"}));
+    auto h = *broker->history();
+    ASSERT_EQ(*h->index(100), 1u);
+    auto c = *broker->consume({.queues = {"q"}, .lease = 30s, .name = "c"});
+    auto got = c->fetch(1, 0ms);
+    ASSERT_EQ(got->size(), 1u);
+    std::vector<Settlement> ack = {{Settlement::Kind::ack, (*got)[0].tag}};
+    ASSERT_TRUE(c->settle(ack));
+    auto id = client.enqueue("t", Json::array({"bravo"}), {}, {.queue = "q"});
+    ASSERT_TRUE(id);
+    ASSERT_EQ(*h->index(100), 1u);
+    auto found = h->tasks({.search = "bravo"});
+    ASSERT_TRUE(found) << found.error().message;
+    ASSERT_EQ(found->tasks.size(), 1u);
+    EXPECT_EQ(found->tasks[0].id, *id);
+    auto gone = h->tasks({.search = "alphabet"});
+    ASSERT_TRUE(gone);
+    EXPECT_TRUE(gone->tasks.empty());
 }
 
 TEST(SqliteEngine, QueueCountsFollowEveryChangeOfState) {

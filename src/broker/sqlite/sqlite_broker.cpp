@@ -36,8 +36,10 @@ class SqliteBroker final : public Broker, public detail::MovePublisher {
         if (msgs.empty()) return {};
         for (auto& m : msgs) CONVEYOR_TRY(detail::check_embedded_message(m, "sqlite"));
         std::lock_guard lk(mu_);
-        return in_transaction(
-            db_, st_, [&]() -> Result<void> { return insert_messages(st_, msgs, known_queues_); });
+        CONVEYOR_TRY(in_transaction(
+            db_, st_, [&]() -> Result<void> { return insert_messages(st_, msgs, known_queues_); }));
+        known_queues_.committed(msgs);
+        return {};
     }
 
     // Tasks published in this process come as they are, and are stored as text without the
@@ -87,6 +89,7 @@ class SqliteBroker final : public Broker, public detail::MovePublisher {
             return {};
         });
         CONVEYOR_TRY(ok);
+        if (holder == id) known_queues_.committed(std::span(&one, 1));
         return holder;
     }
 

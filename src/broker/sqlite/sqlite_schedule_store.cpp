@@ -68,7 +68,10 @@ class SqliteScheduleStore final : public ScheduleStore {
 
     Result<bool> fire(std::string_view owner, std::span<const ScheduleFire> fires) override {
         bool led = false;
+        std::vector<OutgoingMessage> msgs;
         auto ok = in_transaction(db_, st_, [&]() -> Result<void> {
+            led = false;  // (as of the attempt that commits)
+            msgs.clear();
             auto check =
                 db_.prepare("SELECT 1 FROM scheduler_lease WHERE id=1 AND owner=?1 AND until>=?2");
             CONVEYOR_TRY(check);
@@ -77,7 +80,6 @@ class SqliteScheduleStore final : public ScheduleStore {
             CONVEYOR_TRY(row);
             if (!*row) return {};  // another scheduler leads now: publish nothing
             led = true;
-            std::vector<OutgoingMessage> msgs;
             for (auto& f : fires)
                 if (f.message) msgs.push_back(*f.message);
             CONVEYOR_TRY(insert_messages(st_, msgs, known_queues_));
@@ -95,6 +97,7 @@ class SqliteScheduleStore final : public ScheduleStore {
             return {};
         });
         CONVEYOR_TRY(ok);
+        known_queues_.committed(msgs);
         return led;
     }
 

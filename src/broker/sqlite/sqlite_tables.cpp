@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <limits>
 
 #include "conveyor/limits.hpp"
 #include "conveyor/log.hpp"
@@ -82,6 +83,10 @@ CREATE TABLE IF NOT EXISTS minutes(minute INTEGER NOT NULL, queue TEXT NOT NULL,
   wait_ms INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(minute, queue, name)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS workers(name TEXT PRIMARY KEY, info TEXT NOT NULL,
   seen_at INTEGER NOT NULL) WITHOUT ROWID;
+-- How far the search index (sqlite_history.cpp) has read the messages: a new task's seq is
+-- always past it (see top_seq), so an entry is never that of an older task with the same seq.
+CREATE TABLE IF NOT EXISTS task_search_state(id INTEGER PRIMARY KEY CHECK(id=1),
+  last_seq INTEGER NOT NULL, cleaned_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS chord_parts(group_id TEXT NOT NULL, idx INTEGER NOT NULL,
   task_id TEXT NOT NULL, state INTEGER NOT NULL, result TEXT,
   PRIMARY KEY(group_id, idx)) WITHOUT ROWID;
@@ -295,11 +300,13 @@ Result<Statements> Statements::prepare(Db& db) {
         std::string_view sql;
     };
     Def defs[] = {
-        // (The next seq: past every task and message, as SQLite's own rowid would be.)
         {&s.task_at, "SELECT count(*) FROM tasks WHERE seq=?1"},
+        // (The next seq is past every task and message, as SQLite's own rowid would be, and
+        // past what the search index has read.)
         {&s.top_seq,
          "SELECT max(coalesce((SELECT max(seq) FROM tasks), 0), "
-         "coalesce((SELECT max(seq) FROM messages), 0))"},
+         "coalesce((SELECT max(seq) FROM messages), 0), "
+         "coalesce((SELECT last_seq FROM task_search_state), 0))"},
         {&s.read_message, "SELECT props, headers, body FROM messages WHERE seq=?1"},
         {&s.update_message, "UPDATE messages SET props=?2, headers=?3, body=?4 WHERE seq=?1"},
         {&s.insert_queue, "INSERT OR IGNORE INTO queues(name) VALUES(?1)"},
@@ -642,6 +649,8 @@ Result<void> insert_messages(Statements& st, std::span<const OutgoingMessage> ms
     // the next past every row, as SQLite's own rowid would be; the write lock is held.
     auto top = first_i64(st.top_seq);
     CONVEYOR_TRY(top);
+    if (*top < 0 || *top > std::numeric_limits<std::int64_t>::max() - std::int64_t(msgs.size()))
+        return fail(Errc::io, "the task file has no task numbers left (seq at its maximum)");
     std::int64_t seq = *top + 1;
     Turns turns;
     // A chunk's messages as stored, kept until its tasks are in (a task already known gets
@@ -670,7 +679,7 @@ Result<void> insert_messages(Statements& st, std::span<const OutgoingMessage> ms
             // What is stored: a task passed as it is (TaskForm::task) written as text from its
             // fields, without the Celery message's JSON tree; else the message's envelope.
             const TaskMessage* task = m.task.get();
-            Stored& row = chunk.emplace_back();
+            Stored& row = chunk.emplace_back();  // (reserved: `body` may point into it)
             row.body = &m.envelope.body;
             if (task) {
                 row.task_body = codec::encode_body(*task);
@@ -746,9 +755,7 @@ Result<void> insert_messages(Statements& st, std::span<const OutgoingMessage> ms
         st.fair_keep.reset();
         CONVEYOR_TRY(st.fair_keep.bind(1, qk.first).bind(2, qk.second).bind(3, last).run());
     }
-    CONVEYOR_TRY(counts.write(st));
-    for (auto& m : msgs) known.rows.insert(m.queue);
-    return {};
+    return counts.write(st);
 }
 
 }  // namespace conveyor::sqlite

@@ -160,9 +160,17 @@ struct KnownQueues {
     std::set<std::string, std::less<>> rows;
     std::map<std::string, std::string, std::less<>> fair;  // fair queue -> its fair_key
     std::int64_t version = -1;                             // the user_version `fair` is from
+
+    /// After the transaction that inserted `msgs` committed (not before: a commit retried
+    /// runs the inserts again), their queues have their rows.
+    void committed(std::span<const OutgoingMessage> msgs) {
+        for (auto& m : msgs)
+            if (!rows.contains(m.queue)) rows.insert(m.queue);
+    }
 };
 
-/// Inserts messages (inside a transaction); an id already known is dropped. With a
+/// Inserts messages (inside a transaction); an id already known is dropped. (The caller
+/// tells `known` once the transaction committed: KnownQueues::committed.) With a
 /// `unique_key`, the tasks hold it (tasks_unique). A task of a fair queue gets its turn: one
 /// after its key's latest task's, and not before the turn the queue's workers have reached,
 /// so that keys take turns (SFQ: a key that was idle joins at the current turn).
