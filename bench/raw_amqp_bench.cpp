@@ -8,7 +8,14 @@
 // hand here. With `bare` it is a
 // 120-byte body without headers or other properties instead: what RabbitMQ costs without the
 // work of reading a task's headers.
-// usage: bench_raw_amqp HOST PORT N [bare]
+// usage: bench_raw_amqp HOST PORT N [bare | latency RATE SECONDS]
+//
+// With `latency RATE SECONDS` instead of `bare`: the floor under Conveyor's enqueue-to-start
+// latency. A consumer (its own connection and thread, manual acks, prefetch 1,000) reads each
+// message as it comes while this thread publishes RATE messages a second for SECONDS as the
+// latency benchmark's client does: every millisecond the messages due, persistent, and waits
+// for their confirms; each body carries its send time. Prints "p50-µs p99-µs" from send to
+// receipt. (N is unused then.)
 
 #include <amqp.h>
 #include <amqp_tcp_socket.h>
@@ -16,9 +23,12 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -45,17 +55,106 @@ amqp_connection_state_t open(const char* host, int port) {
     return c;
 }
 
+std::int64_t now_us() {
+    return std::chrono::duration_cast<std::chrono::microseconds>(Clock::now().time_since_epoch())
+        .count();
+}
+
+/// Waits for the confirms of every message published so far (`sent`).
+bool await_confirms(amqp_connection_state_t pub, long sent, long& confirmed) {
+    while (confirmed < sent) {
+        amqp_frame_t f;
+        if (amqp_simple_wait_frame(pub, &f) != AMQP_STATUS_OK) return false;
+        if (f.frame_type == AMQP_FRAME_METHOD && f.payload.method.id == AMQP_BASIC_ACK_METHOD) {
+            auto* ack = static_cast<amqp_basic_ack_t*>(f.payload.method.decoded);
+            confirmed = ack->multiple ? long(ack->delivery_tag)
+                                      : std::max(confirmed, long(ack->delivery_tag));
+        }
+    }
+    return true;
+}
+
+int measure_latency(const char* host, int port, const std::string& queue,
+                    amqp_connection_state_t pub, const amqp_basic_properties_t& props,
+                    double rate, double seconds) {
+    std::vector<std::int64_t> lat;
+    std::atomic<long> received{0};
+    std::atomic<bool> ready{false};
+    std::atomic<bool> done{false};
+    std::thread consumer([&] {
+        auto con = open(host, port);
+        amqp_basic_qos(con, 1, 0, 1000, 0);
+        amqp_basic_consume(con, 1, amqp_cstring_bytes(queue.c_str()), amqp_empty_bytes, 0, 0, 0,
+                           amqp_empty_table);
+        check(amqp_get_rpc_reply(con), "consume");
+        ready = true;
+        timeval tick{0, 100000};
+        while (!done) {
+            amqp_envelope_t env;
+            amqp_maybe_release_buffers(con);
+            auto r = amqp_consume_message(con, &env, &tick, 0);
+            if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
+                r.library_error == AMQP_STATUS_TIMEOUT)
+                continue;
+            if (r.reply_type != AMQP_RESPONSE_NORMAL) std::exit(1);
+            auto at = now_us();
+            std::string body(static_cast<const char*>(env.message.body.bytes),
+                             env.message.body.len);
+            lat.push_back(at - std::atoll(body.c_str() + 2));  // [[<sent>], ...
+            amqp_basic_ack(con, 1, env.delivery_tag, 0);
+            amqp_destroy_envelope(&env);
+            ++received;
+        }
+        amqp_connection_close(con, AMQP_REPLY_SUCCESS);
+        amqp_destroy_connection(con);
+    });
+    while (!ready) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    const double per_ms = std::max(1.0, rate / 1000.0);
+    double owed = 0;
+    long sent = 0, confirmed = 0;
+    auto start = Clock::now();
+    while (Clock::now() - start < std::chrono::duration<double>(seconds)) {
+        for (owed += per_ms; owed >= 1; owed -= 1) {
+            std::string body = fmt::format(
+                R"([[{}], {{}}, {{"callbacks": null, "errbacks": null, "chain": null, "chord": null}}])",
+                now_us());
+            if (amqp_basic_publish(pub, 1, amqp_empty_bytes, amqp_cstring_bytes(queue.c_str()), 1,
+                                   0, &props, amqp_bytes_t{body.size(), body.data()}) !=
+                AMQP_STATUS_OK)
+                return 1;
+            ++sent;
+        }
+        if (!await_confirms(pub, sent, confirmed)) return 1;
+        std::this_thread::sleep_until(
+            start +
+            std::chrono::milliseconds(
+                long(std::chrono::duration<double, std::milli>(Clock::now() - start).count()) + 1));
+    }
+    auto deadline = Clock::now() + std::chrono::seconds(30);
+    while (received < sent && Clock::now() < deadline)
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    done = true;
+    consumer.join();
+    amqp_queue_delete(pub, 1, amqp_cstring_bytes(queue.c_str()), 0, 0);
+    if (lat.empty()) return 1;
+    std::sort(lat.begin(), lat.end());
+    fmt::print("{} {}\n", lat[lat.size() / 2], lat[lat.size() * 99 / 100]);
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     if (argc < 4) {
-        fmt::print(stderr, "usage: bench_raw_amqp HOST PORT N [bare]\n");
+        fmt::print(stderr, "usage: bench_raw_amqp HOST PORT N [bare | latency RATE SECONDS]\n");
         return 2;
     }
     const char* host = argv[1];
     int port = std::atoi(argv[2]);
     long n = std::atol(argv[3]);
     bool bare = argc > 4 && std::string(argv[4]) == "bare";
+    bool latency = argc > 6 && std::string(argv[4]) == "latency";
     std::string queue = fmt::format("raw-bench-{}", getpid());
 
     auto pub = open(host, port);
@@ -106,6 +205,9 @@ int main(int argc, char** argv) {
         p.headers = amqp_table_t{int(h.size()), h.data()};
     }
     amqp_bytes_t b{body.size(), body.data()};
+
+    if (latency) return measure_latency(host, port, queue, pub, p, std::atof(argv[5]),
+                                        std::atof(argv[6]));
 
     auto cpu_us = [] {
         rusage ru{};

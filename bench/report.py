@@ -80,6 +80,10 @@ if watch:
                  '; '.join(watch))
 lines.append('Enqueue-to-handler-start latency on RabbitMQ: p50 %s us, p99 %s us' % (
     num(fig.get('conveyor_amqp_latency_p50_us')), num(fig.get('conveyor_amqp_latency_p99_us'))))
+if fig.get('raw_amqp_latency_p99_us'):
+    lines.append('The floor: raw rabbitmq-c, the same message at the same rate, send to receipt: '
+                 'p50 %s us, p99 %s us' % (num(fig.get('raw_amqp_latency_p50_us')),
+                                           num(fig.get('raw_amqp_latency_p99_us'))))
 lines.append('Worker resident memory, idle: Conveyor %s MiB, Celery %s MiB (main + 2 pool '
              'processes); under load: Conveyor %s MiB, Celery %s MiB' % (
                  fig.get('conveyor_worker_rss_idle_mib', '-'), fig.get('celery_worker_rss_idle_mib', '-'),

@@ -40,6 +40,17 @@ echo "Conveyor engines ..." >&2
 BENCH_REDIS_URL="$redis_url" "$root/$build/bench/bench_engines" "${N_MEMORY:-200000}" "${N_SQLITE:-50000}" \
   "$work/engines.json" "$url" "$n_amqp" $raw >&2
 
+# The floor under that latency: the raw client, the same message at the same rate (half
+# Conveyor's end-to-end rate on RabbitMQ), send to receipt.
+if [ -z "${BENCH_NO_LATENCY:-}" ]; then
+  echo "raw rabbitmq-c latency ..." >&2
+  rate=$(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["conveyor_amqp_tasks_per_s"] / 2)' "$work/engines.json")
+  "$root/$build/bench/bench_raw_amqp" 127.0.0.1 "$port" 0 latency "$rate" 5 |
+    awk '{printf "{\"raw_amqp_latency_p50_us\": %s, \"raw_amqp_latency_p99_us\": %s}\n", $1, $2}' > "$work/raw-latency.json"
+else
+  echo '{}' > "$work/raw-latency.json"
+fi
+
 echo "Conveyor worker, idle ..." >&2
 cat > "$work/conveyor.toml" <<TOML
 broker = "$url"
@@ -92,6 +103,6 @@ echo "sqlite cost curves ..." >&2
 
 /usr/bin/python3 "$root/bench/report.py" "$out" "$work/engines.json" "$work/rss.json" \
   "$work/celery.json" "$work/php.json" "$work/bare.json" "$work/history.json" \
-  "$work/sidekiq.json" "$work/bullmq.json" "$work/curves.json"
+  "$work/sidekiq.json" "$work/bullmq.json" "$work/curves.json" "$work/raw-latency.json"
 /usr/bin/python3 "$root/bench/curves.py" "$out" "$work/curves.json"
 rm -f "$out/latest.dat"
