@@ -21,6 +21,7 @@
 #include <amqp_tcp_socket.h>
 #include <fmt/format.h>
 #include <sys/resource.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -60,12 +61,16 @@ std::int64_t now_us() {
         .count();
 }
 
-/// Waits for the confirms of every message published so far (`sent`).
+/// Waits (at most 10 s) for the confirms of every message published so far (`sent`); false
+/// when one is refused (nack) or none comes.
 bool await_confirms(amqp_connection_state_t pub, long sent, long& confirmed) {
     while (confirmed < sent) {
         amqp_frame_t f;
-        if (amqp_simple_wait_frame(pub, &f) != AMQP_STATUS_OK) return false;
-        if (f.frame_type == AMQP_FRAME_METHOD && f.payload.method.id == AMQP_BASIC_ACK_METHOD) {
+        timeval limit{10, 0};
+        if (amqp_simple_wait_frame_noblock(pub, &f, &limit) != AMQP_STATUS_OK) return false;
+        if (f.frame_type != AMQP_FRAME_METHOD) continue;
+        if (f.payload.method.id == AMQP_BASIC_NACK_METHOD) return false;
+        if (f.payload.method.id == AMQP_BASIC_ACK_METHOD) {
             auto* ack = static_cast<amqp_basic_ack_t*>(f.payload.method.decoded);
             confirmed = ack->multiple ? long(ack->delivery_tag)
                                       : std::max(confirmed, long(ack->delivery_tag));
@@ -75,18 +80,20 @@ bool await_confirms(amqp_connection_state_t pub, long sent, long& confirmed) {
 }
 
 int measure_latency(const char* host, int port, const std::string& queue,
-                    amqp_connection_state_t pub, const amqp_basic_properties_t& props,
-                    double rate, double seconds) {
+                    amqp_connection_state_t pub, const amqp_basic_properties_t& props, double rate,
+                    double seconds) {
     std::vector<std::int64_t> lat;
     std::atomic<long> received{0};
     std::atomic<bool> ready{false};
     std::atomic<bool> done{false};
-    std::thread consumer([&] {
-        auto con = open(host, port);
-        amqp_basic_qos(con, 1, 0, 1000, 0);
-        amqp_basic_consume(con, 1, amqp_cstring_bytes(queue.c_str()), amqp_empty_bytes, 0, 0, 0,
-                           amqp_empty_table);
-        check(amqp_get_rpc_reply(con), "consume");
+    std::atomic<bool> failed{false};
+    auto con = open(host, port);
+    amqp_basic_qos(con, 1, 0, 1000, 0);
+    amqp_basic_consume(con, 1, amqp_cstring_bytes(queue.c_str()), amqp_empty_bytes, 0, 0, 0,
+                       amqp_empty_table);
+    check(amqp_get_rpc_reply(con), "consume");
+    // (Joined on every way out: a failure ends the reader too.)
+    std::jthread consumer([&] {
         ready = true;
         timeval tick{0, 100000};
         while (!done) {
@@ -96,7 +103,10 @@ int measure_latency(const char* host, int port, const std::string& queue,
             if (r.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION &&
                 r.library_error == AMQP_STATUS_TIMEOUT)
                 continue;
-            if (r.reply_type != AMQP_RESPONSE_NORMAL) std::exit(1);
+            if (r.reply_type != AMQP_RESPONSE_NORMAL) {
+                failed = true;
+                break;
+            }
             auto at = now_us();
             std::string body(static_cast<const char*>(env.message.body.bytes),
                              env.message.body.len);
@@ -105,9 +115,18 @@ int measure_latency(const char* host, int port, const std::string& queue,
             amqp_destroy_envelope(&env);
             ++received;
         }
-        amqp_connection_close(con, AMQP_REPLY_SUCCESS);
-        amqp_destroy_connection(con);
     });
+    struct Stop {
+        std::atomic<bool>& done;
+        std::jthread& reader;
+        amqp_connection_state_t con;
+        ~Stop() {
+            done = true;
+            if (reader.joinable()) reader.join();
+            amqp_connection_close(con, AMQP_REPLY_SUCCESS);
+            amqp_destroy_connection(con);
+        }
+    } stop{done, consumer, con};
     while (!ready) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
     const double per_ms = std::max(1.0, rate / 1000.0);
@@ -120,8 +139,8 @@ int measure_latency(const char* host, int port, const std::string& queue,
                 R"([[{}], {{}}, {{"callbacks": null, "errbacks": null, "chain": null, "chord": null}}])",
                 now_us());
             if (amqp_basic_publish(pub, 1, amqp_empty_bytes, amqp_cstring_bytes(queue.c_str()), 1,
-                                   0, &props, amqp_bytes_t{body.size(), body.data()}) !=
-                AMQP_STATUS_OK)
+                                   0, &props,
+                                   amqp_bytes_t{body.size(), body.data()}) != AMQP_STATUS_OK)
                 return 1;
             ++sent;
         }
@@ -132,12 +151,15 @@ int measure_latency(const char* host, int port, const std::string& queue,
                 long(std::chrono::duration<double, std::milli>(Clock::now() - start).count()) + 1));
     }
     auto deadline = Clock::now() + std::chrono::seconds(30);
-    while (received < sent && Clock::now() < deadline)
+    while (received < sent && !failed && Clock::now() < deadline)
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
     done = true;
     consumer.join();
     amqp_queue_delete(pub, 1, amqp_cstring_bytes(queue.c_str()), 0, 0);
-    if (lat.empty()) return 1;
+    if (failed || received < sent || lat.empty()) {
+        fmt::print(stderr, "raw amqp: {} of {} messages received\n", received.load(), sent);
+        return 1;
+    }
     std::sort(lat.begin(), lat.end());
     fmt::print("{} {}\n", lat[lat.size() / 2], lat[lat.size() * 99 / 100]);
     return 0;
@@ -146,7 +168,9 @@ int measure_latency(const char* host, int port, const std::string& queue,
 }  // namespace
 
 int main(int argc, char** argv) {
-    if (argc < 4) {
+    bool latency_args = argc > 4 && std::string(argv[4]) == "latency";
+    if (argc < 4 || (latency_args && (argc < 7 || std::atof(argv[5]) <= 0)) ||
+        (!latency_args && std::atol(argv[3]) <= 0)) {
         fmt::print(stderr, "usage: bench_raw_amqp HOST PORT N [bare | latency RATE SECONDS]\n");
         return 2;
     }
@@ -154,7 +178,7 @@ int main(int argc, char** argv) {
     int port = std::atoi(argv[2]);
     long n = std::atol(argv[3]);
     bool bare = argc > 4 && std::string(argv[4]) == "bare";
-    bool latency = argc > 6 && std::string(argv[4]) == "latency";
+    bool latency = latency_args;
     std::string queue = fmt::format("raw-bench-{}", getpid());
 
     auto pub = open(host, port);
@@ -206,8 +230,8 @@ int main(int argc, char** argv) {
     }
     amqp_bytes_t b{body.size(), body.data()};
 
-    if (latency) return measure_latency(host, port, queue, pub, p, std::atof(argv[5]),
-                                        std::atof(argv[6]));
+    if (latency)
+        return measure_latency(host, port, queue, pub, p, std::atof(argv[5]), std::atof(argv[6]));
 
     auto cpu_us = [] {
         rusage ru{};

@@ -42,13 +42,17 @@ BENCH_REDIS_URL="$redis_url" "$root/$build/bench/bench_engines" "${N_MEMORY:-200
 
 # The floor under that latency: the raw client, the same message at the same rate (half
 # Conveyor's end-to-end rate on RabbitMQ), send to receipt.
-if [ -z "${BENCH_NO_LATENCY:-}" ]; then
+# (A failure loses that figure only, as a failed latency run of Conveyor's reports none.)
+echo '{}' > "$work/raw-latency.json"
+if [ -z "${BENCH_NO_LATENCY+set}" ]; then
   echo "raw rabbitmq-c latency ..." >&2
   rate=$(/usr/bin/python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["conveyor_amqp_tasks_per_s"] / 2)' "$work/engines.json")
-  "$root/$build/bench/bench_raw_amqp" 127.0.0.1 "$port" 0 latency "$rate" 5 |
-    awk '{printf "{\"raw_amqp_latency_p50_us\": %s, \"raw_amqp_latency_p99_us\": %s}\n", $1, $2}' > "$work/raw-latency.json"
-else
-  echo '{}' > "$work/raw-latency.json"
+  if floor=$("$root/$build/bench/bench_raw_amqp" 127.0.0.1 "$port" 0 latency "$rate" 5) &&
+    [[ "$floor" =~ ^[0-9]+\ [0-9]+$ ]]; then
+    echo "$floor" | awk '{printf "{\"raw_amqp_latency_p50_us\": %s, \"raw_amqp_latency_p99_us\": %s}\n", $1, $2}' > "$work/raw-latency.json"
+  else
+    echo "raw rabbitmq-c latency: no figure ($floor)" >&2
+  fi
 fi
 
 echo "Conveyor worker, idle ..." >&2
