@@ -417,7 +417,7 @@ Result<Statements> Statements::prepare(Db& db) {
         CONVEYOR_TRY(st);
         *d.stmt = std::move(*st);
     }
-    for (std::size_t c = 0; c < std::size(kChunks); ++c) {
+    for (std::size_t c = 0; c < kChunks.size(); ++c) {
         // A task whose id has a stored result is not enqueued again (see insert_messages).
         std::string tasks =
             "INSERT OR IGNORE INTO tasks(seq,id,queue,state,priority,available_at,retries,name,"
@@ -742,7 +742,7 @@ Result<void> insert_messages(Statements& st, std::span<const OutgoingMessage> ms
                 auto taken = first_i64(st.task_at.bind(1, seq + std::int64_t(i)));
                 CONVEYOR_TRY(taken);
                 if (*taken == 0) continue;
-                Stmt& one = st.insert_messages[std::size(Statements::kChunks) - 1];
+                Stmt& one = st.insert_messages.back();
                 one.reset();
                 put(one, 0, i);
                 CONVEYOR_TRY(run(one));

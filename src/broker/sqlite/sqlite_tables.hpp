@@ -2,8 +2,8 @@
 // How the sqlite engine keeps tasks: the tables, a task row to and from an envelope, the
 // prepared statements of a connection, transactions, and a write-ahead log someone deleted.
 
+#include <array>
 #include <cstdint>
-#include <iterator>
 #include <map>
 #include <set>
 #include <span>
@@ -55,8 +55,8 @@ inline constexpr std::string_view kRetriesReset =
 struct Statements {
     /// Enqueueing writes tasks and their messages a chunk of rows per statement: 64, then 8,
     /// then 1 at a time (SQLite's work per statement run was as much as its work per row).
-    static constexpr std::size_t kChunks[] = {64, 8, 1};
-    Stmt insert_tasks[std::size(kChunks)], insert_messages[std::size(kChunks)];
+    static constexpr std::array<std::size_t, 3> kChunks = {64, 8, 1};
+    std::array<Stmt, kChunks.size()> insert_tasks, insert_messages;
     Stmt top_seq, task_at, read_message, update_message, insert_queue, promote, reclaim, claim, ack,
         finish, retry, dead, release, renew, store_result, probe_ready, next_delayed, next_lease,
         data_version, expire_results, count_minute, add_count, oldest_finished, count_finished,
