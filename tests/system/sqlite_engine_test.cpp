@@ -169,16 +169,17 @@ TEST(SqliteEngine, WithSyncFullAClaimDoesNotWaitForTheDiskAndASettlementDoes) {
 }
 
 TEST(SqliteEngine, ManyAcknowledgementsInOneSettlementSettleTheTasksTheConsumerHoldsAsTheySay) {
-    // 70 acknowledgements in one settlement. Ten of the tasks are another consumer's (as after
-    // a lease ran out) and stay its own: no result, no count, no history for them. Some were
-    // revoked, some never ran (no attempt: the claim's start is kept, finished now).
+    // 75 acknowledgements in one settlement: a statement of 64, one of 8, then 3 alone. Eleven
+    // of the tasks are another consumer's (as after a lease ran out) and stay its own: no
+    // result, no count, no history for them. Some were revoked, some never ran (no attempt:
+    // the claim's start is kept, finished now).
     for (bool history : {true, false}) {
         TempDir dir;
         std::string url = "sqlite://" + dir.file("c.db") + (history ? "" : "?history=0");
         auto broker = *Broker::open(url);
         Client client(broker);
         std::vector<std::string> ids;
-        for (int i = 0; i < 70; ++i)
+        for (int i = 0; i < 75; ++i)
             ids.push_back(*client.enqueue("t", Json::array({i}), {}, {.queue = "q"}));
         auto consumer = [&](const char* name, std::size_t max) {
             auto c = *broker->consume({.queues = {"q"}, .lease = 30s, .name = name});
@@ -186,15 +187,17 @@ TEST(SqliteEngine, ManyAcknowledgementsInOneSettlementSettleTheTasksTheConsumerH
             EXPECT_TRUE(got && got->size() == max);
             return std::pair{std::move(c), *got};
         };
-        auto [first, mine] = consumer("first", 60);
-        auto [second, theirs] = consumer("second", 10);
+        auto [first, mine] = consumer("first", 64);
+        auto [second, theirs] = consumer("second", 11);
         auto t0 = std::chrono::time_point_cast<std::chrono::milliseconds>(SystemClock::now()) -
                   std::chrono::minutes(1);
         std::vector<Settlement> acks;
         std::map<std::string, std::size_t> of_id;  // mine: index in acks
-        for (std::size_t i = 0; i < 70; ++i) {
-            bool other = i % 7 == 3;  // theirs, spread over both statements and the rest
+        std::vector<const Delivery*> of_ack;       // each acknowledgement's delivery
+        for (std::size_t i = 0; i < 75; ++i) {
+            bool other = i % 7 == 3;  // theirs, spread over the three statements and the rest
             auto& d = other ? theirs[i / 7] : mine[i - (i + 3) / 7];
+            of_ack.push_back(&d);
             Settlement s{Settlement::Kind::ack, d.tag};
             if (i % 5 != 0)
                 s.attempt =
@@ -205,10 +208,10 @@ TEST(SqliteEngine, ManyAcknowledgementsInOneSettlementSettleTheTasksTheConsumerH
             if (!other) of_id[d.message_id] = acks.size();
             acks.push_back(std::move(s));
         }
-        ASSERT_EQ(of_id.size(), 60u);
+        ASSERT_EQ(of_id.size(), 64u);
         ASSERT_TRUE(first->settle(acks));
         auto stats = stats_of(*broker, "q");
-        EXPECT_EQ(stats.in_flight, 10) << history;
+        EXPECT_EQ(stats.in_flight, 11) << history;
         EXPECT_EQ(stats.ready, 0) << history;
         auto h = *broker->history();
         if (history) {
@@ -239,9 +242,8 @@ TEST(SqliteEngine, ManyAcknowledgementsInOneSettlementSettleTheTasksTheConsumerH
             for (auto& [id, i] : of_id) EXPECT_FALSE(h->task(id)) << i;
         }
         // A result only for the tasks settled (a revoked one of the other consumer's is not).
-        for (std::size_t i = 3; i < 70; i += 4) {
-            auto r = broker->result(i % 7 == 3 ? theirs[i / 7].message_id
-                                               : mine[i - (i + 3) / 7].message_id);
+        for (std::size_t i = 3; i < 75; i += 4) {
+            auto r = broker->result(of_ack[i]->message_id);
             ASSERT_TRUE(r);
             if (i % 7 == 3)
                 EXPECT_EQ(r->state, TaskState::started) << i;  // running, as the task is
@@ -254,7 +256,7 @@ TEST(SqliteEngine, ManyAcknowledgementsInOneSettlementSettleTheTasksTheConsumerH
         ASSERT_TRUE(second->settle(rest));
         EXPECT_EQ(stats_of(*broker, "q").in_flight, 0) << history;
         // (No result was stored for the first consumer's acknowledgements of them.)
-        for (std::size_t i = 3; i < 70; i += 28)
+        for (std::size_t i = 3; i < 75; i += 28)
             EXPECT_NE(broker->result(theirs[i / 7].message_id)->state, TaskState::revoked) << i;
     }
 }
@@ -782,6 +784,53 @@ TEST(SqliteEngine, ABatchGoesInByChunksAndEachNewIdGetsItsOwnMessageOnce) {
     auto got = c->fetch(300, 0ms);
     ASSERT_TRUE(got);
     EXPECT_EQ(std::int64_t(got->size()), stored - delayed);
+}
+
+TEST(SqliteEngine, AClaimReadsItsMessagesByChunksEachToItsOwnTask) {
+    // 75 tasks claimed at once (their messages read 64, 8, then 1 at a time), by priority
+    // first, so not in the order of their numbers; one has lost its message.
+    Fixture f;
+    std::vector<std::string> ids;
+    for (int i = 0; i < 75; ++i) {
+        auto id = f.client.enqueue("t", Json::array({i}), Json::object(),
+                                   {.queue = "q", .priority = i % 3});
+        ASSERT_TRUE(id);
+        ids.push_back(*id);
+    }
+    auto path = f.dir.file("c.db");
+    {
+        auto db = sqlite::Db::open(path, "normal");
+        ASSERT_TRUE(db);
+        ASSERT_TRUE(db->exec(fmt::format(
+            "DELETE FROM messages WHERE seq=(SELECT seq FROM tasks WHERE id='{}')", ids[40])));
+    }
+    auto c = f.consumer({"q"});
+    auto got = c->fetch(75, 0ms);
+    ASSERT_TRUE(got);
+    ASSERT_EQ(got->size(), 75u);
+    std::set<std::string> seen;
+    int last_priority = 2;
+    for (auto& d : *got) {
+        auto i = std::find(ids.begin(), ids.end(), d.message_id) - ids.begin();
+        ASSERT_LT(i, 75) << d.message_id;
+        seen.insert(d.message_id);
+        EXPECT_LE(i % 3, last_priority) << i;  // highest priority first
+        last_priority = int(i % 3);
+        if (i == 40) {  // delivered empty (the worker dead-letters it as malformed)
+            EXPECT_FALSE(d.task);
+            EXPECT_TRUE(d.envelope.body.empty());
+            continue;
+        }
+        std::optional<TaskMessage> task;
+        if (d.task)
+            task = *d.task;
+        else if (auto t = codec::decode(d.envelope))
+            task = std::move(*t);
+        ASSERT_TRUE(task) << i;
+        EXPECT_EQ(task->id, d.message_id);
+        EXPECT_EQ(task->args, Json::array({i})) << i;
+    }
+    EXPECT_EQ(seen.size(), 75u);
 }
 
 TEST(SqliteEngine, ANewTaskNeverTakesTheNumberOfOneTheSearchIndexHasRead) {

@@ -11,6 +11,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <thread>
 #include <tuple>
 #include <unordered_map>
@@ -142,88 +143,160 @@ class SqliteConsumer final : public Consumer {
         return ok;
     }
 
+    /// What the settlements of one transaction change besides their rows.
+    struct Settling {
+        CountDeltas counts;
+        std::vector<std::string> woken;  // buckets with a task settled: room for another
+        std::string queue;               // the queue of the last row a statement returned
+    };
+
     Result<void> settle_batch(std::span<Settlement> batch) {
         return in_transaction(db_, st_, [&]() -> Result<void> {
             auto now = now_ms();
             minutes_.clear();
-            CountDeltas counts;
-            std::string queue;
-            std::vector<std::string> woken;  // buckets with a task settled: room for another
-            for (auto& s : batch) {
-                Result<int> r;
-                int to = -1;  // the counted state it goes to (finished: none)
-                const Settlement::Attempt* a = s.attempt ? &*s.attempt : nullptr;
-                switch (s.kind) {
-                    case Settlement::Kind::ack:
-                        if (opts_history_) {
-                            bool revoked = s.result && s.result->state == TaskState::revoked;
-                            st_.finish.reset();
-                            st_.finish.bind(1, std::int64_t(s.tag))
-                                .bind(2, owner_)
-                                .bind(3, revoked ? kRevoked : kSucceeded);
-                            if (a)
-                                st_.finish.bind(4, to_epoch_ms(a->started))
-                                    .bind(5, to_epoch_ms(a->finished));
-                            else
-                                st_.finish.bind_null(4).bind(5, now);
-                            r = st_.finish.run();
-                        } else {
-                            st_.ack.reset();
-                            r = st_.ack.bind(1, std::int64_t(s.tag)).bind(2, owner_).run();
-                        }
-                        break;
-                    case Settlement::Kind::retry: {
-                        auto nb = to_epoch_ms(s.not_before);
-                        st_.retry.reset();
-                        st_.retry.bind(1, std::int64_t(s.tag))
-                            .bind(2, owner_)
-                            .bind(3, nb > now ? int(kDelayed) : int(kReady))
-                            .bind(4, nb);
-                        if (a && opts_history_)
-                            st_.retry.bind(5, attempt_json(*a)).bind(6, a->error);
-                        to = nb > now ? kDelayed : kReady;
-                        r = run_returning_queue(st_.retry, queue);
-                        if (r && *r > 0) {  // the message as it goes again (its retry count)
-                            st_.update_message.reset();
-                            st_.update_message.bind(1, std::int64_t(s.tag))
-                                .bind(2, props_json(s.envelope))
-                                .bind(3, headers_json(s.envelope))
-                                .bind_blob(4, s.envelope.body);
-                            if (auto u = st_.update_message.run(); !u) r = u;
-                        }
-                        break;
-                    }
-                    case Settlement::Kind::dead_letter:
-                        st_.dead.reset();
-                        st_.dead.bind(1, std::int64_t(s.tag))
-                            .bind(2, owner_)
-                            .bind(3, s.reason)
-                            .bind(4, a ? to_epoch_ms(a->finished) : now);
-                        if (a) st_.dead.bind(5, to_epoch_ms(a->started)).bind(6, a->error);
-                        to = kDead;
-                        r = run_returning_queue(st_.dead, queue);
-                        break;
-                    case Settlement::Kind::release:
-                        st_.release.reset();
-                        st_.release.bind(1, std::int64_t(s.tag)).bind(2, owner_);
-                        to = kReady;
-                        r = run_returning_queue(st_.release, queue);
-                        break;
+            Settling done;
+            for (std::size_t i = 0; i < batch.size();) {
+                // A run of acks goes a chunk per statement (64, then 8); the rest one by one.
+                std::size_t acks = 0;
+                while (i + acks < batch.size() && batch[i + acks].kind == Settlement::Kind::ack)
+                    ++acks;
+                std::size_t c = 0;
+                while (c < st_.finish_chunk.size() && Statements::kChunks[c] > acks) ++c;
+                if (c < st_.finish_chunk.size()) {
+                    CONVEYOR_TRY(
+                        settle_acks(batch.subspan(i, Statements::kChunks[c]), c, now, done));
+                    i += Statements::kChunks[c];
+                } else {
+                    CONVEYOR_TRY(settle_one(batch[i], now, done));
+                    ++i;
                 }
-                CONVEYOR_TRY(r);
-                if (*r > 0 && to >= 0) counts.add(queue, to, 1);  // (in flight: not counted)
-                if (auto b = bucket_of_.find(s.tag); *r > 0 && b != bucket_of_.end())
-                    woken.push_back(b->second);
-                // A lost lease (r == 0) means another worker owns the task now; its result wins.
-                if (*r > 0 && s.result) {
-                    CONVEYOR_TRY(store_result(st_, *s.result));
-                }
-                if (*r > 0 && a && opts_history_) count(s, *a);
             }
-            CONVEYOR_TRY(wake_buckets(st_, woken, now));
-            CONVEYOR_TRY(counts.write(st_));
+            CONVEYOR_TRY(wake_buckets(st_, done.woken, now));
+            CONVEYOR_TRY(done.counts.write(st_));
             return write_minutes();
         });
+    }
+
+    /// One settlement, by its own statement.
+    Result<void> settle_one(Settlement& s, std::int64_t now, Settling& done) {
+        Result<int> r;
+        int to = -1;  // the counted state it goes to (finished: none)
+        const Settlement::Attempt* a = s.attempt ? &*s.attempt : nullptr;
+        switch (s.kind) {
+            case Settlement::Kind::ack:
+                if (opts_history_) {
+                    bool revoked = s.result && s.result->state == TaskState::revoked;
+                    st_.finish.reset();
+                    st_.finish.bind(1, std::int64_t(s.tag))
+                        .bind(2, owner_)
+                        .bind(3, revoked ? kRevoked : kSucceeded);
+                    if (a)
+                        st_.finish.bind(4, to_epoch_ms(a->started))
+                            .bind(5, to_epoch_ms(a->finished));
+                    else
+                        st_.finish.bind_null(4).bind(5, now);
+                    r = st_.finish.run();
+                } else {
+                    st_.ack.reset();
+                    r = st_.ack.bind(1, std::int64_t(s.tag)).bind(2, owner_).run();
+                }
+                break;
+            case Settlement::Kind::retry: {
+                auto nb = to_epoch_ms(s.not_before);
+                st_.retry.reset();
+                st_.retry.bind(1, std::int64_t(s.tag))
+                    .bind(2, owner_)
+                    .bind(3, nb > now ? int(kDelayed) : int(kReady))
+                    .bind(4, nb);
+                if (a && opts_history_) st_.retry.bind(5, attempt_json(*a)).bind(6, a->error);
+                to = nb > now ? kDelayed : kReady;
+                r = run_returning_queue(st_.retry, done.queue);
+                if (r && *r > 0) {  // the message as it goes again (its retry count)
+                    st_.update_message.reset();
+                    st_.update_message.bind(1, std::int64_t(s.tag))
+                        .bind(2, props_json(s.envelope))
+                        .bind(3, headers_json(s.envelope))
+                        .bind_blob(4, s.envelope.body);
+                    if (auto u = st_.update_message.run(); !u) r = u;
+                }
+                break;
+            }
+            case Settlement::Kind::dead_letter:
+                st_.dead.reset();
+                st_.dead.bind(1, std::int64_t(s.tag))
+                    .bind(2, owner_)
+                    .bind(3, s.reason)
+                    .bind(4, a ? to_epoch_ms(a->finished) : now);
+                if (a) st_.dead.bind(5, to_epoch_ms(a->started)).bind(6, a->error);
+                to = kDead;
+                r = run_returning_queue(st_.dead, done.queue);
+                break;
+            case Settlement::Kind::release:
+                st_.release.reset();
+                st_.release.bind(1, std::int64_t(s.tag)).bind(2, owner_);
+                to = kReady;
+                r = run_returning_queue(st_.release, done.queue);
+                break;
+        }
+        CONVEYOR_TRY(r);
+        // A lost lease (r == 0) means another worker owns the task now; its result wins.
+        if (*r == 0) return {};
+        return settled(s, to, done);
+    }
+
+    /// A chunk of acks (Statements::kChunks[c] of them) by one statement; those whose lease
+    /// was lost (another worker owns the task now, and its result wins) are not returned and
+    /// change nothing. (A tag twice in the chunk is settled once.)
+    Result<void> settle_acks(std::span<Settlement> acks, std::size_t c, std::int64_t now,
+                             Settling& done) {
+        Stmt& st = opts_history_ ? st_.finish_chunk[c] : st_.ack_chunk[c];
+        st.reset();
+        const int per_row = opts_history_ ? 4 : 1;
+        for (std::size_t j = 0; j < acks.size(); ++j) {
+            const Settlement& s = acks[j];
+            const int p = int(j) * per_row + 1;
+            st.bind(p, std::int64_t(s.tag));
+            if (!opts_history_) continue;
+            bool revoked = s.result && s.result->state == TaskState::revoked;
+            st.bind(p + 1, revoked ? kRevoked : kSucceeded);
+            if (s.attempt)
+                st.bind(p + 2, to_epoch_ms(s.attempt->started))
+                    .bind(p + 3, to_epoch_ms(s.attempt->finished));
+            else
+                st.bind_null(p + 2).bind(p + 3, now);
+        }
+        st.bind(int(acks.size()) * per_row + 1, owner_);
+        std::vector<std::int64_t> got;  // the seqs settled
+        got.reserve(acks.size());
+        for (;;) {
+            auto r = st.step();
+            CONVEYOR_TRY(r);
+            if (!*r) break;
+            got.push_back(st.i64(0));
+        }
+        st.reset();
+        std::sort(got.begin(), got.end());
+        std::vector<bool> used(got.size());
+        for (const Settlement& s : acks) {
+            auto it = std::lower_bound(got.begin(), got.end(), std::int64_t(s.tag));
+            auto k = std::size_t(it - got.begin());
+            if (it == got.end() || *it != std::int64_t(s.tag) || used[k]) continue;
+            used[k] = true;
+            CONVEYOR_TRY(settled(s, -1, done));
+        }
+        return {};
+    }
+
+    /// What a settled row changes besides itself: its queue's count (`to`: the counted state
+    /// it went to; none when negative), room in its bucket, its result, the minute's counts.
+    Result<void> settled(const Settlement& s, int to, Settling& done) {
+        if (to >= 0) done.counts.add(done.queue, to, 1);  // (in flight: not counted)
+        if (auto b = bucket_of_.find(s.tag); b != bucket_of_.end()) done.woken.push_back(b->second);
+        if (s.result) {
+            CONVEYOR_TRY(store_result(st_, *s.result));
+        }
+        if (s.attempt && opts_history_) count(s, *s.attempt);
+        return {};
     }
 
     /// One attempt in a task row's `attempts`: {"started","finished","worker","error"} (ms).
@@ -449,16 +522,7 @@ class SqliteConsumer final : public Consumer {
             for (auto& row : out) counts.move(row.queue, kReady, kInFlight);
             // The messages, from their own table (a row without one is delivered empty, and
             // dead-lettered as malformed).
-            for (auto& row : out) {
-                st_.read_message.reset();
-                auto found = st_.read_message.bind(1, row.seq).step();
-                CONVEYOR_TRY(found);
-                if (!*found) continue;
-                row.props = st_.read_message.text(0);
-                row.headers = st_.read_message.text(1);
-                row.body = st_.read_message.text(2);
-            }
-            st_.read_message.reset();
+            CONVEYOR_TRY(read_messages(out));
             // Tasks under limits start if their limits let them, else wait in the broker.
             claimed = out.size();
             auto now_us = std::chrono::duration_cast<std::chrono::microseconds>(
@@ -494,6 +558,37 @@ class SqliteConsumer final : public Consumer {
         }
         if (claimed == max) next_check_ = {};  // more may be waiting
         return out;
+    }
+
+    /// The claimed rows' messages, a chunk of seqs per statement (Statements::kChunks).
+    Result<void> read_messages(std::vector<Row>& rows) {
+        std::vector<std::pair<std::int64_t, std::size_t>> by_seq;  // (seq, index in rows)
+        by_seq.reserve(rows.size());
+        for (std::size_t i = 0; i < rows.size(); ++i) by_seq.emplace_back(rows[i].seq, i);
+        std::sort(by_seq.begin(), by_seq.end());
+        for (std::size_t first = 0; first < by_seq.size();) {
+            std::size_t c = 0;
+            while (Statements::kChunks[c] > by_seq.size() - first) ++c;
+            const auto chunk = std::span(by_seq).subspan(first, Statements::kChunks[c]);
+            Stmt& st = st_.read_messages[c];
+            st.reset();
+            for (std::size_t j = 0; j < chunk.size(); ++j) st.bind(int(j) + 1, chunk[j].first);
+            for (;;) {
+                auto r = st.step();
+                CONVEYOR_TRY(r);
+                if (!*r) break;
+                auto it = std::lower_bound(chunk.begin(), chunk.end(),
+                                           std::pair{st.i64(0), std::size_t(0)});
+                if (it == chunk.end() || it->first != st.i64(0)) continue;
+                Row& row = rows[it->second];
+                row.props = st.text(1);
+                row.headers = st.text(2);
+                row.body = st.text(3);
+            }
+            st.reset();
+            first += chunk.size();
+        }
+        return {};
     }
 
     /// Rows into deliveries (no lock needed): each task decoded from its stored text

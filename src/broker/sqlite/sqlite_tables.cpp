@@ -434,6 +434,33 @@ Result<Statements> Statements::prepare(Db& db) {
         auto m = db.prepare(messages);
         CONVEYOR_TRY(m);
         s.insert_messages[c] = std::move(*m);
+        std::string read = "SELECT seq, props, headers, body FROM messages WHERE seq IN (";
+        for (std::size_t i = 0; i < kChunks[c]; ++i) read += i ? ",?" : "?";
+        auto r = db.prepare(read + ")");
+        CONVEYOR_TRY(r);
+        s.read_messages[c] = std::move(*r);
+    }
+    for (std::size_t c = 0; c < s.finish_chunk.size(); ++c) {
+        // Each row: seq, state, started (or NULL), finished; then the owner. (The plan: a
+        // scan of the values, each task found by its seq.)
+        std::string finish =
+            "UPDATE tasks SET state=v.column2, started_at=coalesce(v.column3, started_at), "
+            "finished_at=v.column4, lease_until=NULL FROM (VALUES ";
+        std::string ack = "DELETE FROM tasks WHERE seq IN (";
+        for (std::size_t i = 0; i < kChunks[c]; ++i) {
+            finish += i ? ",(?,?,?,?)" : "(?,?,?,?)";
+            ack += i ? ",?" : "?";
+        }
+        finish +=
+            ") AS v WHERE tasks.seq=v.column1 AND tasks.lease_owner=? AND tasks.state=1 "
+            "RETURNING seq";
+        ack += ") AND lease_owner=? AND state=1 RETURNING seq";
+        auto f = db.prepare(finish);
+        CONVEYOR_TRY(f);
+        s.finish_chunk[c] = std::move(*f);
+        auto a = db.prepare(ack);
+        CONVEYOR_TRY(a);
+        s.ack_chunk[c] = std::move(*a);
     }
     return s;
 }

@@ -57,6 +57,12 @@ struct Statements {
     /// then 1 at a time (SQLite's work per statement run was as much as its work per row).
     static constexpr std::array<std::size_t, 3> kChunks = {64, 8, 1};
     std::array<Stmt, kChunks.size()> insert_tasks, insert_messages;
+    /// A claim reads its tasks' messages the same way, a chunk of seqs a statement.
+    std::array<Stmt, kChunks.size()> read_messages;
+    /// Settling acks the same way, a chunk of kChunks[0] or kChunks[1] tasks a statement
+    /// (RETURNING the seqs it settled; a single ack goes by `finish` or `ack`): kept as
+    /// history, or deleted.
+    std::array<Stmt, 2> finish_chunk, ack_chunk;
     Stmt top_seq, task_at, read_message, update_message, insert_queue, promote, reclaim, claim, ack,
         finish, retry, dead, release, renew, store_result, probe_ready, next_delayed, next_lease,
         data_version, expire_results, count_minute, add_count, oldest_finished, count_finished,
