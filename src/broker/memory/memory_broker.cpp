@@ -43,7 +43,9 @@ struct State {
     std::uint64_t next_seq = 1;
     std::uint64_t next_consumer = 1;
     std::unordered_map<std::uint64_t, Item> items;
-    std::unordered_map<std::string, std::uint64_t> ids;  // live id -> seq
+    // Live id -> seq. (The key is the item's own id: no copy to make and free per task; an
+    // entry goes before its item.)
+    std::unordered_map<std::string_view, std::uint64_t> ids;
     std::unordered_map<std::string, TaskResult> results;
     std::map<std::string, QueueState> queues;
 
@@ -95,6 +97,7 @@ class MemoryConsumer final : public Consumer {
                 auto& qname = opts_.queues[(rr_ + i) % n];
                 auto& q = s_->queues[qname];
                 s_->promote_due(q, now);
+                if (out.empty()) out.reserve(std::min(max, q.ready.size()));
                 while (!q.ready.empty() && out.size() < max) {
                     auto seq = q.ready.begin()->second;
                     q.ready.erase(q.ready.begin());
@@ -134,6 +137,8 @@ class MemoryConsumer final : public Consumer {
 
     Result<void> settle(std::span<Settlement> batch) override {
         if (batch.empty()) return {};
+        // Acknowledged items go once the lock is released (declared first: destroyed last).
+        std::vector<decltype(State::items)::node_type> gone;
         std::lock_guard lk(s_->mu);
         for (auto& st : batch) {
             auto held = held_.find(st.tag);
@@ -147,7 +152,7 @@ class MemoryConsumer final : public Consumer {
                 case Settlement::Kind::ack:
                     if (st.result) s_->results[item.id] = *st.result;
                     s_->ids.erase(item.id);
-                    s_->items.erase(st.tag);
+                    gone.push_back(s_->items.extract(st.tag));
                     break;
                 case Settlement::Kind::retry: {
                     item.envelope = std::move(st.envelope);
@@ -238,7 +243,6 @@ class MemoryBroker final : public Broker, public detail::MovePublisher {
             Item& item = made[i];
             if (s_->ids.contains(item.id) || s_->results.contains(item.id)) continue;
             auto seq = s_->next_seq++;
-            s_->ids.emplace(item.id, seq);
             if (!q_name || *q_name != m.queue) {  // batches usually go to one queue
                 q = &s_->queues[m.queue];
                 q_name = &m.queue;
@@ -250,7 +254,8 @@ class MemoryBroker final : public Broker, public detail::MovePublisher {
                 q->ready.emplace(-item.priority, seq);
                 item.due = now;
             }
-            s_->items.emplace(seq, std::move(item));
+            const auto& stored = s_->items.emplace(seq, std::move(item)).first->second;
+            s_->ids.emplace(stored.id, seq);
         }
         s_->cv.notify_all();
         return {};
