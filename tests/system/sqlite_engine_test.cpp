@@ -786,6 +786,32 @@ TEST(SqliteEngine, ABatchGoesInByChunksAndEachNewIdGetsItsOwnMessageOnce) {
     EXPECT_EQ(std::int64_t(got->size()), stored - delayed);
 }
 
+TEST(SqliteEngine, AnAcknowledgementTwiceInOneChunkSettlesItsTaskOnceAsTheFirstSays) {
+    Fixture f;
+    std::vector<std::string> ids;
+    for (int i = 0; i < 8; ++i) ids.push_back(f.enqueue("q"));
+    auto c = f.consumer({"q"});
+    auto got = c->fetch(8, 0ms);
+    ASSERT_TRUE(got);
+    ASSERT_EQ(got->size(), 8u);
+    // Eight acknowledgements in one statement, the third task's twice (the second time
+    // revoked, with its result); then the last one alone.
+    std::vector<Settlement> acks;
+    for (int i = 0; i < 8; ++i) {
+        if (i == 4)
+            acks.push_back(
+                {.kind = Settlement::Kind::ack,
+                 .tag = (*got)[2].tag,
+                 .result = TaskResult{.id = (*got)[2].message_id, .state = TaskState::revoked}});
+        acks.push_back({.kind = Settlement::Kind::ack, .tag = (*got)[std::size_t(i)].tag});
+    }
+    ASSERT_TRUE(c->settle(acks));
+    EXPECT_EQ(stats_of(*f.broker, "q").in_flight, 0);
+    auto h = *f.broker->history();
+    for (auto& d : *got) EXPECT_EQ(h->task(d.message_id)->state, HistoryState::succeeded);
+    EXPECT_NE(f.broker->result((*got)[2].message_id)->state, TaskState::revoked);
+}
+
 TEST(SqliteEngine, AClaimReadsItsMessagesByChunksEachToItsOwnTask) {
     // 75 tasks claimed at once (their messages read 64, 8, then 1 at a time), by priority
     // first, so not in the order of their numbers; one has lost its message.

@@ -252,10 +252,16 @@ class SqliteConsumer final : public Consumer {
         Stmt& st = opts_history_ ? st_.finish_chunk[c] : st_.ack_chunk[c];
         st.reset();
         const int per_row = opts_history_ ? 4 : 1;
+        std::vector<std::uint64_t> seen;  // a tag again in the chunk matches no row (NULL)
+        seen.reserve(acks.size());
         for (std::size_t j = 0; j < acks.size(); ++j) {
             const Settlement& s = acks[j];
             const int p = int(j) * per_row + 1;
-            st.bind(p, std::int64_t(s.tag));
+            if (std::find(seen.begin(), seen.end(), s.tag) != seen.end())
+                st.bind_null(p);
+            else
+                st.bind(p, std::int64_t(s.tag));
+            seen.push_back(s.tag);
             if (!opts_history_) continue;
             bool revoked = s.result && s.result->state == TaskState::revoked;
             st.bind(p + 1, revoked ? kRevoked : kSucceeded);
