@@ -65,6 +65,25 @@ TEST(AckBatcher, WaitingAcksNeverTakeMoreThanAQuarterOfThePrefetchWindow) {
     EXPECT_EQ(singles(a), (std::vector<std::uint64_t>{2, 3, 4, 5}));
 }
 
+TEST(AckBatcher, WhenTheWindowIsCrowdedTheCoveredAcksGoInOneFrameNotOneByOne) {
+    AckBatcher b(16);  // a quarter of the window: 4 (and a batch of 4)
+    // Delivery 3 still runs: 1 and 2 are covered (too few to go at once), 4 and 5 above it.
+    for (std::uint64_t t : {1, 2}) b.settled(t);
+    EXPECT_TRUE(b.due(3, false, t0).empty());
+    for (std::uint64_t t : {4, 5}) b.settled(t);
+    // Four waiting fill their quarter: 1 and 2 go as one multiple-ack at once, which leaves
+    // two, under the quarter: 4 and 5 keep waiting for 3...
+    auto a = b.due(3, false, t0 + 1ms);
+    ASSERT_TRUE(a.up_to);
+    EXPECT_EQ(*a.up_to, 2u);
+    EXPECT_TRUE(a.singles.empty());
+    EXPECT_EQ(b.size(), 2u);
+    // ...at most kDelay, then go singly.
+    EXPECT_EQ(singles(b.due(3, false, t0 + AckBatcher::kDelay)),
+              (std::vector<std::uint64_t>{4, 5}));
+    EXPECT_TRUE(b.empty());
+}
+
 TEST(AckBatcher, AllSendsEverythingNowCoveredOnesAsOneFrame) {
     AckBatcher b(1000);
     for (std::uint64_t t : {1, 2, 3, 7, 8}) b.settled(t);

@@ -19,7 +19,14 @@ AckBatcher::Acks AckBatcher::due(std::optional<std::uint64_t> oldest_unsettled, 
     const std::size_t batch = std::min(kBatch, window_share);
     std::size_t n_covered = 0;  // counted up to `batch` only
     for (auto it = waiting_.begin(); it != covered && n_covered < batch; ++it) ++n_covered;
-    bool linger = !all && oldest_unsettled && n_covered < batch && now - *since_ < kLinger;
+    // Acks that must go now go one by one (below); the covered ones among them then go first,
+    // in one frame, rather than lingering or going singly.
+    auto overdue = [&] {
+        return all || waiting_.size() >= std::min(kBacklog, window_share) ||
+               now - *since_ >= kDelay;
+    };
+    bool linger =
+        !all && oldest_unsettled && n_covered < batch && now - *since_ < kLinger && !overdue();
     if (covered != waiting_.begin() && !linger) {
         out.up_to = *std::prev(covered);
         waiting_.erase(waiting_.begin(), covered);
@@ -28,8 +35,7 @@ AckBatcher::Acks AckBatcher::due(std::optional<std::uint64_t> oldest_unsettled, 
         since_.reset();
         return out;
     }
-    if (!all && waiting_.size() < std::min(kBacklog, window_share) && now - *since_ < kDelay)
-        return out;
+    if (!overdue()) return out;
     out.singles.assign(waiting_.begin(), waiting_.end());
     clear();
     return out;

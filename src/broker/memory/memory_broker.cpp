@@ -139,6 +139,7 @@ class MemoryConsumer final : public Consumer {
         if (batch.empty()) return {};
         // Acknowledged items go once the lock is released (declared first: destroyed last).
         std::vector<decltype(State::items)::node_type> gone;
+        gone.reserve(batch.size());
         std::lock_guard lk(s_->mu);
         for (auto& st : batch) {
             auto held = held_.find(st.tag);
