@@ -182,12 +182,15 @@ Figures median_of(Fn&& run) {
 }
 
 /// Enqueue-to-handler-start latency at `rate` tasks/s offered for `seconds`: p50 and p99 in µs.
-std::pair<double, double> latency(const std::string& url, double rate, double seconds) {
+/// `prefetch`: the worker's (0: its default, concurrency * 4).
+std::pair<double, double> latency(const std::string& url, double rate, double seconds,
+                                  std::size_t prefetch) {
     auto broker = *Broker::open(url);
     Client client(broker);
     std::vector<double> lat;
     std::mutex mu;
-    Worker worker(broker, WorkerOptions{.queues = {"latency"}, .concurrency = 2});
+    Worker worker(broker,
+                  WorkerOptions{.queues = {"latency"}, .concurrency = 2, .prefetch = prefetch});
     worker.handle("stamp", [&](TaskContext& c) -> Json {
         auto sent = c.args()[0].get<std::int64_t>();
         auto now =
@@ -263,10 +266,19 @@ int main(int argc, char** argv) {
         // Latency at half the measured maximum.
         if (!std::getenv("BENCH_NO_LATENCY")) {
             double rate = rows.back().f.end_to_end_per_s / 2;
-            auto [p50, p99] = latency(url + "?results=none", rate, 5.0);
+            // With the raw floor's prefetch (1,000, as the throughput runs), then with the
+            // worker's default (concurrency * 4 = 8), which holds each millisecond's burst back
+            // until acks come.
+            auto [p50, p99] = latency(url + "?results=none", rate, 5.0, 1000);
             extra["conveyor_amqp_latency_p50_us"] = std::round(p50);
             extra["conveyor_amqp_latency_p99_us"] = std::round(p99);
             fmt::print("latency at {:.0f} tasks/s: p50 {:.0f} us, p99 {:.0f} us\n", rate, p50, p99);
+            auto [d50, d99] = latency(url + "?results=none", rate, 5.0, 0);
+            extra["conveyor_amqp_latency_default_prefetch_p50_us"] = std::round(d50);
+            extra["conveyor_amqp_latency_default_prefetch_p99_us"] = std::round(d99);
+            fmt::print(
+                "latency at {:.0f} tasks/s, default prefetch: p50 {:.0f} us, p99 {:.0f} us\n", rate,
+                d50, d99);
         }
         // What a limit costs on RabbitMQ (kept in the Redis result backend): the same drain
         // with that backend, without a limit and with limits that never hold a task back.
