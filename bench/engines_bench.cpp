@@ -182,15 +182,15 @@ Figures median_of(Fn&& run) {
 }
 
 /// Enqueue-to-handler-start latency at `rate` tasks/s offered for `seconds`: p50 and p99 in µs.
-/// `prefetch`: the worker's (0: its default, concurrency * 4).
+/// `prefetch`: the worker's (0: its default, concurrency * 4). Each run has a queue of its own.
 std::pair<double, double> latency(const std::string& url, double rate, double seconds,
                                   std::size_t prefetch) {
+    const std::string queue = fmt::format("latency-{}", prefetch);
     auto broker = *Broker::open(url);
     Client client(broker);
     std::vector<double> lat;
     std::mutex mu;
-    Worker worker(broker,
-                  WorkerOptions{.queues = {"latency"}, .concurrency = 2, .prefetch = prefetch});
+    Worker worker(broker, WorkerOptions{.queues = {queue}, .concurrency = 2, .prefetch = prefetch});
     worker.handle("stamp", [&](TaskContext& c) -> Json {
         auto sent = c.args()[0].get<std::int64_t>();
         auto now =
@@ -216,7 +216,7 @@ std::pair<double, double> latency(const std::string& url, double rate, double se
             batch.push_back(TaskMessage{.name = "stamp", .args = {us}, .ignore_result = true});
         }
         sent += batch.size();
-        if (!batch.empty()) (void)client.enqueue_many(std::move(batch), {.queue = "latency"});
+        if (!batch.empty()) (void)client.enqueue_many(std::move(batch), {.queue = queue});
         std::this_thread::sleep_until(
             start +
             std::chrono::milliseconds(
@@ -269,13 +269,14 @@ int main(int argc, char** argv) {
             // With the raw floor's prefetch (1,000, as the throughput runs), then with the
             // worker's default (concurrency * 4 = 8), which holds each millisecond's burst back
             // until acks come.
+            // (conveyor_amqp_latency_*: the default prefetch, as in earlier results.)
             auto [p50, p99] = latency(url + "?results=none", rate, 5.0, 1000);
-            extra["conveyor_amqp_latency_p50_us"] = std::round(p50);
-            extra["conveyor_amqp_latency_p99_us"] = std::round(p99);
+            extra["conveyor_amqp_latency_prefetch1000_p50_us"] = std::round(p50);
+            extra["conveyor_amqp_latency_prefetch1000_p99_us"] = std::round(p99);
             fmt::print("latency at {:.0f} tasks/s: p50 {:.0f} us, p99 {:.0f} us\n", rate, p50, p99);
             auto [d50, d99] = latency(url + "?results=none", rate, 5.0, 0);
-            extra["conveyor_amqp_latency_default_prefetch_p50_us"] = std::round(d50);
-            extra["conveyor_amqp_latency_default_prefetch_p99_us"] = std::round(d99);
+            extra["conveyor_amqp_latency_p50_us"] = std::round(d50);
+            extra["conveyor_amqp_latency_p99_us"] = std::round(d99);
             fmt::print(
                 "latency at {:.0f} tasks/s, default prefetch: p50 {:.0f} us, p99 {:.0f} us\n", rate,
                 d50, d99);

@@ -79,12 +79,10 @@ if watch:
     lines.append('Metrics, /metrics listener and logs at their defaults, against none of them: ' +
                  '; '.join(watch))
 lines.append('Enqueue-to-handler-start latency on RabbitMQ (prefetch 1,000, as the floor): '
-             'p50 %s us, p99 %s us' % (num(fig.get('conveyor_amqp_latency_p50_us')),
-                                       num(fig.get('conveyor_amqp_latency_p99_us'))))
-if fig.get('conveyor_amqp_latency_default_prefetch_p99_us'):
-    lines.append('... with the worker\'s default prefetch (concurrency * 4 = 8): p50 %s us, p99 %s us' % (
-        num(fig.get('conveyor_amqp_latency_default_prefetch_p50_us')),
-        num(fig.get('conveyor_amqp_latency_default_prefetch_p99_us'))))
+             'p50 %s us, p99 %s us' % (num(fig.get('conveyor_amqp_latency_prefetch1000_p50_us')),
+                                       num(fig.get('conveyor_amqp_latency_prefetch1000_p99_us'))))
+lines.append('... with the worker\'s default prefetch (concurrency * 4 = 8): p50 %s us, p99 %s us' % (
+    num(fig.get('conveyor_amqp_latency_p50_us')), num(fig.get('conveyor_amqp_latency_p99_us'))))
 if fig.get('raw_amqp_latency_p99_us'):
     lines.append('The floor: raw rabbitmq-c, the same message at the same rate, send to receipt: '
                  'p50 %s us, p99 %s us' % (num(fig.get('raw_amqp_latency_p50_us')),

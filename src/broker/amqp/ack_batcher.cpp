@@ -19,8 +19,9 @@ AckBatcher::Acks AckBatcher::due(std::optional<std::uint64_t> oldest_unsettled, 
     const std::size_t batch = std::min(kBatch, window_share);
     std::size_t n_covered = 0;  // counted up to `batch` only
     for (auto it = waiting_.begin(); it != covered && n_covered < batch; ++it) ++n_covered;
-    // Acks that must go now go one by one (below); the covered ones among them then go first,
-    // in one frame, rather than lingering or going singly.
+    // When acks must go (all, crowding their quarter of the window, or waited kDelay), the
+    // covered ones go at once in one frame rather than lingering or going singly; what is left
+    // is then looked at again: it goes one by one only if it still must.
     auto overdue = [&] {
         return all || waiting_.size() >= std::min(kBacklog, window_share) ||
                now - *since_ >= kDelay;
