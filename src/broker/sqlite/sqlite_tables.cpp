@@ -417,50 +417,45 @@ Result<Statements> Statements::prepare(Db& db) {
         CONVEYOR_TRY(st);
         *d.stmt = std::move(*st);
     }
+    // A chunk statement: `head`, then `group` n times (comma-separated), then `tail`.
+    auto chunk = [&db](Stmt& into, std::string_view head, std::string_view group, std::size_t n,
+                       std::string_view tail) -> Result<void> {
+        std::string sql(head);
+        for (std::size_t i = 0; i < n; ++i) {
+            if (i) sql += ',';
+            sql += group;
+        }
+        sql += tail;
+        auto st = db.prepare(sql);
+        CONVEYOR_TRY(st);
+        into = std::move(*st);
+        return {};
+    };
     for (std::size_t c = 0; c < kChunks.size(); ++c) {
         // A task whose id has a stored result is not enqueued again (see insert_messages).
-        std::string tasks =
-            "INSERT OR IGNORE INTO tasks(seq,id,queue,state,priority,available_at,retries,name,"
-            "created_at,unique_key,fair) SELECT * FROM (VALUES ";
-        std::string messages = "INSERT INTO messages(seq,props,headers,body) VALUES ";
-        for (std::size_t i = 0; i < kChunks[c]; ++i) {
-            tasks += i ? ",(?,?,?,?,?,?,?,?,?,?,?)" : "(?,?,?,?,?,?,?,?,?,?,?)";
-            messages += i ? ",(?,?,?,?)" : "(?,?,?,?)";
-        }
-        tasks += ") AS v WHERE NOT EXISTS (SELECT 1 FROM results WHERE id=v.column2)";
-        auto t = db.prepare(tasks);
-        CONVEYOR_TRY(t);
-        s.insert_tasks[c] = std::move(*t);
-        auto m = db.prepare(messages);
-        CONVEYOR_TRY(m);
-        s.insert_messages[c] = std::move(*m);
-        std::string read = "SELECT seq, props, headers, body FROM messages WHERE seq IN (";
-        for (std::size_t i = 0; i < kChunks[c]; ++i) read += i ? ",?" : "?";
-        auto r = db.prepare(read + ")");
-        CONVEYOR_TRY(r);
-        s.read_messages[c] = std::move(*r);
+        CONVEYOR_TRY(chunk(s.insert_tasks[c],
+                           "INSERT OR IGNORE INTO tasks(seq,id,queue,state,priority,available_at,"
+                           "retries,name,created_at,unique_key,fair) SELECT * FROM (VALUES ",
+                           "(?,?,?,?,?,?,?,?,?,?,?)", kChunks[c],
+                           ") AS v WHERE NOT EXISTS (SELECT 1 FROM results WHERE id=v.column2)"));
+        CONVEYOR_TRY(chunk(s.insert_messages[c],
+                           "INSERT INTO messages(seq,props,headers,body) VALUES ", "(?,?,?,?)",
+                           kChunks[c], ""));
+        CONVEYOR_TRY(chunk(s.read_messages[c],
+                           "SELECT seq, props, headers, body FROM messages WHERE seq IN (", "?",
+                           kChunks[c], ")"));
     }
     for (std::size_t c = 0; c < s.finish_chunk.size(); ++c) {
         // Each row: seq, state, started (or NULL), finished; then the owner. (The plan: a
         // scan of the values, each task found by its seq.)
-        std::string finish =
-            "UPDATE tasks SET state=v.column2, started_at=coalesce(v.column3, started_at), "
-            "finished_at=v.column4, lease_until=NULL FROM (VALUES ";
-        std::string ack = "DELETE FROM tasks WHERE seq IN (";
-        for (std::size_t i = 0; i < kChunks[c]; ++i) {
-            finish += i ? ",(?,?,?,?)" : "(?,?,?,?)";
-            ack += i ? ",?" : "?";
-        }
-        finish +=
-            ") AS v WHERE tasks.seq=v.column1 AND tasks.lease_owner=? AND tasks.state=1 "
-            "RETURNING seq";
-        ack += ") AND lease_owner=? AND state=1 RETURNING seq";
-        auto f = db.prepare(finish);
-        CONVEYOR_TRY(f);
-        s.finish_chunk[c] = std::move(*f);
-        auto a = db.prepare(ack);
-        CONVEYOR_TRY(a);
-        s.ack_chunk[c] = std::move(*a);
+        CONVEYOR_TRY(chunk(s.finish_chunk[c],
+                           "UPDATE tasks SET state=v.column2, started_at=coalesce(v.column3, "
+                           "started_at), finished_at=v.column4, lease_until=NULL FROM (VALUES ",
+                           "(?,?,?,?)", kChunks[c],
+                           ") AS v WHERE tasks.seq=v.column1 AND tasks.lease_owner=? AND "
+                           "tasks.state=1 RETURNING seq"));
+        CONVEYOR_TRY(chunk(s.ack_chunk[c], "DELETE FROM tasks WHERE seq IN (", "?", kChunks[c],
+                           ") AND lease_owner=? AND state=1 RETURNING seq"));
     }
     return s;
 }
