@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <array>
-#include <unordered_set>
 
 #include "core/json_bounds.hpp"
 #include "core/time.hpp"
@@ -156,11 +155,12 @@ Result<std::optional<std::string>> inflated_body(const Headers& headers, std::st
 
 /// Celery's headers, read into TaskMessage fields; any other header is kept as an extra.
 bool known_header(std::string_view key) {
-    static const std::unordered_set<std::string_view> known = {
+    // (Compared in turn, mostly by length alone: cheaper than hashing each of a task's headers.)
+    static constexpr std::array<std::string_view, 17> kKnown = {
         "lang",     "task",        "id",      "shadow",        "eta",        "expires",
         "group",    "group_index", "retries", "timelimit",     "root_id",    "parent_id",
         "argsrepr", "kwargsrepr",  "origin",  "ignore_result", "max_retries"};
-    return known.contains(key);
+    return std::find(kKnown.begin(), kKnown.end(), key) != kKnown.end();
 }
 
 }  // namespace
@@ -414,12 +414,21 @@ Result<TaskMessage> decode_message(const MessageView& m, std::size_t max_body, b
                     fmt::format("unsupported content_type '{}' (expected application/json)",
                                 m.content_type.substr(0, 64)));
     }
-    auto parsed = detail::parse_untrusted(m.body, "body");
-    CONVEYOR_TRY(parsed);
-    Json& body = *parsed;
-
-    TaskMessage t;
-    bool v1 = !h.find("task") && body.is_object() && body.contains("task");
+    // Protocol 2 (a task header) with a well-formed body: its parts read straight into the
+    // task; anything else parsed whole, and checked below.
+    std::optional<detail::TaskBody> parts;
+    if (h.find("task")) parts = detail::parse_task_body(m.body);
+    Json body;
+    if (!parts) {
+        auto parsed = detail::parse_untrusted(m.body, "body");
+        CONVEYOR_TRY(parsed);
+        body = std::move(*parsed);
+    }
+    TaskMessage t = parts ? TaskMessage{.args = std::move(parts->args),
+                                        .kwargs = std::move(parts->kwargs),
+                                        .embed = std::move(parts->embed)}
+                          : TaskMessage{};
+    bool v1 = !parts && !h.find("task") && body.is_object() && body.contains("task");
     if (v1) {
         // Protocol v1: everything in the body.
         if (!body["task"].is_string() || !body.contains("id") || !body["id"].is_string())
@@ -451,21 +460,24 @@ Result<TaskMessage> decode_message(const MessageView& m, std::size_t max_body, b
         if (!id || id->kind != Kind::string || id->text.empty())
             return fail(Errc::malformed, "header 'id' is missing or not a non-empty string");
         t.id = std::string(id->text);
-        if (!body.is_array())
-            return fail(Errc::malformed, "body is not a JSON array [args, kwargs, embed]");
-        if (body.size() != 3) {
-            return fail(
-                Errc::malformed,
-                fmt::format("body has {} elements, expected 3 [args, kwargs, embed]", body.size()));
+        if (!parts) {  // (else read and checked by parse_task_body)
+            if (!body.is_array())
+                return fail(Errc::malformed, "body is not a JSON array [args, kwargs, embed]");
+            if (body.size() != 3) {
+                return fail(Errc::malformed,
+                            fmt::format("body has {} elements, expected 3 [args, kwargs, embed]",
+                                        body.size()));
+            }
+            if (!body[0].is_array())
+                return fail(Errc::malformed, "args (body[0]) is not a JSON array");
+            if (!body[1].is_object())
+                return fail(Errc::malformed, "kwargs (body[1]) is not a JSON object");
+            if (!body[2].is_object() && !body[2].is_null())
+                return fail(Errc::malformed, "embed (body[2]) is not a JSON object");
+            t.args = std::move(body[0]);
+            t.kwargs = std::move(body[1]);
+            if (body[2].is_object()) t.embed = std::move(body[2]);
         }
-        if (!body[0].is_array()) return fail(Errc::malformed, "args (body[0]) is not a JSON array");
-        if (!body[1].is_object())
-            return fail(Errc::malformed, "kwargs (body[1]) is not a JSON object");
-        if (!body[2].is_object() && !body[2].is_null())
-            return fail(Errc::malformed, "embed (body[2]) is not a JSON object");
-        t.args = std::move(body[0]);
-        t.kwargs = std::move(body[1]);
-        if (body[2].is_object()) t.embed = std::move(body[2]);
 
         auto retries = header_int(h, "retries", 0, kMaxRetries);
         CONVEYOR_TRY(retries);

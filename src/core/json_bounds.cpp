@@ -4,6 +4,7 @@
 #include <simdjson.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <utility>
 #include <vector>
@@ -144,7 +145,70 @@ Json parse_json(std::string_view text) {
     return Json::parse(text, nullptr, false);
 }
 
+bool bound_depth(simdjson::dom::parser& parser, std::size_t capacity) noexcept {
+    // (Growing for a larger document later keeps the bound: simdjson reallocates with the
+    // parser's max_depth.)
+    return !parser.allocate(std::max<std::size_t>(capacity, 4096), kMaxJsonDepth);
+}
+
+namespace {
+
+/// The thread's parser for untrusted documents up to kReusedParserBytes, its depth bounded
+/// (bound_depth); null when it could not be allocated.
+simdjson::dom::parser* bounded_parser() {
+    thread_local simdjson::dom::parser parser;
+    thread_local bool bounded = bound_depth(parser, 0);
+    return bounded ? &parser : nullptr;
+}
+
+/// Whether an embed object is Celery's empty one: nothing but its own keys, each null.
+bool empty_embed(simdjson::dom::object embed) {
+    for (auto [key, value] : embed) {
+        if (!value.is_null()) return false;
+        if (key != "callbacks" && key != "errbacks" && key != "chain" && key != "chord")
+            return false;
+    }
+    return true;
+}
+
+}  // namespace
+
+std::optional<TaskBody> parse_task_body(std::string_view text) {
+    auto* parser = text.size() <= kReusedParserBytes ? bounded_parser() : nullptr;
+    simdjson::dom::element root;
+    if (!parser || parser->parse(text.data(), text.size(), true).get(root)) return std::nullopt;
+    simdjson::dom::array parts;
+    if (root.get_array().get(parts) || parts.size() != 3) return std::nullopt;
+    std::array<simdjson::dom::element, 3> part;
+    std::size_t i = 0;
+    for (auto e : parts)
+        if (i < part.size()) part[i++] = e;
+    if (!part[0].is_array() || !part[1].is_object() || !(part[2].is_object() || part[2].is_null()))
+        return std::nullopt;
+    bool zero = false;
+    TaskBody body{to_json(part[0], zero), to_json(part[1], zero), Json::object()};
+    if (part[2].is_object() && !empty_embed(part[2].get_object().value_unsafe()))
+        body.embed = to_json(part[2], zero);
+    if (zero && may_hold_negative_zero(text)) return std::nullopt;  // nlohmann keeps -0 apart
+    return body;
+}
+
 Result<Json> parse_untrusted(std::string_view text, std::string_view what) {
+    // simdjson with its nesting bounded first: what it parses nests no deeper than
+    // kMaxJsonDepth, so the text needs no scan of its own for depth.
+    simdjson::dom::element root;
+    if (text.size() <= kReusedParserBytes) {
+        auto* parser = bounded_parser();
+        if (parser && !parser->parse(text.data(), text.size(), true).get(root))
+            return from_document(root, text);
+    } else {
+        simdjson::dom::parser parser;
+        if (bound_depth(parser, text.size()) &&
+            !parser.parse(text.data(), text.size(), true).get(root))
+            return from_document(root, text);
+    }
+    // Refused: not JSON, beyond what simdjson reads (a number past 64 bits), or nested as deep
+    // as the bound (see bound_depth); the depth is counted, then nlohmann has the last word.
     if (json_text_depth(text) > kMaxJsonDepth)
         return fail(Errc::malformed,
                     fmt::format("{} nests deeper than {} levels", what, kMaxJsonDepth));

@@ -3,6 +3,7 @@
 // output): parsed with a bound on nesting, so no later copy or dump can run out of stack.
 
 #include <cstddef>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -29,6 +30,19 @@ std::size_t json_depth(const Json& value, std::size_t limit = kMaxJsonDepth);
 /// simdjson refuses (numbers beyond 64 bits, for one). Recurses once per level: bound the
 /// depth of untrusted text first (parse_untrusted does).
 Json parse_json(std::string_view text);
+
+/// A Celery protocol 2 body, [args, kwargs, embed], in its three parts.
+struct TaskBody {
+    Json args;    ///< an array
+    Json kwargs;  ///< an object
+    Json embed;   ///< an object; empty for Celery's empty one (its keys, each null) or a null
+};
+
+/// Untrusted text read straight into a task body's parts, without a tree of the whole: nullopt
+/// unless it is a JSON array of an array, an object and an object or null that simdjson reads
+/// as nlohmann would (up to 64 KiB, no deeper than kMaxJsonDepth, no -0); the caller then
+/// parses it with parse_untrusted and says what is wrong.
+std::optional<TaskBody> parse_task_body(std::string_view text);
 
 /// Parses untrusted text. Errc::malformed "{what} nests deeper than 128 levels" or "{what} is
 /// not valid JSON (or not valid UTF-8)".

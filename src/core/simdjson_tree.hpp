@@ -15,6 +15,13 @@ namespace conveyor::detail {
 /// own, so that one big message does not leave a thread holding its buffers.
 inline constexpr std::size_t kReusedParserBytes = std::size_t{64} * 1024;
 
+/// Makes `parser` refuse documents nested deeper than kMaxJsonDepth (and allocates it for
+/// `capacity` bytes); false when it could not allocate. A document it then parses nests no
+/// deeper than kMaxJsonDepth. (simdjson counts an innermost container that holds something
+/// one level more than json_text_depth does, so it may refuse one exactly kMaxJsonDepth deep:
+/// callers count the depth themselves when it refuses.)
+bool bound_depth(simdjson::dom::parser& parser, std::size_t capacity) noexcept;
+
 /// `e` as Json, the way nlohmann's parser builds it (a non-negative integer is unsigned, the
 /// last of two equal keys wins). Sets `zero` when it meets an integer 0, which the text may have
 /// spelled "-0" (nlohmann keeps that as a signed integer). Recurses once per level.

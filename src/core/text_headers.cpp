@@ -10,7 +10,9 @@ namespace conveyor::codec {
 namespace {
 
 struct ThreadParser {
+    ThreadParser() { bounded = detail::bound_depth(parser, 0); }
     simdjson::dom::parser parser;
+    bool bounded = false;
     bool taken = false;
 };
 
@@ -24,12 +26,13 @@ ThreadParser& thread_parser() {
 TextHeaders::TextHeaders(std::string_view text) : text_(text) {
     simdjson::dom::parser* parser = nullptr;
     auto& mine = thread_parser();
-    if (text.size() <= detail::kReusedParserBytes && !mine.taken) {
+    if (text.size() <= detail::kReusedParserBytes && !mine.taken && mine.bounded) {
         mine.taken = borrowed_ = true;
         parser = &mine.parser;
     } else {
         own_ = std::make_unique<simdjson::dom::parser>();
         parser = own_.get();
+        if (!detail::bound_depth(*parser, text.size())) return;  // unreadable: the tree's way
     }
     // (parse copies the text into the parser's padded buffer: `realloc_if_needed`.)
     readable_ = !parser->parse(text.data(), text.size(), true).get(root_) &&
@@ -109,6 +112,7 @@ void TextHeaders::names(const std::function<void(std::string_view)>& each) const
 bool TextHeaders::is_table() const { return is_object() || (readable_ && root_.is_null()); }
 
 bool TextHeaders::too_deep() const {
-    return detail::json_text_depth(text_) > detail::kMaxJsonDepth;
+    // Read, it nests no deeper than the parser's bound (detail::bound_depth).
+    return !readable_ && detail::json_text_depth(text_) > detail::kMaxJsonDepth;
 }
 }  // namespace conveyor::codec

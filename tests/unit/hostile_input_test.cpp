@@ -56,7 +56,7 @@ TEST(JsonBounds, DepthIsCountedWithoutRecursionAndStringsDoNotCount) {
     EXPECT_EQ(detail::json_depth(Json(5)), 0u);
 }
 
-TEST(JsonBounds, TooDeepTextIsRefusedBeforeItIsParsed) {
+TEST(JsonBounds, TooDeepTextIsRefusedBeforeATreeIsBuilt) {
     auto r = detail::parse_untrusted(nested(100000), "the body");
     ASSERT_FALSE(r);
     EXPECT_EQ(r.error().code, Errc::malformed);
@@ -64,6 +64,54 @@ TEST(JsonBounds, TooDeepTextIsRefusedBeforeItIsParsed) {
     EXPECT_TRUE(detail::parse_untrusted(nested(128), "x"));
     EXPECT_FALSE(detail::parse_untrusted(nested(129), "x"));
     EXPECT_EQ(detail::dump_lossy(Json("a\xff")), "\"a\xEF\xBF\xBD\"");
+}
+
+TEST(JsonBounds, TheBoundIsExactWhateverTheInnermostLevelHolds) {
+    // simdjson, bounded, counts a level holding something one more than an empty one: the
+    // depth is counted again where it refuses, so the bound is the same either way.
+    for (std::string_view inner : {"1", "", "{}", R"({"k": null})"}) {
+        std::size_t own = inner.starts_with('{') ? 1 : 0;  // the inner object's own level
+        EXPECT_TRUE(detail::parse_untrusted(nested(128 - own, inner), "x")) << inner;
+        EXPECT_FALSE(detail::parse_untrusted(nested(129 - own, inner), "x")) << inner;
+    }
+    EXPECT_TRUE(detail::parse_untrusted(nested_object(128), "x"));
+    auto r = detail::parse_untrusted(nested_object(129), "x");
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().message, "x nests deeper than 128 levels");
+    // And the same thread's next document parses as ever.
+    EXPECT_EQ(*detail::parse_untrusted("[1, {\"a\": 2}]", "x"), Json::parse("[1, {\"a\": 2}]"));
+}
+
+TEST(JsonBounds, ATaskBodyIsReadInItsPartsOnlyWhenItReadsAsTheWholeTreeWould) {
+    auto parts = detail::parse_task_body(
+        R"([[1, "two", -3], {"k": [3.5]}, {"callbacks": null, "errbacks": null, )"
+        R"("chain": null, "chord": null}])");
+    ASSERT_TRUE(parts);
+    EXPECT_EQ(parts->args, Json::parse(R"([1, "two", -3])"));
+    EXPECT_EQ(parts->kwargs, Json::parse(R"({"k": [3.5]})"));
+    EXPECT_EQ(parts->embed, Json::object());  // Celery's empty embed: written the same again
+    // An embed with something in it (or a key of its own) is kept whole.
+    for (const char* embed : {R"({"chain": [{"task": "next"}], "callbacks": null})",
+                              R"({"callbacks": null, "mine": null})"}) {
+        auto kept = detail::parse_task_body(std::string("[[], {}, ") + embed + "]");
+        ASSERT_TRUE(kept) << embed;
+        EXPECT_EQ(kept->embed, Json::parse(embed));
+    }
+    auto null_embed = detail::parse_task_body("[[], {}, null]");
+    ASSERT_TRUE(null_embed);
+    EXPECT_EQ(null_embed->embed, Json::object());
+    // Whatever is not such a body, or reads otherwise than nlohmann reads it, is left to the
+    // whole parse (which says what is wrong).
+    for (std::string text :
+         {std::string("[[], {}]"), std::string("[[], {}, {}, 1]"), std::string("{\"task\": \"t\"}"),
+          std::string("[{}, {}, {}]"), std::string("[[], [], {}]"), std::string("[[], {}, 5]"),
+          std::string("[[-0], {}, {}]"), std::string("[[], {\"n\": -0}, {}]"),
+          std::string("[[18446744073709551616], {}, {}]"), std::string("[[\"\xff\"], {}, {}]"),
+          std::string("[[], {}, {}"), "[" + nested(127) + ", {}, {}]"}) {
+        EXPECT_FALSE(detail::parse_task_body(text)) << text.substr(0, 40);
+    }
+    // Past the reused parser's size too (a parser of its own each time is not worth it).
+    EXPECT_FALSE(detail::parse_task_body("[[\"" + std::string(70000, 'x') + "\"], {}, {}]"));
 }
 
 TEST(JsonBounds, TheFastParserBuildsWhatNlohmannBuildsAndRefusesWhatItRefuses) {
