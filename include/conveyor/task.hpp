@@ -24,8 +24,10 @@ struct TaskMessage {
     std::string id;             ///< unique task id (a version 7 UUID unless the caller chooses one)
     std::string name;           ///< registered task name, e.g. "orders.bill"
     Json args = Json::array();  ///< positional arguments (JSON array)
-    Json kwargs = Json::object();           ///< keyword arguments (JSON object)
-    Json embed = Json::object();            ///< Celery's {callbacks, errbacks, chain, chord}
+    Json kwargs = Json::object();  ///< keyword arguments (JSON object)
+    /// Celery's {callbacks, errbacks, chain, chord}; a decoded task whose embed has none of
+    /// them (each null) has an empty object here, which is sent as Celery's four nulls.
+    Json embed = Json::object();
     int retries = 0;                        ///< how many times this task has been retried so far
     std::optional<TimePoint> eta;           ///< do not run before this time
     std::optional<TimePoint> expires;       ///< do not run after this time

@@ -476,7 +476,8 @@ Result<TaskMessage> decode_message(const MessageView& m, std::size_t max_body, b
                 return fail(Errc::malformed, "embed (body[2]) is not a JSON object");
             t.args = std::move(body[0]);
             t.kwargs = std::move(body[1]);
-            if (body[2].is_object()) t.embed = std::move(body[2]);
+            if (body[2].is_object() && !detail::is_empty_embed(body[2]))
+                t.embed = std::move(body[2]);
         }
 
         auto retries = header_int(h, "retries", 0, kMaxRetries);

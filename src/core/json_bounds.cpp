@@ -161,17 +161,25 @@ simdjson::dom::parser* bounded_parser() {
     return bounded ? &parser : nullptr;
 }
 
+bool embed_key(std::string_view key) {
+    return key == "callbacks" || key == "errbacks" || key == "chain" || key == "chord";
+}
+
 /// Whether an embed object is Celery's empty one: nothing but its own keys, each null.
 bool empty_embed(simdjson::dom::object embed) {
-    for (auto [key, value] : embed) {
-        if (!value.is_null()) return false;
-        if (key != "callbacks" && key != "errbacks" && key != "chain" && key != "chord")
-            return false;
-    }
+    for (auto [key, value] : embed)
+        if (!value.is_null() || !embed_key(key)) return false;
     return true;
 }
 
 }  // namespace
+
+bool is_empty_embed(const Json& embed) {
+    if (!embed.is_object()) return false;
+    for (auto& [key, value] : embed.items())
+        if (!value.is_null() || !embed_key(key)) return false;
+    return true;
+}
 
 std::optional<TaskBody> parse_task_body(std::string_view text) {
     auto* parser = text.size() <= kReusedParserBytes ? bounded_parser() : nullptr;
@@ -197,16 +205,19 @@ Result<Json> parse_untrusted(std::string_view text, std::string_view what) {
     // simdjson with its nesting bounded first: what it parses nests no deeper than
     // kMaxJsonDepth, so the text needs no scan of its own for depth.
     simdjson::dom::element root;
+    std::optional<Json> fast;
     if (text.size() <= kReusedParserBytes) {
         auto* parser = bounded_parser();
         if (parser && !parser->parse(text.data(), text.size(), true).get(root))
-            return from_document(root, text);
+            fast = from_document(root, text);
     } else {
         simdjson::dom::parser parser;
         if (bound_depth(parser, text.size()) &&
             !parser.parse(text.data(), text.size(), true).get(root))
-            return from_document(root, text);
+            fast = from_document(root, text);
     }
+    // (A -0 has nlohmann read the text again: what it refuses is refused.)
+    if (fast && !fast->is_discarded()) return std::move(*fast);
     // Refused: not JSON, beyond what simdjson reads (a number past 64 bits), or nested as deep
     // as the bound (see bound_depth); the depth is counted, then nlohmann has the last word.
     if (json_text_depth(text) > kMaxJsonDepth)

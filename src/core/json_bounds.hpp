@@ -31,11 +31,16 @@ std::size_t json_depth(const Json& value, std::size_t limit = kMaxJsonDepth);
 /// depth of untrusted text first (parse_untrusted does).
 Json parse_json(std::string_view text);
 
+/// Whether `embed` is Celery's empty embed: an object of nothing but its keys (callbacks,
+/// errbacks, chain, chord), each null. A decoded task keeps an empty object instead, which
+/// encodes as the same text.
+bool is_empty_embed(const Json& embed);
+
 /// A Celery protocol 2 body, [args, kwargs, embed], in its three parts.
 struct TaskBody {
     Json args;    ///< an array
     Json kwargs;  ///< an object
-    Json embed;   ///< an object; empty for Celery's empty one (its keys, each null) or a null
+    Json embed;   ///< an object; empty for Celery's empty one (is_empty_embed) or a null
 };
 
 /// Untrusted text read straight into a task body's parts, without a tree of the whole: nullopt

@@ -17,10 +17,11 @@ namespace conveyor::codec {
 /// JSON text read as codec::Headers. Reads what JsonHeaders over detail::parse_json(text)
 /// reads: the last of two equal names wins, a non-negative integer is unsigned. Where it could
 /// not read the same (text that is not JSON or not UTF-8, a number beyond 64 bits, a -0, nesting
-/// as deep as kMaxJsonDepth or deeper: see detail::bound_depth) readable() is false, and the caller
-/// reads the JSON tree instead; so it is for an object of more than kMaxNames names, whose lookups
-/// (a walk over the names each) the tree's index does better. `text` must outlive it; so must the
-/// thread (its parser is the thread's, while no other TextHeaders of the thread holds it).
+/// deeper than kMaxJsonDepth, or maybe exactly as deep: see detail::bound_depth) readable() is
+/// false, and the caller reads the JSON tree instead; so it is for an object of more than kMaxNames
+/// names, whose lookups (a walk over the names each) the tree's index does better. `text` must
+/// outlive it; so must the thread (its parser is the thread's, while no other TextHeaders of the
+/// thread holds it).
 class TextHeaders final : public Headers {
   public:
     static constexpr std::size_t kMaxNames = 64;

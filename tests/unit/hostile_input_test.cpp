@@ -75,6 +75,11 @@ TEST(JsonBounds, TheBoundIsExactWhateverTheInnermostLevelHolds) {
         EXPECT_FALSE(detail::parse_untrusted(nested(129 - own, inner), "x")) << inner;
     }
     EXPECT_TRUE(detail::parse_untrusted(nested_object(128), "x"));
+    // Past the reused parser's size, a parser of its own is bounded the same.
+    std::string pad(70000, ' ');
+    EXPECT_TRUE(detail::parse_untrusted(pad + nested(128), "x"));
+    EXPECT_FALSE(detail::parse_untrusted(pad + nested(129), "x"));
+    EXPECT_FALSE(detail::parse_untrusted(pad + nested(129, ""), "x"));
     auto r = detail::parse_untrusted(nested_object(129), "x");
     ASSERT_FALSE(r);
     EXPECT_EQ(r.error().message, "x nests deeper than 128 levels");
@@ -109,6 +114,28 @@ TEST(JsonBounds, ATaskBodyIsReadInItsPartsOnlyWhenItReadsAsTheWholeTreeWould) {
           std::string("[[18446744073709551616], {}, {}]"), std::string("[[\"\xff\"], {}, {}]"),
           std::string("[[], {}, {}"), "[" + nested(127) + ", {}, {}]"}) {
         EXPECT_FALSE(detail::parse_task_body(text)) << text.substr(0, 40);
+    }
+    // Read in parts or whole, a task decodes the same (Celery's empty embed an empty object
+    // either way, as the whole way also keeps it).
+    for (std::string text :
+         {std::string(R"([[1, "two"], {"k": [3]}, {"callbacks": null, "chain": null}])"),
+          std::string(R"([[], {}, {"chain": [{"task": "next"}], "chord": null}])"),
+          std::string(R"([[], {}, {"errbacks": null, "x": null}])"),
+          std::string(R"([[-0.0, 1e3], {"a": {"a": 1, "a": 2}}, null])"),
+          std::string(R"([["\u00e9\ud83d\ude00"], {}, {}])"),
+          // The same read whole: a -0 in a string, and a body past the reused parser's size.
+          std::string(R"([["x-0,"], {}, {"callbacks": null}])"),
+          R"([[")" + std::string(70000, 'x') + R"("], {}, {"chord": null}])"}) {
+        Json headers = {{"task", "t"}, {"id", "i"}};
+        const codec::JsonHeaders h(headers);
+        auto task = codec::decode(
+            codec::MessageView{.content_type = codec::kJson, .headers = h, .body = text}, 1 << 20);
+        ASSERT_TRUE(task) << text.substr(0, 60);
+        Json whole = *detail::parse_untrusted(text, "body");
+        EXPECT_EQ(task->args, whole[0]) << text.substr(0, 60);
+        EXPECT_EQ(task->kwargs, whole[1]) << text.substr(0, 60);
+        bool empty = whole[2].is_null() || detail::is_empty_embed(whole[2]);
+        EXPECT_EQ(task->embed, empty ? Json::object() : whole[2]) << text.substr(0, 60);
     }
     // Past the reused parser's size too (a parser of its own each time is not worth it).
     EXPECT_FALSE(detail::parse_task_body("[[\"" + std::string(70000, 'x') + "\"], {}, {}]"));

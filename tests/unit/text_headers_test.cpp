@@ -175,6 +175,25 @@ TEST(TextHeaders, NestingIsRefusedAtTheSameDepthAsTheJsonTree) {
     }
 }
 
+TEST(TextHeaders, AParserOfItsOwnIsBoundedAsTheThreadsIs) {
+    // Past the reused parser's size, or while another holds it: too deep is never readable
+    // (else too_deep() would take it for shallow, unscanned).
+    std::string big = nested(129);
+    big.insert(big.size() - 1, std::string(70000, ' '));
+    const codec::TextHeaders alone(big);
+    EXPECT_FALSE(alone.readable());
+    EXPECT_TRUE(alone.too_deep());
+    const std::string three = nested(3), deep = nested(129), hundred = nested(100);
+    const codec::TextHeaders holder(three);
+    ASSERT_TRUE(holder.readable());
+    const codec::TextHeaders second(deep);
+    EXPECT_FALSE(second.readable());
+    EXPECT_TRUE(second.too_deep());
+    const codec::TextHeaders shallow(hundred);
+    EXPECT_TRUE(shallow.readable());
+    EXPECT_FALSE(shallow.too_deep());
+}
+
 TEST(TextHeaders, TextNotReadTheTreesWayIsLeftToTheTree) {
     // Each of these the tree reads otherwise (or not at all): the caller must take the tree.
     for (std::string text : {
