@@ -281,6 +281,7 @@ class AmqpConsumer final : public Consumer {
         refresh_limits();
         room_ = max;
         std::vector<Delivery> out;
+        out.reserve(std::min<std::size_t>(max, 32));  // (a Delivery is a large thing to move)
         while (!buffered_.empty() && out.size() < max) {
             out.push_back(std::move(buffered_.front()));
             buffered_.pop_front();

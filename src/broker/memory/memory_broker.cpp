@@ -9,6 +9,7 @@
 #include <unordered_set>
 
 #include "broker/embedded.hpp"
+#include "broker/memory/id_index.hpp"
 #include "broker/publish_moved.hpp"
 #include "core/codec.hpp"
 #include "core/try.hpp"
@@ -19,6 +20,7 @@ namespace {
 
 struct Item {
     std::string id;
+    std::uint64_t id_hash = 0;  // IdIndex::hash_of(id)
     std::string queue;
     Envelope envelope;
     std::shared_ptr<const TaskMessage> task;  // as published (then `envelope` is not made)
@@ -43,11 +45,15 @@ struct State {
     std::uint64_t next_seq = 1;
     std::uint64_t next_consumer = 1;
     std::unordered_map<std::uint64_t, Item> items;
-    // Live id -> seq. (The key is the item's own id: no copy to make and free per task; an
-    // entry goes before its item.)
-    std::unordered_map<std::string_view, std::uint64_t> ids;
+    IdIndex ids;  // live id -> seq (an entry goes before its item)
     std::unordered_map<std::string, TaskResult> results;
     std::map<std::string, QueueState> queues;
+
+    /// The seq of the live task `id` (IdIndex::hash_of: `h`), if there is one.
+    std::optional<std::uint64_t> live(std::string_view id, std::uint64_t h) const {
+        return ids.find(h, id,
+                        [&](std::uint64_t seq) -> std::string_view { return items.at(seq).id; });
+    }
 
     void make_ready(std::uint64_t seq) {
         auto& it = items.at(seq);
@@ -152,7 +158,7 @@ class MemoryConsumer final : public Consumer {
             switch (st.kind) {
                 case Settlement::Kind::ack:
                     if (st.result) s_->results[item.id] = *st.result;
-                    s_->ids.erase(item.id);
+                    s_->ids.erase(item.id_hash, st.tag);
                     gone.push_back(s_->items.extract(st.tag));
                     break;
                 case Settlement::Kind::retry: {
@@ -232,8 +238,9 @@ class MemoryBroker final : public Broker, public detail::MovePublisher {
                                                 : codec::envelope_id(m.envelope);
             if (id.empty()) id = make_task_id();
             int priority = m.task ? m.task->priority : m.envelope.priority;
-            made.push_back(
-                Item{std::move(id), m.queue, std::move(m.envelope), std::move(m.task), priority});
+            auto h = IdIndex::hash_of(id);
+            made.push_back(Item{std::move(id), h, m.queue, std::move(m.envelope), std::move(m.task),
+                                priority});
         }
         std::lock_guard lk(s_->mu);
         auto now = SystemClock::now();
@@ -242,7 +249,7 @@ class MemoryBroker final : public Broker, public detail::MovePublisher {
         for (std::size_t i = 0; i < msgs.size(); ++i) {
             auto& m = msgs[i];
             Item& item = made[i];
-            if (s_->ids.contains(item.id) || s_->results.contains(item.id)) continue;
+            if (s_->live(item.id, item.id_hash) || s_->results.contains(item.id)) continue;
             auto seq = s_->next_seq++;
             if (!q_name || *q_name != m.queue) {  // batches usually go to one queue
                 q = &s_->queues[m.queue];
@@ -255,8 +262,9 @@ class MemoryBroker final : public Broker, public detail::MovePublisher {
                 q->ready.emplace(-item.priority, seq);
                 item.due = now;
             }
-            const auto& stored = s_->items.emplace(seq, std::move(item)).first->second;
-            s_->ids.emplace(stored.id, seq);
+            auto h = item.id_hash;
+            s_->items.emplace(seq, std::move(item));
+            s_->ids.insert(h, seq);
         }
         s_->cv.notify_all();
         return {};
@@ -290,13 +298,14 @@ class MemoryBroker final : public Broker, public detail::MovePublisher {
     Result<TaskResult> result(std::string_view id) override {
         std::lock_guard lk(s_->mu);
         std::string key(id);
+        auto seq = s_->live(key, IdIndex::hash_of(key));
         if (auto it = s_->results.find(key);
-            it != s_->results.end() && (it->second.ready() || !s_->ids.contains(key)))
+            it != s_->results.end() && (it->second.ready() || !seq))
             return it->second;
         TaskResult r;
         r.id = key;
-        if (auto it = s_->ids.find(key); it != s_->ids.end()) {
-            auto& item = s_->items.at(it->second);
+        if (seq) {
+            auto& item = s_->items.at(*seq);
             if (auto rit = s_->results.find(key); rit != s_->results.end()) r = rit->second;
             if (item.owner) r.state = TaskState::started;
         }
@@ -364,7 +373,7 @@ class MemoryBroker final : public Broker, public detail::MovePublisher {
         if (it == s_->queues.end()) return std::size_t{0};
         std::size_t n = it->second.dead.size();
         for (auto seq : it->second.dead) {
-            s_->ids.erase(s_->items.at(seq).id);
+            s_->ids.erase(s_->items.at(seq).id_hash, seq);
             s_->items.erase(seq);
         }
         it->second.dead.clear();
