@@ -8,7 +8,6 @@
 #include <map>
 #include <random>
 #include <string>
-#include <unordered_map>
 
 #include "conveyor/broker.hpp"
 #include "conveyor/client.hpp"
@@ -89,4 +88,31 @@ TEST(IdIndex, TheMemoryEngineDropsALiveDuplicateAndTakesTheIdAgainOnceItsTaskIsG
         ASSERT_TRUE(consumer->settle(acks));
         // Gone (acknowledged without a result): the next round files the same ids again.
     }
+    // Twice in one batch: once.
+    std::vector<OutgoingMessage> twice(2);
+    for (auto& m : twice) {
+        m.queue = "q";
+        m.task_id = "twice";
+        m.envelope.headers = Json{{"id", "twice"}, {"task", "t"}};
+        m.envelope.body = "[[], {}, {}]";
+        m.envelope.content_type = "application/json";
+    }
+    ASSERT_TRUE(broker->publish(twice));
+    auto one = consumer->fetch(10, std::chrono::milliseconds(100));
+    ASSERT_TRUE(one);
+    ASSERT_EQ(one->size(), 1u);
+    // Running, its result says so (found by its id); dead-lettered, it keeps its id until its
+    // dead letters are purged, and then the id is taken again.
+    EXPECT_EQ(broker->result("twice")->state, TaskState::started);
+    std::vector<Settlement> dead{Settlement{Settlement::Kind::dead_letter, (*one)[0].tag}};
+    dead[0].reason = "test";
+    ASSERT_TRUE(consumer->settle(dead));
+    publish("twice", "again");
+    EXPECT_EQ(consumer->fetch(10, std::chrono::milliseconds(20))->size(), 0u);
+    ASSERT_EQ(*broker->purge_dead("q"), 1u);
+    publish("twice", "after");
+    auto after = consumer->fetch(10, std::chrono::milliseconds(100));
+    ASSERT_TRUE(after);
+    ASSERT_EQ(after->size(), 1u);
+    EXPECT_EQ((*after)[0].envelope.headers["task"], "after");
 }

@@ -4,6 +4,7 @@
 // touches one slot, mostly one cache line; a node-based map chases a bucket, the node before
 // and the node itself, each a cache miss once the index outgrows the cache.
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -17,7 +18,8 @@ class IdIndex {
   public:
     /// The hash an id is filed under (never 0, which marks a free slot).
     static std::uint64_t hash_of(std::string_view id) noexcept {
-        return std::uint64_t(std::hash<std::string_view>{}(id)) | 1;
+        auto h = std::uint64_t(std::hash<std::string_view>{}(id));
+        return h != 0 ? h : 1;
     }
 
     /// The seq filed for `id` (hash `h`), if any. `id_of(seq)` is the id of a filed seq:

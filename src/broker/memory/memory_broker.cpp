@@ -45,7 +45,9 @@ struct State {
     std::uint64_t next_seq = 1;
     std::uint64_t next_consumer = 1;
     std::unordered_map<std::uint64_t, Item> items;
-    IdIndex ids;  // live id -> seq (an entry goes before its item)
+    // Live id -> seq. Every entry's seq is in `items` (live() reads items.at): filed after
+    // its item is, erased before it goes.
+    IdIndex ids;
     std::unordered_map<std::string, TaskResult> results;
     std::map<std::string, QueueState> queues;
 
