@@ -3,6 +3,9 @@
 #include "broker/amqp/amqp_consumer.hpp"
 
 #include <fmt/format.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <cmath>
@@ -850,6 +853,9 @@ class AmqpConsumer final : public Consumer {
             acks_.due(unsettled_.empty() ? std::nullopt : std::optional(unsettled_.begin()->first),
                       all, steady_clock::now());
         auto raw = conn_->raw();
+        // Several frames go as one TCP segment (rabbitmq-c writes each frame at once): the
+        // broker reads them in one go, and the kernel carries one segment, not one each.
+        Corked corked(due.singles.size() + (due.up_to ? 1 : 0) > 1 ? amqp_get_sockfd(raw) : -1);
         if (due.up_to && amqp_basic_ack(raw, kConsumeChannel, *due.up_to, 1) != AMQP_STATUS_OK) {
             drop("ack failed");
             return;
@@ -861,6 +867,21 @@ class AmqpConsumer final : public Consumer {
             }
         }
     }
+
+    /// TCP_CORK on a socket for its lifetime (none for -1).
+    class Corked {
+      public:
+        explicit Corked(int fd) : fd_(fd) { set(1); }
+        ~Corked() { set(0); }
+        Corked(const Corked&) = delete;
+        Corked& operator=(const Corked&) = delete;
+
+      private:
+        void set(int on) const {
+            if (fd_ >= 0) (void)setsockopt(fd_, IPPROTO_TCP, TCP_CORK, &on, sizeof on);
+        }
+        int fd_;
+    };
 
     /// basic.consume on `physical`, under a consumer tag of its own.
     Result<void> start_consuming(Connection& conn, const std::string& physical,
