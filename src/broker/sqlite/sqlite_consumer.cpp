@@ -489,36 +489,40 @@ class SqliteConsumer final : public Consumer {
             std::size_t n = opts_.queues.size();
             for (std::size_t i = 0; i < n && out.size() < max; ++i) {
                 auto& q = opts_.queues[(rr_ + i) % n];
+                auto want = std::int64_t(max - out.size());
+                st_.pick.reset();
+                st_.pick.bind(1, q).bind(2, want);
+                auto first = out.size();
+                std::int64_t turn = 0;  // the latest turn taken (fair queues)
+                for (;;) {
+                    auto r = st_.pick.step();
+                    CONVEYOR_TRY(r);
+                    if (!*r) break;
+                    Row row;
+                    row.seq = st_.pick.i64(0);
+                    row.id = st_.pick.text(1);
+                    row.queue = st_.pick.text(2);
+                    row.deliveries = int(st_.pick.i64(3));  // as the claim leaves it
+                    row.priority = int(st_.pick.i64(4));
+                    row.available_at = st_.pick.i64(5);
+                    row.name = st_.pick.text(6);
+                    row.fair = st_.pick.i64(7);
+                    turn = std::max(turn, row.fair);
+                    out.push_back(std::move(row));
+                }
+                if (out.size() == first) continue;
                 st_.claim.reset();
                 st_.claim.bind(1, owner_)
                     .bind(2, now + opts_.lease.count())
                     .bind(3, q)
-                    .bind(4, std::int64_t(max - out.size()))
+                    .bind(4, want)
                     .bind(5, now);
-                auto first = out.size();
-                std::int64_t turn = 0;  // the latest turn taken (fair queues)
-                for (;;) {
-                    auto r = st_.claim.step();
-                    CONVEYOR_TRY(r);
-                    if (!*r) break;
-                    Row row;
-                    row.seq = st_.claim.i64(0);
-                    row.id = st_.claim.text(1);
-                    row.queue = st_.claim.text(2);
-                    row.deliveries = int(st_.claim.i64(3));
-                    row.priority = int(st_.claim.i64(4));
-                    row.available_at = st_.claim.i64(5);
-                    row.name = st_.claim.text(6);
-                    row.fair = st_.claim.i64(7);
-                    turn = std::max(turn, row.fair);
-                    out.push_back(std::move(row));
-                }
-                // RETURNING gives rows in no promised order.
-                std::sort(out.begin() + std::ptrdiff_t(first), out.end(),
-                          [](const Row& a, const Row& b) {
-                              return std::tuple{a.fair, -a.priority, a.seq} <
-                                     std::tuple{b.fair, -b.priority, b.seq};
-                          });
+                auto leased = st_.claim.run();
+                CONVEYOR_TRY(leased);
+                if (std::size_t(*leased) != out.size() - first)
+                    return fail(Errc::unavailable,
+                                fmt::format("a claim picked {} tasks and leased {}",
+                                            out.size() - first, *leased));
                 if (turn > 0) {  // a fair queue: the turn its workers have reached
                     st_.fair_taken.reset();
                     CONVEYOR_TRY(st_.fair_taken.bind(1, q).bind(2, turn).run());

@@ -63,10 +63,10 @@ struct Statements {
     /// (RETURNING the seqs it settled; a single ack goes by `finish` or `ack`): kept as
     /// history, or deleted.
     std::array<Stmt, 2> finish_chunk, ack_chunk;
-    Stmt top_seq, task_at, read_message, update_message, insert_queue, promote, reclaim, claim, ack,
-        finish, retry, dead, release, renew, store_result, probe_ready, next_delayed, next_lease,
-        data_version, expire_results, count_minute, add_count, oldest_finished, count_finished,
-        delete_seq, expire_minutes, expire_unique, read_limits, wake_due, next_wake,
+    Stmt top_seq, task_at, read_message, update_message, insert_queue, promote, reclaim, pick,
+        claim, ack, finish, retry, dead, release, renew, store_result, probe_ready, next_delayed,
+        next_lease, data_version, expire_results, count_minute, add_count, oldest_finished,
+        count_finished, delete_seq, expire_minutes, expire_unique, read_limits, wake_due, next_wake,
         release_limited, clear_wake, bucket_next, bucket_running, bucket_waits, set_bucket, park,
         bucket_started, ensure_bucket, wake_now, wake_bucket, user_version, read_fair, fair_turn,
         fair_last, fair_keep, fair_taken, fair_forget;
