@@ -491,7 +491,7 @@ class SqliteConsumer final : public Consumer {
                 auto& q = opts_.queues[(rr_ + i) % n];
                 auto want = std::int64_t(max - out.size());
                 st_.pick.reset();
-                st_.pick.bind(1, q).bind(2, want);
+                st_.pick.bind(3, q).bind(4, want);
                 auto first = out.size();
                 std::int64_t turn = 0;  // the latest turn taken (fair queues)
                 for (;;) {

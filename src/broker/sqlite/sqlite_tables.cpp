@@ -295,6 +295,18 @@ int retries_of(const Envelope& e) {
 
 Result<Statements> Statements::prepare(Db& db) {
     Statements s;
+    // The ready tasks a claim takes, in their order: the claim's SELECT and its UPDATE share
+    // this text, so that both always mean the same rows (?3 the queue, ?4 how many).
+    static const std::string kClaimable =
+        "FROM tasks WHERE state=0 AND queue=?3 "
+        "AND NOT EXISTS (SELECT 1 FROM queues WHERE name=?3 AND paused=1) "
+        "ORDER BY fair, priority DESC, seq LIMIT ?4";
+    static const std::string kPick =
+        "SELECT seq, id, queue, deliveries+1, priority, available_at, name, fair " + kClaimable;
+    static const std::string kClaim =
+        "UPDATE tasks SET state=1, lease_owner=?1, lease_until=?2, deliveries=deliveries+1, "
+        "started_at=?5, bucket=NULL WHERE seq IN (SELECT seq " +
+        kClaimable + ")";
     struct Def {
         Stmt* stmt;
         std::string_view sql;
@@ -320,16 +332,8 @@ Result<Statements> Statements::prepare(Db& db) {
         // A claim: the ready tasks it takes, in their order, then the same tasks leased (the
         // same query in the same transaction picks the same rows). Cheaper than one UPDATE ...
         // RETURNING, which SQLite runs through a temporary table of its rows.
-        {&s.pick,
-         "SELECT seq, id, queue, deliveries+1, priority, available_at, name, fair FROM tasks "
-         "WHERE state=0 AND queue=?1 AND NOT EXISTS (SELECT 1 FROM queues WHERE name=?1 AND "
-         "paused=1) ORDER BY fair, priority DESC, seq LIMIT ?2"},
-        {&s.claim,
-         "UPDATE tasks SET state=1, lease_owner=?1, lease_until=?2, deliveries=deliveries+1, "
-         "started_at=?5, bucket=NULL "
-         "WHERE seq IN (SELECT seq FROM tasks WHERE state=0 AND queue=?3 "
-         "AND NOT EXISTS (SELECT 1 FROM queues WHERE name=?3 AND paused=1) "
-         "ORDER BY fair, priority DESC, seq LIMIT ?4)"},
+        {&s.pick, kPick},
+        {&s.claim, kClaim},
         // (No RETURNING where the queue is not needed: it costs a temporary table a run.)
         {&s.ack, "DELETE FROM tasks WHERE seq=?1 AND lease_owner=?2 AND state=1"},
         // Kept as history: the last worker stays in lease_owner.
