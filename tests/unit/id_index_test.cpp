@@ -48,8 +48,9 @@ TEST(IdIndex, FindsWhatIsFiledAndNothingAfterItIsErasedThroughCollisionsAndWrapp
         auto it = model.begin();
         index.erase(it->second.first, it->first);
         model.erase(it);
-        if (model.size() % 50 == 0)
+        if (model.size() % 50 == 0) {
             for (auto& [seq, v] : model) ASSERT_EQ(index.find(v.first, v.second, id_of), seq);
+        }
     }
     EXPECT_EQ(index.size(), 0u);
     // What is not filed is neither found nor erased.

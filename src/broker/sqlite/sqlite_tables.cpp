@@ -297,16 +297,16 @@ Result<Statements> Statements::prepare(Db& db) {
     Statements s;
     // The ready tasks a claim takes, in their order: the claim's SELECT and its UPDATE share
     // this text, so that both always mean the same rows (?3 the queue, ?4 how many).
-    static const std::string kClaimable =
+    static const std::string claimable =
         "FROM tasks WHERE state=0 AND queue=?3 "
         "AND NOT EXISTS (SELECT 1 FROM queues WHERE name=?3 AND paused=1) "
         "ORDER BY fair, priority DESC, seq LIMIT ?4";
-    static const std::string kPick =
-        "SELECT seq, id, queue, deliveries+1, priority, available_at, name, fair " + kClaimable;
-    static const std::string kClaim =
+    static const std::string pick_sql =
+        "SELECT seq, id, queue, deliveries+1, priority, available_at, name, fair " + claimable;
+    static const std::string claim_sql =
         "UPDATE tasks SET state=1, lease_owner=?1, lease_until=?2, deliveries=deliveries+1, "
         "started_at=?5, bucket=NULL WHERE seq IN (SELECT seq " +
-        kClaimable + ")";
+        claimable + ")";
     struct Def {
         Stmt* stmt;
         std::string_view sql;
@@ -332,8 +332,8 @@ Result<Statements> Statements::prepare(Db& db) {
         // A claim: the ready tasks it takes, in their order, then the same tasks leased (the
         // same query in the same transaction picks the same rows). Cheaper than one UPDATE ...
         // RETURNING, which SQLite runs through a temporary table of its rows.
-        {&s.pick, kPick},
-        {&s.claim, kClaim},
+        {&s.pick, pick_sql},
+        {&s.claim, claim_sql},
         // (No RETURNING where the queue is not needed: it costs a temporary table a run.)
         {&s.ack, "DELETE FROM tasks WHERE seq=?1 AND lease_owner=?2 AND state=1"},
         // Kept as history: the last worker stays in lease_owner.
