@@ -35,6 +35,40 @@ std::pair<int, std::string> cli(const TempDir& dir, std::vector<std::string> arg
     return run(args, env, dir.path().string());
 }
 
+/// Stops `p` (SIGSTOP) at a moment it holds no write lock on the SQLite file `db`: it is
+/// stopped, and resumed and stopped again while another connection cannot take the lock.
+bool stop_outside_a_write(testsupport::Process& p, const std::string& db) {
+    for (int attempt = 0; attempt < 100; ++attempt) {
+        p.signal(SIGSTOP);
+        // Stopped for certain once /proc says so ('T') of each of its threads.
+        bool stopped = eventually(
+            [&] {
+                std::error_code ec;
+                for (auto& t : std::filesystem::directory_iterator(
+                         "/proc/" + std::to_string(p.pid()) + "/task", ec)) {
+                    std::string stat = read_file((t.path() / "stat").string());
+                    auto close = stat.rfind(')');
+                    if (close == std::string::npos || close + 2 >= stat.size() ||
+                        stat[close + 2] != 'T')
+                        return false;
+                }
+                return !ec;
+            },
+            5s);
+        if (!stopped) return false;
+        auto [rc, out] = run({"/usr/bin/python3", "-c",
+                              "import sqlite3, sys\n"
+                              "c = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)\n"
+                              "c.execute('BEGIN IMMEDIATE')\n"
+                              "c.execute('ROLLBACK')\n",
+                              db});
+        if (rc == 0) return true;
+        p.signal(SIGCONT);
+        std::this_thread::sleep_for(std::chrono::milliseconds(10 + 7 * attempt % 50));
+    }
+    return false;
+}
+
 int count_lines(const std::string& path) {
     std::string s = read_file(path);
     return int(std::count(s.begin(), s.end(), '\n'));
@@ -216,7 +250,10 @@ TEST(ExecHandler, ACommandWhoseLeaseIsLostIsStopped) {
     Process first({CONVEYOR_CLI, "worker", "--lease", "0.6"}, dir.file("first.out"), env,
                   dir.path().string());
     ASSERT_TRUE(eventually([&] { return count_lines(dir.file("started")) == 1; }, 20s));
-    first.signal(SIGSTOP);
+    // Stalled in a write transaction (a lease renewal), it would hold SQLite's write lock and
+    // every other process with it: that is SQLite's, not this test's. So it is stopped again
+    // until it is stopped between two transactions.
+    ASSERT_TRUE(stop_outside_a_write(first, dir.file("c.db")));
     Process second({CONVEYOR_CLI, "worker", "--lease", "0.6"}, dir.file("second.out"), env,
                    dir.path().string());
     ASSERT_TRUE(eventually([&] { return count_lines(dir.file("started")) == 2; }, 20s))
