@@ -385,6 +385,55 @@ struct SmallDisk {
 
 }  // namespace
 
+TEST(SqliteStorage, ALockHeldForTheBusyTimeoutIsSaidOnceItHasPassed) {
+    // busy_timeout is how long a write waits for another process's lock: then a command fails
+    // with a sentence, and a worker says it backs off (it was six times as long, each wait of
+    // a transaction retried five times over).
+    TempDir dir;
+    std::string url = "sqlite://" + dir.file("c.db") + "?busy_timeout=1";
+    write_file(
+        dir.file("conveyor.toml"),
+        "[[task]]\nname = \"t\"\nqueue = \"q\"\nexec = \"echo ran >> " + dir.file("ran") + "\"\n");
+    ASSERT_EQ(cli(dir, {"--broker", url, "enqueue", "t"}).first, 0);
+    Process locker({"/usr/bin/python3", "-c",
+                    "import sqlite3, sys, time\n"
+                    "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+                    "c.execute('BEGIN IMMEDIATE')\n"
+                    "open(sys.argv[2], 'w').write('locked')\n"
+                    "time.sleep(9)\n"
+                    "c.execute('COMMIT')\n",
+                    dir.file("c.db"), dir.file("locked")},
+                   dir.file("locker.out"));
+    ASSERT_TRUE(eventually([&] { return std::filesystem::exists(dir.file("locked")); }, 10s))
+        << read_file(dir.file("locker.out"));
+    auto began = std::chrono::steady_clock::now();
+    auto [rc, out] = cli(dir, {"--broker", url, "enqueue", "t"});
+    auto took = std::chrono::steady_clock::now() - began;
+    EXPECT_NE(rc, 0) << out;
+    EXPECT_NE(out.find("another process holds the write lock"), std::string::npos) << out;
+    EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << out;
+    EXPECT_GE(took, 1s);
+    EXPECT_LT(took, 4s);
+    began = std::chrono::steady_clock::now();
+    Process worker({CONVEYOR_CLI, "--broker", url, "worker"}, dir.file("worker.out"), {},
+                   dir.path().string());
+    ASSERT_TRUE(eventually(
+        [&] {
+            return read_file(dir.file("worker.out")).find("retrying with backoff") !=
+                   std::string::npos;
+        },
+        10s))
+        << read_file(dir.file("worker.out"));
+    took = std::chrono::steady_clock::now() - began;
+    EXPECT_GE(took, 1s);
+    EXPECT_LT(took, 4s);  // (six waits of the lock: 6 s)
+    // The lock gone, the task runs.
+    ASSERT_TRUE(eventually([&] { return count_lines(dir.file("ran")) == 1; }, 30s))
+        << read_file(dir.file("worker.out"));
+    worker.signal(SIGTERM);
+    EXPECT_EQ(worker.wait(20s), 0);
+}
+
 TEST(SqliteStorage, AFullDiskIsWaitedOutAndNothingIsLost) {
     TempDir dir;
     SmallDisk disk(dir);

@@ -133,6 +133,8 @@ class Db {
     Result<Stmt> prepare(std::string_view sql);
     sqlite3* raw() const noexcept { return db_; }
     int changes() const noexcept { return sqlite3_changes(db_); }
+    /// How long a write waits for another process's lock before SQLITE_BUSY.
+    std::chrono::milliseconds busy_timeout() const noexcept { return busy_timeout_; }
 
     /// Whether the write-ahead log this connection writes to is no longer the file at
     /// `<path>-wal` (someone deleted it): what this connection commits would then reach no

@@ -3,6 +3,7 @@
 // prepared statements of a connection, transactions, and a write-ahead log someone deleted.
 
 #include <array>
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <set>
@@ -137,22 +138,30 @@ Result<void> store_result(Statements& s, const TaskResult& r);
 /// with fresh statements before this connection writes again (see Db::recover_replaced_wal).
 Result<void> keep_wal(Db& db, Statements& st);
 
-/// Runs `fn` inside BEGIN IMMEDIATE, retrying when another process holds the lock past the
-/// busy timeout.
+/// Runs `fn` inside BEGIN IMMEDIATE. SQLITE_BUSY before the busy timeout has passed (SQLite
+/// gives up early in a few cases: a log being recovered, a snapshot gone stale) is retried, a
+/// few times; once another process held the lock for the whole busy timeout it is the caller's
+/// to see at once (a worker backs off and says so: README, "Storage trouble is waited out").
 template <class Fn>
 auto in_transaction(Db& db, Statements& st, Fn&& fn, Commit how = Commit::durable)
     -> decltype(fn()) {
     CONVEYOR_TRY(keep_wal(db, st));
+    auto early = [&](const Error& e, std::chrono::steady_clock::time_point since) {
+        return e.code == Errc::unavailable &&
+               std::chrono::steady_clock::now() - since < db.busy_timeout();
+    };
     for (int attempt = 0;; ++attempt) {
+        auto began = std::chrono::steady_clock::now();
         auto tx = Transaction::begin(db, how);
         if (!tx) {
-            if (tx.error().code == Errc::unavailable && attempt < 5) continue;
+            if (attempt < 5 && early(tx.error(), began)) continue;
             return std::unexpected(tx.error());
         }
         auto r = fn();
         if (!r) return r;
+        auto committing = std::chrono::steady_clock::now();
         if (auto c = tx->commit(); !c) {
-            if (c.error().code == Errc::unavailable && attempt < 5) continue;
+            if (attempt < 5 && early(c.error(), committing)) continue;
             return std::unexpected(c.error());
         }
         return r;
