@@ -70,16 +70,20 @@ std::shared_ptr<Broker> open_broker(const std::string& url, const Config& cfg, b
     auto mu = std::make_shared<std::mutex>();
     for (;;) {
         auto b = Broker::open(url);
-        if (b) {
+        // The queues' settings (fair keys) are written as the broker opens: storage trouble
+        // there is waited out as it is when opening.
+        Result<void> set = b ? (*b)->set_topology(cfg.topology()) : Result<void>{};
+        if (b && set) {
             if (waiting) waiting->stop();
-            if (auto ok = (*b)->set_topology(cfg.topology()); !ok) die(ok.error().message, 2);
             return *b;
         }
+        const Error& e = b ? set.error() : b.error();
         std::string why =
-            fmt::format("cannot open broker {}: {}", detail::redact_url(url), b.error().message);
-        bool passes = b.error().code == Errc::unavailable || b.error().code == Errc::timeout;
+            b ? e.message
+              : fmt::format("cannot open broker {}: {}", detail::redact_url(url), e.message);
+        bool passes = e.code == Errc::unavailable || e.code == Errc::timeout;
         if (!wait || !passes || g_signals)
-            die(why, b.error().code == Errc::invalid_argument ? 2 : 1);
+            die(why, e.code == Errc::invalid_argument || (b && !passes) ? 2 : 1);
         {
             std::lock_guard lk(*mu);
             *why_waiting = why;

@@ -338,7 +338,22 @@ Result<void> Worker::Impl::run() {
                     .rate = o.rate_limit.value_or(0),
                     .max_concurrency = o.max_concurrency.value_or(0),
                     .key = o.limit_key};
-        CONVEYOR_TRY(broker->set_limit(l));
+        // Storage trouble (another process's lock past the busy timeout, a full disk) is waited
+        // out here too, saying so once, unless the worker is stopped meanwhile.
+        for (auto backoff = milliseconds(100);;
+             backoff = std::min(backoff * 2, milliseconds(5000))) {
+            auto ok = broker->set_limit(l);
+            if (ok) break;
+            if (ok.error().code != Errc::unavailable || stopping.load()) return ok;
+            if (backoff == milliseconds(100))
+                detail::log(
+                    LogLevel::warning, "broker.failing",
+                    fmt::format("setting task '{}' limits failed ({}); retrying with backoff", name,
+                                ok.error().message));
+            for (auto until = steady_clock::now() + backoff;
+                 steady_clock::now() < until && !stopping.load();)
+                std::this_thread::sleep_for(milliseconds(20));
+        }
         if (l.limited())
             detail::log(
                 LogLevel::info, "worker.task_limited",

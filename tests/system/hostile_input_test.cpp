@@ -44,9 +44,10 @@ bool stop_outside_a_write(testsupport::Process& p, const std::string& db) {
         bool stopped = eventually(
             [&] {
                 std::error_code ec;
-                for (auto& t : std::filesystem::directory_iterator(
-                         "/proc/" + std::to_string(p.pid()) + "/task", ec)) {
-                    std::string stat = read_file((t.path() / "stat").string());
+                std::filesystem::directory_iterator it("/proc/" + std::to_string(p.pid()) + "/task",
+                                                       ec);
+                for (; !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+                    std::string stat = read_file((it->path() / "stat").string());
                     auto close = stat.rfind(')');
                     if (close == std::string::npos || close + 2 >= stat.size() ||
                         stat[close + 2] != 'T')
@@ -64,7 +65,7 @@ bool stop_outside_a_write(testsupport::Process& p, const std::string& db) {
                               db});
         if (rc == 0) return true;
         p.signal(SIGCONT);
-        std::this_thread::sleep_for(std::chrono::milliseconds(10 + 7 * attempt % 50));
+        std::this_thread::sleep_for(std::chrono::milliseconds(10 + (7 * attempt) % 50));
     }
     return false;
 }
@@ -238,12 +239,14 @@ TEST(ExecHandler, ACommandDiesWithItsWorker) {
 
 TEST(ExecHandler, ACommandWhoseLeaseIsLostIsStopped) {
     // A worker stalls (SIGSTOP) past its lease; another worker takes the task. When the first
-    // resumes it learns the lease is gone and kills its run: the task never runs twice at once.
+    // resumes it learns the lease is gone and kills its run, which never finishes: only the
+    // second's does. (The command runs on while its worker is stopped, so it sleeps long enough
+    // for the second worker to take the task before it could finish.)
     TempDir dir;
     write_file(dir.file("conveyor.toml"),
                "[[task]]\nname = \"long\"\nqueue = \"q\"\nmax_retries = 0\nexec = [\"/bin/sh\", "
                "\"-c\", \"echo $$ >> " +
-                   dir.file("started") + "; sleep 3; echo $$ >> " + dir.file("finished") + "\"]\n");
+                   dir.file("started") + "; sleep 8; echo $$ >> " + dir.file("finished") + "\"]\n");
     auto [rc, id] = cli(dir, {"enqueue", "long"});
     ASSERT_EQ(rc, 0) << id;
     std::vector<std::string> env = {"CONVEYOR_BROKER=sqlite://" + dir.file("c.db")};
@@ -387,8 +390,8 @@ struct SmallDisk {
 
 TEST(SqliteStorage, ALockHeldForTheBusyTimeoutIsSaidOnceItHasPassed) {
     // busy_timeout is how long a write waits for another process's lock: then a command fails
-    // with a sentence, and a worker says it backs off (it was six times as long, each wait of
-    // a transaction retried five times over).
+    // with a sentence, and a worker says it backs off (it was seven times as long: each wait of
+    // a transaction was retried five times over, after a wait as the broker opened).
     TempDir dir;
     std::string url = "sqlite://" + dir.file("c.db") + "?busy_timeout=1";
     write_file(
@@ -426,12 +429,62 @@ TEST(SqliteStorage, ALockHeldForTheBusyTimeoutIsSaidOnceItHasPassed) {
         << read_file(dir.file("worker.out"));
     took = std::chrono::steady_clock::now() - began;
     EXPECT_GE(took, 1s);
-    EXPECT_LT(took, 4s);  // (six waits of the lock: 6 s)
+    EXPECT_LT(took, 4s);  // (six waits of the lock, and one more as the broker opened: 7 s)
     // The lock gone, the task runs.
     ASSERT_TRUE(eventually([&] { return count_lines(dir.file("ran")) == 1; }, 30s))
         << read_file(dir.file("worker.out"));
     worker.signal(SIGTERM);
     EXPECT_EQ(worker.wait(20s), 0);
+}
+
+TEST(SqliteStorage, AWorkerWhoseStartWritesWaitsOutALockAsItWouldWhileRunning) {
+    // A fair queue's setting (written as the broker opens) and a task's fleet-wide limit
+    // (written as the worker starts) meet another process's lock past the busy timeout: the
+    // worker says so and waits, then runs the task; it neither exits nor says "usage".
+    TempDir dir;
+    std::string url = "sqlite://" + dir.file("c.db") + "?busy_timeout=0.3";
+    write_file(dir.file("conveyor.toml"),
+               "[[queue]]\nname = \"q\"\nfair_key = \"kwargs.tenant\"\n[[task]]\nname = "
+               "\"t\"\nqueue = \"q\"\nrate_limit = \"100/s\"\nexec = \"echo ran >> " +
+                   dir.file("ran") + "\"\n");
+    ASSERT_EQ(cli(dir, {"--broker", url, "enqueue", "t", "--kwargs", R"({"tenant": "a"})"}).first,
+              0);
+    // The limit as another worker would have left it, so that only the fair key is new...
+    // then each of the two writes in turn meets the lock.
+    int runs = 0;
+    for (const char* what : {"fair_key", "limit"}) {
+        SCOPED_TRACE(what);
+        ++runs;
+        if (std::string(what) == "limit")
+            write_file(dir.file("conveyor.toml"),
+                       "[[queue]]\nname = \"q\"\nfair_key = \"kwargs.tenant\"\n[[task]]\nname = "
+                       "\"t\"\nqueue = \"q\"\nrate_limit = \"50/s\"\nexec = \"echo ran >> " +
+                           dir.file("ran") + "\"\n");
+        std::filesystem::remove(dir.file("locked"));
+        Process locker({"/usr/bin/python3", "-c",
+                        "import sqlite3, sys, time\n"
+                        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+                        "c.execute('BEGIN IMMEDIATE')\n"
+                        "open(sys.argv[2], 'w').write('locked')\n"
+                        "time.sleep(3)\n"
+                        "c.execute('COMMIT')\n",
+                        dir.file("c.db"), dir.file("locked")},
+                       dir.file("locker.out"));
+        ASSERT_TRUE(eventually([&] { return std::filesystem::exists(dir.file("locked")); }, 10s))
+            << read_file(dir.file("locker.out"));
+        std::string out = dir.file(std::string(what) + ".out");
+        Process worker({CONVEYOR_CLI, "--broker", url, "worker"}, out, {}, dir.path().string());
+        ASSERT_TRUE(eventually([&] { return count_lines(dir.file("ran")) == runs; }, 30s))
+            << read_file(out);
+        EXPECT_FALSE(worker.wait(0ms)) << read_file(out);  // still running
+        std::string log = read_file(out);
+        EXPECT_NE(log.find("another process holds the write lock"), std::string::npos) << log;
+        EXPECT_NE(log.find("retrying"), std::string::npos) << log;
+        worker.signal(SIGTERM);
+        EXPECT_EQ(worker.wait(20s), 0);
+        ASSERT_EQ(
+            cli(dir, {"--broker", url, "enqueue", "t", "--kwargs", R"({"tenant": "b"})"}).first, 0);
+    }
 }
 
 TEST(SqliteStorage, AFullDiskIsWaitedOutAndNothingIsLost) {

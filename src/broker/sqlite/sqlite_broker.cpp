@@ -447,12 +447,17 @@ class SqliteBroker final : public Broker, public detail::MovePublisher {
 
     std::string url() const override { return "sqlite://" + opts_.path; }
 
-    Result<void> expire_results() {
+    /// Deletes results past result_expires; `wait` false: not at all while another process
+    /// holds the write lock (the workers' housekeeping does it later).
+    Result<void> expire_results(bool wait = true) {
         std::lock_guard lk(mu_);
         st_.expire_results.reset();
+        if (!wait) db_.wait_for_locks(false);
         auto r =
             st_.expire_results.bind(1, now_ms() - std::int64_t(opts_.result_expires.count()) * 1000)
                 .run();
+        st_.expire_results.reset();
+        if (!wait) db_.wait_for_locks(true);
         CONVEYOR_TRY(r);
         return {};
     }
@@ -478,8 +483,9 @@ Result<std::shared_ptr<Broker>> open_sqlite_broker(const SqliteOptions& o) {
     auto st = Statements::prepare(*db);
     CONVEYOR_TRY(st);
     auto b = std::make_shared<SqliteBroker>(o, std::move(*db), std::move(*st));
-    // Housekeeping: a lock held elsewhere or a full disk must not keep the broker closed.
-    if (auto ok = b->expire_results(); !ok && ok.error().code != Errc::unavailable)
+    // Housekeeping: a lock held elsewhere or a full disk must not keep the broker closed, nor
+    // make opening it wait.
+    if (auto ok = b->expire_results(false); !ok && ok.error().code != Errc::unavailable)
         return std::unexpected(ok.error());
     return std::shared_ptr<Broker>(std::move(b));
 }

@@ -88,12 +88,18 @@ std::string unwritable_reason(const std::string& path) {
 /// first, then up to 100 ms, far longer than one of Conveyor's transactions holds the lock:
 /// with several processes on one file the writers mostly slept). `ctx` points to the timeout
 /// (busy_limit); `count` is how often this wait was already retried.
+/// Set when a wait on this thread ran its whole timeout (see lock_wait_ran_out).
+thread_local bool lock_wait_expired = false;
+
 int busy_wait(void* ctx, int count) {
     using namespace std::chrono;
     thread_local steady_clock::time_point began;
     auto now = steady_clock::now();
     if (count == 0) began = now;
-    if (now - began >= *static_cast<const milliseconds*>(ctx)) return 0;
+    if (now - began >= *static_cast<const milliseconds*>(ctx)) {
+        lock_wait_expired = true;
+        return 0;
+    }
     // 20 µs, doubling up to 1 ms: a waiter tries again soon after the lock is free.
     std::this_thread::sleep_for(microseconds(20 << std::min(count, 6)));
     return 1;
@@ -119,6 +125,16 @@ void stop_counting_memory() {
 }
 
 }  // namespace
+
+bool lock_wait_ran_out() { return std::exchange(lock_wait_expired, false); }
+
+void Db::wait_for_locks(bool yes) {
+    if (yes)
+        sqlite3_busy_handler(db_, busy_wait,
+                             busy_limit(std::max(busy_timeout_, std::chrono::milliseconds(0))));
+    else
+        sqlite3_busy_handler(db_, nullptr, nullptr);
+}
 
 Result<Db> Db::open(const std::string& path, std::string_view synchronous,
                     std::chrono::milliseconds busy_timeout) {

@@ -89,6 +89,10 @@ class Stmt {
 };
 
 /// One connection. Move-only; closes in its destructor.
+/// Whether a wait for another process's lock on this thread ran its whole busy timeout since
+/// the last call, which clears it.
+bool lock_wait_ran_out();
+
 class Db {
   public:
     Db() = default;
@@ -133,8 +137,9 @@ class Db {
     Result<Stmt> prepare(std::string_view sql);
     sqlite3* raw() const noexcept { return db_; }
     int changes() const noexcept { return sqlite3_changes(db_); }
-    /// How long a write waits for another process's lock before SQLITE_BUSY.
-    std::chrono::milliseconds busy_timeout() const noexcept { return busy_timeout_; }
+    /// Whether a write waits for another process's lock (up to the busy timeout, the default)
+    /// or fails with SQLITE_BUSY at once.
+    void wait_for_locks(bool yes);
 
     /// Whether the write-ahead log this connection writes to is no longer the file at
     /// `<path>-wal` (someone deleted it): what this connection commits would then reach no

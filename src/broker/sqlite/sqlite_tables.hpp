@@ -3,7 +3,6 @@
 // prepared statements of a connection, transactions, and a write-ahead log someone deleted.
 
 #include <array>
-#include <chrono>
 #include <cstdint>
 #include <map>
 #include <set>
@@ -138,30 +137,27 @@ Result<void> store_result(Statements& s, const TaskResult& r);
 /// with fresh statements before this connection writes again (see Db::recover_replaced_wal).
 Result<void> keep_wal(Db& db, Statements& st);
 
-/// Runs `fn` inside BEGIN IMMEDIATE. SQLITE_BUSY before the busy timeout has passed (SQLite
-/// gives up early in a few cases: a log being recovered, a snapshot gone stale) is retried, a
-/// few times; once another process held the lock for the whole busy timeout it is the caller's
-/// to see at once (a worker backs off and says so: README, "Storage trouble is waited out").
+/// Runs `fn` inside BEGIN IMMEDIATE. A failure that may pass by itself (a moment's I/O error, a
+/// lock SQLite gave up on early) is retried, a few times; a lock another process held for the
+/// whole busy timeout is the caller's to see at once (a worker backs off and says so: README,
+/// "Storage trouble is waited out").
 template <class Fn>
 auto in_transaction(Db& db, Statements& st, Fn&& fn, Commit how = Commit::durable)
     -> decltype(fn()) {
     CONVEYOR_TRY(keep_wal(db, st));
-    auto early = [&](const Error& e, std::chrono::steady_clock::time_point since) {
-        return e.code == Errc::unavailable &&
-               std::chrono::steady_clock::now() - since < db.busy_timeout();
-    };
+    auto again = [](const Error& e) { return e.code == Errc::unavailable && !lock_wait_ran_out(); };
     for (int attempt = 0;; ++attempt) {
-        auto began = std::chrono::steady_clock::now();
+        (void)lock_wait_ran_out();
         auto tx = Transaction::begin(db, how);
         if (!tx) {
-            if (attempt < 5 && early(tx.error(), began)) continue;
+            if (attempt < 5 && again(tx.error())) continue;
             return std::unexpected(tx.error());
         }
         auto r = fn();
         if (!r) return r;
-        auto committing = std::chrono::steady_clock::now();
+        (void)lock_wait_ran_out();
         if (auto c = tx->commit(); !c) {
-            if (attempt < 5 && early(c.error(), committing)) continue;
+            if (attempt < 5 && again(c.error())) continue;
             return std::unexpected(c.error());
         }
         return r;
