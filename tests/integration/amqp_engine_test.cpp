@@ -227,8 +227,11 @@ TEST(AmqpEngine, FortySecondDelayCrossesSeveralLevelsAndArrivesOnTime) {
         }
     }
     ASSERT_TRUE(at);
-    EXPECT_GE(*at, 40.0);
-    EXPECT_LE(*at, 41.5);
+    EXPECT_GE(*at, 40.0);  // never early
+    // Late by what the broker takes to expire and dead-letter it at two levels, each a quorum
+    // queue writing to its log: 0.1-0.6 s here, 1.9 s once while the rest of the suite loaded
+    // the same broker and disk.
+    EXPECT_LE(*at, 43.0);
 }
 
 TEST(AmqpEngine, FailingTaskRetriesWithBackoffThenDeadLettersWithItsReason) {
