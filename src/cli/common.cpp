@@ -78,12 +78,12 @@ std::shared_ptr<Broker> open_broker(const std::string& url, const Config& cfg, b
             return *b;
         }
         const Error& e = b ? set.error() : b.error();
-        std::string why =
-            b ? e.message
-              : fmt::format("cannot open broker {}: {}", detail::redact_url(url), e.message);
+        std::string why = fmt::format("{} broker {}: {}",
+                                      b ? "cannot record the queues' settings in" : "cannot open",
+                                      detail::redact_url(url), e.message);
         bool passes = e.code == Errc::unavailable || e.code == Errc::timeout;
         if (!wait || !passes || g_signals)
-            die(why, e.code == Errc::invalid_argument || (b && !passes) ? 2 : 1);
+            die(why, e.code == Errc::invalid_argument || e.code == Errc::conflict ? 2 : 1);
         {
             std::lock_guard lk(*mu);
             *why_waiting = why;

@@ -339,20 +339,20 @@ Result<void> Worker::Impl::run() {
                     .max_concurrency = o.max_concurrency.value_or(0),
                     .key = o.limit_key};
         // Storage trouble (another process's lock past the busy timeout, a full disk) is waited
-        // out here too, saying so once, unless the worker is stopped meanwhile.
-        for (auto backoff = milliseconds(100);;
-             backoff = std::min(backoff * 2, milliseconds(5000))) {
+        // out here as while running, a line when it begins and one when it ends; a worker
+        // stopped meanwhile has claimed nothing and ends as a stopped worker does.
+        StorageTrouble trouble;
+        std::string doing = fmt::format("setting task '{}' limits", name);
+        for (;;) {
             auto ok = broker->set_limit(l);
-            if (ok) break;
-            if (ok.error().code != Errc::unavailable || stopping.load()) return ok;
-            if (backoff == milliseconds(100))
-                detail::log(
-                    LogLevel::warning, "broker.failing",
-                    fmt::format("setting task '{}' limits failed ({}); retrying with backoff", name,
-                                ok.error().message));
-            for (auto until = steady_clock::now() + backoff;
-                 steady_clock::now() < until && !stopping.load();)
+            if (ok) {
+                trouble.succeeded();
+                break;
+            }
+            if (!trouble.failed(ok.error(), doing.c_str())) return ok;
+            while (!stopping.load() && !trouble.ready(steady_clock::now()))
                 std::this_thread::sleep_for(milliseconds(20));
+            if (stopping.load()) return {};
         }
         if (l.limited())
             detail::log(

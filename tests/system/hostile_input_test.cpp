@@ -438,52 +438,69 @@ TEST(SqliteStorage, ALockHeldForTheBusyTimeoutIsSaidOnceItHasPassed) {
 }
 
 TEST(SqliteStorage, AWorkerWhoseStartWritesWaitsOutALockAsItWouldWhileRunning) {
-    // A fair queue's setting (written as the broker opens) and a task's fleet-wide limit
-    // (written as the worker starts) meet another process's lock past the busy timeout: the
-    // worker says so and waits, then runs the task; it neither exits nor says "usage".
+    // What a worker writes as it starts meets another process's lock past the busy timeout: a
+    // queue's new fair key (written as the broker opens), then, on a file of its own, a task's
+    // fleet-wide limit (written as the worker starts). Each time the worker says so and waits,
+    // then runs the task; it neither exits nor says "usage".
+    struct Pass {
+        const char* what;
+        std::string before, after;  // conveyor.toml for the enqueue, and for the worker
+        const char* says;
+    };
+    auto task = [](const std::string& ran, const std::string& extra) {
+        return "[[task]]\nname = \"t\"\nqueue = \"q\"\n" + extra + "exec = \"echo ran >> " + ran +
+               "\"\n";
+    };
     TempDir dir;
-    std::string url = "sqlite://" + dir.file("c.db") + "?busy_timeout=0.3";
-    write_file(dir.file("conveyor.toml"),
-               "[[queue]]\nname = \"q\"\nfair_key = \"kwargs.tenant\"\n[[task]]\nname = "
-               "\"t\"\nqueue = \"q\"\nrate_limit = \"100/s\"\nexec = \"echo ran >> " +
-                   dir.file("ran") + "\"\n");
-    ASSERT_EQ(cli(dir, {"--broker", url, "enqueue", "t", "--kwargs", R"({"tenant": "a"})"}).first,
-              0);
-    // The limit as another worker would have left it, so that only the fair key is new...
-    // then each of the two writes in turn meets the lock.
+    std::string ran = dir.file("ran");
+    const std::string fair = "[[queue]]\nname = \"q\"\nfair_key = \"kwargs.tenant\"\n";
+    const std::string limit = "rate_limit = \"100/s\"\n";
+    Pass passes[] = {
+        {"fair_key", task(ran, ""), fair + task(ran, ""), "cannot record the queues' settings"},
+        {"limit", task(ran, limit), task(ran, limit), "setting task 't' limits failed"},
+    };
     int runs = 0;
-    for (const char* what : {"fair_key", "limit"}) {
-        SCOPED_TRACE(what);
+    for (auto& pass : passes) {
+        SCOPED_TRACE(pass.what);
         ++runs;
-        if (std::string(what) == "limit")
-            write_file(dir.file("conveyor.toml"),
-                       "[[queue]]\nname = \"q\"\nfair_key = \"kwargs.tenant\"\n[[task]]\nname = "
-                       "\"t\"\nqueue = \"q\"\nrate_limit = \"50/s\"\nexec = \"echo ran >> " +
-                           dir.file("ran") + "\"\n");
-        std::filesystem::remove(dir.file("locked"));
+        std::string db = dir.file(std::string(pass.what) + ".db");
+        std::string url = "sqlite://" + db + "?busy_timeout=0.3";
+        write_file(dir.file("conveyor.toml"), pass.before);
+        ASSERT_EQ(
+            cli(dir, {"--broker", url, "enqueue", "t", "--kwargs", R"({"tenant": "a"})"}).first, 0);
+        write_file(dir.file("conveyor.toml"), pass.after);
+        // The lock is held until the worker said it meets it.
+        std::string locked = dir.file(std::string(pass.what) + ".locked");
+        std::string release = dir.file(std::string(pass.what) + ".release");
         Process locker({"/usr/bin/python3", "-c",
-                        "import sqlite3, sys, time\n"
+                        "import os, sqlite3, sys, time\n"
                         "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
                         "c.execute('BEGIN IMMEDIATE')\n"
                         "open(sys.argv[2], 'w').write('locked')\n"
-                        "time.sleep(3)\n"
+                        "t = time.time()\n"
+                        "while not os.path.exists(sys.argv[3]) and time.time() - t < 60:\n"
+                        "    time.sleep(0.02)\n"
                         "c.execute('COMMIT')\n",
-                        dir.file("c.db"), dir.file("locked")},
+                        db, locked, release},
                        dir.file("locker.out"));
-        ASSERT_TRUE(eventually([&] { return std::filesystem::exists(dir.file("locked")); }, 10s))
+        ASSERT_TRUE(eventually([&] { return std::filesystem::exists(locked); }, 10s))
             << read_file(dir.file("locker.out"));
-        std::string out = dir.file(std::string(what) + ".out");
+        std::string out = dir.file(std::string(pass.what) + ".out");
         Process worker({CONVEYOR_CLI, "--broker", url, "worker"}, out, {}, dir.path().string());
-        ASSERT_TRUE(eventually([&] { return count_lines(dir.file("ran")) == runs; }, 30s))
+        EXPECT_TRUE(eventually(
+            [&] {
+                auto log = read_file(out);
+                return log.find(pass.says) != std::string::npos &&
+                       log.find("another process holds the write lock") != std::string::npos;
+            },
+            30s))
             << read_file(out);
+        write_file(release, "go");
+        ASSERT_TRUE(eventually([&] { return count_lines(ran) == runs; }, 30s)) << read_file(out);
         EXPECT_FALSE(worker.wait(0ms)) << read_file(out);  // still running
-        std::string log = read_file(out);
-        EXPECT_NE(log.find("another process holds the write lock"), std::string::npos) << log;
-        EXPECT_NE(log.find("retrying"), std::string::npos) << log;
+        EXPECT_NE(read_file(out).find("retrying"), std::string::npos) << read_file(out);
         worker.signal(SIGTERM);
-        EXPECT_EQ(worker.wait(20s), 0);
-        ASSERT_EQ(
-            cli(dir, {"--broker", url, "enqueue", "t", "--kwargs", R"({"tenant": "b"})"}).first, 0);
+        EXPECT_EQ(worker.wait(20s), 0) << read_file(out);
     }
 }
 

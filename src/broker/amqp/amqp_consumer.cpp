@@ -856,13 +856,18 @@ class AmqpConsumer final : public Consumer {
         // Several frames go as one TCP segment (rabbitmq-c writes each frame at once): the
         // broker reads them in one go, and the kernel carries one segment, not one each.
         Corked corked(due.singles.size() + (due.up_to ? 1 : 0) > 1 ? amqp_get_sockfd(raw) : -1);
-        if (due.up_to && amqp_basic_ack(raw, kConsumeChannel, *due.up_to, 1) != AMQP_STATUS_OK) {
+        // (Uncorked before the connection goes: its descriptor may be another socket's next.)
+        auto fail = [&] {
+            corked.release();
             drop("ack failed");
+        };
+        if (due.up_to && amqp_basic_ack(raw, kConsumeChannel, *due.up_to, 1) != AMQP_STATUS_OK) {
+            fail();
             return;
         }
         for (auto t : due.singles) {
             if (amqp_basic_ack(raw, kConsumeChannel, t, 0) != AMQP_STATUS_OK) {
-                drop("ack failed");
+                fail();
                 return;
             }
         }
@@ -875,6 +880,11 @@ class AmqpConsumer final : public Consumer {
         ~Corked() { set(0); }
         Corked(const Corked&) = delete;
         Corked& operator=(const Corked&) = delete;
+        /// Uncorks now, and leaves the socket alone from then on.
+        void release() {
+            set(0);
+            fd_ = -1;
+        }
 
       private:
         void set(int on) const {

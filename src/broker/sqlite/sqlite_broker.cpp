@@ -423,13 +423,9 @@ class SqliteBroker final : public Broker, public detail::MovePublisher {
         for (auto& q : t.queues) topology_queues_.push_back(q.name);
         // Fair queues are the file's, for every publisher and worker: recorded now (a write
         // only when one changed).
-        bool fair = std::any_of(t.queues.begin(), t.queues.end(),
-                                [](const QueueSpec& q) { return !q.fair_key.empty(); });
-        auto known = db_.prepare("SELECT 1 FROM queues WHERE fair_key IS NOT NULL LIMIT 1");
-        CONVEYOR_TRY(known);
-        auto any = known->step();
-        CONVEYOR_TRY(any);
-        if (!fair && !*any) return {};
+        auto differ = fair_keys_differ(db_, t);
+        CONVEYOR_TRY(differ);
+        if (!*differ) return {};
         return in_transaction(db_, st_, [&] { return set_fair_keys(db_, t); });
     }
 

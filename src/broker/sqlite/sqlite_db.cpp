@@ -84,13 +84,13 @@ std::string unwritable_reason(const std::string& path) {
     return {};
 }
 
+/// Set when a wait on this thread ran its whole timeout (see lock_wait_ran_out).
+thread_local bool lock_wait_expired = false;
+
 /// Waits for another process's write lock in short steps (SQLite's own handler sleeps 1 ms at
 /// first, then up to 100 ms, far longer than one of Conveyor's transactions holds the lock:
 /// with several processes on one file the writers mostly slept). `ctx` points to the timeout
 /// (busy_limit); `count` is how often this wait was already retried.
-/// Set when a wait on this thread ran its whole timeout (see lock_wait_ran_out).
-thread_local bool lock_wait_expired = false;
-
 int busy_wait(void* ctx, int count) {
     using namespace std::chrono;
     thread_local steady_clock::time_point began;

@@ -88,11 +88,11 @@ class Stmt {
     sqlite3_stmt* s_ = nullptr;
 };
 
-/// One connection. Move-only; closes in its destructor.
 /// Whether a wait for another process's lock on this thread ran its whole busy timeout since
 /// the last call, which clears it.
 bool lock_wait_ran_out();
 
+/// One connection. Move-only; closes in its destructor.
 class Db {
   public:
     Db() = default;

@@ -623,6 +623,33 @@ Result<std::int64_t> next_turn(Statements& st, Turns& turns, const std::string& 
 
 }  // namespace
 
+namespace {
+
+/// The fair key the file holds for `queue` ("" for none), and whether it has the queue's row.
+Result<std::pair<std::string, bool>> stored_fair_key(Stmt& read, const std::string& queue) {
+    read.reset();
+    read.bind(1, queue);
+    auto r = read.step();
+    CONVEYOR_TRY(r);
+    std::pair<std::string, bool> out{*r ? read.text(0) : std::string(), *r};
+    read.reset();
+    return out;
+}
+
+}  // namespace
+
+Result<bool> fair_keys_differ(Db& db, const Topology& topology) {
+    auto read = db.prepare("SELECT fair_key FROM queues WHERE name=?1");
+    CONVEYOR_TRY(read);
+    for (auto& q : topology.queues) {
+        auto stored = stored_fair_key(*read, q.name);
+        CONVEYOR_TRY(stored);
+        auto& [now, exists] = *stored;
+        if (now != q.fair_key || (!exists && !q.fair_key.empty())) return true;
+    }
+    return false;
+}
+
 Result<void> set_fair_keys(Db& db, const Topology& topology) {
     auto read = db.prepare("SELECT fair_key FROM queues WHERE name=?1");
     CONVEYOR_TRY(read);
@@ -632,13 +659,9 @@ Result<void> set_fair_keys(Db& db, const Topology& topology) {
     CONVEYOR_TRY(write);
     bool changed = false;
     for (auto& q : topology.queues) {
-        read->reset();
-        read->bind(1, q.name);
-        auto r = read->step();
-        CONVEYOR_TRY(r);
-        std::string now = *r ? read->text(0) : std::string();
-        bool exists = *r;
-        read->reset();
+        auto stored = stored_fair_key(*read, q.name);
+        CONVEYOR_TRY(stored);
+        auto& [now, exists] = *stored;
         if (now == q.fair_key && (exists || q.fair_key.empty())) continue;
         write->reset();
         write->bind(1, q.name).bind_or_null(2, q.fair_key);

@@ -191,5 +191,8 @@ Result<void> insert_messages(Statements& st, std::span<const OutgoingMessage> ms
 /// Records the fair keys of the topology's queues (inside a transaction), raising the file's
 /// user_version when one changed so that every publisher reads them again.
 Result<void> set_fair_keys(Db& db, const Topology& topology);
+/// Whether set_fair_keys would write anything (a read, outside a transaction: a process opening
+/// the broker takes the write lock only when its settings are new).
+Result<bool> fair_keys_differ(Db& db, const Topology& topology);
 
 }  // namespace conveyor::sqlite
