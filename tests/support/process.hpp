@@ -131,10 +131,13 @@ inline std::pair<int, std::string> run(
     return {code, out};
 }
 
-/// Lines of `path` that start with `prefix`.
+/// Lines of `path` that start with `prefix`: whole lines only (a last line without its newline
+/// is still being written by another process, and read again next time).
 inline std::vector<std::string> lines_with(const std::string& path, const std::string& prefix) {
     std::vector<std::string> out;
-    std::istringstream in(read_file(path));
+    std::string text = read_file(path);
+    text.resize(text.rfind('\n') == std::string::npos ? 0 : text.rfind('\n') + 1);
+    std::istringstream in(text);
     std::string line;
     while (std::getline(in, line))
         if (line.rfind(prefix, 0) == 0) out.push_back(line);

@@ -195,6 +195,7 @@ partitions = 4
             std::set<std::string> ids;
             for (auto& l : lines_with(dir.file("log"), "done")) {
                 auto f = fields(l);
+                if (f.size() < 6) continue;  // not an ordered task's line
                 seqs[f[4]].push_back(std::stoi(f[5]));
                 ids.insert(f[1]);
                 pids.insert(f[2]);
