@@ -74,15 +74,30 @@ std::shared_ptr<Broker> open_broker(const std::string& url, const Config& cfg, b
         // there is waited out as it is when opening.
         Result<void> set = b ? (*b)->set_topology(cfg.topology()) : Result<void>{};
         if (b && set) {
-            if (waiting) waiting->stop();
+            if (waiting) {
+                waiting->stop();
+                detail::log(LogLevel::info, "broker.recovered", "the broker works again");
+            }
             return *b;
         }
         const Error& e = b ? set.error() : b.error();
-        std::string why = fmt::format("{} broker {}: {}",
-                                      b ? "cannot record the queues' settings in" : "cannot open",
-                                      detail::redact_url(url), e.message);
+        // (Settings the broker refuses say so themselves.)
+        std::string why =
+            b && e.code == Errc::invalid_argument
+                ? e.message
+                : fmt::format("{} broker {}: {}",
+                              b ? "cannot record the queues' settings in" : "cannot open",
+                              detail::redact_url(url), e.message);
         bool passes = e.code == Errc::unavailable || e.code == Errc::timeout;
-        if (!wait || !passes || g_signals)
+        // Stopped while it waits: nothing was started, and it ends as a stopped process does.
+        auto stopped = [&] {
+            if (waiting) waiting->stop();
+            detail::log(LogLevel::info, "broker.wait_stopped",
+                        fmt::format("stopped while waiting: {}", why));
+            std::exit(0);
+        };
+        if (wait && passes && g_signals) stopped();
+        if (!wait || !passes)
             die(why, e.code == Errc::invalid_argument || e.code == Errc::conflict ? 2 : 1);
         {
             std::lock_guard lk(*mu);
@@ -114,7 +129,7 @@ std::shared_ptr<Broker> open_broker(const std::string& url, const Config& cfg, b
         for (auto until = std::chrono::steady_clock::now() + backoff;
              std::chrono::steady_clock::now() < until && !g_signals;)
             std::this_thread::sleep_for(std::chrono::milliseconds(20));
-        if (g_signals) die(why);
+        if (g_signals) stopped();
         backoff = std::min(backoff * 2, std::chrono::milliseconds(10000));
     }
 }

@@ -330,6 +330,22 @@ void Worker::Impl::finish(Consumer& consumer, std::vector<std::jthread>& threads
 }
 
 Result<void> Worker::Impl::run() {
+    // Health checks and metrics answer from the start (a wait for storage below says why), and
+    // the listener goes when run() ends, however it ends.
+    std::vector<std::string> names;
+    for (auto& [name, _] : handlers) names.push_back(name);
+    metrics.set_tasks(names);
+    beat("starting");
+    CONVEYOR_TRY(start_http());
+    struct StopHttp {
+        Impl* impl;
+        ~StopHttp() {
+            if (!impl->http) return;
+            impl->http->stop();
+            impl->http.reset();
+            impl->http_port = 0;
+        }
+    } stop_http{this};
     // The limits of the tasks handled here hold for the whole fleet: the broker keeps them.
     for (auto& [name, reg] : handlers) {
         auto& o = reg.options;
@@ -350,10 +366,16 @@ Result<void> Worker::Impl::run() {
                 break;
             }
             if (!trouble.failed(ok.error(), doing.c_str())) return ok;
+            set_trouble(trouble.failing());
             while (!stopping.load() && !trouble.ready(steady_clock::now()))
                 std::this_thread::sleep_for(milliseconds(20));
-            if (stopping.load()) return {};
+            if (stopping.load()) {
+                detail::log(LogLevel::info, "worker.wait_stopped",
+                            fmt::format("stopped while {}", doing));
+                return {};
+            }
         }
+        set_trouble(std::nullopt);
         if (l.limited())
             detail::log(
                 LogLevel::info, "worker.task_limited",
@@ -381,11 +403,6 @@ Result<void> Worker::Impl::run() {
         Impl* impl;
         ~ForgetConsumer() { impl->current_consumer = nullptr; }
     } forget_consumer{this};
-    std::vector<std::string> names;
-    for (auto& [name, _] : handlers) names.push_back(name);
-    metrics.set_tasks(names);
-    beat("starting");
-    CONVEYOR_TRY(start_http());
     {
         std::lock_guard lk(mu);
         executors_exit = false;
@@ -435,11 +452,6 @@ Result<void> Worker::Impl::run() {
     ready = false;
     finish(consumer, threads);
     report(r, steady_clock::now(), true);
-    if (http) {
-        http->stop();
-        http.reset();
-        http_port = 0;
-    }
     return failure;
 }
 

@@ -440,12 +440,13 @@ TEST(SqliteStorage, ALockHeldForTheBusyTimeoutIsSaidOnceItHasPassed) {
 TEST(SqliteStorage, AWorkerWhoseStartWritesWaitsOutALockAsItWouldWhileRunning) {
     // What a worker writes as it starts meets another process's lock past the busy timeout: a
     // queue's new fair key (written as the broker opens), then, on a file of its own, a task's
-    // fleet-wide limit (written as the worker starts). Each time the worker says so and waits,
-    // then runs the task; it neither exits nor says "usage".
+    // fleet-wide limit (written as the worker starts). Each time the worker says so, its health
+    // check says why, and it waits, then runs the task; stopped while it waits, it exits 0.
     struct Pass {
-        const char* what;
+        std::string what;
         std::string before, after;  // conveyor.toml for the enqueue, and for the worker
         const char* says;
+        bool stop;  // stopped (SIGTERM) while it waits
     };
     auto task = [](const std::string& ran, const std::string& extra) {
         return "[[task]]\nname = \"t\"\nqueue = \"q\"\n" + extra + "exec = \"echo ran >> " + ran +
@@ -455,38 +456,49 @@ TEST(SqliteStorage, AWorkerWhoseStartWritesWaitsOutALockAsItWouldWhileRunning) {
     std::string ran = dir.file("ran");
     const std::string fair = "[[queue]]\nname = \"q\"\nfair_key = \"kwargs.tenant\"\n";
     const std::string limit = "rate_limit = \"100/s\"\n";
+    const char* fair_says = "cannot record the queues' settings";
+    const char* limit_says = "setting task 't' limits failed";
     Pass passes[] = {
-        {"fair_key", task(ran, ""), fair + task(ran, ""), "cannot record the queues' settings"},
-        {"limit", task(ran, limit), task(ran, limit), "setting task 't' limits failed"},
+        {"fair_key", task(ran, ""), fair + task(ran, ""), fair_says, false},
+        {"limit", task(ran, limit), task(ran, limit), limit_says, false},
+        {"fair_key_stopped", task(ran, ""), fair + task(ran, ""), fair_says, true},
+        {"limit_stopped", task(ran, limit), task(ran, limit), limit_says, true},
+    };
+    // Holds the write lock on `db` until the file `release` exists.
+    auto hold_lock = [&](const std::string& db, const std::string& release) {
+        std::string locked = release + ".locked";
+        auto locker = std::make_unique<Process>(
+            std::vector<std::string>{
+                "/usr/bin/python3", "-c",
+                "import os, sqlite3, sys, time\n"
+                "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+                "c.execute('BEGIN IMMEDIATE')\n"
+                "open(sys.argv[2], 'w').write('locked')\n"
+                "t = time.time()\n"
+                "while not os.path.exists(sys.argv[3]) and time.time() - t < 60:\n"
+                "    time.sleep(0.02)\n"
+                "c.execute('COMMIT')\n",
+                db, locked, release},
+            dir.file("locker.out"));
+        EXPECT_TRUE(eventually([&] { return std::filesystem::exists(locked); }, 10s))
+            << read_file(dir.file("locker.out"));
+        return locker;
     };
     int runs = 0;
     for (auto& pass : passes) {
         SCOPED_TRACE(pass.what);
-        ++runs;
-        std::string db = dir.file(std::string(pass.what) + ".db");
+        std::string db = dir.file(pass.what + ".db");
         std::string url = "sqlite://" + db + "?busy_timeout=0.3";
         write_file(dir.file("conveyor.toml"), pass.before);
         ASSERT_EQ(
             cli(dir, {"--broker", url, "enqueue", "t", "--kwargs", R"({"tenant": "a"})"}).first, 0);
         write_file(dir.file("conveyor.toml"), pass.after);
         // The lock is held until the worker said it meets it.
-        std::string locked = dir.file(std::string(pass.what) + ".locked");
-        std::string release = dir.file(std::string(pass.what) + ".release");
-        Process locker({"/usr/bin/python3", "-c",
-                        "import os, sqlite3, sys, time\n"
-                        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-                        "c.execute('BEGIN IMMEDIATE')\n"
-                        "open(sys.argv[2], 'w').write('locked')\n"
-                        "t = time.time()\n"
-                        "while not os.path.exists(sys.argv[3]) and time.time() - t < 60:\n"
-                        "    time.sleep(0.02)\n"
-                        "c.execute('COMMIT')\n",
-                        db, locked, release},
-                       dir.file("locker.out"));
-        ASSERT_TRUE(eventually([&] { return std::filesystem::exists(locked); }, 10s))
-            << read_file(dir.file("locker.out"));
-        std::string out = dir.file(std::string(pass.what) + ".out");
-        Process worker({CONVEYOR_CLI, "--broker", url, "worker"}, out, {}, dir.path().string());
+        std::string release = dir.file(pass.what + ".release");
+        auto locker = hold_lock(db, release);
+        std::string out = dir.file(pass.what + ".out");
+        Process worker({CONVEYOR_CLI, "--broker", url, "worker", "--http", "127.0.0.1:0"}, out, {},
+                       dir.path().string());
         EXPECT_TRUE(eventually(
             [&] {
                 auto log = read_file(out);
@@ -495,13 +507,44 @@ TEST(SqliteStorage, AWorkerWhoseStartWritesWaitsOutALockAsItWouldWhileRunning) {
             },
             30s))
             << read_file(out);
+        // Its health check says why, while it waits.
+        std::string http = testsupport::served_url(out, 10s);
+        ASSERT_FALSE(http.empty()) << read_file(out);
+        testsupport::HttpReply health;
+        EXPECT_TRUE(eventually(
+            [&] {
+                health = testsupport::http_request(http, "/healthz");
+                return health.status == 503;
+            },
+            10s))
+            << health.body;
+        EXPECT_NE(health.body.find("write lock"), std::string::npos) << health.body;
+        if (pass.stop) {
+            worker.signal(SIGTERM);
+            EXPECT_EQ(worker.wait(20s), 0) << read_file(out);
+            EXPECT_EQ(count_lines(ran), runs);  // nothing ran
+            write_file(release, "go");
+            continue;
+        }
         write_file(release, "go");
+        ++runs;
         ASSERT_TRUE(eventually([&] { return count_lines(ran) == runs; }, 30s)) << read_file(out);
         EXPECT_FALSE(worker.wait(0ms)) << read_file(out);  // still running
         EXPECT_NE(read_file(out).find("retrying"), std::string::npos) << read_file(out);
+        EXPECT_NE(read_file(out).find("works again"), std::string::npos) << read_file(out);
         worker.signal(SIGTERM);
         EXPECT_EQ(worker.wait(20s), 0) << read_file(out);
     }
+    // Fair keys already recorded are not written again: a command opening the broker under
+    // another process's lock does not wait for it.
+    write_file(dir.file("conveyor.toml"), fair + task(ran, ""));
+    std::string release = dir.file("unchanged.release");
+    auto locker = hold_lock(dir.file("fair_key.db"), release);
+    auto [rc, out] = cli(
+        dir, {"--broker", "sqlite://" + dir.file("fair_key.db") + "?busy_timeout=0.3", "queues"});
+    EXPECT_EQ(rc, 0) << out;
+    EXPECT_EQ(out.find("cannot record"), std::string::npos) << out;
+    write_file(release, "go");
 }
 
 TEST(SqliteStorage, AFullDiskIsWaitedOutAndNothingIsLost) {
