@@ -97,8 +97,10 @@ std::shared_ptr<Broker> open_broker(const std::string& url, const Config& cfg, b
             std::exit(0);
         };
         if (wait && passes && g_signals) stopped();
-        if (!wait || !passes)
+        if (!wait || !passes) {
+            if (waiting) waiting->stop();
             die(why, e.code == Errc::invalid_argument || e.code == Errc::conflict ? 2 : 1);
+        }
         {
             std::lock_guard lk(*mu);
             *why_waiting = why;

@@ -358,20 +358,23 @@ Result<void> Worker::Impl::run() {
         // out here as while running, a line when it begins and one when it ends; a worker
         // stopped meanwhile has claimed nothing and ends as a stopped worker does.
         StorageTrouble trouble;
-        std::string doing = fmt::format("setting task '{}' limits", name);
+        std::string setting = fmt::format("setting task '{}' limits", name);
         for (;;) {
+            beat("setting task limits");  // (a wait for storage is no stall)
             auto ok = broker->set_limit(l);
             if (ok) {
                 trouble.succeeded();
                 break;
             }
-            if (!trouble.failed(ok.error(), doing.c_str())) return ok;
+            if (!trouble.failed(ok.error(), setting.c_str())) return ok;
             set_trouble(trouble.failing());
-            while (!stopping.load() && !trouble.ready(steady_clock::now()))
+            while (!stopping.load() && !trouble.ready(steady_clock::now())) {
                 std::this_thread::sleep_for(milliseconds(20));
+                beat("setting task limits");
+            }
             if (stopping.load()) {
                 detail::log(LogLevel::info, "worker.wait_stopped",
-                            fmt::format("stopped while {}", doing));
+                            fmt::format("stopped while {}", setting));
                 return {};
             }
         }
@@ -385,6 +388,7 @@ Result<void> Worker::Impl::run() {
                  {"max_concurrency", l.max_concurrency},
                  {"key", l.key}});
     }
+    beat("starting");
     ConsumerOptions co;
     co.queues = opts.queues;
     co.prefetch = opts.prefetch;

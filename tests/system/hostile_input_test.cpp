@@ -522,6 +522,7 @@ TEST(SqliteStorage, AWorkerWhoseStartWritesWaitsOutALockAsItWouldWhileRunning) {
         if (pass.stop) {
             worker.signal(SIGTERM);
             EXPECT_EQ(worker.wait(20s), 0) << read_file(out);
+            EXPECT_NE(read_file(out).find("stopped while"), std::string::npos) << read_file(out);
             EXPECT_EQ(count_lines(ran), runs);  // nothing ran
             write_file(release, "go");
             continue;
