@@ -23,7 +23,8 @@ struct Delivery {
     std::uint64_t tag = 0;
     std::string queue;
     std::string message_id;  ///< the broker's id for it (the task id when it has one)
-    Envelope envelope;
+    /// The message as it came; with `task`, none (its headers null: nothing is allocated).
+    Envelope envelope{.headers = nullptr};
     int deliveries = 1;  ///< 1 on first delivery; more when redelivered after a crash
     /// From an ordered queue: the key whose order this delivery keeps. A worker runs one
     /// delivery per key at a time and retries a failing one in place.
@@ -52,9 +53,10 @@ struct Settlement {
     Kind kind = Kind::ack;
     std::uint64_t tag = 0;
     std::optional<TaskResult> result;  ///< ack, dead_letter: what to store (none: store nothing)
-    Envelope envelope;                 ///< retry: the updated message; dead_letter: the message
-    TimePoint not_before{};            ///< retry: earliest redelivery
-    std::string reason;                ///< dead_letter: why
+    /// retry: the updated message; dead_letter: the message; else none (its headers null)
+    Envelope envelope{.headers = nullptr};
+    TimePoint not_before{};  ///< retry: earliest redelivery
+    std::string reason;      ///< dead_letter: why
     /// How the run went, for engines that keep a task history (sqlite): ack, retry and
     /// dead_letter of a task that ran. Absent: it did not run (revoked, undecodable, ...).
     struct Attempt {

@@ -31,7 +31,7 @@ Result<OutgoingMessage> make_outgoing(TaskMessage t, const Destination& to, Task
         static const std::string origin = node_name();
         t.origin = origin;
     }
-    OutgoingMessage m;
+    OutgoingMessage m{.envelope = Envelope{.headers = nullptr}};  // made below, if at all
     m.task_id = t.id;
     m.queue = to.queue;
     m.exchange = to.exchange;

@@ -178,7 +178,7 @@ void Worker::Impl::admit_unguarded(Delivery& d, std::vector<Settlement>& settle_
     std::string key = std::move(d.ordering_key);
     jobs.push_back(Job{std::move(d), std::move(task), &it->second});
     Job& job = jobs.back();
-    job_index[&job] = std::prev(jobs.end());
+    job.self = std::prev(jobs.end());
     job.key = std::move(key);
     job.due = job.delivery.due;
     if (opts.metrics) job.series = series_of(job.delivery.queue, job.task->name);

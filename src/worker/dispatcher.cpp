@@ -71,10 +71,15 @@ void Worker::Impl::lose_leases(const std::vector<std::uint64_t>& tags) {
 }
 
 void Worker::Impl::forget(Job* job) {
-    auto it = job_index.find(job);
-    if (it == job_index.end()) return;
-    jobs.erase(it->second);
-    job_index.erase(it);
+    if (job->forgotten) return;
+    job->forgotten = true;
+    forgotten.splice(forgotten.end(), jobs, job->self);
+}
+
+void Worker::Impl::discard_forgotten() {
+    if (forgotten.empty()) return;
+    std::lock_guard lk(mu);
+    trash.splice(trash.end(), forgotten);
 }
 
 void Worker::Impl::start_monitor() {
@@ -229,6 +234,7 @@ Result<void> Worker::Impl::settle_and_renew(Consumer& consumer, Round& r,
         } else {
             r.storage.succeeded();
             r.pending.clear();
+            discard_forgotten();
             r.pending_since = now;
             r.last_settle = now;
             release_keys(r);
@@ -318,8 +324,9 @@ void Worker::Impl::finish(Consumer& consumer, std::vector<std::jthread>& threads
         for (auto& j : jobs) back.push_back(Settlement{Settlement::Kind::release, j.delivery.tag});
         (void)consumer.settle(back);
         jobs.clear();
-        job_index.clear();
     }
+    forgotten.clear();
+    trash.clear();
     outcomes.clear();
     sleeping.clear();
     key_order.clear();

@@ -35,6 +35,43 @@ std::pair<int, std::string> cli(const TempDir& dir, std::vector<std::string> arg
     return run(args, env, dir.path().string());
 }
 
+/// Another process holding the write lock of the SQLite file `db` (`BEGIN mode`): it holds it
+/// once the constructor returns and held() says so, and lets go after `seconds`, or at once
+/// when release() is called.
+class WriteLockHolder {
+  public:
+    WriteLockHolder(const TempDir& dir, const std::string& db, double seconds,
+                    const char* mode = "IMMEDIATE") {
+        static int made = 0;
+        std::string name = "lock" + std::to_string(++made);
+        locked_ = dir.file(name + ".locked");
+        release_ = dir.file(name + ".release");
+        out_ = dir.file(name + ".out");
+        process_ = std::make_unique<Process>(
+            std::vector<std::string>{"/usr/bin/python3", "-c",
+                                     "import os, sqlite3, sys, time\n"
+                                     "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+                                     "c.execute('BEGIN ' + sys.argv[2])\n"
+                                     "open(sys.argv[3], 'w').write('locked')\n"
+                                     "t = time.time()\n"
+                                     "while not os.path.exists(sys.argv[4]) and "
+                                     "time.time() - t < float(sys.argv[5]):\n"
+                                     "    time.sleep(0.02)\n"
+                                     "c.execute('COMMIT')\n",
+                                     db, mode, locked_, release_, std::to_string(seconds)},
+            out_);
+        held_ = eventually([&] { return std::filesystem::exists(locked_); }, 10s);
+    }
+    bool held() const { return held_; }
+    std::string output() const { return read_file(out_); }
+    void release() const { write_file(release_, "go"); }
+
+  private:
+    std::string locked_, release_, out_;
+    std::unique_ptr<Process> process_;
+    bool held_ = false;
+};
+
 /// Stops `p` (SIGSTOP) at a moment it holds no write lock on the SQLite file `db`: it is
 /// stopped, and resumed and stopped again while another connection cannot take the lock.
 bool stop_outside_a_write(testsupport::Process& p, const std::string& db) {
@@ -319,18 +356,9 @@ TEST(SqliteStorage, AWriteLockHeldPastTheBusyTimeoutIsWaitedOut) {
         dir.file("conveyor.toml"),
         "[[task]]\nname = \"t\"\nqueue = \"q\"\nexec = \"echo ran >> " + dir.file("ran") + "\"\n");
     for (int i = 0; i < 20; ++i) ASSERT_EQ(cli(dir, {"--broker", url, "enqueue", "t"}).first, 0);
-    // Another process takes the write lock and keeps it for 2 s.
-    Process locker({"/usr/bin/python3", "-c",
-                    "import sqlite3, sys, time\n"
-                    "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-                    "c.execute('BEGIN EXCLUSIVE')\n"
-                    "open(sys.argv[2], 'w').write('locked')\n"
-                    "time.sleep(4)\n"
-                    "c.execute('COMMIT')\n",
-                    dir.file("c.db"), dir.file("locked")},
-                   dir.file("locker.out"));
-    ASSERT_TRUE(eventually([&] { return std::filesystem::exists(dir.file("locked")); }, 10s))
-        << read_file(dir.file("locker.out"));
+    // Another process takes the write lock and keeps it for 4 s.
+    WriteLockHolder lock(dir, dir.file("c.db"), 4, "EXCLUSIVE");
+    ASSERT_TRUE(lock.held()) << lock.output();
     Process worker({CONVEYOR_CLI, "--broker", url, "worker", "--http", "127.0.0.1:0"},
                    dir.file("worker.out"), {}, dir.path().string());
     // Its health check says the broker fails, and why, while the lock is held.
@@ -398,17 +426,8 @@ TEST(SqliteStorage, ALockHeldForTheBusyTimeoutIsSaidOnceItHasPassed) {
         dir.file("conveyor.toml"),
         "[[task]]\nname = \"t\"\nqueue = \"q\"\nexec = \"echo ran >> " + dir.file("ran") + "\"\n");
     ASSERT_EQ(cli(dir, {"--broker", url, "enqueue", "t"}).first, 0);
-    Process locker({"/usr/bin/python3", "-c",
-                    "import sqlite3, sys, time\n"
-                    "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-                    "c.execute('BEGIN IMMEDIATE')\n"
-                    "open(sys.argv[2], 'w').write('locked')\n"
-                    "time.sleep(9)\n"
-                    "c.execute('COMMIT')\n",
-                    dir.file("c.db"), dir.file("locked")},
-                   dir.file("locker.out"));
-    ASSERT_TRUE(eventually([&] { return std::filesystem::exists(dir.file("locked")); }, 10s))
-        << read_file(dir.file("locker.out"));
+    WriteLockHolder lock(dir, dir.file("c.db"), 9);
+    ASSERT_TRUE(lock.held()) << lock.output();
     auto began = std::chrono::steady_clock::now();
     auto [rc, out] = cli(dir, {"--broker", url, "enqueue", "t"});
     auto took = std::chrono::steady_clock::now() - began;
@@ -464,26 +483,6 @@ TEST(SqliteStorage, AWorkerWhoseStartWritesWaitsOutALockAsItWouldWhileRunning) {
         {"fair_key_stopped", task(ran, ""), fair + task(ran, ""), fair_says, true},
         {"limit_stopped", task(ran, limit), task(ran, limit), limit_says, true},
     };
-    // Holds the write lock on `db` until the file `release` exists.
-    auto hold_lock = [&](const std::string& db, const std::string& release) {
-        std::string locked = release + ".locked";
-        auto locker = std::make_unique<Process>(
-            std::vector<std::string>{
-                "/usr/bin/python3", "-c",
-                "import os, sqlite3, sys, time\n"
-                "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
-                "c.execute('BEGIN IMMEDIATE')\n"
-                "open(sys.argv[2], 'w').write('locked')\n"
-                "t = time.time()\n"
-                "while not os.path.exists(sys.argv[3]) and time.time() - t < 60:\n"
-                "    time.sleep(0.02)\n"
-                "c.execute('COMMIT')\n",
-                db, locked, release},
-            dir.file("locker.out"));
-        EXPECT_TRUE(eventually([&] { return std::filesystem::exists(locked); }, 10s))
-            << read_file(dir.file("locker.out"));
-        return locker;
-    };
     int runs = 0;
     for (auto& pass : passes) {
         SCOPED_TRACE(pass.what);
@@ -494,8 +493,8 @@ TEST(SqliteStorage, AWorkerWhoseStartWritesWaitsOutALockAsItWouldWhileRunning) {
             cli(dir, {"--broker", url, "enqueue", "t", "--kwargs", R"({"tenant": "a"})"}).first, 0);
         write_file(dir.file("conveyor.toml"), pass.after);
         // The lock is held until the worker said it meets it.
-        std::string release = dir.file(pass.what + ".release");
-        auto locker = hold_lock(db, release);
+        WriteLockHolder lock(dir, db, 60);
+        ASSERT_TRUE(lock.held()) << lock.output();
         std::string out = dir.file(pass.what + ".out");
         Process worker({CONVEYOR_CLI, "--broker", url, "worker", "--http", "127.0.0.1:0"}, out, {},
                        dir.path().string());
@@ -524,10 +523,10 @@ TEST(SqliteStorage, AWorkerWhoseStartWritesWaitsOutALockAsItWouldWhileRunning) {
             EXPECT_EQ(worker.wait(20s), 0) << read_file(out);
             EXPECT_NE(read_file(out).find("stopped while"), std::string::npos) << read_file(out);
             EXPECT_EQ(count_lines(ran), runs);  // nothing ran
-            write_file(release, "go");
+            lock.release();
             continue;
         }
-        write_file(release, "go");
+        lock.release();
         ++runs;
         ASSERT_TRUE(eventually([&] { return count_lines(ran) == runs; }, 30s)) << read_file(out);
         EXPECT_FALSE(worker.wait(0ms)) << read_file(out);  // still running
@@ -539,13 +538,13 @@ TEST(SqliteStorage, AWorkerWhoseStartWritesWaitsOutALockAsItWouldWhileRunning) {
     // Fair keys already recorded are not written again: a command opening the broker under
     // another process's lock does not wait for it.
     write_file(dir.file("conveyor.toml"), fair + task(ran, ""));
-    std::string release = dir.file("unchanged.release");
-    auto locker = hold_lock(dir.file("fair_key.db"), release);
+    WriteLockHolder lock(dir, dir.file("fair_key.db"), 60);
+    ASSERT_TRUE(lock.held()) << lock.output();
     auto [rc, out] = cli(
         dir, {"--broker", "sqlite://" + dir.file("fair_key.db") + "?busy_timeout=0.3", "queues"});
     EXPECT_EQ(rc, 0) << out;
     EXPECT_EQ(out.find("cannot record"), std::string::npos) << out;
-    write_file(release, "go");
+    lock.release();
 }
 
 TEST(SqliteStorage, AFullDiskIsWaitedOutAndNothingIsLost) {

@@ -119,7 +119,7 @@ class MemoryConsumer final : public Consumer {
                     out.push_back(Delivery{seq,
                                            item.queue,
                                            item.id,
-                                           item.task ? Envelope{} : item.envelope,
+                                           item.task ? Envelope{.headers = nullptr} : item.envelope,
                                            item.deliveries,
                                            {},
                                            item.due,
