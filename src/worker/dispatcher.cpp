@@ -70,17 +70,7 @@ void Worker::Impl::lose_leases(const std::vector<std::uint64_t>& tags) {
     enqueue_ready(promoted);
 }
 
-void Worker::Impl::forget(Job* job) {
-    if (job->forgotten) return;
-    job->forgotten = true;
-    forgotten.splice(forgotten.end(), jobs, job->self);
-}
-
-void Worker::Impl::discard_forgotten() {
-    if (forgotten.empty()) return;
-    std::lock_guard lk(mu);
-    trash.splice(trash.end(), forgotten);
-}
+void Worker::Impl::forget(Job* job) { jobs.erase(job->self); }
 
 void Worker::Impl::start_monitor() {
     auto ch = broker->control(opts.node_name);
@@ -234,7 +224,6 @@ Result<void> Worker::Impl::settle_and_renew(Consumer& consumer, Round& r,
         } else {
             r.storage.succeeded();
             r.pending.clear();
-            discard_forgotten();
             r.pending_since = now;
             r.last_settle = now;
             release_keys(r);
@@ -325,8 +314,6 @@ void Worker::Impl::finish(Consumer& consumer, std::vector<std::jthread>& threads
         (void)consumer.settle(back);
         jobs.clear();
     }
-    forgotten.clear();
-    trash.clear();
     outcomes.clear();
     sleeping.clear();
     key_order.clear();

@@ -42,16 +42,13 @@ void Worker::Impl::executor_loop() {
             job->finished_at = steady_clock::now();
         }
         bool first;
-        std::list<Job> done_with;
         {
             std::lock_guard lk(mu);
             first = outcomes.empty();
             outcomes.push_back(std::move(out));
-            done_with.swap(trash);
         }
         // The dispatcher takes every outcome at once: wake it for the first one only.
         if (first) outcome_cv.notify_one();
-        done_with.clear();  // jobs settled before, destroyed here rather than by the dispatcher
     }
 }
 

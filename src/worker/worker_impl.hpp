@@ -64,8 +64,7 @@ struct Job {
     detail::WorkerMetrics::Series* series = nullptr;  ///< its metrics (none: not collected)
     double waited = -1;  ///< seconds from `due` to its start; counted when it is concluded
     std::string key;     ///< ordering key: jobs with the same key run one at a time, in order
-    std::list<Job>::iterator self;  ///< its place in Worker::Impl::jobs
-    bool forgotten = false;         ///< moved to Worker::Impl::forgotten
+    std::list<Job>::iterator self;  ///< its place in Worker::Impl::jobs (forget erases it)
 };
 
 /// A job's run and what it came to, on its way from an executor to the dispatcher.
@@ -158,12 +157,6 @@ struct Worker::Impl {
     std::vector<std::pair<std::string, bool>> consumer_changes;
 
     std::list<Job> jobs;  // every unsettled delivery; owned by the dispatcher thread
-    // Jobs done with (forget), kept until their settlements are sent (dispatcher thread only);
-    // then handed to the executors, which destroy them between two tasks (guarded by `mu`): a
-    // job's message and what it holds are freed off the dispatcher's thread, which every task
-    // passes through.
-    std::list<Job> forgotten;
-    std::list<Job> trash;
     // Per-key order (dispatcher thread only): the key of a running or sleeping job is busy;
     // later jobs with that key wait behind it. A keyed job that fails sleeps here for its
     // backoff and runs again, so it keeps its place in the order.
@@ -301,10 +294,9 @@ struct Worker::Impl {
     /// `exec` process is killed), so a task never runs twice at once.
     void lose_leases(const std::vector<std::uint64_t>& tags);
 
-    /// Takes a job out of `jobs` (once) into `forgotten`.
+    /// Erases a job from `jobs`, once: every path that forgets one has taken it out of
+    /// `queued`, `sleeping` and the key order first, and none forgets it twice.
     void forget(Job* job);
-    /// Hands the forgotten jobs to the executors to destroy (their settlements were sent).
-    void discard_forgotten();
 
     /// Celery events and remote control (amqp), when the engine has them.
     void start_monitor();
