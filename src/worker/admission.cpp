@@ -146,7 +146,8 @@ void Worker::Impl::admit_unguarded(Delivery& d, std::vector<Settlement>& settle_
         monitor->revoked(task->id, false, false);
         return;
     }
-    auto now = SystemClock::now();
+    // (The clock is read for a task with an expiry or an ETA only.)
+    auto now = task->expires || task->eta ? SystemClock::now() : TimePoint{};
     if (task->expires && *task->expires < now) {
         if (monitor) monitor->revoked(task->id, true, false);
         Settlement s;

@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <set>
 #include <thread>
 
 #include "conveyor/broker.hpp"
@@ -92,6 +93,62 @@ TEST(MemoryBroker, ConsumerDestroyedHandsBackItsDeliveries) {
     auto again = (*cons)->fetch(1, 0ms);
     ASSERT_EQ(again->size(), 1u);
     EXPECT_EQ((*again)[0].deliveries, 2);
+}
+
+TEST(MemoryBroker, AConsumerHandsBackWhatItHoldsAndNothingItSettledAfterManyTasks) {
+    // What a consumer holds is kept as a list of what it was handed, compacted as tasks are
+    // settled: after thousands settled, some handed back and taken again, and a tag settled
+    // twice, it hands back exactly the tasks it still holds, each once.
+    auto b = fresh("handback-many");
+    Client c(b);
+    EnqueueOptions o;
+    o.queue = "q";
+    std::vector<TaskMessage> tasks(5000);
+    for (auto& t : tasks) t.name = "t";
+    ASSERT_TRUE(c.enqueue_many(std::move(tasks), o));
+    std::set<std::uint64_t> held;
+    {
+        auto cons = *b->consume({.queues = {"q"}, .prefetch = 5000});
+        int released = 0;
+        for (int round = 0; round < 20; ++round) {
+            auto got = cons->fetch(300, 0ms);
+            ASSERT_TRUE(got);
+            std::vector<Settlement> settle;
+            for (auto& d : *got) {
+                held.insert(d.tag);
+                // Most are acknowledged; every tenth handed back (taken again later); every
+                // seventh kept.
+                if (d.tag % 7 == 0) continue;
+                Settlement s{d.tag % 10 == 0 && released < 50 ? Settlement::Kind::release
+                                                              : Settlement::Kind::ack,
+                             d.tag};
+                if (s.kind == Settlement::Kind::release) ++released;
+                settle.push_back(s);
+                held.erase(d.tag);
+            }
+            if (!settle.empty()) settle.push_back(settle.front());  // settled twice
+            ASSERT_TRUE(cons->settle(settle));
+        }
+        ASSERT_FALSE(held.empty());
+        EXPECT_EQ((*b->stats())[0].in_flight, std::int64_t(held.size()));
+    }
+    auto stats = (*b->stats())[0];
+    EXPECT_EQ(stats.in_flight, 0);
+    auto cons = *b->consume({.queues = {"q"}, .prefetch = 5000});
+    std::set<std::uint64_t> back;
+    for (;;) {
+        auto got = cons->fetch(1000, 0ms);
+        ASSERT_TRUE(got);
+        if (got->empty()) break;
+        for (auto& d : *got) {
+            if (d.deliveries > 1) {
+                EXPECT_TRUE(back.insert(d.tag).second) << d.tag;
+            }
+        }
+    }
+    // Those it held at the end come back delivered a second time, each once; those it handed
+    // back itself do not count a delivery, and none it acknowledged comes back.
+    EXPECT_EQ(back, held);
 }
 
 TEST(MemoryBroker, DeadLettersKeepTheReasonAndReplay) {

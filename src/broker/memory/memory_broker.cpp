@@ -85,7 +85,7 @@ class MemoryConsumer final : public Consumer {
         std::lock_guard lk(s_->mu);
         for (auto seq : held_) {
             auto it = s_->items.find(seq);
-            if (it == s_->items.end()) continue;
+            if (it == s_->items.end() || it->second.owner != id_) continue;
             it->second.owner = 0;
             s_->queues[it->second.queue].in_flight--;
             s_->make_ready(seq);
@@ -113,7 +113,8 @@ class MemoryConsumer final : public Consumer {
                     item.owner = id_;
                     item.deliveries++;
                     q.in_flight++;
-                    held_.insert(seq);
+                    held_.push_back(seq);
+                    held_live_++;
                     // A task published in this process goes as it is; only a retried one (the
                     // worker hands back its message) or one published as a message is copied.
                     out.push_back(Delivery{seq,
@@ -150,10 +151,10 @@ class MemoryConsumer final : public Consumer {
         gone.reserve(batch.size());
         std::lock_guard lk(s_->mu);
         for (auto& st : batch) {
-            auto held = held_.find(st.tag);
-            if (held == held_.end()) continue;  // not ours (any more)
-            held_.erase(held);
-            auto& item = s_->items.at(st.tag);
+            auto found = s_->items.find(st.tag);
+            if (found == s_->items.end() || found->second.owner != id_) continue;  // not ours
+            held_live_--;
+            auto& item = found->second;
             auto& q = s_->queues[item.queue];
             q.in_flight--;
             item.owner = 0;
@@ -189,6 +190,11 @@ class MemoryConsumer final : public Consumer {
                     break;
             }
         }
+        if (held_.size() > 2 * held_live_ + 1024)
+            std::erase_if(held_, [&](std::uint64_t seq) {
+                auto it = s_->items.find(seq);
+                return it == s_->items.end() || it->second.owner != id_;
+            });
         s_->cv.notify_all();
         return {};
     }
@@ -214,7 +220,11 @@ class MemoryConsumer final : public Consumer {
     ConsumerOptions opts_;
     std::uint64_t id_ = 0;
     std::size_t rr_ = 0;
-    std::unordered_set<std::uint64_t> held_;
+    /// The seqs this consumer was handed, some settled since (an item is ours while its owner
+    /// is id_): appended as they are fetched, and compacted once most are settled, rather
+    /// than a set changed for each task.
+    std::vector<std::uint64_t> held_;
+    std::size_t held_live_ = 0;  // how many of them are still ours
 };
 
 class MemoryBroker final : public Broker, public detail::MovePublisher {
