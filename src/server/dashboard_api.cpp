@@ -56,7 +56,7 @@ Json dead_json(const DeadLetter& d, const Config& cfg) {
         j["body"] = d.envelope.body.substr(0, 4096);
         j["decode_error"] = t.error().message;
     }
-    j["headers"] = d.envelope.headers;
+    j["headers"] = d.envelope.headers.is_null() ? Json::object() : d.envelope.headers;
     return j;
 }
 
@@ -79,7 +79,7 @@ void message_json(Json& j, const Envelope& e, const std::string& queue, const st
         j["body"] = e.body.substr(0, 4096);
         j["decode_error"] = t.error().message;
     }
-    j["headers"] = e.headers;
+    j["headers"] = e.headers.is_null() ? Json::object() : e.headers;
 }
 
 Json time_or_null(const std::optional<TimePoint>& t) { return t ? Json(iso(*t)) : Json(); }

@@ -6,7 +6,7 @@
 #include <mutex>
 #include <set>
 #include <unordered_map>
-#include <unordered_set>
+#include <vector>
 
 #include "broker/embedded.hpp"
 #include "broker/memory/id_index.hpp"
@@ -190,11 +190,18 @@ class MemoryConsumer final : public Consumer {
                     break;
             }
         }
-        if (held_.size() > 2 * held_live_ + 1024)
+        if (held_.size() > 2 * held_live_ + 1024) {
             std::erase_if(held_, [&](std::uint64_t seq) {
                 auto it = s_->items.find(seq);
                 return it == s_->items.end() || it->second.owner != id_;
             });
+            // (A task handed back and taken again is listed twice.)
+            if (held_.size() > held_live_) {
+                std::ranges::sort(held_);
+                auto [first, last] = std::ranges::unique(held_);
+                held_.erase(first, last);
+            }
+        }
         s_->cv.notify_all();
         return {};
     }
