@@ -36,6 +36,9 @@ std::string iso(TimePoint t) {
     return detail::format_iso8601(std::chrono::floor<std::chrono::milliseconds>(t));
 }
 
+/// A message's headers as shown: {} where it has none (null).
+Json headers_json(const Envelope& e) { return e.headers.is_null() ? Json::object() : e.headers; }
+
 Json dead_json(const DeadLetter& d, const Config& cfg) {
     Json j = {{"id", d.message_id},
               {"queue", d.queue},
@@ -56,7 +59,7 @@ Json dead_json(const DeadLetter& d, const Config& cfg) {
         j["body"] = d.envelope.body.substr(0, 4096);
         j["decode_error"] = t.error().message;
     }
-    j["headers"] = d.envelope.headers.is_null() ? Json::object() : d.envelope.headers;
+    j["headers"] = headers_json(d.envelope);
     return j;
 }
 
@@ -79,7 +82,7 @@ void message_json(Json& j, const Envelope& e, const std::string& queue, const st
         j["body"] = e.body.substr(0, 4096);
         j["decode_error"] = t.error().message;
     }
-    j["headers"] = e.headers.is_null() ? Json::object() : e.headers;
+    j["headers"] = headers_json(e);
 }
 
 Json time_or_null(const std::optional<TimePoint>& t) { return t ? Json(iso(*t)) : Json(); }

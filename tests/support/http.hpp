@@ -50,6 +50,20 @@ inline HttpReply http_request(const std::string& base, const std::string& path,
     return {r->status, r->get_header_value("Content-Type"), r->body, r->headers};
 }
 
+/// GETs `base` + `path` until it answers `status` or `timeout` has passed; the last answer
+/// either way.
+inline HttpReply await_status(const std::string& base, const std::string& path, int status,
+                              std::chrono::milliseconds timeout) {
+    HttpReply r;
+    eventually(
+        [&] {
+            r = http_request(base, path);
+            return r.status == status;
+        },
+        timeout);
+    return r;
+}
+
 /// The "http://HOST:PORT" a process logged it serves on (the listener's "serving ... on URL"
 /// line); empty when it did not within `timeout`.
 inline std::string served_url(const std::string& log, std::chrono::milliseconds timeout) {

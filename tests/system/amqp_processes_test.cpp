@@ -111,14 +111,8 @@ queue = "shipping"
 
     // Restart the broker mid-run: confirmed tasks survive, workers and the client reconnect.
     node.stop();
-    testsupport::HttpReply down;
-    EXPECT_TRUE(eventually(
-        [&] {
-            down = testsupport::http_request(health_url, "/healthz");
-            return down.status == 503;
-        },
-        20s))
-        << down.body << read_file(dir.file("shipping.out"));
+    auto down = testsupport::await_status(health_url, "/healthz", 503, 20s);
+    EXPECT_EQ(down.status, 503) << down.body << read_file(dir.file("shipping.out"));
     // Why: the connection is lost, or a call to the broker has not returned for seconds.
     EXPECT_TRUE(down.body.find("RabbitMQ") != std::string::npos ||
                 down.body.find("has not returned") != std::string::npos)

@@ -364,14 +364,8 @@ TEST(SqliteStorage, AWriteLockHeldPastTheBusyTimeoutIsWaitedOut) {
     // Its health check says the broker fails, and why, while the lock is held.
     std::string url_http = testsupport::served_url(dir.file("worker.out"), 10s);
     ASSERT_FALSE(url_http.empty()) << read_file(dir.file("worker.out"));
-    testsupport::HttpReply health;
-    ASSERT_TRUE(eventually(
-        [&] {
-            health = testsupport::http_request(url_http, "/healthz");
-            return health.status == 503;
-        },
-        10s))
-        << health.body;
+    auto health = testsupport::await_status(url_http, "/healthz", 503, 10s);
+    ASSERT_EQ(health.status, 503) << health.body;
     auto why = Json::parse(health.body, nullptr, false);
     EXPECT_EQ(why.value("status", ""), "failing") << health.body;
     EXPECT_NE(why.value("reason", "").find("write lock"), std::string::npos) << health.body;
@@ -509,14 +503,8 @@ TEST(SqliteStorage, AWorkerWhoseStartWritesWaitsOutALockAsItWouldWhileRunning) {
         // Its health check says why, while it waits.
         std::string http = testsupport::served_url(out, 10s);
         ASSERT_FALSE(http.empty()) << read_file(out);
-        testsupport::HttpReply health;
-        EXPECT_TRUE(eventually(
-            [&] {
-                health = testsupport::http_request(http, "/healthz");
-                return health.status == 503;
-            },
-            10s))
-            << health.body;
+        auto health = testsupport::await_status(http, "/healthz", 503, 10s);
+        EXPECT_EQ(health.status, 503) << health.body;
         EXPECT_NE(health.body.find("write lock"), std::string::npos) << health.body;
         if (pass.stop) {
             worker.signal(SIGTERM);

@@ -157,14 +157,8 @@ TEST(Monitoring, HealthAndReadinessFollowTheWorkersLife) {
         10s));
     // Shutting down while the slow task runs: not ready any more, still alive.
     worker.signal(SIGTERM);
-    testsupport::HttpReply ready;
-    ASSERT_TRUE(eventually(
-        [&] {
-            ready = http_request(url, "/readyz");
-            return ready.status == 503;
-        },
-        5s))
-        << ready.body;
+    auto ready = testsupport::await_status(url, "/readyz", 503, 5s);
+    ASSERT_EQ(ready.status, 503) << ready.body;
     auto j = Json::parse(ready.body, nullptr, false);
     EXPECT_EQ(j.value("reason", ""), "shutting down") << ready.body;
     EXPECT_EQ(http_request(url, "/healthz").status, 200);
