@@ -150,6 +150,9 @@ struct ControlRequest {
 class ControlChannel {
   public:
     virtual ~ControlChannel() = default;
+    /// Connects now rather than at the first call (the worker does it while its consumer
+    /// opens). Errc::unavailable when the broker cannot be reached; the calls try again.
+    [[nodiscard]] virtual Result<void> connect() { return {}; }
     /// Publishes monitoring events (transient; lost when nobody listens). Each is an object
     /// with "type" ("task-succeeded", "worker-heartbeat", ...) and its fields.
     [[nodiscard]] virtual Result<void> publish_events(std::span<const Json> events) = 0;

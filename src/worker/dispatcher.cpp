@@ -72,14 +72,20 @@ void Worker::Impl::lose_leases(const std::vector<std::uint64_t>& tags) {
 
 void Worker::Impl::forget(Job* job) { jobs.erase(job->self); }
 
-void Worker::Impl::start_monitor() {
+std::unique_ptr<ControlChannel> Worker::Impl::open_control() {
     auto ch = broker->control(opts.node_name);
     if (!ch) {
         detail::log(LogLevel::warning, "worker.no_monitoring",
                     fmt::format("no monitoring/remote control: {}", ch.error().message));
-        return;
+        return nullptr;
     }
-    if (!*ch) return;
+    // (Not reached now: the monitor's first publish and its thread try again.)
+    if (*ch) (void)(*ch)->connect();
+    return std::move(*ch);
+}
+
+void Worker::Impl::start_monitor(std::unique_ptr<ControlChannel> ch) {
+    if (!ch) return;
     detail::MonitorOptions mo;
     mo.node = opts.node_name;
     mo.concurrency = opts.concurrency;
@@ -119,7 +125,7 @@ void Worker::Impl::start_monitor() {
                    {"task_queues", opts.queues},
                    {"worker_delivery_limit", opts.delivery_limit},
                    {"worker_shutdown_grace", opts.shutdown_grace.count() / 1000.0}};
-    monitor = std::make_unique<detail::Monitor>(std::move(*ch), std::move(mo));
+    monitor = std::make_unique<detail::Monitor>(std::move(ch), std::move(mo));
     monitor->start();
 }
 
@@ -393,7 +399,14 @@ Result<void> Worker::Impl::run() {
         if (q.format == QueueFormat::raw) co.raw_queues.push_back(q.name);
     co.lease = opts.lease;
     co.name = opts.name;
+    // The remote-control connection opens while the consumer does (on amqp each is a
+    // connection of its own), rather than after it: the worker is still online, its pidbox
+    // declared, before it takes a task.
+    std::unique_ptr<ControlChannel> control;
+    std::jthread opening;
+    if (opts.remote_control) opening = std::jthread([&] { control = open_control(); });
     auto consumer_r = broker->consume(co);
+    if (opening.joinable()) opening.join();
     CONVEYOR_TRY(consumer_r);
     auto& consumer = **consumer_r;
     current_consumer = &consumer;
@@ -405,7 +418,7 @@ Result<void> Worker::Impl::run() {
         std::lock_guard lk(mu);
         executors_exit = false;
     }
-    if (opts.remote_control) start_monitor();
+    start_monitor(std::move(control));
     std::vector<std::jthread> threads;
     for (int i = 0; i < opts.concurrency; ++i) threads.emplace_back([this] { executor_loop(); });
 

@@ -298,8 +298,11 @@ struct Worker::Impl {
     /// `queued`, `sleeping` and the key order first, and none forgets it twice.
     void forget(Job* job);
 
-    /// Celery events and remote control (amqp), when the engine has them.
-    void start_monitor();
+    /// The remote-control channel (amqp), connected when it can be; nullptr where the engine
+    /// has none or it could not be made (a line says so).
+    std::unique_ptr<ControlChannel> open_control();
+    /// Celery events and remote control on `channel` (none: nothing).
+    void start_monitor(std::unique_ptr<ControlChannel> channel);
 
     /// The dispatcher's state from one round of its loop to the next.
     struct Round {

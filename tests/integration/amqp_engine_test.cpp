@@ -3,11 +3,13 @@
 
 #include <arpa/inet.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <map>
 #include <mutex>
@@ -17,6 +19,7 @@
 #include "broker/amqp/amqp_connection.hpp"
 #include "conveyor/broker.hpp"
 #include "conveyor/client.hpp"
+#include "conveyor/engine.hpp"
 #include "conveyor/worker.hpp"
 #include "integration/helpers.hpp"
 #include "support/process.hpp"
@@ -62,6 +65,58 @@ TEST(AmqpEngine, EnqueuedTasksRunOnceAndLeaveTheQueueEmpty) {
     EXPECT_TRUE(w.outcome) << w.outcome.error().message;
     for (auto& id : *ids) EXPECT_EQ(runs[id], 1) << id;
     EXPECT_EQ(stats_of(*broker, q).ready, 0);  // every delivery acked
+}
+
+// The remote-control connection opens while the consumer does, yet the worker is online
+// before it runs a task: its pidbox queue exists (celery control reaches it) and its
+// worker-online event went out before the task's first event.
+TEST(AmqpEngine, AWorkerIsOnlineWithItsPidboxBeforeItRunsATask) {
+    auto q = unique_name("online");
+    auto node = unique_name("online-worker") + "@test";
+    auto broker = open_with(queues({q}));
+    auto events = broker->events(unique_name("online-events"));
+    ASSERT_TRUE(events) << events.error().message;
+    ASSERT_TRUE((*events)->next(0ms).has_value());  // its queue is bound from here on
+    Client client(broker);
+    ASSERT_TRUE(client.enqueue("t.probe", Json::array(), Json::object(), {.queue = q}));
+
+    auto opts = amqp::parse_connection_options(*detail::parse_broker_url(shared_rabbitmq_url()));
+    ASSERT_TRUE(opts);
+    std::atomic<int> pidbox_found{-1};
+    auto wo = options_for({q});
+    wo.node_name = node;
+    wo.task_events = true;
+    BackgroundWorker w(broker, wo);
+    w.worker.handle("t.probe", [&](TaskContext&) -> Json {
+        auto admin = amqp::Connection::open(*opts, "test-pidbox");
+        if (!admin) return nullptr;
+        // A passive declare: fails (404) when the queue does not exist.
+        auto pidbox = (*admin)->declare_queue(node + ".celery.pidbox", Json::object(),
+                                              {.passive = true, .durable = false});
+        pidbox_found = pidbox ? 1 : 0;
+        return nullptr;
+    });
+    w.start();
+    ASSERT_TRUE(eventually([&] { return pidbox_found.load() >= 0; }, 20s));
+    EXPECT_EQ(pidbox_found.load(), 1) << "the pidbox did not exist when the task ran";
+
+    std::vector<std::string> types;  // this worker's events, in the order they came
+    ASSERT_TRUE(eventually(
+        [&] {
+            auto got = (*events)->next(200ms);
+            if (got)
+                for (auto& e : *got)
+                    if (e.value("hostname", "") == node) types.push_back(e.value("type", ""));
+            return std::find(types.begin(), types.end(), "task-succeeded") != types.end();
+        },
+        20s));
+    w.worker.stop();
+    w.thread.join();
+    EXPECT_TRUE(w.outcome) << w.outcome.error().message;
+    ASSERT_FALSE(types.empty());
+    EXPECT_EQ(types.front(), "worker-online") << fmt::format("{}", fmt::join(types, ", "));
+    auto started = std::find(types.begin(), types.end(), "task-started");
+    EXPECT_NE(started, types.end()) << fmt::format("{}", fmt::join(types, ", "));
 }
 
 /// Deliveries of `queue` that RabbitMQ counts as unacknowledged (rabbitmqctl list_queues).

@@ -75,6 +75,8 @@ class AmqpControl final : public ControlChannel {
     AmqpControl(ConnectionOptions o, std::string node)
         : opts_(std::move(o)), node_(std::move(node)) {}
 
+    Result<void> connect() override { return ensure(); }
+
     Result<void> publish_events(std::span<const Json> events) override {
         if (events.empty()) return {};
         CONVEYOR_TRY(ensure());
