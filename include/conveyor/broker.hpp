@@ -151,7 +151,9 @@ struct ConsumerOptions;
 
 /// One engine (memory, sqlite, amqp) behind all three faces, and the engine-facing calls
 /// (consumers, remote control, schedules: conveyor/engine.hpp). Thread-safe: publish and the
-/// result and admin calls may be used from any thread; each consumer belongs to one thread.
+/// result and admin calls may be used from any thread, and consume() and control() at once (a
+/// worker opens both together); each consumer and control channel belongs to one thread at a
+/// time.
 class Broker : public Publisher, public ResultStore, public BrokerAdmin {
   public:
     /// Opens the engine named by `url` ("memory://", "sqlite://conveyor.db", ...).

@@ -72,20 +72,22 @@ void Worker::Impl::lose_leases(const std::vector<std::uint64_t>& tags) {
 
 void Worker::Impl::forget(Job* job) { jobs.erase(job->self); }
 
-std::unique_ptr<ControlChannel> Worker::Impl::open_control() {
+Worker::Impl::OpenedControl Worker::Impl::open_control() {
     auto ch = broker->control(opts.node_name);
     if (!ch) {
         detail::log(LogLevel::warning, "worker.no_monitoring",
                     fmt::format("no monitoring/remote control: {}", ch.error().message));
-        return nullptr;
+        return {};
     }
-    // (Not reached now: the monitor's first publish and its thread try again.)
-    if (*ch) (void)(*ch)->connect();
-    return std::move(*ch);
+    if (!*ch) return {};
+    // A failed connect is tried again by the monitor's thread (not at once: start-up would
+    // wait out the broker's timeout twice).
+    bool connected = (*ch)->connect().has_value();
+    return OpenedControl{std::move(*ch), connected};
 }
 
-void Worker::Impl::start_monitor(std::unique_ptr<ControlChannel> ch) {
-    if (!ch) return;
+void Worker::Impl::start_monitor(OpenedControl control) {
+    if (!control.channel) return;
     detail::MonitorOptions mo;
     mo.node = opts.node_name;
     mo.concurrency = opts.concurrency;
@@ -125,8 +127,8 @@ void Worker::Impl::start_monitor(std::unique_ptr<ControlChannel> ch) {
                    {"task_queues", opts.queues},
                    {"worker_delivery_limit", opts.delivery_limit},
                    {"worker_shutdown_grace", opts.shutdown_grace.count() / 1000.0}};
-    monitor = std::make_unique<detail::Monitor>(std::move(ch), std::move(mo));
-    monitor->start();
+    monitor = std::make_unique<detail::Monitor>(std::move(control.channel), std::move(mo));
+    monitor->start(control.connected);
 }
 
 void Worker::Impl::collect_outcomes(Round& r) {
@@ -402,9 +404,17 @@ Result<void> Worker::Impl::run() {
     // The remote-control connection opens while the consumer does (on amqp each is a
     // connection of its own), rather than after it: the worker is still online, its pidbox
     // declared, before it takes a task.
-    std::unique_ptr<ControlChannel> control;
+    OpenedControl control;
     std::jthread opening;
-    if (opts.remote_control) opening = std::jthread([&] { control = open_control(); });
+    if (opts.remote_control)
+        opening = std::jthread([&] {
+            try {
+                control = open_control();
+            } catch (const std::exception& e) {  // (out of memory): the worker runs without it
+                detail::log(LogLevel::warning, "worker.no_monitoring",
+                            fmt::format("no monitoring/remote control: {}", e.what()));
+            }
+        });
     auto consumer_r = broker->consume(co);
     if (opening.joinable()) opening.join();
     CONVEYOR_TRY(consumer_r);

@@ -50,12 +50,12 @@ Monitor::Monitor(std::unique_ptr<ControlChannel> channel, MonitorOptions options
 
 Monitor::~Monitor() { stop(); }
 
-void Monitor::start() {
+void Monitor::start(bool publish_now) {
     std::vector<Json> online;
     {
         std::lock_guard lk(mu_);
         emit(worker_event("worker-online"));
-        online.swap(events_);
+        if (publish_now) online.swap(events_);
     }
     // Before the worker takes tasks: its pidbox exists and monitors know it (on failure the
     // thread keeps trying).

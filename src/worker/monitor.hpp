@@ -46,8 +46,9 @@ class Monitor {
     Monitor(const Monitor&) = delete;
     Monitor& operator=(const Monitor&) = delete;
 
-    /// Starts the thread (worker-online first).
-    void start();
+    /// Starts the thread, worker-online first. `publish_now`: worker-online goes out before
+    /// this returns (the channel is connected); otherwise the thread sends it once it connects.
+    void start(bool publish_now = true);
     /// Sends worker-offline and stops the thread.
     void stop();
 

@@ -298,11 +298,15 @@ struct Worker::Impl {
     /// `queued`, `sleeping` and the key order first, and none forgets it twice.
     void forget(Job* job);
 
-    /// The remote-control channel (amqp), connected when it can be; nullptr where the engine
-    /// has none or it could not be made (a line says so).
-    std::unique_ptr<ControlChannel> open_control();
-    /// Celery events and remote control on `channel` (none: nothing).
-    void start_monitor(std::unique_ptr<ControlChannel> channel);
+    /// The remote-control channel (amqp) and whether it connected; no channel where the
+    /// engine has none or it could not be made (a line says so).
+    struct OpenedControl {
+        std::unique_ptr<ControlChannel> channel;
+        bool connected = false;
+    };
+    OpenedControl open_control();
+    /// Celery events and remote control on the channel (none: nothing).
+    void start_monitor(OpenedControl control);
 
     /// The dispatcher's state from one round of its loop to the next.
     struct Round {
