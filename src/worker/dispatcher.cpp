@@ -79,11 +79,7 @@ Worker::Impl::OpenedControl Worker::Impl::open_control() {
                     fmt::format("no monitoring/remote control: {}", ch.error().message));
         return {};
     }
-    if (!*ch) return {};
-    // A failed connect is tried again by the monitor's thread (not at once: start-up would
-    // wait out the broker's timeout twice).
-    bool connected = (*ch)->connect().has_value();
-    return OpenedControl{std::move(*ch), connected};
+    return OpenedControl{std::move(*ch)};
 }
 
 void Worker::Impl::start_monitor(OpenedControl control) {
@@ -401,22 +397,23 @@ Result<void> Worker::Impl::run() {
         if (q.format == QueueFormat::raw) co.raw_queues.push_back(q.name);
     co.lease = opts.lease;
     co.name = opts.name;
-    // The remote-control connection opens while the consumer does (on amqp each is a
-    // connection of its own), rather than after it: the worker is still online, its pidbox
-    // declared, before it takes a task.
-    OpenedControl control;
-    std::jthread opening;
-    if (opts.remote_control)
-        opening = std::jthread([&] {
+    // The remote-control connection (amqp: a connection of its own) opens while the consumer
+    // does, rather than after it: the worker is still online, its pidbox declared, before it
+    // takes a task. A failed connect is tried again by the monitor's thread, not at once
+    // (start-up would wait out the broker's timeout twice).
+    OpenedControl control = opts.remote_control ? open_control() : OpenedControl{};
+    std::jthread connecting;
+    if (control.channel)
+        connecting = std::jthread([&] {
             try {
-                control = open_control();
-            } catch (const std::exception& e) {  // (out of memory): the worker runs without it
+                control.connected = control.channel->connect().has_value();
+            } catch (const std::exception& e) {  // (out of memory): the monitor tries again
                 detail::log(LogLevel::warning, "worker.no_monitoring",
-                            fmt::format("no monitoring/remote control: {}", e.what()));
+                            fmt::format("no monitoring/remote control yet: {}", e.what()));
             }
         });
     auto consumer_r = broker->consume(co);
-    if (opening.joinable()) opening.join();
+    if (connecting.joinable()) connecting.join();
     CONVEYOR_TRY(consumer_r);
     auto& consumer = **consumer_r;
     current_consumer = &consumer;

@@ -298,8 +298,8 @@ struct Worker::Impl {
     /// `queued`, `sleeping` and the key order first, and none forgets it twice.
     void forget(Job* job);
 
-    /// The remote-control channel (amqp) and whether it connected; no channel where the
-    /// engine has none or it could not be made (a line says so).
+    /// The remote-control channel (amqp), not connected yet, and whether it connected since;
+    /// no channel where the engine has none or it could not be made (a line says so).
     struct OpenedControl {
         std::unique_ptr<ControlChannel> channel;
         bool connected = false;
