@@ -35,7 +35,7 @@ test: test-deps build
 SAN_TARGETS = unit_tests system_tests test_worker conveyor_cli
 SAN_CMAKE = -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g1" \
 	-DCMAKE_UNITY_BUILD=ON -DCONVEYOR_BUILD_BENCH=OFF -DCONVEYOR_BUILD_EXAMPLES=OFF
-TSAN_TESTS = Lifecycle|Worker|Sqlite|ExecHandler|HttpHandler|Workflow|Scheduler\.|Monitoring|Dashboard\.
+TSAN_TESTS = Lifecycle|Worker|Sqlite|ExecHandler|HttpHandler|Workflow|Scheduler\.|Monitoring|Dashboard\.|Reaper|MemoryBroker
 # Left out under TSan (they run in the main and ASan passes): most of their minute goes to waiting
 # for a broker to come up or a leadership lease to run out, not to threads meeting.
 TSAN_SKIP = LeaderKilledAgainAndAgain|StartedWhileRabbitMqIsDown

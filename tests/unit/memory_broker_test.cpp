@@ -252,6 +252,46 @@ TEST(MemoryBroker, TasksPublishedHereArePassedAsTheyAreAndEncodedOnlyWhenAsked) 
     EXPECT_EQ(codec::decode((*fourth)[0].envelope)->retries, 0);
 }
 
+TEST(MemoryBroker, AcknowledgedTasksAreFreedAndTheirIdsTakenAgain) {
+    auto b = fresh("freed");
+    Client c(b);
+    EnqueueOptions o{.queue = "q"};
+    std::vector<std::string> ids;
+    for (int i = 0; i < 300; ++i) {
+        auto id = c.enqueue("t", Json::array({i}), Json::object(), o);
+        ASSERT_TRUE(id);
+        ids.push_back(*id);
+    }
+    auto cons = b->consume({.queues = {"q"}});
+    auto got = (*cons)->fetch(300, 0ms);
+    ASSERT_EQ(got->size(), 300u);
+    std::vector<std::weak_ptr<const TaskMessage>> tasks;
+    std::vector<Settlement> acks;
+    for (auto& d : *got) {
+        ASSERT_TRUE(d.task);
+        tasks.push_back(d.task);
+        acks.push_back(Settlement{.kind = Settlement::Kind::ack, .tag = d.tag});
+    }
+    got->clear();  // the engine's are the last references
+    ASSERT_TRUE((*cons)->settle(acks));
+    // Freed off this thread, soon.
+    auto live = [&] { return std::ranges::count_if(tasks, [](auto& w) { return !w.expired(); }); };
+    for (int i = 0; i < 2000 && live() > 0; ++i) std::this_thread::sleep_for(1ms);
+    EXPECT_EQ(live(), 0);
+    EXPECT_EQ((*b->stats())[0].ready, 0);
+    // Acknowledged without a result kept: the same id may be published again, once.
+    auto again = c.enqueue("t", Json::array({1}), Json::object(),
+                           EnqueueOptions{.queue = "q", .id = ids[7]});
+    ASSERT_TRUE(again);
+    EXPECT_EQ(*again, ids[7]);
+    auto twice = c.enqueue("t", Json::array({1}), Json::object(),
+                           EnqueueOptions{.queue = "q", .id = ids[7]});
+    ASSERT_TRUE(twice);
+    auto next = (*cons)->fetch(10, 0ms);
+    ASSERT_EQ(next->size(), 1u);
+    EXPECT_EQ((*next)[0].message_id, ids[7]);
+}
+
 TEST(MemoryBroker, RawMessagesAndTasksAWorkerWouldRefuseAreEncoded) {
     auto b = fresh("encoded");
     Client c(b);

@@ -10,6 +10,7 @@
 
 #include "broker/embedded.hpp"
 #include "broker/memory/id_index.hpp"
+#include "broker/memory/reaper.hpp"
 #include "broker/publish_moved.hpp"
 #include "core/codec.hpp"
 #include "core/try.hpp"
@@ -19,8 +20,8 @@ namespace conveyor::memory {
 namespace {
 
 struct Item {
-    std::string id;
-    std::uint64_t id_hash = 0;  // IdIndex::hash_of(id)
+    std::string own_id;         // the id, unless it is the task's own (then empty: not kept twice)
+    std::uint64_t id_hash = 0;  // IdIndex::hash_of(id())
     std::string queue;
     Envelope envelope;
     std::shared_ptr<const TaskMessage> task;  // as published (then `envelope` is not made)
@@ -30,6 +31,8 @@ struct Item {
     std::string reason;
     TimePoint dead_at{};
     TimePoint due{};  // published, or its delay ended
+
+    const std::string& id() const { return own_id.empty() && task ? task->id : own_id; }
 };
 
 struct QueueState {
@@ -50,11 +53,13 @@ struct State {
     IdIndex ids;
     std::unordered_map<std::string, TaskResult> results;
     std::map<std::string, QueueState> queues;
+    /// Frees acknowledged items (taken out of `items`) off the settling thread.
+    Reaper<decltype(items)::node_type> reaper;
 
     /// The seq of the live task `id` (IdIndex::hash_of: `h`), if there is one.
     std::optional<std::uint64_t> live(std::string_view id, std::uint64_t h) const {
         return ids.find(h, id,
-                        [&](std::uint64_t seq) -> std::string_view { return items.at(seq).id; });
+                        [&](std::uint64_t seq) -> std::string_view { return items.at(seq).id(); });
     }
 
     void make_ready(std::uint64_t seq) {
@@ -119,7 +124,7 @@ class MemoryConsumer final : public Consumer {
                     // worker hands back its message) or one published as a message is copied.
                     out.push_back(Delivery{seq,
                                            item.queue,
-                                           item.id,
+                                           item.id(),
                                            item.task ? Envelope{.headers = nullptr} : item.envelope,
                                            item.deliveries,
                                            {},
@@ -146,9 +151,16 @@ class MemoryConsumer final : public Consumer {
 
     Result<void> settle(std::span<Settlement> batch) override {
         if (batch.empty()) return {};
-        // Acknowledged items go once the lock is released (declared first: destroyed last).
+        // Acknowledged items are freed once the lock is released, by the reaper.
         std::vector<decltype(State::items)::node_type> gone;
         gone.reserve(batch.size());
+        settle_locked(batch, gone);
+        s_->reaper.take(gone);
+        return {};
+    }
+
+    void settle_locked(std::span<Settlement> batch,
+                       std::vector<decltype(State::items)::node_type>& gone) {
         std::lock_guard lk(s_->mu);
         for (auto& st : batch) {
             auto found = s_->items.find(st.tag);
@@ -160,16 +172,17 @@ class MemoryConsumer final : public Consumer {
             item.owner = 0;
             switch (st.kind) {
                 case Settlement::Kind::ack:
-                    if (st.result) s_->results[item.id] = *st.result;
+                    if (st.result) s_->results[item.id()] = *st.result;
                     s_->ids.erase(item.id_hash, st.tag);
                     gone.push_back(s_->items.extract(st.tag));
                     break;
                 case Settlement::Kind::retry: {
                     item.envelope = std::move(st.envelope);
+                    if (item.own_id.empty()) item.own_id = item.id();
                     item.task.reset();
                     item.due = std::max(st.not_before, SystemClock::now());
-                    auto& r = s_->results[item.id];
-                    r.id = item.id;
+                    auto& r = s_->results[item.own_id];
+                    r.id = item.own_id;
                     r.state = TaskState::retry;
                     r.retries++;
                     if (st.not_before > SystemClock::now())
@@ -179,7 +192,7 @@ class MemoryConsumer final : public Consumer {
                     break;
                 }
                 case Settlement::Kind::dead_letter:
-                    if (st.result) s_->results[item.id] = *st.result;
+                    if (st.result) s_->results[item.id()] = *st.result;
                     item.reason = st.reason;
                     item.dead_at = SystemClock::now();
                     q.dead.push_back(st.tag);
@@ -203,7 +216,6 @@ class MemoryConsumer final : public Consumer {
             }
         }
         s_->cv.notify_all();
-        return {};
     }
 
     Result<void> set_consuming(const std::string& queue, bool consume) override {
@@ -258,6 +270,7 @@ class MemoryBroker final : public Broker, public detail::MovePublisher {
             if (id.empty()) id = make_task_id();
             int priority = m.task ? m.task->priority : m.envelope.priority;
             auto h = IdIndex::hash_of(id);
+            if (m.task && m.task->id == id) id.clear();  // the task's own: Item::id()
             made.push_back(Item{std::move(id), h, m.queue, std::move(m.envelope), std::move(m.task),
                                 priority});
         }
@@ -268,7 +281,7 @@ class MemoryBroker final : public Broker, public detail::MovePublisher {
         for (std::size_t i = 0; i < msgs.size(); ++i) {
             auto& m = msgs[i];
             Item& item = made[i];
-            if (s_->live(item.id, item.id_hash) || s_->results.contains(item.id)) continue;
+            if (s_->live(item.id(), item.id_hash) || s_->results.contains(item.id())) continue;
             auto seq = s_->next_seq++;
             if (!q_name || *q_name != m.queue) {  // batches usually go to one queue
                 q = &s_->queues[m.queue];
@@ -340,7 +353,7 @@ class MemoryBroker final : public Broker, public detail::MovePublisher {
         for (auto seq : it->second.dead) {
             if (out.size() >= limit) break;
             auto& item = s_->items.at(seq);
-            out.push_back(DeadLetter{item.id, item.queue,
+            out.push_back(DeadLetter{item.id(), item.queue,
                                      item.task ? codec::encode(*item.task) : item.envelope,
                                      item.reason, item.dead_at});
         }
@@ -356,7 +369,7 @@ class MemoryBroker final : public Broker, public detail::MovePublisher {
         std::vector<std::uint64_t> keep;
         for (auto seq : it->second.dead) {
             auto& item = s_->items.at(seq);
-            if (!ids.empty() && std::find(ids.begin(), ids.end(), item.id) == ids.end()) {
+            if (!ids.empty() && std::find(ids.begin(), ids.end(), item.id()) == ids.end()) {
                 keep.push_back(seq);
                 continue;
             }
@@ -369,7 +382,7 @@ class MemoryBroker final : public Broker, public detail::MovePublisher {
                 item.envelope.headers["retries"] = 0;
             }
             item.reason.clear();
-            s_->results.erase(item.id);
+            s_->results.erase(item.id());
             s_->make_ready(seq);
             ++n;
         }
