@@ -672,15 +672,27 @@ Result<void> Connection::publish(std::span<const Wire> messages,
             failure = Error{Errc::unavailable, "RabbitMQ refused (nacked) a published message"};
     };
 
-    // A burst of publishes leaves in as few TCP segments as possible: rabbitmq-c writes each
-    // message as three frames with a send() each; corked, the kernel packs them together,
-    // which saves the client and the broker a wake-up and a segment per frame.
+    // A burst of publishes leaves in one send() (PublishFrames) rather than rabbitmq-c's three
+    // per message: the client's system calls were half its CPU time per task. Over TLS, and
+    // for a large body (sent from where it is), rabbitmq-c writes; corked, the kernel packs
+    // its frames together, which saves the broker a wake-up and a segment per frame.
     const int fd = amqp_get_sockfd(conn_);
+    const bool buffered = !options_.tls && fd >= 0;
+    const std::size_t frame_max = std::size_t(amqp_get_frame_max(conn_));
+    constexpr std::size_t kFlushAt = std::size_t{64} << 10;
     auto cork = [fd](int on) {
         if (fd >= 0) setsockopt(fd, IPPROTO_TCP, TCP_CORK, &on, sizeof on);
     };
+    auto flush = [&]() -> Result<void> {
+        if (frames_.empty()) return {};
+        auto ok = send_all(fd, frames_.bytes(), deadline);
+        frames_.clear();
+        if (!ok) healthy_ = false;  // a frame may have gone in part
+        return ok;
+    };
+    frames_.clear();
     while (done < n) {
-        const bool burst = n - sent > 1 && sent - done + 1 < kWindow;
+        const bool burst = !buffered && n - sent > 1 && sent - done + 1 < kWindow;
         if (burst) cork(1);
         while (sent < n && sent - done < kWindow) {
             const Wire& w = messages[sent];
@@ -689,18 +701,26 @@ Result<void> Connection::publish(std::span<const Wire> messages,
                                 : properties(pool, *w.envelope, sent_at);
             std::string_view text = w.task ? w.body : std::string_view(w.envelope->body);
             amqp_bytes_t body{text.size(), const_cast<char*>(text.data())};
-            int rc =
-                amqp_basic_publish(conn_, ch, pool.bytes(w.exchange), pool.bytes(w.routing_key),
-                                   w.mandatory ? 1 : 0, 0, &props, body);
-            if (rc != AMQP_STATUS_OK) {
-                if (burst) cork(0);
-                healthy_ = false;
-                return fail(Errc::unavailable,
-                            fmt::format("publishing to RabbitMQ: {}", amqp_error_string2(rc)));
+            if (buffered && body.len <= PublishFrames::kMaxCopiedBody &&
+                frames_.add(ch, pool.bytes(w.exchange), pool.bytes(w.routing_key), w.mandatory,
+                            props, body, frame_max)) {
+                if (frames_.size() >= kFlushAt) CONVEYOR_TRY(flush());
+            } else {
+                CONVEYOR_TRY(flush());  // what came before goes first
+                int rc =
+                    amqp_basic_publish(conn_, ch, pool.bytes(w.exchange), pool.bytes(w.routing_key),
+                                       w.mandatory ? 1 : 0, 0, &props, body);
+                if (rc != AMQP_STATUS_OK) {
+                    if (burst) cork(0);
+                    healthy_ = false;
+                    return fail(Errc::unavailable,
+                                fmt::format("publishing to RabbitMQ: {}", amqp_error_string2(rc)));
+                }
             }
             ++sent;
             ++next_seq_;
         }
+        CONVEYOR_TRY(flush());
         if (burst) cork(0);  // uncorking sends what is left at once
         // Read confirms: without blocking while there is room to send more, else until one comes.
         bool room = sent < n && sent - done < kWindow;

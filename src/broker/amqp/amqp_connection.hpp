@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "broker/amqp/amqp_table.hpp"
+#include "broker/amqp/publish_frames.hpp"
 #include "conveyor/error.hpp"
 #include "conveyor/task.hpp"
 #include "core/url.hpp"
@@ -200,6 +201,7 @@ class Connection {
     std::uint64_t next_seq_ = 1;  ///< publish sequence number of the next message
     ConnectionOptions options_;
     Pool pool_;
+    PublishFrames frames_;  ///< a burst of publishes, written out in one send()
 };
 
 /// Percent-decodes a URL component.
