@@ -91,6 +91,10 @@ TEST(PublishFrames, AreWhatRabbitmqCSendsForTheSamePublishes) {
     std::vector<std::vector<Message>> cases;
     cases.push_back({task_message(R"([[42, "x"], {"card": "visa"}, {}])")});
     cases.push_back({task_message("")});  // no body frame at all
+    // Headers past the encoder's first guess of room (1 KiB): it grows and tries again.
+    auto big_headers = task_message("[]");
+    big_headers.task.extra_headers = Json{{"trace", std::string(3000, 't')}, {"n", 1}};
+    cases.push_back({big_headers});
     // A body over several frames, cut where rabbitmq-c cuts it.
     cases.push_back({task_message(std::string(200'000, 'b'))});
     // A burst: several messages, one to an exchange, one not mandatory.
@@ -153,7 +157,11 @@ TEST(PublishFrames, SendAllWaitsForRoomUntilItsDeadline) {
     ::shutdown(sv[0], SHUT_WR);
     reader.join();
     EXPECT_EQ(got, data);
-    // A closed peer is an error, not a wait.
+    ::close(sv[0]);
+    ::close(sv[1]);
+    // A peer that closed is an error, not a wait.
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    ::fcntl(sv[0], F_SETFL, ::fcntl(sv[0], F_GETFL) | O_NONBLOCK);
     ::close(sv[1]);
     auto closed = amqp::send_all(sv[0], "more", std::chrono::steady_clock::now() + 10s);
     ASSERT_FALSE(closed);

@@ -50,7 +50,7 @@ TEST(Reaper, FreesWhatItIsHandedOnItsOwnThreadAndAllOfItBeforeItIsGone) {
             EXPECT_TRUE(batch.empty());
         }
         // Freed meanwhile, by another thread than this one.
-        for (int i = 0; i < 2000 && freed.load() < 5000; ++i)
+        for (int i = 0; i < 2000 && (freed.load() < 5000 || reaper.waiting() > 0); ++i)
             std::this_thread::sleep_for(std::chrono::milliseconds(1));
         EXPECT_EQ(freed.load(), 5000);
         EXPECT_EQ(reaper.waiting(), 0u);

@@ -6,8 +6,8 @@
 
 #include <condition_variable>
 #include <cstddef>
+#include <exception>
 #include <mutex>
-#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -17,8 +17,8 @@ namespace conveyor::memory {
 template <class T>
 class Reaper {
   public:
-    /// Past this many waiting to be freed, the caller frees its batch itself: what waits here
-    /// stays bounded however far behind the thread falls.
+    /// Past this many items waiting to be freed, the caller frees its batch itself: how many
+    /// wait here stays bounded however far behind the thread falls.
     static constexpr std::size_t kMaxWaiting = 1 << 16;
 
     Reaper() = default;
@@ -36,18 +36,19 @@ class Reaper {
     }
 
     /// Takes `batch` to be freed on the reaper's thread (left empty), or frees it here when
-    /// too much already waits or the thread cannot start.
-    void take(std::vector<T>& batch) {
+    /// too much already waits or the thread cannot start (or memory runs out handing it over).
+    void take(std::vector<T>& batch) noexcept {
         if (batch.empty()) return;
         bool wake = false;
-        {
+        try {
             std::lock_guard lk(mu_);
             if (waiting_ + batch.size() <= kMaxWaiting && start()) {
-                waiting_ += batch.size();
-                wake = batches_.empty();
                 batches_.push_back(std::move(batch));
+                waiting_ += batches_.back().size();
+                wake = batches_.size() == 1;
                 batch.clear();  // (moved from)
             }
+        } catch (const std::exception&) {  // (out of memory): freed here
         }
         if (wake) cv_.notify_one();
         batch.clear();  // not handed over: freed here
@@ -66,8 +67,8 @@ class Reaper {
         if (failed_) return false;
         try {
             thread_ = std::thread([this] { loop(); });
-        } catch (const std::system_error&) {
-            failed_ = true;  // (out of threads): freed by the callers
+        } catch (const std::exception&) {
+            failed_ = true;  // (out of threads or memory): freed by the callers
         }
         return thread_.joinable();
     }
